@@ -1,0 +1,76 @@
+"""The one interface between the dispatcher and every outbound transport.
+
+An adapter gets a :class:`DeliveryJob` and answers with an :class:`Outcome`: what
+happened, never what to do next. The retry policy (``gateway.retry``) decides that.
+Adapters never raise for a failed delivery; an exception out of ``send`` is a bug and
+is recorded as a retryable error by the dispatcher.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+
+class Verdict(enum.Enum):
+    DELIVERED = "delivered"
+    #: Worth another attempt later (timeout, 5xx, 429, connection refused…).
+    RETRY = "retry"
+    #: Will never succeed as it stands; do not retry.
+    FAILED = "failed"
+    #: The target is gone for good (webhook 410: disable the endpoint; push: prune the device).
+    GONE = "gone"
+
+
+@dataclass(frozen=True)
+class EventView:
+    id: str
+    type: str
+    #: The payload as the backend sent it, JSON text.
+    payload: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class EndpointTarget:
+    id: str
+    url: str
+    #: Secrets to sign with: the current one first, then a rotated-out one still in its grace.
+    secrets: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DeliveryJob:
+    delivery_id: str
+    app_id: str
+    kind: str
+    event: EventView
+    endpoint: EndpointTarget | None = None
+    #: 1 for the first attempt.
+    attempt: int = 1
+
+
+@dataclass(frozen=True)
+class Outcome:
+    verdict: Verdict
+    duration_ms: int = 0
+    status_code: int | None = None
+    #: The start of the answer's body, for the attempts log.
+    response_snippet: str | None = None
+    error: str | None = None
+    #: A provider's Retry-After, in seconds, when it gave one.
+    retry_after_s: float | None = None
+    #: Why the target is gone (with ``Verdict.GONE``), for the operator.
+    gone_reason: str | None = None
+
+
+class Adapter(Protocol):
+    """An outbound transport. One instance serves every delivery of its ``kind``."""
+
+    kind: str
+
+    async def send(self, job: DeliveryJob) -> Outcome: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,233 @@
+"""Webhook delivery: a signed HTTP POST per Standard Webhooks v1.
+
+The body is ``{"id", "type", "timestamp", "data"}`` with ``data`` spliced in as the raw
+JSON text the backend sent, so the receiver gets its payload byte for byte and the
+bytes signed are exactly the bytes sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import hashlib
+import hmac
+import ipaddress
+import json
+import socket
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+
+from adapters.base import DeliveryJob, Outcome, Verdict
+
+USER_AGENT = "event-gateway/0.1 (+standard-webhooks)"
+SNIPPET_BYTES = 1024
+#: Answers that ask the sender to slow down; their Retry-After is honoured.
+_SLOW_DOWN = {429, 502, 503, 504}
+
+
+def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`` with a ``whsec_`` secret."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    digest = hmac.new(key, signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode("ascii")
+
+
+def iso_timestamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def webhook_body(event_id: str, event_type: str, created_at: datetime, payload: str) -> bytes:
+    head = json.dumps({"id": event_id, "type": event_type, "timestamp": iso_timestamp(created_at)})
+    return (head[:-1] + ', "data": ' + payload + "}").encode("utf-8", "surrogatepass")
+
+
+def address_forbidden(address: str) -> bool:
+    """Loopback, private, link-local (cloud metadata), multicast, reserved: not the internet."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not ip.is_global or ip.is_multicast
+
+
+class ForbiddenAddress(OSError):
+    """The endpoint's host resolves to an address the gateway must not call."""
+
+
+class GuardedResolver(AbstractResolver):
+    """Resolves like aiohttp's default resolver, then refuses non-public addresses.
+
+    The check sits where the connection is made, so a DNS answer that changed since the
+    endpoint was registered cannot slip a private address through.
+    """
+
+    def __init__(self, inner: AbstractResolver | None = None) -> None:
+        self._inner = inner or DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        for result in results:
+            if address_forbidden(result["host"]):
+                raise ForbiddenAddress(f"{host} resolves to {result['host']}, a non-public address")
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP-date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, moment.timestamp() - (time.time() if now is None else now))
+
+
+class WebhookAdapter:
+    """Sends webhooks over one pooled aiohttp session shared by every delivery."""
+
+    kind = "webhook"
+
+    def __init__(
+        self,
+        *,
+        timeout_s: float,
+        allow_private: bool,
+        max_connections: int = 256,
+        user_agent: str = USER_AGENT,
+    ) -> None:
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._timeout_s = timeout_s
+        self._allow_private = allow_private
+        self._max_connections = max_connections
+        self._user_agent = user_agent
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            resolver: AbstractResolver = (
+                DefaultResolver() if self._allow_private else GuardedResolver()
+            )
+            connector = aiohttp.TCPConnector(
+                limit=self._max_connections, limit_per_host=0, resolver=resolver,
+                ttl_dns_cache=10, enable_cleanup_closed=False,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=self._timeout, auto_decompress=False,
+                skip_auto_headers=("Accept-Encoding",), trust_env=False,
+            )
+        return self._session
+
+    def headers(self, job: DeliveryJob, body: bytes, timestamp: int) -> dict[str, str]:
+        assert job.endpoint is not None
+        signatures = " ".join(sign(s, job.event.id, timestamp, body) for s in job.endpoint.secrets)
+        return {
+            "content-type": "application/json",
+            "user-agent": self._user_agent,
+            "webhook-id": job.event.id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": signatures,
+        }
+
+    async def send(self, job: DeliveryJob) -> Outcome:
+        assert job.endpoint is not None, "webhook deliveries always have an endpoint"
+        event = job.event
+        body = webhook_body(event.id, event.type, event.created_at, event.payload)
+        started = time.monotonic()
+
+        def elapsed_ms() -> int:
+            return int((time.monotonic() - started) * 1000)
+
+        host = urlsplit(job.endpoint.url).hostname or ""
+        if not self._allow_private and _is_ip_literal(host) and address_forbidden(host):
+            return Outcome(Verdict.FAILED, error=f"endpoint_url_forbidden: {host} is not a "
+                           "public address", duration_ms=0)
+        headers = self.headers(job, body, int(time.time()))
+        try:
+            async with self._client().post(
+                job.endpoint.url, data=body, headers=headers, allow_redirects=False
+            ) as resp:
+                snippet = await _read_snippet(resp)
+                return self._judge(resp.status, resp.headers, snippet, elapsed_ms())
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, ForbiddenAddress):
+                return Outcome(Verdict.FAILED, error=f"endpoint_url_forbidden: {exc.os_error}",
+                               duration_ms=elapsed_ms())
+            return Outcome(Verdict.RETRY, error=f"connection failed: {exc}",
+                           duration_ms=elapsed_ms())
+        except TimeoutError:
+            return Outcome(Verdict.RETRY, error=f"timed out after {self._timeout_s:g} s",
+                           duration_ms=elapsed_ms())
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            return Outcome(Verdict.RETRY, error=f"{type(exc).__name__}: {exc}"[:500],
+                           duration_ms=elapsed_ms())
+
+    def _judge(self, status: int, headers: Any, snippet: str, duration_ms: int) -> Outcome:
+        if 200 <= status < 300:
+            return Outcome(Verdict.DELIVERED, status_code=status, response_snippet=snippet,
+                           duration_ms=duration_ms)
+        if status == 410:
+            return Outcome(Verdict.GONE, status_code=status, response_snippet=snippet,
+                           duration_ms=duration_ms, error="endpoint answered 410 Gone",
+                           gone_reason="endpoint answered 410 Gone")
+        retry_after = None
+        if status in _SLOW_DOWN:
+            retry_after = parse_retry_after(headers.get("retry-after"))
+        error = f"HTTP {status}" + (" (redirects are not followed)" if 300 <= status < 400 else "")
+        return Outcome(Verdict.RETRY, status_code=status, response_snippet=snippet,
+                       duration_ms=duration_ms, error=error, retry_after_s=retry_after)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+async def _read_snippet(resp: aiohttp.ClientResponse) -> str:
+    chunks: list[bytes] = []
+    size = 0
+    while size < SNIPPET_BYTES:
+        chunk = await resp.content.read(SNIPPET_BYTES - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+async def resolve_forbidden(host: str, timeout_s: float = 2.0) -> Sequence[str] | None:
+    """Addresses ``host`` resolves to that the gateway must not call; None if it does not
+    resolve (yet): such a host is accepted and checked again at delivery."""
+    if _is_ip_literal(host):
+        return [host] if address_forbidden(host) else []
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(timeout_s):
+            infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, TimeoutError, UnicodeError):
+        return None
+    return sorted({str(info[4][0]) for info in infos if address_forbidden(str(info[4][0]))})

@@ -1,0 +1,476 @@
+"""The HTTP API: routes, the JSON error middleware (the one place errors become
+statuses), authentication, and the JSON shapes of every resource."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import asyncpg
+import pydantic
+from aiohttp import web
+
+from adapters.webhook import resolve_forbidden
+from gateway import keys
+from gateway.auth import Principal
+from gateway.errors import (
+    BadRequest,
+    DatabaseUnavailable,
+    EndpointURLForbidden,
+    Forbidden,
+    GatewayError,
+    InvalidJSON,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    ValidationError,
+)
+from gateway.jsonbody import check_depth, parse_object
+from gateway.schemas import AppCreate, EndpointCreate, EndpointPatch, EventCreate
+from gateway.store import EventDraft, Page
+
+log = logging.getLogger("gateway.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+M = TypeVar("M", bound=pydantic.BaseModel)
+
+DEFAULT_PAGE = 50
+MAX_PAGE = 250
+MAX_IDEMPOTENCY_KEY = 255
+
+
+# --- errors: the one place a failure becomes an HTTP answer --------------------------
+
+def error_response(error: GatewayError) -> web.Response:
+    return web.json_response(error.to_json(), status=error.status)
+
+
+_HTTP_CODES = {
+    400: BadRequest, 404: NotFound, 405: MethodNotAllowed, 413: PayloadTooLarge,
+}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except GatewayError as exc:
+        if isinstance(exc, DatabaseUnavailable):
+            log.warning("%s %s: database unavailable", request.method, request.path)
+        return error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        cls = _HTTP_CODES.get(exc.status, BadRequest)
+        message = {
+            404: f"No route {request.method} {request.path}.",
+            405: f"{request.method} is not allowed on {request.path}.",
+            413: "The request body is larger than GATEWAY_MAX_PAYLOAD_BYTES.",
+        }.get(exc.status, exc.reason)
+        response = error_response(cls(message))
+        if exc.status == 405 and "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return web.json_response(
+            {"error": {"code": "internal_error",
+                       "message": "The gateway hit an unexpected error; nothing was written.",
+                       "details": []}},
+            status=500,
+        )
+
+
+# --- request helpers -----------------------------------------------------------------
+
+def principal(request: web.Request) -> Principal:
+    found: Principal = request["principal"]
+    return found
+
+
+async def authenticate(request: web.Request) -> Principal:
+    found = await request.app[keys.AUTH].authenticate(request.headers.get("Authorization"))
+    request["principal"] = found
+    return found
+
+
+def app_scope(handler: Handler) -> Handler:
+    """Only an app key may call this; it acts inside its own app."""
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        if (await authenticate(request)).kind != "app":
+            raise Forbidden("This route takes an app API key, not the operator key.")
+        return await handler(request)
+    wrapped.__name__ = handler.__name__
+    wrapped.__doc__ = handler.__doc__
+    return wrapped
+
+
+def admin_scope(handler: Handler) -> Handler:
+    """Only the operator key may call this."""
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        if (await authenticate(request)).kind != "admin":
+            raise Forbidden("This route takes the operator key (GATEWAY_ADMIN_KEY).")
+        return await handler(request)
+    wrapped.__name__ = handler.__name__
+    wrapped.__doc__ = handler.__doc__
+    return wrapped
+
+
+def app_id(request: web.Request) -> str:
+    found = principal(request).app_id
+    assert found is not None
+    return found
+
+
+async def read_body(request: web.Request) -> tuple[bytes, dict[str, Any], dict[str, str]]:
+    """The body as bytes, parsed object and raw member texts, after every check."""
+    limit = request.app[keys.SETTINGS].max_payload_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType("Send the body as JSON with 'Content-Type: application/json'.")
+    charset = request.charset
+    if charset is not None and charset.lower() not in {"utf-8", "utf8"}:
+        raise UnsupportedMediaType("JSON bodies must be UTF-8.")
+    body = await request.read()
+    if len(body) > limit:
+        raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidJSON(f"The body is not valid UTF-8: {exc.reason} at byte {exc.start}.") \
+            from None
+    obj, raw = parse_object(text)
+    return body, obj, raw
+
+
+def validate(model: type[M], data: dict[str, Any]) -> M:
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError as exc:
+        details = [
+            {"path": ".".join(str(p) for p in err["loc"]), "message": err["msg"],
+             "type": err["type"]}
+            for err in exc.errors(include_url=False, include_context=False, include_input=False)
+        ]
+        first = details[0]
+        raise ValidationError(
+            f"Invalid field '{first['path']}': {first['message']}." if first["path"]
+            else f"Invalid body: {first['message']}.",
+            details=details,
+        ) from None
+
+
+def page_args(request: web.Request) -> tuple[str | None, int]:
+    raw_limit = request.query.get("limit")
+    limit = DEFAULT_PAGE
+    if raw_limit is not None:
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
+            raise ValidationError(
+                f"'limit' must be a whole number from 1 to {MAX_PAGE}.",
+                details=[{"path": "limit", "message": "out of range"}],
+            )
+        limit = int(raw_limit)
+    cursor = request.query.get("cursor") or None
+    return cursor, limit
+
+
+def page_json(page: Page, render: Callable[[asyncpg.Record], dict[str, Any]]) -> dict[str, Any]:
+    return {"data": [render(r) for r in page.rows], "next_cursor": page.next_cursor}
+
+
+def iso(value: datetime | None) -> str | None:
+    if value is None or value.year >= 9999:  # 'infinity' parks a delivery
+        return None
+    return value.isoformat().replace("+00:00", "Z")
+
+
+# --- resource shapes -----------------------------------------------------------------
+
+def app_json(row: asyncpg.Record) -> dict[str, Any]:
+    return {"id": row["id"], "name": row["name"], "created_at": iso(row["created_at"])}
+
+
+def endpoint_json(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "id": row["id"], "url": row["url"], "description": row["description"],
+        "event_types": row["event_types"], "status": row["status"],
+        "disabled_reason": row["disabled_reason"], "disabled_at": iso(row["disabled_at"]),
+        "created_at": iso(row["created_at"]), "updated_at": iso(row["updated_at"]),
+    }
+
+
+def event_json(row: asyncpg.Record) -> dict[str, Any]:
+    return {"id": row["id"], "type": row["type"], "created_at": iso(row["created_at"]),
+            "payload": json.loads(row["payload"])}
+
+
+def delivery_json(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "id": row["id"], "event_id": row["event_id"], "endpoint_id": row["endpoint_id"],
+        "kind": row["kind"], "status": row["status"], "attempt_count": row["attempt_count"],
+        "next_attempt_at": iso(row["next_attempt_at"]) if row["status"] == "pending" else None,
+        "last_attempt_at": iso(row["last_attempt_at"]), "last_error": row["last_error"],
+        "created_at": iso(row["created_at"]), "updated_at": iso(row["updated_at"]),
+    }
+
+
+def attempt_json(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "id": row["id"], "attempted_at": iso(row["attempted_at"]),
+        "duration_ms": row["duration_ms"], "outcome": row["outcome"],
+        "status_code": row["status_code"], "response_snippet": row["response_snippet"],
+        "error": row["error"],
+    }
+
+
+# --- health --------------------------------------------------------------------------
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """200 only when ingest would succeed and, where one runs here, the dispatcher moves."""
+    checks: dict[str, str] = {}
+    try:
+        await request.app[keys.DB].ping()
+        checks["database"] = "ok"
+    except DatabaseUnavailable:
+        checks["database"] = "unavailable"
+    dispatcher = request.app.get(keys.DISPATCHER)
+    if dispatcher is not None:
+        checks["dispatcher"] = "ok" if dispatcher.healthy() else "stalled"
+    if all(v == "ok" for v in checks.values()):
+        return web.json_response({"status": "ready", "checks": checks})
+    code = "database_unavailable" if checks["database"] != "ok" else "dispatcher_stalled"
+    return web.json_response(
+        {"error": {"code": code, "message": "The gateway is not ready.",
+                   "details": [{"check": k, "status": v} for k, v in checks.items()]}},
+        status=503,
+    )
+
+
+# --- apps ----------------------------------------------------------------------------
+
+@admin_scope
+async def create_app(request: web.Request) -> web.Response:
+    _, data, _ = await read_body(request)
+    body = validate(AppCreate, data)
+    row, key = await request.app[keys.STORE].create_app(body.name)
+    return web.json_response({**app_json(row), "api_key": key}, status=201)
+
+
+@admin_scope
+async def list_apps(request: web.Request) -> web.Response:
+    cursor, limit = page_args(request)
+    page = await request.app[keys.STORE].list_apps(cursor, limit)
+    return web.json_response(page_json(page, app_json))
+
+
+# --- events --------------------------------------------------------------------------
+
+@app_scope
+async def create_event(request: web.Request) -> web.Response:
+    _, data, raw = await read_body(request)
+    body = validate(EventCreate, data)
+    check_depth(body.payload, "payload")
+    if body.user_ids or body.topics or body.notification:
+        raise ValidationError(
+            "Push targets (user_ids, topics, notification) are not available in this "
+            "version of the gateway; nothing was written.",
+            details=[{"path": f, "message": "push delivery is not available"}
+                     for f in ("user_ids", "topics", "notification") if data.get(f)],
+        )
+    key = request.headers.get("Idempotency-Key")
+    body_hash = None
+    if key is not None:
+        if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not key.isprintable():
+            raise ValidationError(
+                f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable characters.",
+                details=[{"path": "Idempotency-Key", "message": "invalid header"}],
+            )
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        body_hash = hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).digest()
+    draft = EventDraft(app_id(request), body.type, raw["payload"], key, body_hash)
+    accepted = await request.app[keys.INGEST].submit(draft)
+    return web.json_response(
+        {"id": accepted.id, "type": accepted.type, "created_at": iso(accepted.created_at)},
+        status=202 if accepted.created else 200,
+    )
+
+
+@app_scope
+async def list_events(request: web.Request) -> web.Response:
+    cursor, limit = page_args(request)
+    event_type = request.query.get("type") or None
+    page = await request.app[keys.STORE].list_events(app_id(request), event_type, cursor, limit)
+    return web.json_response(page_json(page, event_json))
+
+
+@app_scope
+async def get_event(request: web.Request) -> web.Response:
+    event, deliveries = await request.app[keys.STORE].get_event(
+        app_id(request), request.match_info["event_id"]
+    )
+    return web.json_response({**event_json(event),
+                              "deliveries": [delivery_json(d) for d in deliveries]})
+
+
+# --- endpoints -----------------------------------------------------------------------
+
+async def check_endpoint_url(request: web.Request, url: str, path: str = "url") -> None:
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if parts.scheme not in {"http", "https"} or not parts.hostname or port == -1:
+        raise ValidationError(
+            "The endpoint URL must be an absolute http:// or https:// URL.",
+            details=[{"path": path, "message": "must be an http(s) URL with a host"}],
+        )
+    if request.app[keys.SETTINGS].allow_private_endpoints:
+        return
+    forbidden = await resolve_forbidden(parts.hostname)
+    if forbidden:
+        raise EndpointURLForbidden(
+            f"{parts.hostname} resolves to a loopback, private, link-local or metadata "
+            "address; set GATEWAY_ALLOW_PRIVATE_ENDPOINTS=true to allow it.",
+            details=[{"path": path, "addresses": list(forbidden)}],
+        )
+
+
+@app_scope
+async def create_endpoint(request: web.Request) -> web.Response:
+    _, data, _ = await read_body(request)
+    body = validate(EndpointCreate, data)
+    await check_endpoint_url(request, body.url)
+    row = await request.app[keys.STORE].create_endpoint(
+        app_id(request), body.url, body.description, body.event_types
+    )
+    return web.json_response({**endpoint_json(row), "secret": row["secret"]}, status=201)
+
+
+@app_scope
+async def list_endpoints(request: web.Request) -> web.Response:
+    cursor, limit = page_args(request)
+    page = await request.app[keys.STORE].list_endpoints(app_id(request), cursor, limit)
+    return web.json_response(page_json(page, endpoint_json))
+
+
+@app_scope
+async def get_endpoint(request: web.Request) -> web.Response:
+    row = await request.app[keys.STORE].get_endpoint(app_id(request),
+                                                     request.match_info["endpoint_id"])
+    return web.json_response(endpoint_json(row))
+
+
+@app_scope
+async def patch_endpoint(request: web.Request) -> web.Response:
+    _, data, _ = await read_body(request)
+    body = validate(EndpointPatch, data)
+    changes = {name: getattr(body, name) for name in body.model_fields_set}
+    for name in ("url", "description", "status"):
+        if name in changes and changes[name] is None:
+            raise ValidationError(f"'{name}' cannot be null.",
+                                  details=[{"path": name, "message": "must not be null"}])
+    if "url" in changes:
+        await check_endpoint_url(request, changes["url"])
+    row = await request.app[keys.STORE].update_endpoint(
+        app_id(request), request.match_info["endpoint_id"], changes
+    )
+    return web.json_response(endpoint_json(row))
+
+
+@app_scope
+async def delete_endpoint(request: web.Request) -> web.Response:
+    await request.app[keys.STORE].delete_endpoint(app_id(request),
+                                                  request.match_info["endpoint_id"])
+    return web.Response(status=204)
+
+
+@app_scope
+async def get_endpoint_secret(request: web.Request) -> web.Response:
+    row = await request.app[keys.STORE].get_endpoint(app_id(request),
+                                                     request.match_info["endpoint_id"])
+    return web.json_response({"secret": row["secret"]})
+
+
+@app_scope
+async def rotate_endpoint_secret(request: web.Request) -> web.Response:
+    row = await request.app[keys.STORE].rotate_secret(app_id(request),
+                                                      request.match_info["endpoint_id"])
+    return web.json_response({"secret": row["secret"],
+                              "previous_secret_expires_at": iso(row["previous_secret_expires_at"])})
+
+
+# --- deliveries ----------------------------------------------------------------------
+
+DELIVERY_STATUSES = ("pending", "succeeded", "failed")
+
+
+@app_scope
+async def list_deliveries(request: web.Request) -> web.Response:
+    cursor, limit = page_args(request)
+    status = request.query.get("status") or None
+    if status is not None and status not in DELIVERY_STATUSES:
+        raise ValidationError(
+            f"'status' must be one of {', '.join(DELIVERY_STATUSES)}.",
+            details=[{"path": "status", "message": "unknown status"}],
+        )
+    page = await request.app[keys.STORE].list_deliveries(
+        app_id(request), status=status, endpoint_id=request.query.get("endpoint_id") or None,
+        event_id=request.query.get("event_id") or None, cursor=cursor, limit=limit,
+    )
+    return web.json_response(page_json(page, delivery_json))
+
+
+@app_scope
+async def get_delivery(request: web.Request) -> web.Response:
+    row = await request.app[keys.STORE].get_delivery(app_id(request),
+                                                     request.match_info["delivery_id"])
+    return web.json_response(delivery_json(row))
+
+
+@app_scope
+async def list_attempts(request: web.Request) -> web.Response:
+    rows = await request.app[keys.STORE].list_attempts(app_id(request),
+                                                       request.match_info["delivery_id"])
+    return web.json_response({"data": [attempt_json(r) for r in rows]})
+
+
+@app_scope
+async def retry_delivery(request: web.Request) -> web.Response:
+    row = await request.app[keys.STORE].retry_delivery(app_id(request),
+                                                       request.match_info["delivery_id"])
+    return web.json_response(delivery_json(row), status=202)
+
+
+def add_routes(app: web.Application, *, api: bool = True) -> None:
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    if not api:
+        return
+    app.router.add_post("/v1/apps", create_app)
+    app.router.add_get("/v1/apps", list_apps)
+    app.router.add_post("/v1/events", create_event)
+    app.router.add_get("/v1/events", list_events)
+    app.router.add_get("/v1/events/{event_id}", get_event)
+    app.router.add_post("/v1/endpoints", create_endpoint)
+    app.router.add_get("/v1/endpoints", list_endpoints)
+    app.router.add_get("/v1/endpoints/{endpoint_id}", get_endpoint)
+    app.router.add_patch("/v1/endpoints/{endpoint_id}", patch_endpoint)
+    app.router.add_delete("/v1/endpoints/{endpoint_id}", delete_endpoint)
+    app.router.add_get("/v1/endpoints/{endpoint_id}/secret", get_endpoint_secret)
+    app.router.add_post("/v1/endpoints/{endpoint_id}/secret/rotate", rotate_endpoint_secret)
+    app.router.add_get("/v1/deliveries", list_deliveries)
+    app.router.add_get("/v1/deliveries/{delivery_id}", get_delivery)
+    app.router.add_get("/v1/deliveries/{delivery_id}/attempts", list_attempts)
+    app.router.add_post("/v1/deliveries/{delivery_id}/retry", retry_delivery)

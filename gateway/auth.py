@@ -1,0 +1,50 @@
+"""Who is calling: the operator (``GATEWAY_ADMIN_KEY``) or one app (its API key)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from gateway.errors import Unauthorized
+from gateway.ids import hash_key, keys_equal
+from gateway.store import Store
+
+#: How long a verified app key is remembered in-process (apps cannot be deleted, and the
+#: cache only saves a lookup per request).
+KEY_CACHE_TTL_S = 30.0
+
+
+@dataclass(frozen=True)
+class Principal:
+    kind: Literal["admin", "app"]
+    app_id: str | None = None
+
+
+class Authenticator:
+    def __init__(self, store: Store, admin_key: str) -> None:
+        self._store = store
+        self._admin_hash = hash_key(admin_key)
+        self._cache: dict[bytes, tuple[str, float]] = {}
+
+    async def authenticate(self, header: str | None) -> Principal:
+        if not header:
+            raise Unauthorized("Missing Authorization header; send 'Authorization: Bearer <key>'.")
+        scheme, _, key = header.partition(" ")
+        key = key.strip()
+        if scheme.lower() != "bearer" or not key:
+            raise Unauthorized("The Authorization header must be 'Bearer <key>'.")
+        presented = hash_key(key)
+        if keys_equal(presented, self._admin_hash):
+            return Principal("admin")
+        cached = self._cache.get(presented)
+        now = time.monotonic()
+        if cached is not None and cached[1] > now:
+            return Principal("app", cached[0])
+        app_id = await self._store.app_id_for_key_hash(presented)
+        if app_id is None:
+            raise Unauthorized("Unknown API key.")
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[presented] = (app_id, now + KEY_CACHE_TTL_S)
+        return Principal("app", app_id)

@@ -1,0 +1,81 @@
+"""Group commit: many concurrent callers, one transaction per batch.
+
+A commit costs a round trip and an fsync whatever it holds, so ingest and the
+dispatcher's result writes queue their rows here and a flusher writes whatever has
+gathered while the previous flush was in flight. Under no load a batch is one row and
+adds no wait; under load batches grow by themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+log = logging.getLogger("gateway.batching")
+
+#: Flushes a batch; returns one result (or the exception for that item) per item, in order.
+FlushFn = Callable[[list[T]], Awaitable[Sequence["R | BaseException"]]]
+
+
+class GroupCommit(Generic[T, R]):
+    def __init__(
+        self, flush: FlushFn[T, R], *, max_batch: int = 500, max_flushers: int = 2,
+        name: str = "batch",
+    ) -> None:
+        self._flush = flush
+        self._max_batch = max_batch
+        self._max_flushers = max_flushers
+        self._name = name
+        self._queue: list[tuple[T, asyncio.Future[R]]] = []
+        self._flushers: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    async def submit(self, item: T) -> R:
+        """Queue ``item``; returns its result once its batch is written (or raises)."""
+        if self._closed:
+            raise RuntimeError(f"{self._name} is closed")
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, future))
+        if len(self._flushers) < self._max_flushers and (
+            not self._flushers or len(self._queue) >= self._max_batch
+        ):
+            task = asyncio.create_task(self._drain(), name=f"{self._name}-flusher")
+            self._flushers.add(task)
+            task.add_done_callback(self._flushers.discard)
+        return await future
+
+    async def _drain(self) -> None:
+        await asyncio.sleep(0)  # let callers of this loop tick join the first batch
+        while self._queue:
+            batch = self._queue[: self._max_batch]
+            del self._queue[: self._max_batch]
+            items = [item for item, _ in batch]
+            try:
+                results = await self._flush(items)
+            except BaseException as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+
+    async def close(self) -> None:
+        """Finish every queued item, then refuse new ones."""
+        self._closed = True
+        while self._flushers:
+            with contextlib.suppress(Exception):
+                await asyncio.gather(*self._flushers, return_exceptions=True)

@@ -1,0 +1,192 @@
+"""Settings, read once from the environment (``GATEWAY_*`` and ``DATABASE_URL``).
+
+:data:`SETTINGS` is the single table of every variable: the loader, ``gateway --help``,
+the README table and the docker-compose check all read it, so they cannot drift.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import ConfigError
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"expected true or false, got {raw!r}")
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be between 0 and 65535")
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0:
+        raise ValueError("must be a positive number")
+    return value
+
+
+def _fraction(raw: str) -> float:
+    value = float(raw)
+    if not 0 <= value < 1:
+        raise ValueError("must be at least 0 and below 1")
+    return value
+
+
+def _schedule(raw: str) -> tuple[float, ...]:
+    parts = [p.strip() for p in raw.split(",") if p.strip()]
+    if not parts:
+        raise ValueError("needs at least one delay in seconds")
+    delays = tuple(float(p) for p in parts)
+    if any(d < 0 for d in delays):
+        raise ValueError("delays must not be negative")
+    return delays
+
+
+def _log_level(raw: str) -> str:
+    level = raw.strip().upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+    return level
+
+
+def _str(raw: str) -> str:
+    return raw
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable: where it lands in :class:`Settings` and what it means."""
+
+    env: str
+    attr: str
+    parse: Callable[[str], Any]
+    default: str | None
+    help: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("DATABASE_URL", "database_url", _str, None,
+            "PostgreSQL URL (postgresql://user:pass@host:5432/db). "
+            "Unset: an embedded PostgreSQL 16 is started in GATEWAY_DATA_DIR."),
+    Setting("GATEWAY_DATA_DIR", "data_dir", _str, ".gateway",
+            "Folder for the embedded PostgreSQL (used only without DATABASE_URL)."),
+    Setting("GATEWAY_HOST", "host", _str, "127.0.0.1", "Address the HTTP API listens on."),
+    Setting("GATEWAY_PORT", "port", _port, "8080", "Port the HTTP API listens on."),
+    Setting("GATEWAY_ADMIN_KEY", "admin_key", _str, None,
+            "Operator key (Bearer) that manages apps. Unset: a random one is generated and "
+            "printed at start-up."),
+    Setting("GATEWAY_MAX_PAYLOAD_BYTES", "max_payload_bytes", _positive_int, "262144",
+            "Largest accepted request body, in bytes (413 payload_too_large above it)."),
+    Setting("GATEWAY_DELIVERY_TIMEOUT_S", "delivery_timeout_s", _positive_float, "15",
+            "Seconds an endpoint has to answer a webhook with 2xx."),
+    Setting("GATEWAY_RETRY_SCHEDULE", "retry_schedule", _schedule,
+            "5,300,1800,7200,18000,36000,36000",
+            "Comma-separated delays in seconds between attempts; the delivery fails "
+            "after the last one."),
+    Setting("GATEWAY_RETRY_JITTER", "retry_jitter", _fraction, "0.2",
+            "Random spread applied to each retry delay (0.2 = plus or minus 20%)."),
+    Setting("GATEWAY_RETRY_AFTER_MAX_S", "retry_after_max_s", _positive_float, "3600",
+            "Longest Retry-After (on 429/503) the gateway honours, in seconds."),
+    Setting("GATEWAY_SHUTDOWN_GRACE_S", "shutdown_grace_s", _positive_float, "10",
+            "On SIGTERM, seconds to finish in-flight deliveries before releasing them."),
+    Setting("GATEWAY_ALLOW_PRIVATE_ENDPOINTS", "allow_private_endpoints", _bool, "false",
+            "Allow endpoint URLs that resolve to loopback, private, link-local or "
+            "metadata addresses."),
+    Setting("GATEWAY_DISPATCH_CONCURRENCY", "dispatch_concurrency", _positive_int, "256",
+            "Deliveries in flight at once, per dispatcher process."),
+    Setting("GATEWAY_ENDPOINT_CONCURRENCY", "endpoint_concurrency", _positive_int, "64",
+            "Deliveries in flight at once to one endpoint, per dispatcher process."),
+    Setting("GATEWAY_DISPATCH_BATCH", "dispatch_batch", _positive_int, "200",
+            "Most deliveries claimed from the database in one query."),
+    Setting("GATEWAY_POLL_INTERVAL_S", "poll_interval_s", _positive_float, "1",
+            "Fallback poll when no LISTEN/NOTIFY wake-up arrives, in seconds."),
+    Setting("GATEWAY_LEASE_S", "lease_s", _positive_float, None,
+            "How long a claimed delivery stays reserved for one dispatcher before another "
+            "may take it (default: delivery timeout + 30 s)."),
+    Setting("GATEWAY_DB_POOL_SIZE", "db_pool_size", _positive_int, "10",
+            "PostgreSQL connections per process."),
+    Setting("GATEWAY_LOG_LEVEL", "log_level", _log_level, "INFO",
+            "DEBUG, INFO, WARNING or ERROR."),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The gateway's configuration; build it with :func:`load_settings`."""
+
+    database_url: str | None = None
+    data_dir: str = ".gateway"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    admin_key: str | None = None
+    max_payload_bytes: int = 262144
+    delivery_timeout_s: float = 15.0
+    retry_schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
+    retry_jitter: float = 0.2
+    retry_after_max_s: float = 3600.0
+    shutdown_grace_s: float = 10.0
+    allow_private_endpoints: bool = False
+    dispatch_concurrency: int = 256
+    endpoint_concurrency: int = 64
+    dispatch_batch: int = 200
+    poll_interval_s: float = 1.0
+    lease_s: float | None = None
+    db_pool_size: int = 10
+    log_level: str = "INFO"
+
+    @property
+    def effective_lease_s(self) -> float:
+        return self.lease_s if self.lease_s is not None else self.delivery_timeout_s + 30.0
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser().resolve()
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read every :data:`SETTINGS` variable; a malformed value raises :class:`ConfigError`."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw = env.get(setting.env)
+        if raw is None or raw == "":
+            continue
+        try:
+            values[setting.attr] = setting.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{setting.env}={raw!r}: {exc}") from exc
+    known = {f.name for f in fields(Settings)}
+    assert all(s.attr in known for s in SETTINGS)
+    return Settings(**values)
+
+
+def settings_help() -> str:
+    """The variables as plain text, for ``--help``."""
+    lines = ["environment variables:"]
+    for s in SETTINGS:
+        default = f" (default: {s.default})" if s.default is not None else ""
+        lines.append(f"  {s.env}{default}\n      {s.help}")
+    return "\n".join(lines)

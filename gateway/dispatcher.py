@@ -1,0 +1,280 @@
+"""The dispatcher: claims due deliveries from PostgreSQL and runs them through adapters.
+
+PostgreSQL picks the work (``FOR UPDATE SKIP LOCKED`` with a lease, so any number of
+dispatcher processes share one database and a crashed one's claims come back by
+themselves); ``LISTEN gateway_deliveries`` wakes it within milliseconds of ingest and
+polling is only the fallback. Concurrency is bounded overall and per endpoint. A
+supervisor restarts the loop if it dies or stalls, and ``healthy()`` tells ``/readyz``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+import asyncpg
+
+from adapters.base import Adapter, DeliveryJob, EndpointTarget, EventView, Outcome, Verdict
+from gateway.batching import GroupCommit
+from gateway.errors import DatabaseUnavailable
+from gateway.retry import RetryPolicy
+from gateway.store import AttemptRecord, Store
+
+log = logging.getLogger("gateway.dispatcher")
+
+CHANNEL = "gateway_deliveries"
+
+
+def _clean(text: str | None, limit: int = 1024) -> str | None:
+    """PostgreSQL text cannot hold NUL; logs should stay bounded."""
+    return None if text is None else text.replace("\x00", "\ufffd")[:limit]
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: Store,
+        dsn: str,
+        adapters: Mapping[str, Adapter],
+        policy: RetryPolicy,
+        *,
+        concurrency: int = 256,
+        endpoint_concurrency: int = 64,
+        batch: int = 200,
+        lease_s: float = 45.0,
+        poll_interval_s: float = 1.0,
+        stall_after_s: float = 30.0,
+    ) -> None:
+        self.store = store
+        self.dsn = dsn
+        self.adapters = dict(adapters)
+        self.policy = policy
+        self.concurrency = concurrency
+        self.endpoint_concurrency = endpoint_concurrency
+        self.batch = batch
+        self.lease_s = lease_s
+        self.poll_interval_s = poll_interval_s
+        self.stall_after_s = stall_after_s
+
+        self.heartbeat = time.monotonic()
+        self.restarts = 0
+        self._wake = asyncio.Event()
+        self._slot_free = asyncio.Event()
+        self._stopping = False
+        self._inflight: dict[asyncio.Task[None], uuid.UUID] = {}
+        self._endpoint_slots: dict[str, asyncio.Semaphore] = {}
+        self._loop_task: asyncio.Task[None] | None = None
+        self._side_tasks: list[asyncio.Task[None]] = []
+        self._results: GroupCommit[AttemptRecord, None] = GroupCommit(
+            store.record_attempts, max_batch=500, max_flushers=2, name="attempt-writer"
+        )
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop_task = asyncio.create_task(self._loop(), name="dispatcher-loop")
+        self._side_tasks = [
+            asyncio.create_task(self._listen(), name="dispatcher-listen"),
+            asyncio.create_task(self._supervise(), name="dispatcher-supervisor"),
+        ]
+
+    def healthy(self) -> bool:
+        """The loop runs and has moved recently."""
+        running = self._loop_task is not None and not self._loop_task.done()
+        return running and time.monotonic() - self.heartbeat < self.stall_after_s
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop claiming, give in-flight deliveries ``grace_s`` to finish, release the rest."""
+        self._stopping = True
+        self._wake.set()
+        for task in self._side_tasks:
+            task.cancel()
+        if self._loop_task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._loop_task, timeout=2)
+        pending = list(self._inflight)
+        if pending:
+            log.info("waiting up to %.1f s for %d in-flight deliveries", grace_s, len(pending))
+            _, still = await asyncio.wait(pending, timeout=grace_s)
+            leases = {self._inflight[t] for t in still if t in self._inflight}
+            for task in still:
+                task.cancel()
+            await asyncio.gather(*still, return_exceptions=True)
+            with contextlib.suppress(DatabaseUnavailable):
+                await self.store.release_leases(list(leases))
+        await asyncio.gather(*self._side_tasks, return_exceptions=True)
+        await self._results.close()
+
+    async def _supervise(self) -> None:
+        """Restart the loop when it dies or stalls: a dispatcher is never silently gone."""
+        while not self._stopping:
+            await asyncio.sleep(min(1.0, self.stall_after_s / 4))
+            task = self._loop_task
+            if task is None or self._stopping:
+                continue
+            if task.done():
+                exc = None if task.cancelled() else task.exception()
+                log.error("dispatcher loop died (%r); restarting it", exc)
+            elif time.monotonic() - self.heartbeat > self.stall_after_s:
+                log.error("dispatcher loop stalled for %.0f s; restarting it",
+                          time.monotonic() - self.heartbeat)
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            else:
+                continue
+            self.restarts += 1
+            self.heartbeat = time.monotonic()
+            self._loop_task = asyncio.create_task(self._loop(), name="dispatcher-loop")
+
+    # --- wake-ups ---------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        """Hold a LISTEN connection; reconnect (and catch up) after the database returns."""
+        delay = 0.1
+        while not self._stopping:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(self.dsn, timeout=5)
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
+                await conn.add_listener(CHANNEL, lambda *_: self._wake.set())
+                self._wake.set()  # anything that arrived while we were away
+                delay = 0.1
+                while not lost.is_set() and not conn.is_closed():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(5):
+                            await lost.wait()
+                    if not lost.is_set():
+                        await conn.execute("SELECT 1")  # notice a silently dead socket
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("LISTEN connection lost (%s); reconnecting", exc)
+            finally:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(conn.close(), 2)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    # --- the loop ---------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        backoff = 0.05
+        while not self._stopping:
+            self.heartbeat = time.monotonic()
+            free = self.concurrency - len(self._inflight)
+            if free <= 0:
+                self._slot_free.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.poll_interval_s):
+                        await self._slot_free.wait()
+                continue
+            want = min(free, self.batch)
+            self._wake.clear()
+            try:
+                lease_id, rows = await self.store.claim_due(want, self.lease_s)
+            except DatabaseUnavailable as exc:
+                log.warning("cannot claim deliveries: %s; retrying in %.2f s", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.poll_interval_s)
+                continue
+            backoff = 0.05
+            for row in rows:
+                task = asyncio.create_task(self._deliver(row, lease_id))
+                self._inflight[task] = lease_id
+                task.add_done_callback(self._done)
+            if len(rows) == want:
+                await asyncio.sleep(0)
+                continue
+            await self._idle()
+
+    async def _idle(self) -> None:
+        timeout = self.poll_interval_s
+        with contextlib.suppress(DatabaseUnavailable):
+            due = await self.store.next_due_at()
+            if due is not None:
+                until = (due - datetime.now(UTC)).total_seconds()
+                timeout = max(0.0, min(timeout, until))
+        if timeout <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.pop(task, None)
+        self._slot_free.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery task failed", exc_info=task.exception())
+
+    # --- one delivery -----------------------------------------------------------------
+
+    async def _deliver(self, row: asyncpg.Record, lease_id: uuid.UUID) -> None:
+        job = job_from_row(row)
+        adapter = self.adapters.get(job.kind)
+        attempted_at = datetime.now(UTC)
+        if adapter is None:
+            outcome = Outcome(Verdict.FAILED, error=f"no adapter for kind {job.kind!r}")
+        else:
+            slot = self._endpoint_slot(job)
+            try:
+                async with slot:
+                    outcome = await adapter.send(job)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # an adapter bug must not lose the delivery
+                log.exception("adapter %s raised", job.kind)
+                outcome = Outcome(Verdict.RETRY, error=f"internal error: {type(exc).__name__}")
+        decision = self.policy.decide(row["schedule_pos"], outcome, datetime.now(UTC))
+        gone_endpoint = job.endpoint.id if (
+            outcome.verdict is Verdict.GONE and job.endpoint is not None) else None
+        record = AttemptRecord(
+            delivery_id=job.delivery_id, lease_id=lease_id, status=decision.status,
+            next_attempt_at=decision.next_attempt_at, schedule_pos=decision.schedule_pos,
+            attempted_at=attempted_at, duration_ms=outcome.duration_ms,
+            outcome=outcome.verdict.value, status_code=outcome.status_code,
+            response_snippet=_clean(outcome.response_snippet), error=_clean(outcome.error),
+            disable_endpoint_id=gone_endpoint, disable_reason=_clean(outcome.gone_reason),
+        )
+        await self._write(record)
+
+    async def _write(self, record: AttemptRecord) -> None:
+        """Keep trying while the database is away; if we die first, the lease brings the
+        delivery back (at least once)."""
+        delay = 0.1
+        while True:
+            try:
+                await self._results.submit(record)
+                return
+            except DatabaseUnavailable:
+                if self._stopping and delay > 1:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def _endpoint_slot(self, job: DeliveryJob) -> asyncio.Semaphore:
+        key = job.endpoint.id if job.endpoint is not None else job.kind
+        slot = self._endpoint_slots.get(key)
+        if slot is None:
+            slot = self._endpoint_slots[key] = asyncio.Semaphore(self.endpoint_concurrency)
+        return slot
+
+
+def job_from_row(row: asyncpg.Record) -> DeliveryJob:
+    endpoint = None
+    if row["endpoint_id"] is not None:
+        secrets = (row["secret"],) + ((row["previous_secret"],) if row["previous_secret"] else ())
+        endpoint = EndpointTarget(row["endpoint_id"], row["url"], secrets)
+    return DeliveryJob(
+        delivery_id=row["id"], app_id=row["app_id"], kind=row["kind"],
+        event=EventView(row["event_id"], row["event_type"], row["payload"],
+                        row["event_created_at"]),
+        endpoint=endpoint, attempt=row["attempt_count"] + 1,
+    )

@@ -1,0 +1,36 @@
+"""Identifiers and secrets.
+
+Ids are ``<prefix>_`` + 12 hex digits of Unix milliseconds + 20 random hex digits: they
+sort by creation time, so cursors are plain ids. ``gateway_id()`` in the first migration
+makes the same shape inside PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{int(time.time() * 1000):012x}{secrets.token_hex(10)}"
+
+
+def new_api_key() -> str:
+    return "gk_" + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str) -> bytes:
+    """API keys are random 256-bit strings, so one SHA-256 is the right hash (no KDF needed)."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
+
+
+def keys_equal(a: bytes, b: bytes) -> bool:
+    return hmac.compare_digest(a, b)
+
+
+def new_webhook_secret() -> str:
+    """Standard Webhooks secret: ``whsec_`` + base64 of 32 random bytes."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode("ascii")

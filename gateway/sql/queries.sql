@@ -1,0 +1,241 @@
+-- Every query the gateway runs, loaded once by name (gateway/store.py).
+-- Each block starts with "-- name: <name>" and documents its $n arguments.
+
+-- name: create_app
+-- $1 id, $2 name, $3 api_key_hash
+INSERT INTO apps (id, name, api_key_hash) VALUES ($1, $2, $3)
+RETURNING id, name, created_at;
+
+-- name: app_by_key_hash
+-- $1 api_key_hash
+SELECT id, api_key_hash FROM apps WHERE api_key_hash = $1;
+
+-- name: get_app
+-- $1 app id
+SELECT id, name, created_at FROM apps WHERE id = $1;
+
+-- name: list_apps
+-- $1 cursor (id, exclusive, or NULL), $2 limit
+SELECT id, name, created_at FROM apps
+WHERE $1::text IS NULL OR id < $1
+ORDER BY id DESC LIMIT $2;
+
+-- name: create_endpoint
+-- $1 id, $2 app id, $3 url, $4 description, $5 event_types (NULL = all), $6 secret
+INSERT INTO endpoints (id, app_id, url, description, event_types, secret)
+VALUES ($1, $2, $3, $4, $5, $6)
+RETURNING *;
+
+-- name: list_endpoints
+-- $1 app id, $2 cursor (id, exclusive, or NULL), $3 limit
+SELECT * FROM endpoints
+WHERE app_id = $1 AND deleted_at IS NULL AND ($2::text IS NULL OR id < $2)
+ORDER BY id DESC LIMIT $3;
+
+-- name: get_endpoint
+-- $1 app id, $2 endpoint id
+SELECT * FROM endpoints WHERE app_id = $1 AND id = $2 AND deleted_at IS NULL;
+
+-- name: get_endpoint_for_update
+-- $1 app id, $2 endpoint id
+SELECT * FROM endpoints WHERE app_id = $1 AND id = $2 AND deleted_at IS NULL FOR UPDATE;
+
+-- name: update_endpoint
+-- $1 app id, $2 endpoint id, $3 url, $4 description, $5 event_types, $6 status,
+-- $7 disabled_reason
+UPDATE endpoints SET
+    url = $3, description = $4, event_types = $5, status = $6, disabled_reason = $7,
+    disabled_at = CASE WHEN $6 = 'disabled' THEN coalesce(disabled_at, now()) END,
+    updated_at = now()
+WHERE app_id = $1 AND id = $2 AND deleted_at IS NULL
+RETURNING *;
+
+-- name: delete_endpoint
+-- $1 app id, $2 endpoint id
+UPDATE endpoints SET deleted_at = now(), updated_at = now()
+WHERE app_id = $1 AND id = $2 AND deleted_at IS NULL
+RETURNING id;
+
+-- name: fail_pending_of_endpoint
+-- $1 endpoint id, $2 reason
+UPDATE deliveries SET status = 'failed', next_attempt_at = NULL, lease_id = NULL,
+    last_error = $2, updated_at = now()
+WHERE endpoint_id = $1 AND status = 'pending';
+
+-- name: rotate_secret
+-- $1 app id, $2 endpoint id, $3 new secret, $4 seconds the old secret keeps signing
+UPDATE endpoints SET
+    previous_secret = secret,
+    previous_secret_expires_at = now() + make_interval(secs => $4),
+    secret = $3,
+    updated_at = now()
+WHERE app_id = $1 AND id = $2 AND deleted_at IS NULL
+RETURNING *;
+
+-- name: park_deliveries
+-- $1 endpoint ids: pending deliveries wait (out of the claim index's way) until re-enabled.
+UPDATE deliveries SET next_attempt_at = 'infinity', updated_at = now()
+WHERE endpoint_id = ANY($1::text[]) AND status = 'pending' AND lease_id IS NULL;
+
+-- name: unpark_deliveries
+-- $1 endpoint id
+UPDATE deliveries SET next_attempt_at = now(), updated_at = now()
+WHERE endpoint_id = $1 AND status = 'pending' AND next_attempt_at = 'infinity';
+
+-- name: claim_idempotency_keys
+-- $1 app ids, $2 keys, $3 body sha256s, $4 event ids (arrays of one length).
+-- Returns the keys this call now owns: new ones and ones older than $5 seconds.
+INSERT INTO idempotency_keys (app_id, key, body_sha256, event_id)
+SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[])
+ON CONFLICT (app_id, key) DO UPDATE SET
+    body_sha256 = EXCLUDED.body_sha256, event_id = EXCLUDED.event_id, created_at = now()
+WHERE idempotency_keys.created_at < now() - make_interval(secs => $5)
+RETURNING app_id, key;
+
+-- name: existing_idempotency_keys
+-- $1 app ids, $2 keys
+SELECT k.app_id, k.key, k.body_sha256, e.id, e.type, e.created_at
+FROM unnest($1::text[], $2::text[]) AS q(app_id, key)
+JOIN idempotency_keys k ON k.app_id = q.app_id AND k.key = q.key
+JOIN events e ON e.id = k.event_id;
+
+-- name: insert_events
+-- $1 ids, $2 app ids, $3 types, $4 raw payloads, $5 created_at (arrays of one length).
+-- Creates each event and one pending delivery per active endpoint subscribed to its type,
+-- in the caller's transaction. Returns how many deliveries were created.
+WITH ev AS (
+    INSERT INTO events (id, app_id, type, payload, created_at)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+    RETURNING id, app_id, type, created_at
+), dl AS (
+    INSERT INTO deliveries (id, app_id, event_id, endpoint_id, kind, next_attempt_at,
+                            created_at, updated_at)
+    SELECT gateway_id('dlv'), ev.app_id, ev.id, ep.id, 'webhook', ev.created_at,
+           ev.created_at, ev.created_at
+    FROM ev
+    JOIN endpoints ep ON ep.app_id = ev.app_id
+        AND ep.status = 'active' AND ep.deleted_at IS NULL
+        AND gateway_type_matches(ep.event_types, ev.type)
+    RETURNING 1
+)
+SELECT count(*) FROM dl;
+
+-- name: notify_deliveries
+-- Wakes every dispatcher (LISTEN gateway_deliveries) when the transaction commits.
+SELECT pg_notify('gateway_deliveries', '');
+
+-- name: get_event
+-- $1 app id, $2 event id
+SELECT id, type, payload, created_at FROM events WHERE app_id = $1 AND id = $2;
+
+-- name: list_events
+-- $1 app id, $2 type (or NULL), $3 cursor (id, exclusive, or NULL), $4 limit
+SELECT id, type, payload, created_at FROM events
+WHERE app_id = $1 AND ($2::text IS NULL OR type = $2) AND ($3::text IS NULL OR id < $3)
+ORDER BY id DESC LIMIT $4;
+
+-- name: deliveries_of_event
+-- $1 event id
+SELECT * FROM deliveries WHERE event_id = $1 ORDER BY id;
+
+-- name: list_deliveries
+-- $1 app id, $2 status, $3 endpoint id, $4 event id (each NULL = any),
+-- $5 cursor (id, exclusive, or NULL), $6 limit
+SELECT * FROM deliveries
+WHERE app_id = $1
+  AND ($2::text IS NULL OR status = $2)
+  AND ($3::text IS NULL OR endpoint_id = $3)
+  AND ($4::text IS NULL OR event_id = $4)
+  AND ($5::text IS NULL OR id < $5)
+ORDER BY id DESC LIMIT $6;
+
+-- name: get_delivery
+-- $1 app id, $2 delivery id
+SELECT * FROM deliveries WHERE app_id = $1 AND id = $2;
+
+-- name: list_attempts
+-- $1 delivery id
+SELECT * FROM attempts WHERE delivery_id = $1 ORDER BY id;
+
+-- name: retry_delivery
+-- $1 app id, $2 delivery id. Requeues a failed delivery at the start of the schedule;
+-- one whose endpoint is disabled waits parked until it is re-enabled.
+UPDATE deliveries d SET
+    status = 'pending', schedule_pos = 0, lease_id = NULL, updated_at = now(),
+    next_attempt_at = CASE WHEN ep.status = 'disabled' THEN 'infinity'::timestamptz
+                           ELSE now() END
+FROM endpoints ep
+WHERE d.app_id = $1 AND d.id = $2 AND d.status = 'failed'
+  AND ep.id = d.endpoint_id AND ep.deleted_at IS NULL
+RETURNING d.*;
+
+-- name: claim_due
+-- $1 limit, $2 lease seconds, $3 lease id. Takes due deliveries no other dispatcher holds,
+-- extends their due time by the lease (a crashed claimer's work comes back by itself),
+-- and returns what a delivery needs to be sent.
+WITH due AS (
+    SELECT d.id FROM deliveries d
+    WHERE d.status = 'pending' AND d.next_attempt_at <= now()
+      AND NOT EXISTS (SELECT 1 FROM endpoints e WHERE e.id = d.endpoint_id
+                      AND (e.status <> 'active' OR e.deleted_at IS NOT NULL))
+    ORDER BY d.next_attempt_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE deliveries d
+    SET next_attempt_at = now() + make_interval(secs => $2), lease_id = $3
+    FROM due WHERE d.id = due.id
+    RETURNING d.id, d.app_id, d.event_id, d.endpoint_id, d.kind, d.schedule_pos,
+              d.attempt_count
+)
+SELECT c.*, ev.type AS event_type, ev.payload, ev.created_at AS event_created_at,
+       ep.url, ep.status AS endpoint_status, ep.deleted_at AS endpoint_deleted_at,
+       ep.secret,
+       CASE WHEN ep.previous_secret_expires_at > now() THEN ep.previous_secret END
+           AS previous_secret
+FROM claimed c
+JOIN events ev ON ev.id = c.event_id
+LEFT JOIN endpoints ep ON ep.id = c.endpoint_id;
+
+-- name: record_results
+-- Arrays of one length: $1 delivery ids, $2 lease ids, $3 new statuses,
+-- $4 next attempt times, $5 schedule positions, $6 attempted_at, $7 duration_ms,
+-- $8 outcomes, $9 status codes, $10 response snippets, $11 errors.
+-- Every attempt is logged; a delivery changes only while the caller's lease still holds it.
+WITH r AS (
+    SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::timestamptz[], $5::int[],
+                         $6::timestamptz[], $7::int[], $8::text[], $9::int[], $10::text[],
+                         $11::text[])
+        AS r(delivery_id, lease_id, status, next_attempt_at, schedule_pos, attempted_at,
+             duration_ms, outcome, status_code, response_snippet, error)
+), upd AS (
+    UPDATE deliveries d SET
+        status = r.status, next_attempt_at = r.next_attempt_at,
+        schedule_pos = r.schedule_pos, attempt_count = d.attempt_count + 1,
+        last_attempt_at = r.attempted_at, last_error = r.error, lease_id = NULL,
+        updated_at = now()
+    FROM r WHERE d.id = r.delivery_id AND d.lease_id = r.lease_id
+    RETURNING d.id
+)
+INSERT INTO attempts (delivery_id, attempted_at, duration_ms, outcome, status_code,
+                      response_snippet, error)
+SELECT delivery_id, attempted_at, duration_ms, outcome, status_code, response_snippet, error
+FROM r;
+
+-- name: disable_endpoints
+-- $1 endpoint ids, $2 reason
+UPDATE endpoints SET status = 'disabled', disabled_reason = $2,
+    disabled_at = now(), updated_at = now()
+WHERE id = ANY($1::text[]) AND status = 'active';
+
+-- name: release_leases
+-- $1 lease ids: deliveries claimed but not attempted go back to the queue at once.
+UPDATE deliveries SET next_attempt_at = now(), lease_id = NULL, updated_at = now()
+WHERE lease_id = ANY($1::uuid[]) AND status = 'pending';
+
+-- name: next_due_at
+SELECT min(next_attempt_at) FROM deliveries
+WHERE status = 'pending' AND next_attempt_at < 'infinity';
+
+-- name: ping
+SELECT 1;

@@ -1,0 +1,321 @@
+"""Everything the gateway keeps, behind named queries (``sql/queries.sql``).
+
+Callers get plain records and domain errors; asyncpg never leaks past this module
+and ``gateway.db``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from gateway.db import QUERIES, Database
+from gateway.errors import DeliveryNotRetryable, IdempotencyKeyReused, NotFound
+from gateway.ids import hash_key, new_api_key, new_id, new_webhook_secret
+
+IDEMPOTENCY_WINDOW_S = 24 * 3600
+ROTATION_GRACE_S = 24 * 3600
+
+
+@dataclass(frozen=True)
+class EventDraft:
+    app_id: str
+    type: str
+    payload: str
+    idempotency_key: str | None = None
+    body_sha256: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Accepted:
+    id: str
+    type: str
+    created_at: datetime
+    #: False when an earlier request with the same Idempotency-Key made this event.
+    created: bool
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One attempt's outcome and the delivery's next state, as the dispatcher writes it."""
+
+    delivery_id: str
+    lease_id: uuid.UUID
+    status: str
+    next_attempt_at: datetime | None
+    schedule_pos: int
+    attempted_at: datetime
+    duration_ms: int
+    outcome: str
+    status_code: int | None
+    response_snippet: str | None
+    error: str | None
+    #: An endpoint to disable because of this attempt (it answered 410 Gone).
+    disable_endpoint_id: str | None = None
+    disable_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list[asyncpg.Record]
+    next_cursor: str | None
+
+
+def _page(rows: Sequence[asyncpg.Record], limit: int) -> Page:
+    rows = list(rows)
+    if len(rows) > limit:
+        return Page(rows[:limit], rows[limit - 1]["id"])
+    return Page(rows, None)
+
+
+class Store:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # --- apps -------------------------------------------------------------------------
+
+    async def create_app(self, name: str) -> tuple[asyncpg.Record, str]:
+        key = new_api_key()
+        row = await self.db.fetchrow("create_app", new_id("app"), name, hash_key(key))
+        assert row is not None
+        return row, key
+
+    async def app_id_for_key_hash(self, key_hash: bytes) -> str | None:
+        row = await self.db.fetchrow("app_by_key_hash", key_hash)
+        return None if row is None else str(row["id"])
+
+    async def get_app(self, app_id: str) -> asyncpg.Record:
+        return _found(await self.db.fetchrow("get_app", app_id), "app", app_id)
+
+    async def list_apps(self, cursor: str | None, limit: int) -> Page:
+        return _page(await self.db.fetch("list_apps", cursor, limit + 1), limit)
+
+    # --- endpoints --------------------------------------------------------------------
+
+    async def create_endpoint(
+        self, app_id: str, url: str, description: str, event_types: list[str] | None
+    ) -> asyncpg.Record:
+        row = await self.db.fetchrow(
+            "create_endpoint", new_id("ep"), app_id, url, description, event_types,
+            new_webhook_secret(),
+        )
+        assert row is not None
+        return row
+
+    async def list_endpoints(self, app_id: str, cursor: str | None, limit: int) -> Page:
+        return _page(await self.db.fetch("list_endpoints", app_id, cursor, limit + 1), limit)
+
+    async def get_endpoint(self, app_id: str, endpoint_id: str) -> asyncpg.Record:
+        row = await self.db.fetchrow("get_endpoint", app_id, endpoint_id)
+        return _found(row, "endpoint", endpoint_id)
+
+    async def update_endpoint(
+        self, app_id: str, endpoint_id: str, changes: dict[str, Any]
+    ) -> asyncpg.Record:
+        """Apply a PATCH; disabling parks pending deliveries, enabling resumes them."""
+        async with self.db.transaction() as conn:
+            current = _found(
+                await conn.fetchrow(QUERIES["get_endpoint_for_update"], app_id, endpoint_id),
+                "endpoint", endpoint_id,
+            )
+            merged = {k: current[k] for k in
+                      ("url", "description", "event_types", "status", "disabled_reason")}
+            merged.update(changes)
+            if merged["status"] == "active":
+                merged["disabled_reason"] = None
+            elif "disabled_reason" not in changes and current["status"] == "active":
+                merged["disabled_reason"] = "disabled by API"
+            row = await conn.fetchrow(
+                QUERIES["update_endpoint"], app_id, endpoint_id, merged["url"],
+                merged["description"], merged["event_types"], merged["status"],
+                merged["disabled_reason"],
+            )
+            if current["status"] == "active" and merged["status"] == "disabled":
+                await conn.execute(QUERIES["park_deliveries"], [endpoint_id])
+            elif current["status"] == "disabled" and merged["status"] == "active":
+                await conn.execute(QUERIES["unpark_deliveries"], endpoint_id)
+                await conn.execute(QUERIES["notify_deliveries"])
+        assert row is not None
+        return row
+
+    async def delete_endpoint(self, app_id: str, endpoint_id: str) -> None:
+        async with self.db.transaction() as conn:
+            row = await conn.fetchrow(QUERIES["delete_endpoint"], app_id, endpoint_id)
+            _found(row, "endpoint", endpoint_id)
+            await conn.execute(QUERIES["fail_pending_of_endpoint"], endpoint_id,
+                               "endpoint deleted")
+
+    async def rotate_secret(self, app_id: str, endpoint_id: str) -> asyncpg.Record:
+        row = await self.db.fetchrow(
+            "rotate_secret", app_id, endpoint_id, new_webhook_secret(), float(ROTATION_GRACE_S)
+        )
+        return _found(row, "endpoint", endpoint_id)
+
+    # --- events -----------------------------------------------------------------------
+
+    async def write_events(self, drafts: list[EventDraft]) -> list[Accepted | BaseException]:
+        """Make each draft durable with its deliveries, all in one transaction.
+
+        A draft whose Idempotency-Key was already used within 24 h makes nothing: it
+        answers with the first event, or :class:`IdempotencyKeyReused` if its body differs.
+        The same key twice in one batch is settled by writing the first and then
+        answering the rest from it.
+        """
+        now = datetime.now(UTC)
+        ids = [new_id("evt") for _ in drafts]
+        results: list[Accepted | BaseException | None] = [None] * len(drafts)
+        seen: set[tuple[str, str]] = set()
+        first: list[int] = []
+        later: list[int] = []
+        for i, d in enumerate(drafts):
+            if d.idempotency_key is None:
+                continue
+            scope = (d.app_id, d.idempotency_key)
+            (later if scope in seen else first).append(i)
+            seen.add(scope)
+
+        async with self.db.transaction() as conn:
+            owned: set[tuple[str, str]] = set()
+            if first:
+                rows = await conn.fetch(
+                    QUERIES["claim_idempotency_keys"],
+                    [drafts[i].app_id for i in first], [drafts[i].idempotency_key for i in first],
+                    [drafts[i].body_sha256 for i in first], [ids[i] for i in first],
+                    float(IDEMPOTENCY_WINDOW_S),
+                )
+                owned = {(r["app_id"], r["key"]) for r in rows}
+            fresh = [
+                i for i, d in enumerate(drafts)
+                if d.idempotency_key is None
+                or (i in first and (d.app_id, d.idempotency_key) in owned)
+            ]
+            if fresh:
+                deliveries = await conn.fetchval(
+                    QUERIES["insert_events"],
+                    [ids[i] for i in fresh], [drafts[i].app_id for i in fresh],
+                    [drafts[i].type for i in fresh], [drafts[i].payload for i in fresh],
+                    [now] * len(fresh),
+                )
+                if deliveries:
+                    await conn.execute(QUERIES["notify_deliveries"])
+            for i in fresh:
+                results[i] = Accepted(ids[i], drafts[i].type, now, created=True)
+            replay = [i for i, r in enumerate(results) if r is None]
+            if replay:
+                existing = {
+                    (r["app_id"], r["key"]): r
+                    for r in await conn.fetch(
+                        QUERIES["existing_idempotency_keys"],
+                        [drafts[i].app_id for i in replay],
+                        [drafts[i].idempotency_key for i in replay],
+                    )
+                }
+                for i in replay:
+                    d = drafts[i]
+                    prior = existing.get((d.app_id, str(d.idempotency_key)))
+                    if prior is None:  # cannot happen: the key is in this transaction
+                        results[i] = RuntimeError("idempotency key vanished")
+                    elif prior["body_sha256"] != d.body_sha256:
+                        results[i] = IdempotencyKeyReused(
+                            "This Idempotency-Key was already used with a different body "
+                            "in the last 24 hours.",
+                            details=[{"event_id": prior["id"]}],
+                        )
+                    else:
+                        results[i] = Accepted(prior["id"], prior["type"], prior["created_at"],
+                                              created=False)
+        return [r if r is not None else RuntimeError("unsettled") for r in results]
+
+    async def get_event(self, app_id: str, event_id: str) -> tuple[asyncpg.Record,
+                                                                   list[asyncpg.Record]]:
+        async with self.db.connection() as conn:
+            event = _found(await conn.fetchrow(QUERIES["get_event"], app_id, event_id),
+                           "event", event_id)
+            deliveries = list(await conn.fetch(QUERIES["deliveries_of_event"], event_id))
+        return event, deliveries
+
+    async def list_events(
+        self, app_id: str, event_type: str | None, cursor: str | None, limit: int
+    ) -> Page:
+        rows = await self.db.fetch("list_events", app_id, event_type, cursor, limit + 1)
+        return _page(rows, limit)
+
+    # --- deliveries -------------------------------------------------------------------
+
+    async def list_deliveries(
+        self, app_id: str, *, status: str | None, endpoint_id: str | None,
+        event_id: str | None, cursor: str | None, limit: int,
+    ) -> Page:
+        rows = await self.db.fetch(
+            "list_deliveries", app_id, status, endpoint_id, event_id, cursor, limit + 1
+        )
+        return _page(rows, limit)
+
+    async def get_delivery(self, app_id: str, delivery_id: str) -> asyncpg.Record:
+        return _found(await self.db.fetchrow("get_delivery", app_id, delivery_id),
+                      "delivery", delivery_id)
+
+    async def list_attempts(self, app_id: str, delivery_id: str) -> list[asyncpg.Record]:
+        async with self.db.connection() as conn:
+            _found(await conn.fetchrow(QUERIES["get_delivery"], app_id, delivery_id),
+                   "delivery", delivery_id)
+            return list(await conn.fetch(QUERIES["list_attempts"], delivery_id))
+
+    async def retry_delivery(self, app_id: str, delivery_id: str) -> asyncpg.Record:
+        async with self.db.transaction() as conn:
+            row = await conn.fetchrow(QUERIES["retry_delivery"], app_id, delivery_id)
+            if row is None:
+                current = _found(await conn.fetchrow(QUERIES["get_delivery"], app_id,
+                                                     delivery_id), "delivery", delivery_id)
+                raise DeliveryNotRetryable(
+                    f"Only failed deliveries can be retried; this one is {current['status']}"
+                    + (" and its endpoint was deleted" if current["status"] == "failed" else "")
+                    + "."
+                )
+            await conn.execute(QUERIES["notify_deliveries"])
+        return row
+
+    # --- dispatcher -------------------------------------------------------------------
+
+    async def claim_due(self, limit: int, lease_s: float) -> tuple[uuid.UUID, list[asyncpg.Record]]:
+        lease_id = uuid.uuid4()
+        rows = await self.db.fetch("claim_due", limit, lease_s, lease_id)
+        return lease_id, rows
+
+    async def record_attempts(self, records: list[AttemptRecord]) -> list[None]:
+        """Log every attempt and move each delivery on, in one transaction."""
+        gone = {r.disable_endpoint_id: r.disable_reason for r in records if r.disable_endpoint_id}
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                QUERIES["record_results"],
+                [r.delivery_id for r in records], [r.lease_id for r in records],
+                [r.status for r in records], [r.next_attempt_at for r in records],
+                [r.schedule_pos for r in records], [r.attempted_at for r in records],
+                [r.duration_ms for r in records], [r.outcome for r in records],
+                [r.status_code for r in records], [r.response_snippet for r in records],
+                [r.error for r in records],
+            )
+            for endpoint_id, reason in gone.items():
+                await conn.execute(QUERIES["disable_endpoints"], [endpoint_id], reason)
+            if gone:
+                await conn.execute(QUERIES["park_deliveries"], list(gone))
+        return [None] * len(records)
+
+    async def next_due_at(self) -> datetime | None:
+        row = await self.db.fetchrow("next_due_at")
+        return None if row is None else row[0]
+
+    async def release_leases(self, lease_ids: list[uuid.UUID]) -> None:
+        if lease_ids:
+            await self.db.execute("release_leases", lease_ids)
+
+
+def _found(row: asyncpg.Record | None, what: str, ident: str) -> asyncpg.Record:
+    if row is None:
+        raise NotFound(f"No {what} with id {ident!r} in this app.")
+    return row
