@@ -89,14 +89,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 # --- request helpers -----------------------------------------------------------------
 
+PRINCIPAL = web.RequestKey("principal", Principal)
+
+
 def principal(request: web.Request) -> Principal:
-    found: Principal = request["principal"]
-    return found
+    return request[PRINCIPAL]
 
 
 async def authenticate(request: web.Request) -> Principal:
     found = await request.app[keys.AUTH].authenticate(request.headers.get("Authorization"))
-    request["principal"] = found
+    request[PRINCIPAL] = found
     return found
 
 

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -20,8 +20,9 @@ from gateway.errors import DatabaseUnavailable, GatewayError
 
 log = logging.getLogger("gateway.db")
 
-#: What ``Database.connection`` hands out (a pooled connection proxy).
-Connection = asyncpg.pool.PoolConnectionProxy[asyncpg.Record]
+if TYPE_CHECKING:
+    #: What ``Database.connection`` hands out (a pooled connection proxy).
+    Connection = asyncpg.pool.PoolConnectionProxy[asyncpg.Record]
 
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 

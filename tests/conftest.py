@@ -1,0 +1,89 @@
+"""Fixtures for every tier. The database is a real PostgreSQL: embedded by default, the
+server at TEST_DATABASE_URL when set; either way a fresh database is created for the
+run and dropped after it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient
+
+from gateway.app import create_app
+from gateway.config import Settings
+from gateway.db import migrate
+from tests.support import (
+    ADMIN_KEY,
+    Api,
+    Receiver,
+    create_database,
+    drop_database,
+    embedded_server,
+    truncate_all,
+    with_database,
+)
+
+
+@pytest.fixture(scope="session")
+def server_dsn() -> Iterator[str]:
+    """A PostgreSQL server: TEST_DATABASE_URL's, or an embedded one for this run."""
+    external = os.environ.get("TEST_DATABASE_URL")
+    if external:
+        yield with_database(external, "postgres")
+        return
+    with embedded_server() as server:
+        yield server.get_uri()
+
+
+@pytest.fixture(scope="session")
+def database_url(server_dsn: str) -> Iterator[str]:
+    """A fresh, migrated database for this test run; dropped at the end."""
+    name = f"gw_test_{secrets.token_hex(4)}"
+    dsn = asyncio.run(create_database(server_dsn, name))
+    asyncio.run(migrate(dsn))
+    try:
+        yield dsn
+    finally:
+        asyncio.run(drop_database(server_dsn, name))
+
+
+@pytest.fixture
+async def dsn(database_url: str) -> str:
+    """The run's database, emptied before the test."""
+    await truncate_all(database_url)
+    return database_url
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(
+        admin_key=ADMIN_KEY,
+        allow_private_endpoints=True,
+        retry_schedule=(0.1, 0.2, 0.3),
+        retry_jitter=0.0,
+        poll_interval_s=0.2,
+        delivery_timeout_s=2.0,
+        shutdown_grace_s=2.0,
+    )
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    recv = await Receiver().start()
+    yield recv
+    await recv.stop()
+
+
+@pytest.fixture
+async def api(
+    aiohttp_client: object, dsn: str, settings: Settings
+) -> Api:
+    """The gateway app (API + dispatcher) in this process, behind a real socket."""
+    client: TestClient[aiohttp.web.Request, aiohttp.web.Application] = (
+        await aiohttp_client(create_app(settings, dsn))  # type: ignore[operator]
+    )
+    return Api(client)

@@ -1,0 +1,288 @@
+"""Shared test machinery: databases, a recording webhook receiver, the gateway process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import asyncpg
+from aiohttp import web
+
+ADMIN_KEY = "test-admin-key"
+ROOT = Path(__file__).resolve().parent.parent
+TABLES = ("attempts", "deliveries", "idempotency_keys", "events", "endpoints", "apps")
+
+
+def with_database(dsn: str, name: str) -> str:
+    """The same server URL, pointing at database ``name``."""
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+@contextlib.contextmanager
+def embedded_server() -> Iterator[Any]:
+    """A throwaway embedded PostgreSQL, deleted afterwards."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pgserver import postgres_server
+    folder = tempfile.mkdtemp(prefix="gw-test-pg-")
+    server = postgres_server.get_server(folder, cleanup_mode="delete")
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def create_database(server_dsn: str, name: str) -> str:
+    conn = await asyncpg.connect(server_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return with_database(server_dsn, name)
+
+
+async def drop_database(server_dsn: str, name: str) -> None:
+    conn = await asyncpg.connect(server_dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def truncate_all(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f"TRUNCATE {', '.join(TABLES)} CASCADE")
+    finally:
+        await conn.close()
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+
+@dataclass
+class Receiver:
+    """A real HTTP server on loopback that records webhooks and answers as told."""
+
+    port: int = 0
+    requests: list[Received] = field(default_factory=list)
+    #: path -> list of (status, headers) answers used in turn; the last one repeats.
+    answers: dict[str, list[tuple[int, dict[str, str]]]] = field(default_factory=dict)
+    delay_s: float = 0.0
+    _runner: web.AppRunner | None = None
+    _arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def url(self, path: str = "/hook") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.requests.append(Received(request.path, dict(request.headers), body, time.time()))
+        self._arrived.set()
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        queue = self.answers.get(request.path)
+        answer: tuple[int, dict[str, str]] = (200, {})
+        if queue:
+            answer = queue.pop(0) if len(queue) > 1 else queue[0]
+        status, headers = answer
+        return web.Response(status=status, headers=headers, text="ok" if status < 300 else "no")
+
+    async def start(self) -> Receiver:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+        await site.start()
+        if not self.port:
+            server = site._server
+            assert server is not None
+            self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def on(self, path: str) -> list[Received]:
+        return [r for r in self.requests if r.path == path]
+
+    async def wait_for(self, count: int, path: str | None = None, timeout_s: float = 10) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            got = len(self.on(path)) if path else len(self.requests)
+            if got >= count:
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"expected {count} webhooks, got {got}")
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), min(left, 0.2))
+
+
+async def eventually(check: Any, timeout_s: float = 10.0, interval_s: float = 0.05) -> Any:
+    """Poll an async ``check`` until it returns something truthy."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s} s (last: {result!r})")
+        await asyncio.sleep(interval_s)
+
+
+class GatewayProcess:
+    """The real gateway as a subprocess, started as a user would start it."""
+
+    def __init__(self, dsn: str, *args: str, env: dict[str, str] | None = None,
+                 log_dir: Path | None = None) -> None:
+        self.dsn = dsn
+        self.args = args or ("serve",)
+        self.port = free_port()
+        self.extra_env = env or {}
+        folder = log_dir or Path(tempfile.mkdtemp(prefix="gw-proc-"))
+        self.log_path = folder / f"gateway-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> GatewayProcess:
+        env = {
+            **os.environ,
+            "DATABASE_URL": self.dsn,
+            "GATEWAY_ADMIN_KEY": ADMIN_KEY,
+            "GATEWAY_ALLOW_PRIVATE_ENDPOINTS": "true",
+            "GATEWAY_RETRY_SCHEDULE": "0.2,0.5,1",
+            "GATEWAY_RETRY_JITTER": "0",
+            "GATEWAY_POLL_INTERVAL_S": "0.5",
+            "GATEWAY_LOG_LEVEL": "INFO",
+            **self.extra_env,
+        }
+        args = list(self.args)
+        if args[0] == "serve":
+            args += ["--port", str(self.port)]
+        elif args[0] == "dispatch":
+            args += ["--health-port", str(self.port)]
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", *args], env=env, stdout=log,
+            stderr=subprocess.STDOUT, cwd=ROOT,
+        )
+        log.close()
+        return self
+
+    async def wait_ready(self, timeout_s: float = 20) -> None:
+        deadline = time.monotonic() + timeout_s
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline:
+                assert self.proc is not None
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"gateway exited {self.proc.returncode}:\n{self.log()}")
+                with contextlib.suppress(aiohttp.ClientError, OSError):
+                    async with session.get(self.base + "/readyz") as resp:
+                        if resp.status == 200:
+                            return
+                await asyncio.sleep(0.1)
+        raise AssertionError(f"gateway not ready in {timeout_s} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def terminate(self, timeout_s: float = 30) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout_s)
+
+    def stop(self) -> None:
+        """Tidy up whatever state it is in (for fixtures' finally)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+class Api:
+    """A tiny JSON client for tests, over a real socket or aiohttp's test client."""
+
+    def __init__(self, session: Any, base: str = "") -> None:
+        self.session = session
+        self.base = base
+
+    async def call(self, method: str, path: str, key: str | None = None,
+                   json_body: Any = None, **kwargs: Any) -> tuple[int, Any]:
+        headers = dict(kwargs.pop("headers", {}))
+        if key is not None:
+            headers["Authorization"] = f"Bearer {key}"
+        async with self.session.request(method, self.base + path, json=json_body,
+                                        headers=headers, **kwargs) as resp:
+            text = await resp.text()
+            data = None
+            if text:
+                import json
+
+                data = json.loads(text)
+            return resp.status, data
+
+    async def new_app(self, name: str = "shop") -> str:
+        status, body = await self.call("POST", "/v1/apps", ADMIN_KEY, {"name": name})
+        assert status == 201, body
+        key: str = body["api_key"]
+        return key
+
+    async def new_endpoint(self, key: str, url: str, **fields: Any) -> dict[str, Any]:
+        status, body = await self.call("POST", "/v1/endpoints", key, {"url": url, **fields})
+        assert status == 201, body
+        result: dict[str, Any] = body
+        return result
+
+    async def emit(self, key: str, event_type: str = "order.created",
+                   payload: Any = None, **kwargs: Any) -> dict[str, Any]:
+        status, body = await self.call(
+            "POST", "/v1/events", key,
+            {"type": event_type, "payload": payload if payload is not None else {"n": 1}},
+            **kwargs,
+        )
+        assert status in (200, 202), body
+        result: dict[str, Any] = body
+        return result

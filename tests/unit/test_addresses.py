@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+import pytest
+
+from adapters.webhook import address_forbidden, parse_retry_after
+
+
+@pytest.mark.parametrize("address", [
+    "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "0.0.0.0",
+    "100.64.0.1", "::1", "fe80::1", "fc00::1", "::ffff:127.0.0.1", "224.0.0.1",
+])
+def test_non_public_addresses_are_forbidden(address: str) -> None:
+    assert address_forbidden(address)
+
+
+@pytest.mark.parametrize("address", ["93.184.216.34", "8.8.8.8", "2606:4700::1111"])
+def test_public_addresses_are_allowed(address: str) -> None:
+    assert not address_forbidden(address)
+
+
+def test_retry_after_reads_seconds_and_http_dates() -> None:
+    assert parse_retry_after("120") == 120
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412420.0) == 60
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after(None) is None

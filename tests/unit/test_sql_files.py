@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from gateway.db import QUERIES, load_migrations, load_queries
+
+SOURCES = [Path("gateway"), Path("adapters")]
+
+
+def test_every_query_the_code_names_exists_and_every_query_is_used() -> None:
+    code = "\n".join(p.read_text() for d in SOURCES for p in d.rglob("*.py"))
+    named = set(re.findall(r'QUERIES\["(\w+)"\]', code)) | set(
+        re.findall(r'\.(?:fetch|fetchrow|execute)\(\s*"(\w+)"', code))
+    assert named - set(QUERIES) == set()
+    assert set(QUERIES) - named == set()
+
+
+def test_a_query_defined_twice_is_refused() -> None:
+    with pytest.raises(ValueError, match="twice"):
+        load_queries("-- name: a\nSELECT 1;\n-- name: a\nSELECT 2;\n")
+
+
+def test_migrations_are_numbered_in_order_from_one() -> None:
+    versions = [m.version for m in load_migrations()]
+    assert versions == list(range(1, len(versions) + 1))
