@@ -192,18 +192,28 @@ def test_help_describes_every_setting() -> None:
     assert bad.returncode == 2 and "GATEWAY_PORT" in bad.stderr
 
 
-async def test_serve_without_database_url_runs_on_an_embedded_postgres(
-    tmp_path: Path, http: aiohttp.ClientSession, receiver: Receiver
-) -> None:
+def _spawn_embedded(port: int, data: Path, cwd: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    port = GatewayProcess("unused").port
-    data = tmp_path / "data"
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve", "--port", str(port)],
         env={**env, "GATEWAY_DATA_DIR": str(data), "GATEWAY_ADMIN_KEY": ADMIN_KEY,
              "GATEWAY_ALLOW_PRIVATE_ENDPOINTS": "true"},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=cwd,
     )
+
+
+def _terminate(proc: subprocess.Popen[bytes]) -> str:
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    return out.decode(errors="replace")
+
+
+async def test_serve_without_database_url_runs_on_an_embedded_postgres(
+    tmp_path: Path, http: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    port = GatewayProcess("unused").port
+    data = tmp_path / "data"
+    proc = _spawn_embedded(port, data, tmp_path)
     try:
         api = Api(http, f"http://127.0.0.1:{port}")
 
@@ -220,7 +230,6 @@ async def test_serve_without_database_url_runs_on_an_embedded_postgres(
         await receiver.wait_for(1)
         assert (data / "pgdata" / "PG_VERSION").exists()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0, out.decode()
+        out = await asyncio.to_thread(_terminate, proc)
+    assert proc.returncode == 0, out
     assert not (data / "pgdata" / "postmaster.pid").exists(), "embedded PostgreSQL left running"
