@@ -21,6 +21,7 @@ from gateway.auth import Principal
 from gateway.errors import (
     BadRequest,
     DatabaseUnavailable,
+    DispatcherStalled,
     EndpointURLForbidden,
     Forbidden,
     GatewayError,
@@ -79,11 +80,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return response
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
-        return web.json_response(
-            {"error": {"code": "internal_error",
-                       "message": "The gateway hit an unexpected error; nothing was written.",
-                       "details": []}},
-            status=500,
+        return error_response(
+            GatewayError("The gateway hit an unexpected error; nothing was written.")
         )
 
 
@@ -251,12 +249,10 @@ async def readyz(request: web.Request) -> web.Response:
         checks["dispatcher"] = "ok" if dispatcher.healthy() else "stalled"
     if all(v == "ok" for v in checks.values()):
         return web.json_response({"status": "ready", "checks": checks})
-    code = "database_unavailable" if checks["database"] != "ok" else "dispatcher_stalled"
-    return web.json_response(
-        {"error": {"code": code, "message": "The gateway is not ready.",
-                   "details": [{"check": k, "status": v} for k, v in checks.items()]}},
-        status=503,
-    )
+    details = [{"check": k, "status": v} for k, v in checks.items()]
+    if checks["database"] != "ok":
+        raise DatabaseUnavailable("Not ready: the database is unreachable.", details=details)
+    raise DispatcherStalled("Not ready: the dispatcher has stalled.", details=details)
 
 
 # --- apps ----------------------------------------------------------------------------

@@ -65,13 +65,12 @@ def load_migrations() -> list[Migration]:
 
 # Errors that mean "the database is not there right now", as opposed to a bad query.
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
+    OSError,  # refused, reset, socket file gone
+    TimeoutError,  # no connection free in time, or the server does not answer
+    asyncpg.PostgresConnectionError,  # class 08: the connection broke
+    asyncpg.OperatorInterventionError,  # class 57: shutting down, starting up, cancelled
+    asyncpg.InterfaceError,  # the connection was closed under us
+    asyncpg.InternalClientError,  # "another operation is in progress" on a broken socket
     asyncpg.TooManyConnectionsError,
 )
 

@@ -68,6 +68,8 @@ class Dispatcher:
         self._stopping = False
         self._inflight: dict[asyncio.Task[None], uuid.UUID] = {}
         self._endpoint_slots: dict[str, asyncio.Semaphore] = {}
+        #: Claims whose answer was lost with the connection: they may have committed.
+        self._uncertain_leases: list[uuid.UUID] = []
         self._loop_task: asyncio.Task[None] | None = None
         self._side_tasks: list[asyncio.Task[None]] = []
         self._results: GroupCommit[AttemptRecord, None] = GroupCommit(
@@ -178,9 +180,16 @@ class Dispatcher:
                 continue
             want = min(free, self.batch)
             self._wake.clear()
+            lease_id = uuid.uuid4()
             try:
-                lease_id, rows = await self.store.claim_due(want, self.lease_s)
+                if self._uncertain_leases:
+                    # Hand back what a claim cut off mid-answer may have taken, instead of
+                    # leaving it reserved until its lease runs out.
+                    await self.store.release_leases(self._uncertain_leases)
+                    self._uncertain_leases.clear()
+                rows = await self.store.claim_due(want, self.lease_s, lease_id)
             except DatabaseUnavailable as exc:
+                self._uncertain_leases.append(lease_id)
                 log.warning("cannot claim deliveries: %s; retrying in %.2f s", exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.poll_interval_s)

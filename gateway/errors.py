@@ -82,6 +82,10 @@ class DatabaseUnavailable(GatewayError):
     status, code = 503, "database_unavailable"
 
 
+class DispatcherStalled(GatewayError):
+    status, code = 503, "dispatcher_stalled"
+
+
 class ConfigError(GatewayError):
     """A setting is missing or malformed; raised before anything starts."""
 

@@ -282,10 +282,10 @@ class Store:
 
     # --- dispatcher -------------------------------------------------------------------
 
-    async def claim_due(self, limit: int, lease_s: float) -> tuple[uuid.UUID, list[asyncpg.Record]]:
-        lease_id = uuid.uuid4()
-        rows = await self.db.fetch("claim_due", limit, lease_s, lease_id)
-        return lease_id, rows
+    async def claim_due(
+        self, limit: int, lease_s: float, lease_id: uuid.UUID
+    ) -> list[asyncpg.Record]:
+        return await self.db.fetch("claim_due", limit, lease_s, lease_id)
 
     async def record_attempts(self, records: list[AttemptRecord]) -> list[None]:
         """Log every attempt and move each delivery on, in one transaction."""

@@ -5,6 +5,7 @@ This test owns its PostgreSQL server (embedded) so it can stop and start it."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -38,10 +39,11 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 def stop_postgres(server: Any) -> None:
-    from pgserver import _commands
+    from pgserver._commands import POSTGRES_BIN_PATH
 
-    _commands.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata,
-                     user=server.system_user, timeout=30)
+    subprocess.run([str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(server.pgdata), "-w",
+                    "-m", "fast", "stop"], user=server.system_user, check=True, timeout=30,
+                   capture_output=True)
 
 
 def start_postgres(server: Any) -> None:
@@ -75,24 +77,12 @@ async def test_postgres_restart_under_load_recovers_by_itself_and_loses_nothing(
                 await asyncio.sleep(0.02)
 
         producer = asyncio.create_task(produce())
-        await eventually(lambda: _at_least(accepted, 20), timeout_s=10)
+        try:
+            await _outage_and_recovery(own_server, api, accepted, refused)
+        finally:
+            stop.set()
+            await producer
 
-        await asyncio.to_thread(stop_postgres, own_server)
-        await eventually(lambda: _readiness(api, 503), timeout_s=10)
-        await eventually(lambda: _at_least(refused, 3), timeout_s=10)
-        assert set(refused) == {(503, "database_unavailable")}
-        await asyncio.sleep(1.0)
-
-        await asyncio.to_thread(start_postgres, own_server)
-        back = time.monotonic()
-        count_before = len(accepted)
-        await eventually(lambda: _at_least(accepted, count_before + 10), timeout_s=15)
-        recovered_s = time.monotonic() - back
-        await eventually(lambda: _readiness(api, 200), timeout_s=10)
-        stop.set()
-        await producer
-
-        assert recovered_s < 10
         await receiver.wait_for(len(accepted), timeout_s=30)
         delivered = {r.headers["webhook-id"] for r in receiver.requests}
         assert set(accepted) <= delivered
@@ -105,6 +95,25 @@ async def test_postgres_restart_under_load_recovers_by_itself_and_loses_nothing(
         assert gw.proc is not None and gw.proc.poll() is None, "the gateway had to restart"
     finally:
         gw.stop()
+
+
+async def _outage_and_recovery(server: Any, api: Api, accepted: list[str],
+                           refused: list[tuple[int, str]]) -> None:
+    await eventually(lambda: _at_least(accepted, 20), timeout_s=10)
+
+    await asyncio.to_thread(stop_postgres, server)
+    await eventually(lambda: _readiness(api, 503), timeout_s=10)
+    await eventually(lambda: _at_least(refused, 3), timeout_s=10)
+    assert set(refused) == {(503, "database_unavailable")}
+    await asyncio.sleep(1.0)
+
+    await asyncio.to_thread(start_postgres, server)
+    back = time.monotonic()
+    count_before = len(accepted)
+    await eventually(lambda: _at_least(accepted, count_before + 10), timeout_s=15)
+    recovered_s = time.monotonic() - back
+    await eventually(lambda: _readiness(api, 200), timeout_s=10)
+    assert recovered_s < 10
 
 
 async def _at_least(items: list[Any], n: int) -> bool:

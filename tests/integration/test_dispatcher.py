@@ -32,12 +32,13 @@ async def test_a_dispatcher_loop_that_dies_is_restarted_and_delivers(
     real_claim = dispatcher.store.claim_due
     calls = 0
 
-    async def broken_once(limit: int, lease_s: float) -> tuple[uuid.UUID, list[asyncpg.Record]]:
+    async def broken_once(limit: int, lease_s: float, lease_id: uuid.UUID
+                          ) -> list[asyncpg.Record]:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise RuntimeError("boom")
-        return await real_claim(limit, lease_s)
+        return await real_claim(limit, lease_s, lease_id)
 
     dispatcher.store.claim_due = broken_once  # type: ignore[method-assign]
     dispatcher._wake.set()
@@ -58,11 +59,12 @@ async def test_a_stalled_dispatcher_fails_readiness_and_is_restarted(
     real_claim = dispatcher.store.claim_due
     hang = asyncio.Event()
 
-    async def hangs_once(limit: int, lease_s: float) -> tuple[uuid.UUID, list[asyncpg.Record]]:
+    async def hangs_once(limit: int, lease_s: float, lease_id: uuid.UUID
+                         ) -> list[asyncpg.Record]:
         if not hang.is_set():
             hang.set()
             await asyncio.Event().wait()  # never returns: a stuck loop
-        return await real_claim(limit, lease_s)
+        return await real_claim(limit, lease_s, lease_id)
 
     dispatcher.store.claim_due = hangs_once  # type: ignore[method-assign]
     dispatcher._wake.set()
