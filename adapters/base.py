@@ -9,9 +9,10 @@ is recorded as a retryable error by the dispatcher.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Verdict(enum.Enum):
@@ -42,12 +43,24 @@ class EndpointTarget:
 
 
 @dataclass(frozen=True)
+class DeviceTarget:
+    id: str
+    platform: str  # "ios" | "android"
+    token: str
+
+
+@dataclass(frozen=True)
 class DeliveryJob:
     delivery_id: str
     app_id: str
     kind: str
     event: EventView
     endpoint: EndpointTarget | None = None
+    device: DeviceTarget | None = None
+    #: The event's notification (push deliveries), as validated at ingest.
+    notification: Mapping[str, Any] | None = None
+    #: The app's provider credentials for this kind, or None (the adapter's default).
+    credentials: Mapping[str, Any] | None = None
     #: 1 for the first attempt.
     attempt: int = 1
 
@@ -64,6 +77,8 @@ class Outcome:
     retry_after_s: float | None = None
     #: Why the target is gone (with ``Verdict.GONE``), for the operator.
     gone_reason: str | None = None
+    #: When the provider says the target stopped being valid (APNs 410 "timestamp").
+    gone_since: datetime | None = None
 
 
 class Adapter(Protocol):

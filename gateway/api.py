@@ -7,7 +7,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -16,7 +16,7 @@ import pydantic
 from aiohttp import web
 
 from adapters.webhook import resolve_forbidden
-from gateway import keys
+from gateway import credentials, keys, usertokens
 from gateway.auth import Principal
 from gateway.errors import (
     BadRequest,
@@ -33,7 +33,17 @@ from gateway.errors import (
     ValidationError,
 )
 from gateway.jsonbody import check_depth, parse_object
-from gateway.schemas import AppCreate, EndpointCreate, EndpointPatch, EventCreate
+from gateway.schemas import (
+    APNsCredentials,
+    AppCreate,
+    DeviceRegister,
+    DeviceTopics,
+    EndpointCreate,
+    EndpointPatch,
+    EventCreate,
+    FCMCredentials,
+    UserTokenCreate,
+)
 from gateway.store import EventDraft, Page
 
 log = logging.getLogger("gateway.api")
@@ -116,6 +126,32 @@ def admin_scope(handler: Handler) -> Handler:
     async def wrapped(request: web.Request) -> web.StreamResponse:
         if (await authenticate(request)).kind != "admin":
             raise Forbidden("This route takes the operator key (GATEWAY_ADMIN_KEY).")
+        return await handler(request)
+    wrapped.__name__ = handler.__name__
+    wrapped.__doc__ = handler.__doc__
+    return wrapped
+
+
+def device_scope(handler: Handler) -> Handler:
+    """An app key, or a user token acting on its own user's devices only."""
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        if (await authenticate(request)).kind not in ("app", "user"):
+            raise Forbidden("This route takes an app API key or a user token.")
+        return await handler(request)
+    wrapped.__name__ = handler.__name__
+    wrapped.__doc__ = handler.__doc__
+    return wrapped
+
+
+def own_app_scope(handler: Handler) -> Handler:
+    """The operator key, or the key of the app named in the path."""
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        who = await authenticate(request)
+        target = request.match_info["app_id"]
+        if who.kind == "user" or (who.kind == "app" and who.app_id != target):
+            raise Forbidden("Only the operator key or this app's own key may do this.")
+        if who.kind == "admin":
+            await request.app[keys.STORE].get_app(target)  # 404 for an unknown app
         return await handler(request)
     wrapped.__name__ = handler.__name__
     wrapped.__doc__ = handler.__doc__
@@ -279,13 +315,6 @@ async def create_event(request: web.Request) -> web.Response:
     _, data, raw = await read_body(request)
     body = validate(EventCreate, data)
     check_depth(body.payload, "payload")
-    if body.user_ids or body.topics or body.notification:
-        raise ValidationError(
-            "Push targets (user_ids, topics, notification) are not available in this "
-            "version of the gateway; nothing was written.",
-            details=[{"path": f, "message": "push delivery is not available"}
-                     for f in ("user_ids", "topics", "notification") if data.get(f)],
-        )
     key = request.headers.get("Idempotency-Key")
     body_hash = None
     if key is not None:
@@ -296,7 +325,11 @@ async def create_event(request: web.Request) -> web.Response:
             )
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         body_hash = hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).digest()
-    draft = EventDraft(app_id(request), body.type, raw["payload"], key, body_hash)
+    push = None
+    if body.notification is not None:
+        push = json.dumps({"user_ids": body.user_ids or [], "topics": body.topics or [],
+                           "notification": body.notification.model_dump(exclude_none=True)})
+    draft = EventDraft(app_id(request), body.type, raw["payload"], key, body_hash, push)
     accepted = await request.app[keys.INGEST].submit(draft)
     return web.json_response(
         {"id": accepted.id, "type": accepted.type, "created_at": iso(accepted.created_at)},
@@ -451,6 +484,154 @@ async def retry_delivery(request: web.Request) -> web.Response:
     return web.json_response(delivery_json(row), status=202)
 
 
+# --- devices and user tokens ---------------------------------------------------------
+
+def device_json(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "id": row["id"], "platform": row["platform"], "token": row["token"],
+        "user_id": row["user_id"], "topics": row["topics"], "locale": row["locale"],
+        "app_version": row["app_version"], "status": row["status"],
+        "pruned_reason": row["pruned_reason"], "pruned_at": iso(row["pruned_at"]),
+        "registered_at": iso(row["registered_at"]), "created_at": iso(row["created_at"]),
+        "updated_at": iso(row["updated_at"]),
+    }
+
+
+def acting_user(request: web.Request) -> str | None:
+    """The user a user token is bound to; None for an app key (any user)."""
+    who = principal(request)
+    return who.user_id if who.kind == "user" else None
+
+
+@app_scope
+async def create_user_token(request: web.Request) -> web.Response:
+    _, data, _ = await read_body(request)
+    body = validate(UserTokenCreate, data)
+    secret = await request.app[keys.AUTH].user_token_secret(app_id(request))
+    token, expires_at = usertokens.mint(app_id(request), body.user_id, body.ttl_seconds, secret)
+    return web.json_response(
+        {"token": token, "user_id": body.user_id,
+         "expires_at": iso(datetime.fromtimestamp(expires_at, UTC))}, status=201)
+
+
+@device_scope
+async def register_device(request: web.Request) -> web.Response:
+    _, data, _ = await read_body(request)
+    body = validate(DeviceRegister, data)
+    bound = acting_user(request)
+    if bound is not None and body.user_id not in (None, bound):
+        raise Forbidden("A user token registers devices for its own user only.")
+    user_id = bound or body.user_id
+    if user_id is None:
+        raise ValidationError("'user_id' is required with an app key.",
+                              details=[{"path": "user_id", "message": "field required"}])
+    row = await request.app[keys.STORE].upsert_device(
+        app_id(request), platform=body.platform, token=body.token, user_id=user_id,
+        topics=list(dict.fromkeys(body.topics)), locale=body.locale,
+        app_version=body.app_version,
+    )
+    return web.json_response(device_json(row), status=201 if row["inserted"] else 200)
+
+
+DEVICE_STATUSES = ("active", "pruned")
+
+
+@device_scope
+async def list_devices(request: web.Request) -> web.Response:
+    cursor, limit = page_args(request)
+    q = request.query
+    bound = acting_user(request)
+    user_id = q.get("user_id") or None
+    if bound is not None:
+        if user_id not in (None, bound):
+            raise Forbidden("A user token lists its own user's devices only.")
+        user_id = bound
+    platform, status = q.get("platform") or None, q.get("status") or None
+    if platform not in (None, "ios", "android"):
+        raise ValidationError("'platform' must be ios or android.",
+                              details=[{"path": "platform", "message": "unknown platform"}])
+    if status not in (None, *DEVICE_STATUSES):
+        raise ValidationError("'status' must be active or pruned.",
+                              details=[{"path": "status", "message": "unknown status"}])
+    page = await request.app[keys.STORE].list_devices(
+        app_id(request), user_id=user_id, topic=q.get("topic") or None, platform=platform,
+        status=status, cursor=cursor, limit=limit,
+    )
+    return web.json_response(page_json(page, device_json))
+
+
+@device_scope
+async def get_device(request: web.Request) -> web.Response:
+    row = await request.app[keys.STORE].get_device(
+        app_id(request), request.match_info["token"], acting_user(request))
+    return web.json_response(device_json(row))
+
+
+@device_scope
+async def delete_device(request: web.Request) -> web.Response:
+    await request.app[keys.STORE].delete_device(
+        app_id(request), request.match_info["token"], acting_user(request))
+    return web.Response(status=204)
+
+
+@device_scope
+async def put_device_topics(request: web.Request) -> web.Response:
+    _, data, _ = await read_body(request)
+    body = validate(DeviceTopics, data)
+    row = await request.app[keys.STORE].set_device_topics(
+        app_id(request), request.match_info["token"], acting_user(request),
+        list(dict.fromkeys(body.topics)))
+    return web.json_response(device_json(row))
+
+
+# --- push credentials ----------------------------------------------------------------
+
+@own_app_scope
+async def put_fcm_credentials(request: web.Request) -> web.Response:
+    _, data, _ = await read_body(request)
+    body = validate(FCMCredentials, data)
+    config = credentials.check_fcm(body.service_account)
+    row = await request.app[keys.STORE].put_credentials(
+        request.match_info["app_id"], "fcm", json.dumps(config))
+    return web.json_response(credentials.masked(row["provider"], json.loads(row["config"])))
+
+
+@own_app_scope
+async def put_apns_credentials(request: web.Request) -> web.Response:
+    _, data, _ = await read_body(request)
+    body = validate(APNsCredentials, data)
+    config = credentials.check_apns(body.model_dump())
+    row = await request.app[keys.STORE].put_credentials(
+        request.match_info["app_id"], "apns", json.dumps(config))
+    return web.json_response(credentials.masked(row["provider"], json.loads(row["config"])))
+
+
+@own_app_scope
+async def get_push_credentials(request: web.Request) -> web.Response:
+    rows = await request.app[keys.STORE].list_credentials(request.match_info["app_id"])
+    return web.json_response({row["provider"]: {**credentials.masked(
+        row["provider"], json.loads(row["config"])), "updated_at": iso(row["updated_at"])}
+        for row in rows})
+
+
+# --- sandbox -------------------------------------------------------------------------
+
+@app_scope
+async def sandbox_pushes(request: web.Request) -> web.Response:
+    """What the sandbox's fake FCM and APNs received for this app's devices."""
+    sandbox = request.app.get(keys.SANDBOX)
+    if sandbox is None:
+        raise NotFound("The sandbox is off; start the gateway with 'gateway serve --sandbox'.")
+    pushes = sandbox.received()
+    tokens = await request.app[keys.STORE].device_tokens(
+        app_id(request), list({p.token for p in pushes}))
+    return web.json_response({"data": [
+        {"provider": p.provider, "token": p.token, "payload": p.payload,
+         "headers": {k: v for k, v in p.headers.items() if k != "authorization"},
+         "received_at": iso(datetime.fromtimestamp(p.received_at, UTC))}
+        for p in pushes if p.token in tokens][-500:]})
+
+
 def add_routes(app: web.Application, *, api: bool = True) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -472,3 +653,13 @@ def add_routes(app: web.Application, *, api: bool = True) -> None:
     app.router.add_get("/v1/deliveries/{delivery_id}", get_delivery)
     app.router.add_get("/v1/deliveries/{delivery_id}/attempts", list_attempts)
     app.router.add_post("/v1/deliveries/{delivery_id}/retry", retry_delivery)
+    app.router.add_post("/v1/user-tokens", create_user_token)
+    app.router.add_post("/v1/devices", register_device)
+    app.router.add_get("/v1/devices", list_devices)
+    app.router.add_get("/v1/devices/{token}", get_device)
+    app.router.add_delete("/v1/devices/{token}", delete_device)
+    app.router.add_put("/v1/devices/{token}/topics", put_device_topics)
+    app.router.add_put("/v1/apps/{app_id}/push/fcm", put_fcm_credentials)
+    app.router.add_put("/v1/apps/{app_id}/push/apns", put_apns_credentials)
+    app.router.add_get("/v1/apps/{app_id}/push", get_push_credentials)
+    app.router.add_get("/v1/sandbox/pushes", sandbox_pushes)

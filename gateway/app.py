@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import AsyncIterator, Mapping
 
 from aiohttp import web
 
+from adapters.apns import APNsAdapter
 from adapters.base import Adapter
+from adapters.fcm import FCMAdapter
 from adapters.webhook import WebhookAdapter
 from gateway import keys
 from gateway.api import add_routes, error_middleware
@@ -18,18 +21,47 @@ from gateway.config import Settings
 from gateway.db import Database
 from gateway.dispatcher import Dispatcher
 from gateway.retry import RetryPolicy
+from gateway.sandbox import Sandbox, SandboxRouter
 from gateway.store import Store
 
 log = logging.getLogger("gateway")
 
 
-def build_adapters(settings: Settings) -> dict[str, Adapter]:
+def provider_ssl_context(settings: Settings) -> ssl.SSLContext:
+    """The system's CAs, plus GATEWAY_PROVIDER_CA_FILE when set."""
+    ctx = ssl.create_default_context()
+    if settings.provider_ca_file:
+        ctx.load_verify_locations(settings.provider_ca_file)
+    return ctx
+
+
+def build_adapters(settings: Settings, sandbox: Sandbox | None = None) -> dict[str, Adapter]:
+    fcm: Adapter = FCMAdapter(
+        base_url=settings.fcm_url, token_url=settings.fcm_token_url,
+        ca_file=settings.provider_ca_file, timeout_s=settings.delivery_timeout_s,
+        max_connections=settings.push_concurrency,
+    )
+    apns: Adapter = APNsAdapter(
+        base_url=settings.apns_url, ssl_context=provider_ssl_context(settings),
+        timeout_s=settings.delivery_timeout_s,
+    )
+    if sandbox is not None:
+        fcm = SandboxRouter(fcm, FCMAdapter(
+            base_url=sandbox.fcm.base_url, token_url=sandbox.fcm.token_url,
+            timeout_s=settings.delivery_timeout_s, max_connections=settings.push_concurrency,
+            default_credentials=sandbox.fcm_credentials))
+        apns = SandboxRouter(apns, APNsAdapter(
+            base_url=sandbox.apns.base_url, ssl_context=sandbox.client_ssl_context(),
+            timeout_s=settings.delivery_timeout_s,
+            default_credentials=sandbox.apns_credentials))
     return {
         "webhook": WebhookAdapter(
             timeout_s=settings.delivery_timeout_s,
             allow_private=settings.allow_private_endpoints,
             max_connections=settings.dispatch_concurrency,
         ),
+        "fcm": fcm,
+        "apns": apns,
     }
 
 
@@ -40,6 +72,7 @@ def create_app(
     api: bool = True,
     dispatcher: bool = True,
     adapters: Mapping[str, Adapter] | None = None,
+    sandbox: bool = False,
 ) -> web.Application:
     """One gateway process: the HTTP API and/or the dispatcher over one database."""
     app = web.Application(
@@ -65,8 +98,18 @@ def create_app(
         yield
         await batcher.close()
 
+    async def run_sandbox(app: web.Application) -> AsyncIterator[None]:
+        fakes = Sandbox()
+        await fakes.start()
+        app[keys.SANDBOX] = fakes
+        log.info("sandbox: fake FCM at %s, fake APNs at %s", fakes.fcm.base_url,
+                 fakes.apns.base_url)
+        yield
+        await fakes.stop()
+
     async def dispatch(app: web.Application) -> AsyncIterator[None]:
-        chosen = dict(adapters) if adapters is not None else build_adapters(settings)
+        chosen = dict(adapters) if adapters is not None else build_adapters(
+            settings, app.get(keys.SANDBOX))
         worker = Dispatcher(
             app[keys.STORE], dsn, chosen,
             RetryPolicy(settings.retry_schedule, settings.retry_jitter,
@@ -85,6 +128,8 @@ def create_app(
             await adapter.close()
 
     app.cleanup_ctx.append(database)
+    if sandbox:
+        app.cleanup_ctx.append(run_sandbox)
     if api:
         app.cleanup_ctx.append(ingest)
     if dispatcher:

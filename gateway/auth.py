@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
+from gateway import usertokens
 from gateway.errors import Unauthorized
 from gateway.ids import hash_key, keys_equal
 from gateway.store import Store
@@ -17,8 +18,10 @@ KEY_CACHE_TTL_S = 30.0
 
 @dataclass(frozen=True)
 class Principal:
-    kind: Literal["admin", "app"]
+    kind: Literal["admin", "app", "user"]
     app_id: str | None = None
+    #: For a user token: the only user whose devices it may touch.
+    user_id: str | None = None
 
 
 class Authenticator:
@@ -26,6 +29,7 @@ class Authenticator:
         self._store = store
         self._admin_hash = hash_key(admin_key)
         self._cache: dict[bytes, tuple[str, float]] = {}
+        self._secrets: dict[str, bytes] = {}
 
     async def authenticate(self, header: str | None) -> Principal:
         if not header:
@@ -34,6 +38,8 @@ class Authenticator:
         key = key.strip()
         if scheme.lower() != "bearer" or not key:
             raise Unauthorized("The Authorization header must be 'Bearer <key>'.")
+        if key.startswith(usertokens.PREFIX):
+            return await self._user(key)
         presented = hash_key(key)
         if keys_equal(presented, self._admin_hash):
             return Principal("admin")
@@ -48,3 +54,20 @@ class Authenticator:
             self._cache.clear()
         self._cache[presented] = (app_id, now + KEY_CACHE_TTL_S)
         return Principal("app", app_id)
+
+    async def _user(self, token: str) -> Principal:
+        app_id = usertokens.unverified_app_id(token)
+        secret = self._secrets.get(app_id)
+        if secret is None:
+            secret = await self._store.user_token_secret(app_id)
+            if secret is None:
+                raise Unauthorized("Invalid user token.")
+            self._secrets[app_id] = secret
+        claims = usertokens.verify(token, secret)
+        return Principal("user", claims.app_id, claims.user_id)
+
+    async def user_token_secret(self, app_id: str) -> bytes:
+        secret = self._secrets.get(app_id) or await self._store.user_token_secret(app_id)
+        assert secret is not None
+        self._secrets[app_id] = secret
+        return secret

@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="listen port (default: GATEWAY_PORT)")
     serve.add_argument("--no-dispatcher", action="store_true",
                        help="run the API alone; run 'gateway dispatch' elsewhere")
+    serve.add_argument("--sandbox", action="store_true",
+                       help="run fake FCM and APNs servers in-process on loopback; apps "
+                       "without push credentials push to them (GET /v1/sandbox/pushes)")
 
     dispatch = sub.add_parser("dispatch", help="run the dispatcher alone",
                               formatter_class=fmt, epilog=epilog,
@@ -92,9 +95,9 @@ async def _run_app(app: web.Application, settings: Settings, host: str | None,
 
 
 async def _serve(settings: Settings, dsn: str, *, api: bool, dispatcher: bool,
-                 host: str | None, port: int | None) -> int:
+                 host: str | None, port: int | None, sandbox: bool = False) -> int:
     await migrate(dsn)
-    app = create_app(settings, dsn, api=api, dispatcher=dispatcher)
+    app = create_app(settings, dsn, api=api, dispatcher=dispatcher, sandbox=sandbox)
     return await _run_app(app, settings, host, port)
 
 
@@ -147,8 +150,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             host = args.host or settings.host
             port = args.port if args.port is not None else settings.port
+            if args.sandbox and args.no_dispatcher:
+                print("gateway: --sandbox needs the dispatcher in the same process",
+                      file=sys.stderr)
+                return 2
             return _run(_serve(settings, dsn, api=True, dispatcher=not args.no_dispatcher,
-                               host=host, port=port))
+                               host=host, port=port, sandbox=args.sandbox))
         if args.command == "dispatch":
             port = args.health_port
             return _run(_serve(settings, dsn, api=False, dispatcher=True,

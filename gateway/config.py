@@ -123,6 +123,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GATEWAY_LEASE_S", "lease_s", _positive_float, None,
             "How long a claimed delivery stays reserved for one dispatcher before another "
             "may take it (default: delivery timeout + 30 s)."),
+    Setting("GATEWAY_FCM_URL", "fcm_url", _str, "https://fcm.googleapis.com",
+            "FCM base URL; /v1/projects/{project_id}/messages:send is appended."),
+    Setting("GATEWAY_FCM_TOKEN_URL", "fcm_token_url", _str, None,
+            "OAuth2 token URL for FCM service accounts (default: each account's token_uri)."),
+    Setting("GATEWAY_APNS_URL", "apns_url", _str, None,
+            "APNs base URL for both environments; /3/device/{token} is appended (default: "
+            "api.push.apple.com, or api.sandbox.push.apple.com for sandbox credentials)."),
+    Setting("GATEWAY_PROVIDER_CA_FILE", "provider_ca_file", _str, None,
+            "Extra CA bundle (PEM) trusted for FCM, its token URL and APNs."),
+    Setting("GATEWAY_PUSH_CONCURRENCY", "push_concurrency", _positive_int, "128",
+            "Push sends in flight at once to one provider, per dispatcher process."),
     Setting("GATEWAY_DB_POOL_SIZE", "db_pool_size", _positive_int, "10",
             "PostgreSQL connections per process."),
     Setting("GATEWAY_LOG_LEVEL", "log_level", _log_level, "INFO",
@@ -151,6 +162,11 @@ class Settings:
     dispatch_batch: int = 200
     poll_interval_s: float = 1.0
     lease_s: float | None = None
+    fcm_url: str = "https://fcm.googleapis.com"
+    fcm_token_url: str | None = None
+    apns_url: str | None = None
+    provider_ca_file: str | None = None
+    push_concurrency: int = 128
     db_pool_size: int = 10
     log_level: str = "INFO"
 

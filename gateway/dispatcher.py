@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
@@ -19,7 +20,15 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from adapters.base import Adapter, DeliveryJob, EndpointTarget, EventView, Outcome, Verdict
+from adapters.base import (
+    Adapter,
+    DeliveryJob,
+    DeviceTarget,
+    EndpointTarget,
+    EventView,
+    Outcome,
+    Verdict,
+)
 from gateway.batching import GroupCommit
 from gateway.errors import DatabaseUnavailable
 from gateway.retry import RetryPolicy
@@ -28,6 +37,9 @@ from gateway.store import AttemptRecord, Store
 log = logging.getLogger("gateway.dispatcher")
 
 CHANNEL = "gateway_deliveries"
+FANOUT_CHANNEL = "gateway_fanout"
+#: Devices expanded into deliveries per fan-out transaction.
+FANOUT_BATCH = 1000
 
 
 def _clean(text: str | None, limit: int = 1024) -> str | None:
@@ -64,6 +76,7 @@ class Dispatcher:
         self.heartbeat = time.monotonic()
         self.restarts = 0
         self._wake = asyncio.Event()
+        self._fanout_wake = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._stopping = False
         self._inflight: dict[asyncio.Task[None], uuid.UUID] = {}
@@ -83,6 +96,7 @@ class Dispatcher:
         self._side_tasks = [
             asyncio.create_task(self._listen(), name="dispatcher-listen"),
             asyncio.create_task(self._supervise(), name="dispatcher-supervisor"),
+            asyncio.create_task(self._fanout(), name="dispatcher-fanout"),
         ]
 
     def healthy(self) -> bool:
@@ -146,7 +160,9 @@ class Dispatcher:
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener(CHANNEL, lambda *_: self._wake.set())
+                await conn.add_listener(FANOUT_CHANNEL, lambda *_: self._fanout_wake.set())
                 self._wake.set()  # anything that arrived while we were away
+                self._fanout_wake.set()
                 delay = 0.1
                 while not lost.is_set() and not conn.is_closed():
                     with contextlib.suppress(TimeoutError):
@@ -164,6 +180,31 @@ class Dispatcher:
                         await asyncio.wait_for(conn.close(), 2)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+    # --- fan-out ----------------------------------------------------------------------
+
+    async def _fanout(self) -> None:
+        """Expand push targets into per-device deliveries in batches, apart from ingest, so
+        a topic of any size never holds up a 202."""
+        backoff = 0.05
+        while not self._stopping:
+            self._fanout_wake.clear()
+            try:
+                expanded = await self.store.fanout_step(FANOUT_BATCH)
+            except DatabaseUnavailable as exc:
+                log.warning("fan-out paused: %s", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.poll_interval_s)
+                continue
+            except Exception:
+                log.exception("fan-out step failed")
+                await asyncio.sleep(self.poll_interval_s)
+                continue
+            backoff = 0.05
+            if expanded is None:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.poll_interval_s):
+                        await self._fanout_wake.wait()
 
     # --- the loop ---------------------------------------------------------------------
 
@@ -231,6 +272,10 @@ class Dispatcher:
         attempted_at = datetime.now(UTC)
         if adapter is None:
             outcome = Outcome(Verdict.FAILED, error=f"no adapter for kind {job.kind!r}")
+        elif job.kind != "webhook" and job.device is None:
+            outcome = Outcome(Verdict.FAILED, error="device deleted")
+        elif job.kind != "webhook" and row["device_status"] != "active":
+            outcome = Outcome(Verdict.FAILED, error="device pruned; not sent")
         else:
             slot = self._endpoint_slot(job)
             try:
@@ -242,8 +287,9 @@ class Dispatcher:
                 log.exception("adapter %s raised", job.kind)
                 outcome = Outcome(Verdict.RETRY, error=f"internal error: {type(exc).__name__}")
         decision = self.policy.decide(row["schedule_pos"], outcome, datetime.now(UTC))
-        gone_endpoint = job.endpoint.id if (
-            outcome.verdict is Verdict.GONE and job.endpoint is not None) else None
+        gone = outcome.verdict is Verdict.GONE
+        gone_endpoint = job.endpoint.id if gone and job.endpoint is not None else None
+        gone_device = job.device.id if gone and job.device is not None else None
         record = AttemptRecord(
             delivery_id=job.delivery_id, lease_id=lease_id, status=decision.status,
             next_attempt_at=decision.next_attempt_at, schedule_pos=decision.schedule_pos,
@@ -251,6 +297,8 @@ class Dispatcher:
             outcome=outcome.verdict.value, status_code=outcome.status_code,
             response_snippet=_clean(outcome.response_snippet), error=_clean(outcome.error),
             disable_endpoint_id=gone_endpoint, disable_reason=_clean(outcome.gone_reason),
+            prune_device_id=gone_device, prune_reason=_clean(outcome.gone_reason),
+            prune_since=outcome.gone_since,
         )
         await self._write(record)
 
@@ -277,13 +325,18 @@ class Dispatcher:
 
 
 def job_from_row(row: asyncpg.Record) -> DeliveryJob:
-    endpoint = None
+    endpoint = device = None
     if row["endpoint_id"] is not None:
         secrets = (row["secret"],) + ((row["previous_secret"],) if row["previous_secret"] else ())
         endpoint = EndpointTarget(row["endpoint_id"], row["url"], secrets)
+    if row["device_id"] is not None and row["device_token"] is not None:
+        device = DeviceTarget(row["device_id"], row["platform"], row["device_token"])
     return DeliveryJob(
         delivery_id=row["id"], app_id=row["app_id"], kind=row["kind"],
         event=EventView(row["event_id"], row["event_type"], row["payload"],
                         row["event_created_at"]),
-        endpoint=endpoint, attempt=row["attempt_count"] + 1,
+        endpoint=endpoint, device=device,
+        notification=json.loads(row["notification"]) if row["notification"] else None,
+        credentials=json.loads(row["credentials"]) if row["credentials"] else None,
+        attempt=row["attempt_count"] + 1,
     )

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from gateway.batching import GroupCommit
     from gateway.db import Database
     from gateway.dispatcher import Dispatcher
+    from gateway.sandbox import Sandbox
     from gateway.store import Accepted, EventDraft, Store
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -22,3 +23,4 @@ STORE: web.AppKey[Store] = web.AppKey("store")
 AUTH: web.AppKey[Authenticator] = web.AppKey("auth")
 INGEST: web.AppKey[GroupCommit[EventDraft, Accepted]] = web.AppKey("ingest")
 DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher")
+SANDBOX: web.AppKey[Sandbox] = web.AppKey("sandbox")

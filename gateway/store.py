@@ -29,6 +29,8 @@ class EventDraft:
     payload: str
     idempotency_key: str | None = None
     body_sha256: bytes | None = None
+    #: Push targets as JSON text: {"user_ids", "topics", "notification"}.
+    push: str | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,11 @@ class AttemptRecord:
     #: An endpoint to disable because of this attempt (it answered 410 Gone).
     disable_endpoint_id: str | None = None
     disable_reason: str | None = None
+    #: A device to prune because of this attempt (the provider says its token is dead),
+    #: unless it was registered again after ``prune_since``.
+    prune_device_id: str | None = None
+    prune_reason: str | None = None
+    prune_since: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -199,10 +206,12 @@ class Store:
                     QUERIES["insert_events"],
                     [ids[i] for i in fresh], [drafts[i].app_id for i in fresh],
                     [drafts[i].type for i in fresh], [drafts[i].payload for i in fresh],
-                    [now] * len(fresh),
+                    [now] * len(fresh), [drafts[i].push for i in fresh],
                 )
                 if deliveries:
                     await conn.execute(QUERIES["notify_deliveries"])
+                if any(drafts[i].push for i in fresh):
+                    await conn.execute(QUERIES["notify_fanout"])
             for i in fresh:
                 results[i] = Accepted(ids[i], drafts[i].type, now, created=True)
             replay = [i for i, r in enumerate(results) if r is None]
@@ -304,7 +313,86 @@ class Store:
                 await conn.execute(QUERIES["disable_endpoints"], [endpoint_id], reason)
             if gone:
                 await conn.execute(QUERIES["park_deliveries"], list(gone))
+            for r in records:
+                if r.prune_device_id:
+                    await conn.execute(QUERIES["prune_device"], r.prune_device_id,
+                                       r.prune_reason, r.prune_since)
         return [None] * len(records)
+
+    async def fanout_step(self, batch: int) -> int | None:
+        """Expand one batch of devices of one event with push targets into deliveries.
+
+        Returns how many devices the batch covered, or None when no event waits. Each
+        batch commits with its cursor, so a crash resumes where it stopped and a replayed
+        batch creates nothing twice.
+        """
+        async with self.db.transaction() as conn:
+            event = await conn.fetchrow(QUERIES["claim_fanout"])
+            if event is None:
+                return None
+            devices = await conn.fetch(
+                QUERIES["fanout_devices"], event["app_id"], event["fanout_cursor"],
+                event["push_user_ids"], event["push_topics"], batch,
+            )
+            if devices:
+                await conn.execute(
+                    QUERIES["insert_device_deliveries"], event["id"], event["app_id"],
+                    [d["id"] for d in devices],
+                    ["apns" if d["platform"] == "ios" else "fcm" for d in devices],
+                )
+                await conn.execute(QUERIES["notify_deliveries"])
+            await conn.execute(QUERIES["advance_fanout"], event["id"],
+                               devices[-1]["id"] if devices else None, len(devices) < batch)
+        return len(devices)
+
+    # --- devices ----------------------------------------------------------------------
+
+    async def upsert_device(
+        self, app_id: str, *, platform: str, token: str, user_id: str, topics: list[str],
+        locale: str | None, app_version: str | None,
+    ) -> asyncpg.Record:
+        row = await self.db.fetchrow("upsert_device", new_id("dev"), app_id, platform, token,
+                                     user_id, topics, locale, app_version)
+        assert row is not None
+        return row
+
+    async def get_device(self, app_id: str, token: str, user_id: str | None) -> asyncpg.Record:
+        return _found(await self.db.fetchrow("get_device", app_id, token, user_id),
+                      "device", token)
+
+    async def list_devices(
+        self, app_id: str, *, user_id: str | None, topic: str | None, platform: str | None,
+        status: str | None, cursor: str | None, limit: int,
+    ) -> Page:
+        rows = await self.db.fetch("list_devices", app_id, user_id, topic, platform, status,
+                                   cursor, limit + 1)
+        return _page(rows, limit)
+
+    async def set_device_topics(self, app_id: str, token: str, user_id: str | None,
+                                topics: list[str]) -> asyncpg.Record:
+        row = await self.db.fetchrow("set_device_topics", app_id, token, user_id, topics)
+        return _found(row, "device", token)
+
+    async def delete_device(self, app_id: str, token: str, user_id: str | None) -> None:
+        _found(await self.db.fetchrow("delete_device", app_id, token, user_id), "device", token)
+
+    async def device_tokens(self, app_id: str, tokens: list[str]) -> set[str]:
+        rows = await self.db.fetch("device_tokens", app_id, tokens)
+        return {r["token"] for r in rows}
+
+    async def user_token_secret(self, app_id: str) -> bytes | None:
+        row = await self.db.fetchrow("user_token_secret", app_id)
+        return None if row is None else bytes(row[0])
+
+    # --- push credentials -------------------------------------------------------------
+
+    async def put_credentials(self, app_id: str, provider: str, config: str) -> asyncpg.Record:
+        row = await self.db.fetchrow("put_credentials", app_id, provider, config)
+        assert row is not None
+        return row
+
+    async def list_credentials(self, app_id: str) -> list[asyncpg.Record]:
+        return await self.db.fetch("list_credentials", app_id)
 
     async def next_due_at(self) -> datetime | None:
         row = await self.db.fetchrow("next_due_at")

@@ -100,12 +100,23 @@ JOIN idempotency_keys k ON k.app_id = q.app_id AND k.key = q.key
 JOIN events e ON e.id = k.event_id;
 
 -- name: insert_events
--- $1 ids, $2 app ids, $3 types, $4 raw payloads, $5 created_at (arrays of one length).
+-- $1 ids, $2 app ids, $3 types, $4 raw payloads, $5 created_at, $6 push targets as JSON
+-- text ({"user_ids", "topics", "notification"}) or NULL (arrays of one length).
 -- Creates each event and one pending delivery per active endpoint subscribed to its type,
--- in the caller's transaction. Returns how many deliveries were created.
+-- in the caller's transaction; push targets are expanded later by the fan-out.
+-- Returns how many webhook deliveries were created.
 WITH ev AS (
-    INSERT INTO events (id, app_id, type, payload, created_at)
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+    INSERT INTO events (id, app_id, type, payload, created_at, push_user_ids, push_topics,
+                        notification, fanout_status)
+    SELECT u.id, u.app_id, u.type, u.payload, u.created_at,
+           CASE WHEN u.push IS NOT NULL THEN
+               ARRAY(SELECT jsonb_array_elements_text(u.push::jsonb -> 'user_ids')) END,
+           CASE WHEN u.push IS NOT NULL THEN
+               ARRAY(SELECT jsonb_array_elements_text(u.push::jsonb -> 'topics')) END,
+           u.push::jsonb -> 'notification',
+           CASE WHEN u.push IS NOT NULL THEN 'pending' END
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[])
+        AS u(id, app_id, type, payload, created_at, push)
     RETURNING id, app_id, type, created_at
 ), dl AS (
     INSERT INTO deliveries (id, app_id, event_id, endpoint_id, kind, next_attempt_at,
@@ -119,6 +130,40 @@ WITH ev AS (
     RETURNING 1
 )
 SELECT count(*) FROM dl;
+
+-- name: notify_fanout
+-- Wakes every fan-out worker (LISTEN gateway_fanout) when the transaction commits.
+SELECT pg_notify('gateway_fanout', '');
+
+-- name: claim_fanout
+-- One event whose push targets still need expanding, locked for this transaction.
+SELECT id, app_id, push_user_ids, push_topics, fanout_cursor FROM events
+WHERE fanout_status = 'pending'
+ORDER BY created_at
+LIMIT 1
+FOR UPDATE SKIP LOCKED;
+
+-- name: fanout_devices
+-- $1 app id, $2 cursor (device id, exclusive, or NULL), $3 user ids, $4 topics, $5 limit.
+-- The next batch of live devices the event targets, in id order (a stable cursor).
+SELECT id, platform FROM devices
+WHERE app_id = $1 AND status = 'active' AND ($2::text IS NULL OR id > $2)
+  AND (user_id = ANY(coalesce($3::text[], '{}')) OR topics && coalesce($4::text[], '{}'))
+ORDER BY id LIMIT $5;
+
+-- name: insert_device_deliveries
+-- $1 event id, $2 app id, $3 device ids, $4 kinds ('apns' | 'fcm') (arrays of one length).
+-- Idempotent: a batch replayed after a crash creates nothing twice.
+INSERT INTO deliveries (id, app_id, event_id, device_id, kind, next_attempt_at)
+SELECT gateway_id('dlv'), $2, $1, u.device_id, u.kind, now()
+FROM unnest($3::text[], $4::text[]) AS u(device_id, kind)
+ON CONFLICT DO NOTHING;
+
+-- name: advance_fanout
+-- $1 event id, $2 last device id expanded, $3 finished?
+UPDATE events SET fanout_cursor = coalesce($2, fanout_cursor),
+    fanout_status = CASE WHEN $3 THEN 'done' ELSE 'pending' END
+WHERE id = $1;
 
 -- name: notify_deliveries
 -- Wakes every dispatcher (LISTEN gateway_deliveries) when the transaction commits.
@@ -185,17 +230,22 @@ WITH due AS (
     UPDATE deliveries d
     SET next_attempt_at = now() + make_interval(secs => $2), lease_id = $3
     FROM due WHERE d.id = due.id
-    RETURNING d.id, d.app_id, d.event_id, d.endpoint_id, d.kind, d.schedule_pos,
+    RETURNING d.id, d.app_id, d.event_id, d.endpoint_id, d.device_id, d.kind, d.schedule_pos,
               d.attempt_count
 )
 SELECT c.*, ev.type AS event_type, ev.payload, ev.created_at AS event_created_at,
        ep.url, ep.status AS endpoint_status, ep.deleted_at AS endpoint_deleted_at,
        ep.secret,
        CASE WHEN ep.previous_secret_expires_at > now() THEN ep.previous_secret END
-           AS previous_secret
+           AS previous_secret,
+       dv.token AS device_token, dv.platform, dv.status AS device_status,
+       CASE WHEN c.kind <> 'webhook' THEN ev.notification END AS notification,
+       pc.config AS credentials
 FROM claimed c
 JOIN events ev ON ev.id = c.event_id
-LEFT JOIN endpoints ep ON ep.id = c.endpoint_id;
+LEFT JOIN endpoints ep ON ep.id = c.endpoint_id
+LEFT JOIN devices dv ON dv.id = c.device_id
+LEFT JOIN push_credentials pc ON pc.app_id = c.app_id AND pc.provider = c.kind;
 
 -- name: record_results
 -- Arrays of one length: $1 delivery ids, $2 lease ids, $3 new statuses,
@@ -228,6 +278,13 @@ UPDATE endpoints SET status = 'disabled', disabled_reason = $2,
     disabled_at = now(), updated_at = now()
 WHERE id = ANY($1::text[]) AND status = 'active';
 
+-- name: prune_device
+-- $1 device id, $2 reason, $3 when the provider says the token died (or NULL).
+-- A device registered again after that moment is live and stays so.
+UPDATE devices SET status = 'pruned', pruned_reason = $2, pruned_at = now(),
+    updated_at = now()
+WHERE id = $1 AND status = 'active' AND ($3::timestamptz IS NULL OR registered_at <= $3);
+
 -- name: release_leases
 -- $1 lease ids: deliveries claimed but not attempted go back to the queue at once.
 UPDATE deliveries SET next_attempt_at = now(), lease_id = NULL, updated_at = now()
@@ -236,6 +293,72 @@ WHERE lease_id = ANY($1::uuid[]) AND status = 'pending';
 -- name: next_due_at
 SELECT min(next_attempt_at) FROM deliveries
 WHERE status = 'pending' AND next_attempt_at < 'infinity';
+
+-- name: upsert_device
+-- $1 new id, $2 app id, $3 platform, $4 token, $5 user id, $6 topics, $7 locale,
+-- $8 app version. Registering again updates it (a token that changed hands moves to the
+-- new user) and revives a pruned token. "inserted" tells new from updated.
+INSERT INTO devices (id, app_id, platform, token, user_id, topics, locale, app_version)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+ON CONFLICT (app_id, token) DO UPDATE SET
+    platform = EXCLUDED.platform, user_id = EXCLUDED.user_id, topics = EXCLUDED.topics,
+    locale = EXCLUDED.locale, app_version = EXCLUDED.app_version, status = 'active',
+    pruned_reason = NULL, pruned_at = NULL, registered_at = now(), updated_at = now()
+RETURNING *, (xmax = 0) AS inserted;
+
+-- name: get_device
+-- $1 app id, $2 token, $3 user id (NULL = any user)
+SELECT * FROM devices
+WHERE app_id = $1 AND token = $2 AND ($3::text IS NULL OR user_id = $3);
+
+-- name: list_devices
+-- $1 app id, $2 user id, $3 topic, $4 platform, $5 status (each NULL = any),
+-- $6 cursor (id, exclusive, or NULL), $7 limit
+SELECT * FROM devices
+WHERE app_id = $1
+  AND ($2::text IS NULL OR user_id = $2)
+  AND ($3::text IS NULL OR topics @> ARRAY[$3::text])
+  AND ($4::text IS NULL OR platform = $4)
+  AND ($5::text IS NULL OR status = $5)
+  AND ($6::text IS NULL OR id < $6)
+ORDER BY id DESC LIMIT $7;
+
+-- name: set_device_topics
+-- $1 app id, $2 token, $3 user id (NULL = any), $4 topics
+UPDATE devices SET topics = $4, updated_at = now()
+WHERE app_id = $1 AND token = $2 AND ($3::text IS NULL OR user_id = $3)
+RETURNING *;
+
+-- name: delete_device
+-- $1 app id, $2 token, $3 user id (NULL = any). Its pending pushes fail first.
+WITH gone AS (
+    SELECT id FROM devices
+    WHERE app_id = $1 AND token = $2 AND ($3::text IS NULL OR user_id = $3)
+), failed AS (
+    UPDATE deliveries SET status = 'failed', next_attempt_at = NULL, lease_id = NULL,
+        last_error = 'device deleted', updated_at = now()
+    WHERE device_id IN (SELECT id FROM gone) AND status = 'pending'
+)
+DELETE FROM devices WHERE id IN (SELECT id FROM gone)
+RETURNING id;
+
+-- name: device_tokens
+-- $1 app id, $2 tokens: those of them that are this app's devices
+SELECT token FROM devices WHERE app_id = $1 AND token = ANY($2::text[]);
+
+-- name: user_token_secret
+-- $1 app id
+SELECT user_token_secret FROM apps WHERE id = $1;
+
+-- name: put_credentials
+-- $1 app id, $2 provider ('fcm' | 'apns'), $3 config (JSON text)
+INSERT INTO push_credentials (app_id, provider, config) VALUES ($1, $2, $3::jsonb)
+ON CONFLICT (app_id, provider) DO UPDATE SET config = EXCLUDED.config, updated_at = now()
+RETURNING provider, config, updated_at;
+
+-- name: list_credentials
+-- $1 app id
+SELECT provider, config, updated_at FROM push_credentials WHERE app_id = $1 ORDER BY provider;
 
 -- name: ping
 SELECT 1;
