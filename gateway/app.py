@@ -116,6 +116,7 @@ def create_app(
                         settings.retry_after_max_s),
             concurrency=settings.dispatch_concurrency,
             endpoint_concurrency=settings.endpoint_concurrency,
+            push_concurrency=settings.push_concurrency,
             batch=settings.dispatch_batch,
             lease_s=settings.effective_lease_s,
             poll_interval_s=settings.poll_interval_s,

@@ -57,6 +57,7 @@ class Dispatcher:
         *,
         concurrency: int = 256,
         endpoint_concurrency: int = 64,
+        push_concurrency: int = 128,
         batch: int = 200,
         lease_s: float = 45.0,
         poll_interval_s: float = 1.0,
@@ -68,6 +69,7 @@ class Dispatcher:
         self.policy = policy
         self.concurrency = concurrency
         self.endpoint_concurrency = endpoint_concurrency
+        self.push_concurrency = push_concurrency
         self.batch = batch
         self.lease_s = lease_s
         self.poll_interval_s = poll_interval_s
@@ -317,10 +319,14 @@ class Dispatcher:
                 delay = min(delay * 2, 2.0)
 
     def _endpoint_slot(self, job: DeliveryJob) -> asyncio.Semaphore:
-        key = job.endpoint.id if job.endpoint is not None else job.kind
+        """Bounds in-flight sends per webhook endpoint, and per push provider."""
+        if job.endpoint is not None:
+            key, size = job.endpoint.id, self.endpoint_concurrency
+        else:
+            key, size = job.kind, self.push_concurrency
         slot = self._endpoint_slots.get(key)
         if slot is None:
-            slot = self._endpoint_slots[key] = asyncio.Semaphore(self.endpoint_concurrency)
+            slot = self._endpoint_slots[key] = asyncio.Semaphore(size)
         return slot
 
 

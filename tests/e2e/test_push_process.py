@@ -1,0 +1,139 @@
+"""Push end to end through the real ``gateway`` process: restart safety mid-fan-out, and
+the sandbox a newcomer starts with ``gateway serve --sandbox``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import pytest
+
+from tests.push_support import Providers, android_token, ios_token, start_providers
+from tests.support import ADMIN_KEY, Api, GatewayProcess, eventually
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def procs() -> Iterator[list[GatewayProcess]]:
+    started: list[GatewayProcess] = []
+    yield started
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def providers(tmp_path: Path) -> AsyncIterator[Providers]:
+    started = await start_providers(tmp_path)
+    yield started
+    await started.stop()
+
+
+def provider_env(providers: Providers) -> dict[str, str]:
+    return {
+        "GATEWAY_FCM_URL": providers.fcm.base_url,
+        "GATEWAY_FCM_TOKEN_URL": providers.fcm.token_url,
+        "GATEWAY_APNS_URL": providers.apns.base_url,
+        "GATEWAY_PROVIDER_CA_FILE": str(providers.ca_file),
+        "GATEWAY_LEASE_S": "3",
+        "GATEWAY_PUSH_CONCURRENCY": "16",
+        "GATEWAY_DISPATCH_CONCURRENCY": "32",
+    }
+
+
+async def test_gateway_killed_mid_fanout_delivers_to_every_device_after_restart(
+    dsn: str, procs: list[GatewayProcess], http: aiohttp.ClientSession, providers: Providers
+) -> None:
+    env = provider_env(providers)
+    gw = GatewayProcess(dsn, env=env).start()
+    procs.append(gw)
+    await gw.wait_ready()
+    api = Api(http, gw.base)
+    status, app = await api.call("POST", "/v1/apps", ADMIN_KEY, {"name": "shop"})
+    key = app["api_key"]
+    await api.call("PUT", f"/v1/apps/{app['id']}/push/fcm", key,
+                   {"service_account": providers.service_account})
+    await api.call("PUT", f"/v1/apps/{app['id']}/push/apns", key, providers.apns_credentials)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            "INSERT INTO devices (id, app_id, platform, token, user_id, topics) "
+            "SELECT 'dev_' || lpad(i::text, 8, '0'), $1, "
+            "  CASE WHEN i % 2 = 0 THEN 'ios' ELSE 'android' END, "
+            "  CASE WHEN i % 2 = 0 THEN lpad(to_hex(i), 64, '0') ELSE 'tok-' || i END, "
+            "  'user-' || i, ARRAY['all'] FROM generate_series(1, 6000) AS i", app["id"])
+    finally:
+        await conn.close()
+    status, _ = await api.call("POST", "/v1/events", key, {
+        "type": "promo", "payload": {}, "topics": ["all"],
+        "notification": {"title": "Sale", "body": "Today only"}})
+    assert status == 202
+
+    def received() -> int:
+        return len(providers.apns.received) + len(providers.fcm.received)
+
+    await eventually(lambda: _ready(received() >= 300), timeout_s=60)
+    gw.kill()
+    assert received() < 6000, "the kill must land mid-fan-out"
+    again = GatewayProcess(dsn, env=env).start()
+    procs.append(again)
+    await again.wait_ready()
+    await eventually(lambda: _ready(len({p.token for p in providers.apns.received}
+                                        | {p.token for p in providers.fcm.received}) >= 6000),
+                     timeout_s=120, interval_s=0.5)
+    assert again.terminate() == 0
+
+
+async def test_sandbox_shows_pushes_without_any_provider_account(
+    dsn: str, procs: list[GatewayProcess], http: aiohttp.ClientSession
+) -> None:
+    gw = GatewayProcess(dsn, "serve", "--sandbox").start()
+    procs.append(gw)
+    await gw.wait_ready()
+    api = Api(http, gw.base)
+    key = await api.new_app()
+    status, minted = await api.call("POST", "/v1/user-tokens", key, {"user_id": "alice"})
+    assert status == 201
+    for platform, token in (("ios", ios_token(7)), ("android", android_token(7))):
+        status, _ = await api.call("POST", "/v1/devices", minted["token"],
+                                   {"platform": platform, "token": token})
+        assert status == 201
+    status, _ = await api.call("POST", "/v1/events", key, {
+        "type": "chat.message", "payload": {"from": "bob"}, "user_ids": ["alice"],
+        "notification": {"title": "Bob", "body": "Hi!", "data": {"chat": "42"}}})
+    assert status == 202
+
+    async def inbox() -> list[dict[str, object]] | None:
+        _, body = await api.call("GET", "/v1/sandbox/pushes", key)
+        return body["data"] if len(body["data"]) >= 2 else None
+
+    pushes = await eventually(inbox, timeout_s=20)
+    assert {p["provider"] for p in pushes} == {"apns", "fcm"}
+    assert {p["token"] for p in pushes} == {ios_token(7), android_token(7)}
+    other = await api.new_app("other")
+    _, theirs = await api.call("GET", "/v1/sandbox/pushes", other)
+    assert theirs["data"] == []
+
+
+async def test_sandbox_endpoint_is_404_when_the_sandbox_is_off(
+    dsn: str, procs: list[GatewayProcess], http: aiohttp.ClientSession
+) -> None:
+    gw = GatewayProcess(dsn).start()
+    procs.append(gw)
+    await gw.wait_ready()
+    api = Api(http, gw.base)
+    key = await api.new_app()
+    status, body = await api.call("GET", "/v1/sandbox/pushes", key)
+    assert status == 404 and "--sandbox" in body["error"]["message"]
+
+
+async def _ready(value: bool) -> bool:
+    return value
