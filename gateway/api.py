@@ -251,7 +251,11 @@ def delivery_json(row: asyncpg.Record) -> dict[str, Any]:
     return {
         "id": row["id"], "event_id": row["event_id"], "endpoint_id": row["endpoint_id"],
         "kind": row["kind"], "status": row["status"], "attempt_count": row["attempt_count"],
-        "next_attempt_at": iso(row["next_attempt_at"]) if row["status"] == "pending" else None,
+        "device_id": row["device_id"],
+        # While a dispatcher holds it, next_attempt_at is its lease, not a schedule.
+        "in_flight": row["lease_id"] is not None and row["status"] == "pending",
+        "next_attempt_at": iso(row["next_attempt_at"])
+        if row["status"] == "pending" and row["lease_id"] is None else None,
         "last_attempt_at": iso(row["last_attempt_at"]), "last_error": row["last_error"],
         "created_at": iso(row["created_at"]), "updated_at": iso(row["updated_at"]),
     }

@@ -283,8 +283,8 @@ class Store:
                                                      delivery_id), "delivery", delivery_id)
                 raise DeliveryNotRetryable(
                     f"Only failed deliveries can be retried; this one is {current['status']}"
-                    + (" and its endpoint was deleted" if current["status"] == "failed" else "")
-                    + "."
+                    + (" and its endpoint or device was deleted"
+                       if current["status"] == "failed" else "") + "."
                 )
             await conn.execute(QUERIES["notify_deliveries"])
         return row

@@ -204,14 +204,17 @@ SELECT * FROM attempts WHERE delivery_id = $1 ORDER BY id;
 
 -- name: retry_delivery
 -- $1 app id, $2 delivery id. Requeues a failed delivery at the start of the schedule;
--- one whose endpoint is disabled waits parked until it is re-enabled.
+-- one whose endpoint is disabled waits parked until it is re-enabled. Deliveries whose
+-- endpoint or device was deleted have nowhere to go.
 UPDATE deliveries d SET
     status = 'pending', schedule_pos = 0, lease_id = NULL, updated_at = now(),
-    next_attempt_at = CASE WHEN ep.status = 'disabled' THEN 'infinity'::timestamptz
-                           ELSE now() END
-FROM endpoints ep
+    next_attempt_at = CASE WHEN EXISTS (
+        SELECT 1 FROM endpoints ep WHERE ep.id = d.endpoint_id AND ep.status = 'disabled')
+        THEN 'infinity'::timestamptz ELSE now() END
 WHERE d.app_id = $1 AND d.id = $2 AND d.status = 'failed'
-  AND ep.id = d.endpoint_id AND ep.deleted_at IS NULL
+  AND (d.endpoint_id IS NOT NULL OR d.device_id IS NOT NULL)
+  AND NOT EXISTS (SELECT 1 FROM endpoints ep
+                  WHERE ep.id = d.endpoint_id AND ep.deleted_at IS NOT NULL)
 RETURNING d.*;
 
 -- name: claim_due

@@ -205,6 +205,19 @@ async def test_fcm_permanent_errors_fail_and_prune_only_dead_tokens(
     assert (await push.device_row(token))["status"] == ("pruned" if prunes else "active")
 
 
+async def test_a_failed_push_can_be_retried_by_hand(push: Push) -> None:
+    token = android_token(1)
+    await push.device("android", token)
+    push.providers.fcm.fail(token, "THIRD_PARTY_AUTH_ERROR")
+    await push.emit(ALERT, user_ids=["u1"])
+    (failed,) = await eventually(lambda: push.deliveries(status="failed"))
+    status, body = await push.api.call("POST", f"/v1/deliveries/{failed['id']}/retry", push.key)
+    assert status == 202 and body["status"] == "pending"
+    (done,) = await eventually(lambda: push.deliveries(status="succeeded"))
+    assert done["id"] == failed["id"] and done["kind"] == "fcm"
+    assert [p.token for p in push.providers.fcm.received] == [token]
+
+
 @pytest.mark.parametrize("answer", ["UNAVAILABLE", "INTERNAL", "HTML_502"])
 async def test_fcm_transient_errors_are_retried_until_delivered(push: Push, answer: str) -> None:
     token = android_token(1)
