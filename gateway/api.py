@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -33,22 +33,43 @@ from gateway.errors import (
     ValidationError,
 )
 from gateway.jsonbody import check_depth, parse_object
+from gateway.routing import Auth, Handler, Param, Route
 from gateway.schemas import (
     APNsCredentials,
     AppCreate,
+    AppCreated,
+    AppPage,
+    AttemptList,
+    Delivery,
+    DeliveryPage,
+    Device,
+    DevicePage,
     DeviceRegister,
     DeviceTopics,
+    Endpoint,
     EndpointCreate,
+    EndpointCreated,
+    EndpointPage,
     EndpointPatch,
+    EventAccepted,
     EventCreate,
+    EventPage,
+    EventWithDeliveries,
     FCMCredentials,
+    Health,
+    MaskedCredentials,
+    PushCredentials,
+    Ready,
+    RotatedSecret,
+    SandboxPushes,
+    Secret,
+    UserToken,
     UserTokenCreate,
 )
 from gateway.store import EventDraft, Page
 
 log = logging.getLogger("gateway.api")
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 M = TypeVar("M", bound=pydantic.BaseModel)
 
 DEFAULT_PAGE = 50
@@ -636,34 +657,89 @@ async def sandbox_pushes(request: web.Request) -> web.Response:
         for p in pushes if p.token in tokens][-500:]})
 
 
-def add_routes(app: web.Application, *, api: bool = True) -> None:
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    if not api:
-        return
-    app.router.add_post("/v1/apps", create_app)
-    app.router.add_get("/v1/apps", list_apps)
-    app.router.add_post("/v1/events", create_event)
-    app.router.add_get("/v1/events", list_events)
-    app.router.add_get("/v1/events/{event_id}", get_event)
-    app.router.add_post("/v1/endpoints", create_endpoint)
-    app.router.add_get("/v1/endpoints", list_endpoints)
-    app.router.add_get("/v1/endpoints/{endpoint_id}", get_endpoint)
-    app.router.add_patch("/v1/endpoints/{endpoint_id}", patch_endpoint)
-    app.router.add_delete("/v1/endpoints/{endpoint_id}", delete_endpoint)
-    app.router.add_get("/v1/endpoints/{endpoint_id}/secret", get_endpoint_secret)
-    app.router.add_post("/v1/endpoints/{endpoint_id}/secret/rotate", rotate_endpoint_secret)
-    app.router.add_get("/v1/deliveries", list_deliveries)
-    app.router.add_get("/v1/deliveries/{delivery_id}", get_delivery)
-    app.router.add_get("/v1/deliveries/{delivery_id}/attempts", list_attempts)
-    app.router.add_post("/v1/deliveries/{delivery_id}/retry", retry_delivery)
-    app.router.add_post("/v1/user-tokens", create_user_token)
-    app.router.add_post("/v1/devices", register_device)
-    app.router.add_get("/v1/devices", list_devices)
-    app.router.add_get("/v1/devices/{token}", get_device)
-    app.router.add_delete("/v1/devices/{token}", delete_device)
-    app.router.add_put("/v1/devices/{token}/topics", put_device_topics)
-    app.router.add_put("/v1/apps/{app_id}/push/fcm", put_fcm_credentials)
-    app.router.add_put("/v1/apps/{app_id}/push/apns", put_apns_credentials)
-    app.router.add_get("/v1/apps/{app_id}/push", get_push_credentials)
-    app.router.add_get("/v1/sandbox/pushes", sandbox_pushes)
+PAGE = (Param("limit", "Page size, 1-250 (default 50).", {"type": "integer", "minimum": 1,
+                                                            "maximum": MAX_PAGE}),
+        Param("cursor", "next_cursor of the previous page."))
+IDEMPOTENCY = Param("Idempotency-Key", "Same key and body within 24 h: 200 with the first "
+                    "event; another body: 409.", where="header")
+APP_OR_USER: tuple[Auth, ...] = ("app", "user")
+OWN_APP: tuple[Auth, ...] = ("admin", "app")
+
+HEALTH_ROUTES = [
+    Route("GET", "/healthz", healthz, "The process is up", "health", auth=("none",),
+          ok=(200, Health)),
+    Route("GET", "/readyz", readyz, "Ingest would succeed and the dispatcher moves", "health",
+          auth=("none",), ok=(200, Ready), errors=(503,)),
+]
+
+ROUTES = [
+    Route("POST", "/v1/apps", create_app, "Create an app and its API key", "apps",
+          auth=("admin",), body=AppCreate, ok=(201, AppCreated)),
+    Route("GET", "/v1/apps", list_apps, "List apps", "apps", auth=("admin",), ok=(200, AppPage),
+          query=PAGE),
+    Route("POST", "/v1/events", create_event, "Emit an event", "events", body=EventCreate,
+          ok=(202, EventAccepted), also=((200, EventAccepted, "Idempotent replay"),),
+          headers=(IDEMPOTENCY,), errors=(409,)),
+    Route("GET", "/v1/events", list_events, "List events", "events", ok=(200, EventPage),
+          query=(Param("type", "Only this event type."), *PAGE)),
+    Route("GET", "/v1/events/{event_id}", get_event, "An event with its deliveries", "events",
+          ok=(200, EventWithDeliveries)),
+    Route("POST", "/v1/endpoints", create_endpoint, "Subscribe a webhook endpoint",
+          "endpoints", body=EndpointCreate, ok=(201, EndpointCreated)),
+    Route("GET", "/v1/endpoints", list_endpoints, "List endpoints", "endpoints",
+          ok=(200, EndpointPage), query=PAGE),
+    Route("GET", "/v1/endpoints/{endpoint_id}", get_endpoint, "An endpoint", "endpoints",
+          ok=(200, Endpoint)),
+    Route("PATCH", "/v1/endpoints/{endpoint_id}", patch_endpoint,
+          "Change an endpoint; disable or enable it", "endpoints", body=EndpointPatch,
+          ok=(200, Endpoint)),
+    Route("DELETE", "/v1/endpoints/{endpoint_id}", delete_endpoint, "Delete an endpoint",
+          "endpoints", ok=(204, None)),
+    Route("GET", "/v1/endpoints/{endpoint_id}/secret", get_endpoint_secret,
+          "An endpoint's signing secret", "endpoints", ok=(200, Secret)),
+    Route("POST", "/v1/endpoints/{endpoint_id}/secret/rotate", rotate_endpoint_secret,
+          "Rotate the signing secret (the old one signs too for 24 h)", "endpoints",
+          ok=(200, RotatedSecret)),
+    Route("GET", "/v1/deliveries", list_deliveries, "List deliveries", "deliveries",
+          ok=(200, DeliveryPage), query=(
+              Param("status", "pending, succeeded or failed.",
+                    {"type": "string", "enum": list(DELIVERY_STATUSES)}),
+              Param("endpoint_id", "Only this endpoint's."),
+              Param("event_id", "Only this event's."), *PAGE)),
+    Route("GET", "/v1/deliveries/{delivery_id}", get_delivery, "A delivery", "deliveries",
+          ok=(200, Delivery)),
+    Route("GET", "/v1/deliveries/{delivery_id}/attempts", list_attempts,
+          "Every attempt of a delivery", "deliveries", ok=(200, AttemptList)),
+    Route("POST", "/v1/deliveries/{delivery_id}/retry", retry_delivery,
+          "Requeue a failed delivery now", "deliveries", ok=(202, Delivery), errors=(409,)),
+    Route("POST", "/v1/user-tokens", create_user_token,
+          "Mint a short-lived user token for a mobile app", "devices", body=UserTokenCreate,
+          ok=(201, UserToken)),
+    Route("POST", "/v1/devices", register_device, "Register (upsert) a device", "devices",
+          auth=APP_OR_USER, body=DeviceRegister, ok=(201, Device),
+          also=((200, Device, "Updated"),)),
+    Route("GET", "/v1/devices", list_devices, "List devices", "devices", auth=APP_OR_USER,
+          ok=(200, DevicePage), query=(
+              Param("user_id", "Only this user's."), Param("topic", "Only this topic's."),
+              Param("platform", "ios or android.",
+                    {"type": "string", "enum": ["ios", "android"]}),
+              Param("status", "active or pruned.",
+                    {"type": "string", "enum": list(DEVICE_STATUSES)}), *PAGE)),
+    Route("GET", "/v1/devices/{token}", get_device, "A device", "devices", auth=APP_OR_USER,
+          ok=(200, Device)),
+    Route("DELETE", "/v1/devices/{token}", delete_device, "Delete a device", "devices",
+          auth=APP_OR_USER, ok=(204, None)),
+    Route("PUT", "/v1/devices/{token}/topics", put_device_topics, "Replace a device's topics",
+          "devices", auth=APP_OR_USER, body=DeviceTopics, ok=(200, Device)),
+    Route("PUT", "/v1/apps/{app_id}/push/fcm", put_fcm_credentials,
+          "Set the app's FCM service account", "push", auth=OWN_APP, body=FCMCredentials,
+          ok=(200, MaskedCredentials)),
+    Route("PUT", "/v1/apps/{app_id}/push/apns", put_apns_credentials,
+          "Set the app's APNs token key", "push", auth=OWN_APP, body=APNsCredentials,
+          ok=(200, MaskedCredentials)),
+    Route("GET", "/v1/apps/{app_id}/push", get_push_credentials,
+          "The app's push credentials, masked", "push", auth=OWN_APP,
+          ok=(200, PushCredentials)),
+    Route("GET", "/v1/sandbox/pushes", sandbox_pushes,
+          "What the sandbox's fake providers received", "push", ok=(200, SandboxPushes)),
+]

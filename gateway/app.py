@@ -13,14 +13,15 @@ from adapters.apns import APNsAdapter
 from adapters.base import Adapter
 from adapters.fcm import FCMAdapter
 from adapters.webhook import WebhookAdapter
-from gateway import keys
-from gateway.api import add_routes, error_middleware
+from gateway import api, keys, openapi
+from gateway.api import error_middleware
 from gateway.auth import Authenticator
 from gateway.batching import GroupCommit
 from gateway.config import Settings
 from gateway.db import Database
 from gateway.dispatcher import Dispatcher
 from gateway.retry import RetryPolicy
+from gateway.routing import wire
 from gateway.sandbox import Sandbox, SandboxRouter
 from gateway.store import Store
 
@@ -69,7 +70,7 @@ def create_app(
     settings: Settings,
     dsn: str,
     *,
-    api: bool = True,
+    serve_api: bool = True,
     dispatcher: bool = True,
     adapters: Mapping[str, Adapter] | None = None,
     sandbox: bool = False,
@@ -81,7 +82,8 @@ def create_app(
     )
     app[keys.SETTINGS] = settings
     app[keys.DSN] = dsn
-    add_routes(app, api=api)
+    table = api.HEALTH_ROUTES + (api.ROUTES if serve_api else [])
+    wire(app, table + (openapi.routes(table) if serve_api else []))
 
     async def database(app: web.Application) -> AsyncIterator[None]:
         db = await Database.connect(dsn, max_size=settings.db_pool_size)
@@ -131,7 +133,7 @@ def create_app(
     app.cleanup_ctx.append(database)
     if sandbox:
         app.cleanup_ctx.append(run_sandbox)
-    if api:
+    if serve_api:
         app.cleanup_ctx.append(ingest)
     if dispatcher:
         app.cleanup_ctx.append(dispatch)

@@ -97,7 +97,7 @@ async def _run_app(app: web.Application, settings: Settings, host: str | None,
 async def _serve(settings: Settings, dsn: str, *, api: bool, dispatcher: bool,
                  host: str | None, port: int | None, sandbox: bool = False) -> int:
     await migrate(dsn)
-    app = create_app(settings, dsn, api=api, dispatcher=dispatcher, sandbox=sandbox)
+    app = create_app(settings, dsn, serve_api=api, dispatcher=dispatcher, sandbox=sandbox)
     return await _run_app(app, settings, host, port)
 
 

@@ -189,3 +189,179 @@ class EndpointPatch(_Body):
     description: Annotated[Text, StringConstraints(max_length=1000)] | None = None
     status: Literal["active", "disabled"] | None = None
     disabled_reason: Annotated[Text, StringConstraints(max_length=500)] | None = None
+
+
+# --- answers: what the API returns (documentation and conformance checks) ------------
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorDetail(_Answer):
+    code: str = Field(description="Stable machine code, e.g. validation_error.")
+    message: str = Field(description="For a human.")
+    details: list[dict[str, Any]] = Field(description="Field paths and specifics.")
+
+
+class ErrorBody(_Answer):
+    error: ErrorDetail
+
+
+class Health(_Answer):
+    status: Literal["ok"]
+
+
+class Ready(_Answer):
+    status: Literal["ready"]
+    checks: dict[str, str]
+
+
+class App(_Answer):
+    id: str
+    name: str
+    created_at: str
+
+
+class AppCreated(App):
+    api_key: str = Field(description="Shown once; store it.")
+
+
+class AppPage(_Answer):
+    data: list[App]
+    next_cursor: str | None
+
+
+class Endpoint(_Answer):
+    id: str
+    url: str
+    description: str
+    event_types: list[str] | None = Field(description="null: every event type")
+    status: Literal["active", "disabled"]
+    disabled_reason: str | None
+    disabled_at: str | None
+    created_at: str
+    updated_at: str
+
+
+class EndpointCreated(Endpoint):
+    secret: str = Field(description="Standard Webhooks signing secret (whsec_...).")
+
+
+class EndpointPage(_Answer):
+    data: list[Endpoint]
+    next_cursor: str | None
+
+
+class Secret(_Answer):
+    secret: str
+
+
+class RotatedSecret(_Answer):
+    secret: str
+    previous_secret_expires_at: str | None
+
+
+class EventAccepted(_Answer):
+    id: str
+    type: str
+    created_at: str
+
+
+class Event(_Answer):
+    id: str
+    type: str
+    created_at: str
+    payload: dict[str, Any]
+
+
+class Delivery(_Answer):
+    id: str
+    event_id: str
+    endpoint_id: str | None
+    device_id: str | None
+    kind: Literal["webhook", "fcm", "apns"]
+    status: Literal["pending", "succeeded", "failed"]
+    attempt_count: int
+    in_flight: bool
+    next_attempt_at: str | None
+    last_attempt_at: str | None
+    last_error: str | None
+    created_at: str
+    updated_at: str
+
+
+class EventWithDeliveries(Event):
+    deliveries: list[Delivery]
+
+
+class EventPage(_Answer):
+    data: list[Event]
+    next_cursor: str | None
+
+
+class DeliveryPage(_Answer):
+    data: list[Delivery]
+    next_cursor: str | None
+
+
+class Attempt(_Answer):
+    id: int
+    attempted_at: str
+    duration_ms: int
+    outcome: Literal["delivered", "retry", "failed", "gone"]
+    status_code: int | None
+    response_snippet: str | None
+    error: str | None
+
+
+class AttemptList(_Answer):
+    data: list[Attempt]
+
+
+class UserToken(_Answer):
+    token: str
+    user_id: str
+    expires_at: str
+
+
+class Device(_Answer):
+    id: str
+    platform: Literal["ios", "android"]
+    token: str
+    user_id: str
+    topics: list[str]
+    locale: str | None
+    app_version: str | None
+    status: Literal["active", "pruned"]
+    pruned_reason: str | None
+    pruned_at: str | None
+    registered_at: str
+    created_at: str
+    updated_at: str
+
+
+class DevicePage(_Answer):
+    data: list[Device]
+    next_cursor: str | None
+
+
+class MaskedCredentials(_Answer):
+    model_config = ConfigDict(extra="allow")
+    provider: Literal["fcm", "apns"]
+
+
+class PushCredentials(_Answer):
+    fcm: MaskedCredentials | None = None
+    apns: MaskedCredentials | None = None
+
+
+class SandboxPush(_Answer):
+    provider: Literal["fcm", "apns"]
+    token: str
+    payload: dict[str, Any]
+    headers: dict[str, str]
+    received_at: str
+
+
+class SandboxPushes(_Answer):
+    data: list[SandboxPush]
