@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import jwt
 
-from adapters.base import DeliveryJob, Outcome, Verdict
+from adapters.base import DeliveryJob, Outcome, Verdict, parse_retry_after
 
 PRODUCTION_URL = "https://api.push.apple.com"
 SANDBOX_URL = "https://api.sandbox.push.apple.com"
@@ -193,11 +193,9 @@ class APNsAdapter:
                            error=reason, gone_reason=f"apns:{reason}", gone_since=since,
                            response_snippet=snippet)
         if reason in _RETRY or status in (429, 500, 502, 503, 504):
-            retry_after = resp.headers.get("retry-after")
             return Outcome(Verdict.RETRY, status_code=status, duration_ms=duration,
                            error=reason or f"HTTP {status}", response_snippet=snippet,
-                           retry_after_s=float(retry_after) if retry_after
-                           and retry_after.isdigit() else None)
+                           retry_after_s=parse_retry_after(resp.headers.get("retry-after")))
         return Outcome(Verdict.FAILED, status_code=status, duration_ms=duration,
                        error=reason or f"HTTP {status}", response_snippet=snippet)
 

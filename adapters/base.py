@@ -8,7 +8,9 @@ is recorded as a retryable error by the dispatcher.
 
 from __future__ import annotations
 
+import email.utils
 import enum
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -89,3 +91,17 @@ class Adapter(Protocol):
     async def send(self, job: DeliveryJob) -> Outcome: ...
 
     async def close(self) -> None: ...
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP-date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, moment.timestamp() - (time.time() if now is None else now))

@@ -28,7 +28,7 @@ import requests
 from google.oauth2 import service_account
 from pyfcm import FCMNotification
 
-from adapters.base import DeliveryJob, Outcome, Verdict
+from adapters.base import DeliveryJob, Outcome, Verdict, parse_retry_after
 
 FCM_URL = "https://fcm.googleapis.com"
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
@@ -233,8 +233,7 @@ def judge(status: int, headers: Mapping[str, str], content: bytes, duration_ms: 
                            **common)
         return Outcome(Verdict.FAILED, error=f"{code}: {message}"[:500], **common)
     if code in ("QUOTA_EXCEEDED", "RESOURCE_EXHAUSTED") or status == 429:
-        retry_after = headers.get("retry-after")
-        delay = float(retry_after) if retry_after and retry_after.isdigit() else 0.0
+        delay = parse_retry_after(headers.get("retry-after")) or 0.0
         return Outcome(Verdict.RETRY, error=code, retry_after_s=max(delay, QUOTA_MIN_DELAY_S),
                        **common)
     if code == "THIRD_PARTY_AUTH_ERROR":
@@ -242,10 +241,8 @@ def judge(status: int, headers: Mapping[str, str], content: bytes, duration_ms: 
     if code == "UNAUTHENTICATED" or (status == 401 and not code.startswith("THIRD")):
         return Outcome(Verdict.RETRY, error="UNAUTHENTICATED", **common)
     if code in _RETRY_CODES or status >= 500:
-        retry_after = headers.get("retry-after")
         return Outcome(Verdict.RETRY, error=code,
-                       retry_after_s=float(retry_after) if retry_after
-                       and retry_after.isdigit() else None, **common)
+                       retry_after_s=parse_retry_after(headers.get("retry-after")), **common)
     return Outcome(Verdict.FAILED, error=f"{code}: {message}"[:500], **common)
 
 

@@ -16,7 +16,7 @@ import pydantic
 from aiohttp import web
 
 from adapters.webhook import resolve_forbidden
-from gateway import credentials, keys, usertokens
+from gateway import credentials, keys, logs, usertokens
 from gateway.auth import Principal
 from gateway.errors import (
     BadRequest,
@@ -33,6 +33,7 @@ from gateway.errors import (
     ValidationError,
 )
 from gateway.jsonbody import check_depth, parse_object
+from gateway.metrics import METRICS
 from gateway.routing import Auth, Handler, Param, Route
 from gateway.schemas import (
     APNsCredentials,
@@ -88,13 +89,36 @@ _HTTP_CODES = {
 }
 
 
+def _storable_text(value: str) -> bool:
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_url_text(request: web.Request) -> None:
+    """Path and query values reach SQL as text: refuse what PostgreSQL cannot hold."""
+    for where, items in (("path", request.match_info.items()),
+                         ("query", request.query.items())):
+        for name, value in items:
+            if not (_storable_text(name) and _storable_text(value)):
+                raise ValidationError(
+                    f"The {where} parameter {name!r} holds a NUL or invalid character.",
+                    details=[{"path": name, "message": "invalid character"}])
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
+        check_url_text(request)
         return await handler(request)
     except GatewayError as exc:
         if isinstance(exc, DatabaseUnavailable):
-            log.warning("%s %s: database unavailable", request.method, request.path)
+            log.warning("%s %s: database unavailable", request.method,
+                        logs.route_of(request))
         return error_response(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -110,7 +134,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             response.headers["Allow"] = exc.headers["Allow"]
         return response
     except Exception:
-        log.exception("unhandled error in %s %s", request.method, request.path)
+        log.exception("unhandled error in %s %s", request.method, logs.route_of(request))
         return error_response(
             GatewayError("The gateway hit an unexpected error; nothing was written.")
         )
@@ -128,6 +152,7 @@ def principal(request: web.Request) -> Principal:
 async def authenticate(request: web.Request) -> Principal:
     found = await request.app[keys.AUTH].authenticate(request.headers.get("Authorization"))
     request[PRINCIPAL] = found
+    logs.annotate(request, app=found.app_id)
     return found
 
 
@@ -228,7 +253,7 @@ def page_args(request: web.Request) -> tuple[str | None, int]:
     raw_limit = request.query.get("limit")
     limit = DEFAULT_PAGE
     if raw_limit is not None:
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
+        if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= MAX_PAGE:
             raise ValidationError(
                 f"'limit' must be a whole number from 1 to {MAX_PAGE}.",
                 details=[{"path": "limit", "message": "out of range"}],
@@ -356,6 +381,10 @@ async def create_event(request: web.Request) -> web.Response:
                            "notification": body.notification.model_dump(exclude_none=True)})
     draft = EventDraft(app_id(request), body.type, raw["payload"], key, body_hash, push)
     accepted = await request.app[keys.INGEST].submit(draft)
+    logs.annotate(request, event=accepted.id)
+    metrics = request.app.get(METRICS)
+    if metrics is not None and accepted.created:
+        metrics.event_ingested(body.type)
     return web.json_response(
         {"id": accepted.id, "type": accepted.type, "created_at": iso(accepted.created_at)},
         status=202 if accepted.created else 200,

@@ -13,13 +13,14 @@ from adapters.apns import APNsAdapter
 from adapters.base import Adapter
 from adapters.fcm import FCMAdapter
 from adapters.webhook import WebhookAdapter
-from gateway import api, keys, openapi
+from gateway import api, dashboard, keys, logs, metrics, openapi, stream
 from gateway.api import error_middleware
 from gateway.auth import Authenticator
 from gateway.batching import GroupCommit
 from gateway.config import Settings
 from gateway.db import Database
 from gateway.dispatcher import Dispatcher
+from gateway.retention import RETENTION, Retention
 from gateway.retry import RetryPolicy
 from gateway.routing import wire
 from gateway.sandbox import Sandbox, SandboxRouter
@@ -77,13 +78,18 @@ def create_app(
 ) -> web.Application:
     """One gateway process: the HTTP API and/or the dispatcher over one database."""
     app = web.Application(
-        middlewares=[error_middleware],
+        middlewares=[logs.request_log, error_middleware],
         client_max_size=settings.max_payload_bytes,
     )
     app[keys.SETTINGS] = settings
+    app[metrics.METRICS] = metrics.Metrics()
     app[keys.DSN] = dsn
-    table = api.HEALTH_ROUTES + (api.ROUTES if serve_api else [])
+    # The stream's fixed path goes before /v1/deliveries/{delivery_id}, which would take it.
+    table = api.HEALTH_ROUTES + metrics.ROUTES + (
+        stream.ROUTES + api.ROUTES + dashboard.ROUTES if serve_api else [])
     wire(app, table + (openapi.routes(table) if serve_api else []))
+    if serve_api:
+        dashboard.setup(app)
 
     async def database(app: web.Application) -> AsyncIterator[None]:
         db = await Database.connect(dsn, max_size=settings.db_pool_size)
@@ -122,6 +128,7 @@ def create_app(
             batch=settings.dispatch_batch,
             lease_s=settings.effective_lease_s,
             poll_interval_s=settings.poll_interval_s,
+            metrics=app[metrics.METRICS],
         )
         app[keys.DISPATCHER] = worker
         await worker.start()
@@ -130,11 +137,23 @@ def create_app(
         for adapter in chosen.values():
             await adapter.close()
 
+    async def prune(app: web.Application) -> AsyncIterator[None]:
+        runner = Retention(app[keys.DB], settings.retention_days * 86400.0,
+                           metrics=app[metrics.METRICS])
+        app[RETENTION] = runner
+        runner.start()
+        yield
+        await runner.stop()
+
     app.cleanup_ctx.append(database)
     if sandbox:
         app.cleanup_ctx.append(run_sandbox)
     if serve_api:
         app.cleanup_ctx.append(ingest)
+        app.cleanup_ctx.append(stream.listen)
+        app.on_shutdown.append(stream.end_streams)
     if dispatcher:
         app.cleanup_ctx.append(dispatch)
+        if settings.retention_days > 0:
+            app.cleanup_ctx.append(prune)
     return app

@@ -1,11 +1,11 @@
-"""``gateway`` command line: serve, dispatch, migrate, apps."""
+"""``gateway`` command line: serve, dispatch, migrate, and (in :mod:`gateway.commands`) the
+API commands: apps, endpoints, events, deliveries, devices, user-tokens, tail."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import secrets
 import signal
@@ -15,11 +15,11 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from gateway import commands, logs
 from gateway.app import create_app
 from gateway.config import Settings, load_settings, settings_help
-from gateway.db import Database, migrate, start_embedded
+from gateway.db import migrate, start_embedded
 from gateway.errors import GatewayError
-from gateway.store import Store
 
 log = logging.getLogger("gateway")
 T = TypeVar("T")
@@ -57,11 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="apply pending database migrations and exit",
                    formatter_class=fmt, epilog=epilog)
 
-    apps = sub.add_parser("apps", help="manage apps")
-    apps_sub = apps.add_subparsers(dest="apps_command", required=True, metavar="ACTION")
-    create = apps_sub.add_parser("create", help="create an app and print its API key")
-    create.add_argument("name")
-    create.add_argument("--json", action="store_true", help="print the app as JSON")
+    commands.add_parsers(sub)  # apps, endpoints, events, deliveries, devices, tail, ...
     return parser
 
 
@@ -101,17 +97,6 @@ async def _serve(settings: Settings, dsn: str, *, api: bool, dispatcher: bool,
     return await _run_app(app, settings, host, port)
 
 
-async def _create_app(dsn: str, name: str) -> dict[str, str]:
-    await migrate(dsn)
-    db = await Database.connect(dsn, max_size=1)
-    try:
-        row, key = await Store(db).create_app(name)
-    finally:
-        await db.close()
-    return {"id": row["id"], "name": row["name"], "api_key": key,
-            "created_at": row["created_at"].isoformat()}
-
-
 def _run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         import uvloop
@@ -127,21 +112,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GatewayError as exc:
         print(f"gateway: {exc.message}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    logs.configure(settings.log_format, settings.log_level,
+                   secrets=(settings.admin_key, settings.metrics_key))
     try:
+        if args.command in commands.COMMANDS:  # they talk HTTP (apps: maybe the database)
+            return commands.run(args, settings)
         dsn = _database_url(settings)
         if args.command == "migrate":
             applied = _run(migrate(dsn))
             print(f"applied {len(applied)} migration(s)" if applied else "schema up to date")
-            return 0
-        if args.command == "apps":
-            created = _run(_create_app(dsn, args.name))
-            if args.json:
-                print(json.dumps(created))
-            else:
-                print(f"app {created['id']} ({created['name']})\napi key: {created['api_key']}")
             return 0
         if settings.admin_key is None and args.command == "serve":
             settings = settings.with_overrides(admin_key="gwadmin_" + secrets.token_urlsafe(24))

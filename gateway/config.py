@@ -73,6 +73,20 @@ def _str(raw: str) -> str:
     return raw
 
 
+def _log_format(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in {"json", "text"}:
+        raise ValueError("must be json or text")
+    return value
+
+
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("must be 0 or a positive integer")
+    return value
+
+
 @dataclass(frozen=True)
 class Setting:
     """One environment variable: where it lands in :class:`Settings` and what it means."""
@@ -95,6 +109,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GATEWAY_ADMIN_KEY", "admin_key", _str, None,
             "Operator key (Bearer) that manages apps. Unset: a random one is generated and "
             "printed at start-up."),
+    Setting("GATEWAY_URL", "url", _str, None,
+            "Gateway the CLI's API commands call (apps, endpoints, events, deliveries, "
+            "devices, tail) (default: http://GATEWAY_HOST:GATEWAY_PORT)."),
+    Setting("GATEWAY_API_KEY", "api_key", _str, None,
+            "App API key the CLI's app commands send (endpoints, events, deliveries, "
+            "devices, tail); 'gateway apps' sends GATEWAY_ADMIN_KEY."),
     Setting("GATEWAY_MAX_PAYLOAD_BYTES", "max_payload_bytes", _positive_int, "262144",
             "Largest accepted request body, in bytes (413 payload_too_large above it)."),
     Setting("GATEWAY_DELIVERY_TIMEOUT_S", "delivery_timeout_s", _positive_float, "15",
@@ -138,6 +158,13 @@ SETTINGS: tuple[Setting, ...] = (
             "PostgreSQL connections per process."),
     Setting("GATEWAY_LOG_LEVEL", "log_level", _log_level, "INFO",
             "DEBUG, INFO, WARNING or ERROR."),
+    Setting("GATEWAY_LOG_FORMAT", "log_format", _log_format, "text",
+            "json (one object per line) or text."),
+    Setting("GATEWAY_METRICS_KEY", "metrics_key", _str, None,
+            "Bearer key GET /metrics requires. Unset: /metrics is open, like /healthz."),
+    Setting("GATEWAY_RETENTION_DAYS", "retention_days", _non_negative_int, "30",
+            "Finished deliveries, their attempts and their events are deleted this many days "
+            "after they happened (0: keep everything)."),
 )
 
 
@@ -150,6 +177,8 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     admin_key: str | None = None
+    url: str | None = None
+    api_key: str | None = None
     max_payload_bytes: int = 262144
     delivery_timeout_s: float = 15.0
     retry_schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
@@ -169,6 +198,9 @@ class Settings:
     push_concurrency: int = 128
     db_pool_size: int = 10
     log_level: str = "INFO"
+    log_format: str = "text"
+    metrics_key: str | None = None
+    retention_days: int = 30
 
     @property
     def effective_lease_s(self) -> float:
@@ -177,6 +209,14 @@ class Settings:
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir).expanduser().resolve()
+
+    @property
+    def client_url(self) -> str:
+        """Where the CLI's API commands go: GATEWAY_URL, else this host and port."""
+        if self.url:
+            return self.url.rstrip("/")
+        host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
 
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})

@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import asyncpg
 
@@ -31,8 +32,12 @@ from adapters.base import (
 )
 from gateway.batching import GroupCommit
 from gateway.errors import DatabaseUnavailable
+from gateway.logs import scrub
 from gateway.retry import RetryPolicy
 from gateway.store import AttemptRecord, Store
+
+if TYPE_CHECKING:
+    from gateway.metrics import Metrics
 
 log = logging.getLogger("gateway.dispatcher")
 
@@ -62,6 +67,7 @@ class Dispatcher:
         lease_s: float = 45.0,
         poll_interval_s: float = 1.0,
         stall_after_s: float = 30.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.dsn = dsn
@@ -74,6 +80,7 @@ class Dispatcher:
         self.lease_s = lease_s
         self.poll_interval_s = poll_interval_s
         self.stall_after_s = stall_after_s
+        self.metrics = metrics
 
         self.heartbeat = time.monotonic()
         self.restarts = 0
@@ -100,6 +107,11 @@ class Dispatcher:
             asyncio.create_task(self._supervise(), name="dispatcher-supervisor"),
             asyncio.create_task(self._fanout(), name="dispatcher-fanout"),
         ]
+
+    @property
+    def inflight(self) -> int:
+        """Deliveries being sent right now."""
+        return len(self._inflight)
 
     def healthy(self) -> bool:
         """The loop runs and has moved recently."""
@@ -272,6 +284,7 @@ class Dispatcher:
         job = job_from_row(row)
         adapter = self.adapters.get(job.kind)
         attempted_at = datetime.now(UTC)
+        sent = False
         if adapter is None:
             outcome = Outcome(Verdict.FAILED, error=f"no adapter for kind {job.kind!r}")
         elif job.kind != "webhook" and job.device is None:
@@ -279,6 +292,7 @@ class Dispatcher:
         elif job.kind != "webhook" and row["device_status"] != "active":
             outcome = Outcome(Verdict.FAILED, error="device pruned; not sent")
         else:
+            sent = True
             slot = self._endpoint_slot(job)
             try:
                 async with slot:
@@ -302,7 +316,25 @@ class Dispatcher:
             prune_device_id=gone_device, prune_reason=_clean(outcome.gone_reason),
             prune_since=outcome.gone_since,
         )
+        self._observe(job, record, sent)
         await self._write(record)
+
+    def _observe(self, job: DeliveryJob, record: AttemptRecord, sent: bool) -> None:
+        """The attempt's log line and metrics: ids, never tokens, secrets or payloads."""
+        if self.metrics is not None:
+            self.metrics.attempt(job.kind, record, job.event.created_at, sent=sent)
+        log.log(logging.WARNING if record.status == "failed" else logging.INFO,
+                "delivery attempt %s: %s", record.outcome, record.status,
+                extra={"app": job.app_id, "event": job.event.id,
+                       "delivery": job.delivery_id, "kind": job.kind,
+                       "endpoint": job.endpoint.id if job.endpoint is not None else None,
+                       "device": job.device.id if job.device is not None else None,
+                       "attempt": job.attempt, "outcome": record.outcome,
+                       "status": record.status, "status_code": record.status_code,
+                       "duration_ms": record.duration_ms,
+                       "error": scrub(record.error) if record.error else None,
+                       "next_attempt_at": record.next_attempt_at.isoformat()
+                       if record.next_attempt_at is not None else None})
 
     async def _write(self, record: AttemptRecord) -> None:
         """Keep trying while the database is away; if we die first, the lease brings the

@@ -45,8 +45,11 @@ def _event_type_pattern(value: str) -> str:
 
 Text = Annotated[str, AfterValidator(_storable)]
 EventType = Annotated[str, StringConstraints(pattern=EVENT_TYPE_RE)]
-EventTypePattern = Annotated[str, AfterValidator(_event_type_pattern)]
-HttpURL = Annotated[Text, StringConstraints(min_length=1, max_length=2048)]
+EventTypePattern = Annotated[str, StringConstraints(
+    pattern=r"^(\*|[A-Za-z0-9_.\-]{1,128}|[A-Za-z0-9_.\-]{1,128}\.\*)$"),
+    AfterValidator(_event_type_pattern)]
+HttpURL = Annotated[Text, StringConstraints(min_length=8, max_length=2048,
+                                            pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://[^/?#\s]+")]
 
 
 class _Body(BaseModel):

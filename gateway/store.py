@@ -6,8 +6,9 @@ and ``gateway.db``.
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -78,6 +79,42 @@ def _page(rows: Sequence[asyncpg.Record], limit: int) -> Page:
     if len(rows) > limit:
         return Page(rows[:limit], rows[limit - 1]["id"])
     return Page(rows, None)
+
+
+#: PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
+MAX_NOTIFY_BYTES = 7900
+
+
+def outcome_notifications(
+    records: Sequence[AttemptRecord], details: Mapping[str, asyncpg.Record]
+) -> list[str]:
+    """Attempt outcomes as compact JSON arrays, each under :data:`MAX_NOTIFY_BYTES`.
+
+    Only ids, types and results: never a payload, secret or device token.
+    """
+    chunks: list[str] = []
+    items: list[str] = []
+    size = 2
+    for r in records:
+        d = details.get(r.delivery_id)
+        if d is None:
+            continue
+        item = json.dumps({
+            "delivery_id": r.delivery_id, "event_id": d["event_id"],
+            "event_type": d["event_type"], "endpoint_id": d["endpoint_id"], "kind": d["kind"],
+            "app_id": d["app_id"], "status": r.status, "outcome": r.outcome,
+            "status_code": r.status_code, "attempt": d["attempt_count"],
+            "at": r.attempted_at.isoformat().replace("+00:00", "Z"),
+        }, separators=(",", ":"))
+        length = len(item.encode())
+        if items and size + 1 + length > MAX_NOTIFY_BYTES:
+            chunks.append("[" + ",".join(items) + "]")
+            items, size = [], 2
+        size += length + (1 if items else 0)
+        items.append(item)
+    if items:
+        chunks.append("[" + ",".join(items) + "]")
+    return chunks
 
 
 class Store:
@@ -317,6 +354,12 @@ class Store:
                 if r.prune_device_id:
                     await conn.execute(QUERIES["prune_device"], r.prune_device_id,
                                        r.prune_reason, r.prune_since)
+            # The live tail (gateway.stream) hears of each outcome on commit, whichever
+            # process dispatched it.
+            details = {row["id"]: row for row in await conn.fetch(
+                QUERIES["outcome_details"], [r.delivery_id for r in records])}
+            await conn.execute(QUERIES["notify_outcomes"],
+                               outcome_notifications(records, details))
         return [None] * len(records)
 
     async def fanout_step(self, batch: int) -> int | None:
@@ -401,6 +444,81 @@ class Store:
     async def release_leases(self, lease_ids: list[uuid.UUID]) -> None:
         if lease_ids:
             await self.db.execute("release_leases", lease_ids)
+
+    # --- dashboard --------------------------------------------------------------------
+
+    async def dashboard_events(
+        self, app_id: str, *, event_type: str | None, status: str | None,
+        since: datetime | None, until: datetime | None, id_prefix: str | None,
+        cursor: str | None, limit: int,
+    ) -> Page:
+        rows = await self.db.fetch("dashboard_events", app_id, event_type, status, since,
+                                   until, id_prefix, cursor, limit + 1)
+        return _page(rows, limit)
+
+    async def dashboard_event(self, app_id: str, event_id: str) -> asyncpg.Record:
+        """The event alone (its deliveries are paged: a push may have thousands)."""
+        return _found(await self.db.fetchrow("get_event", app_id, event_id), "event", event_id)
+
+    async def dashboard_event_deliveries(
+        self, app_id: str, event_id: str, limit: int
+    ) -> list[asyncpg.Record]:
+        return await self.db.fetch("dashboard_event_deliveries", app_id, event_id, limit)
+
+    async def dashboard_attempts(self, delivery_ids: list[str]) -> list[asyncpg.Record]:
+        """Attempts of deliveries the caller already scoped to one app."""
+        if not delivery_ids:
+            return []
+        return await self.db.fetch("dashboard_attempts", delivery_ids)
+
+    async def dashboard_deliveries(
+        self, app_id: str, *, status: str | None, endpoint_id: str | None,
+        event_type: str | None, since: datetime | None, until: datetime | None,
+        cursor: str | None, limit: int,
+    ) -> Page:
+        rows = await self.db.fetch("dashboard_deliveries", app_id, status, endpoint_id,
+                                   event_type, since, until, cursor, limit + 1)
+        return _page(rows, limit)
+
+    async def retry_failed(
+        self, app_id: str, *, endpoint_id: str | None, event_type: str | None,
+        since: datetime | None, until: datetime | None,
+    ) -> int:
+        """Requeue every failed delivery of the app matching the filter; how many."""
+        async with self.db.transaction() as conn:
+            count: int = await conn.fetchval(QUERIES["dashboard_retry_failed"], app_id,
+                                             endpoint_id, event_type, since, until)
+            if count:
+                await conn.execute(QUERIES["notify_deliveries"])
+        return count
+
+    async def send_test_event(
+        self, app_id: str, endpoint_id: str, payload: str
+    ) -> asyncpg.Record | None:
+        """A ``gateway.test`` event delivered to this endpoint only: its id and delivery_id,
+        or None when the endpoint is disabled."""
+        async with self.db.transaction() as conn:
+            row = await conn.fetchrow(QUERIES["dashboard_test_event"], new_id("evt"), app_id,
+                                      endpoint_id, payload)
+            if row is None:
+                _found(await conn.fetchrow(QUERIES["get_endpoint"], app_id, endpoint_id),
+                       "endpoint", endpoint_id)
+                return None
+            await conn.execute(QUERIES["notify_deliveries"])
+        return row
+
+    async def dashboard_devices(
+        self, app_id: str, *, search: str | None, status: str | None, platform: str | None,
+        cursor: str | None, limit: int,
+    ) -> Page:
+        rows = await self.db.fetch("dashboard_devices", app_id, search, status, platform,
+                                   cursor, limit + 1)
+        return _page(rows, limit)
+
+    async def dashboard_health(self, app_id: str | None) -> asyncpg.Record:
+        row = await self.db.fetchrow("dashboard_health", app_id)
+        assert row is not None
+        return row
 
 
 def _found(row: asyncpg.Record | None, what: str, ident: str) -> asyncpg.Record:

@@ -365,3 +365,223 @@ SELECT provider, config, updated_at FROM push_credentials WHERE app_id = $1 ORDE
 
 -- name: ping
 SELECT 1;
+
+-- name: outcome_details
+-- $1 delivery ids: what the live tail reports of each. Run after record_results in its
+-- transaction, so attempt_count counts the attempt just logged.
+SELECT d.id, d.event_id, e.type AS event_type, d.endpoint_id, d.kind, d.app_id,
+       d.attempt_count
+FROM deliveries d JOIN events e ON e.id = d.event_id
+WHERE d.id = ANY($1::text[]);
+
+-- name: notify_outcomes
+-- $1 JSON arrays of outcomes, each under NOTIFY's 8000-byte limit: one notification each
+-- to the live tail (LISTEN gateway_outcomes) when the transaction commits.
+SELECT pg_notify('gateway_outcomes', p) FROM unnest($1::text[]) AS p;
+
+-- --- dashboard (gateway/dashboard.py) ------------------------------------------------
+-- Event type filters take what an endpoint's event_types takes: an exact name,
+-- 'prefix.*' or '*'.
+
+-- name: dashboard_events
+-- $1 app id, $2 event type filter, $3 delivery status (events with a delivery in it),
+-- $4 created at or after, $5 created before, $6 id prefix (each NULL = any),
+-- $7 cursor (id, exclusive, or NULL), $8 limit. Each event with its deliveries counted.
+SELECT e.id, e.type, e.created_at, c.deliveries, c.pending, c.succeeded, c.failed
+FROM events e
+CROSS JOIN LATERAL (
+    SELECT count(*) AS deliveries,
+           count(*) FILTER (WHERE d.status = 'pending') AS pending,
+           count(*) FILTER (WHERE d.status = 'succeeded') AS succeeded,
+           count(*) FILTER (WHERE d.status = 'failed') AS failed
+    FROM deliveries d WHERE d.event_id = e.id
+) c
+WHERE e.app_id = $1
+  AND ($2::text IS NULL OR gateway_type_matches(ARRAY[$2::text], e.type))
+  AND ($3::text IS NULL OR EXISTS (
+      SELECT 1 FROM deliveries x WHERE x.event_id = e.id AND x.status = $3))
+  AND ($4::timestamptz IS NULL OR e.created_at >= $4)
+  AND ($5::timestamptz IS NULL OR e.created_at < $5)
+  AND ($6::text IS NULL OR starts_with(e.id, $6))
+  AND ($7::text IS NULL OR e.id < $7)
+ORDER BY e.id DESC LIMIT $8;
+
+-- name: dashboard_event_deliveries
+-- $1 app id, $2 event id, $3 limit. The event's deliveries with where each one goes.
+SELECT d.*, ep.url AS endpoint_url, dv.token AS device_token,
+       dv.platform AS device_platform, dv.user_id AS device_user_id
+FROM deliveries d
+LEFT JOIN endpoints ep ON ep.id = d.endpoint_id
+LEFT JOIN devices dv ON dv.id = d.device_id
+WHERE d.app_id = $1 AND d.event_id = $2
+ORDER BY d.id LIMIT $3;
+
+-- name: dashboard_attempts
+-- $1 delivery ids (already scoped to one app by the caller): every attempt, oldest first.
+SELECT * FROM attempts WHERE delivery_id = ANY($1::text[]) ORDER BY delivery_id, id;
+
+-- name: dashboard_deliveries
+-- $1 app id, $2 status, $3 endpoint id, $4 event type filter, $5 created at or after,
+-- $6 created before (each NULL = any), $7 cursor (id, exclusive, or NULL), $8 limit.
+-- Deliveries with their event's type and their target.
+SELECT d.*, ev.type AS event_type, ep.url AS endpoint_url, dv.token AS device_token,
+       dv.platform AS device_platform
+FROM deliveries d
+JOIN events ev ON ev.id = d.event_id
+LEFT JOIN endpoints ep ON ep.id = d.endpoint_id
+LEFT JOIN devices dv ON dv.id = d.device_id
+WHERE d.app_id = $1
+  AND ($2::text IS NULL OR d.status = $2)
+  AND ($3::text IS NULL OR d.endpoint_id = $3)
+  AND ($4::text IS NULL OR gateway_type_matches(ARRAY[$4::text], ev.type))
+  AND ($5::timestamptz IS NULL OR d.created_at >= $5)
+  AND ($6::timestamptz IS NULL OR d.created_at < $6)
+  AND ($7::text IS NULL OR d.id < $7)
+ORDER BY d.id DESC LIMIT $8;
+
+-- name: dashboard_retry_failed
+-- $1 app id, $2 endpoint id, $3 event type filter, $4 created at or after, $5 created
+-- before (each NULL = any). Requeues every failed delivery that matches, exactly as
+-- retry_delivery requeues one, in one statement; returns how many.
+WITH requeued AS (
+    UPDATE deliveries d SET
+        status = 'pending', schedule_pos = 0, lease_id = NULL, updated_at = now(),
+        next_attempt_at = CASE WHEN EXISTS (
+            SELECT 1 FROM endpoints ep WHERE ep.id = d.endpoint_id AND ep.status = 'disabled')
+            THEN 'infinity'::timestamptz ELSE now() END
+    FROM events ev
+    WHERE ev.id = d.event_id AND d.app_id = $1 AND d.status = 'failed'
+      AND (d.endpoint_id IS NOT NULL OR d.device_id IS NOT NULL)
+      AND NOT EXISTS (SELECT 1 FROM endpoints ep
+                      WHERE ep.id = d.endpoint_id AND ep.deleted_at IS NOT NULL)
+      AND ($2::text IS NULL OR d.endpoint_id = $2)
+      AND ($3::text IS NULL OR gateway_type_matches(ARRAY[$3::text], ev.type))
+      AND ($4::timestamptz IS NULL OR d.created_at >= $4)
+      AND ($5::timestamptz IS NULL OR d.created_at < $5)
+    RETURNING 1
+)
+SELECT count(*) FROM requeued;
+
+-- name: dashboard_test_event
+-- $1 event id, $2 app id, $3 endpoint id, $4 payload (JSON text). A 'gateway.test' event
+-- with one delivery, to that endpoint only, when it is active; no row otherwise.
+WITH ep AS (
+    SELECT id FROM endpoints
+    WHERE app_id = $2 AND id = $3 AND deleted_at IS NULL AND status = 'active'
+), ev AS (
+    INSERT INTO events (id, app_id, type, payload)
+    SELECT $1, $2, 'gateway.test', $4 FROM ep
+    RETURNING id, app_id, created_at
+), dl AS (
+    INSERT INTO deliveries (id, app_id, event_id, endpoint_id, kind, next_attempt_at,
+                            created_at, updated_at)
+    SELECT gateway_id('dlv'), ev.app_id, ev.id, ep.id, 'webhook', ev.created_at,
+           ev.created_at, ev.created_at
+    FROM ev CROSS JOIN ep
+    RETURNING id, event_id
+)
+SELECT event_id AS id, id AS delivery_id FROM dl;
+
+-- name: dashboard_devices
+-- $1 app id, $2 search: a user id exactly or the start of a token, $3 status,
+-- $4 platform (each NULL = any), $5 cursor (id, exclusive, or NULL), $6 limit
+SELECT * FROM devices
+WHERE app_id = $1
+  AND ($2::text IS NULL OR user_id = $2 OR starts_with(token, $2))
+  AND ($3::text IS NULL OR status = $3)
+  AND ($4::text IS NULL OR platform = $4)
+  AND ($5::text IS NULL OR id < $5)
+ORDER BY id DESC LIMIT $6;
+
+-- name: dashboard_health
+-- $1 app id (NULL = every app). Queue depth, the oldest pending delivery, and attempts in
+-- the last minute. Attempts have no time index, so only the latest 50000 are looked at
+-- (id order is close to time order); the count tops out there.
+SELECT
+    (SELECT count(*) FROM deliveries
+     WHERE status = 'pending' AND ($1::text IS NULL OR app_id = $1)) AS pending,
+    (SELECT min(created_at) FROM deliveries
+     WHERE status = 'pending' AND ($1::text IS NULL OR app_id = $1)) AS oldest_pending_at,
+    (SELECT count(*) FROM (SELECT delivery_id, attempted_at FROM attempts
+                           ORDER BY id DESC LIMIT 50000) recent
+     WHERE recent.attempted_at > now() - interval '1 minute'
+       AND ($1::text IS NULL OR EXISTS (SELECT 1 FROM deliveries d
+                                        WHERE d.id = recent.delivery_id AND d.app_id = $1)))
+        AS attempts_last_minute,
+    now() AS now;
+
+-- name: delivery_backlog
+-- For /metrics, database-wide: pending deliveries (due, scheduled, in flight or parked),
+-- and how many seconds the most overdue due one has waited (0 when none is overdue).
+-- Both come from the deliveries_due partial index.
+SELECT count(*) AS pending,
+       coalesce(extract(epoch FROM now() - min(next_attempt_at)
+                        FILTER (WHERE next_attempt_at <= now())), 0)::float8 AS oldest_due_s
+FROM deliveries WHERE status = 'pending';
+
+-- name: retention_try_lock
+-- $1 lock key. Session-level, so one process prunes at a time; released by retention_unlock.
+SELECT pg_try_advisory_lock($1);
+
+-- name: retention_unlock
+-- $1 lock key
+SELECT pg_advisory_unlock($1);
+
+-- name: retention_deliveries
+-- $1 cutoff, $2 batch size. Deletes up to $2 finished (succeeded or failed) deliveries
+-- created and last changed before $1, with their attempts. Ids start with their creation
+-- time, so the scan walks the primary key from the oldest and stops at the cutoff.
+WITH doomed AS (
+    SELECT id FROM deliveries
+    WHERE id < 'dlv_' || lpad(to_hex((extract(epoch FROM $1::timestamptz) * 1000)::bigint),
+                              12, '0')
+      AND status IN ('succeeded', 'failed') AND updated_at < $1
+    ORDER BY id LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), gone_attempts AS (
+    DELETE FROM attempts a USING doomed WHERE a.delivery_id = doomed.id RETURNING 1
+), gone AS (
+    DELETE FROM deliveries d USING doomed WHERE d.id = doomed.id RETURNING 1
+)
+SELECT (SELECT count(*) FROM gone)::int AS deliveries,
+       (SELECT count(*) FROM gone_attempts)::int AS attempts;
+
+-- name: retention_events
+-- $1 cutoff, $2 batch size. Deletes up to $2 events created before $1 that have no
+-- delivery left (retention_deliveries took the finished ones; pending ones keep their
+-- event) and no push fan-out still to do.
+WITH doomed AS (
+    SELECT e.id FROM events e
+    WHERE e.id < 'evt_' || lpad(to_hex((extract(epoch FROM $1::timestamptz) * 1000)::bigint),
+                                12, '0')
+      AND e.created_at < $1
+      AND (e.fanout_status IS NULL OR e.fanout_status = 'done')
+      AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id)
+    ORDER BY e.id LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM events e USING doomed WHERE e.id = doomed.id RETURNING 1
+)
+SELECT count(*)::int FROM gone;
+
+-- name: retention_idempotency_keys
+-- $1 seconds a key stays useful, $2 batch size, $3 app id and $4 key to continue after
+-- ('' and '' to start). Walks the primary key $2 keys at a time and deletes the expired
+-- ones among them; returns how many went and where to continue (NULL: done).
+WITH batch AS (
+    SELECT app_id, key FROM idempotency_keys
+    WHERE (app_id, key) > ($3::text, $4::text)
+    ORDER BY app_id, key LIMIT $2
+), doomed AS (
+    SELECT k.app_id, k.key FROM idempotency_keys k
+    JOIN batch b ON b.app_id = k.app_id AND b.key = k.key
+    WHERE k.created_at < now() - make_interval(secs => $1)
+    FOR UPDATE OF k SKIP LOCKED
+), gone AS (
+    DELETE FROM idempotency_keys k USING doomed d
+    WHERE k.app_id = d.app_id AND k.key = d.key RETURNING 1
+)
+SELECT (SELECT count(*) FROM gone)::int AS deleted, last.app_id, last.key
+FROM (SELECT 1) AS one
+LEFT JOIN LATERAL (SELECT app_id, key FROM batch ORDER BY app_id DESC, key DESC LIMIT 1)
+    AS last ON true;

@@ -218,3 +218,15 @@ async def test_bad_idempotency_key_header_is_422(api: Api) -> None:
     status, _body = await api.call("POST", "/v1/events", key, {"type": "a", "payload": {}},
                                   headers={"Idempotency-Key": "x" * 300})
     assert status == 422
+
+
+@pytest.mark.parametrize("path", [
+    "/v1/deliveries?endpoint_id=%00x", "/v1/events?cursor=a%00", "/v1/events?type=%00",
+    "/v1/endpoints/ep_%00", "/v1/devices?user_id=%00", "/v1/events?limit=%C2%B9",
+])
+async def test_nul_or_non_ascii_digits_in_query_or_path_are_422_not_a_server_error(
+    api: Api, path: str
+) -> None:
+    key = await api.new_app()
+    status, body = await api.call("GET", path, key)
+    assert status == 422 and body["error"]["code"] == "validation_error"

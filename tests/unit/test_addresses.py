@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from adapters.webhook import address_forbidden, parse_retry_after
+from adapters.base import parse_retry_after
+from adapters.webhook import address_forbidden
 
 
 @pytest.mark.parametrize("address", [
@@ -23,3 +24,4 @@ def test_retry_after_reads_seconds_and_http_dates() -> None:
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412420.0) == 60
     assert parse_retry_after("soon") is None
     assert parse_retry_after(None) is None
+    assert parse_retry_after("\u00b9") is None  # a digit to str.isdigit, not to float()

@@ -1,0 +1,222 @@
+"""Logging: one line per request and per delivery attempt, as JSON or text
+(``GATEWAY_LOG_FORMAT``), and nothing secret on any line.
+
+What keeps secrets out, in two layers:
+
+1. What is logged is chosen: request lines name the route template (``/v1/devices/{token}``,
+   never the path, which may hold a device token), ids rather than tokens, and no headers
+   or bodies; attempt lines log the device id, never its token, and errors through
+   :func:`scrub`.
+2. Every line, its extra fields and any traceback pass :func:`scrub` before they are
+   written: URLs are cut to ``scheme://host:port`` (query strings and paths carry secrets:
+   ``?token=``, Slack-style ``/services/T…/B…/x…``, APNs ``/3/device/<token>``), and
+   bearer credentials, signing secrets, API keys, user tokens, JWTs, OAuth access tokens,
+   PEM keys and long hex runs (APNs device tokens) are replaced. :func:`configure` can
+   also mask exact values (the operator key).
+
+Third-party loggers that print URLs or headers (httpx, httpcore, h2/hpack at DEBUG,
+aiohttp's access log) are held at WARNING whatever the level.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import re
+import sys
+import time
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from aiohttp import web
+
+from gateway.routing import Handler
+
+log = logging.getLogger("gateway.http")
+
+FORMATS = ("json", "text")
+#: Loggers that would print URLs, headers or bodies below WARNING.
+QUIET_LOGGERS = ("httpx", "httpcore", "hpack", "h2", "urllib3", "google.auth",
+                 "aiohttp.access", "aiohttp.client", "pgserver")
+#: Routes polled by machines: their successful requests log at DEBUG, not INFO.
+QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
+REDACTED = "[redacted]"
+
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id",
+                                                                        default=None)
+
+#: A URL: scheme, authority (userinfo dropped later), and everything up to whitespace or
+#: a quote, so that a query string can never outlast the cut.
+_URL = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]{1,15})://([^\s/?#'\"<>]*)([^\s'\"<>]*)")
+_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"-----BEGIN [A-Z ]*-----.*?(?:-----END [A-Z ]*-----|$)", re.DOTALL),
+     "[redacted key]"),
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{6,}"), r"\1 " + REDACTED),
+    (re.compile(r"\bwhsec_[A-Za-z0-9+/=]+"), "whsec_" + REDACTED),
+    (re.compile(r"\bgk_[A-Za-z0-9_-]+"), "gk_" + REDACTED),
+    (re.compile(r"\but_[A-Za-z0-9_.=-]+"), "ut_" + REDACTED),
+    (re.compile(r"\bgwadmin_[A-Za-z0-9_-]+"), "gwadmin_" + REDACTED),
+    (re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*\.?[A-Za-z0-9_-]*"), "[redacted jwt]"),
+    (re.compile(r"\bya29\.[A-Za-z0-9_.-]+"), "[redacted token]"),
+    (re.compile(r"(?i)\b[0-9a-f]{64,}\b"), "[redacted hex]"),
+)
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message", "asctime", "taskName"}
+
+#: Exact values masked on every line (set by :func:`configure`).
+_secrets: tuple[str, ...] = ()
+
+
+def _origin(match: re.Match[str]) -> str:
+    scheme, authority, rest = match.groups()
+    host = authority.rsplit("@", 1)[-1]
+    return f"{scheme}://{host}" + ("/..." if rest.strip("/") else "")
+
+
+def scrub(text: str) -> str:
+    """``text`` with URLs cut to their origin and anything credential-like replaced."""
+    for value in _secrets:
+        text = text.replace(value, REDACTED)
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return _URL.sub(_origin, text)
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The extra fields of a record (``extra=`` and the request id), scrubbed."""
+    out: dict[str, Any] = {}
+    for key, value in vars(record).items():
+        if key in _STANDARD or key.startswith("_") or value is None:
+            continue
+        out[key] = value if isinstance(value, bool | int | float) else scrub(str(value))
+    return out
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg, the extra fields, exc."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": scrub(record.getMessage()),
+        }
+        for key, value in _fields(record).items():
+            line.setdefault(key, value)
+        if record.exc_info:
+            line["exc"] = scrub(self.formatException(record.exc_info))
+        elif record.exc_text:
+            line["exc"] = scrub(record.exc_text)
+        return json.dumps(line, default=str, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    """``time LEVEL logger: message key=value ...``, scrubbed."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        extras = " ".join(f"{k}={v}" for k, v in _fields(record).items())
+        return scrub(f"{text} {extras}" if extras else text)
+
+
+class _RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "request_id", None) is None:
+            record.request_id = request_id.get()
+        return True
+
+
+_handler: logging.Handler | None = None
+
+
+def configure(fmt: str = "text", level: str = "INFO", *, stream: TextIO | None = None,
+              secrets: Iterable[str | None] = ()) -> logging.Handler:
+    """Send every log record to ``stream`` (stderr) in ``fmt``; replaces the handler a
+    previous call installed and leaves any other handler alone. ``secrets`` are exact
+    values to mask wherever they would appear (ignored when shorter than 8 characters)."""
+    global _handler, _secrets
+    if fmt not in FORMATS:
+        raise ValueError(f"log format must be one of {', '.join(FORMATS)}")
+    _secrets = tuple(sorted({s for s in secrets if s and len(s) >= 8}, key=len, reverse=True))
+    root = logging.getLogger()
+    if _handler is not None:
+        root.removeHandler(_handler)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(_RequestIdFilter())
+    root.addHandler(handler)
+    root.setLevel(level)
+    floor = max(logging.WARNING, logging.getLevelName(level))
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(floor)
+    _handler = handler
+    return handler
+
+
+# --- requests --------------------------------------------------------------------------
+
+LOG_FIELDS: web.RequestKey[dict[str, Any]] = web.RequestKey("log_fields")
+
+
+def annotate(request: web.Request, **fields: str | None) -> None:
+    """Add fields (``app``, ``event``...) to this request's log line."""
+    found = request.get(LOG_FIELDS)
+    if found is not None:
+        found.update({k: v for k, v in fields.items() if v is not None})
+
+
+def route_of(request: web.Request) -> str:
+    """The matched route's template (``/v1/devices/{token}``): safe to log, unlike the
+    path, which may hold a device token."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "(no route)"
+
+
+#: Path parameters that are ids worth a field of their own (never ``token``).
+_ID_PARAMS = {"app_id": "app", "event_id": "event", "endpoint_id": "endpoint",
+              "delivery_id": "delivery"}
+
+
+@web.middleware
+async def request_log(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """One line per request: request id (X-Request-Id if sane, else new; echoed back),
+    method, route template, status, duration, and the app and ids it touched."""
+    given = request.headers.get("X-Request-Id", "")
+    rid = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    token = request_id.set(rid)
+    fields: dict[str, Any] = {}
+    request[LOG_FIELDS] = fields
+    started = time.monotonic()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        if not response.prepared:
+            response.headers["X-Request-Id"] = rid
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        exc.headers["X-Request-Id"] = rid
+        raise
+    finally:
+        route = route_of(request)
+        for param, field in _ID_PARAMS.items():
+            if param in request.match_info:
+                fields.setdefault(field, request.match_info[param])
+        quiet = route in QUIET_ROUTES and status < 400
+        log.log(logging.DEBUG if quiet else logging.WARNING if status >= 500 else logging.INFO,
+                "%s %s %d", request.method, route, status,
+                extra={"request_id": rid, "method": request.method, "route": route,
+                       "status": status,
+                       "duration_ms": round((time.monotonic() - started) * 1000, 1),
+                       **fields})
+        request_id.reset(token)

@@ -1,0 +1,278 @@
+"""Prometheus metrics, served at ``GET /metrics``.
+
+Each application owns its :class:`Metrics` and with it its own ``CollectorRegistry`` (never
+the global one), so several apps in one process (the tests) do not share counters.
+Counters move where things happen (ingest in ``api.create_event``, every attempt in
+``Dispatcher._deliver``, retention); what lives in PostgreSQL (the pending backlog) and
+the dispatcher's heartbeat are read at scrape time.
+
+Labels stay bounded: kinds, outcomes and codes come from small sets, event types are
+capped (the first :data:`EVENT_TYPE_LIMIT` seen, then ``other``), and no event, user,
+device or endpoint id is ever a label.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import re
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+
+from gateway import keys
+from gateway.errors import DatabaseUnavailable, Unauthorized
+from gateway.routing import Route
+
+if TYPE_CHECKING:
+    from gateway.db import Database
+    from gateway.dispatcher import Dispatcher
+    from gateway.store import AttemptRecord
+
+log = logging.getLogger("gateway.metrics")
+
+KINDS = ("webhook", "fcm", "apns")
+VERDICTS = ("delivered", "retry", "failed", "gone")
+OTHER = "other"
+#: Distinct event types counted by name per process; later ones count as "other".
+EVENT_TYPE_LIMIT = 100
+#: Distinct error codes (and prune reasons) counted by name per process.
+CODE_LIMIT = 50
+#: The scrape-time database read gives up after this long; the scrape still answers.
+BACKLOG_TIMEOUT_S = 2.0
+
+ATTEMPT_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0)
+LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                     300.0, 1800.0, 3600.0, 21600.0, 86400.0)
+
+_CODE = re.compile(r"[A-Za-z][A-Za-z0-9_]{1,63}")
+#: Error texts without a provider code, by what they say (first match wins).
+_PHRASES = (
+    ("timed out", "timeout"),
+    ("connection failed", "connection"),
+    ("access token", "access_token"),
+    ("credentials", "no_credentials"),
+    ("internal error", "internal"),
+)
+
+
+class BoundedValues:
+    """Passes the first ``limit`` distinct values as they are; any later one is "other".
+
+    Keeps a label's cardinality bounded whatever callers send (per process: two processes
+    may have let different values through)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._seen: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen:
+            return value
+        if len(self._seen) >= self.limit:
+            return OTHER
+        self._seen.add(value)
+        return value
+
+
+def error_code(error: str | None, status_code: int | None) -> str:
+    """A short, bounded code for a failed attempt: the provider's own code when the adapter
+    reported one (``UNREGISTERED``, ``BadDeviceToken``, ``endpoint_url_forbidden``), else
+    the HTTP status (``http_503``), else what kind of failure it was."""
+    text = (error or "").strip()
+    head = text.split(":", 1)[0].strip()
+    if _CODE.fullmatch(head):
+        return head
+    lowered = text.lower()
+    for phrase, code in _PHRASES:
+        if phrase in lowered:
+            return code
+    if status_code is not None and 100 <= status_code <= 599:
+        return f"http_{status_code}"
+    return OTHER
+
+
+def prune_reason(reason: str | None) -> str:
+    """``fcm:UNREGISTERED`` → ``UNREGISTERED``; ``fcm:INVALID_ARGUMENT token`` →
+    ``INVALID_ARGUMENT_token``."""
+    tail = (reason or "").split(":", 1)[-1].strip().replace(" ", "_")
+    return tail if _CODE.fullmatch(tail) else OTHER
+
+
+def _kind(kind: str) -> str:
+    return kind if kind in KINDS else OTHER
+
+
+class Metrics:
+    """Every metric of one gateway process, in its own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        r = self.registry
+        self.events_ingested = Counter(
+            "gateway_events_ingested", "Events accepted by POST /v1/events (idempotent "
+            "replays not counted), by type (the first 100 types seen, then 'other').",
+            ["type"], registry=r)
+        self.attempts = Counter(
+            "gateway_delivery_attempts", "Delivery attempts by kind and outcome "
+            "(delivered, retry, failed, gone).", ["kind", "outcome"], registry=r)
+        self.completed = Counter(
+            "gateway_deliveries_completed", "Deliveries that reached a final status "
+            "(succeeded, failed), by kind.", ["kind", "status"], registry=r)
+        self.attempt_seconds = Histogram(
+            "gateway_attempt_duration_seconds", "How long one attempt took (the request to "
+            "the endpoint or provider), by kind.", ["kind"], buckets=ATTEMPT_BUCKETS_S,
+            registry=r)
+        self.latency_seconds = Histogram(
+            "gateway_ingest_to_delivery_seconds", "From the event's acceptance to the "
+            "successful attempt of one of its deliveries, by kind.", ["kind"],
+            buckets=LATENCY_BUCKETS_S, registry=r)
+        self.retries = Counter(
+            "gateway_retries_scheduled", "Attempts after which the delivery was scheduled "
+            "for another try, by kind.", ["kind"], registry=r)
+        self.endpoints_disabled = Counter(
+            "gateway_endpoints_disabled", "Endpoints disabled because they answered "
+            "410 Gone.", registry=r)
+        self.devices_pruned = Counter(
+            "gateway_devices_pruned", "Device tokens the provider called dead, by provider "
+            "(fcm, apns) and the provider's reason.", ["provider", "reason"], registry=r)
+        self.provider_errors = Counter(
+            "gateway_provider_errors", "Failed attempts by kind and error code: the "
+            "provider's code (UNREGISTERED, BadDeviceToken...), http_<status>, timeout, "
+            "connection...", ["kind", "code"], registry=r)
+        self.retention_deleted = Counter(
+            "gateway_retention_deleted_rows", "Rows deleted by retention, by table.",
+            ["table"], registry=r)
+        self.live = _Live()
+        r.register(self.live)
+        self._types = BoundedValues(EVENT_TYPE_LIMIT)
+        self._codes = BoundedValues(CODE_LIMIT)
+        self._reasons = BoundedValues(CODE_LIMIT)
+        for kind in KINDS:  # series exist at 0 from the start, so rate() sees the first one
+            for verdict in VERDICTS:
+                self.attempts.labels(kind, verdict)
+            for status in ("succeeded", "failed"):
+                self.completed.labels(kind, status)
+            self.retries.labels(kind)
+        for table in ("attempts", "deliveries", "events", "idempotency_keys"):
+            self.retention_deleted.labels(table)
+
+    # --- hooks --------------------------------------------------------------------------
+
+    def event_ingested(self, event_type: str) -> None:
+        self.events_ingested.labels(self._types(event_type)).inc()
+
+    def attempt(self, kind: str, record: AttemptRecord, event_created_at: datetime, *,
+                sent: bool) -> None:
+        """One attempt as the dispatcher records it; ``sent`` is False when it never left
+        the gateway (device pruned or deleted, no adapter)."""
+        k = _kind(kind)
+        self.attempts.labels(k, record.outcome).inc()
+        if sent:
+            self.attempt_seconds.labels(k).observe(record.duration_ms / 1000)
+        if record.status == "pending":
+            self.retries.labels(k).inc()
+        else:
+            self.completed.labels(k, record.status).inc()
+        if record.status == "succeeded":
+            latency = (datetime.now(UTC) - event_created_at).total_seconds()
+            self.latency_seconds.labels(k).observe(max(latency, 0.0))
+        elif sent and record.outcome != "delivered":
+            self.provider_errors.labels(
+                k, self._codes(error_code(record.error, record.status_code))).inc()
+        if record.disable_endpoint_id is not None:
+            self.endpoints_disabled.inc()
+        if record.prune_device_id is not None:
+            self.devices_pruned.labels(k, self._reasons(prune_reason(record.prune_reason))).inc()
+
+    def deleted(self, table: str, rows: int) -> None:
+        if rows:
+            self.retention_deleted.labels(table).inc(rows)
+
+    # --- scrape -------------------------------------------------------------------------
+
+    async def render(self, db: Database | None, dispatcher: Dispatcher | None) -> bytes:
+        """The exposition text, with the backlog read from PostgreSQL just now."""
+        backlog = None
+        if db is not None:
+            try:
+                async with asyncio.timeout(BACKLOG_TIMEOUT_S):
+                    backlog = await db.fetchrow("delivery_backlog")
+            except (DatabaseUnavailable, TimeoutError) as exc:
+                log.warning("metrics: cannot read the delivery backlog (%s)",
+                            type(exc).__name__)
+        # Synchronous from here: no other scrape can interleave with these values.
+        self.live.database_up = backlog is not None
+        self.live.pending = None if backlog is None else int(backlog["pending"])
+        self.live.oldest_due_s = None if backlog is None else float(backlog["oldest_due_s"])
+        self.live.dispatcher = dispatcher
+        return generate_latest(self.registry)
+
+
+class _Live:
+    """Scrape-time values: the database's backlog and this process's dispatcher."""
+
+    def __init__(self) -> None:
+        self.database_up = False
+        self.pending: int | None = None
+        self.oldest_due_s: float | None = None
+        self.dispatcher: Dispatcher | None = None
+
+    def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily("gateway_database_up", "1 when this scrape could read the "
+                                "delivery backlog from PostgreSQL.",
+                                value=1 if self.database_up else 0)
+        if self.pending is not None and self.oldest_due_s is not None:
+            yield GaugeMetricFamily(
+                "gateway_pending_deliveries", "Deliveries not yet succeeded or failed, in "
+                "the whole database (due, scheduled for a retry, in flight or parked).",
+                value=self.pending)
+            yield GaugeMetricFamily(
+                "gateway_oldest_pending_delivery_age_seconds", "How long the longest-"
+                "waiting due delivery has been due (its age, for a first attempt); 0 when "
+                "none is overdue. Whole database.", value=self.oldest_due_s)
+        worker = self.dispatcher
+        if worker is not None:
+            beat = time.time() - (time.monotonic() - worker.heartbeat)
+            yield GaugeMetricFamily(
+                "gateway_dispatcher_heartbeat_timestamp_seconds", "When this process's "
+                "dispatcher loop last turned (Unix time).", value=beat)
+            yield GaugeMetricFamily("gateway_dispatcher_up", "1 while this process's "
+                                    "dispatcher loop runs and moves.",
+                                    value=1 if worker.healthy() else 0)
+            yield GaugeMetricFamily("gateway_dispatcher_inflight", "Deliveries this "
+                                    "process is sending right now.",
+                                    value=worker.inflight)
+            yield CounterMetricFamily("gateway_dispatcher_restarts", "Times the supervisor "
+                                      "restarted a dead or stalled dispatcher loop.",
+                                      value=worker.restarts)
+
+
+METRICS = web.AppKey("metrics", Metrics)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format. With GATEWAY_METRICS_KEY set, it takes that key as Bearer."""
+    expected = request.app[keys.SETTINGS].metrics_key
+    if expected:
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {expected}".encode()):
+            raise Unauthorized("This route takes 'Authorization: Bearer <GATEWAY_METRICS_KEY>'.")
+    body = await request.app[METRICS].render(request.app.get(keys.DB),
+                                             request.app.get(keys.DISPATCHER))
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
+
+
+ROUTES = [
+    Route("GET", "/metrics", metrics, "Prometheus metrics", "health", auth=("none",),
+          media_type="text/plain", errors=(401,),
+          description="Prometheus text format. Open unless GATEWAY_METRICS_KEY is set; then "
+          "it takes 'Authorization: Bearer <GATEWAY_METRICS_KEY>'."),
+]

@@ -1,0 +1,300 @@
+"""Live tail: delivery outcomes as they happen, as server-sent events.
+
+``Store.record_attempts`` NOTIFYs ``gateway_outcomes`` in the transaction that logs the
+attempts, so an outcome reaches every API process whichever process dispatched it. Each
+API process holds one LISTEN connection (reconnecting, like the dispatcher's) and fans
+each outcome out to its subscribers through bounded per-subscriber queues: a slow
+consumer loses outcomes and is told how many, it never holds up the listener or anyone
+else. The tail is a live view, not a log: what happens while nobody listens (or while the
+LISTEN connection is down) is only in ``GET /v1/deliveries``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from gateway import keys
+from gateway.api import app_id, app_scope
+from gateway.errors import ValidationError
+from gateway.routing import Param, Route
+from gateway.schemas import EVENT_TYPE_RE
+
+log = logging.getLogger("gateway.stream")
+
+CHANNEL = "gateway_outcomes"
+#: Outcomes held for one subscriber that is not keeping up; beyond it they are dropped.
+QUEUE_SIZE = 1000
+#: A comment line this often keeps proxies from closing an idle stream.
+HEARTBEAT_S = 15.0
+#: How often a waiting stream checks that its client is still there.
+CLIENT_CHECK_S = 1.0
+#: How long a new subscriber waits for the LISTEN connection before its stream opens.
+LISTEN_WAIT_S = 5.0
+
+_EVENT_TYPE = re.compile(EVENT_TYPE_RE)
+
+Outcome = dict[str, Any]
+
+
+def type_matches(pattern: str, event_type: str) -> bool:
+    """The endpoints' rule (``gateway_type_matches``): exact, ``prefix.*`` or ``*``."""
+    if pattern in ("*", event_type):
+        return True
+    return pattern.endswith(".*") and len(event_type) > len(pattern) - 1 \
+        and event_type.startswith(pattern[:-1])
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One SSE client: its app, its filters and the outcomes waiting for it."""
+
+    app_id: str
+    endpoint_id: str | None = None
+    event_type: str | None = None
+    queue_size: int = QUEUE_SIZE
+    #: Dropped since the client was last told, and in all.
+    dropped: int = 0
+    dropped_total: int = 0
+    closed: bool = False
+    queue: asyncio.Queue[Outcome | None] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.queue = asyncio.Queue(self.queue_size)
+
+    def matches(self, outcome: Outcome) -> bool:
+        if self.endpoint_id is not None and outcome.get("endpoint_id") != self.endpoint_id:
+            return False
+        return self.event_type is None or type_matches(self.event_type,
+                                                       str(outcome.get("event_type")))
+
+    def offer(self, outcome: Outcome) -> bool:
+        """Queue it without waiting; a full queue drops it and counts."""
+        if self.closed:
+            return False
+        try:
+            self.queue.put_nowait(outcome)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            self.dropped_total += 1
+            return False
+        return True
+
+    def close(self) -> None:
+        """End the stream: the handler finds ``None`` next, even behind a full queue."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.queue.full():
+            self.queue.get_nowait()
+        self.queue.put_nowait(None)
+
+
+class OutcomeStream:
+    """One LISTEN connection per process, fanned out to this process's subscribers."""
+
+    def __init__(self, dsn: str, *, queue_size: int | None = None,
+                 heartbeat_s: float | None = None) -> None:
+        self.dsn = dsn
+        self.queue_size = queue_size if queue_size is not None else QUEUE_SIZE
+        self.heartbeat_s = heartbeat_s if heartbeat_s is not None else HEARTBEAT_S
+        self.listening = asyncio.Event()
+        #: Outcomes dropped for slow subscribers since start (all subscribers).
+        self.dropped_total = 0
+        self._subscribers: dict[str, set[Subscription]] = {}
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._listen(), name="outcome-stream-listen")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self.close_subscribers()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def close_subscribers(self) -> None:
+        for subs in self._subscribers.values():
+            for sub in subs:
+                sub.close()
+
+    @contextlib.contextmanager
+    def subscribe(self, app_id: str, *, endpoint_id: str | None = None,
+                  event_type: str | None = None) -> Iterator[Subscription]:
+        sub = Subscription(app_id, endpoint_id, event_type, self.queue_size)
+        if self._stopping:
+            sub.close()
+        self._subscribers.setdefault(app_id, set()).add(sub)
+        try:
+            yield sub
+        finally:
+            subs = self._subscribers.get(app_id)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self._subscribers[app_id]
+
+    def subscriber_count(self) -> int:
+        return sum(len(s) for s in self._subscribers.values())
+
+    def publish(self, outcomes: list[Outcome]) -> None:
+        """Hand each outcome to the subscribers of its app whose filters take it."""
+        for outcome in outcomes:
+            for sub in self._subscribers.get(str(outcome.get("app_id")), ()):
+                if sub.matches(outcome) and not sub.offer(outcome) and not sub.closed:
+                    self.dropped_total += 1
+
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        if not self._subscribers:
+            return
+        try:
+            outcomes = json.loads(str(payload))
+        except ValueError:
+            log.warning("ignoring a malformed %s notification", CHANNEL)
+            return
+        if isinstance(outcomes, list):
+            self.publish([o for o in outcomes if isinstance(o, dict)])
+
+    async def _listen(self) -> None:
+        """Hold the LISTEN connection; reconnect after the database returns."""
+        delay = 0.1
+        while not self._stopping:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(self.dsn, timeout=5)
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
+                await conn.add_listener(CHANNEL, self._on_notify)
+                self.listening.set()
+                delay = 0.1
+                while not lost.is_set() and not conn.is_closed():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(5):
+                            await lost.wait()
+                    if not lost.is_set():
+                        await conn.execute("SELECT 1")  # notice a silently dead socket
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("outcome LISTEN connection lost (%s); reconnecting", exc)
+            finally:
+                self.listening.clear()
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(conn.close(), 2)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+OUTCOMES = web.AppKey("outcomes", OutcomeStream)
+
+
+async def listen(app: web.Application) -> AsyncIterator[None]:
+    """``cleanup_ctx``: the process's LISTEN connection, from start-up to cleanup."""
+    stream = OutcomeStream(app[keys.DSN])
+    app[OUTCOMES] = stream
+    await stream.start()
+    yield
+    await stream.stop()
+
+
+async def end_streams(app: web.Application) -> None:
+    """``on_shutdown``: end open streams at once, so shutdown does not wait on them."""
+    stream = app.get(OUTCOMES)
+    if stream is not None:
+        stream.close_subscribers()
+
+
+def sse(event: str, data: Any, event_id: str | None = None) -> bytes:
+    lines = [f"event: {event}"]
+    if event_id is not None:
+        lines.append(f"id: {event_id}")
+    lines.append("data: " + json.dumps(data, separators=(",", ":")))
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+def _filters(request: web.Request) -> tuple[str | None, str | None]:
+    endpoint_id = request.query.get("endpoint_id") or None
+    event_type = request.query.get("event_type") or None
+    if event_type is not None and event_type != "*":
+        base = event_type[:-2] if event_type.endswith(".*") else event_type
+        if not _EVENT_TYPE.match(base):
+            raise ValidationError(
+                "'event_type' must be an event type, 'prefix.*' or '*'.",
+                details=[{"path": "event_type", "message": "not an event type pattern"}])
+    return endpoint_id, event_type
+
+
+def _gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+@app_scope
+async def stream_deliveries(request: web.Request) -> web.StreamResponse:
+    endpoint_id, event_type = _filters(request)
+    stream = request.app[OUTCOMES]
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+        "X-Accel-Buffering": "no"})
+    with stream.subscribe(app_id(request), endpoint_id=endpoint_id,
+                          event_type=event_type) as sub:
+        # Open the stream only once outcomes can reach it, so a client that sees the
+        # answer's headers knows it misses nothing from then on.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stream.listening.wait(), LISTEN_WAIT_S)
+        await response.prepare(request)
+        try:
+            await response.write(b": connected\n\n")
+            last_write = time.monotonic()
+            while True:
+                try:
+                    outcome = await asyncio.wait_for(sub.queue.get(), CLIENT_CHECK_S)
+                except TimeoutError:
+                    if _gone(request):
+                        break
+                    if time.monotonic() - last_write >= stream.heartbeat_s:
+                        await response.write(b": heartbeat\n\n")
+                        last_write = time.monotonic()
+                    continue
+                if outcome is None:
+                    break
+                if sub.dropped:
+                    await response.write(sse("dropped", {"dropped": sub.dropped}))
+                    sub.dropped = 0
+                await response.write(sse(
+                    "delivery", outcome, f"{outcome.get('delivery_id')}:{outcome.get('attempt')}"))
+                last_write = time.monotonic()
+        except ConnectionError:
+            pass  # the client went away
+    return response
+
+
+ROUTES = [
+    Route("GET", "/v1/deliveries/stream", stream_deliveries,
+          "Stream delivery outcomes as they happen (server-sent events)", "deliveries",
+          ok=(200, None), media_type="text/event-stream",
+          query=(Param("endpoint_id", "Only this endpoint's deliveries."),
+                 Param("event_type", "Only this event type: exact, 'prefix.*' or '*'.")),
+          description=(
+              "Every attempt outcome of this app's deliveries, live, as `event: delivery` "
+              "with `id: <delivery_id>:<attempt>` and `data:` a JSON object {delivery_id, "
+              "event_id, event_type, endpoint_id, kind, app_id, status, outcome, "
+              "status_code, attempt, at}: never a payload, secret or token. A comment line "
+              "arrives every 15 s. A client that reads too slowly loses outcomes and gets "
+              "`event: dropped` with `{\"dropped\": n}` before the next one. Outcomes from "
+              "before the stream opened are not replayed: list them with "
+              "GET /v1/deliveries.")),
+]

@@ -1,0 +1,174 @@
+"""The ``gateway`` API commands as an operator scripts them: real subprocesses with
+``--json`` against the real gateway process, and ``gateway tail`` printing outcomes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.support import ADMIN_KEY, ROOT, Api, GatewayProcess, Receiver, eventually
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+async def gateway(dsn: str) -> AsyncIterator[GatewayProcess]:
+    proc = GatewayProcess(dsn).start()
+    try:
+        await proc.wait_ready()
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def cli_env(gw: GatewayProcess, key: str | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "GATEWAY_URL")}
+    env.update(GATEWAY_URL=gw.base, GATEWAY_ADMIN_KEY=ADMIN_KEY)
+    if key is not None:
+        env["GATEWAY_API_KEY"] = key
+    return env
+
+
+async def cli(env: dict[str, str], *args: str, ok: bool = True) -> tuple[int, Any, str]:
+    """Run ``gateway ARGS``; the exit status, stdout parsed as JSON, and stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", *args, env=env, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    if ok:
+        assert proc.returncode == 0, err.decode()
+    return proc.returncode, json.loads(out) if out.strip() else None, err.decode()
+
+
+@contextlib.contextmanager
+def running(proc: asyncio.subprocess.Process) -> Iterator[asyncio.subprocess.Process]:
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+
+
+async def test_cli_scripts_apps_endpoints_events_deliveries_and_devices_as_json(
+    gateway: GatewayProcess, receiver: Receiver
+) -> None:
+    admin = cli_env(gateway)
+    _, app, _ = await cli(admin, "apps", "create", "scripted", "--json")
+    assert app["name"] == "scripted" and app["api_key"].startswith("gk_")
+    _, apps, _ = await cli(admin, "apps", "list", "--json", "--limit", "250")
+    assert app["id"] in [a["id"] for a in apps["data"]]
+
+    env = cli_env(gateway, app["api_key"])
+    _, endpoint, _ = await cli(env, "endpoints", "create", receiver.url(), "--event-type",
+                               "order.*", "--description", "orders", "--json")
+    assert endpoint["secret"].startswith("whsec_") and endpoint["event_types"] == ["order.*"]
+    (_, listed, _), (_, got, _), (_, updated, _) = await asyncio.gather(
+        cli(env, "endpoints", "list", "--json"),
+        cli(env, "endpoints", "get", endpoint["id"], "--json"),
+        cli(env, "endpoints", "update", endpoint["id"], "--description", "all orders",
+            "--json"))
+    assert [e["id"] for e in listed["data"]] == [endpoint["id"]]
+    assert got["url"] == receiver.url() and updated["description"] == "all orders"
+    _, rotated, _ = await cli(env, "endpoints", "rotate-secret", endpoint["id"], "--json")
+    assert rotated["secret"] != endpoint["secret"]
+
+    _, event, _ = await cli(env, "events", "emit", "order.created", '{"order_id": 7}',
+                            "--idempotency-key", "order-7", "--json")
+    await receiver.wait_for(1)
+
+    async def succeeded() -> list[dict[str, Any]]:
+        _, page, _ = await cli(env, "deliveries", "list", "--status", "succeeded", "--json")
+        found: list[dict[str, Any]] = page["data"]
+        return found
+
+    (delivery,) = await eventually(succeeded, timeout_s=20)
+    (_, events, _), (_, shown, _), (_, one, _), (_, attempts, _) = await asyncio.gather(
+        cli(env, "events", "list", "--type", "order.created", "--json"),
+        cli(env, "events", "get", event["id"], "--json"),
+        cli(env, "deliveries", "get", delivery["id"], "--json"),
+        cli(env, "deliveries", "attempts", delivery["id"], "--json"))
+    assert [e["id"] for e in events["data"]] == [event["id"]]
+    assert shown["payload"] == {"order_id": 7} and shown["deliveries"][0]["id"] == delivery["id"]
+    assert one["event_id"] == event["id"]
+    assert [a["status_code"] for a in attempts["data"]] == [200]
+    status, _, err = await cli(env, "deliveries", "retry", delivery["id"], "--json", ok=False)
+    assert status == 1 and json.loads(err)["error"]["code"] == "delivery_not_retryable"
+
+    _, device, _ = await cli(env, "devices", "register", "android", "tok-1", "--user-id",
+                             "alice", "--topic", "news", "--json")
+    assert (device["token"], device["user_id"], device["topics"]) == ("tok-1", "alice", ["news"])
+    (_, devices, _), (_, one_device, _) = await asyncio.gather(
+        cli(env, "devices", "list", "--user-id", "alice", "--json"),
+        cli(env, "devices", "get", "tok-1", "--json"))
+    assert [d["token"] for d in devices["data"]] == ["tok-1"] and one_device["id"] == device["id"]
+    await cli(env, "devices", "delete", "tok-1", "--json")
+    status, _, err = await cli(env, "devices", "get", "tok-1", "--json", ok=False)
+    assert status == 1 and json.loads(err)["error"]["code"] == "not_found"
+    _, deleted, _ = await cli(env, "endpoints", "delete", endpoint["id"], "--json")
+    assert deleted == {"id": endpoint["id"], "deleted": True}
+
+
+async def test_cli_without_json_prints_for_people_and_needs_a_key(
+    gateway: GatewayProcess, http: aiohttp.ClientSession
+) -> None:
+    key = await Api(http, gateway.base).new_app()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "events", "emit", "order.created",
+        env=cli_env(gateway, key), cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().startswith("id ") and "order.created" in out.decode()
+    status, _, err_text = await cli(cli_env(gateway), "events", "list", ok=False)
+    assert status == 2 and "GATEWAY_API_KEY" in err_text
+
+
+async def _line(stream: asyncio.StreamReader | None, timeout_s: float) -> str:
+    assert stream is not None
+    return (await asyncio.wait_for(stream.readline(), timeout_s)).decode()
+
+
+async def test_gateway_tail_prints_each_outcome_within_seconds(
+    gateway: GatewayProcess, receiver: Receiver, http: aiohttp.ClientSession
+) -> None:
+    api = Api(http, gateway.base)
+    key = await api.new_app()
+    endpoint = await api.new_endpoint(key, receiver.url())
+    env = cli_env(gateway, key)
+    tails = [await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "tail", *args, env=env, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        for args in (("--json",), ("--event-type", "order.*"))]
+    with running(tails[0]) as as_json, running(tails[1]) as for_people:
+        for proc in tails:
+            while "Ready" not in (line := await _line(proc.stderr, 20)):
+                assert line, "gateway tail exited before it was ready"
+        await api.emit(key, "user.created")  # filtered out of the second tail
+        event = await api.emit(key, "order.created")
+        first = json.loads(await _line(as_json.stdout, 5))
+        second = json.loads(await _line(as_json.stdout, 5))
+        printed = await _line(for_people.stdout, 5)
+        for proc in tails:
+            proc.terminate()
+        assert [await asyncio.wait_for(p.wait(), 10) for p in tails] == [0, 0]
+    assert {first["event_type"], second["event_type"]} == {"user.created", "order.created"}
+    mine = first if first["event_id"] == event["id"] else second
+    assert (mine["endpoint_id"], mine["outcome"], mine["status_code"]) == (
+        endpoint["id"], "delivered", 200)
+    assert "order.created" in printed and event["id"] in printed
+    assert "delivered [200]" in printed and endpoint["id"] in printed

@@ -1,0 +1,151 @@
+"""Log lines: JSON or text, the request line and its id, and nothing secret on any line."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from gateway import logs
+from gateway.routing import Route, wire
+
+PEM = ("-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n"
+       "-----END PRIVATE KEY-----\n")
+
+
+@pytest.fixture
+def captured() -> Iterator[io.StringIO]:
+    """The root logger writing JSON into a buffer; everything put back afterwards."""
+    root = logging.getLogger()
+    level = root.level
+    buffer = io.StringIO()
+    handler = logs.configure("json", "DEBUG", stream=buffer)
+    try:
+        yield buffer
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+        logs._handler = None
+        logs._secrets = ()
+
+
+def lines(buffer: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in buffer.getvalue().splitlines()]
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("POST https://hooks.example.com/services/T0/B0/XyZ?token=abc failed",
+     "POST https://hooks.example.com/... failed"),
+    ("http://user:pa55@example.com:8443/x?y=1", "http://example.com:8443/..."),
+    ("listening on http://127.0.0.1:8080", "listening on http://127.0.0.1:8080"),
+    ("(http://[::1]:8080/a(b)?token=x)", "(http://[::1]:8080/..."),
+    ("Authorization: Bearer gk_abcdefghijklmnop", "Authorization: Bearer [redacted]"),
+    ("secret whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQ=", "secret whsec_[redacted]"),
+    ("key gk_AbC-dEf_0123456789", "key gk_[redacted]"),
+    ("user ut_eyJhIjoiYiJ9.c2ln", "user ut_[redacted]"),
+    ("jwt eyJhbGciOiJFUzI1NiJ9.eyJpc3MiOiJUIn0.sig-_x", "jwt [redacted jwt]"),
+    ("oauth ya29.a0AfH6SMB-x_y", "oauth [redacted token]"),
+    ("device " + "ab" * 32, "device [redacted hex]"),
+    ("key " + PEM, "key [redacted key]\n"),
+    ("fine: evt_0190aabbccdd00112233445566778899 took 12 ms",
+     "fine: evt_0190aabbccdd00112233445566778899 took 12 ms"),
+])
+def test_scrub_cuts_urls_to_their_origin_and_replaces_credentials(raw: str,
+                                                                  expected: str) -> None:
+    assert logs.scrub(raw) == expected
+
+
+def test_json_lines_carry_the_extra_fields_and_a_scrubbed_traceback(
+        captured: io.StringIO) -> None:
+    log = logging.getLogger("gateway.test")
+    log.info("attempt %s", "done", extra={"delivery": "dlv_1", "duration_ms": 12,
+                                          "error": "GET https://x.example/?sig=s3cr3t"})
+    try:
+        raise ValueError("cannot reach https://x.example/cb?token=t0ps3cret")
+    except ValueError:
+        log.exception("boom")
+    first, second = lines(captured)
+    assert first["msg"] == "attempt done" and first["level"] == "INFO"
+    assert first["logger"] == "gateway.test" and first["ts"].endswith("Z")
+    assert first["delivery"] == "dlv_1" and first["duration_ms"] == 12
+    assert first["error"] == "GET https://x.example/..."
+    assert "ValueError" in second["exc"] and "t0ps3cret" not in second["exc"]
+    assert "s3cr3t" not in captured.getvalue()
+
+
+def test_text_format_is_one_readable_line_with_key_value_fields() -> None:
+    buffer = io.StringIO()
+    root = logging.getLogger()
+    level = root.level
+    handler = logs.configure("text", "INFO", stream=buffer)
+    try:
+        logging.getLogger("gateway.test").info("sent", extra={"delivery": "dlv_9",
+                                                              "url": "https://h/p?q=1"})
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+        logs._handler = None
+    line = buffer.getvalue().strip()
+    assert "INFO gateway.test: sent" in line
+    assert "delivery=dlv_9" in line and "url=https://h/..." in line
+
+
+def test_configure_replaces_only_its_own_handler_and_quiets_chatty_libraries(
+        captured: io.StringIO) -> None:
+    root = logging.getLogger()
+    ours = [h for h in root.handlers if h.formatter is not None
+            and isinstance(h.formatter, logs.JSONFormatter)]
+    assert len(ours) == 1
+    for name in ("httpx", "hpack", "h2", "aiohttp.access"):
+        assert logging.getLogger(name).getEffectiveLevel() >= logging.WARNING
+    logging.getLogger("httpx").info("HTTP Request: POST https://api.push.apple.com/3/device/ab")
+    assert captured.getvalue() == ""
+    with pytest.raises(ValueError, match="json, text"):
+        logs.configure("xml", "INFO")
+
+
+def test_configured_secrets_are_masked_wherever_they_appear(captured: io.StringIO) -> None:
+    logs.configure("json", "DEBUG", stream=captured, secrets=("dev-admin-key-42", None, "x"))
+    logging.getLogger("gateway.test").warning("key was dev-admin-key-42, x stays")
+    assert lines(captured)[0]["msg"] == "key was [redacted], x stays"
+
+
+async def device(request: web.Request) -> web.Response:
+    logs.annotate(request, app="app_1")
+    return web.json_response({})
+
+
+async def broken(request: web.Request) -> web.Response:
+    raise web.HTTPNotFound()
+
+
+async def test_one_request_line_names_the_route_never_the_path_and_echoes_the_request_id(
+        aiohttp_client: Any, captured: io.StringIO) -> None:
+    app = web.Application(middlewares=[logs.request_log])
+    wire(app, [Route("GET", "/v1/devices/{token}", device, "d", "devices"),
+               Route("GET", "/gone", broken, "g", "t")])
+    client = await aiohttp_client(app)
+    token = "ab" * 40
+    async with client.get(f"/v1/devices/{token}?q={token}",
+                          headers={"X-Request-Id": "req-123"}) as resp:
+        assert resp.status == 200
+        assert resp.headers["X-Request-Id"] == "req-123"
+    async with client.get("/gone", headers={"X-Request-Id": "bad id {with} spaces"}) as resp:
+        assert resp.status == 404
+        generated = resp.headers["X-Request-Id"]
+        assert len(generated) == 32 and generated != "req-123"
+    async with client.get(f"/nowhere/{token}") as resp:
+        assert resp.status == 404
+    requests = [line for line in lines(captured) if line["logger"] == "gateway.http"]
+    assert [r["route"] for r in requests] == ["/v1/devices/{token}", "/gone", "(no route)"]
+    first = requests[0]
+    assert first["request_id"] == "req-123" and first["status"] == 200
+    assert first["method"] == "GET" and first["app"] == "app_1"
+    assert isinstance(first["duration_ms"], float)
+    assert requests[1]["request_id"] == generated and requests[1]["status"] == 404
+    assert token not in captured.getvalue()

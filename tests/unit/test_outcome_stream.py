@@ -1,0 +1,80 @@
+"""The live tail's pure parts: NOTIFY chunking, filters, bounded fan-out."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from gateway.store import MAX_NOTIFY_BYTES, AttemptRecord, outcome_notifications
+from gateway.stream import OutcomeStream, Subscription, sse, type_matches
+
+
+def record(n: int) -> AttemptRecord:
+    return AttemptRecord(
+        delivery_id=f"dlv_{n:026d}", lease_id=uuid.uuid4(), status="succeeded",
+        next_attempt_at=None, schedule_pos=0, attempted_at=datetime(2030, 1, 2, tzinfo=UTC),
+        duration_ms=5, outcome="delivered", status_code=200, response_snippet="secret!",
+        error=None)
+
+
+def details(n: int) -> dict[str, Any]:
+    return {"event_id": f"evt_{n:026d}", "event_type": "t" * 128,
+            "endpoint_id": f"ep_{n:026d}", "kind": "webhook", "app_id": "app_1",
+            "attempt_count": 1}
+
+
+def test_outcomes_are_chunked_under_the_notify_limit_in_order_without_snippets() -> None:
+    records = [record(n) for n in range(500)]
+    found = {r.delivery_id: details(n) for n, r in enumerate(records)}
+    chunks = outcome_notifications(records, found)  # type: ignore[arg-type]
+    assert len(chunks) > 1
+    assert all(len(c.encode()) <= MAX_NOTIFY_BYTES < 8000 for c in chunks)
+    items = [item for c in chunks for item in json.loads(c)]
+    assert [i["delivery_id"] for i in items] == [r.delivery_id for r in records]
+    assert items[0]["at"] == "2030-01-02T00:00:00Z" and items[0]["attempt"] == 1
+    assert "secret!" not in "".join(chunks)
+
+
+def test_a_delivery_gone_from_the_database_is_left_out() -> None:
+    assert outcome_notifications([record(1)], {}) == []
+
+
+@pytest.mark.parametrize(("pattern", "event_type", "expected"), [
+    ("*", "a.b", True), ("order.created", "order.created", True),
+    ("order.*", "order.created", True), ("order.*", "order.a.b", True),
+    ("order.*", "order", False), ("order.*", "order.", False), ("order.*", "orders.x", False),
+    ("order.created", "order.created.x", False),
+])
+def test_event_type_filters_match_like_endpoint_subscriptions(
+    pattern: str, event_type: str, expected: bool
+) -> None:
+    assert type_matches(pattern, event_type) is expected
+
+
+async def test_a_full_subscriber_drops_and_counts_while_others_still_get_everything() -> None:
+    stream = OutcomeStream("postgresql://unused", queue_size=2)
+    with stream.subscribe("app_1") as slow:
+        stream.queue_size = 100
+        with stream.subscribe("app_1") as fast, stream.subscribe("app_2") as other:
+            stream.publish([{"app_id": "app_1", "delivery_id": str(n)} for n in range(5)])
+            assert (slow.queue.qsize(), slow.dropped, stream.dropped_total) == (2, 3, 3)
+            assert fast.queue.qsize() == 5 and other.queue.empty()
+        slow.close()
+        assert [slow.queue.get_nowait() for _ in range(2)][-1] is None
+    assert stream.subscriber_count() == 0
+
+
+def test_subscriptions_filter_by_endpoint_and_type() -> None:
+    sub = Subscription("app_1", endpoint_id="ep_1", event_type="order.*")
+    assert sub.matches({"endpoint_id": "ep_1", "event_type": "order.paid"})
+    assert not sub.matches({"endpoint_id": "ep_2", "event_type": "order.paid"})
+    assert not sub.matches({"endpoint_id": "ep_1", "event_type": "user.created"})
+
+
+def test_sse_frames_name_the_event_and_its_id() -> None:
+    frame = sse("delivery", {"a": 1}, "dlv_1:2")
+    assert frame == b'event: delivery\nid: dlv_1:2\ndata: {"a":1}\n\n'
