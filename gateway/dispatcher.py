@@ -10,7 +10,9 @@ supervisor restarts the loop if it dies or stalls, and ``healthy()`` tells ``/re
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -43,6 +45,7 @@ log = logging.getLogger("gateway.dispatcher")
 
 CHANNEL = "gateway_deliveries"
 FANOUT_CHANNEL = "gateway_fanout"
+PUSH_KINDS = ("fcm", "apns")
 #: Devices expanded into deliveries per fan-out transaction.
 FANOUT_BATCH = 1000
 
@@ -89,6 +92,7 @@ class Dispatcher:
         self._slot_free = asyncio.Event()
         self._stopping = False
         self._inflight: dict[asyncio.Task[None], uuid.UUID] = {}
+        self._per_kind: collections.Counter[str] = collections.Counter()
         self._endpoint_slots: dict[str, asyncio.Semaphore] = {}
         #: Claims whose answer was lost with the connection: they may have committed.
         self._uncertain_leases: list[uuid.UUID] = []
@@ -242,7 +246,8 @@ class Dispatcher:
                     # leaving it reserved until its lease runs out.
                     await self.store.release_leases(self._uncertain_leases)
                     self._uncertain_leases.clear()
-                rows = await self.store.claim_due(want, self.lease_s, lease_id)
+                rows = await self.store.claim_due(want, self.lease_s, lease_id,
+                                                  self._saturated_kinds())
             except DatabaseUnavailable as exc:
                 self._uncertain_leases.append(lease_id)
                 log.warning("cannot claim deliveries: %s; retrying in %.2f s", exc, backoff)
@@ -253,7 +258,8 @@ class Dispatcher:
             for row in rows:
                 task = asyncio.create_task(self._deliver(row, lease_id))
                 self._inflight[task] = lease_id
-                task.add_done_callback(self._done)
+                self._per_kind[row["kind"]] += 1
+                task.add_done_callback(functools.partial(self._done, kind=row["kind"]))
             if len(rows) == want:
                 await asyncio.sleep(0)
                 continue
@@ -272,8 +278,14 @@ class Dispatcher:
             async with asyncio.timeout(timeout):
                 await self._wake.wait()
 
-    def _done(self, task: asyncio.Task[None]) -> None:
+    def _saturated_kinds(self) -> list[str]:
+        """Push providers with every send slot taken: claiming more of them would only
+        park tasks (and dispatch slots) behind their semaphore."""
+        return [kind for kind in PUSH_KINDS if self._per_kind[kind] >= self.push_concurrency]
+
+    def _done(self, task: asyncio.Task[None], *, kind: str) -> None:
         self._inflight.pop(task, None)
+        self._per_kind[kind] -= 1
         self._slot_free.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery task failed", exc_info=task.exception())

@@ -329,9 +329,9 @@ class Store:
     # --- dispatcher -------------------------------------------------------------------
 
     async def claim_due(
-        self, limit: int, lease_s: float, lease_id: uuid.UUID
+        self, limit: int, lease_s: float, lease_id: uuid.UUID, skip_kinds: Sequence[str] = ()
     ) -> list[asyncpg.Record]:
-        return await self.db.fetch("claim_due", limit, lease_s, lease_id)
+        return await self.db.fetch("claim_due", limit, lease_s, lease_id, list(skip_kinds))
 
     async def record_attempts(self, records: list[AttemptRecord]) -> list[None]:
         """Log every attempt and move each delivery on, in one transaction."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
@@ -32,15 +33,15 @@ async def test_a_dispatcher_loop_that_dies_is_restarted_and_delivers(
     real_claim = dispatcher.store.claim_due
     calls = 0
 
-    async def broken_once(limit: int, lease_s: float, lease_id: uuid.UUID
-                          ) -> list[asyncpg.Record]:
+    async def broken_once(limit: int, lease_s: float, lease_id: uuid.UUID,
+                          skip: Sequence[str] = ()) -> list[asyncpg.Record]:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise RuntimeError("boom")
-        return await real_claim(limit, lease_s, lease_id)
+        return await real_claim(limit, lease_s, lease_id, skip)
 
-    dispatcher.store.claim_due = broken_once  # type: ignore[method-assign]
+    dispatcher.store.claim_due = broken_once  # type: ignore[method-assign, assignment]
     dispatcher._wake.set()
     api = Api(client)
     key = await api.new_app()
@@ -59,14 +60,14 @@ async def test_a_stalled_dispatcher_fails_readiness_and_is_restarted(
     real_claim = dispatcher.store.claim_due
     hang = asyncio.Event()
 
-    async def hangs_once(limit: int, lease_s: float, lease_id: uuid.UUID
-                         ) -> list[asyncpg.Record]:
+    async def hangs_once(limit: int, lease_s: float, lease_id: uuid.UUID,
+                         skip: Sequence[str] = ()) -> list[asyncpg.Record]:
         if not hang.is_set():
             hang.set()
             await asyncio.Event().wait()  # never returns: a stuck loop
-        return await real_claim(limit, lease_s, lease_id)
+        return await real_claim(limit, lease_s, lease_id, skip)
 
-    dispatcher.store.claim_due = hangs_once  # type: ignore[method-assign]
+    dispatcher.store.claim_due = hangs_once  # type: ignore[method-assign, assignment]
     dispatcher._wake.set()
     api = Api(client)
 
