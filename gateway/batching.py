@@ -42,9 +42,9 @@ class GroupCommit(Generic[T, R]):
             raise RuntimeError(f"{self._name} is closed")
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))
-        if len(self._flushers) < self._max_flushers and (
-            not self._flushers or len(self._queue) >= self._max_batch
-        ):
+        # A second flusher starts while the first is busy, so a commit is always being
+        # prepared while another is in flight.
+        if len(self._flushers) < self._max_flushers:
             task = asyncio.create_task(self._drain(), name=f"{self._name}-flusher")
             self._flushers.add(task)
             task.add_done_callback(self._flushers.discard)

@@ -213,10 +213,11 @@ async def request_log(request: web.Request, handler: Handler) -> web.StreamRespo
             if param in request.match_info:
                 fields.setdefault(field, request.match_info[param])
         quiet = route in QUIET_ROUTES and status < 400
-        log.log(logging.DEBUG if quiet else logging.WARNING if status >= 500 else logging.INFO,
-                "%s %s %d", request.method, route, status,
-                extra={"request_id": rid, "method": request.method, "route": route,
-                       "status": status,
-                       "duration_ms": round((time.monotonic() - started) * 1000, 1),
-                       **fields})
+        level = logging.DEBUG if quiet else logging.WARNING if status >= 500 else logging.INFO
+        if log.isEnabledFor(level):
+            log.log(level, "%s %s %d", request.method, route, status,
+                    extra={"request_id": rid, "method": request.method, "route": route,
+                           "status": status,
+                           "duration_ms": round((time.monotonic() - started) * 1000, 1),
+                           **fields})
         request_id.reset(token)

@@ -223,32 +223,31 @@ class Store:
             (later if scope in seen else first).append(i)
             seen.add(scope)
 
+        def insert_args(rows: list[int]) -> tuple[Any, ...]:
+            return ([ids[i] for i in rows], [drafts[i].app_id for i in rows],
+                    [drafts[i].type for i in rows], [drafts[i].payload for i in rows],
+                    [now] * len(rows), [drafts[i].push for i in rows])
+
+        if not first:
+            # The common case: one statement, its own transaction, no BEGIN/COMMIT trips.
+            await self.db.fetchrow("insert_events", *insert_args(list(range(len(drafts)))))
+            return [Accepted(ids[i], d.type, now, created=True) for i, d in enumerate(drafts)]
+
         async with self.db.transaction() as conn:
-            owned: set[tuple[str, str]] = set()
-            if first:
-                rows = await conn.fetch(
-                    QUERIES["claim_idempotency_keys"],
-                    [drafts[i].app_id for i in first], [drafts[i].idempotency_key for i in first],
-                    [drafts[i].body_sha256 for i in first], [ids[i] for i in first],
-                    float(IDEMPOTENCY_WINDOW_S),
-                )
-                owned = {(r["app_id"], r["key"]) for r in rows}
+            rows = await conn.fetch(
+                QUERIES["claim_idempotency_keys"],
+                [drafts[i].app_id for i in first], [drafts[i].idempotency_key for i in first],
+                [drafts[i].body_sha256 for i in first], [ids[i] for i in first],
+                float(IDEMPOTENCY_WINDOW_S),
+            )
+            owned = {(r["app_id"], r["key"]) for r in rows}
             fresh = [
                 i for i, d in enumerate(drafts)
                 if d.idempotency_key is None
                 or (i in first and (d.app_id, d.idempotency_key) in owned)
             ]
             if fresh:
-                deliveries = await conn.fetchval(
-                    QUERIES["insert_events"],
-                    [ids[i] for i in fresh], [drafts[i].app_id for i in fresh],
-                    [drafts[i].type for i in fresh], [drafts[i].payload for i in fresh],
-                    [now] * len(fresh), [drafts[i].push for i in fresh],
-                )
-                if deliveries:
-                    await conn.execute(QUERIES["notify_deliveries"])
-                if any(drafts[i].push for i in fresh):
-                    await conn.execute(QUERIES["notify_fanout"])
+                await conn.fetchrow(QUERIES["insert_events"], *insert_args(fresh))
             for i in fresh:
                 results[i] = Accepted(ids[i], drafts[i].type, now, created=True)
             replay = [i for i, r in enumerate(results) if r is None]

@@ -103,8 +103,9 @@ JOIN events e ON e.id = k.event_id;
 -- $1 ids, $2 app ids, $3 types, $4 raw payloads, $5 created_at, $6 push targets as JSON
 -- text ({"user_ids", "topics", "notification"}) or NULL (arrays of one length).
 -- Creates each event and one pending delivery per active endpoint subscribed to its type,
--- in the caller's transaction; push targets are expanded later by the fan-out.
--- Returns how many webhook deliveries were created.
+-- and wakes the dispatchers (and the fan-out, for push targets) at commit: one statement,
+-- so without idempotency keys it needs no explicit transaction. Push targets are expanded
+-- later by the fan-out. Returns how many webhook deliveries were created.
 WITH ev AS (
     INSERT INTO events (id, app_id, type, payload, created_at, push_user_ids, push_topics,
                         notification, fanout_status)
@@ -117,7 +118,7 @@ WITH ev AS (
            CASE WHEN u.push IS NOT NULL THEN 'pending' END
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[])
         AS u(id, app_id, type, payload, created_at, push)
-    RETURNING id, app_id, type, created_at
+    RETURNING id, app_id, type, created_at, fanout_status
 ), dl AS (
     INSERT INTO deliveries (id, app_id, event_id, endpoint_id, kind, next_attempt_at,
                             created_at, updated_at)
@@ -129,11 +130,10 @@ WITH ev AS (
         AND gateway_type_matches(ep.event_types, ev.type)
     RETURNING 1
 )
-SELECT count(*) FROM dl;
-
--- name: notify_fanout
--- Wakes every fan-out worker (LISTEN gateway_fanout) when the transaction commits.
-SELECT pg_notify('gateway_fanout', '');
+SELECT (SELECT count(*) FROM dl) AS deliveries,
+       (SELECT pg_notify('gateway_deliveries', '') WHERE EXISTS (SELECT 1 FROM dl)) AS woke,
+       (SELECT pg_notify('gateway_fanout', '')
+        WHERE EXISTS (SELECT 1 FROM ev WHERE fanout_status = 'pending')) AS fanout;
 
 -- name: claim_fanout
 -- One event whose push targets still need expanding, locked for this transaction.

@@ -26,3 +26,15 @@ def test_a_query_defined_twice_is_refused() -> None:
 def test_migrations_are_numbered_in_order_from_one() -> None:
     versions = [m.version for m in load_migrations()]
     assert versions == list(range(1, len(versions) + 1))
+
+
+def test_a_broken_connection_is_unavailable_but_a_wrong_query_is_a_bug() -> None:
+    import asyncpg
+
+    from gateway.db import translated
+    from gateway.errors import DatabaseUnavailable
+
+    with pytest.raises(DatabaseUnavailable), translated():
+        raise asyncpg.InterfaceError("cannot perform operation: connection is closed")
+    with pytest.raises(asyncpg.InterfaceError), translated():
+        raise asyncpg.InterfaceError("the server expects 6 arguments for this query, 5 were passed")
