@@ -1,0 +1,1356 @@
+"""Gateway benchmark: ingest, delivery drain and end-to-end latency against raw aiohttp.
+
+One run measures, with the same load generator for both sides of each ratio:
+
+(a) ingest     raw aiohttp no-op POST server (faster of asyncio/uvloop) vs
+               ``gateway serve --no-dispatcher`` (durable: 202 after commit);
+(b) drain      raw aiohttp client -> raw receiver (64 in flight) vs ``gateway dispatch``
+               draining N pending deliveries into the same receiver;
+(c) latency    ingest -> receipt at a steady rate against ``gateway serve``.
+
+CPU seconds are reported per process for every measured window: on 2 cores the server,
+PostgreSQL, the load generator and the receiver compete, and the CPU figures tell which
+one was the limit.  Usage: ``python bench/run.py [--quick]``; see ``--help``.
+
+The same file also holds the helper processes it starts (``role-*`` sub-commands).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import functools
+import json
+import math
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, ClassVar, TypeVar
+
+import aiohttp
+import asyncpg
+import psutil  # type: ignore[import-untyped, unused-ignore]
+from aiohttp import web
+
+T = TypeVar("T")
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_OUTPUT = HERE / "results" / "latest.json"
+WRK = Path("/usr/bin/wrk")
+HOST = "127.0.0.1"
+
+TARGET_INGEST_RATIO = 0.75
+TARGET_DRAIN_RATIO = 0.75
+TARGET_P99_MS = 50.0
+
+EVENT_BODY = json.dumps(
+    {
+        "type": "order.created",
+        "payload": {
+            "order_id": "ord_1234567890", "amount_cents": 4999, "currency": "EUR",
+            "customer": {"id": "cus_42", "email": "buyer@example.com"},
+            "items": [{"sku": "sku_1", "qty": 2}, {"sku": "sku_7", "qty": 1}],
+        },
+    },
+    separators=(",", ":"),
+)
+#: What the raw client sends: the shape and size of a gateway webhook body.
+WEBHOOK_BODY = (
+    '{"id": "evt_raw", "type": "order.created", "timestamp": "2024-01-01T00:00:00.000Z", '
+    '"data": ' + json.dumps(json.loads(EVENT_BODY)["payload"], separators=(",", ":")) + "}"
+).encode()
+
+BENCH_TAG = "BENCHJSON "
+
+
+# ======================================================================================
+# small helpers
+# ======================================================================================
+
+def run_loop(coro: Coroutine[Any, Any, T], loop: str) -> T:
+    if loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(coro)
+    return asyncio.run(coro)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0..100) of unsorted values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def emit(payload: dict[str, Any]) -> None:
+    """How helper processes hand their result to the orchestrator (one stdout line)."""
+    print(BENCH_TAG + json.dumps(payload), flush=True)
+
+
+def parse_emitted(text: str) -> dict[str, Any]:
+    for line in reversed(text.splitlines()):
+        if line.startswith(BENCH_TAG):
+            found: dict[str, Any] = json.loads(line[len(BENCH_TAG):])
+            return found
+    raise BenchError(f"helper printed no result; its output ends with:\n{text[-2000:]}")
+
+
+def r(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+async def serve_until_signal(app: web.Application, port: int) -> None:
+    """Serve ``app`` on 127.0.0.1:port until SIGTERM/SIGINT (as ``gateway serve`` does)."""
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, HOST, port, backlog=1024)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with asyncio.timeout(3600):  # bounded even if nobody stops us
+            await stop.wait()
+    except TimeoutError:
+        pass
+    finally:
+        await runner.cleanup()
+
+
+async def readyz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ready"})
+
+
+# ======================================================================================
+# helper processes (role-* sub-commands)
+# ======================================================================================
+
+def raw_server_app() -> web.Application:
+    """The ingest ceiling: answer the JSON POST with 202 and a small, pre-encoded JSON
+    body, and do nothing else (aiohttp still receives and parses the request)."""
+    answer = json.dumps({"id": "evt_raw", "status": "accepted"}).encode()
+
+    async def accept(request: web.Request) -> web.Response:
+        return web.Response(status=202, body=answer, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/events", accept)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+@dataclass
+class Arrivals:
+    first: dict[str, float] = field(default_factory=dict)
+    total: int = 0
+    t_first: float | None = None
+    t_last: float | None = None
+
+    def stats(self) -> dict[str, Any]:
+        return {"total": self.total, "unique": len(self.first),
+                "t_first": self.t_first, "t_last": self.t_last}
+
+
+def receiver_app() -> web.Application:
+    """Counts webhook POSTs and remembers when each webhook-id first arrived (wall clock)."""
+    state = Arrivals()
+
+    async def hook(request: web.Request) -> web.Response:
+        now = time.time()
+        await request.read()
+        state.total += 1
+        wid = request.headers.get("webhook-id", "")
+        if wid not in state.first:
+            state.first[wid] = now
+        if state.t_first is None:
+            state.t_first = now
+        state.t_last = now
+        return web.Response(status=200)
+
+    async def stats(request: web.Request) -> web.Response:
+        return web.json_response(state.stats())
+
+    async def arrivals(request: web.Request) -> web.Response:
+        return web.json_response(state.first)
+
+    async def reset(request: web.Request) -> web.Response:
+        nonlocal state
+        state = Arrivals()
+        return web.json_response({"status": "reset"})
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    app.router.add_get("/stats", stats)
+    app.router.add_get("/arrivals", arrivals)
+    app.router.add_post("/reset", reset)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+async def raw_client(url: str, n: int, concurrency: int) -> dict[str, Any]:
+    """The delivery ceiling: ``n`` webhook-shaped POSTs, ``concurrency`` in flight, over
+    one pooled session configured like the gateway's webhook adapter."""
+    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=0)
+    counts: Counter[str] = Counter()
+    todo = iter(range(n))
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=15), auto_decompress=False,
+        skip_auto_headers=("Accept-Encoding",),
+    ) as session:
+
+        async def worker() -> None:
+            for i in todo:
+                headers = {
+                    "content-type": "application/json", "webhook-id": f"msg_{i}",
+                    "webhook-timestamp": str(int(time.time())),
+                    "webhook-signature": "v1,K5oZfzN95Z9UVu1EsfQmfVNQhnkZ2pj9o9NDN/H/pI4=",
+                }
+                try:
+                    async with session.post(url, data=WEBHOOK_BODY, headers=headers) as resp:
+                        await resp.read()
+                        counts["ok" if 200 <= resp.status < 300 else "non_2xx"] += 1
+                except (aiohttp.ClientError, TimeoutError):
+                    counts["errors"] += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return {"requests": n, "elapsed_s": elapsed, **counts}
+
+
+async def python_loadgen(url: str, connections: int, duration_s: float,
+                         headers: dict[str, str], body: bytes) -> dict[str, Any]:
+    """The wrk fallback: ``connections`` keep-alive connections, closed loop, for a time."""
+    connector = aiohttp.TCPConnector(limit=connections, limit_per_host=0)
+    counts: Counter[str] = Counter()
+    latencies: list[float] = []
+    async with aiohttp.ClientSession(connector=connector,
+                                     timeout=aiohttp.ClientTimeout(total=30)) as session:
+        started = time.perf_counter()
+        deadline = started + duration_s
+
+        async def worker() -> None:
+            while time.perf_counter() < deadline:
+                t0 = time.perf_counter()
+                try:
+                    async with session.post(url, data=body, headers=headers) as resp:
+                        await resp.read()
+                        ok = resp.status < 400
+                except (aiohttp.ClientError, TimeoutError):
+                    counts["errors"] += 1
+                    continue
+                latencies.append(time.perf_counter() - t0)
+                counts["requests"] += 1
+                if not ok:
+                    counts["status_errors"] += 1
+
+        await asyncio.gather(*(worker() for _ in range(connections)))
+        elapsed = time.perf_counter() - started
+    return {
+        "requests": counts["requests"], "duration_s": elapsed,
+        "status_errors": counts["status_errors"], "socket_errors": counts["errors"],
+        "p50_ms": (percentile(latencies, 50) or 0) * 1000,
+        "p99_ms": (percentile(latencies, 99) or 0) * 1000,
+        "max_ms": max(latencies, default=0) * 1000,
+    }
+
+
+def run_role(args: argparse.Namespace) -> int:
+    if args.role == "role-raw-server":
+        run_loop(serve_until_signal(raw_server_app(), args.port), args.loop)
+    elif args.role == "role-receiver":
+        run_loop(serve_until_signal(receiver_app(), args.port), args.loop)
+    elif args.role == "role-raw-client":
+        emit(run_loop(raw_client(args.url, args.n, args.concurrency), args.loop))
+    elif args.role == "role-loadgen":
+        headers = {"Content-Type": "application/json"}
+        if args.auth:
+            headers["Authorization"] = f"Bearer {args.auth}"
+        emit(run_loop(python_loadgen(args.url, args.connections, args.duration, headers,
+                                     EVENT_BODY.encode()), args.loop))
+    return 0
+
+
+# ======================================================================================
+# orchestration: processes, CPU accounting, PostgreSQL
+# ======================================================================================
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: the child gets SIGTERM if the benchmark dies without cleaning up."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class Procs:
+    """Every process the benchmark starts; ``stop_all`` ends whatever is still running."""
+
+    def __init__(self, logdir: Path) -> None:
+        self.logdir = logdir
+        logdir.mkdir(parents=True, exist_ok=True)
+        self._running: list[subprocess.Popen[bytes]] = []
+        self._logs: dict[int, Path] = {}
+        self._files: list[IO[bytes]] = []
+        #: Set on SIGTERM/SIGINT: a blocking ``run_measured`` kills its child at once.
+        self.abort = threading.Event()
+
+    def start(self, name: str, cmd: Sequence[str], env: dict[str, str] | None = None,
+              stdout: IO[bytes] | None = None) -> subprocess.Popen[bytes]:
+        log_path = self.logdir / f"{name}.log"
+        log = log_path.open("ab")
+        self._files.append(log)
+        proc = subprocess.Popen(
+            list(cmd), stdin=subprocess.DEVNULL, stdout=stdout or log,
+            stderr=log if stdout is None else subprocess.STDOUT, env=env,
+            preexec_fn=_die_with_parent,
+        )
+        self._running.append(proc)
+        self._logs[proc.pid] = log_path
+        return proc
+
+    def log_tail(self, proc: subprocess.Popen[bytes], chars: int = 3000) -> str:
+        path = self._logs.get(proc.pid)
+        if path is None or not path.exists():
+            return ""
+        return path.read_text("utf-8", "replace")[-chars:]
+
+    def stop(self, proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
+        """SIGTERM (the gateway drains gracefully), then SIGKILL after ``timeout_s``."""
+        if proc.returncode is None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        if proc in self._running:
+            self._running.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in reversed(list(self._running)):
+            with contextlib.suppress(Exception):
+                self.stop(proc, timeout_s=10)
+        for f in self._files:
+            f.close()
+        self._files.clear()
+
+    def run_measured(self, name: str, cmd: Sequence[str], timeout_s: float,
+                     env: dict[str, str] | None = None) -> tuple[str, int, float]:
+        """Run a short-lived child to completion; returns its output, exit code and CPU
+        seconds (user + system, from ``wait4``). Blocking: call it through a thread."""
+        with tempfile.TemporaryFile() as out:
+            proc = self.start(name, cmd, env=env, stdout=out)
+            deadline = time.monotonic() + timeout_s
+            status = 0
+            usage: Any = None
+            while True:
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    break
+                if time.monotonic() > deadline or self.abort.is_set():
+                    proc.kill()
+                    _, status, usage = os.wait4(proc.pid, 0)
+                    break
+                self.abort.wait(0.05)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            if proc in self._running:
+                self._running.remove(proc)
+            out.seek(0)
+            text = out.read().decode("utf-8", "replace")
+        cpu = float(usage.ru_utime + usage.ru_stime) if usage is not None else 0.0
+        return text, proc.returncode, cpu
+
+
+def own_cpu(pid: int) -> float | None:
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+    return float(times.user + times.system)
+
+
+def tree_cpu(pid: int) -> float | None:
+    """CPU of a process, of its children it already reaped, and of its live descendants
+    (PostgreSQL backends come and go with connections)."""
+    try:
+        root = psutil.Process(pid)
+        times = root.cpu_times()
+        total = float(times.user + times.system + times.children_user + times.children_system)
+        children = root.children(recursive=True)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            t = child.cpu_times()
+            total += float(t.user + t.system)
+    return total
+
+
+CpuSource = Callable[[], float | None]
+
+
+def machine_cpu() -> tuple[float, float]:
+    """Busy and stolen CPU seconds of the whole machine so far (all cores)."""
+    t = psutil.cpu_times()
+    busy = t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+    return float(busy), float(getattr(t, "steal", 0.0))
+
+
+class CpuMeter:
+    """CPU seconds each named process used between ``start()`` and ``stop()``, plus what
+    the rest of the machine used meanwhile ("other": processes this benchmark did not
+    start, e.g. a test suite running alongside, which makes the figures unreliable)."""
+
+    #: (other CPU s, wall s) of every window measured in this process.
+    windows: ClassVar[list[tuple[float, float]]] = []
+
+    def __init__(self, sources: dict[str, CpuSource]) -> None:
+        self.sources = sources
+        self.before: dict[str, float | None] = {}
+        self.t0 = 0.0
+        self.machine0 = (0.0, 0.0)
+        self.self0: float | None = None
+
+    def start(self) -> None:
+        self.before = {name: fn() for name, fn in self.sources.items()}
+        self.self0 = own_cpu(os.getpid())
+        self.machine0 = machine_cpu()
+        self.t0 = time.monotonic()
+
+    def stop(self, extra: dict[str, float] | None = None) -> dict[str, Any]:
+        wall = time.monotonic() - self.t0
+        busy, steal = machine_cpu()
+        cpu: dict[str, float | None] = {}
+        for name, fn in self.sources.items():
+            after, before = fn(), self.before.get(name)
+            cpu[name] = None if after is None or before is None else round(after - before, 2)
+        for name, value in (extra or {}).items():
+            cpu[name] = round(value, 2)
+        accounted = sum(v for v in cpu.values() if v is not None)
+        self_now = own_cpu(os.getpid())
+        if "loadgen(bench)" not in cpu and self_now is not None and self.self0 is not None:
+            accounted += self_now - self.self0  # the orchestrator's own polling
+        other = busy - self.machine0[0] - accounted
+        CpuMeter.windows.append((other, wall))
+        return {"wall_s": round(wall, 2), "cpu_s": cpu, "other_cpu_s": round(other, 2),
+                "steal_s": round(steal - self.machine0[1], 2)}
+
+
+class Postgres:
+    """A fresh embedded PostgreSQL for this run (pgserver, as the gateway starts it), or
+    the server in the user's DATABASE_URL. Each phase gets its own database when we own
+    the server, so one phase's rows and dead tuples do not slow the next."""
+
+    def __init__(self, user_dsn: str | None, data_dir: Path) -> None:
+        self.user_dsn = user_dsn
+        self.data_dir = data_dir
+        self.server: Any = None
+        self.postmaster_pid: int | None = None
+
+    @property
+    def embedded(self) -> bool:
+        return self.user_dsn is None
+
+    def start(self) -> None:
+        if self.user_dsn is None:
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                from pgserver import postgres_server
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.server = postgres_server.get_server(self.data_dir / "pgdata",
+                                                     cleanup_mode="stop")
+            self.postmaster_pid = int(self.server.get_pid())
+        else:
+            self.postmaster_pid = self._find_local_postmaster()
+
+    @staticmethod
+    def _find_local_postmaster() -> int | None:
+        """A local server's postmaster (a 'postgres' whose parent is not one), if any."""
+        for proc in psutil.process_iter(attrs=["name", "ppid"]):
+            if proc.info["name"] not in {"postgres", "postmaster"}:
+                continue
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                if psutil.Process(proc.info["ppid"]).name() not in {"postgres", "postmaster"}:
+                    return int(proc.pid)
+        return None
+
+    def cpu(self) -> float | None:
+        return None if self.postmaster_pid is None else tree_cpu(self.postmaster_pid)
+
+    async def fresh_database(self, name: str) -> str:
+        if self.user_dsn is not None:
+            return self.user_dsn
+        conn = await asyncpg.connect(self.server.get_uri(database="postgres"))
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        dsn: str = self.server.get_uri(database=name)
+        return dsn
+
+    async def drop_database(self, name: str) -> None:
+        if self.user_dsn is not None:
+            return
+        conn = await asyncpg.connect(self.server.get_uri(database="postgres"))
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await conn.execute("CHECKPOINT")
+        finally:
+            await conn.close()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            with contextlib.suppress(Exception):
+                self.server.cleanup()
+            self.server = None
+
+
+# ======================================================================================
+# the benchmark
+# ======================================================================================
+
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = [==[{body}]==]
+wrk.headers["Content-Type"] = "application/json"
+{auth}
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "{tag}{{\\"requests\\":%d,\\"duration_s\\":%.6f,\\"status_errors\\":%d," ..
+    "\\"socket_errors\\":%d,\\"p50_ms\\":%.3f,\\"p99_ms\\":%.3f,\\"max_ms\\":%.3f}}\\n",
+    summary.requests, summary.duration / 1e6, e.status,
+    e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000, latency.max / 1000))
+end
+"""
+
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    work: Path
+    procs: Procs
+    pg: Postgres
+    loadgen: str
+    admin_key: str = field(default_factory=lambda: "gwadmin_" + secrets.token_urlsafe(24))
+    results: dict[str, Any] = field(default_factory=dict)
+
+    # --- plumbing ---------------------------------------------------------------------
+
+    def py(self, role: str, *extra: str) -> list[str]:
+        return [sys.executable, str(Path(__file__).resolve()), role, *extra]
+
+    def gateway_cmd(self, *extra: str) -> list[str]:
+        if self.args.gateway_cmd:
+            base = shlex.split(self.args.gateway_cmd)
+        else:
+            script = Path(sys.executable).parent / "gateway"
+            base = [str(script)] if script.exists() else [sys.executable, "-m", "gateway"]
+        return [*base, *extra]
+
+    def gateway_env(self, dsn: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({
+            "DATABASE_URL": dsn,
+            "GATEWAY_DATA_DIR": str(self.work / "data"),
+            "GATEWAY_ADMIN_KEY": self.admin_key,
+            "GATEWAY_ALLOW_PRIVATE_ENDPOINTS": "true",
+            "GATEWAY_HOST": HOST,
+            "GATEWAY_LOG_LEVEL": env.get("GATEWAY_LOG_LEVEL", "WARNING"),
+        })
+        return env
+
+    async def wait_ready(self, url: str, proc: subprocess.Popen[bytes],
+                         timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    raise BenchError(f"{url}: process exited with {proc.returncode}:\n"
+                                     f"{self.procs.log_tail(proc)}")
+                with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+                    async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                        if resp.status == 200:
+                            return
+                await asyncio.sleep(0.05)
+        raise BenchError(f"{url} not ready after {timeout_s:.0f} s:\n{self.procs.log_tail(proc)}")
+
+    async def start_gateway(self, name: str, dsn: str, *extra: str,
+                            port: int | None = None) -> subprocess.Popen[bytes]:
+        args = list(extra) + (["--port", str(port)] if port is not None else [])
+        proc = self.procs.start(name, self.gateway_cmd(*args), env=self.gateway_env(dsn))
+        if port is not None:
+            await self.wait_ready(f"http://{HOST}:{port}/readyz", proc)
+        return proc
+
+    async def stop_proc(self, proc: subprocess.Popen[bytes]) -> None:
+        await asyncio.to_thread(self.procs.stop, proc)
+
+    async def create_app_and_endpoint(self, base: str, hook_url: str) -> str:
+        """An app and one endpoint subscribed to everything; returns the app's API key."""
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{base}/v1/apps", json={"name": "bench"},
+                                    headers={"Authorization": f"Bearer {self.admin_key}"}) as resp:
+                body = await resp.json()
+                if resp.status != 201:
+                    raise BenchError(f"POST /v1/apps answered {resp.status}: {body}")
+                key: str = body["api_key"]
+            async with session.post(f"{base}/v1/endpoints",
+                                    json={"url": hook_url, "event_types": ["*"]},
+                                    headers={"Authorization": f"Bearer {key}"}) as resp:
+                if resp.status != 201:
+                    raise BenchError(f"POST /v1/endpoints answered {resp.status}: "
+                                     f"{await resp.text()}")
+        return key
+
+    def profile_start(self, name: str, pid: int, seconds: float) -> subprocess.Popen[bytes] | None:
+        """``--profile``: sample the gateway with py-spy for the measured window."""
+        if not self.args.profile:
+            return None
+        spy = Path(sys.executable).parent / "py-spy"
+        if not spy.exists():
+            print("  (py-spy not installed: no profile)", flush=True)
+            return None
+        out = self.args.output.parent / f"profile-{name}.txt"
+        cmd = [str(spy), "record", "--pid", str(pid), "--rate", "200", "--format", "raw",
+               "--nonblocking", "--duration", str(max(1, math.ceil(seconds))),
+               "--output", str(out)]
+        return self.procs.start(f"py-spy-{name}", cmd)
+
+    async def profile_finish(self, name: str, proc: subprocess.Popen[bytes] | None) -> None:
+        if proc is None:
+            return
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            await asyncio.to_thread(proc.wait, 30)
+        await self.stop_proc(proc)
+        out = self.args.output.parent / f"profile-{name}.txt"
+        if out.exists():
+            self.results.setdefault("profiles", {})[name] = summarize_profile(out)
+
+    # --- load generation --------------------------------------------------------------
+
+    async def load(self, name: str, url: str, duration_s: float,
+                   auth: str | None) -> dict[str, Any]:
+        """Closed-loop POST load with ``--connections`` connections; wrk or the fallback."""
+        conns = self.args.connections
+        if self.loadgen == "wrk":
+            script = self.work / f"{name}.lua"
+            auth_line = f'wrk.headers["Authorization"] = "Bearer {auth}"' if auth else ""
+            script.write_text(WRK_SCRIPT.format(body=EVENT_BODY, auth=auth_line, tag=BENCH_TAG))
+            cmd = [str(WRK), "-t", str(self.args.wrk_threads), "-c", str(conns),
+                   "-d", f"{max(1, round(duration_s))}s", "--timeout", "10s",
+                   "-s", str(script), url]
+        else:
+            cmd = self.py("role-loadgen", "--url", url, "--connections", str(conns),
+                          "--duration", str(duration_s), "--loop", "uvloop",
+                          *(["--auth", auth] if auth else []))
+        text, code, cpu = await asyncio.to_thread(
+            self.procs.run_measured, f"loadgen-{name}", cmd, duration_s + 60)
+        if code != 0:
+            raise BenchError(f"load generator exited with {code}:\n{text[-2000:]}")
+        out = parse_emitted(text)
+        if out["status_errors"] or out.get("socket_errors"):
+            out["error_sample"] = await sample_answer(url, auth)
+        good = out["requests"] - out["status_errors"]
+        out["ok_rps"] = good / out["duration_s"] if out["duration_s"] > 0 else 0.0
+        out["loadgen_cpu_s"] = cpu
+        return out
+
+    # --- (a) ingest -------------------------------------------------------------------
+
+    async def phase_ingest(self) -> None:
+        a = self.args
+        print(f"\n(a) ingest: {a.connections} connections, {a.duration:g} s per run "
+              f"(+{a.warmup:g} s warm-up), load generator: {self.loadgen}", flush=True)
+        raw: dict[str, Any] = {}
+        for loop in ("asyncio", "uvloop"):
+            port = free_port()
+            proc = self.procs.start(f"raw-server-{loop}",
+                                    self.py("role-raw-server", "--port", str(port),
+                                            "--loop", loop))
+            try:
+                await self.wait_ready(f"http://{HOST}:{port}/readyz", proc)
+                url = f"http://{HOST}:{port}/v1/events"
+                await self.load(f"raw-{loop}-warmup", url, a.warmup, None)
+                meter = CpuMeter({"server": functools.partial(own_cpu, proc.pid)})
+                meter.start()
+                out = await self.load(f"raw-{loop}", url, a.duration, None)
+                window = meter.stop({"loadgen": out.pop("loadgen_cpu_s")})
+            finally:
+                await self.stop_proc(proc)
+            raw[loop] = {**out, **window}
+            print(f"  raw aiohttp ({loop:7}) {out['ok_rps']:9.0f} req/s  "
+                  f"p99 {out['p99_ms']:.1f} ms  {fmt_cpu(window)}", flush=True)
+        best = max(raw, key=lambda k: float(raw[k]["ok_rps"]))
+
+        db = "bench_ingest"
+        dsn = await self.pg.fresh_database(db)
+        port = free_port()
+        gw = await self.start_gateway("gateway-ingest", dsn, "serve", "--no-dispatcher",
+                                      port=port)
+        try:
+            base = f"http://{HOST}:{port}"
+            # Subscribed, so every event also writes its pending delivery; nothing listens
+            # there and no dispatcher runs, so nothing is sent.
+            key = await self.create_app_and_endpoint(base, f"http://{HOST}:{free_port()}/x")
+            url = f"{base}/v1/events"
+            await self.load("gateway-ingest-warmup", url, a.warmup, key)
+            meter = CpuMeter({"gateway": lambda: own_cpu(gw.pid), "postgres": self.pg.cpu})
+            spy = self.profile_start("ingest", gw.pid, a.duration)
+            meter.start()
+            out = await self.load("gateway-ingest", url, a.duration, key)
+            window = meter.stop({"loadgen": out.pop("loadgen_cpu_s")})
+            await self.profile_finish("ingest", spy)
+        finally:
+            await self.stop_proc(gw)
+            await self.pg.drop_database(db)
+        if out["status_errors"]:
+            out["gateway_log_tail"] = self.procs.log_tail(gw)
+            print(f"  WARNING: {out['status_errors']} error answers, e.g. "
+                  f"{out['error_sample']}", flush=True)
+        ratio = out["ok_rps"] / raw[best]["ok_rps"]
+        print(f"  gateway ingest      {out['ok_rps']:9.0f} req/s  p99 {out['p99_ms']:.1f} ms  "
+              f"non-2xx {out['status_errors']}  {fmt_cpu(window)}", flush=True)
+        print(f"  ratio gateway/raw({best}) = {ratio:.2f}  (target >= {TARGET_INGEST_RATIO})",
+              flush=True)
+        self.results["ingest"] = {
+            "raw": raw, "raw_best_loop": best, "raw_rps": round(raw[best]["ok_rps"]),
+            "gateway": {**out, **window}, "gateway_rps": round(out["ok_rps"]),
+            "ratio": round(ratio, 3), "target": TARGET_INGEST_RATIO,
+            "pass": ratio >= TARGET_INGEST_RATIO,
+        }
+
+    # --- (b) drain --------------------------------------------------------------------
+
+    async def receiver_stats(self, session: aiohttp.ClientSession, base: str) -> dict[str, Any]:
+        async with session.get(f"{base}/stats") as resp:
+            found: dict[str, Any] = await resp.json()
+            return found
+
+    async def phase_drain(self, recv_base: str, recv_pid: int) -> None:
+        a = self.args
+        n = a.drain_events
+        print(f"\n(b) delivery drain: {n} deliveries, 64 in flight, receiver in its own "
+              f"process; raw client: best of {a.raw_client_runs} run(s) per loop", flush=True)
+        hook = f"{recv_base}/hook"
+        raw: dict[str, Any] = {}
+        async with aiohttp.ClientSession() as session:
+            runs = [(loop, k) for k in range(max(1, a.raw_client_runs))
+                    for loop in ("asyncio", "uvloop")]
+            for loop, k in runs:
+                await session.post(f"{recv_base}/reset")
+                meter = CpuMeter({"receiver": lambda: own_cpu(recv_pid)})
+                meter.start()
+                text, code, cpu = await asyncio.to_thread(
+                    self.procs.run_measured, f"raw-client-{loop}",
+                    self.py("role-raw-client", "--url", hook, "--n", str(n),
+                            "--concurrency", "64", "--loop", loop), 120 + n / 500)
+                window = meter.stop({"client": cpu})
+                if code != 0:
+                    raise BenchError(f"raw client exited with {code}:\n{text[-2000:]}")
+                out = parse_emitted(text)
+                st = await self.receiver_stats(session, recv_base)
+                span = (st["t_last"] or 0) - (st["t_first"] or 0)
+                rate = st["unique"] / span if span > 0 else 0.0
+                if loop not in raw or rate > raw[loop]["rate"]:
+                    raw[loop] = {**out, "received": st["unique"], "rate": rate, **window}
+                print(f"  raw client ({loop:7}) #{k + 1} {rate:6.0f} deliveries/s  "
+                      f"(client's own clock {n / out['elapsed_s']:.0f}/s)  {fmt_cpu(window)}",
+                      flush=True)
+        best = max(raw, key=lambda k: float(raw[k]["rate"]))
+
+        db = "bench_drain"
+        dsn = await self.pg.fresh_database(db)
+        gw_result: dict[str, Any] = {}
+        try:
+            port = free_port()
+            api = await self.start_gateway("gateway-drain-api", dsn, "serve", "--no-dispatcher",
+                                           port=port)
+            try:
+                base = f"http://{HOST}:{port}"
+                key = await self.create_app_and_endpoint(base, hook)
+                meter = CpuMeter({"gateway": lambda: own_cpu(api.pid), "postgres": self.pg.cpu,
+                                  "loadgen(bench)": lambda: own_cpu(os.getpid())})
+                meter.start()
+                accepted, elapsed = await ingest_n(f"{base}/v1/events", key, n, 64)
+                ingest_window = meter.stop()
+                pending = await count_pending(base, key)
+            finally:
+                await self.stop_proc(api)
+            print(f"  ingested {accepted} events in {elapsed:.1f} s ({accepted / elapsed:.0f}/s, "
+                  f"bench's Python client); pending deliveries via API: {pending}", flush=True)
+            if pending != n:
+                raise BenchError(f"expected {n} pending deliveries, the API lists {pending}")
+            gw_result = await self.drain(dsn, recv_base, recv_pid, n)
+            gw_result.update({"ingest_rate": accepted / elapsed, "ingest": ingest_window,
+                              "pending_before": pending})
+        finally:
+            await self.pg.drop_database(db)
+        ratio = gw_result["rate"] / raw[best]["rate"]
+        print(f"  gateway dispatch x{gw_result['dispatchers']} {gw_result['rate']:8.0f} "
+              "deliveries/s  "
+              f"(first->last arrival {gw_result['span_s']:.2f} s; from process start "
+              f"{gw_result['from_spawn_s']:.2f} s; all recorded in DB after "
+              f"{gw_result['recorded_after_spawn_s']:.2f} s)  {fmt_cpu(gw_result)}", flush=True)
+        print(f"  ratio gateway/raw client({best}) = {ratio:.2f}  (target >= "
+              f"{TARGET_DRAIN_RATIO}); duplicates at receiver: {gw_result['duplicates']}",
+              flush=True)
+        self.results["drain"] = {
+            "events": n, "raw": raw, "raw_best_loop": best, "raw_rate": round(raw[best]["rate"]),
+            "gateway": gw_result, "gateway_rate": round(gw_result["rate"]),
+            "ratio": round(ratio, 3), "target": TARGET_DRAIN_RATIO,
+            "pass": ratio >= TARGET_DRAIN_RATIO,
+        }
+
+    async def drain(self, dsn: str, recv_base: str, recv_pid: int, n: int) -> dict[str, Any]:
+        """Start ``gateway dispatch`` (``--dispatchers`` of them) and time until the
+        receiver has all ``n``."""
+        count = self.args.dispatchers
+        async with aiohttp.ClientSession() as session:
+            await session.post(f"{recv_base}/reset")
+            spawned = time.time()
+            disps: list[subprocess.Popen[bytes]] = []
+            spy: subprocess.Popen[bytes] | None = None
+            try:
+                for i in range(count):
+                    disps.append(self.procs.start(f"gateway-dispatch-{i}",
+                                                  self.gateway_cmd("dispatch"),
+                                                  env=self.gateway_env(dsn)))
+
+                def gateway_cpu() -> float | None:
+                    values = [own_cpu(p.pid) for p in disps]
+                    return None if None in values else sum(v or 0.0 for v in values)
+
+                meter = CpuMeter({"gateway": gateway_cpu, "postgres": self.pg.cpu,
+                                  "receiver": lambda: own_cpu(recv_pid)})
+                startup_cpu = None
+                deadline = time.monotonic() + max(60.0, n / 100)
+                st: dict[str, Any] = {"unique": 0, "total": 0}
+                while time.monotonic() < deadline:
+                    for disp in disps:
+                        if disp.poll() is not None:
+                            raise BenchError(f"gateway dispatch exited:\n"
+                                             f"{self.procs.log_tail(disp)}")
+                    st = await self.receiver_stats(session, recv_base)
+                    if startup_cpu is None and st["total"] > 0:
+                        startup_cpu = gateway_cpu()
+                        meter.start()  # the window starts at the first delivery
+                        spy = self.profile_start("drain", disps[0].pid,
+                                                 n / max(1.0, self.args.expect_drain_rate))
+                    if st["unique"] >= n:
+                        break
+                    await asyncio.sleep(0.02)
+                else:
+                    raise BenchError(f"drain incomplete: receiver has {st['unique']} of {n}")
+                window = meter.stop()
+                recorded_at = await wait_no_pending(dsn, timeout_s=60)
+                await self.profile_finish("drain", spy)
+            finally:
+                for disp in disps:
+                    await self.stop_proc(disp)
+        span = st["t_last"] - st["t_first"]
+        return {
+            "dispatchers": count, "rate": n / span if span > 0 else 0.0, "span_s": span,
+            "from_spawn_s": st["t_last"] - spawned,
+            "first_delivery_after_spawn_s": st["t_first"] - spawned,
+            "recorded_after_spawn_s": recorded_at - spawned,
+            "received": st["unique"], "duplicates": st["total"] - st["unique"],
+            "startup_cpu_s": startup_cpu, **window,
+        }
+
+    # --- (c) latency ------------------------------------------------------------------
+
+    async def phase_latency(self, recv_base: str, recv_pid: int) -> None:
+        a = self.args
+        print(f"\n(c) end-to-end latency: {a.latency_rate:g} events/s for "
+              f"{a.latency_duration:g} s against gateway serve (API + dispatcher)", flush=True)
+        db = "bench_latency"
+        dsn = await self.pg.fresh_database(db)
+        port = free_port()
+        gw = await self.start_gateway("gateway-latency", dsn, "serve", port=port)
+        try:
+            base = f"http://{HOST}:{port}"
+            key = await self.create_app_and_endpoint(base, f"{recv_base}/hook")
+            url = f"{base}/v1/events"
+            async with aiohttp.ClientSession() as control:
+                await paced(url, key, a.latency_rate, a.warmup)
+                await self.wait_received(control, recv_base, int(a.latency_rate * a.warmup))
+                await control.post(f"{recv_base}/reset")
+                meter = CpuMeter({"gateway": lambda: own_cpu(gw.pid), "postgres": self.pg.cpu,
+                                  "loadgen(bench)": lambda: own_cpu(os.getpid()),
+                                  "receiver": lambda: own_cpu(recv_pid)})
+                spy = self.profile_start("latency", gw.pid, a.latency_duration)
+                meter.start()
+                sent = await paced(url, key, a.latency_rate, a.latency_duration)
+                await self.wait_received(control, recv_base, len(sent.sent_at))
+                window = meter.stop()
+                await self.profile_finish("latency", spy)
+                async with control.get(f"{recv_base}/arrivals") as resp:
+                    arrivals: dict[str, float] = await resp.json()
+        finally:
+            await self.stop_proc(gw)
+            await self.pg.drop_database(db)
+        e2e = [(arrivals[i] - t) * 1000 for i, t in sent.sent_at.items() if i in arrivals]
+        inner = [(arrivals[i] - t) * 1000 for i, t in sent.created_at.items() if i in arrivals]
+        acks = [x * 1000 for x in sent.ack_s]
+        res = {
+            "rate": a.latency_rate, "duration_s": a.latency_duration,
+            "sent": sent.issued, "accepted": len(sent.sent_at), "failed": sent.failed,
+            "received": len(e2e), "achieved_rate": sent.issued / sent.elapsed_s,
+            "p50_ms": r(percentile(e2e, 50), 2), "p90_ms": r(percentile(e2e, 90), 2),
+            "p99_ms": r(percentile(e2e, 99), 2), "max_ms": r(max(e2e, default=0.0), 2),
+            "ack_p50_ms": r(percentile(acks, 50), 2), "ack_p99_ms": r(percentile(acks, 99), 2),
+            "created_to_arrival_p50_ms": r(percentile(inner, 50), 2),
+            "created_to_arrival_p99_ms": r(percentile(inner, 99), 2),
+            "target_p99_ms": TARGET_P99_MS, **window,
+        }
+        res["pass"] = res["p99_ms"] is not None and res["p99_ms"] < TARGET_P99_MS \
+            and res["received"] == res["accepted"] and sent.failed == 0
+        self.results["latency"] = res
+        print(f"  sent {sent.issued} ({res['achieved_rate']:.0f}/s), accepted {res['accepted']}, "
+              f"received {res['received']}", flush=True)
+        print(f"  ingest->receipt p50 {res['p50_ms']} ms  p90 {res['p90_ms']} ms  "
+              f"p99 {res['p99_ms']} ms  max {res['max_ms']} ms  (target p99 < {TARGET_P99_MS:g})",
+              flush=True)
+        print(f"  202 ack p50 {res['ack_p50_ms']} ms p99 {res['ack_p99_ms']} ms; "
+              f"created_at->receipt p50 {res['created_to_arrival_p50_ms']} ms "
+              f"p99 {res['created_to_arrival_p99_ms']} ms  {fmt_cpu(window)}", flush=True)
+
+    async def wait_received(self, session: aiohttp.ClientSession, base: str, n: int,
+                            timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if (await self.receiver_stats(session, base))["unique"] >= n:
+                return
+            await asyncio.sleep(0.05)
+        raise BenchError(f"receiver did not get {n} deliveries within {timeout_s:.0f} s")
+
+    # --- all --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        a = self.args
+        phases = set(a.phases.split(","))
+        if "ingest" in phases:
+            await self.phase_ingest()
+        if phases & {"drain", "latency"}:
+            port = free_port()
+            recv = self.procs.start("receiver", self.py("role-receiver", "--port", str(port),
+                                                        "--loop", "uvloop"))
+            base = f"http://{HOST}:{port}"
+            try:
+                await self.wait_ready(f"{base}/readyz", recv)
+                if "drain" in phases:
+                    await self.phase_drain(base, recv.pid)
+                if "latency" in phases:
+                    await self.phase_latency(base, recv.pid)
+            finally:
+                await self.stop_proc(recv)
+
+
+@dataclass
+class Sent:
+    sent_at: dict[str, float] = field(default_factory=dict)
+    created_at: dict[str, float] = field(default_factory=dict)
+    ack_s: list[float] = field(default_factory=list)
+    issued: int = 0
+    failed: int = 0
+    elapsed_s: float = 0.0
+
+
+async def paced(url: str, key: str, rate: float, duration_s: float) -> Sent:
+    """Open loop: POST an event every 1/rate s whatever the answers do; the send time is
+    taken when the POST is issued, and matched later by the returned event id."""
+    out = Sent()
+    n = int(rate * duration_s)
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+    body = EVENT_BODY.encode()
+    connector = aiohttp.TCPConnector(limit=64, limit_per_host=0)
+    async with aiohttp.ClientSession(connector=connector,
+                                     timeout=aiohttp.ClientTimeout(total=30)) as session:
+
+        async def one(sent: float) -> None:
+            try:
+                async with session.post(url, data=body, headers=headers) as resp:
+                    data = await resp.json()
+                    if resp.status not in (200, 202):
+                        out.failed += 1
+                        return
+            except (aiohttp.ClientError, TimeoutError, ValueError):
+                out.failed += 1
+                return
+            out.ack_s.append(time.time() - sent)
+            out.sent_at[data["id"]] = sent
+            created = datetime.fromisoformat(data["created_at"].replace("Z", "+00:00"))
+            out.created_at[data["id"]] = created.astimezone(UTC).timestamp()
+
+        tasks: list[asyncio.Task[None]] = []
+        start = time.monotonic()
+        for i in range(n):
+            delay = start + i / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(time.time())))
+            out.issued += 1
+        out.elapsed_s = max(time.monotonic() - start, 1e-9)
+        async with asyncio.timeout(60):
+            await asyncio.gather(*tasks)
+    return out
+
+
+async def sample_answer(url: str, auth: str | None) -> dict[str, Any]:
+    """One request like the load's, to show what an error answer was."""
+    headers = {"Content-Type": "application/json"}
+    if auth:
+        headers["Authorization"] = f"Bearer {auth}"
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+            session.post(url, data=EVENT_BODY.encode(), headers=headers) as resp,
+        ):
+            return {"status": resp.status, "body": (await resp.text())[:500]}
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return {"error": repr(exc)}
+
+
+async def ingest_n(url: str, key: str, n: int, concurrency: int) -> tuple[int, float]:
+    """POST ``n`` events with ``concurrency`` in flight; returns accepted count and time."""
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+    body = EVENT_BODY.encode()
+    todo = iter(range(n))
+    accepted = 0
+    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=0)
+    async with aiohttp.ClientSession(connector=connector,
+                                     timeout=aiohttp.ClientTimeout(total=30)) as session:
+
+        async def worker() -> None:
+            nonlocal accepted
+            for _ in todo:
+                for _attempt in range(3):
+                    async with session.post(url, data=body, headers=headers) as resp:
+                        await resp.read()
+                        if resp.status == 202:
+                            accepted += 1
+                            break
+
+        started = time.perf_counter()
+        async with asyncio.timeout(60 + n / 100):
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return accepted, elapsed
+
+
+async def count_pending(base: str, key: str) -> int:
+    """Count pending deliveries through the API (cursor pagination, 250 a page)."""
+    total = 0
+    cursor: str | None = None
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as session:
+        for _ in range(10_000):
+            params = {"status": "pending", "limit": "250"}
+            if cursor:
+                params["cursor"] = cursor
+            async with session.get(f"{base}/v1/deliveries", params=params) as resp:
+                page = await resp.json()
+                if resp.status != 200:
+                    raise BenchError(f"GET /v1/deliveries answered {resp.status}: {page}")
+            total += len(page["data"])
+            cursor = page["next_cursor"]
+            if not cursor:
+                break
+    return total
+
+
+async def wait_no_pending(dsn: str, timeout_s: float) -> float:
+    """When the database no longer holds a pending delivery (the dispatcher recorded
+    every attempt); polled every 50 ms."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            left = await conn.fetchval(
+                "SELECT count(*) FROM deliveries WHERE status = 'pending'")
+            if left == 0:
+                return time.time()
+            await asyncio.sleep(0.05)
+    finally:
+        await conn.close()
+    raise BenchError("deliveries still pending in the database after the drain")
+
+
+def fmt_cpu(window: dict[str, Any]) -> str:
+    wall = float(window.get("wall_s") or 0)
+    parts = []
+    for name, sec in window.get("cpu_s", {}).items():
+        if sec is None:
+            parts.append(f"{name} n/a")
+        else:
+            pct = f" ({100 * sec / wall:.0f}%)" if wall > 0 else ""
+            parts.append(f"{name} {sec:.1f}s{pct}")
+    other = window.get("other_cpu_s")
+    if other is not None:
+        parts.append(f"other {other:.1f}s" + (" (BUSY MACHINE)" if other > 0.15 * wall else ""))
+    return f"[CPU over {wall:.1f} s: " + ", ".join(parts) + "]"
+
+
+def summarize_profile(path: Path, top: int = 15) -> dict[str, Any]:
+    """py-spy raw (collapsed) stacks -> the heaviest leaf frames and gateway frames."""
+    leaf: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text("utf-8", "replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        samples = int(count)
+        total += samples
+        frames = stack.split(";")
+        leaf[frames[-1]] += samples
+        for frame in set(frames):
+            if "gateway/" in frame or "adapters/" in frame:
+                inclusive[frame] += samples
+    if not total:
+        return {"samples": 0}
+
+    def pct(counter: Counter[str]) -> list[tuple[str, float]]:
+        return [(name, round(100 * c / total, 1)) for name, c in counter.most_common(top)]
+
+    return {"samples": total, "file": str(path), "self_pct": pct(leaf),
+            "gateway_inclusive_pct": pct(inclusive)}
+
+
+def busy_windows() -> tuple[int, int]:
+    """How many measured windows had other work using > 15% of a core, of how many."""
+    busy = sum(1 for other, wall in CpuMeter.windows if wall > 0 and other > 0.15 * wall)
+    return busy, len(CpuMeter.windows)
+
+
+def print_summary(results: dict[str, Any]) -> None:
+    print("\n=== summary ===")
+    busy, total = busy_windows()
+    if busy:
+        print(f"NOT VALID: other work used the CPU in {busy} of {total} measured windows "
+              "(see 'other' above); rerun on an idle machine (--wait-idle)")
+    ing, dr, lat = results.get("ingest"), results.get("drain"), results.get("latency")
+    if ing:
+        print(f"ingest   gateway {ing['gateway_rps']} req/s vs raw ({ing['raw_best_loop']}) "
+              f"{ing['raw_rps']} req/s: ratio {ing['ratio']:.2f} (>= {ing['target']}) "
+              f"{'PASS' if ing['pass'] else 'FAIL'}")
+    if dr:
+        print(f"drain    gateway {dr['gateway_rate']} deliveries/s vs raw client "
+              f"({dr['raw_best_loop']}) {dr['raw_rate']}/s: ratio {dr['ratio']:.2f} "
+              f"(>= {dr['target']}) {'PASS' if dr['pass'] else 'FAIL'}")
+    if lat:
+        print(f"latency  p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms, max {lat['max_ms']} ms "
+              f"at {lat['rate']:g}/s (p99 < {lat['target_p99_ms']:g}) "
+              f"{'PASS' if lat['pass'] else 'FAIL'}")
+
+
+def git_state() -> dict[str, Any]:
+    """Which code was measured: HEAD and how many files differ from it."""
+    root = HERE.parent
+
+    def git(*args: str) -> str:
+        try:
+            done = subprocess.run(["git", "-C", str(root), *args], capture_output=True,
+                                  text=True, timeout=10, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return done.stdout.strip()
+
+    changed = [line for line in git("status", "--porcelain").splitlines()
+               if not line[3:].startswith("bench/")]
+    return {"head": git("rev-parse", "--short", "HEAD"), "changed_files": len(changed)}
+
+
+def machine_idle_check(seconds: float = 1.0) -> dict[str, float]:
+    busy0, steal0 = machine_cpu()
+    time.sleep(seconds)
+    busy1, steal1 = machine_cpu()
+    return {"busy_pct": 100 * (busy1 - busy0) / seconds,
+            "steal_pct": 100 * (steal1 - steal0) / seconds}
+
+
+def orchestrate(args: argparse.Namespace) -> int:
+    if args.quick:
+        args.duration, args.warmup = 2.0, 1.0
+        args.latency_duration = 2.0
+        args.drain_events = min(args.drain_events, 5000)
+    auto = "wrk" if WRK.exists() else "python"
+    loadgen: str = auto if args.loadgen == "auto" else args.loadgen
+    if loadgen == "wrk" and not WRK.exists():
+        print("bench: --loadgen wrk but /usr/bin/wrk is missing", file=sys.stderr)
+        return 2
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+
+    work = Path(tempfile.mkdtemp(prefix="gwbench-"))
+    procs = Procs(work / "logs")
+
+    def on_signal(signum: int, frame: Any) -> None:
+        procs.abort.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    user_dsn = os.environ.get("DATABASE_URL") or None
+    pg = Postgres(user_dsn, work / "data")
+    bench = Bench(args, work, procs, pg, loadgen)
+    started = time.time()
+    idle_check: dict[str, float] = {}
+    code = 1
+    try:
+        print(f"bench: work dir {work}; PostgreSQL: "
+              f"{'DATABASE_URL from the environment' if user_dsn else 'fresh embedded'}; "
+              f"load generator: {loadgen}"
+              f"{f' ({args.wrk_threads} thread(s))' if loadgen == 'wrk' else ' (Python/aiohttp)'}"
+              f"; {os.cpu_count()} CPUs", flush=True)
+        idle_check = machine_idle_check()
+        waited = 0.0
+        while idle_check["busy_pct"] > 15 and waited < args.wait_idle:
+            if waited == 0:
+                print(f"  machine busy ({idle_check['busy_pct']:.0f}%); waiting up to "
+                      f"{args.wait_idle:g} s for it to go idle", flush=True)
+            time.sleep(4.0)
+            waited += 5.0
+            idle_check = machine_idle_check()
+        print(f"  machine before start: {idle_check['busy_pct']:.0f}% of one core busy"
+              + ("  WARNING: other work is running; figures will be low and noisy"
+                 if idle_check["busy_pct"] > 15 else ""), flush=True)
+        pg.start()
+        if user_dsn:
+            print("  note: with DATABASE_URL every phase shares that database", flush=True)
+        run_loop(bench.run(), "uvloop")
+        code = 0
+    except BenchError as exc:
+        print(f"\nbench: FAILED: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("\nbench: interrupted", file=sys.stderr)
+        code = 130
+    finally:
+        procs.stop_all()
+        pg.stop()
+        if args.keep_work:
+            print(f"bench: logs and data kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    results = {
+        "meta": {
+            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "started_at": datetime.fromtimestamp(started, UTC).isoformat(),
+            "elapsed_s": round(time.time() - started, 1), "cpus": os.cpu_count(),
+            "python": sys.version.split()[0], "loadgen": loadgen,
+            "wrk_threads": args.wrk_threads if loadgen == "wrk" else None,
+            "connections": args.connections, "duration_s": args.duration,
+            "warmup_s": args.warmup, "quick": args.quick, "profile": args.profile,
+            "database": "DATABASE_URL" if user_dsn else "embedded (fresh)",
+            "gateway_cmd": args.gateway_cmd,
+            "complete": code == 0, "machine_busy_before_start": idle_check,
+            "git": git_state(),
+            "busy_windows": dict(zip(("busy", "total"), busy_windows(), strict=True)),
+            "valid": code == 0 and busy_windows()[0] == 0,
+        },
+        **bench.results,
+    }
+    args.output.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    if code == 0:
+        print_summary(bench.results)
+    print(f"\nresults written to {args.output}")
+    return code
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Benchmark the gateway against raw aiohttp: ingest, drain, latency.")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 2 s per load run, 1 s warm-up, 5000-event drain")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per ingest run")
+    p.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds before each run")
+    p.add_argument("--connections", type=int, default=64, help="ingest connections")
+    p.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto",
+                   help="ingest load generator (auto: wrk when /usr/bin/wrk exists)")
+    p.add_argument("--wrk-threads", type=int, default=1, help="wrk threads")
+    p.add_argument("--drain-events", type=int, default=20_000, help="deliveries to drain")
+    p.add_argument("--raw-client-runs", type=int, default=2,
+                   help="raw client runs per event loop in (b); the best counts (default 2)")
+    p.add_argument("--dispatchers", type=int, default=1,
+                   help="'gateway dispatch' processes sharing the drain (default 1)")
+    p.add_argument("--latency-rate", type=float, default=500.0, help="events/s in (c)")
+    p.add_argument("--latency-duration", type=float, default=10.0, help="seconds in (c)")
+    p.add_argument("--phases", default="ingest,drain,latency",
+                   help="comma-separated subset of ingest,drain,latency")
+    p.add_argument("--profile", action="store_true",
+                   help="sample the gateway with py-spy during each measured window "
+                        "(perturbs the figures; summaries go into the JSON)")
+    p.add_argument("--expect-drain-rate", type=float, default=2000.0, help=argparse.SUPPRESS)
+    p.add_argument("--gateway-cmd",
+                   help="command that runs the gateway CLI (default: the 'gateway' script "
+                        "next to this Python), e.g. a wrapper that tries a patch")
+    p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="results JSON path")
+    p.add_argument("--wait-idle", type=float, default=0.0,
+                   help="wait up to this many seconds for other work on the machine to stop "
+                        "before starting (default 0: only warn)")
+    p.add_argument("--keep-work", action="store_true",
+                   help="keep the temporary data and process logs")
+    sub = p.add_subparsers(dest="role", metavar="[role-*]",
+                           help="internal: helper processes the benchmark starts")
+    for name in ("role-raw-server", "role-receiver"):
+        s = sub.add_parser(name)
+        s.add_argument("--port", type=int, required=True)
+        s.add_argument("--loop", choices=("asyncio", "uvloop"), default="uvloop")
+    s = sub.add_parser("role-raw-client")
+    s.add_argument("--url", required=True)
+    s.add_argument("--n", type=int, required=True)
+    s.add_argument("--concurrency", type=int, default=64)
+    s.add_argument("--loop", choices=("asyncio", "uvloop"), default="uvloop")
+    s = sub.add_parser("role-loadgen")
+    s.add_argument("--url", required=True)
+    s.add_argument("--connections", type=int, default=64)
+    s.add_argument("--duration", type=float, required=True)
+    s.add_argument("--auth")
+    s.add_argument("--loop", choices=("asyncio", "uvloop"), default="uvloop")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.role:
+        with contextlib.suppress(KeyboardInterrupt):
+            return run_role(args)
+        return 130
+    return orchestrate(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
