@@ -3,6 +3,7 @@ statuses), authentication, and the JSON shapes of every resource."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -156,37 +157,24 @@ async def authenticate(request: web.Request) -> Principal:
     return found
 
 
-def app_scope(handler: Handler) -> Handler:
-    """Only an app key may call this; it acts inside its own app."""
-    async def wrapped(request: web.Request) -> web.StreamResponse:
-        if (await authenticate(request)).kind != "app":
-            raise Forbidden("This route takes an app API key, not the operator key.")
-        return await handler(request)
-    wrapped.__name__ = handler.__name__
-    wrapped.__doc__ = handler.__doc__
-    return wrapped
+def _scoped(kinds: tuple[str, ...], refusal: str) -> Callable[[Handler], Handler]:
+    """Authenticate, then let only these kinds of credential through (403 otherwise)."""
+    def decorate(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            if (await authenticate(request)).kind not in kinds:
+                raise Forbidden(refusal)
+            return await handler(request)
+        return wrapped
+    return decorate
 
 
-def admin_scope(handler: Handler) -> Handler:
-    """Only the operator key may call this."""
-    async def wrapped(request: web.Request) -> web.StreamResponse:
-        if (await authenticate(request)).kind != "admin":
-            raise Forbidden("This route takes the operator key (GATEWAY_ADMIN_KEY).")
-        return await handler(request)
-    wrapped.__name__ = handler.__name__
-    wrapped.__doc__ = handler.__doc__
-    return wrapped
-
-
-def device_scope(handler: Handler) -> Handler:
-    """An app key, or a user token acting on its own user's devices only."""
-    async def wrapped(request: web.Request) -> web.StreamResponse:
-        if (await authenticate(request)).kind not in ("app", "user"):
-            raise Forbidden("This route takes an app API key or a user token.")
-        return await handler(request)
-    wrapped.__name__ = handler.__name__
-    wrapped.__doc__ = handler.__doc__
-    return wrapped
+#: Only an app key; it acts inside its own app.
+app_scope = _scoped(("app",), "This route takes an app API key, not the operator key.")
+#: Only the operator key.
+admin_scope = _scoped(("admin",), "This route takes the operator key (GATEWAY_ADMIN_KEY).")
+#: An app key, or a user token acting on its own user's devices only.
+device_scope = _scoped(("app", "user"), "This route takes an app API key or a user token.")
 
 
 def own_app_scope(handler: Handler) -> Handler:
@@ -199,9 +187,7 @@ def own_app_scope(handler: Handler) -> Handler:
         if who.kind == "admin":
             await request.app[keys.STORE].get_app(target)  # 404 for an unknown app
         return await handler(request)
-    wrapped.__name__ = handler.__name__
-    wrapped.__doc__ = handler.__doc__
-    return wrapped
+    return functools.update_wrapper(wrapped, handler)
 
 
 def app_id(request: web.Request) -> str:

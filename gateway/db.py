@@ -8,7 +8,7 @@ import contextlib
 import logging
 import re
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -150,6 +150,46 @@ class Database:
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.pool.close(), 5)
+
+
+async def listen_forever(
+    dsn: str,
+    channels: Mapping[str, Callable[[Any, int, str, object], None]],
+    *,
+    on_connected: Callable[[], None] = lambda: None,
+    on_lost: Callable[[], None] = lambda: None,
+) -> None:
+    """Hold one LISTEN connection for ``channels`` until cancelled, reconnecting with
+    backoff after the database goes away. ``on_connected`` runs after each (re)connect,
+    so the caller can catch up on what it may have missed while away."""
+    delay = 0.1
+    while True:
+        conn: asyncpg.Connection | None = None
+        try:
+            conn = await asyncpg.connect(dsn, timeout=5)
+            lost = asyncio.Event()
+            conn.add_termination_listener(lambda _c, lost=lost: lost.set())
+            for channel, callback in channels.items():
+                await conn.add_listener(channel, callback)
+            on_connected()
+            delay = 0.1
+            while not lost.is_set() and not conn.is_closed():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(5):
+                        await lost.wait()
+                if not lost.is_set():
+                    await conn.execute("SELECT 1")  # notice a silently dead socket
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("LISTEN %s connection lost (%s); reconnecting", ",".join(channels), exc)
+        finally:
+            on_lost()
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(conn.close(), 2)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 2.0)
 
 
 async def migrate(dsn: str) -> list[int]:

@@ -33,6 +33,7 @@ from adapters.base import (
     Verdict,
 )
 from gateway.batching import GroupCommit
+from gateway.db import listen_forever
 from gateway.errors import DatabaseUnavailable
 from gateway.logs import scrub
 from gateway.retry import RetryPolicy
@@ -169,35 +170,15 @@ class Dispatcher:
     # --- wake-ups ---------------------------------------------------------------------
 
     async def _listen(self) -> None:
-        """Hold a LISTEN connection; reconnect (and catch up) after the database returns."""
-        delay = 0.1
-        while not self._stopping:
-            conn: asyncpg.Connection | None = None
-            try:
-                conn = await asyncpg.connect(self.dsn, timeout=5)
-                lost = asyncio.Event()
-                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
-                await conn.add_listener(CHANNEL, lambda *_: self._wake.set())
-                await conn.add_listener(FANOUT_CHANNEL, lambda *_: self._fanout_wake.set())
-                self._wake.set()  # anything that arrived while we were away
-                self._fanout_wake.set()
-                delay = 0.1
-                while not lost.is_set() and not conn.is_closed():
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(5):
-                            await lost.wait()
-                    if not lost.is_set():
-                        await conn.execute("SELECT 1")  # notice a silently dead socket
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("LISTEN connection lost (%s); reconnecting", exc)
-            finally:
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(conn.close(), 2)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+        """Wake-ups from ingest and retries; after a reconnect, look again at once."""
+        def caught_up() -> None:
+            self._wake.set()
+            self._fanout_wake.set()
+
+        await listen_forever(self.dsn, {
+            CHANNEL: lambda *_: self._wake.set(),
+            FANOUT_CHANNEL: lambda *_: self._fanout_wake.set(),
+        }, on_connected=caught_up)
 
     # --- fan-out ----------------------------------------------------------------------
 

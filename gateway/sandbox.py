@@ -25,12 +25,12 @@ SANDBOX_TEAM = "SANDBOX001"
 SANDBOX_KEY_ID = "SANDBOXKEY"
 
 
-def _pem_private(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> str:
+def pem_private(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> str:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption()).decode()
 
 
-def _pem_public(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> str:
+def pem_public(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> str:
     return key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
 
@@ -48,18 +48,18 @@ class Sandbox:
         key_id = uuid.uuid4().hex
         self.fcm_credentials: dict[str, Any] = {
             "type": "service_account", "project_id": SANDBOX_PROJECT,
-            "private_key_id": key_id, "private_key": _pem_private(rsa_key),
+            "private_key_id": key_id, "private_key": pem_private(rsa_key),
             "client_email": email, "token_uri": "https://oauth2.googleapis.com/token",
         }
         self.apns_credentials: dict[str, Any] = {
-            "key_p8": _pem_private(ec_key), "key_id": SANDBOX_KEY_ID, "team_id": SANDBOX_TEAM,
+            "key_p8": pem_private(ec_key), "key_id": SANDBOX_KEY_ID, "team_id": SANDBOX_TEAM,
             "topic": SANDBOX_TOPIC, "environment": "sandbox",
         }
         self.fcm.add_service_account(project_id=SANDBOX_PROJECT, client_email=email,
-                                     public_key_pem=_pem_public(rsa_key),
+                                     public_key_pem=pem_public(rsa_key),
                                      private_key_id=key_id)
         self.apns.add_key(team_id=SANDBOX_TEAM, key_id=SANDBOX_KEY_ID,
-                          public_key_pem=_pem_public(ec_key), topics=[SANDBOX_TOPIC])
+                          public_key_pem=pem_public(ec_key), topics=[SANDBOX_TOPIC])
 
     async def start(self) -> None:
         await self.fcm.start()

@@ -21,11 +21,11 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
 from aiohttp import web
 
 from gateway import keys
 from gateway.api import app_id, app_scope
+from gateway.db import listen_forever
 from gateway.errors import ValidationError
 from gateway.routing import Param, Route
 from gateway.schemas import EVENT_TYPE_RE
@@ -169,35 +169,8 @@ class OutcomeStream:
 
     async def _listen(self) -> None:
         """Hold the LISTEN connection; reconnect after the database returns."""
-        delay = 0.1
-        while not self._stopping:
-            conn: asyncpg.Connection | None = None
-            try:
-                conn = await asyncpg.connect(self.dsn, timeout=5)
-                lost = asyncio.Event()
-                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
-                await conn.add_listener(CHANNEL, self._on_notify)
-                self.listening.set()
-                delay = 0.1
-                while not lost.is_set() and not conn.is_closed():
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(5):
-                            await lost.wait()
-                    if not lost.is_set():
-                        await conn.execute("SELECT 1")  # notice a silently dead socket
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("outcome LISTEN connection lost (%s); reconnecting", exc)
-            finally:
-                self.listening.clear()
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(conn.close(), 2)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-
-
+        await listen_forever(self.dsn, {CHANNEL: self._on_notify},
+                             on_connected=self.listening.set, on_lost=self.listening.clear)
 OUTCOMES = web.AppKey("outcomes", OutcomeStream)
 
 

@@ -10,26 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import trustme
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from adapters.fake_apns import FakeAPNs
 from adapters.fake_fcm import FakeFCM
 from gateway.config import Settings
+from gateway.sandbox import pem_private, pem_public
 
 TOPIC = "com.example.shop"
 TEAM_ID = "TEAM123456"
 KEY_ID = "KEY1234567"
-
-
-def private_pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> str:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption()).decode()
-
-
-def public_pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> str:
-    return key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
 
 
 @dataclass
@@ -61,17 +51,17 @@ async def start_providers(folder: Path, project_id: str = "shop-project") -> Pro
     email = f"push@{project_id}.iam.gserviceaccount.com"
     key_id = uuid.uuid4().hex
     fcm.add_service_account(project_id=project_id, client_email=email,
-                            public_key_pem=public_pem(rsa_key), private_key_id=key_id)
+                            public_key_pem=pem_public(rsa_key), private_key_id=key_id)
     service_account = {
         "type": "service_account", "project_id": project_id, "private_key_id": key_id,
-        "private_key": private_pem(rsa_key), "client_email": email,
+        "private_key": pem_private(rsa_key), "client_email": email,
         "token_uri": "https://oauth2.googleapis.com/token",
     }
     apns = FakeAPNs(server_ctx)
     ec_key = ec.generate_private_key(ec.SECP256R1())
-    apns.add_key(team_id=TEAM_ID, key_id=KEY_ID, public_key_pem=public_pem(ec_key),
+    apns.add_key(team_id=TEAM_ID, key_id=KEY_ID, public_key_pem=pem_public(ec_key),
                  topics=[TOPIC])
-    apns_credentials = {"key_p8": private_pem(ec_key), "key_id": KEY_ID, "team_id": TEAM_ID,
+    apns_credentials = {"key_p8": pem_private(ec_key), "key_id": KEY_ID, "team_id": TEAM_ID,
                         "topic": TOPIC, "environment": "sandbox"}
     await fcm.start()
     await apns.start()

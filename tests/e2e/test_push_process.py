@@ -3,7 +3,7 @@ the sandbox a newcomer starts with ``gateway serve --sandbox``."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -14,20 +14,6 @@ from tests.push_support import Providers, android_token, ios_token, start_provid
 from tests.support import ADMIN_KEY, Api, GatewayProcess, eventually
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def procs() -> Iterator[list[GatewayProcess]]:
-    started: list[GatewayProcess] = []
-    yield started
-    for proc in started:
-        proc.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 @pytest.fixture
