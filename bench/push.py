@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import json
 import os
 import resource
@@ -49,13 +48,14 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 import asyncpg
 import httpx
 import psutil  # type: ignore[import-untyped, unused-ignore]
 from aiohttp import web
+from common import Postgres, Procs, own_cpu
 
 T = TypeVar("T")
 
@@ -393,112 +393,15 @@ def run_role(args: argparse.Namespace) -> int:
 # orchestration: processes, CPU accounting, PostgreSQL
 # ======================================================================================
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-class Procs:
-    """Every process the benchmark starts; ``stop_all`` ends whatever is still running."""
-
-    def __init__(self, logdir: Path) -> None:
-        self.logdir = logdir
-        logdir.mkdir(parents=True, exist_ok=True)
-        self.running: list[subprocess.Popen[bytes]] = []
-        self._files: list[IO[bytes]] = []
-        self.logs: dict[int, Path] = {}
-
-    def start(self, name: str, cmd: Sequence[str], env: dict[str, str] | None = None,
-              stdout: IO[bytes] | None = None) -> subprocess.Popen[bytes]:
-        log_path = self.logdir / f"{name}.log"
-        log = log_path.open("ab")
-        self._files.append(log)
-        proc = subprocess.Popen(
-            list(cmd), stdin=subprocess.DEVNULL, stdout=stdout or log,
-            stderr=log, env=env, cwd=ROOT, preexec_fn=_die_with_parent,
-        )
-        self.running.append(proc)
-        self.logs[proc.pid] = log_path
-        return proc
-
-    def log_tail(self, proc: subprocess.Popen[bytes], chars: int = 3000) -> str:
-        path = self.logs.get(proc.pid)
-        if path is None or not path.exists():
-            return ""
-        return path.read_text("utf-8", "replace")[-chars:]
-
-    def stop(self, proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        if proc in self.running:
-            self.running.remove(proc)
-
-    def stop_all(self) -> None:
-        for proc in reversed(list(self.running)):
-            with contextlib.suppress(Exception):
-                self.stop(proc, timeout_s=10)
-        for f in self._files:
-            f.close()
-        self._files.clear()
-
-    def run_to_end(self, name: str, cmd: Sequence[str], timeout_s: float,
-                   env: dict[str, str]) -> tuple[dict[str, Any], float]:
-        """Run a helper to completion (blocking: call through a thread); its result and
-        its CPU seconds (user + system, from wait4)."""
-        with tempfile.TemporaryFile() as out:
-            proc = self.start(name, cmd, env=env, stdout=out)
-            deadline = time.monotonic() + timeout_s
-            try:
-                while True:
-                    pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-                    if pid:
-                        break
-                    if time.monotonic() > deadline:
-                        proc.kill()
-                        os.wait4(proc.pid, 0)
-                        proc.returncode = -9
-                        raise BenchError(f"{name} did not finish in {timeout_s:.0f} s")
-                    time.sleep(0.05)
-            finally:
-                if proc in self.running:
-                    self.running.remove(proc)
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            out.seek(0)
-            text = out.read().decode("utf-8", "replace")
-        if proc.returncode != 0:
-            raise BenchError(f"{name} exited {proc.returncode}:\n{self.log_tail(proc)}")
-        return parse_emitted(text), float(usage.ru_utime + usage.ru_stime)
-
-
-def own_cpu(pid: int) -> float | None:
-    try:
-        times = psutil.Process(pid).cpu_times()
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return None
-    return float(times.user + times.system)
-
-
-def tree_cpu(pid: int) -> float | None:
-    """A process, its reaped children and its live descendants (PostgreSQL backends)."""
-    try:
-        root = psutil.Process(pid)
-        times = root.cpu_times()
-        total = float(times.user + times.system + times.children_user + times.children_system)
-        children = root.children(recursive=True)
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return None
-    for child in children:
-        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            t = child.cpu_times()
-            total += float(t.user + t.system)
-    return total
+def run_to_end(procs: Procs, name: str, cmd: Sequence[str], timeout_s: float,
+               env: dict[str, str]) -> tuple[dict[str, Any], float]:
+    """Run a helper to completion (blocking: call through a thread); its result and its
+    CPU seconds."""
+    text, code, cpu = procs.run_measured(name, cmd, timeout_s, env)
+    if code != 0:
+        raise BenchError(f"{name} exited {code} (killed after {timeout_s:.0f} s if -9):\n"
+                         f"{text[-3000:]}")
+    return parse_emitted(text), cpu
 
 
 class CpuMeter:
@@ -534,49 +437,6 @@ def machine_busy() -> float:
     t = psutil.cpu_times()
     return float(t.user + t.nice + t.system + getattr(t, "irq", 0.0)
                  + getattr(t, "softirq", 0.0) + getattr(t, "steal", 0.0))
-
-
-class Postgres:
-    """A fresh embedded PostgreSQL (pgserver), or the server in the user's DATABASE_URL."""
-
-    def __init__(self, user_dsn: str | None, data_dir: Path) -> None:
-        self.user_dsn = user_dsn
-        self.data_dir = data_dir
-        self.server: Any = None
-        self.postmaster_pid: int | None = None
-
-    def start(self) -> None:
-        if self.user_dsn is not None:
-            return
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from pgserver import postgres_server
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.server = postgres_server.get_server(self.data_dir / "pgdata", cleanup_mode="stop")
-        self.postmaster_pid = int(self.server.get_pid())
-
-    def cpu(self) -> float | None:
-        return None if self.postmaster_pid is None else tree_cpu(self.postmaster_pid)
-
-    async def fresh_database(self, name: str) -> str:
-        if self.user_dsn is not None:
-            return self.user_dsn
-        conn = await asyncpg.connect(self.server.get_uri(database="postgres"))
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-        dsn: str = self.server.get_uri(database=name)
-        return dsn
-
-    def stop(self) -> None:
-        if self.server is not None:
-            with contextlib.suppress(Exception):
-                self.server.cleanup()
-            self.server = None
 
 
 def summarize_profile(path: Path, top: int = 12) -> dict[str, Any]:
@@ -853,8 +713,7 @@ class Bench:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
-        if proc in self.procs.running:
-            self.procs.running.remove(proc)
+        self.procs.forget(proc)
         if not out.exists():
             return {"error": "py-spy wrote nothing: " + self.procs.log_tail(proc, 500)}
         if self.args.profile_keep:
@@ -872,7 +731,7 @@ class Bench:
                str(self.args.apns_connections), "--loop", self.args.client_loop]
         meter = CpuMeter(self.cpu_sources())
         meter.start()
-        child, whole = await asyncio.to_thread(self.procs.run_to_end, name, cmd,
+        child, whole = await asyncio.to_thread(run_to_end, self.procs, name, cmd,
                                                120 + n / 20, self.child_env)
         cpu = meter.stop({"loadgen (whole process)": whole})
         # process-wide CPU over overlapping windows (both loops at once): the longer one
@@ -901,7 +760,7 @@ class Bench:
                str(self.info_file), "--n", str(n), "--timeout", str(self.args.pyfcm_timeout)]
         meter = CpuMeter(self.cpu_sources())
         meter.start()
-        child, whole = await asyncio.to_thread(self.procs.run_to_end, "pyfcm", cmd,
+        child, whole = await asyncio.to_thread(run_to_end, self.procs, "pyfcm", cmd,
                                                300 + n / 10, self.child_env)
         cpu = meter.stop({"loadgen (whole process)": whole})
         cpu["loadgen_sending_cpu_s"] = round(child["cpu_s"], 2)

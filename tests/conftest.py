@@ -5,6 +5,8 @@ run and dropped after it."""
 from __future__ import annotations
 
 import asyncio
+import io
+import logging
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
@@ -13,6 +15,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
+from gateway import logs
 from gateway.app import create_app
 from gateway.config import Settings
 from gateway.db import migrate
@@ -87,3 +90,19 @@ async def api(
         await aiohttp_client(create_app(settings, dsn))  # type: ignore[operator]
     )
     return Api(client)
+
+
+@pytest.fixture
+def captured() -> Iterator[io.StringIO]:
+    """The root logger writing JSON into a buffer; everything put back afterwards."""
+    root = logging.getLogger()
+    level = root.level
+    buffer = io.StringIO()
+    handler = logs.configure("json", "DEBUG", stream=buffer)
+    try:
+        yield buffer
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+        logs._handler = None
+        logs._secrets = ()

@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +79,22 @@ async def truncate_all(dsn: str) -> None:
         await conn.close()
 
 
+async def serve_on_loopback(handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                            port: int = 0) -> tuple[web.AppRunner, int]:
+    """A real HTTP server on 127.0.0.1 sending every path and method to ``handler``;
+    returns its runner (to clean up) and the port it got."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    server = site._server
+    assert server is not None
+    bound: int = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+    return runner, bound
+
+
 @dataclass
 class Received:
     path: str
@@ -116,16 +132,7 @@ class Receiver:
         return web.Response(status=status, headers=headers, text="ok" if status < 300 else "no")
 
     async def start(self) -> Receiver:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
-        await site.start()
-        if not self.port:
-            server = site._server
-            assert server is not None
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self._runner, self.port = await serve_on_loopback(self._handle, self.port)
         return self
 
     async def stop(self) -> None:

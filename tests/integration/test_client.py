@@ -19,7 +19,7 @@ from gateway.client import (
     GatewayConnectionError,
 )
 from gateway.schemas import AppCreated, Delivery, EndpointCreated, EventAccepted
-from tests.support import ADMIN_KEY, Api, Receiver, eventually, free_port
+from tests.support import ADMIN_KEY, Api, Receiver, eventually, free_port, serve_on_loopback
 
 
 def base_url(api: Api) -> str:
@@ -194,15 +194,7 @@ class Front:
 
     async def start(self) -> Front:
         self._session = aiohttp.ClientSession()
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self._runner, self.port = await serve_on_loopback(self._handle, self.port)
         return self
 
     async def stop(self) -> None:

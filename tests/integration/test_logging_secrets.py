@@ -5,34 +5,16 @@ from __future__ import annotations
 
 import io
 import json
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway import logs
 from gateway.app import create_app
 from gateway.config import Settings
 from tests.push_support import android_token, ios_token, start_providers
 from tests.support import ADMIN_KEY, Api, Receiver, eventually
-
-
-@pytest.fixture
-def captured() -> Iterator[io.StringIO]:
-    root = logging.getLogger()
-    level = root.level
-    buffer = io.StringIO()
-    handler = logs.configure("json", "DEBUG", stream=buffer)
-    try:
-        yield buffer
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(level)
-        logs._handler = None
 
 
 async def test_no_secret_token_key_or_payload_reaches_a_log_line(

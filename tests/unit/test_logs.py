@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,22 +15,6 @@ from gateway.routing import Route, wire
 
 PEM = ("-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n"
        "-----END PRIVATE KEY-----\n")
-
-
-@pytest.fixture
-def captured() -> Iterator[io.StringIO]:
-    """The root logger writing JSON into a buffer; everything put back afterwards."""
-    root = logging.getLogger()
-    level = root.level
-    buffer = io.StringIO()
-    handler = logs.configure("json", "DEBUG", stream=buffer)
-    try:
-        yield buffer
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(level)
-        logs._handler = None
-        logs._secrets = ()
 
 
 def lines(buffer: io.StringIO) -> list[dict[str, Any]]:

@@ -1,0 +1,211 @@
+"""What both benchmarks need to run their processes and account for their CPU: the
+children they start (always stopped, even on a crash), CPU per process tree, and the
+PostgreSQL they measure against."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import asyncpg
+import psutil  # type: ignore[import-untyped, unused-ignore]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: the child gets SIGTERM if the benchmark dies without cleaning up."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class Procs:
+    """Every process the benchmark starts; ``stop_all`` ends whatever is still running."""
+
+    def __init__(self, logdir: Path) -> None:
+        self.logdir = logdir
+        logdir.mkdir(parents=True, exist_ok=True)
+        self._running: list[subprocess.Popen[bytes]] = []
+        self._logs: dict[int, Path] = {}
+        self._files: list[IO[bytes]] = []
+        #: Set on SIGTERM/SIGINT: a blocking ``run_measured`` kills its child at once.
+        self.abort = threading.Event()
+
+    def start(self, name: str, cmd: Sequence[str], env: dict[str, str] | None = None,
+              stdout: IO[bytes] | None = None) -> subprocess.Popen[bytes]:
+        log_path = self.logdir / f"{name}.log"
+        log = log_path.open("ab")
+        self._files.append(log)
+        proc = subprocess.Popen(
+            list(cmd), stdin=subprocess.DEVNULL, stdout=stdout or log,
+            stderr=log if stdout is None else subprocess.STDOUT, env=env, cwd=ROOT,
+            preexec_fn=_die_with_parent,
+        )
+        self._running.append(proc)
+        self._logs[proc.pid] = log_path
+        return proc
+
+    def log_tail(self, proc: subprocess.Popen[bytes], chars: int = 3000) -> str:
+        path = self._logs.get(proc.pid)
+        if path is None or not path.exists():
+            return ""
+        return path.read_text("utf-8", "replace")[-chars:]
+
+    def stop(self, proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
+        """SIGTERM (the gateway drains gracefully), then SIGKILL after ``timeout_s``."""
+        if proc.returncode is None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        if proc in self._running:
+            self._running.remove(proc)
+
+    def forget(self, proc: subprocess.Popen[bytes]) -> None:
+        """Stop tracking a process that ended on its own terms."""
+        if proc in self._running:
+            self._running.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in reversed(list(self._running)):
+            with contextlib.suppress(Exception):
+                self.stop(proc, timeout_s=10)
+        for f in self._files:
+            f.close()
+        self._files.clear()
+
+    def run_measured(self, name: str, cmd: Sequence[str], timeout_s: float,
+                     env: dict[str, str] | None = None) -> tuple[str, int, float]:
+        """Run a short-lived child to completion; returns its output, exit code and CPU
+        seconds (user + system, from ``wait4``). Blocking: call it through a thread."""
+        with tempfile.TemporaryFile() as out:
+            proc = self.start(name, cmd, env=env, stdout=out)
+            deadline = time.monotonic() + timeout_s
+            status = 0
+            usage: Any = None
+            while True:
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    break
+                if time.monotonic() > deadline or self.abort.is_set():
+                    proc.kill()
+                    _, status, usage = os.wait4(proc.pid, 0)
+                    break
+                self.abort.wait(0.05)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            if proc in self._running:
+                self._running.remove(proc)
+            out.seek(0)
+            text = out.read().decode("utf-8", "replace")
+        cpu = float(usage.ru_utime + usage.ru_stime) if usage is not None else 0.0
+        return text, proc.returncode, cpu
+
+
+def own_cpu(pid: int) -> float | None:
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+    return float(times.user + times.system)
+
+
+def tree_cpu(pid: int) -> float | None:
+    """CPU of a process, of its children it already reaped, and of its live descendants
+    (PostgreSQL backends come and go with connections)."""
+    try:
+        root = psutil.Process(pid)
+        times = root.cpu_times()
+        total = float(times.user + times.system + times.children_user + times.children_system)
+        children = root.children(recursive=True)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            t = child.cpu_times()
+            total += float(t.user + t.system)
+    return total
+
+
+class Postgres:
+    """A fresh embedded PostgreSQL for this run (pgserver, as the gateway starts it), or
+    the server in the user's DATABASE_URL. Each phase gets its own database when we own
+    the server, so one phase's rows and dead tuples do not slow the next."""
+
+    def __init__(self, user_dsn: str | None, data_dir: Path) -> None:
+        self.user_dsn = user_dsn
+        self.data_dir = data_dir
+        self.server: Any = None
+        self.postmaster_pid: int | None = None
+
+    @property
+    def embedded(self) -> bool:
+        return self.user_dsn is None
+
+    def start(self) -> None:
+        if self.user_dsn is None:
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                from pgserver import postgres_server
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.server = postgres_server.get_server(self.data_dir / "pgdata",
+                                                     cleanup_mode="stop")
+            self.postmaster_pid = int(self.server.get_pid())
+        else:
+            self.postmaster_pid = self._find_local_postmaster()
+
+    @staticmethod
+    def _find_local_postmaster() -> int | None:
+        """A local server's postmaster (a 'postgres' whose parent is not one), if any."""
+        for proc in psutil.process_iter(attrs=["name", "ppid"]):
+            if proc.info["name"] not in {"postgres", "postmaster"}:
+                continue
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                if psutil.Process(proc.info["ppid"]).name() not in {"postgres", "postmaster"}:
+                    return int(proc.pid)
+        return None
+
+    def cpu(self) -> float | None:
+        return None if self.postmaster_pid is None else tree_cpu(self.postmaster_pid)
+
+    async def fresh_database(self, name: str) -> str:
+        if self.user_dsn is not None:
+            return self.user_dsn
+        conn = await asyncpg.connect(self.server.get_uri(database="postgres"))
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        dsn: str = self.server.get_uri(database=name)
+        return dsn
+
+    async def drop_database(self, name: str) -> None:
+        if self.user_dsn is not None:
+            return
+        conn = await asyncpg.connect(self.server.get_uri(database="postgres"))
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await conn.execute("CHECKPOINT")
+        finally:
+            await conn.close()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            with contextlib.suppress(Exception):
+                self.server.cleanup()
+            self.server = None
