@@ -9,7 +9,6 @@ connections, never one per push, and one provider token per key reused for 40 mi
 
 from __future__ import annotations
 
-import json
 import ssl
 import time
 import uuid
@@ -21,11 +20,10 @@ import httpx
 import jwt
 
 from adapters.base import DeliveryJob, Outcome, Verdict, parse_retry_after
+from adapters.payloads import apns_headers, encode_apns_payload
 
 PRODUCTION_URL = "https://api.push.apple.com"
 SANDBOX_URL = "https://api.sandbox.push.apple.com"
-MAX_PAYLOAD_BYTES = 4096
-MAX_COLLAPSE_ID_BYTES = 64
 #: Reuse a provider token this long: inside Apple's 20-60 minute window.
 TOKEN_REUSE_S = 40 * 60
 
@@ -34,65 +32,6 @@ _PRUNE = {"BadDeviceToken", "DeviceTokenNotForTopic", "Unregistered"}
 #: Reasons worth another attempt later.
 _RETRY = {"TooManyRequests", "InternalServerError", "ServiceUnavailable", "Shutdown",
           "IdleTimeout"}
-
-
-def is_background(notification: Mapping[str, Any]) -> bool:
-    return bool(notification.get("content_available")) and not (
-        notification.get("title") or notification.get("body"))
-
-
-def build_payload(notification: Mapping[str, Any]) -> dict[str, Any]:
-    """The APNs JSON payload: ``aps`` from the notification, ``data`` beside it, then the
-    raw ``apns.payload`` override merged on top."""
-    aps: dict[str, Any] = {}
-    alert = {k: notification[k] for k in ("title", "body") if notification.get(k)}
-    if alert:
-        aps["alert"] = alert
-    if notification.get("badge") is not None:
-        aps["badge"] = notification["badge"]
-    if notification.get("sound"):
-        aps["sound"] = notification["sound"]
-    if notification.get("content_available"):
-        aps["content-available"] = 1
-    if notification.get("image") or notification.get("mutable_content"):
-        aps["mutable-content"] = 1
-    if notification.get("category"):
-        aps["category"] = notification["category"]
-    if notification.get("thread_id"):
-        aps["thread-id"] = notification["thread_id"]
-    payload: dict[str, Any] = {**(notification.get("data") or {}), "aps": aps}
-    if notification.get("image"):
-        payload["image"] = notification["image"]
-    override = (notification.get("apns") or {}).get("payload") or {}
-    for key, value in override.items():
-        if key == "aps" and isinstance(value, dict):
-            aps.update(value)
-        else:
-            payload[key] = value
-    return payload
-
-
-def encode_payload(notification: Mapping[str, Any]) -> bytes:
-    return json.dumps(build_payload(notification), separators=(",", ":"),
-                      ensure_ascii=False).encode()
-
-
-def build_headers(notification: Mapping[str, Any], topic: str, now: float) -> dict[str, str]:
-    background = is_background(notification)
-    headers = {
-        "apns-topic": topic,
-        "apns-push-type": "background" if background else "alert",
-        # Apple requires priority 5 for background pushes and drops them otherwise.
-        "apns-priority": "5" if background or notification.get("priority") == "normal" else "10",
-    }
-    ttl = notification.get("ttl_seconds")
-    if ttl is not None:
-        headers["apns-expiration"] = str(int(now) + int(ttl)) if ttl > 0 else "0"
-    if notification.get("collapse_key"):
-        headers["apns-collapse-id"] = str(notification["collapse_key"])
-    override = (notification.get("apns") or {}).get("headers") or {}
-    headers.update({str(k).lower(): str(v) for k, v in override.items()})
-    return headers
 
 
 class _ProviderToken:
@@ -151,8 +90,8 @@ class APNsAdapter:
         creds = job.credentials or self._default
         if creds is None:
             return Outcome(Verdict.FAILED, error="no APNs credentials for this app")
-        body = encode_payload(job.notification)
-        headers = build_headers(job.notification, creds["topic"], time.time())
+        body = encode_apns_payload(job.notification)
+        headers = apns_headers(job.notification, creds["topic"], time.time())
         headers["apns-id"] = str(uuid.uuid5(uuid.NAMESPACE_URL, job.delivery_id))
         started = time.monotonic()
         refreshed = False

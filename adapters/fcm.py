@@ -30,33 +30,14 @@ from google.oauth2 import service_account
 from pyfcm import FCMNotification
 
 from adapters.base import DeliveryJob, Outcome, Verdict, parse_retry_after
+from adapters.payloads import fcm_android_config
 
 FCM_URL = "https://fcm.googleapis.com"
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 #: Refresh an access token this long before it expires.
 REFRESH_MARGIN_S = 300
-RESERVED_DATA_KEYS = ("from", "message_type")
-RESERVED_DATA_PREFIXES = ("google", "gcm")
 _RETRY_CODES = {"UNAVAILABLE", "INTERNAL"}
 QUOTA_MIN_DELAY_S = 60.0
-
-
-def reserved_data_key(key: str) -> bool:
-    return key in RESERVED_DATA_KEYS or key.lower().startswith(RESERVED_DATA_PREFIXES)
-
-
-def android_config(notification: Mapping[str, Any]) -> dict[str, Any]:
-    config: dict[str, Any] = {"priority": "high" if notification.get("priority", "high")
-                              == "high" else "normal"}
-    if notification.get("ttl_seconds") is not None:
-        config["ttl"] = f"{int(notification['ttl_seconds'])}s"
-    if notification.get("collapse_key"):
-        config["collapse_key"] = notification["collapse_key"]
-    sound = notification.get("sound")
-    if sound:
-        config["notification"] = {"sound": sound}
-    override = (notification.get("fcm") or {}).get("android") or {}
-    return {**config, **override}
 
 
 def merged_ca_bundle(ca_file: str) -> str:
@@ -165,7 +146,7 @@ class FCMAdapter:
             notification_body=n.get("body"),
             notification_image=n.get("image"),
             data_payload=data or None,
-            android_config=android_config(n),
+            android_config=fcm_android_config(n),
             apns_config=overrides.get("apns"),
             webpush_config=overrides.get("webpush"),
             fcm_options=overrides.get("fcm_options"),

@@ -7,23 +7,20 @@ bytes signed are exactly the bytes sent.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
-import ipaddress
 import json
-import socket
 import time
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.abc import AbstractResolver
 from aiohttp.resolver import DefaultResolver
 
+from adapters.addresses import ForbiddenAddress, GuardedResolver, address_forbidden, ip_literal
 from adapters.base import DeliveryJob, Outcome, Verdict, parse_retry_after
 
 USER_AGENT = "event-gateway/0.1 (+standard-webhooks)"
@@ -47,41 +44,6 @@ def iso_timestamp(moment: datetime) -> str:
 def webhook_body(event_id: str, event_type: str, created_at: datetime, payload: str) -> bytes:
     head = json.dumps({"id": event_id, "type": event_type, "timestamp": iso_timestamp(created_at)})
     return (head[:-1] + ', "data": ' + payload + "}").encode("utf-8", "surrogatepass")
-
-
-def address_forbidden(address: str) -> bool:
-    """Loopback, private, link-local (cloud metadata), multicast, reserved: not the internet."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return not ip.is_global or ip.is_multicast
-
-
-class ForbiddenAddress(OSError):
-    """The endpoint's host resolves to an address the gateway must not call."""
-
-
-class GuardedResolver(AbstractResolver):
-    """Resolves like aiohttp's default resolver, then refuses non-public addresses.
-
-    The check sits where the connection is made, so a DNS answer that changed since the
-    endpoint was registered cannot slip a private address through.
-    """
-
-    def __init__(self, inner: AbstractResolver | None = None) -> None:
-        self._inner = inner or DefaultResolver()
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
-        for result in results:
-            if address_forbidden(result["host"]):
-                raise ForbiddenAddress(f"{host} resolves to {result['host']}, a non-public address")
-        return results
-
-    async def close(self) -> None:
-        await self._inner.close()
 
 
 class WebhookAdapter:
@@ -140,7 +102,8 @@ class WebhookAdapter:
             return int((time.monotonic() - started) * 1000)
 
         host = urlsplit(job.endpoint.url).hostname or ""
-        if not self._allow_private and _is_ip_literal(host) and address_forbidden(host):
+        literal = ip_literal(host)
+        if not self._allow_private and literal is not None and address_forbidden(literal):
             return Outcome(Verdict.FAILED, error=f"endpoint_url_forbidden: {host} is not a "
                            "public address", duration_ms=0)
         headers = self.headers(job, body, int(time.time()))
@@ -184,14 +147,6 @@ class WebhookAdapter:
             self._session = None
 
 
-def _is_ip_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 async def _read_snippet(resp: aiohttp.ClientResponse) -> str:
     chunks: list[bytes] = []
     size = 0
@@ -202,17 +157,3 @@ async def _read_snippet(resp: aiohttp.ClientResponse) -> str:
         chunks.append(chunk)
         size += len(chunk)
     return b"".join(chunks).decode("utf-8", "replace")
-
-
-async def resolve_forbidden(host: str, timeout_s: float = 2.0) -> Sequence[str] | None:
-    """Addresses ``host`` resolves to that the gateway must not call; None if it does not
-    resolve (yet): such a host is accepted and checked again at delivery."""
-    if _is_ip_literal(host):
-        return [host] if address_forbidden(host) else []
-    loop = asyncio.get_running_loop()
-    try:
-        async with asyncio.timeout(timeout_s):
-            infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    except (OSError, TimeoutError, UnicodeError):
-        return None
-    return sorted({str(info[4][0]) for info in infos if address_forbidden(str(info[4][0]))})

@@ -235,12 +235,12 @@ def apns_requests(info: dict[str, Any], n: int) -> tuple[bytes, list[tuple[str, 
     """One ES256 provider token, the gateway's payload, n (url, headers) pairs."""
     import jwt
 
-    from adapters.apns import encode_payload
+    from adapters.payloads import encode_apns_payload
 
     creds = info["apns_credentials"]
     token = jwt.encode({"iss": creds["team_id"], "iat": int(time.time())}, creds["key_p8"],
                        algorithm="ES256", headers={"kid": creds["key_id"]})
-    body = encode_payload(NOTIFICATION)
+    body = encode_apns_payload(NOTIFICATION)
     base = TOKEN_BASE["apns"]
     requests = [
         (f"{info['apns_base']}/3/device/{ios_token(base + i)}",
@@ -258,7 +258,7 @@ def fcm_requests(info: dict[str, Any], n: int) -> tuple[str, dict[str, str], lis
     from google.oauth2 import service_account
     from pyfcm import FCMNotification
 
-    from adapters.fcm import android_config
+    from adapters.payloads import fcm_android_config
 
     data = dict(info["service_account"])
     data["token_uri"] = info["fcm_token_url"]
@@ -273,7 +273,7 @@ def fcm_requests(info: dict[str, Any], n: int) -> tuple[str, dict[str, str], lis
         builder.parse_payload(fcm_token=android_token(base + i),
                               notification_title=NOTIFICATION["title"],
                               notification_body=NOTIFICATION["body"],
-                              android_config=android_config(NOTIFICATION))
+                              android_config=fcm_android_config(NOTIFICATION))
         for i in range(n)
     ]
     url = f"{info['fcm_base']}/v1/projects/{data['project_id']}/messages:send"
@@ -349,7 +349,7 @@ async def bare_main(args: argparse.Namespace) -> dict[str, Any]:
 def pyfcm_main(args: argparse.Namespace) -> dict[str, Any]:
     from pyfcm import FCMNotification
 
-    from adapters.fcm import android_config
+    from adapters.payloads import fcm_android_config
 
     info = load_info(args.info)
     account = dict(info["service_account"])
@@ -361,7 +361,7 @@ def pyfcm_main(args: argparse.Namespace) -> dict[str, Any]:
     base = TOKEN_BASE["pyfcm"]
     params = [{"fcm_token": android_token(base + i), "notification_title": NOTIFICATION["title"],
                "notification_body": NOTIFICATION["body"],
-               "android_config": android_config(NOTIFICATION)} for i in range(args.n)]
+               "android_config": fcm_android_config(NOTIFICATION)} for i in range(args.n)]
     cpu0, t0 = self_cpu(), time.time()
     error = None
     answers: list[Any] = []

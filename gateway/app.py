@@ -1,11 +1,13 @@
 """The aiohttp application: what runs in one gateway process, started and stopped in
-``cleanup_ctx`` order (database → ingest → dispatcher) and torn down in reverse."""
+``cleanup_ctx`` order (database → ingest → live tail → dispatcher → retention) and torn
+down in reverse."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
@@ -13,18 +15,27 @@ from adapters.apns import APNsAdapter
 from adapters.base import Adapter
 from adapters.fcm import FCMAdapter
 from adapters.webhook import WebhookAdapter
-from gateway import api, dashboard, keys, logs, metrics, openapi, stream
-from gateway.api import error_middleware
+from gateway import api, appkeys, dashboard, logs, outcomes
+from gateway.api import openapi
+from gateway.api.http import error_middleware
+from gateway.api.routing import wire
 from gateway.auth import Authenticator
 from gateway.batching import GroupCommit
 from gateway.config import Settings
-from gateway.db import Database
 from gateway.dispatcher import Dispatcher
-from gateway.retention import RETENTION, Retention
+from gateway.fanout import FanoutRunner
+from gateway.metrics import Metrics
+from gateway.retention import Retention
 from gateway.retry import RetryPolicy
-from gateway.routing import wire
 from gateway.sandbox import Sandbox, SandboxRouter
-from gateway.store import Store
+from gateway.store.database import (
+    DELIVERIES_CHANNEL,
+    FANOUT_CHANNEL,
+    Database,
+    listen_forever,
+)
+from gateway.store.postgres import Store
+from gateway.store.postgres_queue import PostgresQueue
 
 log = logging.getLogger("gateway")
 
@@ -73,7 +84,6 @@ def create_app(
     *,
     serve_api: bool = True,
     dispatcher: bool = True,
-    adapters: Mapping[str, Adapter] | None = None,
     sandbox: bool = False,
 ) -> web.Application:
     """One gateway process: the HTTP API and/or the dispatcher over one database."""
@@ -81,66 +91,69 @@ def create_app(
         middlewares=[logs.request_log, error_middleware],
         client_max_size=settings.max_payload_bytes,
     )
-    app[keys.SETTINGS] = settings
-    app[metrics.METRICS] = metrics.Metrics()
-    app[keys.DSN] = dsn
-    # The stream's fixed path goes before /v1/deliveries/{delivery_id}, which would take it.
-    table = api.HEALTH_ROUTES + metrics.ROUTES + (
-        stream.ROUTES + api.ROUTES + dashboard.ROUTES if serve_api else [])
+    app[appkeys.SETTINGS] = settings
+    app[appkeys.METRICS] = Metrics()
+    app[appkeys.DSN] = dsn
+    table = api.HEALTH_ROUTES + (api.ROUTES + dashboard.ROUTES if serve_api else [])
     wire(app, table + (openapi.routes(table) if serve_api else []))
     if serve_api:
         dashboard.setup(app)
 
     async def database(app: web.Application) -> AsyncIterator[None]:
         db = await Database.connect(dsn, max_size=settings.db_pool_size)
-        app[keys.DB] = db
-        app[keys.STORE] = Store(db)
-        app[keys.AUTH] = Authenticator(app[keys.STORE], settings.admin_key or "")
+        app[appkeys.STORE] = Store(db)
+        app[appkeys.QUEUE] = PostgresQueue(db)
+        app[appkeys.AUTH] = Authenticator(app[appkeys.STORE], settings.admin_key or "")
         yield
         await db.close()
 
     async def ingest(app: web.Application) -> AsyncIterator[None]:
-        batcher = GroupCommit(app[keys.STORE].write_events, max_batch=500, max_flushers=2,
+        batcher = GroupCommit(app[appkeys.STORE].write_events, max_batch=500, max_flushers=2,
                               name="ingest")
-        app[keys.INGEST] = batcher
+        app[appkeys.INGEST] = batcher
         yield
         await batcher.close()
 
     async def run_sandbox(app: web.Application) -> AsyncIterator[None]:
         fakes = Sandbox()
         await fakes.start()
-        app[keys.SANDBOX] = fakes
+        app[appkeys.SANDBOX] = fakes
         log.info("sandbox: fake FCM at %s, fake APNs at %s", fakes.fcm.base_url,
                  fakes.apns.base_url)
         yield
         await fakes.stop()
 
     async def dispatch(app: web.Application) -> AsyncIterator[None]:
-        chosen = dict(adapters) if adapters is not None else build_adapters(
-            settings, app.get(keys.SANDBOX))
+        adapters = build_adapters(settings, app.get(appkeys.SANDBOX))
+        queue = app[appkeys.QUEUE]
         worker = Dispatcher(
-            app[keys.STORE], dsn, chosen,
+            queue, adapters,
             RetryPolicy(settings.retry_schedule, settings.retry_jitter,
                         settings.retry_after_max_s),
+            wake_source=functools.partial(_listen, dsn, DELIVERIES_CHANNEL),
             concurrency=settings.dispatch_concurrency,
             endpoint_concurrency=settings.endpoint_concurrency,
             push_concurrency=settings.push_concurrency,
             batch=settings.dispatch_batch,
             lease_s=settings.effective_lease_s,
             poll_interval_s=settings.poll_interval_s,
-            metrics=app[metrics.METRICS],
+            metrics=app[appkeys.METRICS],
         )
-        app[keys.DISPATCHER] = worker
+        fanout = FanoutRunner(queue, wake_source=functools.partial(_listen, dsn, FANOUT_CHANNEL),
+                              poll_interval_s=settings.poll_interval_s)
+        app[appkeys.DISPATCHER] = worker
         await worker.start()
+        fanout.start()
         yield
+        await fanout.stop()
         await worker.stop(settings.shutdown_grace_s)
-        for adapter in chosen.values():
+        for adapter in adapters.values():
             await adapter.close()
 
     async def prune(app: web.Application) -> AsyncIterator[None]:
-        runner = Retention(app[keys.DB], settings.retention_days * 86400.0,
-                           metrics=app[metrics.METRICS])
-        app[RETENTION] = runner
+        runner = Retention(app[appkeys.STORE], settings.retention_days * 86400.0,
+                           metrics=app[appkeys.METRICS])
+        app[appkeys.RETENTION] = runner
         runner.start()
         yield
         await runner.stop()
@@ -150,10 +163,16 @@ def create_app(
         app.cleanup_ctx.append(run_sandbox)
     if serve_api:
         app.cleanup_ctx.append(ingest)
-        app.cleanup_ctx.append(stream.listen)
-        app.on_shutdown.append(stream.end_streams)
+        app.cleanup_ctx.append(outcomes.listen)
+        app.on_shutdown.append(outcomes.end_streams)
     if dispatcher:
         app.cleanup_ctx.append(dispatch)
         if settings.retention_days > 0:
             app.cleanup_ctx.append(prune)
     return app
+
+
+async def _listen(dsn: str, channel: str, wake: Callable[[], None]) -> None:
+    """A wake-up source: LISTEN on ``channel``; after each (re)connect, look again at
+    once, since notifications sent meanwhile are lost."""
+    await listen_forever(dsn, {channel: lambda *_: wake()}, on_connected=wake)

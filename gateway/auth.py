@@ -6,10 +6,12 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
+from aiohttp import web
+
 from gateway import usertokens
 from gateway.errors import Unauthorized
 from gateway.ids import hash_key, keys_equal
-from gateway.store import Store
+from gateway.store.postgres import Store
 
 #: How long a verified app key is remembered in-process (apps cannot be deleted, and the
 #: cache only saves a lookup per request).
@@ -22,6 +24,10 @@ class Principal:
     app_id: str | None = None
     #: For a user token: the only user whose devices it may touch.
     user_id: str | None = None
+
+
+#: Who made this request, once its route's guard let it through.
+PRINCIPAL = web.RequestKey("principal", Principal)
 
 
 class Authenticator:

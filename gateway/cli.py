@@ -1,28 +1,26 @@
-"""``gateway`` command line: serve, dispatch, migrate, and (in :mod:`gateway.commands`) the
-API commands: apps, endpoints, events, deliveries, devices, user-tokens, tail."""
+"""``gateway`` command line: the server's commands (``serve``, ``dispatch``, ``migrate``)
+and the API commands of :mod:`gateway_client.commands` (``apps``, ``endpoints``,
+``events``, ``deliveries``, ``devices``, ``user-tokens``, ``push``, ``tail``).
+
+This module imports only what the client needs: the server's modules (and with them
+PostgreSQL, the providers' libraries and the rest of ``event-gateway[server]``) load only
+when a server command runs, so ``pip install event-gateway`` is enough for the API
+commands.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
-import logging
-import secrets
-import signal
 import sys
-from collections.abc import Coroutine, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
 
-from aiohttp import web
-
-from gateway import commands, logs
-from gateway.app import create_app
+from gateway import __version__, logs
 from gateway.config import Settings, load_settings, settings_help
-from gateway.db import migrate, start_embedded
 from gateway.errors import GatewayError
+from gateway_client import commands
 
-log = logging.getLogger("gateway")
-T = TypeVar("T")
+SERVER_COMMANDS = ("serve", "dispatch", "migrate")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="gateway", formatter_class=fmt, epilog=epilog,
         description="Async event gateway: durable ingest, signed webhooks, push fan-out.",
     )
+    parser.add_argument("--version", action="version", version=f"gateway {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the HTTP API and the dispatcher",
@@ -57,52 +56,16 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="apply pending database migrations and exit",
                    formatter_class=fmt, epilog=epilog)
 
-    commands.add_parsers(sub)  # apps, endpoints, events, deliveries, devices, tail, ...
+    commands.add_parsers(sub)  # apps, endpoints, events, deliveries, devices, push, tail
     return parser
 
 
-def _database_url(settings: Settings) -> str:
-    if settings.database_url:
-        return settings.database_url
-    uri = start_embedded(settings.data_path)
-    log.info("embedded PostgreSQL running, data in %s", settings.data_path / "pgdata")
-    return uri
-
-
-async def _run_app(app: web.Application, settings: Settings, host: str | None,
-                   port: int | None) -> int:
-    runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                           shutdown_timeout=settings.shutdown_grace_s)
-    await runner.setup()
-    if port is not None and host is not None:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        log.info("gateway listening on http://%s:%d", host, port)
-    log.info("gateway ready")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("shutting down: intake stopped, finishing in-flight work")
-    await runner.cleanup()
-    log.info("stopped")
-    return 0
-
-
-async def _serve(settings: Settings, dsn: str, *, api: bool, dispatcher: bool,
-                 host: str | None, port: int | None, sandbox: bool = False) -> int:
-    await migrate(dsn)
-    app = create_app(settings, dsn, serve_api=api, dispatcher=dispatcher, sandbox=sandbox)
-    return await _run_app(app, settings, host, port)
-
-
-def _run(coro: Coroutine[Any, Any, T]) -> T:
+def _server_installed() -> bool:
     try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
-        return asyncio.run(coro)
-    return uvloop.run(coro)
+        import asyncpg  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -114,37 +77,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logs.configure(settings.log_format, settings.log_level,
                    secrets=(settings.admin_key, settings.metrics_key))
+    server_side = args.command in SERVER_COMMANDS or _apps_on_database(args, settings)
+    if server_side and not _server_installed():
+        print("gateway: the server is not installed; pip install 'event-gateway[server]'",
+              file=sys.stderr)
+        return 2
     try:
-        if args.command in commands.COMMANDS:  # they talk HTTP (apps: maybe the database)
+        if not server_side:
             return commands.run(args, settings)
-        dsn = _database_url(settings)
-        if args.command == "migrate":
-            applied = _run(migrate(dsn))
-            print(f"applied {len(applied)} migration(s)" if applied else "schema up to date")
-            return 0
-        if settings.admin_key is None and args.command == "serve":
-            settings = settings.with_overrides(admin_key="gwadmin_" + secrets.token_urlsafe(24))
-            print(f"GATEWAY_ADMIN_KEY is not set; this run's operator key is: "
-                  f"{settings.admin_key}", file=sys.stderr, flush=True)
-        if args.command == "serve":
-            host = args.host or settings.host
-            port = args.port if args.port is not None else settings.port
-            if args.sandbox and args.no_dispatcher:
-                print("gateway: --sandbox needs the dispatcher in the same process",
-                      file=sys.stderr)
-                return 2
-            return _run(_serve(settings, dsn, api=True, dispatcher=not args.no_dispatcher,
-                               host=host, port=port, sandbox=args.sandbox))
-        if args.command == "dispatch":
-            port = args.health_port
-            return _run(_serve(settings, dsn, api=False, dispatcher=True,
-                               host=settings.host if port is not None else None, port=port))
+        from gateway import serve  # the server, and everything it needs
+
+        return serve.run(args, settings)
     except GatewayError as exc:
         print(f"gateway: {exc.message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
-    return 2
+
+
+def _apps_on_database(args: argparse.Namespace, settings: Settings) -> bool:
+    """``apps`` goes straight to the database when DATABASE_URL is set and GATEWAY_URL is
+    not (to bootstrap the first app before any gateway runs); everything else goes through
+    the API."""
+    return args.command == "apps" and bool(settings.database_url) and not settings.url
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from gateway.errors import ValidationError
+from gateway_client.models import Provider
 
 FCM_REQUIRED = ("project_id", "private_key", "client_email")
 
@@ -48,9 +49,9 @@ def _mask(value: str, keep: int = 4) -> str:
     return "…" + value[-keep:] if len(value) > keep else "…"
 
 
-def masked(provider: str, config: dict[str, Any]) -> dict[str, Any]:
+def masked(provider: Provider, config: dict[str, Any]) -> dict[str, Any]:
     """What an API answer may show of stored credentials."""
-    if provider == "fcm":
+    if provider is Provider.FCM:
         return {"provider": "fcm", "project_id": config["project_id"],
                 "client_email": config["client_email"],
                 "private_key_id": _mask(str(config.get("private_key_id") or "")),

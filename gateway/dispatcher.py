@@ -1,10 +1,14 @@
-"""The dispatcher: claims due deliveries from PostgreSQL and runs them through adapters.
+"""The dispatcher: claims due deliveries from the queue and runs them through adapters.
 
-PostgreSQL picks the work (``FOR UPDATE SKIP LOCKED`` with a lease, so any number of
-dispatcher processes share one database and a crashed one's claims come back by
-themselves); ``LISTEN gateway_deliveries`` wakes it within milliseconds of ingest and
-polling is only the fallback. Concurrency is bounded overall and per endpoint. A
-supervisor restarts the loop if it dies or stalls, and ``healthy()`` tells ``/readyz``.
+The queue picks the work (in PostgreSQL ``FOR UPDATE SKIP LOCKED`` with a lease, so any
+number of dispatcher processes share one database and a crashed one's claims come back
+by themselves); a wake-up source (``LISTEN gateway_deliveries``) wakes it within
+milliseconds of ingest, and polling is only the fallback. Concurrency is bounded overall
+and per endpoint. A supervisor restarts the loop if it dies or stalls, and ``healthy()``
+tells ``/readyz``. The dispatcher knows the queue only by its interface
+(:class:`~gateway.store.queue.Queue`), the transports only by theirs
+(:class:`~adapters.base.Adapter`), and what to do after an attempt only from the retry
+policy.
 """
 
 from __future__ import annotations
@@ -13,42 +17,30 @@ import asyncio
 import collections
 import contextlib
 import functools
-import json
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import asyncpg
-
-from adapters.base import (
-    Adapter,
-    DeliveryJob,
-    DeviceTarget,
-    EndpointTarget,
-    EventView,
-    Outcome,
-    Verdict,
-)
+from adapters.base import Adapter, Outcome, Verdict
 from gateway.batching import GroupCommit
-from gateway.db import listen_forever
 from gateway.errors import DatabaseUnavailable
 from gateway.logs import scrub
 from gateway.retry import RetryPolicy
-from gateway.store import AttemptRecord, Store
+from gateway.store.queue import AttemptResult, Job, Queue
+from gateway_client.models import AttemptOutcome, DeliveryKind, DeliveryStatus
 
 if TYPE_CHECKING:
     from gateway.metrics import Metrics
 
 log = logging.getLogger("gateway.dispatcher")
 
-CHANNEL = "gateway_deliveries"
-FANOUT_CHANNEL = "gateway_fanout"
-PUSH_KINDS = ("fcm", "apns")
-#: Devices expanded into deliveries per fan-out transaction.
-FANOUT_BATCH = 1000
+PUSH_KINDS = (DeliveryKind.FCM, DeliveryKind.APNS)
+
+#: Runs until cancelled, calling its argument whenever new work may be due.
+WakeSource = Callable[[Callable[[], None]], Coroutine[Any, Any, None]]
 
 
 def _clean(text: str | None, limit: int = 1024) -> str | None:
@@ -59,11 +51,11 @@ def _clean(text: str | None, limit: int = 1024) -> str | None:
 class Dispatcher:
     def __init__(
         self,
-        store: Store,
-        dsn: str,
+        queue: Queue,
         adapters: Mapping[str, Adapter],
         policy: RetryPolicy,
         *,
+        wake_source: WakeSource | None = None,
         concurrency: int = 256,
         endpoint_concurrency: int = 64,
         push_concurrency: int = 128,
@@ -73,10 +65,10 @@ class Dispatcher:
         stall_after_s: float = 30.0,
         metrics: Metrics | None = None,
     ) -> None:
-        self.store = store
-        self.dsn = dsn
+        self.queue = queue
         self.adapters = dict(adapters)
         self.policy = policy
+        self.wake_source = wake_source
         self.concurrency = concurrency
         self.endpoint_concurrency = endpoint_concurrency
         self.push_concurrency = push_concurrency
@@ -89,7 +81,6 @@ class Dispatcher:
         self.heartbeat = time.monotonic()
         self.restarts = 0
         self._wake = asyncio.Event()
-        self._fanout_wake = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._stopping = False
         self._inflight: dict[asyncio.Task[None], uuid.UUID] = {}
@@ -99,19 +90,22 @@ class Dispatcher:
         self._uncertain_leases: list[uuid.UUID] = []
         self._loop_task: asyncio.Task[None] | None = None
         self._side_tasks: list[asyncio.Task[None]] = []
-        self._results: GroupCommit[AttemptRecord, None] = GroupCommit(
-            store.record_attempts, max_batch=500, max_flushers=2, name="attempt-writer"
-        )
+        self._results: GroupCommit[AttemptResult, None] = GroupCommit(
+            self._settle, max_batch=500, max_flushers=2, name="attempt-writer")
 
     # --- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> None:
         self._loop_task = asyncio.create_task(self._loop(), name="dispatcher-loop")
-        self._side_tasks = [
-            asyncio.create_task(self._listen(), name="dispatcher-listen"),
-            asyncio.create_task(self._supervise(), name="dispatcher-supervisor"),
-            asyncio.create_task(self._fanout(), name="dispatcher-fanout"),
-        ]
+        self._side_tasks = [asyncio.create_task(self._supervise(),
+                                                name="dispatcher-supervisor")]
+        if self.wake_source is not None:
+            self._side_tasks.append(asyncio.create_task(self.wake_source(self.wake),
+                                                        name="dispatcher-wakeups"))
+
+    def wake(self) -> None:
+        """Look for due work now (new deliveries, a requeue, a reconnect)."""
+        self._wake.set()
 
     @property
     def inflight(self) -> int:
@@ -141,7 +135,7 @@ class Dispatcher:
                 task.cancel()
             await asyncio.gather(*still, return_exceptions=True)
             with contextlib.suppress(DatabaseUnavailable):
-                await self.store.release_leases(list(leases))
+                await self.queue.release(list(leases))
         await asyncio.gather(*self._side_tasks, return_exceptions=True)
         await self._results.close()
 
@@ -167,44 +161,6 @@ class Dispatcher:
             self.heartbeat = time.monotonic()
             self._loop_task = asyncio.create_task(self._loop(), name="dispatcher-loop")
 
-    # --- wake-ups ---------------------------------------------------------------------
-
-    async def _listen(self) -> None:
-        """Wake-ups from ingest and retries; after a reconnect, look again at once."""
-        def caught_up() -> None:
-            self._wake.set()
-            self._fanout_wake.set()
-
-        await listen_forever(self.dsn, {
-            CHANNEL: lambda *_: self._wake.set(),
-            FANOUT_CHANNEL: lambda *_: self._fanout_wake.set(),
-        }, on_connected=caught_up)
-
-    # --- fan-out ----------------------------------------------------------------------
-
-    async def _fanout(self) -> None:
-        """Expand push targets into per-device deliveries in batches, apart from ingest, so
-        a topic of any size never holds up a 202."""
-        backoff = 0.05
-        while not self._stopping:
-            self._fanout_wake.clear()
-            try:
-                expanded = await self.store.fanout_step(FANOUT_BATCH)
-            except DatabaseUnavailable as exc:
-                log.warning("fan-out paused: %s", exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.poll_interval_s)
-                continue
-            except Exception:
-                log.exception("fan-out step failed")
-                await asyncio.sleep(self.poll_interval_s)
-                continue
-            backoff = 0.05
-            if expanded is None:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.poll_interval_s):
-                        await self._fanout_wake.wait()
-
     # --- the loop ---------------------------------------------------------------------
 
     async def _loop(self) -> None:
@@ -225,10 +181,10 @@ class Dispatcher:
                 if self._uncertain_leases:
                     # Hand back what a claim cut off mid-answer may have taken, instead of
                     # leaving it reserved until its lease runs out.
-                    await self.store.release_leases(self._uncertain_leases)
+                    await self.queue.release(self._uncertain_leases)
                     self._uncertain_leases.clear()
-                rows = await self.store.claim_due(want, self.lease_s, lease_id,
-                                                  self._saturated_kinds())
+                jobs = await self.queue.claim(want, self.lease_s, lease_id,
+                                              self._saturated_kinds())
             except DatabaseUnavailable as exc:
                 self._uncertain_leases.append(lease_id)
                 log.warning("cannot claim deliveries: %s; retrying in %.2f s", exc, backoff)
@@ -236,12 +192,13 @@ class Dispatcher:
                 backoff = min(backoff * 2, self.poll_interval_s)
                 continue
             backoff = 0.05
-            for row in rows:
-                task = asyncio.create_task(self._deliver(row, lease_id))
+            for job in jobs:
+                kind = job.delivery.kind
+                task = asyncio.create_task(self._deliver(job))
                 self._inflight[task] = lease_id
-                self._per_kind[row["kind"]] += 1
-                task.add_done_callback(functools.partial(self._done, kind=row["kind"]))
-            if len(rows) == want:
+                self._per_kind[kind] += 1
+                task.add_done_callback(functools.partial(self._done, kind=kind))
+            if len(jobs) == want:
                 await asyncio.sleep(0)
                 continue
             await self._idle()
@@ -249,7 +206,7 @@ class Dispatcher:
     async def _idle(self) -> None:
         timeout = self.poll_interval_s
         with contextlib.suppress(DatabaseUnavailable):
-            due = await self.store.next_due_at()
+            due = await self.queue.next_due_at()
             if due is not None:
                 until = (due - datetime.now(UTC)).total_seconds()
                 timeout = max(0.0, min(timeout, until))
@@ -273,20 +230,20 @@ class Dispatcher:
 
     # --- one delivery -----------------------------------------------------------------
 
-    async def _deliver(self, row: asyncpg.Record, lease_id: uuid.UUID) -> None:
-        job = job_from_row(row)
+    async def _deliver(self, claimed: Job) -> None:
+        job = claimed.delivery
         adapter = self.adapters.get(job.kind)
         attempted_at = datetime.now(UTC)
         sent = False
         if adapter is None:
             outcome = Outcome(Verdict.FAILED, error=f"no adapter for kind {job.kind!r}")
-        elif job.kind != "webhook" and job.device is None:
+        elif job.kind != DeliveryKind.WEBHOOK and job.device is None:
             outcome = Outcome(Verdict.FAILED, error="device deleted")
-        elif job.kind != "webhook" and row["device_status"] != "active":
+        elif job.kind != DeliveryKind.WEBHOOK and not claimed.device_active:
             outcome = Outcome(Verdict.FAILED, error="device pruned; not sent")
         else:
             sent = True
-            slot = self._endpoint_slot(job)
+            slot = self._endpoint_slot(job.kind, job.endpoint.id if job.endpoint else None)
             try:
                 async with slot:
                     outcome = await adapter.send(job)
@@ -295,47 +252,48 @@ class Dispatcher:
             except Exception as exc:  # an adapter bug must not lose the delivery
                 log.exception("adapter %s raised", job.kind)
                 outcome = Outcome(Verdict.RETRY, error=f"internal error: {type(exc).__name__}")
-        decision = self.policy.decide(row["schedule_pos"], outcome, datetime.now(UTC))
+        decision = self.policy.decide(claimed.schedule_pos, outcome, datetime.now(UTC))
         gone = outcome.verdict is Verdict.GONE
-        gone_endpoint = job.endpoint.id if gone and job.endpoint is not None else None
-        gone_device = job.device.id if gone and job.device is not None else None
-        record = AttemptRecord(
-            delivery_id=job.delivery_id, lease_id=lease_id, status=decision.status,
+        result = AttemptResult(
+            delivery_id=job.delivery_id, lease_id=claimed.lease_id,
+            status=decision.status,
             next_attempt_at=decision.next_attempt_at, schedule_pos=decision.schedule_pos,
             attempted_at=attempted_at, duration_ms=outcome.duration_ms,
-            outcome=outcome.verdict.value, status_code=outcome.status_code,
+            outcome=AttemptOutcome(outcome.verdict.value), status_code=outcome.status_code,
             response_snippet=_clean(outcome.response_snippet), error=_clean(outcome.error),
-            disable_endpoint_id=gone_endpoint, disable_reason=_clean(outcome.gone_reason),
-            prune_device_id=gone_device, prune_reason=_clean(outcome.gone_reason),
-            prune_since=outcome.gone_since,
+            disable_endpoint_id=job.endpoint.id if gone and job.endpoint else None,
+            disable_reason=_clean(outcome.gone_reason),
+            prune_device_id=job.device.id if gone and job.device else None,
+            prune_reason=_clean(outcome.gone_reason), prune_since=outcome.gone_since,
         )
-        self._observe(job, record, sent)
-        await self._write(record)
+        self._observe(claimed, result, sent)
+        await self._write(result)
 
-    def _observe(self, job: DeliveryJob, record: AttemptRecord, sent: bool) -> None:
+    def _observe(self, claimed: Job, result: AttemptResult, sent: bool) -> None:
         """The attempt's log line and metrics: ids, never tokens, secrets or payloads."""
+        job = claimed.delivery
         if self.metrics is not None:
-            self.metrics.attempt(job.kind, record, job.event.created_at, sent=sent)
-        log.log(logging.WARNING if record.status == "failed" else logging.INFO,
-                "delivery attempt %s: %s", record.outcome, record.status,
+            self.metrics.attempt(job.kind, result, job.event.created_at, sent=sent)
+        log.log(logging.WARNING if result.status is DeliveryStatus.FAILED else logging.INFO,
+                "delivery attempt %s: %s", result.outcome.value, result.status.value,
                 extra={"app": job.app_id, "event": job.event.id,
                        "delivery": job.delivery_id, "kind": job.kind,
                        "endpoint": job.endpoint.id if job.endpoint is not None else None,
                        "device": job.device.id if job.device is not None else None,
-                       "attempt": job.attempt, "outcome": record.outcome,
-                       "status": record.status, "status_code": record.status_code,
-                       "duration_ms": record.duration_ms,
-                       "error": scrub(record.error) if record.error else None,
-                       "next_attempt_at": record.next_attempt_at.isoformat()
-                       if record.next_attempt_at is not None else None})
+                       "attempt": job.attempt, "outcome": result.outcome.value,
+                       "status": result.status.value, "status_code": result.status_code,
+                       "duration_ms": result.duration_ms,
+                       "error": scrub(result.error) if result.error else None,
+                       "next_attempt_at": result.next_attempt_at.isoformat()
+                       if result.next_attempt_at is not None else None})
 
-    async def _write(self, record: AttemptRecord) -> None:
+    async def _write(self, result: AttemptResult) -> None:
         """Keep trying while the database is away; if we die first, the lease brings the
         delivery back (at least once)."""
         delay = 0.1
         while True:
             try:
-                await self._results.submit(record)
+                await self._results.submit(result)
                 return
             except DatabaseUnavailable:
                 if self._stopping and delay > 1:
@@ -343,31 +301,21 @@ class Dispatcher:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    def _endpoint_slot(self, job: DeliveryJob) -> asyncio.Semaphore:
+    async def _settle(self, results: Sequence[AttemptResult]) -> list[None]:
+        """One batch of attempts: the finished ones completed, the rest rescheduled."""
+        finished = [r for r in results if r.status is not DeliveryStatus.PENDING]
+        again = [r for r in results if r.status is DeliveryStatus.PENDING]
+        if finished:
+            await self.queue.complete(finished)
+        if again:
+            await self.queue.reschedule(again)
+        return [None] * len(results)
+
+    def _endpoint_slot(self, kind: str, endpoint_id: str | None) -> asyncio.Semaphore:
         """Bounds in-flight sends per webhook endpoint, and per push provider."""
-        if job.endpoint is not None:
-            key, size = job.endpoint.id, self.endpoint_concurrency
-        else:
-            key, size = job.kind, self.push_concurrency
+        key, size = ((endpoint_id, self.endpoint_concurrency) if endpoint_id is not None
+                     else (kind, self.push_concurrency))
         slot = self._endpoint_slots.get(key)
         if slot is None:
             slot = self._endpoint_slots[key] = asyncio.Semaphore(size)
         return slot
-
-
-def job_from_row(row: asyncpg.Record) -> DeliveryJob:
-    endpoint = device = None
-    if row["endpoint_id"] is not None:
-        secrets = (row["secret"],) + ((row["previous_secret"],) if row["previous_secret"] else ())
-        endpoint = EndpointTarget(row["endpoint_id"], row["url"], secrets)
-    if row["device_id"] is not None and row["device_token"] is not None:
-        device = DeviceTarget(row["device_id"], row["platform"], row["device_token"])
-    return DeliveryJob(
-        delivery_id=row["id"], app_id=row["app_id"], kind=row["kind"],
-        event=EventView(row["event_id"], row["event_type"], row["payload"],
-                        row["event_created_at"]),
-        endpoint=endpoint, device=device,
-        notification=json.loads(row["notification"]) if row["notification"] else None,
-        credentials=json.loads(row["credentials"]) if row["credentials"] else None,
-        attempt=row["attempt_count"] + 1,
-    )

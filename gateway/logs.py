@@ -32,8 +32,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from aiohttp import web
-
-from gateway.routing import Handler
+from aiohttp.typedefs import Handler
 
 log = logging.getLogger("gateway.http")
 

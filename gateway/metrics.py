@@ -2,9 +2,9 @@
 
 Each application owns its :class:`Metrics` and with it its own ``CollectorRegistry`` (never
 the global one), so several apps in one process (the tests) do not share counters.
-Counters move where things happen (ingest in ``api.create_event``, every attempt in
-``Dispatcher._deliver``, retention); what lives in PostgreSQL (the pending backlog) and
-the dispatcher's heartbeat are read at scrape time.
+Counters move where things happen (ingest, every attempt the dispatcher settles,
+retention); what lives in PostgreSQL (the pending backlog) and the dispatcher's heartbeat
+are read at scrape time (``/metrics`` is served by :mod:`gateway.api.health`).
 
 Labels stay bounded: kinds, outcomes and codes come from small sets, event types are
 capped (the first :data:`EVENT_TYPE_LIMIT` seen, then ``other``), and no event, user,
@@ -14,27 +14,21 @@ device or endpoint id is ever a label.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.exposition import generate_latest
 
-from gateway import keys
-from gateway.errors import DatabaseUnavailable, Unauthorized
-from gateway.routing import Route
-
-if TYPE_CHECKING:
-    from gateway.db import Database
-    from gateway.dispatcher import Dispatcher
-    from gateway.store import AttemptRecord
+from gateway.errors import DatabaseUnavailable
+from gateway.store.queue import AttemptResult
+from gateway.store.records import Backlog
+from gateway_client.models import AttemptOutcome, DeliveryStatus
 
 log = logging.getLogger("gateway.metrics")
 
@@ -61,6 +55,18 @@ _PHRASES = (
     ("credentials", "no_credentials"),
     ("internal error", "internal"),
 )
+
+
+class DispatcherState(Protocol):
+    """What a scrape reads of this process's dispatcher."""
+
+    heartbeat: float
+    restarts: int
+
+    @property
+    def inflight(self) -> int: ...
+
+    def healthy(self) -> bool: ...
 
 
 class BoundedValues:
@@ -169,22 +175,22 @@ class Metrics:
     def event_ingested(self, event_type: str) -> None:
         self.events_ingested.labels(self._types(event_type)).inc()
 
-    def attempt(self, kind: str, record: AttemptRecord, event_created_at: datetime, *,
+    def attempt(self, kind: str, record: AttemptResult, event_created_at: datetime, *,
                 sent: bool) -> None:
         """One attempt as the dispatcher records it; ``sent`` is False when it never left
         the gateway (device pruned or deleted, no adapter)."""
         k = _kind(kind)
-        self.attempts.labels(k, record.outcome).inc()
+        self.attempts.labels(k, record.outcome.value).inc()
         if sent:
             self.attempt_seconds.labels(k).observe(record.duration_ms / 1000)
-        if record.status == "pending":
+        if record.status is DeliveryStatus.PENDING:
             self.retries.labels(k).inc()
         else:
-            self.completed.labels(k, record.status).inc()
-        if record.status == "succeeded":
+            self.completed.labels(k, record.status.value).inc()
+        if record.status is DeliveryStatus.SUCCEEDED:
             latency = (datetime.now(UTC) - event_created_at).total_seconds()
             self.latency_seconds.labels(k).observe(max(latency, 0.0))
-        elif sent and record.outcome != "delivered":
+        elif sent and record.outcome is not AttemptOutcome.DELIVERED:
             self.provider_errors.labels(
                 k, self._codes(error_code(record.error, record.status_code))).inc()
         if record.disable_endpoint_id is not None:
@@ -198,20 +204,21 @@ class Metrics:
 
     # --- scrape -------------------------------------------------------------------------
 
-    async def render(self, db: Database | None, dispatcher: Dispatcher | None) -> bytes:
+    async def render(self, backlog_of: Callable[[], Awaitable[Backlog]] | None,
+                     dispatcher: DispatcherState | None) -> bytes:
         """The exposition text, with the backlog read from PostgreSQL just now."""
         backlog = None
-        if db is not None:
+        if backlog_of is not None:
             try:
                 async with asyncio.timeout(BACKLOG_TIMEOUT_S):
-                    backlog = await db.fetchrow("delivery_backlog")
+                    backlog = await backlog_of()
             except (DatabaseUnavailable, TimeoutError) as exc:
                 log.warning("metrics: cannot read the delivery backlog (%s)",
                             type(exc).__name__)
         # Synchronous from here: no other scrape can interleave with these values.
         self.live.database_up = backlog is not None
-        self.live.pending = None if backlog is None else int(backlog["pending"])
-        self.live.oldest_due_s = None if backlog is None else float(backlog["oldest_due_s"])
+        self.live.pending = None if backlog is None else backlog.pending
+        self.live.oldest_due_s = None if backlog is None else backlog.oldest_due_s
         self.live.dispatcher = dispatcher
         return generate_latest(self.registry)
 
@@ -223,7 +230,7 @@ class _Live:
         self.database_up = False
         self.pending: int | None = None
         self.oldest_due_s: float | None = None
-        self.dispatcher: Dispatcher | None = None
+        self.dispatcher: DispatcherState | None = None
 
     def collect(self) -> Iterable[Metric]:
         yield GaugeMetricFamily("gateway_database_up", "1 when this scrape could read the "
@@ -253,26 +260,3 @@ class _Live:
             yield CounterMetricFamily("gateway_dispatcher_restarts", "Times the supervisor "
                                       "restarted a dead or stalled dispatcher loop.",
                                       value=worker.restarts)
-
-
-METRICS = web.AppKey("metrics", Metrics)
-
-
-async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text format. With GATEWAY_METRICS_KEY set, it takes that key as Bearer."""
-    expected = request.app[keys.SETTINGS].metrics_key
-    if expected:
-        given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {expected}".encode()):
-            raise Unauthorized("This route takes 'Authorization: Bearer <GATEWAY_METRICS_KEY>'.")
-    body = await request.app[METRICS].render(request.app.get(keys.DB),
-                                             request.app.get(keys.DISPATCHER))
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
-
-
-ROUTES = [
-    Route("GET", "/metrics", metrics, "Prometheus metrics", "health", auth=("none",),
-          media_type="text/plain", errors=(401,),
-          description="Prometheus text format. Open unless GATEWAY_METRICS_KEY is set; then "
-          "it takes 'Authorization: Bearer <GATEWAY_METRICS_KEY>'."),
-]

@@ -18,17 +18,11 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from aiohttp import web
-
-from gateway.db import QUERIES, Database
 from gateway.errors import DatabaseUnavailable
 from gateway.metrics import Metrics
-from gateway.store import IDEMPOTENCY_WINDOW_S
+from gateway.store.postgres import Store
 
 log = logging.getLogger("gateway.retention")
-
-#: pg_advisory_lock key (``gateway.db.migrate`` uses 727274).
-LOCK_KEY = 727275
 
 
 @dataclass
@@ -53,7 +47,7 @@ class Retention:
 
     def __init__(
         self,
-        db: Database,
+        store: Store,
         max_age_s: float,
         *,
         metrics: Metrics | None = None,
@@ -62,7 +56,7 @@ class Retention:
         interval_s: float = 300.0,
         first_run_after_s: float = 30.0,
     ) -> None:
-        self.db = db
+        self.store = store
         self.max_age_s = max_age_s
         self.metrics = metrics
         self.batch = batch
@@ -102,39 +96,28 @@ class Retention:
         """One pass over every table, unless another process is pruning right now."""
         cutoff = datetime.now(UTC) - timedelta(seconds=self.max_age_s)
         pruned = Pruned()
-        async with self.db.connection() as conn:
-            if not await conn.fetchval(QUERIES["retention_try_lock"], LOCK_KEY):
+        async with self.store.pruning() as pruner:
+            if pruner is None:
                 pruned.ran = False
                 return pruned
-            try:
-                while not self._stopping:
-                    row = await conn.fetchrow(QUERIES["retention_deliveries"], cutoff,
-                                              self.batch)
-                    assert row is not None
-                    pruned.deliveries += row["deliveries"]
-                    pruned.attempts += row["attempts"]
-                    if not await self._next(pruned, row["deliveries"]):
-                        break
-                while not self._stopping:
-                    count = await conn.fetchval(QUERIES["retention_events"], cutoff,
-                                                self.batch)
-                    pruned.events += count
-                    if not await self._next(pruned, count):
-                        break
-                after = ("", "")
-                while not self._stopping:
-                    row = await conn.fetchrow(QUERIES["retention_idempotency_keys"],
-                                              float(IDEMPOTENCY_WINDOW_S), self.batch, *after)
-                    assert row is not None
-                    pruned.idempotency_keys += row["deleted"]
-                    if row["app_id"] is None:
-                        break
-                    after = (row["app_id"], row["key"])
+            while not self._stopping:
+                deliveries, attempts = await pruner.deliveries(cutoff, self.batch)
+                pruned.deliveries += deliveries
+                pruned.attempts += attempts
+                if not await self._next(pruned, deliveries):
+                    break
+            while not self._stopping:
+                count = await pruner.events(cutoff, self.batch)
+                pruned.events += count
+                if not await self._next(pruned, count):
+                    break
+            after: tuple[str, str] | None = ("", "")
+            while not self._stopping and after is not None:
+                count, after = await pruner.idempotency_keys(after, self.batch)
+                pruned.idempotency_keys += count
+                if after is not None:
                     pruned.batches += 1
                     await asyncio.sleep(self.pause_s)
-            finally:
-                with contextlib.suppress(Exception):
-                    await conn.fetchval(QUERIES["retention_unlock"], LOCK_KEY)
         if self.metrics is not None:
             for table in ("deliveries", "attempts", "events", "idempotency_keys"):
                 self.metrics.deleted(table, getattr(pruned, table))
@@ -148,6 +131,3 @@ class Retention:
             return False
         await asyncio.sleep(self.pause_s)
         return True
-
-
-RETENTION = web.AppKey("retention", Retention)

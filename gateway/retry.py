@@ -7,11 +7,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from adapters.base import Outcome, Verdict
+from gateway_client.models import DeliveryStatus
 
 
 @dataclass(frozen=True)
 class Decision:
-    status: str  # "pending" | "succeeded" | "failed"
+    status: DeliveryStatus
     next_attempt_at: datetime | None
     schedule_pos: int
 
@@ -39,8 +40,9 @@ class RetryPolicy:
 
     def decide(self, schedule_pos: int, outcome: Outcome, now: datetime) -> Decision:
         if outcome.verdict is Verdict.DELIVERED:
-            return Decision("succeeded", None, schedule_pos)
+            return Decision(DeliveryStatus.SUCCEEDED, None, schedule_pos)
         if outcome.verdict is Verdict.RETRY and schedule_pos < len(self.schedule):
             delay = self.delay_s(schedule_pos, outcome.retry_after_s)
-            return Decision("pending", now + timedelta(seconds=delay), schedule_pos + 1)
-        return Decision("failed", None, schedule_pos)
+            return Decision(DeliveryStatus.PENDING, now + timedelta(seconds=delay),
+                            schedule_pos + 1)
+        return Decision(DeliveryStatus.FAILED, None, schedule_pos)

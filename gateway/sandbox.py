@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ssl
 import uuid
-from collections.abc import Mapping
 from typing import Any
 
 import trustme
@@ -15,9 +14,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from adapters.base import Adapter, DeliveryJob, Outcome
-from adapters.fake_apns import FakeAPNs
-from adapters.fake_fcm import FakeFCM
-from adapters.fakes_common import ReceivedPush
+from fakes.apns import FakeAPNs
+from fakes.fcm import FakeFCM
+from fakes.received import ReceivedPush
 
 SANDBOX_PROJECT = "gateway-sandbox"
 SANDBOX_TOPIC = "com.example.sandbox"
@@ -93,7 +92,3 @@ class SandboxRouter:
     async def close(self) -> None:
         await self._real.close()
         await self._sandbox.close()
-
-
-def credentials_for(sandbox: Sandbox) -> Mapping[str, Mapping[str, Any]]:
-    return {"fcm": sandbox.fcm_credentials, "apns": sandbox.apns_credentials}

@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient
 from gateway import logs
 from gateway.app import create_app
 from gateway.config import Settings
-from gateway.db import migrate
+from gateway.store.database import migrate
 from tests.support import (
     ADMIN_KEY,
     Api,

@@ -12,8 +12,8 @@ from typing import Any
 import trustme
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from adapters.fake_apns import FakeAPNs
-from adapters.fake_fcm import FakeFCM
+from fakes.apns import FakeAPNs
+from fakes.fcm import FakeFCM
 from gateway.config import Settings
 from gateway.sandbox import pem_private, pem_public
 

@@ -1,4 +1,4 @@
-"""``gateway.client.GatewayClient`` against the in-process gateway over a real socket, and
+"""``gateway_client.GatewayClient`` against the in-process gateway over a real socket, and
 its retries against small misbehaving servers in front of it."""
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway.client import (
+from gateway_client.client import (
     DeliveryOutcome,
     GatewayAPIError,
     GatewayClient,
     GatewayConnectionError,
 )
-from gateway.schemas import AppCreated, Delivery, EndpointCreated, EventAccepted
+from gateway_client.models import AppCreated, Delivery, EndpointCreated, EventAccepted
 from tests.support import ADMIN_KEY, Api, Receiver, eventually, free_port, serve_on_loopback
 
 

@@ -9,12 +9,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
-import asyncpg
 from aiohttp.test_utils import TestClient
 
-from gateway import keys
+from gateway import appkeys
 from gateway.app import create_app
 from gateway.config import Settings
+from gateway.store.queue import Job
 from tests.support import Api, Receiver, eventually
 
 
@@ -29,19 +29,19 @@ async def test_a_dispatcher_loop_that_dies_is_restarted_and_delivers(
     aiohttp_client: Any, dsn: str, settings: Settings, receiver: Receiver
 ) -> None:
     client = await _client(aiohttp_client, dsn, settings)
-    dispatcher = client.app[keys.DISPATCHER]
-    real_claim = dispatcher.store.claim_due
+    dispatcher = client.app[appkeys.DISPATCHER]
+    real_claim = dispatcher.queue.claim
     calls = 0
 
     async def broken_once(limit: int, lease_s: float, lease_id: uuid.UUID,
-                          skip: Sequence[str] = ()) -> list[asyncpg.Record]:
+                          skip: Sequence[str] = ()) -> list[Job]:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise RuntimeError("boom")
         return await real_claim(limit, lease_s, lease_id, skip)
 
-    dispatcher.store.claim_due = broken_once  # type: ignore[method-assign, assignment]
+    dispatcher.queue.claim = broken_once  # type: ignore[method-assign, assignment]
     dispatcher._wake.set()
     api = Api(client)
     key = await api.new_app()
@@ -55,19 +55,19 @@ async def test_a_stalled_dispatcher_fails_readiness_and_is_restarted(
     aiohttp_client: Any, dsn: str, settings: Settings, receiver: Receiver
 ) -> None:
     client = await _client(aiohttp_client, dsn, settings)
-    dispatcher = client.app[keys.DISPATCHER]
+    dispatcher = client.app[appkeys.DISPATCHER]
     dispatcher.stall_after_s = 0.6
-    real_claim = dispatcher.store.claim_due
+    real_claim = dispatcher.queue.claim
     hang = asyncio.Event()
 
     async def hangs_once(limit: int, lease_s: float, lease_id: uuid.UUID,
-                         skip: Sequence[str] = ()) -> list[asyncpg.Record]:
+                         skip: Sequence[str] = ()) -> list[Job]:
         if not hang.is_set():
             hang.set()
             await asyncio.Event().wait()  # never returns: a stuck loop
         return await real_claim(limit, lease_s, lease_id, skip)
 
-    dispatcher.store.claim_due = hangs_once  # type: ignore[method-assign, assignment]
+    dispatcher.queue.claim = hangs_once  # type: ignore[method-assign, assignment]
     dispatcher._wake.set()
     api = Api(client)
 

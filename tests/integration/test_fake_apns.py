@@ -24,7 +24,7 @@ import trustme
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from adapters.fake_apns import FakeAPNs
+from fakes.apns import FakeAPNs
 
 TEAM_ID = "TEAM123456"
 KEY_ID = "KEY1234567"

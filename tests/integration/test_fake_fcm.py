@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from google.oauth2 import service_account
 from pyfcm import FCMNotification
 
-from adapters.fake_fcm import (
+from fakes.fcm import (
     FCM_SCOPE,
     GOOGLE_TOKEN_URI,
     JWT_BEARER_GRANT,

@@ -10,11 +10,11 @@ from typing import Any
 import asyncpg
 from prometheus_client import generate_latest
 
-from gateway import keys
+from gateway import appkeys
 from gateway.app import create_app
 from gateway.config import Settings
-from gateway.metrics import METRICS
-from gateway.retention import LOCK_KEY, RETENTION, Retention
+from gateway.retention import Retention
+from gateway.store.postgres import RETENTION_LOCK_KEY
 from tests.support import Api, Receiver, eventually
 
 TABLES = ("events", "deliveries", "attempts", "idempotency_keys")
@@ -61,8 +61,8 @@ async def test_old_finished_work_goes_in_batches_and_recent_or_pending_work_stay
     await api.emit(key, "ok.new", headers={"Idempotency-Key": "new-key"})
     await eventually(lambda: settled(dsn, 11))
 
-    retention = Retention(client.app[keys.DB], max_age_s=1.0, batch=3, pause_s=0,
-                          metrics=client.app[METRICS])
+    retention = Retention(client.app[appkeys.STORE], max_age_s=1.0, batch=3, pause_s=0,
+                          metrics=client.app[appkeys.METRICS])
     pruned = await retention.run_once()
 
     assert (pruned.deliveries, pruned.attempts, pruned.events, pruned.idempotency_keys) == \
@@ -84,7 +84,7 @@ async def test_old_finished_work_goes_in_batches_and_recent_or_pending_work_stay
     # The key past its 24 h is gone, so the same key makes a new event now.
     again = await api.emit(key, "ok.old", headers={"Idempotency-Key": "old-key"})
     assert again["id"] not in {e["id"] for e in old}
-    exposition = generate_latest(client.app[METRICS].registry).decode()
+    exposition = generate_latest(client.app[appkeys.METRICS].registry).decode()
     assert 'gateway_retention_deleted_rows_total{table="events"} 8.0' in exposition
 
 
@@ -93,22 +93,22 @@ async def test_only_one_process_prunes_at_a_time(aiohttp_client: Any, dsn: str,
     client = await aiohttp_client(create_app(settings, dsn, dispatcher=False))
     holder = await asyncpg.connect(dsn)
     try:
-        await holder.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)
-        pruned = await Retention(client.app[keys.DB], max_age_s=0).run_once()
+        await holder.execute("SELECT pg_advisory_lock($1)", RETENTION_LOCK_KEY)
+        pruned = await Retention(client.app[appkeys.STORE], max_age_s=0).run_once()
         assert not pruned.ran
     finally:
         await holder.close()
-    assert (await Retention(client.app[keys.DB], max_age_s=0).run_once()).ran
+    assert (await Retention(client.app[appkeys.STORE], max_age_s=0).run_once()).ran
 
 
 async def test_retention_runs_beside_the_dispatcher_unless_turned_off(
         aiohttp_client: Any, dsn: str, settings: Settings) -> None:
     with_dispatcher = await aiohttp_client(create_app(settings, dsn))
-    assert RETENTION in with_dispatcher.app
+    assert appkeys.RETENTION in with_dispatcher.app
     api_only = await aiohttp_client(create_app(settings, dsn, dispatcher=False))
-    assert RETENTION not in api_only.app
+    assert appkeys.RETENTION not in api_only.app
     kept = await aiohttp_client(create_app(replace(settings, retention_days=0), dsn))
-    assert RETENTION not in kept.app
+    assert appkeys.RETENTION not in kept.app
 
 
 async def test_soak_with_a_tiny_window_the_tables_stop_growing(
@@ -117,7 +117,7 @@ async def test_soak_with_a_tiny_window_the_tables_stop_growing(
     api = Api(client)
     key = await api.new_app()
     await api.new_endpoint(key, receiver.url())
-    retention = Retention(client.app[keys.DB], max_age_s=0.5, batch=20, pause_s=0.01,
+    retention = Retention(client.app[appkeys.STORE], max_age_s=0.5, batch=20, pause_s=0.01,
                           interval_s=0.2, first_run_after_s=0)
     per_round, rounds = 30, 10
     sizes = []

@@ -16,7 +16,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from gateway import stream
+from gateway import appkeys, outcomes
+from gateway.api import deliveries
 from gateway.app import create_app
 from gateway.config import Settings
 from tests.support import ADMIN_KEY, Api, Receiver, eventually
@@ -152,7 +153,7 @@ async def test_a_slow_consumer_loses_outcomes_without_holding_up_the_others(
 ) -> None:
     key = await api.new_app()
     await api.new_endpoint(key, receiver.url())
-    outcomes = api.session.app[stream.OUTCOMES]
+    outcomes = api.session.app[appkeys.OUTCOMES]
     outcomes.queue_size = 5
     # A client that never reads: its socket buffers fill, then its queue.
     slow = socket.socket()
@@ -218,8 +219,8 @@ async def test_stream_takes_only_an_app_key_and_a_valid_filter(api: Api) -> None
 async def test_an_idle_stream_sends_a_heartbeat_comment(
     aiohttp_client: Any, dsn: str, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(stream, "HEARTBEAT_S", 0.2)
-    monkeypatch.setattr(stream, "CLIENT_CHECK_S", 0.05)
+    monkeypatch.setattr(outcomes, "HEARTBEAT_S", 0.2)
+    monkeypatch.setattr(deliveries, "CLIENT_CHECK_S", 0.05)
     api = Api(await aiohttp_client(create_app(settings, dsn)))
     key = await api.new_app()
     async with tail(api, key) as seen:

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
+from adapters.addresses import address_forbidden
 from adapters.base import parse_retry_after
-from adapters.webhook import address_forbidden
 
 
 @pytest.mark.parametrize("address", [
@@ -14,7 +14,19 @@ def test_non_public_addresses_are_forbidden(address: str) -> None:
     assert address_forbidden(address)
 
 
-@pytest.mark.parametrize("address", ["93.184.216.34", "8.8.8.8", "2606:4700::1111"])
+@pytest.mark.parametrize("address", [
+    "::127.0.0.1", "::10.0.0.1", "::ffff:0:127.0.0.1", "::ffff:0:169.254.169.254",
+    "2002:7f00:1::", "2002:a00:1::1", "2002:a9fe:a9fe::", "64:ff9b::127.0.0.1",
+    "64:ff9b::10.1.2.3", "64:ff9b::169.254.169.254", "64:ff9b:1::8.8.8.8", "::", "::1%lo",
+])
+def test_ipv6_spellings_of_refused_ipv4_addresses_are_forbidden_too(address: str) -> None:
+    assert address_forbidden(address)
+
+
+@pytest.mark.parametrize("address", [
+    "93.184.216.34", "8.8.8.8", "2606:4700::1111", "::ffff:8.8.8.8", "2002:808:808::1",
+    "64:ff9b::8.8.8.8",
+])
 def test_public_addresses_are_allowed(address: str) -> None:
     assert not address_forbidden(address)
 

@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from gateway import logs
-from gateway.routing import Route, wire
+from gateway.api.routing import Route, wire
 
 PEM = ("-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n"
        "-----END PRIVATE KEY-----\n")
@@ -110,8 +110,8 @@ async def broken(request: web.Request) -> web.Response:
 async def test_one_request_line_names_the_route_never_the_path_and_echoes_the_request_id(
         aiohttp_client: Any, captured: io.StringIO) -> None:
     app = web.Application(middlewares=[logs.request_log])
-    wire(app, [Route("GET", "/v1/devices/{token}", device, "d", "devices"),
-               Route("GET", "/gone", broken, "g", "t")])
+    wire(app, [Route("GET", "/v1/devices/{token}", device, "d", "devices", auth=("none",)),
+               Route("GET", "/gone", broken, "g", "t", auth=("none",))])
     client = await aiohttp_client(app)
     token = "ab" * 40
     async with client.get(f"/v1/devices/{token}?q={token}",

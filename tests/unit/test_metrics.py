@@ -10,7 +10,8 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.metrics import EVENT_TYPE_LIMIT, Metrics, error_code, prune_reason
-from gateway.store import AttemptRecord
+from gateway.store.queue import AttemptResult
+from gateway_client.models import AttemptOutcome, DeliveryStatus
 
 
 @pytest.mark.parametrize(("error", "status", "code"), [
@@ -41,10 +42,11 @@ def test_prune_reason_keeps_the_providers_reason_only() -> None:
     assert prune_reason("something odd: with ; punctuation") == "other"
 
 
-def record(outcome: str, status: str, error: str | None = None) -> AttemptRecord:
-    return AttemptRecord(
-        delivery_id="dlv_1", lease_id=uuid.uuid4(), status=status, next_attempt_at=None,
-        schedule_pos=0, attempted_at=datetime.now(UTC), duration_ms=5, outcome=outcome,
+def record(outcome: str, status: str, error: str | None = None) -> AttemptResult:
+    return AttemptResult(
+        delivery_id="dlv_1", lease_id=uuid.uuid4(), status=DeliveryStatus(status),
+        next_attempt_at=None, schedule_pos=0, attempted_at=datetime.now(UTC), duration_ms=5,
+        outcome=AttemptOutcome(outcome),
         status_code=None, response_snippet=None, error=error)
 
 

@@ -9,16 +9,19 @@ from typing import Any
 
 import pytest
 
-from gateway.store import MAX_NOTIFY_BYTES, AttemptRecord, outcome_notifications
-from gateway.stream import OutcomeStream, Subscription, sse, type_matches
+from gateway.api.deliveries import sse
+from gateway.outcomes import OutcomeStream, Subscription, type_matches
+from gateway.store.postgres_queue import MAX_NOTIFY_BYTES, outcome_notifications
+from gateway.store.queue import AttemptResult
+from gateway_client.models import AttemptOutcome, DeliveryStatus
 
 
-def record(n: int) -> AttemptRecord:
-    return AttemptRecord(
-        delivery_id=f"dlv_{n:026d}", lease_id=uuid.uuid4(), status="succeeded",
+def record(n: int) -> AttemptResult:
+    return AttemptResult(
+        delivery_id=f"dlv_{n:026d}", lease_id=uuid.uuid4(), status=DeliveryStatus.SUCCEEDED,
         next_attempt_at=None, schedule_pos=0, attempted_at=datetime(2030, 1, 2, tzinfo=UTC),
-        duration_ms=5, outcome="delivered", status_code=200, response_snippet="secret!",
-        error=None)
+        duration_ms=5, outcome=AttemptOutcome.DELIVERED, status_code=200,
+        response_snippet="secret!", error=None)
 
 
 def details(n: int) -> dict[str, Any]:
@@ -30,7 +33,7 @@ def details(n: int) -> dict[str, Any]:
 def test_outcomes_are_chunked_under_the_notify_limit_in_order_without_snippets() -> None:
     records = [record(n) for n in range(500)]
     found = {r.delivery_id: details(n) for n, r in enumerate(records)}
-    chunks = outcome_notifications(records, found)  # type: ignore[arg-type]
+    chunks = outcome_notifications(records, found)
     assert len(chunks) > 1
     assert all(len(c.encode()) <= MAX_NOTIFY_BYTES < 8000 for c in chunks)
     items = [item for c in chunks for item in json.loads(c)]

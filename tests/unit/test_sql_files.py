@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.db import QUERIES, load_migrations, load_queries
+from gateway.store.database import QUERIES, load_migrations, load_queries
 
 SOURCES = [Path("gateway"), Path("adapters")]
 
@@ -31,8 +31,8 @@ def test_migrations_are_numbered_in_order_from_one() -> None:
 def test_a_broken_connection_is_unavailable_but_a_wrong_query_is_a_bug() -> None:
     import asyncpg
 
-    from gateway.db import translated
     from gateway.errors import DatabaseUnavailable
+    from gateway.store.database import translated
 
     with pytest.raises(DatabaseUnavailable), translated():
         raise asyncpg.InterfaceError("cannot perform operation: connection is closed")

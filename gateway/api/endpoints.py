@@ -1,0 +1,111 @@
+"""Webhook endpoints: subscribe, change, disable, delete, and their signing secrets."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from adapters.addresses import resolve_forbidden
+from gateway import appkeys
+from gateway.api.http import PAGE, answer, app_id, page_answer, page_args, read
+from gateway.api.models import EndpointCreate, EndpointPatch
+from gateway.api.routing import Route
+from gateway.errors import EndpointURLForbidden, ValidationError
+from gateway_client.models import (
+    Endpoint,
+    EndpointCreated,
+    EndpointPage,
+    RotatedSecret,
+    Secret,
+)
+
+
+async def check_endpoint_url(request: web.Request, url: str, path: str = "url") -> None:
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if parts.scheme not in {"http", "https"} or not parts.hostname or port == -1:
+        raise ValidationError(
+            "The endpoint URL must be an absolute http:// or https:// URL.",
+            details=[{"path": path, "message": "must be an http(s) URL with a host"}],
+        )
+    if request.app[appkeys.SETTINGS].allow_private_endpoints:
+        return
+    forbidden = await resolve_forbidden(parts.hostname)
+    if forbidden:
+        raise EndpointURLForbidden(
+            f"{parts.hostname} resolves to a loopback, private, link-local or metadata "
+            "address; set GATEWAY_ALLOW_PRIVATE_ENDPOINTS=true to allow it.",
+            details=[{"path": path, "addresses": list(forbidden)}],
+        )
+
+
+async def create_endpoint(request: web.Request) -> web.Response:
+    body = await read(request, EndpointCreate)
+    await check_endpoint_url(request, body.url)
+    created = await request.app[appkeys.STORE].create_endpoint(
+        app_id(request), body.url, body.description, body.event_types)
+    return answer(EndpointCreated, created, 201)
+
+
+async def list_endpoints(request: web.Request) -> web.Response:
+    cursor, limit = page_args(request)
+    page = await request.app[appkeys.STORE].list_endpoints(app_id(request), cursor, limit)
+    return page_answer(EndpointPage, page)
+
+
+async def get_endpoint(request: web.Request) -> web.Response:
+    return answer(Endpoint, await request.app[appkeys.STORE].get_endpoint(
+        app_id(request), request.match_info["endpoint_id"]))
+
+
+async def patch_endpoint(request: web.Request) -> web.Response:
+    body = await read(request, EndpointPatch)
+    changes = {name: getattr(body, name) for name in body.model_fields_set}
+    for name in ("url", "description", "status"):
+        if name in changes and changes[name] is None:
+            raise ValidationError(f"'{name}' cannot be null.",
+                                  details=[{"path": name, "message": "must not be null"}])
+    if "url" in changes:
+        await check_endpoint_url(request, changes["url"])
+    return answer(Endpoint, await request.app[appkeys.STORE].update_endpoint(
+        app_id(request), request.match_info["endpoint_id"], changes))
+
+
+async def delete_endpoint(request: web.Request) -> web.Response:
+    await request.app[appkeys.STORE].delete_endpoint(app_id(request),
+                                                     request.match_info["endpoint_id"])
+    return web.Response(status=204)
+
+
+async def get_endpoint_secret(request: web.Request) -> web.Response:
+    return answer(Secret, await request.app[appkeys.STORE].get_endpoint_secret(
+        app_id(request), request.match_info["endpoint_id"]))
+
+
+async def rotate_endpoint_secret(request: web.Request) -> web.Response:
+    return answer(RotatedSecret, await request.app[appkeys.STORE].rotate_secret(
+        app_id(request), request.match_info["endpoint_id"]))
+
+
+ROUTES = [
+    Route("POST", "/v1/endpoints", create_endpoint, "Subscribe a webhook endpoint",
+          "endpoints", body=EndpointCreate, ok=(201, EndpointCreated)),
+    Route("GET", "/v1/endpoints", list_endpoints, "List endpoints", "endpoints",
+          ok=(200, EndpointPage), query=PAGE),
+    Route("GET", "/v1/endpoints/{endpoint_id}", get_endpoint, "An endpoint", "endpoints",
+          ok=(200, Endpoint)),
+    Route("PATCH", "/v1/endpoints/{endpoint_id}", patch_endpoint,
+          "Change an endpoint; disable or enable it", "endpoints", body=EndpointPatch,
+          ok=(200, Endpoint)),
+    Route("DELETE", "/v1/endpoints/{endpoint_id}", delete_endpoint, "Delete an endpoint",
+          "endpoints", ok=(204, None)),
+    Route("GET", "/v1/endpoints/{endpoint_id}/secret", get_endpoint_secret,
+          "An endpoint's signing secret", "endpoints", ok=(200, Secret)),
+    Route("POST", "/v1/endpoints/{endpoint_id}/secret/rotate", rotate_endpoint_secret,
+          "Rotate the signing secret (the old one signs too for 24 h)", "endpoints",
+          ok=(200, RotatedSecret)),
+]

@@ -1,0 +1,85 @@
+"""Events: ingest (one durable write per batch of concurrent requests, through the group
+commit) and reading them back with their deliveries."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from aiohttp import web
+
+from gateway import appkeys, logs
+from gateway.api.http import (
+    PAGE,
+    answer,
+    app_id,
+    page_answer,
+    page_args,
+    read_body,
+    validate,
+)
+from gateway.api.models import EventCreate
+from gateway.api.routing import Param, Route
+from gateway.errors import ValidationError
+from gateway.jsonbody import check_depth
+from gateway.store.postgres import EventDraft
+from gateway_client.models import EventAccepted, EventPage, EventWithDeliveries
+
+MAX_IDEMPOTENCY_KEY = 255
+
+
+async def create_event(request: web.Request) -> web.Response:
+    _, data, raw = await read_body(request)
+    body = validate(EventCreate, data)
+    check_depth(body.payload, "payload")
+    key = request.headers.get("Idempotency-Key")
+    body_hash = None
+    if key is not None:
+        if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not key.isprintable():
+            raise ValidationError(
+                f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable characters.",
+                details=[{"path": "Idempotency-Key", "message": "invalid header"}],
+            )
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        body_hash = hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).digest()
+    push = None
+    if body.notification is not None:
+        push = json.dumps({"user_ids": body.user_ids or [], "topics": body.topics or [],
+                           "notification": body.notification.model_dump(exclude_none=True)})
+    draft = EventDraft(app_id(request), body.type, raw["payload"], key, body_hash, push)
+    accepted = await request.app[appkeys.INGEST].submit(draft)
+    logs.annotate(request, event=accepted.id)
+    metrics = request.app.get(appkeys.METRICS)
+    if metrics is not None and accepted.created:
+        metrics.event_ingested(body.type)
+    return answer(EventAccepted, accepted, 202 if accepted.created else 200)
+
+
+async def list_events(request: web.Request) -> web.Response:
+    cursor, limit = page_args(request)
+    event_type = request.query.get("type") or None
+    page = await request.app[appkeys.STORE].list_events(app_id(request), event_type, cursor,
+                                                        limit)
+    return page_answer(EventPage, page)
+
+
+async def get_event(request: web.Request) -> web.Response:
+    store = request.app[appkeys.STORE]
+    event = await store.get_event(app_id(request), request.match_info["event_id"])
+    return answer(EventWithDeliveries, {
+        "id": event.id, "type": event.type, "created_at": event.created_at,
+        "payload": event.payload, "deliveries": await store.deliveries_of(event)})
+
+
+IDEMPOTENCY = Param("Idempotency-Key", "Same key and body within 24 h: 200 with the first "
+                    "event; another body: 409.", where="header")
+
+ROUTES = [
+    Route("POST", "/v1/events", create_event, "Emit an event", "events", body=EventCreate,
+          ok=(202, EventAccepted), also=((200, EventAccepted, "Idempotent replay"),),
+          headers=(IDEMPOTENCY,), errors=(409,)),
+    Route("GET", "/v1/events", list_events, "List events", "events", ok=(200, EventPage),
+          query=(Param("type", "Only this event type."), *PAGE)),
+    Route("GET", "/v1/events/{event_id}", get_event, "An event with its deliveries", "events",
+          ok=(200, EventWithDeliveries)),
+]

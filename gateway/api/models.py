@@ -1,0 +1,195 @@
+"""Request bodies, as pydantic models: the handlers validate with these, and the API
+description is generated from them. (Answers are :mod:`gateway_client.models`.)"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+
+from adapters import payloads
+
+EVENT_TYPE_RE = r"^[A-Za-z0-9_.\-]{1,128}$"
+_EVENT_TYPE = re.compile(EVENT_TYPE_RE)
+
+
+def _storable(value: str) -> str:
+    """PostgreSQL text holds neither NUL nor lone surrogates; refuse them up front."""
+    if "\x00" in value:
+        raise ValueError("must not contain the NUL character (\\u0000)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from exc
+    return value
+
+
+def _event_type_pattern(value: str) -> str:
+    if value == "*":
+        return value
+    base = value[:-2] if value.endswith(".*") else value
+    if not _EVENT_TYPE.match(base):
+        raise ValueError(
+            "must be an event type ([A-Za-z0-9_.-], 1-128 characters), 'prefix.*' or '*'"
+        )
+    return value
+
+
+Text = Annotated[str, AfterValidator(_storable)]
+EventType = Annotated[str, StringConstraints(pattern=EVENT_TYPE_RE)]
+EventTypePattern = Annotated[str, StringConstraints(
+    pattern=r"^(\*|[A-Za-z0-9_.\-]{1,128}|[A-Za-z0-9_.\-]{1,128}\.\*)$"),
+    AfterValidator(_event_type_pattern)]
+HttpURL = Annotated[Text, StringConstraints(min_length=8, max_length=2048,
+                                            pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://[^/?#\s]+")]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class AppCreate(_Body):
+    name: Annotated[Text, StringConstraints(min_length=1, max_length=200)]
+
+
+UserId = Annotated[Text, StringConstraints(min_length=1, max_length=256)]
+#: FCM's topic alphabet, used for both providers.
+Topic = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.~%\-]{1,256}$")]
+ShortText = Annotated[Text, StringConstraints(max_length=256)]
+
+
+class Notification(_Body):
+    """What a push says; the adapters turn it into an APNs payload and an FCM message."""
+
+    title: Annotated[Text, StringConstraints(max_length=1024)] | None = None
+    body: Annotated[Text, StringConstraints(max_length=4096)] | None = None
+    data: dict[str, Text] = Field(default_factory=dict)
+    badge: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
+    sound: ShortText | None = None
+    image: Annotated[Text, StringConstraints(max_length=2048)] | None = None
+    collapse_key: ShortText | None = None
+    ttl_seconds: Annotated[int, Field(ge=0, le=28 * 24 * 3600)] | None = None
+    priority: Literal["high", "normal"] = "high"
+    content_available: bool | None = None
+    category: ShortText | None = None
+    thread_id: ShortText | None = None
+    #: Raw APNs overrides: {"headers": {...}, "payload": {...}} merged over what is built.
+    apns: dict[str, Any] | None = None
+    #: Raw FCM overrides: {"android": {...}, "apns": {...}, "webpush": {...},
+    #: "fcm_options": {...}, "data": {...}}.
+    fcm: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _providers_would_accept(self) -> Notification:
+        problems: list[tuple[str, str]] = []
+        if not (self.title or self.body or self.content_available):
+            problems.append(("", "needs a title, a body or content_available"))
+        if payloads.is_background(self.model_dump()):
+            problems += [(f, "a background push (content_available without title or body) "
+                          "cannot carry it") for f in ("badge", "sound")
+                         if getattr(self, f) is not None]
+        for key in self.data:
+            if payloads.fcm_reserved_data_key(key):
+                problems.append((f"data.{key}", "is reserved by FCM (from, message_type, "
+                                 "google*, gcm*)"))
+        if (self.collapse_key
+                and len(self.collapse_key.encode()) > payloads.APNS_MAX_COLLAPSE_ID_BYTES):
+            problems.append(("collapse_key", "must be at most 64 bytes (APNs apns-collapse-id)"))
+        if self.apns is not None and not set(self.apns) <= {"headers", "payload"}:
+            problems.append(("apns", "takes only 'headers' and 'payload'"))
+        if self.fcm is not None and not set(self.fcm) <= {"android", "apns", "webpush",
+                                                          "fcm_options", "data"}:
+            problems.append(("fcm", "takes only android, apns, webpush, fcm_options, data"))
+        if self.fcm and not all(isinstance(v, str) for v in (self.fcm.get("data") or {}).values()):
+            problems.append(("fcm.data", "values must be strings"))
+        if not problems:
+            size = len(payloads.encode_apns_payload(self.model_dump()))
+            if size > payloads.APNS_MAX_PAYLOAD_BYTES:
+                problems.append(("", f"the APNs payload would be {size} bytes; APNs takes at "
+                                 f"most {payloads.APNS_MAX_PAYLOAD_BYTES}"))
+        if problems:
+            raise ValueError("; ".join(f"{f}: {m}" if f else m for f, m in problems))
+        return self
+
+
+class EventCreate(_Body):
+    type: EventType
+    payload: dict[str, Any]
+    #: Push targets: every live device of these users and of these topics.
+    user_ids: list[UserId] | None = Field(default=None, max_length=1000)
+    topics: list[Topic] | None = Field(default=None, max_length=100)
+    notification: Notification | None = None
+
+    @model_validator(mode="after")
+    def _targets_and_notification_go_together(self) -> EventCreate:
+        targeted = bool(self.user_ids or self.topics)
+        if targeted and self.notification is None:
+            raise ValueError("user_ids/topics need a notification to push")
+        if self.notification is not None and not targeted:
+            raise ValueError("a notification needs user_ids or topics to push to")
+        return self
+
+
+class DeviceRegister(_Body):
+    platform: Literal["ios", "android"]
+    token: Annotated[Text, StringConstraints(min_length=1, max_length=4096)]
+    #: Optional with a user token (it names the user); required with an app key.
+    user_id: UserId | None = None
+    topics: list[Topic] = Field(default_factory=list, max_length=100)
+    locale: Annotated[Text, StringConstraints(max_length=35)] | None = None
+    app_version: Annotated[Text, StringConstraints(max_length=64)] | None = None
+
+    @model_validator(mode="after")
+    def _token_format(self) -> DeviceRegister:
+        if self.platform == "ios":
+            if not (64 <= len(self.token) <= 200 and len(self.token) % 2 == 0
+                    and all(c in "0123456789abcdefABCDEF" for c in self.token)):
+                raise ValueError("an iOS (APNs) token is an even number (64-200) of hex digits")
+        elif any(c.isspace() for c in self.token) or len(self.token) > 4096:
+            raise ValueError("an Android (FCM) token has no spaces and at most 4096 characters")
+        return self
+
+
+class DeviceTopics(_Body):
+    topics: list[Topic] = Field(max_length=100)
+
+
+class UserTokenCreate(_Body):
+    user_id: UserId
+    ttl_seconds: Annotated[int, Field(ge=60, le=30 * 24 * 3600)] = 3600
+
+
+class FCMCredentials(_Body):
+    service_account: dict[str, Any]
+
+
+class APNsCredentials(_Body):
+    key_p8: Annotated[str, StringConstraints(min_length=1, max_length=10_000)]
+    key_id: Annotated[str, StringConstraints(pattern=r"^[A-Z0-9]{10}$")]
+    team_id: Annotated[str, StringConstraints(pattern=r"^[A-Z0-9]{10}$")]
+    topic: Annotated[str, StringConstraints(min_length=1, max_length=255)]
+    environment: Literal["production", "sandbox"] = "production"
+
+
+class EndpointCreate(_Body):
+    url: HttpURL
+    event_types: list[EventTypePattern] | None = Field(default=None, min_length=1,
+                                                       max_length=256)
+    description: Annotated[Text, StringConstraints(max_length=1000)] = ""
+
+
+class EndpointPatch(_Body):
+    url: HttpURL | None = None
+    event_types: list[EventTypePattern] | None = Field(default=None, min_length=1,
+                                                       max_length=256)
+    description: Annotated[Text, StringConstraints(max_length=1000)] | None = None
+    status: Literal["active", "disabled"] | None = None
+    disabled_reason: Annotated[Text, StringConstraints(max_length=500)] | None = None

@@ -1,0 +1,33 @@
+"""Typed keys for what the aiohttp application holds: one place for every shared
+service a handler may reach (``request.app[appkeys.STORE]``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from gateway.config import Settings
+
+if TYPE_CHECKING:
+    from gateway.auth import Authenticator
+    from gateway.batching import GroupCommit
+    from gateway.dispatcher import Dispatcher
+    from gateway.metrics import Metrics
+    from gateway.outcomes import OutcomeStream
+    from gateway.retention import Retention
+    from gateway.sandbox import Sandbox
+    from gateway.store.postgres import Accepted, EventDraft, Store
+    from gateway.store.postgres_queue import PostgresQueue
+
+SETTINGS = web.AppKey("settings", Settings)
+DSN = web.AppKey("dsn", str)
+STORE: web.AppKey[Store] = web.AppKey("store")
+QUEUE: web.AppKey[PostgresQueue] = web.AppKey("queue")
+AUTH: web.AppKey[Authenticator] = web.AppKey("auth")
+INGEST: web.AppKey[GroupCommit[EventDraft, Accepted]] = web.AppKey("ingest")
+DISPATCHER: web.AppKey[Dispatcher] = web.AppKey("dispatcher")
+SANDBOX: web.AppKey[Sandbox] = web.AppKey("sandbox")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+OUTCOMES: web.AppKey[OutcomeStream] = web.AppKey("outcomes")
+RETENTION: web.AppKey[Retention] = web.AppKey("retention")

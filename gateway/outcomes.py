@@ -1,0 +1,174 @@
+"""Live tail: delivery outcomes as they happen, for ``GET /v1/deliveries/stream``.
+
+The queue NOTIFYs ``gateway_outcomes`` in the transaction that logs the
+attempts, so an outcome reaches every API process whichever process dispatched it. Each
+API process holds one LISTEN connection (reconnecting, like the dispatcher's) and fans
+each outcome out to its subscribers through bounded per-subscriber queues: a slow
+consumer loses outcomes and is told how many, it never holds up the listener or anyone
+else. The tail is a live view, not a log: what happens while nobody listens (or while the
+LISTEN connection is down) is only in ``GET /v1/deliveries``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from gateway import appkeys
+from gateway.store.database import OUTCOMES_CHANNEL, listen_forever
+
+log = logging.getLogger("gateway.stream")
+
+#: Outcomes held for one subscriber that is not keeping up; beyond it they are dropped.
+QUEUE_SIZE = 1000
+#: A comment line this often keeps proxies from closing an idle stream.
+HEARTBEAT_S = 15.0
+
+Outcome = dict[str, Any]
+
+
+def type_matches(pattern: str, event_type: str) -> bool:
+    """The endpoints' rule (``gateway_type_matches``): exact, ``prefix.*`` or ``*``."""
+    if pattern in ("*", event_type):
+        return True
+    return pattern.endswith(".*") and len(event_type) > len(pattern) - 1 \
+        and event_type.startswith(pattern[:-1])
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One SSE client: its app, its filters and the outcomes waiting for it."""
+
+    app_id: str
+    endpoint_id: str | None = None
+    event_type: str | None = None
+    queue_size: int = QUEUE_SIZE
+    #: Dropped since the client was last told, and in all.
+    dropped: int = 0
+    dropped_total: int = 0
+    closed: bool = False
+    queue: asyncio.Queue[Outcome | None] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.queue = asyncio.Queue(self.queue_size)
+
+    def matches(self, outcome: Outcome) -> bool:
+        if self.endpoint_id is not None and outcome.get("endpoint_id") != self.endpoint_id:
+            return False
+        return self.event_type is None or type_matches(self.event_type,
+                                                       str(outcome.get("event_type")))
+
+    def offer(self, outcome: Outcome) -> bool:
+        """Queue it without waiting; a full queue drops it and counts."""
+        if self.closed:
+            return False
+        try:
+            self.queue.put_nowait(outcome)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            self.dropped_total += 1
+            return False
+        return True
+
+    def close(self) -> None:
+        """End the stream: the handler finds ``None`` next, even behind a full queue."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.queue.full():
+            self.queue.get_nowait()
+        self.queue.put_nowait(None)
+
+
+class OutcomeStream:
+    """One LISTEN connection per process, fanned out to this process's subscribers."""
+
+    def __init__(self, dsn: str, *, queue_size: int | None = None,
+                 heartbeat_s: float | None = None) -> None:
+        self.dsn = dsn
+        self.queue_size = queue_size if queue_size is not None else QUEUE_SIZE
+        self.heartbeat_s = heartbeat_s if heartbeat_s is not None else HEARTBEAT_S
+        self.listening = asyncio.Event()
+        #: Outcomes dropped for slow subscribers since start (all subscribers).
+        self.dropped_total = 0
+        self._subscribers: dict[str, set[Subscription]] = {}
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._listen(), name="outcome-stream-listen")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self.close_subscribers()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def close_subscribers(self) -> None:
+        for subs in self._subscribers.values():
+            for sub in subs:
+                sub.close()
+
+    @contextlib.contextmanager
+    def subscribe(self, app_id: str, *, endpoint_id: str | None = None,
+                  event_type: str | None = None) -> Iterator[Subscription]:
+        sub = Subscription(app_id, endpoint_id, event_type, self.queue_size)
+        if self._stopping:
+            sub.close()
+        self._subscribers.setdefault(app_id, set()).add(sub)
+        try:
+            yield sub
+        finally:
+            subs = self._subscribers.get(app_id)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self._subscribers[app_id]
+
+    def subscriber_count(self) -> int:
+        return sum(len(s) for s in self._subscribers.values())
+
+    def publish(self, outcomes: list[Outcome]) -> None:
+        """Hand each outcome to the subscribers of its app whose filters take it."""
+        for outcome in outcomes:
+            for sub in self._subscribers.get(str(outcome.get("app_id")), ()):
+                if sub.matches(outcome) and not sub.offer(outcome) and not sub.closed:
+                    self.dropped_total += 1
+
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        if not self._subscribers:
+            return
+        try:
+            outcomes = json.loads(str(payload))
+        except ValueError:
+            log.warning("ignoring a malformed %s notification", OUTCOMES_CHANNEL)
+            return
+        if isinstance(outcomes, list):
+            self.publish([o for o in outcomes if isinstance(o, dict)])
+
+    async def _listen(self) -> None:
+        """Hold the LISTEN connection; reconnect after the database returns."""
+        await listen_forever(self.dsn, {OUTCOMES_CHANNEL: self._on_notify},
+                             on_connected=self.listening.set, on_lost=self.listening.clear)
+async def listen(app: web.Application) -> AsyncIterator[None]:
+    """``cleanup_ctx``: the process's LISTEN connection, from start-up to cleanup."""
+    stream = OutcomeStream(app[appkeys.DSN])
+    app[appkeys.OUTCOMES] = stream
+    await stream.start()
+    yield
+    await stream.stop()
+
+
+async def end_streams(app: web.Application) -> None:
+    """``on_shutdown``: end open streams at once, so shutdown does not wait on them."""
+    stream = app.get(appkeys.OUTCOMES)
+    if stream is not None:
+        stream.close_subscribers()

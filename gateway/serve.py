@@ -1,0 +1,114 @@
+"""Running the server: ``gateway serve``, ``gateway dispatch`` and ``gateway migrate``, and
+``gateway apps`` straight on the database (before any gateway runs). The command line
+(:mod:`gateway.cli`) loads this module only for these commands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import secrets
+import signal
+import sys
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from gateway.app import create_app
+from gateway.config import Settings
+from gateway.errors import GatewayError
+from gateway.store.database import Database, migrate, start_embedded
+from gateway.store.postgres import Store
+from gateway_client import commands
+from gateway_client.models import AppCreated, AppPage
+
+log = logging.getLogger("gateway")
+T = TypeVar("T")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Run a server command (``serve``, ``dispatch``, ``migrate``, or ``apps`` on the
+    database); its exit status."""
+    if args.command == "apps":
+        assert settings.database_url is not None
+        return commands.report(args, _apps_direct(args, settings.database_url),
+                               expected=(GatewayError,))
+    dsn = database_url(settings)
+    if args.command == "migrate":
+        applied = _run(migrate(dsn))
+        print(f"applied {len(applied)} migration(s)" if applied else "schema up to date")
+        return 0
+    if args.command == "serve":
+        if settings.admin_key is None:
+            settings = settings.with_overrides(admin_key="gwadmin_" + secrets.token_urlsafe(24))
+            print(f"GATEWAY_ADMIN_KEY is not set; this run's operator key is: "
+                  f"{settings.admin_key}", file=sys.stderr, flush=True)
+        if args.sandbox and args.no_dispatcher:
+            print("gateway: --sandbox needs the dispatcher in the same process",
+                  file=sys.stderr)
+            return 2
+        host = args.host or settings.host
+        port = args.port if args.port is not None else settings.port
+        return _run(_serve(settings, dsn, api=True, dispatcher=not args.no_dispatcher,
+                           host=host, port=port, sandbox=args.sandbox))
+    port = args.health_port
+    return _run(_serve(settings, dsn, api=False, dispatcher=True,
+                       host=settings.host if port is not None else None, port=port))
+
+
+def database_url(settings: Settings) -> str:
+    if settings.database_url:
+        return settings.database_url
+    uri = start_embedded(settings.data_path)
+    log.info("embedded PostgreSQL running, data in %s", settings.data_path / "pgdata")
+    return uri
+
+
+async def _run_app(app: web.Application, settings: Settings, host: str | None,
+                   port: int | None) -> int:
+    runner = web.AppRunner(app, handle_signals=False, access_log=None,
+                           shutdown_timeout=settings.shutdown_grace_s)
+    await runner.setup()
+    if port is not None and host is not None:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        log.info("gateway listening on http://%s:%d", host, port)
+    log.info("gateway ready")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: intake stopped, finishing in-flight work")
+    await runner.cleanup()
+    log.info("stopped")
+    return 0
+
+
+async def _serve(settings: Settings, dsn: str, *, api: bool, dispatcher: bool,
+                 host: str | None, port: int | None, sandbox: bool = False) -> int:
+    await migrate(dsn)
+    app = create_app(settings, dsn, serve_api=api, dispatcher=dispatcher, sandbox=sandbox)
+    return await _run_app(app, settings, host, port)
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+async def _apps_direct(args: argparse.Namespace, dsn: str) -> Any:
+    await migrate(dsn)
+    db = await Database.connect(dsn, max_size=1)
+    try:
+        store = Store(db)
+        if args.apps_command == "create":
+            return AppCreated.model_validate(await store.create_app(args.name))
+        page = await store.list_apps(args.cursor, args.limit or 50)
+        return AppPage.model_validate({"data": page.items, "next_cursor": page.next_cursor})
+    finally:
+        await db.close()

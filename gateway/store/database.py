@@ -1,0 +1,244 @@
+"""PostgreSQL plumbing: the pool, SQL loaded by name, migrations, LISTEN, the embedded
+server, and translation of driver errors into :class:`~gateway.errors.DatabaseUnavailable`.
+
+Only the store (this package) talks to the driver; everything above it gets records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import warnings
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+
+from gateway.errors import DatabaseUnavailable, GatewayError
+
+log = logging.getLogger("gateway.db")
+
+if TYPE_CHECKING:
+    #: What ``Database.connection`` hands out (a pooled connection proxy).
+    Connection = asyncpg.pool.PoolConnectionProxy[asyncpg.Record]
+
+_NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+
+#: NOTIFY channels: new or requeued deliveries (the dispatchers listen), events with push
+#: targets to expand (the fan-out), and attempt outcomes (the live tail).
+DELIVERIES_CHANNEL = "gateway_deliveries"
+FANOUT_CHANNEL = "gateway_fanout"
+OUTCOMES_CHANNEL = "gateway_outcomes"
+
+
+def load_queries(text: str | None = None) -> dict[str, str]:
+    """Split ``queries.sql`` into ``{name: sql}`` on its ``-- name:`` lines."""
+    if text is None:
+        text = resources.files("gateway.store").joinpath("sql/queries.sql").read_text("utf-8")
+    parts = _NAME.split(text)
+    queries = {}
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        if name in queries:
+            raise ValueError(f"query {name!r} defined twice")
+        queries[name] = body.strip()
+    return queries
+
+
+QUERIES = load_queries()
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def load_migrations() -> list[Migration]:
+    folder = resources.files("gateway.store").joinpath("sql/migrations")
+    found = []
+    for entry in folder.iterdir():
+        match = re.fullmatch(r"(\d{4})_(\w+)\.sql", entry.name)
+        if match:
+            found.append(Migration(int(match[1]), match[2], entry.read_text("utf-8")))
+    found.sort(key=lambda m: m.version)
+    if [m.version for m in found] != list(range(1, len(found) + 1)):
+        raise ValueError("migrations must be numbered 0001, 0002, … without gaps")
+    return found
+
+
+# Errors that mean "the database is not there right now", as opposed to a bad query.
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,  # refused, reset, socket file gone
+    TimeoutError,  # no connection free in time, or the server does not answer
+    asyncpg.PostgresConnectionError,  # class 08: the connection broke
+    asyncpg.OperatorInterventionError,  # class 57: shutting down, starting up, cancelled
+    asyncpg.TooManyConnectionsError,
+)
+#: asyncpg raises InterfaceError / InternalClientError for a connection that broke under
+#: it; with any other message they are programming errors (wrong argument count…) and
+#: must surface as 500s with their cause logged, not as "database unavailable".
+_BROKEN_MESSAGES = ("closed", "another operation is in progress", "cannot switch to state")
+
+
+@contextlib.contextmanager
+def translated() -> Iterator[None]:
+    """Turn a lost or refused database connection into ``DatabaseUnavailable``."""
+    try:
+        yield
+    except GatewayError:
+        raise
+    except _UNAVAILABLE as exc:
+        raise DatabaseUnavailable(
+            "The database is unavailable; nothing was written. Retry shortly."
+        ) from exc
+    except (asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
+        if not any(m in str(exc) for m in _BROKEN_MESSAGES):
+            raise
+        raise DatabaseUnavailable(
+            "The database is unavailable; nothing was written. Retry shortly."
+        ) from exc
+
+
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    return None
+
+
+class Database:
+    """An asyncpg pool whose every use is :func:`translated`."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    @classmethod
+    async def connect(cls, dsn: str, *, max_size: int = 10) -> Database:
+        with translated():
+            pool = await asyncpg.create_pool(
+                dsn, min_size=1, max_size=max_size, command_timeout=30,
+                max_inactive_connection_lifetime=60,
+                # Pooled sessions never LISTEN, SET or hold advisory locks (the LISTEN and
+                # migration connections are separate), so asyncpg's reset query on every
+                # release is a wasted round trip on the hot path.
+                reset=_no_reset,
+            )
+        return cls(pool)
+
+    @contextlib.asynccontextmanager
+    async def connection(self, timeout_s: float = 5.0) -> AsyncIterator[Connection]:
+        with translated():
+            async with self.pool.acquire(timeout=timeout_s) as conn:
+                yield conn
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Connection]:
+        async with self.connection() as conn, conn.transaction():
+            yield conn
+
+    async def fetch(self, name: str, *args: Any) -> list[asyncpg.Record]:
+        async with self.connection() as conn:
+            return list(await conn.fetch(QUERIES[name], *args))
+
+    async def fetchrow(self, name: str, *args: Any) -> asyncpg.Record | None:
+        async with self.connection() as conn:
+            return await conn.fetchrow(QUERIES[name], *args)
+
+    async def execute(self, name: str, *args: Any) -> str:
+        async with self.connection() as conn:
+            return await conn.execute(QUERIES[name], *args)
+
+    async def ping(self, timeout_s: float = 2.0) -> None:
+        with translated():
+            async with asyncio.timeout(timeout_s), self.connection(timeout_s) as conn:
+                await conn.fetchval(QUERIES["ping"])
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.pool.close(), 5)
+
+
+async def listen_forever(
+    dsn: str,
+    channels: Mapping[str, Callable[[Any, int, str, object], None]],
+    *,
+    on_connected: Callable[[], None] = lambda: None,
+    on_lost: Callable[[], None] = lambda: None,
+) -> None:
+    """Hold one LISTEN connection for ``channels`` until cancelled, reconnecting with
+    backoff after the database goes away. ``on_connected`` runs after each (re)connect,
+    so the caller can catch up on what it may have missed while away."""
+    delay = 0.1
+    while True:
+        conn: asyncpg.Connection | None = None
+        try:
+            conn = await asyncpg.connect(dsn, timeout=5)
+            lost = asyncio.Event()
+            conn.add_termination_listener(lambda _c, lost=lost: lost.set())
+            for channel, callback in channels.items():
+                await conn.add_listener(channel, callback)
+            on_connected()
+            delay = 0.1
+            while not lost.is_set() and not conn.is_closed():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(5):
+                        await lost.wait()
+                if not lost.is_set():
+                    await conn.execute(QUERIES["ping"])  # notice a silently dead socket
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("LISTEN %s connection lost (%s); reconnecting", ",".join(channels), exc)
+        finally:
+            on_lost()
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(conn.close(), 2)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 2.0)
+
+
+async def migrate(dsn: str) -> list[int]:
+    """Apply pending migrations in order, each in its own transaction; returns those applied.
+
+    An advisory lock makes concurrent start-ups (API and dispatcher) take turns.
+    """
+    applied: list[int] = []
+    with translated():
+        conn = await asyncpg.connect(dsn)
+    try:
+        with translated():
+            await conn.execute(QUERIES["migration_lock"])
+            await conn.execute(QUERIES["create_migrations_table"])
+            done = {r["version"] for r in await conn.fetch(QUERIES["applied_migrations"])}
+            for migration in load_migrations():
+                if migration.version in done:
+                    continue
+                async with conn.transaction():
+                    await conn.execute(migration.sql)
+                    await conn.execute(QUERIES["record_migration"], migration.version,
+                                       migration.name)
+                applied.append(migration.version)
+                log.info("applied migration %04d_%s", migration.version, migration.name)
+    finally:
+        with contextlib.suppress(Exception):
+            await conn.close()
+    return applied
+
+
+def start_embedded(data_dir: Path) -> str:
+    """Start (or join) an embedded PostgreSQL 16 in ``data_dir/pgdata``; returns its URL.
+
+    The server keeps running while any process of ours holds it and stops with the last.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        from pgserver import postgres_server
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = postgres_server.get_server(data_dir / "pgdata", cleanup_mode="stop")
+    uri: str = server.get_uri()
+    return uri

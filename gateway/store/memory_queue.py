@@ -1,0 +1,122 @@
+"""A faithful in-memory :class:`~gateway.store.queue.Queue`, for tests of the dispatcher.
+
+It keeps the PostgreSQL queue's rules, which the shared tests check against both: a
+claim takes only due, pending deliveries of active endpoints, oldest due first, and
+leases them (due again when the lease runs out); a settlement moves a delivery on only
+while the caller's lease still holds it, but always logs the attempt; a 410 disables the
+endpoint and parks its other pending deliveries; a prune spares a device registered
+again after the provider's timestamp.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+
+from adapters.base import DeliveryJob
+from gateway.store.queue import AttemptResult, Job
+from gateway_client.models import DeliveryStatus, EndpointStatus
+
+#: A parked delivery's due time: never, until its endpoint is enabled again.
+NEVER = datetime.max.replace(tzinfo=UTC)
+
+
+@dataclass
+class Entry:
+    """One delivery as the queue holds it."""
+
+    job: DeliveryJob
+    due_at: datetime
+    status: DeliveryStatus = DeliveryStatus.PENDING
+    lease_id: uuid.UUID | None = None
+    schedule_pos: int = 0
+    #: Attempts that moved it on (a settlement under a lost lease is logged only).
+    attempt_count: int = 0
+    attempts: list[AttemptResult] = field(default_factory=list)
+
+
+class InMemoryQueue:
+    def __init__(self, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.clock = clock
+        self.entries: dict[str, Entry] = {}
+        self.endpoints: dict[str, EndpointStatus] = {}
+        #: Device id -> (active?, registered at).
+        self.devices: dict[str, tuple[bool, datetime]] = {}
+
+    # --- what a test sets up ----------------------------------------------------------
+
+    def add(self, job: DeliveryJob, due_at: datetime | None = None) -> None:
+        if job.endpoint is not None:
+            self.endpoints.setdefault(job.endpoint.id, EndpointStatus.ACTIVE)
+        if job.device is not None:
+            self.devices.setdefault(job.device.id, (True, self.clock()))
+        self.entries[job.delivery_id] = Entry(job, due_at or self.clock())
+
+    # --- the Queue interface ----------------------------------------------------------
+
+    async def claim(self, limit: int, lease_s: float, lease_id: uuid.UUID,
+                    skip_kinds: Sequence[str] = ()) -> list[Job]:
+        now = self.clock()
+        due = sorted((e for e in self.entries.values() if self._claimable(e, now, skip_kinds)),
+                     key=lambda e: e.due_at)[:limit]
+        jobs = []
+        for entry in due:
+            entry.due_at = now + timedelta(seconds=lease_s)
+            entry.lease_id = lease_id
+            device = entry.job.device
+            active = device is None or self.devices.get(device.id, (False, now))[0]
+            jobs.append(Job(replace(entry.job, attempt=entry.attempt_count + 1), lease_id,
+                            entry.schedule_pos, device_active=active))
+        return jobs
+
+    def _claimable(self, entry: Entry, now: datetime, skip_kinds: Sequence[str]) -> bool:
+        endpoint = entry.job.endpoint
+        return (entry.status is DeliveryStatus.PENDING and entry.due_at <= now
+                and entry.job.kind not in skip_kinds
+                and (endpoint is None
+                     or self.endpoints.get(endpoint.id) is EndpointStatus.ACTIVE))
+
+    async def complete(self, results: Sequence[AttemptResult]) -> None:
+        for r in results:
+            self._settle(r)
+            if r.disable_endpoint_id is not None:
+                self.endpoints[r.disable_endpoint_id] = EndpointStatus.DISABLED
+                for entry in self.entries.values():
+                    endpoint = entry.job.endpoint
+                    if (endpoint is not None and endpoint.id == r.disable_endpoint_id
+                            and entry.status is DeliveryStatus.PENDING
+                            and entry.lease_id is None):
+                        entry.due_at = NEVER
+            if r.prune_device_id is not None:
+                active, registered_at = self.devices.get(r.prune_device_id, (False, NEVER))
+                if active and (r.prune_since is None or registered_at <= r.prune_since):
+                    self.devices[r.prune_device_id] = (False, registered_at)
+
+    async def reschedule(self, results: Sequence[AttemptResult]) -> None:
+        for r in results:
+            self._settle(r)
+
+    def _settle(self, r: AttemptResult) -> None:
+        entry = self.entries[r.delivery_id]
+        entry.attempts.append(r)
+        if entry.lease_id != r.lease_id:
+            return  # the lease ran out and someone else holds it now
+        entry.status = r.status
+        entry.due_at = r.next_attempt_at or NEVER
+        entry.schedule_pos = r.schedule_pos
+        entry.attempt_count += 1
+        entry.lease_id = None
+
+    async def release(self, lease_ids: Sequence[uuid.UUID]) -> None:
+        now = self.clock()
+        for entry in self.entries.values():
+            if entry.lease_id in lease_ids and entry.status is DeliveryStatus.PENDING:
+                entry.lease_id = None
+                entry.due_at = now
+
+    async def next_due_at(self) -> datetime | None:
+        waiting = [e.due_at for e in self.entries.values()
+                   if e.status is DeliveryStatus.PENDING and e.due_at < NEVER]
+        return min(waiting, default=None)

@@ -1,0 +1,471 @@
+"""The store: everything the gateway keeps, behind named queries (``sql/queries.sql``).
+
+Callers get records (:mod:`gateway.store.records`) and domain errors; asyncpg never leaks
+past this package. The dispatcher's side of the deliveries table is the queue
+(:mod:`gateway.store.queue`); this class is the API's and the dashboard's side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import asyncpg
+
+from gateway.errors import DeliveryNotRetryable, IdempotencyKeyReused, NotFound
+from gateway.ids import hash_key, new_api_key, new_id, new_webhook_secret
+from gateway.store.database import QUERIES, Database
+from gateway.store.records import (
+    App,
+    Attempt,
+    Backlog,
+    CreatedApp,
+    CreatedEndpoint,
+    Credentials,
+    Delivery,
+    DeliveryView,
+    Device,
+    Endpoint,
+    EndpointSecret,
+    Event,
+    EventSummary,
+    Page,
+    QueueHealth,
+    TestEvent,
+    make,
+    make_all,
+)
+from gateway_client.models import DeliveryStatus, EndpointStatus, Provider
+
+if TYPE_CHECKING:
+    from gateway.store.database import Connection
+
+R = TypeVar("R")
+
+IDEMPOTENCY_WINDOW_S = 24 * 3600
+ROTATION_GRACE_S = 24 * 3600
+#: pg_advisory_lock key that lets one process prune at a time (migrations use 727274).
+RETENTION_LOCK_KEY = 727275
+
+
+@dataclass(frozen=True)
+class EventDraft:
+    app_id: str
+    type: str
+    payload: str
+    idempotency_key: str | None = None
+    body_sha256: bytes | None = None
+    #: Push targets as JSON text: {"user_ids", "topics", "notification"}.
+    push: str | None = None
+
+
+@dataclass(frozen=True)
+class Accepted:
+    id: str
+    type: str
+    created_at: datetime
+    #: False when an earlier request with the same Idempotency-Key made this event.
+    created: bool
+
+
+@dataclass(frozen=True)
+class DeliveryFilter:
+    """Which deliveries a listing or a bulk retry takes (each None = any)."""
+
+    status: DeliveryStatus | None = None
+    endpoint_id: str | None = None
+    #: An endpoint's event type pattern: exact, ``prefix.*`` or ``*``.
+    event_type: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+def _page(cls: type[R], rows: Sequence[asyncpg.Record], limit: int) -> Page[R]:
+    """A page of ``limit`` records from ``limit + 1`` rows: the extra one says there is
+    more, and the last record's id is where the next page starts."""
+    items = make_all(cls, rows[:limit])
+    return Page(items, str(rows[limit - 1]["id"]) if len(rows) > limit else None)
+
+
+def _found(row: asyncpg.Record | None, what: str, ident: str) -> asyncpg.Record:
+    if row is None:
+        raise NotFound(f"No {what} with id {ident!r} in this app.")
+    return row
+
+
+class Store:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def ping(self) -> None:
+        """Raises DatabaseUnavailable unless PostgreSQL answers within 2 s."""
+        await self.db.ping()
+
+    # --- apps -------------------------------------------------------------------------
+
+    async def create_app(self, name: str) -> CreatedApp:
+        key = new_api_key()
+        row = await self.db.fetchrow("create_app", new_id("app"), name, hash_key(key))
+        assert row is not None
+        return make(CreatedApp, row, api_key=key)
+
+    async def app_id_for_key_hash(self, key_hash: bytes) -> str | None:
+        row = await self.db.fetchrow("app_by_key_hash", key_hash)
+        return None if row is None else str(row["id"])
+
+    async def get_app(self, app_id: str) -> App:
+        return make(App, _found(await self.db.fetchrow("get_app", app_id), "app", app_id))
+
+    async def list_apps(self, cursor: str | None, limit: int) -> Page[App]:
+        return _page(App, await self.db.fetch("list_apps", cursor, limit + 1), limit)
+
+    async def user_token_secret(self, app_id: str) -> bytes | None:
+        row = await self.db.fetchrow("user_token_secret", app_id)
+        return None if row is None else bytes(row["user_token_secret"])
+
+    # --- endpoints --------------------------------------------------------------------
+
+    async def create_endpoint(
+        self, app_id: str, url: str, description: str, event_types: list[str] | None
+    ) -> CreatedEndpoint:
+        row = await self.db.fetchrow(
+            "create_endpoint", new_id("ep"), app_id, url, description, event_types,
+            new_webhook_secret(),
+        )
+        assert row is not None
+        return make(CreatedEndpoint, row)
+
+    async def list_endpoints(self, app_id: str, cursor: str | None,
+                             limit: int) -> Page[Endpoint]:
+        rows = await self.db.fetch("list_endpoints", app_id, cursor, limit + 1)
+        return _page(Endpoint, rows, limit)
+
+    async def get_endpoint(self, app_id: str, endpoint_id: str) -> Endpoint:
+        row = await self.db.fetchrow("get_endpoint", app_id, endpoint_id)
+        return make(Endpoint, _found(row, "endpoint", endpoint_id))
+
+    async def get_endpoint_secret(self, app_id: str, endpoint_id: str) -> EndpointSecret:
+        row = await self.db.fetchrow("get_endpoint_secret", app_id, endpoint_id)
+        return make(EndpointSecret, _found(row, "endpoint", endpoint_id))
+
+    async def update_endpoint(
+        self, app_id: str, endpoint_id: str, changes: dict[str, Any]
+    ) -> Endpoint:
+        """Apply a PATCH; disabling parks pending deliveries, enabling resumes them."""
+        async with self.db.transaction() as conn:
+            current = make(Endpoint, _found(
+                await conn.fetchrow(QUERIES["get_endpoint_for_update"], app_id, endpoint_id),
+                "endpoint", endpoint_id))
+            merged: dict[str, Any] = {
+                "url": current.url, "description": current.description,
+                "event_types": current.event_types, "status": current.status,
+                "disabled_reason": current.disabled_reason, **changes}
+            status = EndpointStatus(merged["status"])
+            if status is EndpointStatus.ACTIVE:
+                merged["disabled_reason"] = None
+            elif "disabled_reason" not in changes and current.status is EndpointStatus.ACTIVE:
+                merged["disabled_reason"] = "disabled by API"
+            row = await conn.fetchrow(
+                QUERIES["update_endpoint"], app_id, endpoint_id, merged["url"],
+                merged["description"], merged["event_types"], status.value,
+                merged["disabled_reason"],
+            )
+            if current.status is EndpointStatus.ACTIVE and status is EndpointStatus.DISABLED:
+                await conn.execute(QUERIES["park_deliveries"], [endpoint_id])
+            elif current.status is EndpointStatus.DISABLED and status is EndpointStatus.ACTIVE:
+                await conn.execute(QUERIES["unpark_deliveries"], endpoint_id)
+        assert row is not None
+        return make(Endpoint, row)
+
+    async def delete_endpoint(self, app_id: str, endpoint_id: str) -> None:
+        """Delete it; its pending deliveries fail, having nowhere to go."""
+        _found(await self.db.fetchrow("delete_endpoint", app_id, endpoint_id),
+               "endpoint", endpoint_id)
+
+    async def rotate_secret(self, app_id: str, endpoint_id: str) -> EndpointSecret:
+        row = await self.db.fetchrow(
+            "rotate_secret", app_id, endpoint_id, new_webhook_secret(), float(ROTATION_GRACE_S)
+        )
+        return make(EndpointSecret, _found(row, "endpoint", endpoint_id))
+
+    # --- events -----------------------------------------------------------------------
+
+    async def write_events(self, drafts: list[EventDraft]) -> list[Accepted | BaseException]:
+        """Make each draft durable with its deliveries, all in one transaction.
+
+        A draft whose Idempotency-Key was already used within 24 h makes nothing: it
+        answers with the first event, or :class:`IdempotencyKeyReused` if its body differs.
+        The same key twice in one batch is settled by writing the first and then
+        answering the rest from it.
+        """
+        now = datetime.now(UTC)
+        ids = [new_id("evt") for _ in drafts]
+        results: list[Accepted | BaseException | None] = [None] * len(drafts)
+        seen: set[tuple[str, str]] = set()
+        first: list[int] = []
+        for i, d in enumerate(drafts):
+            if d.idempotency_key is None:
+                continue
+            scope = (d.app_id, d.idempotency_key)
+            if scope not in seen:
+                first.append(i)
+            seen.add(scope)
+
+        def insert_args(rows: list[int]) -> tuple[Any, ...]:
+            return ([ids[i] for i in rows], [drafts[i].app_id for i in rows],
+                    [drafts[i].type for i in rows], [drafts[i].payload for i in rows],
+                    [now] * len(rows), [drafts[i].push for i in rows])
+
+        if not first:
+            # The common case: one statement, its own transaction, no BEGIN/COMMIT trips.
+            await self.db.fetchrow("insert_events", *insert_args(list(range(len(drafts)))))
+            return [Accepted(ids[i], d.type, now, created=True) for i, d in enumerate(drafts)]
+
+        async with self.db.transaction() as conn:
+            rows = await conn.fetch(
+                QUERIES["claim_idempotency_keys"],
+                [drafts[i].app_id for i in first], [drafts[i].idempotency_key for i in first],
+                [drafts[i].body_sha256 for i in first], [ids[i] for i in first],
+                float(IDEMPOTENCY_WINDOW_S),
+            )
+            owned = {(r["app_id"], r["key"]) for r in rows}
+            fresh = [
+                i for i, d in enumerate(drafts)
+                if d.idempotency_key is None
+                or (i in first and (d.app_id, d.idempotency_key) in owned)
+            ]
+            if fresh:
+                await conn.fetchrow(QUERIES["insert_events"], *insert_args(fresh))
+            for i in fresh:
+                results[i] = Accepted(ids[i], drafts[i].type, now, created=True)
+            replay = [i for i, r in enumerate(results) if r is None]
+            if replay:
+                existing = {
+                    (r["app_id"], r["key"]): r
+                    for r in await conn.fetch(
+                        QUERIES["existing_idempotency_keys"],
+                        [drafts[i].app_id for i in replay],
+                        [drafts[i].idempotency_key for i in replay],
+                    )
+                }
+                for i in replay:
+                    d = drafts[i]
+                    prior = existing.get((d.app_id, str(d.idempotency_key)))
+                    if prior is None:  # cannot happen: the key is in this transaction
+                        results[i] = RuntimeError("idempotency key vanished")
+                    elif prior["body_sha256"] != d.body_sha256:
+                        results[i] = IdempotencyKeyReused(
+                            "This Idempotency-Key was already used with a different body "
+                            "in the last 24 hours.",
+                            details=[{"event_id": prior["id"]}],
+                        )
+                    else:
+                        results[i] = Accepted(prior["id"], prior["type"], prior["created_at"],
+                                              created=False)
+        return [r if r is not None else RuntimeError("unsettled") for r in results]
+
+    async def get_event(self, app_id: str, event_id: str) -> Event:
+        return make(Event, _found(await self.db.fetchrow("get_event", app_id, event_id),
+                                  "event", event_id))
+
+    async def deliveries_of(self, event: Event) -> list[Delivery]:
+        """Every delivery of an event the caller already found in its app."""
+        return make_all(Delivery, await self.db.fetch("deliveries_of_event", event.id))
+
+    async def list_events(
+        self, app_id: str, event_type: str | None, cursor: str | None, limit: int
+    ) -> Page[Event]:
+        rows = await self.db.fetch("list_events", app_id, event_type, cursor, limit + 1)
+        return _page(Event, rows, limit)
+
+    async def send_test_event(self, app_id: str, endpoint_id: str,
+                              payload: str) -> TestEvent | None:
+        """A ``gateway.test`` event delivered to this endpoint only, or None when the
+        endpoint is disabled."""
+        row = await self.db.fetchrow("send_test_event", new_id("evt"), app_id, endpoint_id,
+                                     payload)
+        if row is None:
+            await self.get_endpoint(app_id, endpoint_id)  # 404 for an unknown endpoint
+            return None
+        return make(TestEvent, row)
+
+    # --- deliveries -------------------------------------------------------------------
+
+    async def list_deliveries(
+        self, app_id: str, *, status: DeliveryStatus | None, endpoint_id: str | None,
+        event_id: str | None, cursor: str | None, limit: int,
+    ) -> Page[Delivery]:
+        rows = await self.db.fetch(
+            "list_deliveries", app_id, status, endpoint_id, event_id, cursor, limit + 1
+        )
+        return _page(Delivery, rows, limit)
+
+    async def get_delivery(self, app_id: str, delivery_id: str) -> Delivery:
+        return make(Delivery, _found(await self.db.fetchrow("get_delivery", app_id,
+                                                            delivery_id),
+                                     "delivery", delivery_id))
+
+    async def list_attempts(self, app_id: str, delivery_id: str) -> list[Attempt]:
+        await self.get_delivery(app_id, delivery_id)  # 404 outside this app
+        return make_all(Attempt, await self.db.fetch("list_attempts", [delivery_id]))
+
+    async def attempts_of(self, delivery_ids: list[str]) -> list[Attempt]:
+        """Attempts of deliveries the caller already scoped to one app, oldest first."""
+        if not delivery_ids:
+            return []
+        return make_all(Attempt, await self.db.fetch("list_attempts", delivery_ids))
+
+    async def retry_delivery(self, app_id: str, delivery_id: str) -> Delivery:
+        """Requeue one failed delivery now (409 for any other)."""
+        rows = await self.db.fetch("requeue_failed", app_id, delivery_id, None, None, None,
+                                   None)
+        if not rows:
+            current = await self.get_delivery(app_id, delivery_id)
+            raise DeliveryNotRetryable(
+                f"Only failed deliveries can be retried; this one is {current.status}"
+                + (" and its endpoint or device was deleted"
+                   if current.status is DeliveryStatus.FAILED else "") + "."
+            )
+        return make(Delivery, rows[0])
+
+    async def retry_failed(self, app_id: str, chosen: DeliveryFilter) -> int:
+        """Requeue every failed delivery of the app that ``chosen`` takes; how many."""
+        rows = await self.db.fetch("requeue_failed", app_id, None, chosen.endpoint_id,
+                                   chosen.event_type, chosen.since, chosen.until)
+        return len(rows)
+
+    # --- devices ----------------------------------------------------------------------
+
+    async def upsert_device(
+        self, app_id: str, *, platform: str, token: str, user_id: str, topics: list[str],
+        locale: str | None, app_version: str | None,
+    ) -> tuple[Device, bool]:
+        """The device, and whether it is new."""
+        row = await self.db.fetchrow("upsert_device", new_id("dev"), app_id, platform, token,
+                                     user_id, topics, locale, app_version)
+        assert row is not None
+        return make(Device, row), bool(row["inserted"])
+
+    async def get_device(self, app_id: str, token: str, user_id: str | None) -> Device:
+        return make(Device, _found(await self.db.fetchrow("get_device", app_id, token,
+                                                          user_id), "device", token))
+
+    async def list_devices(
+        self, app_id: str, *, user_id: str | None = None, topic: str | None = None,
+        platform: str | None = None, status: str | None = None, search: str | None = None,
+        cursor: str | None, limit: int,
+    ) -> Page[Device]:
+        rows = await self.db.fetch("list_devices", app_id, user_id, topic, platform, status,
+                                   search, cursor, limit + 1)
+        return _page(Device, rows, limit)
+
+    async def set_device_topics(self, app_id: str, token: str, user_id: str | None,
+                                topics: list[str]) -> Device:
+        row = await self.db.fetchrow("set_device_topics", app_id, token, user_id, topics)
+        return make(Device, _found(row, "device", token))
+
+    async def delete_device(self, app_id: str, token: str, user_id: str | None) -> None:
+        _found(await self.db.fetchrow("delete_device", app_id, token, user_id), "device", token)
+
+    async def device_tokens(self, app_id: str, tokens: list[str]) -> set[str]:
+        """Those of ``tokens`` that are this app's devices."""
+        rows = await self.db.fetch("device_tokens", app_id, tokens)
+        return {str(r["token"]) for r in rows}
+
+    # --- push credentials -------------------------------------------------------------
+
+    async def put_credentials(self, app_id: str, provider: Provider,
+                              config: dict[str, Any]) -> Credentials:
+        row = await self.db.fetchrow("put_credentials", app_id, provider.value,
+                                     json.dumps(config))
+        assert row is not None
+        return make(Credentials, row)
+
+    async def list_credentials(self, app_id: str) -> list[Credentials]:
+        return make_all(Credentials, await self.db.fetch("list_credentials", app_id))
+
+    # --- dashboard --------------------------------------------------------------------
+
+    async def dashboard_events(
+        self, app_id: str, *, event_type: str | None, status: DeliveryStatus | None,
+        since: datetime | None, until: datetime | None, id_prefix: str | None,
+        cursor: str | None, limit: int,
+    ) -> Page[EventSummary]:
+        rows = await self.db.fetch("dashboard_events", app_id, event_type, status, since,
+                                   until, id_prefix, cursor, limit + 1)
+        return _page(EventSummary, rows, limit)
+
+    async def dashboard_event_deliveries(self, app_id: str, event_id: str,
+                                         limit: int) -> list[DeliveryView]:
+        return make_all(DeliveryView, await self.db.fetch("dashboard_event_deliveries",
+                                                          app_id, event_id, limit))
+
+    async def dashboard_deliveries(self, app_id: str, chosen: DeliveryFilter, *,
+                                   cursor: str | None, limit: int) -> Page[DeliveryView]:
+        rows = await self.db.fetch("dashboard_deliveries", app_id, chosen.status,
+                                   chosen.endpoint_id, chosen.event_type, chosen.since,
+                                   chosen.until, cursor, limit + 1)
+        return _page(DeliveryView, rows, limit)
+
+    async def dashboard_health(self, app_id: str | None) -> QueueHealth:
+        row = await self.db.fetchrow("dashboard_health", app_id)
+        assert row is not None
+        return make(QueueHealth, row)
+
+    # --- metrics ----------------------------------------------------------------------
+
+    async def backlog(self) -> Backlog:
+        row = await self.db.fetchrow("delivery_backlog")
+        assert row is not None
+        return make(Backlog, row)
+
+    # --- retention --------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def pruning(self) -> AsyncIterator[Pruner | None]:
+        """A connection to prune on, while this process holds the retention lock; None
+        when another process is pruning right now."""
+        async with self.db.connection() as conn:
+            if not await conn.fetchval(QUERIES["retention_try_lock"], RETENTION_LOCK_KEY):
+                yield None
+                return
+            try:
+                yield Pruner(conn)
+            finally:
+                with contextlib.suppress(Exception):
+                    await conn.fetchval(QUERIES["retention_unlock"], RETENTION_LOCK_KEY)
+
+
+class Pruner:
+    """Deletes finished work in small batches, each its own short transaction that skips
+    rows someone else holds."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    async def deliveries(self, cutoff: datetime, batch: int) -> tuple[int, int]:
+        """Finished deliveries created and last changed before ``cutoff``, with their
+        attempts: how many of each went."""
+        row = await self._conn.fetchrow(QUERIES["retention_deliveries"], cutoff, batch)
+        assert row is not None
+        return int(row["deliveries"]), int(row["attempts"])
+
+    async def events(self, cutoff: datetime, batch: int) -> int:
+        """Events before ``cutoff`` with no delivery left and no fan-out to do."""
+        row = await self._conn.fetchrow(QUERIES["retention_events"], cutoff, batch)
+        assert row is not None
+        return int(row["deleted"])
+
+    async def idempotency_keys(self, after: tuple[str, str],
+                               batch: int) -> tuple[int, tuple[str, str] | None]:
+        """Expired keys among the next ``batch`` after ``after``: how many went, and
+        where to continue (None: done)."""
+        row = await self._conn.fetchrow(QUERIES["retention_idempotency_keys"],
+                                        float(IDEMPOTENCY_WINDOW_S), batch, *after)
+        assert row is not None
+        following = None if row["app_id"] is None else (str(row["app_id"]), str(row["key"]))
+        return int(row["deleted"]), following

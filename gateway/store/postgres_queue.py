@@ -1,0 +1,160 @@
+"""The delivery queue in PostgreSQL: ``FOR UPDATE SKIP LOCKED`` claims with a lease, so
+any number of dispatcher processes share one database, and ``NOTIFY`` wakes them.
+
+Settling attempts also tells the live tail: each transaction that logs attempts sends
+their outcomes on ``gateway_outcomes`` (compact JSON, never a payload, secret or token),
+heard on commit by every API process.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import asyncpg
+
+from adapters.base import DeliveryJob, DeviceTarget, EndpointTarget, EventView
+from gateway.store.database import QUERIES, Database
+from gateway.store.queue import AttemptResult, Job
+from gateway.store.records import Row
+from gateway_client.models import iso
+
+if TYPE_CHECKING:
+    from gateway.store.database import Connection
+
+#: PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
+MAX_NOTIFY_BYTES = 7900
+
+
+class PostgresQueue:
+    """:class:`~gateway.store.queue.Queue` and :class:`~gateway.store.queue.Fanout` on
+    the gateway's database."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def claim(self, limit: int, lease_s: float, lease_id: uuid.UUID,
+                    skip_kinds: Sequence[str] = ()) -> list[Job]:
+        rows = await self.db.fetch("claim_due", limit, lease_s, lease_id, list(skip_kinds))
+        return [_job(row, lease_id) for row in rows]
+
+    async def complete(self, results: Sequence[AttemptResult]) -> None:
+        gone = {r.disable_endpoint_id: r.disable_reason for r in results
+                if r.disable_endpoint_id}
+        async with self.db.transaction() as conn:
+            await _log(conn, results)
+            for endpoint_id, reason in gone.items():
+                await conn.execute(QUERIES["disable_endpoints"], [endpoint_id], reason)
+            if gone:
+                await conn.execute(QUERIES["park_deliveries"], list(gone))
+            for r in results:
+                if r.prune_device_id:
+                    await conn.execute(QUERIES["prune_device"], r.prune_device_id,
+                                       r.prune_reason, r.prune_since)
+
+    async def reschedule(self, results: Sequence[AttemptResult]) -> None:
+        async with self.db.transaction() as conn:
+            await _log(conn, results)
+
+    async def release(self, lease_ids: Sequence[uuid.UUID]) -> None:
+        if lease_ids:
+            await self.db.execute("release_leases", list(lease_ids))
+
+    async def next_due_at(self) -> datetime | None:
+        row = await self.db.fetchrow("next_due_at")
+        return None if row is None else row["due"]
+
+    async def expand(self, batch: int) -> int | None:
+        """Expand one batch of devices of one event with push targets into deliveries.
+
+        Each batch commits with its cursor, so a crash resumes where it stopped and a
+        replayed batch creates nothing twice.
+        """
+        async with self.db.transaction() as conn:
+            event = await conn.fetchrow(QUERIES["claim_fanout"])
+            if event is None:
+                return None
+            devices = await conn.fetch(
+                QUERIES["fanout_devices"], event["app_id"], event["fanout_cursor"],
+                event["push_user_ids"], event["push_topics"], batch,
+            )
+            if devices:
+                await conn.execute(
+                    QUERIES["insert_device_deliveries"], event["id"], event["app_id"],
+                    [d["id"] for d in devices],
+                    ["apns" if d["platform"] == "ios" else "fcm" for d in devices],
+                )
+            await conn.execute(QUERIES["advance_fanout"], event["id"],
+                               devices[-1]["id"] if devices else None, len(devices) < batch)
+        return len(devices)
+
+
+async def _log(conn: Connection, results: Sequence[AttemptResult]) -> None:
+    """Log the attempts, move their deliveries on, and tell the live tail on commit."""
+    changed = await conn.fetch(
+        QUERIES["record_results"],
+        [r.delivery_id for r in results], [r.lease_id for r in results],
+        [r.status.value for r in results], [r.next_attempt_at for r in results],
+        [r.schedule_pos for r in results], [r.attempted_at for r in results],
+        [r.duration_ms for r in results], [r.outcome.value for r in results],
+        [r.status_code for r in results], [r.response_snippet for r in results],
+        [r.error for r in results],
+    )
+    notes = outcome_notifications(results, {row["id"]: row for row in changed})
+    if notes:
+        await conn.execute(QUERIES["notify_outcomes"], notes)
+
+
+def outcome_notifications(
+    results: Sequence[AttemptResult], details: Mapping[str, Row]
+) -> list[str]:
+    """Attempt outcomes as compact JSON arrays, each under :data:`MAX_NOTIFY_BYTES`.
+
+    Only ids, types and results: never a payload, secret or device token.
+    """
+    chunks: list[str] = []
+    items: list[str] = []
+    size = 2
+    for r in results:
+        d = details.get(r.delivery_id)
+        if d is None:
+            continue
+        item = json.dumps({
+            "delivery_id": r.delivery_id, "event_id": d["event_id"],
+            "event_type": d["event_type"], "endpoint_id": d["endpoint_id"], "kind": d["kind"],
+            "app_id": d["app_id"], "status": r.status.value, "outcome": r.outcome.value,
+            "status_code": r.status_code, "attempt": d["attempt_count"],
+            "at": iso(r.attempted_at),
+        }, separators=(",", ":"))
+        length = len(item.encode())
+        if items and size + 1 + length > MAX_NOTIFY_BYTES:
+            chunks.append("[" + ",".join(items) + "]")
+            items, size = [], 2
+        size += length + (1 if items else 0)
+        items.append(item)
+    if items:
+        chunks.append("[" + ",".join(items) + "]")
+    return chunks
+
+
+def _job(row: asyncpg.Record, lease_id: uuid.UUID) -> Job:
+    endpoint = device = None
+    if row["endpoint_id"] is not None:
+        secrets = (row["secret"],) + ((row["previous_secret"],) if row["previous_secret"] else ())
+        endpoint = EndpointTarget(row["endpoint_id"], row["url"], secrets)
+    if row["device_id"] is not None and row["device_token"] is not None:
+        device = DeviceTarget(row["device_id"], row["platform"], row["device_token"])
+    delivery = DeliveryJob(
+        delivery_id=row["id"], app_id=row["app_id"], kind=row["kind"],
+        event=EventView(row["event_id"], row["event_type"], row["payload"],
+                        row["event_created_at"]),
+        endpoint=endpoint, device=device,
+        notification=json.loads(row["notification"]) if row["notification"] else None,
+        credentials=json.loads(row["credentials"]) if row["credentials"] else None,
+        attempt=row["attempt_count"] + 1,
+    )
+    return Job(delivery, lease_id, row["schedule_pos"],
+               device_active=row["device_status"] in (None, "active"))

@@ -1,0 +1,492 @@
+"""The ``gateway`` commands that drive a running gateway over its HTTP API, through
+:class:`~gateway_client.client.GatewayClient`: ``apps``, ``endpoints``, ``events``,
+``deliveries``, ``devices``, ``user-tokens``, ``push`` and ``tail``. Every one takes
+``--json`` and then prints the API's answer as JSON (``tail``: one object per line), so an
+operator can script it.
+
+They call ``GATEWAY_URL`` (default ``http://GATEWAY_HOST:GATEWAY_PORT``) with
+``GATEWAY_API_KEY``; ``apps`` sends ``GATEWAY_ADMIN_KEY``, and ``push`` the app key when it
+is set, else the operator key. They need only the client's dependencies; the server's
+command line (:mod:`gateway.cli`) adds them to its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any, Literal, TextIO
+
+from pydantic import BaseModel
+
+from gateway.config import Settings
+from gateway_client.client import (
+    UNSET,
+    DeliveryOutcome,
+    GatewayAPIError,
+    GatewayClient,
+    GatewayClientError,
+    GatewayConnectionError,
+    Unset,
+)
+
+COMMANDS = ("apps", "endpoints", "events", "deliveries", "devices", "user-tokens", "push",
+            "tail")
+
+Action = Callable[[GatewayClient, argparse.Namespace], Awaitable[Any]]
+
+
+# --- the parser ----------------------------------------------------------------------
+
+def _leaf(group: Any, name: str, help_text: str, action: Action,
+          ) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = group.add_parser(name, help=help_text,
+                                                       description=help_text)
+    parser.add_argument("--json", action="store_true", help="print the answer as JSON")
+    parser.set_defaults(action=action)
+    return parser
+
+
+def _paged(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--limit", type=int, help="page size, 1-250 (default 50)")
+    parser.add_argument("--cursor", help="next_cursor of the previous page")
+    return parser
+
+
+def _group(sub: Any, name: str, help_text: str) -> Any:
+    parser = sub.add_parser(name, help=help_text, description=help_text + ". " + _WHERE)
+    return parser.add_subparsers(dest=f"{name}_command", required=True, metavar="ACTION")
+
+
+_WHERE = ("Calls GATEWAY_URL (default http://GATEWAY_HOST:GATEWAY_PORT) with GATEWAY_API_KEY; "
+          "'apps' sends GATEWAY_ADMIN_KEY")
+
+
+def add_parsers(sub: Any) -> None:
+    """Add every API command to the ``gateway`` parser's subcommands."""
+    apps = _group(sub, "apps", "manage apps (operator key; or the database directly when "
+                  "DATABASE_URL is set and GATEWAY_URL is not)")
+    _leaf(apps, "create", "create an app and print its API key", _apps_create) \
+        .add_argument("name")
+    _paged(_leaf(apps, "list", "list apps", _apps_list))
+
+    endpoints = _group(sub, "endpoints", "manage webhook endpoints")
+    create = _leaf(endpoints, "create", "subscribe a webhook endpoint (prints its secret)",
+                   _endpoints_create)
+    create.add_argument("url")
+    create.add_argument("--event-type", action="append", dest="event_types",
+                        metavar="TYPE", help="exact type, 'prefix.*' or '*' (repeatable; "
+                        "default: every type)")
+    create.add_argument("--description")
+    _paged(_leaf(endpoints, "list", "list endpoints", _endpoints_list))
+    _leaf(endpoints, "get", "show an endpoint", _endpoints_get).add_argument("id")
+    update = _leaf(endpoints, "update", "change an endpoint; enable or disable it",
+                   _endpoints_update)
+    update.add_argument("id")
+    update.add_argument("--url")
+    types = update.add_mutually_exclusive_group()
+    types.add_argument("--event-type", action="append", dest="event_types", metavar="TYPE",
+                       help="replace the subscribed types (repeatable)")
+    types.add_argument("--all-event-types", action="store_true",
+                       help="subscribe to every event type")
+    update.add_argument("--description")
+    state = update.add_mutually_exclusive_group()
+    state.add_argument("--enable", action="store_true")
+    state.add_argument("--disable", action="store_true")
+    update.add_argument("--reason", help="why it is disabled (with --disable)")
+    _leaf(endpoints, "delete", "delete an endpoint", _endpoints_delete).add_argument("id")
+    _leaf(endpoints, "secret", "show an endpoint's signing secret",
+          _endpoints_secret).add_argument("id")
+    _leaf(endpoints, "rotate-secret", "rotate the signing secret (the old one signs too "
+          "for 24 h)", _endpoints_rotate).add_argument("id")
+
+    events = _group(sub, "events", "emit and inspect events")
+    emit = _leaf(events, "emit", "emit an event", _events_emit)
+    emit.add_argument("type")
+    emit.add_argument("payload", nargs="?", default="{}",
+                      help="the payload as a JSON object, or '-' to read it from stdin "
+                      "(default: {})")
+    emit.add_argument("--idempotency-key", help="default: a fresh one, reused on retries")
+    emit.add_argument("--user-id", action="append", dest="user_ids", metavar="USER_ID",
+                      help="push to this user's devices (repeatable; needs --notification)")
+    emit.add_argument("--topic", action="append", dest="topics", metavar="TOPIC",
+                      help="push to this topic's devices (repeatable; needs --notification)")
+    emit.add_argument("--notification", help="the push notification as a JSON object")
+    listing = _paged(_leaf(events, "list", "list events", _events_list))
+    listing.add_argument("--type", dest="event_type", help="only this event type")
+    _leaf(events, "get", "show an event with its deliveries", _events_get).add_argument("id")
+
+    deliveries = _group(sub, "deliveries", "inspect and retry deliveries")
+    listing = _paged(_leaf(deliveries, "list", "list deliveries", _deliveries_list))
+    listing.add_argument("--status", choices=("pending", "succeeded", "failed"))
+    listing.add_argument("--endpoint-id")
+    listing.add_argument("--event-id")
+    _leaf(deliveries, "get", "show a delivery", _deliveries_get).add_argument("id")
+    _leaf(deliveries, "attempts", "every attempt of a delivery",
+          _deliveries_attempts).add_argument("id")
+    _leaf(deliveries, "retry", "requeue a failed delivery now",
+          _deliveries_retry).add_argument("id")
+
+    devices = _group(sub, "devices", "manage push devices")
+    register = _leaf(devices, "register", "register (upsert) a device", _devices_register)
+    register.add_argument("platform", choices=("ios", "android"))
+    register.add_argument("token")
+    register.add_argument("--user-id", required=True)
+    register.add_argument("--topic", action="append", dest="topics", metavar="TOPIC")
+    register.add_argument("--locale")
+    register.add_argument("--app-version")
+    listing = _paged(_leaf(devices, "list", "list devices", _devices_list))
+    listing.add_argument("--user-id")
+    listing.add_argument("--topic")
+    listing.add_argument("--platform", choices=("ios", "android"))
+    listing.add_argument("--status", choices=("active", "pruned"))
+    _leaf(devices, "get", "show a device", _devices_get).add_argument("token")
+    _leaf(devices, "delete", "delete a device", _devices_delete).add_argument("token")
+    topics = _leaf(devices, "set-topics", "replace a device's topics", _devices_set_topics)
+    topics.add_argument("token")
+    topics.add_argument("topics", nargs="*", metavar="TOPIC")
+
+    user_tokens = _group(sub, "user-tokens", "mint user tokens for mobile apps")
+    mint = _leaf(user_tokens, "create", "mint a short-lived user token", _user_tokens_create)
+    mint.add_argument("user_id")
+    mint.add_argument("--ttl-seconds", type=int)
+
+    push = _group(sub, "push", "manage an app's push credentials (the app key, or the "
+                  "operator key when GATEWAY_API_KEY is unset)")
+    fcm = _leaf(push, "set-fcm", "upload the app's Firebase service account JSON",
+                _push_set_fcm)
+    fcm.add_argument("app_id", metavar="APP")
+    fcm.add_argument("--service-account", required=True, metavar="FILE",
+                     help="the service account JSON file ('-' reads stdin)")
+    apns = _leaf(push, "set-apns", "upload the app's APNs token-auth key (.p8)",
+                 _push_set_apns)
+    apns.add_argument("app_id", metavar="APP")
+    apns.add_argument("--key-file", required=True, metavar="FILE",
+                      help="the AuthKey_XXXXXXXXXX.p8 file")
+    apns.add_argument("--key-id", required=True)
+    apns.add_argument("--team-id", required=True)
+    apns.add_argument("--topic", required=True, help="the app's bundle id")
+    apns.add_argument("--environment", choices=("production", "sandbox"),
+                      default="production")
+    _leaf(push, "show", "show the app's push credentials, masked",
+          _push_show).add_argument("app_id", metavar="APP")
+
+    tail = sub.add_parser(
+        "tail", help="print delivery outcomes as they happen",
+        description="Print every delivery outcome of the app as it happens (GET "
+        "/v1/deliveries/stream), until interrupted. " + _WHERE + ".")
+    tail.add_argument("--endpoint-id", help="only this endpoint's deliveries")
+    tail.add_argument("--event-type", help="only this type: exact, 'prefix.*' or '*'")
+    tail.add_argument("--json", action="store_true", help="one JSON object per line")
+
+
+# --- running -------------------------------------------------------------------------
+
+def _key(args: argparse.Namespace, settings: Settings) -> tuple[str, str | None]:
+    if args.command == "apps" or (args.command == "push" and not settings.api_key):
+        return "GATEWAY_ADMIN_KEY", settings.admin_key
+    return "GATEWAY_API_KEY", settings.api_key
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Run an API command; the exit status: 0, 1 on an error answer or no connection,
+    2 on missing configuration."""
+    key_env, key = _key(args, settings)
+    if not key:
+        print(f"gateway: set {key_env} to use 'gateway {args.command}'", file=sys.stderr)
+        return 2
+    client = GatewayClient(settings.client_url, key)
+    if args.command == "tail":
+        return asyncio.run(_tail(client, args))
+    return report(args, _with(client, args))
+
+
+async def _with(client: GatewayClient, args: argparse.Namespace) -> Any:
+    async with client:
+        return await args.action(client, args)
+
+
+def report(args: argparse.Namespace, call: Coroutine[Any, Any, Any], *,
+           expected: tuple[type[Exception], ...] = ()) -> int:
+    """Run ``call`` and print its answer as the command's output; an error answer, a
+    :class:`GatewayClientError` or one of ``expected`` is printed instead, exit status 1."""
+    try:
+        answer = asyncio.run(call)
+    except GatewayAPIError as exc:
+        if args.json:
+            print(json.dumps({"error": {"code": exc.code, "message": exc.message,
+                                        "details": exc.details}}), file=sys.stderr)
+        else:
+            print(f"gateway: {exc.status} {exc.code}: {exc.message}", file=sys.stderr)
+            for detail in exc.details:
+                print(f"  {json.dumps(detail)}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if not isinstance(exc, (GatewayClientError, *expected)):
+            raise
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 1
+    data = _plain(answer)
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        _print_human(data)
+    return 0
+
+
+def _plain(answer: Any) -> Any:
+    if isinstance(answer, BaseModel):
+        return answer.model_dump(mode="json")
+    if isinstance(answer, list):
+        return [_plain(a) for a in answer]
+    if isinstance(answer, dict):
+        return {k: _plain(v) for k, v in answer.items()}
+    return answer
+
+
+# --- the commands ----------------------------------------------------------------------
+
+async def _apps_create(gw: GatewayClient, args: argparse.Namespace) -> Any:
+    return await gw.create_app(args.name)
+
+
+async def _apps_list(gw: GatewayClient, args: argparse.Namespace) -> Any:
+    return await gw.list_apps(limit=args.limit, cursor=args.cursor)
+
+
+async def _endpoints_create(gw: GatewayClient, args: argparse.Namespace) -> Any:
+    return await gw.create_endpoint(args.url, event_types=args.event_types,
+                                    description=args.description)
+
+
+async def _endpoints_list(gw: GatewayClient, args: argparse.Namespace) -> Any:
+    return await gw.list_endpoints(limit=args.limit, cursor=args.cursor)
+
+
+async def _endpoints_get(gw: GatewayClient, args: argparse.Namespace) -> Any:
+    return await gw.get_endpoint(args.id)
+
+
+async def _endpoints_update(gw: GatewayClient, args: argparse.Namespace) -> Any:
+    status: Literal["active", "disabled"] | Unset = (
+        "active" if args.enable else "disabled" if args.disable else UNSET)
+    return await gw.update_endpoint(
+        args.id, url=args.url if args.url is not None else UNSET,
+        event_types=None if args.all_event_types else args.event_types or UNSET,
+        description=args.description if args.description is not None else UNSET,
+        status=status, disabled_reason=args.reason if args.reason is not None else UNSET)
+
+
+async def _endpoints_delete(gw: GatewayClient, args: argparse.Namespace) -> Any:
+    await gw.delete_endpoint(args.id)
+    return {"id": args.id, "deleted": True}
+
+
+async def _endpoints_secret(gw: GatewayClient, args: argparse.Namespace) -> Any:
+    return await gw.get_endpoint_secret(args.id)
+
+
+async def _endpoints_rotate(gw: GatewayClient, args: argparse.Namespace) -> Any:
+    return await gw.rotate_secret(args.id)
+
+
+def _json_object(text: str, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise GatewayClientError(f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise GatewayClientError(f"{what} must be a JSON object")
+    return value
+
+
+async def _events_emit(gw: GatewayClient, args: argparse.Namespace) -> Any:
+    text = sys.stdin.read() if args.payload == "-" else args.payload
+    notification = (_json_object(args.notification, "--notification")
+                    if args.notification else None)
+    return await gw.emit(args.type, _json_object(text, "the payload"),
+                         user_ids=args.user_ids, topics=args.topics,
+                         notification=notification, idempotency_key=args.idempotency_key)
+
+
+async def _events_list(gw: GatewayClient, args: argparse.Namespace) -> Any:
+    return await gw.list_events(event_type=args.event_type, limit=args.limit,
+                                cursor=args.cursor)
+
+
+async def _events_get(gw: GatewayClient, args: argparse.Namespace) -> Any:
+    return await gw.get_event(args.id)
+
+
+async def _deliveries_list(gw: GatewayClient, args: argparse.Namespace) -> Any:
+    return await gw.list_deliveries(status=args.status, endpoint_id=args.endpoint_id,
+                                    event_id=args.event_id, limit=args.limit,
+                                    cursor=args.cursor)
+
+
+async def _deliveries_get(gw: GatewayClient, args: argparse.Namespace) -> Any:
+    return await gw.get_delivery(args.id)
+
+
+async def _deliveries_attempts(gw: GatewayClient, args: argparse.Namespace) -> Any:
+    return {"data": await gw.attempts(args.id)}
+
+
+async def _deliveries_retry(gw: GatewayClient, args: argparse.Namespace) -> Any:
+    return await gw.retry_delivery(args.id)
+
+
+async def _devices_register(gw: GatewayClient, args: argparse.Namespace) -> Any:
+    return await gw.register_device(args.platform, args.token, user_id=args.user_id,
+                                    topics=args.topics, locale=args.locale,
+                                    app_version=args.app_version)
+
+
+async def _devices_list(gw: GatewayClient, args: argparse.Namespace) -> Any:
+    return await gw.list_devices(user_id=args.user_id, topic=args.topic,
+                                 platform=args.platform, status=args.status,
+                                 limit=args.limit, cursor=args.cursor)
+
+
+async def _devices_get(gw: GatewayClient, args: argparse.Namespace) -> Any:
+    return await gw.get_device(args.token)
+
+
+async def _devices_delete(gw: GatewayClient, args: argparse.Namespace) -> Any:
+    await gw.delete_device(args.token)
+    return {"token": args.token, "deleted": True}
+
+
+async def _devices_set_topics(gw: GatewayClient, args: argparse.Namespace) -> Any:
+    return await gw.set_device_topics(args.token, args.topics)
+
+
+async def _user_tokens_create(gw: GatewayClient, args: argparse.Namespace) -> Any:
+    return await gw.create_user_token(args.user_id, ttl_seconds=args.ttl_seconds)
+
+
+def _read(path: str) -> str:
+    try:
+        return sys.stdin.read() if path == "-" else Path(path).read_text()
+    except OSError as exc:
+        raise GatewayClientError(f"cannot read {path}: {exc.strerror}") from None
+
+
+async def _push_set_fcm(gw: GatewayClient, args: argparse.Namespace) -> Any:
+    account = _json_object(_read(args.service_account), "the service account file")
+    return await gw.set_fcm_credentials(args.app_id, account)
+
+
+async def _push_set_apns(gw: GatewayClient, args: argparse.Namespace) -> Any:
+    return await gw.set_apns_credentials(
+        args.app_id, key_p8=_read(args.key_file), key_id=args.key_id, team_id=args.team_id,
+        topic=args.topic, environment=args.environment)
+
+
+async def _push_show(gw: GatewayClient, args: argparse.Namespace) -> Any:
+    return (await gw.push_credentials(args.app_id)).model_dump(mode="json", exclude_none=True)
+
+
+# --- tail ----------------------------------------------------------------------------
+
+def outcome_line(o: DeliveryOutcome) -> str:
+    """One outcome as a terminal line, the way ``stripe listen`` prints them."""
+    target = o.endpoint_id if o.endpoint_id is not None else o.kind
+    code = f" [{o.status_code}]" if o.status_code is not None else ""
+    return (f"{o.at}  {o.event_type} {o.event_id} --> {target}  {o.outcome}{code}  "
+            f"attempt {o.attempt}, {o.status}  {o.delivery_id}")
+
+
+async def _tail(client: GatewayClient, args: argparse.Namespace) -> int:
+    """Print outcomes until SIGINT/SIGTERM; reconnect when the connection breaks."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    out: TextIO = sys.stdout
+
+    def dropped(count: int) -> None:
+        print(f"gateway: {count} outcome(s) dropped: this terminal reads too slowly",
+              file=sys.stderr, flush=True)
+
+    delay = 0.5
+    try:
+        async with client:
+            while True:
+                try:
+                    async with client.tail(endpoint_id=args.endpoint_id,
+                                           event_type=args.event_type,
+                                           on_dropped=dropped) as outcomes:
+                        print(f"Ready: tailing delivery outcomes from {client.base_url} "
+                              "(Ctrl-C to stop)", file=sys.stderr, flush=True)
+                        delay = 0.5
+                        async for outcome in outcomes:
+                            line = (json.dumps(outcome.to_json()) if args.json
+                                    else outcome_line(outcome))
+                            print(line, file=out, flush=True)
+                    print("gateway: the stream ended; reconnecting", file=sys.stderr,
+                          flush=True)
+                except GatewayConnectionError as exc:
+                    print(f"gateway: {exc}; reconnecting in {delay:.1f} s", file=sys.stderr,
+                          flush=True)
+                except GatewayAPIError as exc:
+                    print(f"gateway: {exc.status} {exc.code}: {exc.message}", file=sys.stderr)
+                    return 1
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+    except asyncio.CancelledError:
+        return 0
+
+
+# --- human output --------------------------------------------------------------------
+
+_COLUMNS = ("id", "token", "name", "type", "url", "status", "kind", "outcome", "status_code",
+            "event_types", "platform", "user_id", "attempt_count", "attempted_at",
+            "created_at")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value) or "-"
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def _print_human(data: Any, out: TextIO | None = None) -> None:
+    out = out or sys.stdout
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        rows: Sequence[dict[str, Any]] = data["data"]
+        if rows:
+            columns = [c for c in _COLUMNS if c in rows[0]]
+            if "token" in columns and "id" in columns:
+                columns.remove("id")
+            widths = [max(len(c), *(len(_cell(r.get(c))) for r in rows)) for c in columns]
+            print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))
+                  .rstrip(), file=out)
+            for r in rows:
+                print("  ".join(_cell(r.get(c)).ljust(w)
+                                for c, w in zip(columns, widths, strict=True)).rstrip(),
+                      file=out)
+        else:
+            print("(none)", file=out)
+        if data.get("next_cursor"):
+            print(f"more: --cursor {data['next_cursor']}", file=out)
+        return
+    if isinstance(data, dict):
+        width = max((len(k) for k in data), default=0)
+        for k, v in data.items():
+            if isinstance(v, list) and v and isinstance(v[0], dict):
+                print(f"{k}:", file=out)
+                _print_human({"data": v}, out)
+            else:
+                print(f"{k.ljust(width)}  {_cell(v)}", file=out)
+        return
+    print(_cell(data), file=out)
