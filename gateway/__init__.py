@@ -1,3 +1,5 @@
 """Async event gateway: durable ingest, signed webhook delivery, mobile push fan-out."""
 
-__version__ = "0.1.0"
+from gateway_client.version import __version__
+
+__all__ = ["__version__"]

@@ -15,7 +15,7 @@ from adapters.apns import APNsAdapter
 from adapters.base import Adapter
 from adapters.fcm import FCMAdapter
 from adapters.webhook import WebhookAdapter
-from gateway import api, appkeys, dashboard, logs, outcomes
+from gateway import api, appkeys, dashboard, logs
 from gateway.api import openapi
 from gateway.api.http import error_middleware
 from gateway.api.routing import wire
@@ -25,6 +25,7 @@ from gateway.config import Settings
 from gateway.dispatcher import Dispatcher
 from gateway.fanout import FanoutRunner
 from gateway.metrics import Metrics
+from gateway.outcomes import OutcomeStream
 from gateway.retention import Retention
 from gateway.retry import RetryPolicy
 from gateway.sandbox import Sandbox, SandboxRouter
@@ -123,6 +124,17 @@ def create_app(
         yield
         await fakes.stop()
 
+    async def live_tail(app: web.Application) -> AsyncIterator[None]:
+        stream = OutcomeStream(dsn)
+        app[appkeys.OUTCOMES] = stream
+        await stream.start()
+        yield
+        await stream.stop()
+
+    async def end_streams(app: web.Application) -> None:
+        # on_shutdown: end open streams at once, so shutdown does not wait on them.
+        app[appkeys.OUTCOMES].close_subscribers()
+
     async def dispatch(app: web.Application) -> AsyncIterator[None]:
         adapters = build_adapters(settings, app.get(appkeys.SANDBOX))
         queue = app[appkeys.QUEUE]
@@ -163,8 +175,8 @@ def create_app(
         app.cleanup_ctx.append(run_sandbox)
     if serve_api:
         app.cleanup_ctx.append(ingest)
-        app.cleanup_ctx.append(outcomes.listen)
-        app.on_shutdown.append(outcomes.end_streams)
+        app.cleanup_ctx.append(live_tail)
+        app.on_shutdown.append(end_streams)
     if dispatcher:
         app.cleanup_ctx.append(dispatch)
         if settings.retention_days > 0:

@@ -84,7 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         if not server_side:
-            return commands.run(args, settings)
+            return commands.run(args, commands.Target(
+                settings.client_url, settings.api_key, settings.admin_key))
         from gateway import serve  # the server, and everything it needs
 
         return serve.run(args, settings)

@@ -30,7 +30,7 @@ from gateway.errors import DatabaseUnavailable
 from gateway.logs import scrub
 from gateway.retry import RetryPolicy
 from gateway.store.queue import AttemptResult, Job, Queue
-from gateway_client.models import AttemptOutcome, DeliveryKind, DeliveryStatus
+from gateway_client.models import AttemptOutcome, DeliveryKind, DeliveryStatus, iso
 
 if TYPE_CHECKING:
     from gateway.metrics import Metrics
@@ -284,7 +284,7 @@ class Dispatcher:
                        "status": result.status.value, "status_code": result.status_code,
                        "duration_ms": result.duration_ms,
                        "error": scrub(result.error) if result.error else None,
-                       "next_attempt_at": result.next_attempt_at.isoformat()
+                       "next_attempt_at": iso(result.next_attempt_at)
                        if result.next_attempt_at is not None else None})
 
     async def _write(self, result: AttemptResult) -> None:

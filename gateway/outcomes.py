@@ -15,13 +15,10 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
-
-from gateway import appkeys
 from gateway.store.database import OUTCOMES_CHANNEL, listen_forever
 
 log = logging.getLogger("gateway.stream")
@@ -158,17 +155,3 @@ class OutcomeStream:
         """Hold the LISTEN connection; reconnect after the database returns."""
         await listen_forever(self.dsn, {OUTCOMES_CHANNEL: self._on_notify},
                              on_connected=self.listening.set, on_lost=self.listening.clear)
-async def listen(app: web.Application) -> AsyncIterator[None]:
-    """``cleanup_ctx``: the process's LISTEN connection, from start-up to cleanup."""
-    stream = OutcomeStream(app[appkeys.DSN])
-    app[appkeys.OUTCOMES] = stream
-    await stream.start()
-    yield
-    await stream.stop()
-
-
-async def end_streams(app: web.Application) -> None:
-    """``on_shutdown``: end open streams at once, so shutdown does not wait on them."""
-    stream = app.get(appkeys.OUTCOMES)
-    if stream is not None:
-        stream.close_subscribers()

@@ -18,7 +18,8 @@ from aiohttp import web
 from gateway.app import create_app
 from gateway.config import Settings
 from gateway.errors import GatewayError
-from gateway.store.database import Database, migrate, start_embedded
+from gateway.store import embedded
+from gateway.store.database import Database, migrate
 from gateway.store.postgres import Store
 from gateway_client import commands
 from gateway_client.models import AppCreated, AppPage
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 def database_url(settings: Settings) -> str:
     if settings.database_url:
         return settings.database_url
-    uri = start_embedded(settings.data_path)
+    uri = embedded.start(settings.data_path)
     log.info("embedded PostgreSQL running, data in %s", settings.data_path / "pgdata")
     return uri
 

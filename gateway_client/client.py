@@ -35,7 +35,6 @@ import pydantic
 from pydantic import BaseModel
 
 from adapters.base import parse_retry_after
-from gateway import __version__
 from gateway_client.models import (
     APNsCredentialsShown,
     AppCreated,
@@ -58,6 +57,7 @@ from gateway_client.models import (
     Secret,
     UserToken,
 )
+from gateway_client.version import __version__
 
 M = TypeVar("M", bound=BaseModel)
 

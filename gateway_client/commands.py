@@ -18,12 +18,12 @@ import json
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
 from pydantic import BaseModel
 
-from gateway.config import Settings
 from gateway_client.client import (
     UNSET,
     DeliveryOutcome,
@@ -33,9 +33,6 @@ from gateway_client.client import (
     GatewayConnectionError,
     Unset,
 )
-
-COMMANDS = ("apps", "endpoints", "events", "deliveries", "devices", "user-tokens", "push",
-            "tail")
 
 Action = Callable[[GatewayClient, argparse.Namespace], Awaitable[Any]]
 
@@ -186,20 +183,30 @@ def add_parsers(sub: Any) -> None:
 
 # --- running -------------------------------------------------------------------------
 
-def _key(args: argparse.Namespace, settings: Settings) -> tuple[str, str | None]:
-    if args.command == "apps" or (args.command == "push" and not settings.api_key):
-        return "GATEWAY_ADMIN_KEY", settings.admin_key
-    return "GATEWAY_API_KEY", settings.api_key
+@dataclass(frozen=True)
+class Target:
+    """Where the API commands go, and with which keys (from GATEWAY_URL, GATEWAY_API_KEY
+    and GATEWAY_ADMIN_KEY)."""
+
+    url: str
+    api_key: str | None
+    admin_key: str | None
+
+    def key_for(self, command: str) -> tuple[str, str | None]:
+        """The key a command sends, and the variable it comes from."""
+        if command == "apps" or (command == "push" and not self.api_key):
+            return "GATEWAY_ADMIN_KEY", self.admin_key
+        return "GATEWAY_API_KEY", self.api_key
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:
+def run(args: argparse.Namespace, target: Target) -> int:
     """Run an API command; the exit status: 0, 1 on an error answer or no connection,
     2 on missing configuration."""
-    key_env, key = _key(args, settings)
+    key_env, key = target.key_for(args.command)
     if not key:
         print(f"gateway: set {key_env} to use 'gateway {args.command}'", file=sys.stderr)
         return 2
-    client = GatewayClient(settings.client_url, key)
+    client = GatewayClient(target.url, key)
     if args.command == "tail":
         return asyncio.run(_tail(client, args))
     return report(args, _with(client, args))

@@ -59,9 +59,10 @@ class Provider(enum.StrEnum):
     APNS = "apns"
 
 
-def iso(value: datetime) -> str:
-    """``2025-01-31T14:30:00.123456Z``: the one spelling of a time on the wire."""
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+def iso(value: datetime, timespec: str = "auto") -> str:
+    """``2025-01-31T14:30:00.123456Z``: the one spelling of a time, in answers, logs and
+    notifications (``timespec`` as :meth:`datetime.isoformat` takes it)."""
+    return value.astimezone(UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
 def _timestamp(value: Any) -> Any:

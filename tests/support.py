@@ -11,7 +11,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,8 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import asyncpg
 from aiohttp import web
+
+from gateway.store import embedded
 
 ADMIN_KEY = "test-admin-key"
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,11 +37,8 @@ def with_database(dsn: str, name: str) -> str:
 @contextlib.contextmanager
 def embedded_server() -> Iterator[Any]:
     """A throwaway embedded PostgreSQL, deleted afterwards."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from pgserver import postgres_server
-    folder = tempfile.mkdtemp(prefix="gw-test-pg-")
-    server = postgres_server.get_server(folder, cleanup_mode="delete")
+    folder = Path(tempfile.mkdtemp(prefix="gw-test-pg-"))
+    server = embedded.server(folder, cleanup_mode="delete")
     try:
         yield server
     finally:

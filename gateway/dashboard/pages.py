@@ -41,7 +41,7 @@ from gateway.errors import (
 )
 from gateway.store.postgres import DeliveryFilter
 from gateway.store.records import Attempt, DeliveryView
-from gateway_client.models import DeliveryStatus, DeviceStatus, EndpointStatus, Platform
+from gateway_client.models import DeliveryStatus, DeviceStatus, EndpointStatus, Platform, iso
 
 LOGIN = "/dashboard/login"
 PAGE_SIZE = 50
@@ -393,7 +393,7 @@ async def send_test_event(request: web.Request) -> web.StreamResponse:
     payload = json.dumps({
         "message": "Test event sent from the gateway dashboard.",
         "endpoint_id": endpoint_id,
-        "sent_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "sent_at": iso(datetime.now(UTC)),
     })
     sent = await request.app[appkeys.STORE].send_test_event(viewed.id, endpoint_id, payload)
     if sent is None:

@@ -10,11 +10,9 @@ import asyncio
 import contextlib
 import logging
 import re
-import warnings
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -36,10 +34,16 @@ FANOUT_CHANNEL = "gateway_fanout"
 OUTCOMES_CHANNEL = "gateway_outcomes"
 
 
+#: The files of named queries: the gateway's own, and the catalog reads that describe the
+#: schema (gateway/store/schema.py).
+QUERY_FILES = ("queries.sql", "catalog.sql")
+
+
 def load_queries(text: str | None = None) -> dict[str, str]:
-    """Split ``queries.sql`` into ``{name: sql}`` on its ``-- name:`` lines."""
+    """Split the query files into ``{name: sql}`` on their ``-- name:`` lines."""
     if text is None:
-        text = resources.files("gateway.store").joinpath("sql/queries.sql").read_text("utf-8")
+        folder = resources.files("gateway.store").joinpath("sql")
+        text = "\n".join(folder.joinpath(f).read_text("utf-8") for f in QUERY_FILES)
     parts = _NAME.split(text)
     queries = {}
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
@@ -227,18 +231,3 @@ async def migrate(dsn: str) -> list[int]:
         with contextlib.suppress(Exception):
             await conn.close()
     return applied
-
-
-def start_embedded(data_dir: Path) -> str:
-    """Start (or join) an embedded PostgreSQL 16 in ``data_dir/pgdata``; returns its URL.
-
-    The server keeps running while any process of ours holds it and stops with the last.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
-        from pgserver import postgres_server
-
-    data_dir.mkdir(parents=True, exist_ok=True)
-    server = postgres_server.get_server(data_dir / "pgdata", cleanup_mode="stop")
-    uri: str = server.get_uri()
-    return uri

@@ -9,11 +9,15 @@ import json
 import os
 import sys
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from gateway import __version__
+from gateway.sandbox import pem_private
 from tests.support import ADMIN_KEY, ROOT, Api, GatewayProcess, Receiver, eventually
 
 pytestmark = pytest.mark.e2e
@@ -121,6 +125,42 @@ async def test_cli_scripts_apps_endpoints_events_deliveries_and_devices_as_json(
     assert status == 1 and json.loads(err)["error"]["code"] == "not_found"
     _, deleted, _ = await cli(env, "endpoints", "delete", endpoint["id"], "--json")
     assert deleted == {"id": endpoint["id"], "deleted": True}
+
+
+async def test_cli_sets_and_shows_push_credentials_and_prints_its_version(
+    gateway: GatewayProcess, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    key = await Api(http, gateway.base).new_app()
+    _, apps = await Api(http, gateway.base).call("GET", "/v1/apps", ADMIN_KEY)
+    app_id = apps["data"][0]["id"]
+    account = tmp_path / "service-account.json"
+    account.write_text(json.dumps({
+        "type": "service_account", "project_id": "shop", "private_key_id": "k-5678",
+        "private_key": pem_private(rsa.generate_private_key(65537, 2048)),
+        "client_email": "push@shop.iam.gserviceaccount.com",
+        "token_uri": "https://oauth2.googleapis.com/token"}))
+    p8 = tmp_path / "AuthKey_ABC123DEFG.p8"
+    p8.write_text(pem_private(ec.generate_private_key(ec.SECP256R1())))
+    env = cli_env(gateway, key)
+    _, fcm, _ = await cli(env, "push", "set-fcm", app_id, "--service-account", str(account),
+                          "--json")
+    assert (fcm["project_id"], fcm["private_key_id"]) == ("shop", "…5678")
+    # Without an app key, push commands send the operator key.
+    _, apns, _ = await cli(cli_env(gateway), "push", "set-apns", app_id, "--key-file",
+                           str(p8), "--key-id", "ABC123DEFG", "--team-id", "DEF123GHIJ",
+                           "--topic", "com.example.shop", "--environment", "sandbox",
+                           "--json")
+    assert (apns["key_id"], apns["environment"]) == ("ABC123DEFG", "sandbox")
+    _, shown, _ = await cli(env, "push", "show", app_id, "--json")
+    assert set(shown) == {"fcm", "apns"} and "PRIVATE" not in json.dumps(shown)
+    status, _, err = await cli(env, "push", "set-fcm", app_id, "--service-account",
+                               str(tmp_path / "missing.json"), "--json", ok=False)
+    assert status == 1 and "cannot read" in err
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "--version", cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0 and out.decode().strip() == f"gateway {__version__}"
 
 
 async def test_cli_without_json_prints_for_people_and_needs_a_key(

@@ -14,6 +14,7 @@ import aiohttp
 import asyncpg
 import pytest
 
+from gateway.store import embedded
 from tests.support import (
     Api,
     GatewayProcess,
@@ -33,9 +34,7 @@ def own_server() -> Iterator[Any]:
 
 
 def stop_postgres(server: Any) -> None:
-    from pgserver._commands import POSTGRES_BIN_PATH
-
-    subprocess.run([str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(server.pgdata), "-w",
+    subprocess.run([str(embedded.bin_dir(server) / "pg_ctl"), "-D", str(server.pgdata), "-w",
                     "-m", "fast", "stop"], user=server.system_user, check=True, timeout=30,
                    capture_output=True)
 

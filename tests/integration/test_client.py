@@ -11,7 +11,9 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from gateway.sandbox import pem_private
 from gateway_client.client import (
     DeliveryOutcome,
     GatewayAPIError,
@@ -306,3 +308,49 @@ async def test_a_refused_connection_is_an_error_once_retries_run_out(app_key: st
                              backoff_s=0.01) as client:
         with pytest.raises(GatewayConnectionError):
             await client.emit("order.created", {})
+
+
+async def test_push_credentials_round_trip_through_the_client(api: Api,
+                                                             gw: GatewayClient) -> None:
+    _, apps = await api.call("GET", "/v1/apps", ADMIN_KEY)
+    app_id = apps["data"][0]["id"]
+    account = {"type": "service_account", "project_id": "shop", "private_key_id": "abcd1234",
+               "private_key": pem_private(rsa.generate_private_key(65537, 2048)),
+               "client_email": "push@shop.iam.gserviceaccount.com",
+               "token_uri": "https://oauth2.googleapis.com/token"}
+    fcm = await gw.set_fcm_credentials(app_id, account)
+    assert (fcm.project_id, fcm.private_key_id) == ("shop", "…1234")
+    assert "PRIVATE KEY" not in fcm.private_key
+    apns = await gw.set_apns_credentials(
+        app_id, key_p8=pem_private(ec.generate_private_key(ec.SECP256R1())),
+        key_id="ABC123DEFG", team_id="DEF123GHIJ", topic="com.example.shop",
+        environment="sandbox")
+    assert (apns.key_id, apns.environment) == ("ABC123DEFG", "sandbox")
+    shown = await gw.push_credentials(app_id)
+    assert shown.fcm is not None and shown.apns is not None
+    assert shown.fcm.updated_at is not None and shown.apns.topic == "com.example.shop"
+
+
+async def test_answers_from_a_newer_server_with_unknown_fields_and_values_still_parse(
+) -> None:
+    """A newer gateway may add fields and status values; this client must not break."""
+    newer = {
+        "id": "dlv_1", "event_id": "evt_1", "endpoint_id": None, "kind": "webpush",
+        "status": "cancelled", "attempt_count": 0, "device_id": None, "in_flight": False,
+        "next_attempt_at": None, "last_attempt_at": None, "last_error": None,
+        "created_at": "2031-01-01T00:00:00Z", "updated_at": "2031-01-01T00:00:00Z",
+        "priority": "high", "labels": {"team": "a"},
+    }
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response(newer)
+
+    runner, port = await serve_on_loopback(answer)
+    try:
+        async with GatewayClient(f"http://127.0.0.1:{port}", "gk_x") as client:
+            delivery = await client.get_delivery("dlv_1")
+    finally:
+        await runner.cleanup()
+    assert (delivery.kind, delivery.status) == ("webpush", "cancelled")
+    assert delivery.created_at == "2031-01-01T00:00:00Z"
+    assert not hasattr(delivery, "priority")

@@ -392,3 +392,51 @@ def test_dockerfile_runs_as_a_non_root_user() -> None:
     assert users, "no USER: the gateway (and embedded PostgreSQL) would run as root"
     user = users[-1].split(":")[0]
     assert user not in {"root", "0"}, f"USER {users[-1]}"
+
+
+def test_gateway_is_published_on_loopback_unless_told_otherwise(
+        gateway: dict[str, Any]) -> None:
+    for entry in gateway.get("ports") or []:
+        assert isinstance(entry, str), "use the short syntax, with a host address"
+        host = _resolve(entry).rsplit(":", 2)[0]
+        assert host == "127.0.0.1", f"{entry} publishes beyond this host by default"
+
+
+def test_compose_protects_metrics_with_a_key_from_the_shell(gateway: dict[str, Any]) -> None:
+    raw = _environment(gateway).get("GATEWAY_METRICS_KEY")
+    assert raw is not None and raw.startswith("${GATEWAY_METRICS_KEY:?"), raw
+
+
+def test_dockerfile_keeps_its_data_on_a_volume() -> None:
+    volumes = " ".join(_dockerfile_args("VOLUME"))
+    data_dir = _dockerfile_env()["GATEWAY_DATA_DIR"]
+    assert data_dir in volumes, f"VOLUME {volumes!r} does not hold {data_dir}"
+
+
+def test_dockerfile_installs_the_locked_dependencies_with_hashes() -> None:
+    runs = " ".join(_dockerfile_args("RUN"))
+    assert "--require-hashes" in runs and "-r requirements.lock" in runs
+    assert "--no-deps ." in runs, "the gateway must not resolve dependencies again"
+
+
+def test_the_lock_pins_every_server_dependency_within_its_declared_bounds() -> None:
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", (ROOT / "requirements.lock")
+                           .read_text(), re.MULTILINE))
+    pins = {canonicalize_name(k): v for k, v in pins.items()}
+    project = tomllib.loads(PYPROJECT.read_text())["project"]
+    wanted = [Requirement(r) for r in [*project["dependencies"],
+                                       *project["optional-dependencies"]["server"]]]
+    for req in wanted:
+        if req.marker is not None and not req.marker.evaluate({"sys_platform": "linux"}):
+            continue
+        pinned = pins.get(canonicalize_name(req.name))
+        assert pinned is not None, f"{req.name} is not in requirements.lock"
+        assert req.specifier.contains(pinned), f"{req.name}=={pinned} is outside {req}"
+
+
+def test_dockerignore_keeps_local_state_out_of_the_image() -> None:
+    ignored = set((ROOT / ".dockerignore").read_text().split())
+    assert {".git", ".venv", ".gateway", "tests"} <= ignored

@@ -1,0 +1,164 @@
+-- The schema the migrations make (gateway/store/schema.py writes this file;
+-- a test checks it). Partitions, made as time passes, are left out.
+
+CREATE TABLE apps (
+    id text NOT NULL,
+    name text NOT NULL,
+    api_key_hash bytea NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    user_token_secret bytea DEFAULT decode(replace(((gen_random_uuid())::text || (gen_random_uuid())::text), '-'::text, ''::text), 'hex'::text) NOT NULL
+);
+ALTER TABLE apps ADD CONSTRAINT apps_api_key_hash_key UNIQUE (api_key_hash);
+ALTER TABLE apps ADD CONSTRAINT apps_pkey PRIMARY KEY (id);
+
+CREATE TABLE attempts (
+    id bigint DEFAULT nextval('attempts_id_seq'::regclass) NOT NULL,
+    delivery_id text NOT NULL,
+    attempted_at timestamp with time zone NOT NULL,
+    duration_ms integer NOT NULL,
+    outcome text NOT NULL,
+    status_code integer,
+    response_snippet text,
+    error text
+);
+ALTER TABLE attempts ADD CONSTRAINT attempts_delivery_id_fkey FOREIGN KEY (delivery_id) REFERENCES deliveries(id) ON DELETE CASCADE;
+ALTER TABLE attempts ADD CONSTRAINT attempts_pkey PRIMARY KEY (id);
+CREATE INDEX attempts_by_delivery ON public.attempts USING btree (delivery_id, id);
+
+CREATE TABLE deliveries (
+    id text NOT NULL,
+    app_id text NOT NULL,
+    event_id text NOT NULL,
+    endpoint_id text,
+    kind text DEFAULT 'webhook'::text NOT NULL,
+    status text DEFAULT 'pending'::text NOT NULL,
+    attempt_count integer DEFAULT 0 NOT NULL,
+    schedule_pos integer DEFAULT 0 NOT NULL,
+    next_attempt_at timestamp with time zone,
+    lease_id uuid,
+    last_attempt_at timestamp with time zone,
+    last_error text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    device_id text
+);
+ALTER TABLE deliveries ADD CONSTRAINT deliveries_device_id_fkey FOREIGN KEY (device_id) REFERENCES devices(id) ON DELETE SET NULL;
+ALTER TABLE deliveries ADD CONSTRAINT deliveries_endpoint_id_fkey FOREIGN KEY (endpoint_id) REFERENCES endpoints(id);
+ALTER TABLE deliveries ADD CONSTRAINT deliveries_event_id_fkey FOREIGN KEY (event_id) REFERENCES events(id) ON DELETE CASCADE;
+ALTER TABLE deliveries ADD CONSTRAINT deliveries_pkey PRIMARY KEY (id);
+ALTER TABLE deliveries ADD CONSTRAINT deliveries_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'succeeded'::text, 'failed'::text])));
+CREATE INDEX deliveries_by_app ON public.deliveries USING btree (app_id, id);
+CREATE INDEX deliveries_by_app_status ON public.deliveries USING btree (app_id, status, id);
+CREATE INDEX deliveries_by_device ON public.deliveries USING btree (device_id) WHERE (device_id IS NOT NULL);
+CREATE INDEX deliveries_by_endpoint ON public.deliveries USING btree (endpoint_id, id);
+CREATE INDEX deliveries_by_event ON public.deliveries USING btree (event_id);
+CREATE INDEX deliveries_due ON public.deliveries USING btree (next_attempt_at) WHERE (status = 'pending'::text);
+CREATE UNIQUE INDEX deliveries_one_per_device ON public.deliveries USING btree (event_id, device_id) WHERE (device_id IS NOT NULL);
+
+CREATE TABLE devices (
+    id text NOT NULL,
+    app_id text NOT NULL,
+    platform text NOT NULL,
+    token text NOT NULL,
+    user_id text NOT NULL,
+    topics text[] DEFAULT '{}'::text[] NOT NULL,
+    locale text,
+    app_version text,
+    status text DEFAULT 'active'::text NOT NULL,
+    pruned_reason text,
+    pruned_at timestamp with time zone,
+    registered_at timestamp with time zone DEFAULT now() NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL
+);
+ALTER TABLE devices ADD CONSTRAINT devices_app_id_fkey FOREIGN KEY (app_id) REFERENCES apps(id);
+ALTER TABLE devices ADD CONSTRAINT devices_app_id_token_key UNIQUE (app_id, token);
+ALTER TABLE devices ADD CONSTRAINT devices_pkey PRIMARY KEY (id);
+ALTER TABLE devices ADD CONSTRAINT devices_platform_check CHECK ((platform = ANY (ARRAY['ios'::text, 'android'::text])));
+ALTER TABLE devices ADD CONSTRAINT devices_status_check CHECK ((status = ANY (ARRAY['active'::text, 'pruned'::text])));
+CREATE INDEX devices_by_app ON public.devices USING btree (app_id, id);
+CREATE INDEX devices_by_topic ON public.devices USING gin (topics);
+CREATE INDEX devices_by_user ON public.devices USING btree (app_id, user_id, id);
+
+CREATE TABLE endpoints (
+    id text NOT NULL,
+    app_id text NOT NULL,
+    url text NOT NULL,
+    description text DEFAULT ''::text NOT NULL,
+    event_types text[],
+    status text DEFAULT 'active'::text NOT NULL,
+    disabled_reason text,
+    disabled_at timestamp with time zone,
+    secret text NOT NULL,
+    previous_secret text,
+    previous_secret_expires_at timestamp with time zone,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    deleted_at timestamp with time zone
+);
+ALTER TABLE endpoints ADD CONSTRAINT endpoints_app_id_fkey FOREIGN KEY (app_id) REFERENCES apps(id);
+ALTER TABLE endpoints ADD CONSTRAINT endpoints_pkey PRIMARY KEY (id);
+ALTER TABLE endpoints ADD CONSTRAINT endpoints_status_check CHECK ((status = ANY (ARRAY['active'::text, 'disabled'::text])));
+CREATE INDEX endpoints_by_app ON public.endpoints USING btree (app_id, id) WHERE (deleted_at IS NULL);
+
+CREATE TABLE events (
+    id text NOT NULL,
+    app_id text NOT NULL,
+    type text NOT NULL,
+    payload text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    push_user_ids text[],
+    push_topics text[],
+    notification jsonb,
+    fanout_status text,
+    fanout_cursor text
+);
+ALTER TABLE events ADD CONSTRAINT events_app_id_fkey FOREIGN KEY (app_id) REFERENCES apps(id);
+ALTER TABLE events ADD CONSTRAINT events_fanout_status_check CHECK ((fanout_status = ANY (ARRAY['pending'::text, 'done'::text])));
+ALTER TABLE events ADD CONSTRAINT events_pkey PRIMARY KEY (id);
+CREATE INDEX events_by_app ON public.events USING btree (app_id, id);
+CREATE INDEX events_fanout_pending ON public.events USING btree (created_at) WHERE (fanout_status = 'pending'::text);
+
+CREATE TABLE idempotency_keys (
+    app_id text NOT NULL,
+    key text NOT NULL,
+    body_sha256 bytea NOT NULL,
+    event_id text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+);
+ALTER TABLE idempotency_keys ADD CONSTRAINT idempotency_keys_app_id_fkey FOREIGN KEY (app_id) REFERENCES apps(id);
+ALTER TABLE idempotency_keys ADD CONSTRAINT idempotency_keys_pkey PRIMARY KEY (app_id, key);
+
+CREATE TABLE push_credentials (
+    app_id text NOT NULL,
+    provider text NOT NULL,
+    config jsonb NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL
+);
+ALTER TABLE push_credentials ADD CONSTRAINT push_credentials_app_id_fkey FOREIGN KEY (app_id) REFERENCES apps(id);
+ALTER TABLE push_credentials ADD CONSTRAINT push_credentials_pkey PRIMARY KEY (app_id, provider);
+ALTER TABLE push_credentials ADD CONSTRAINT push_credentials_provider_check CHECK ((provider = ANY (ARRAY['fcm'::text, 'apns'::text])));
+
+CREATE OR REPLACE FUNCTION public.gateway_id(prefix text)
+ RETURNS text
+ LANGUAGE sql
+AS $function$
+    SELECT prefix || '_'
+        || lpad(to_hex((extract(epoch FROM clock_timestamp()) * 1000)::bigint), 12, '0')
+        || substr(replace(gen_random_uuid()::text, '-', ''), 1, 20)
+$function$;
+
+CREATE OR REPLACE FUNCTION public.gateway_type_matches(patterns text[], event_type text)
+ RETURNS boolean
+ LANGUAGE sql
+ IMMUTABLE
+AS $function$
+    SELECT patterns IS NULL OR EXISTS (
+        SELECT 1 FROM unnest(patterns) AS p
+        WHERE p = '*'
+           OR p = event_type
+           OR (right(p, 2) = '.*'
+               AND length(event_type) > length(p) - 1
+               AND starts_with(event_type, left(p, -1)))
+    )
+$function$;

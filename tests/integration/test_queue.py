@@ -1,0 +1,287 @@
+"""The delivery queue's rules, and the dispatcher driving it, proven against both queues:
+PostgreSQL and the in-memory twin the dispatcher can be tested with. Every test here
+runs once per queue."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import pytest
+
+from adapters.base import DeliveryJob, EndpointTarget, EventView, Outcome, Verdict
+from gateway.dispatcher import Dispatcher
+from gateway.retry import RetryPolicy
+from gateway.store.database import Database
+from gateway.store.memory_queue import InMemoryQueue
+from gateway.store.postgres import EventDraft, Store
+from gateway.store.postgres_queue import PostgresQueue
+from gateway.store.queue import AttemptResult, Job, Queue
+from gateway_client.models import AttemptOutcome, DeliveryStatus, EndpointStatus
+from tests.support import eventually
+
+
+class Harness(Protocol):
+    """Puts deliveries in a queue and reads their state back, whichever queue it is."""
+
+    @property
+    def queue(self) -> Queue: ...
+
+    async def add(self, endpoint: str = "a", payload: str = "{}") -> str: ...
+
+    async def status(self, delivery_id: str) -> DeliveryStatus: ...
+
+    async def attempts(self, delivery_id: str) -> int: ...
+
+    async def endpoint_status(self, endpoint: str) -> EndpointStatus: ...
+
+
+@dataclass
+class MemoryHarness:
+    queue: InMemoryQueue = field(default_factory=InMemoryQueue)
+    count: int = 0
+
+    async def add(self, endpoint: str = "a", payload: str = "{}") -> str:
+        self.count += 1
+        delivery_id = f"dlv_{self.count:032x}"
+        event = EventView(f"evt_{self.count:032x}", "order.created", payload,
+                          datetime.now(UTC))
+        self.queue.add(DeliveryJob(delivery_id, "app_1", "webhook", event,
+                                   endpoint=EndpointTarget(endpoint, "http://x/", ("s",))))
+        await asyncio.sleep(0.002)  # distinct due times, as ingest gives them
+        return delivery_id
+
+    async def status(self, delivery_id: str) -> DeliveryStatus:
+        return self.queue.entries[delivery_id].status
+
+    async def attempts(self, delivery_id: str) -> int:
+        return len(self.queue.entries[delivery_id].attempts)
+
+    async def endpoint_status(self, endpoint: str) -> EndpointStatus:
+        return self.queue.endpoints[endpoint]
+
+
+@dataclass
+class PostgresHarness:
+    store: Store
+    queue: PostgresQueue
+    app_id: str = ""
+    endpoints: dict[str, str] = field(default_factory=dict)
+
+    async def add(self, endpoint: str = "a", payload: str = "{}") -> str:
+        if not self.app_id:
+            self.app_id = (await self.store.create_app("queue")).id
+        if endpoint not in self.endpoints:
+            made = await self.store.create_endpoint(self.app_id, "http://127.0.0.1:9/", "",
+                                                    [f"for.{endpoint}"])
+            self.endpoints[endpoint] = made.id
+        (accepted,) = await self.store.write_events(
+            [EventDraft(self.app_id, f"for.{endpoint}", payload)])
+        assert not isinstance(accepted, BaseException)
+        event = await self.store.get_event(self.app_id, accepted.id)
+        (delivery,) = await self.store.deliveries_of(event)
+        return delivery.id
+
+    async def status(self, delivery_id: str) -> DeliveryStatus:
+        return (await self.store.get_delivery(self.app_id, delivery_id)).status
+
+    async def attempts(self, delivery_id: str) -> int:
+        return len(await self.store.list_attempts(self.app_id, delivery_id))
+
+    async def endpoint_status(self, endpoint: str) -> EndpointStatus:
+        return (await self.store.get_endpoint(self.app_id, self.endpoints[endpoint])).status
+
+
+@pytest.fixture(params=["memory", "postgres"])
+async def harness(request: pytest.FixtureRequest, dsn: str) -> AsyncIterator[Harness]:
+    if request.param == "memory":
+        yield MemoryHarness()
+        return
+    db = await Database.connect(dsn, max_size=4)
+    try:
+        yield PostgresHarness(Store(db), PostgresQueue(db))
+    finally:
+        await db.close()
+
+
+def result(job: Job, status: DeliveryStatus, outcome: AttemptOutcome, *,
+           next_attempt_at: datetime | None = None, **extra: Any) -> AttemptResult:
+    return AttemptResult(
+        delivery_id=job.delivery.delivery_id, lease_id=job.lease_id, status=status,
+        next_attempt_at=next_attempt_at, schedule_pos=job.schedule_pos + 1,
+        attempted_at=datetime.now(UTC), duration_ms=3, outcome=outcome, status_code=200,
+        response_snippet=None, error=None, **extra)
+
+
+async def test_a_claim_takes_due_deliveries_oldest_first_and_leases_them(
+        harness: Harness) -> None:
+    ids = [await harness.add() for _ in range(5)]
+    first = await harness.queue.claim(3, 30, uuid.uuid4())
+    assert {j.delivery.delivery_id for j in first} == set(ids[:3])
+    assert all(j.delivery.attempt == 1 and j.schedule_pos == 0 for j in first)
+    second = await harness.queue.claim(10, 30, uuid.uuid4())
+    assert {j.delivery.delivery_id for j in second} == set(ids[3:])
+    assert await harness.queue.claim(10, 30, uuid.uuid4()) == []
+
+
+async def test_a_lapsed_lease_gives_the_delivery_back_by_itself(harness: Harness) -> None:
+    delivery_id = await harness.add()
+    (job,) = await harness.queue.claim(1, 0.3, uuid.uuid4())
+    assert await harness.queue.claim(1, 30, uuid.uuid4()) == []
+    await asyncio.sleep(0.4)
+    (again,) = await harness.queue.claim(1, 30, uuid.uuid4())
+    assert again.delivery.delivery_id == delivery_id and again.lease_id != job.lease_id
+
+
+async def test_a_completed_delivery_is_never_claimed_again(harness: Harness) -> None:
+    delivery_id = await harness.add()
+    (job,) = await harness.queue.claim(1, 30, uuid.uuid4())
+    await harness.queue.complete([result(job, DeliveryStatus.SUCCEEDED,
+                                         AttemptOutcome.DELIVERED)])
+    assert await harness.status(delivery_id) is DeliveryStatus.SUCCEEDED
+    assert await harness.attempts(delivery_id) == 1
+    assert await harness.queue.claim(10, 30, uuid.uuid4()) == []
+    assert await harness.queue.next_due_at() is None
+
+
+async def test_a_rescheduled_delivery_waits_for_its_time_then_comes_back(
+        harness: Harness) -> None:
+    delivery_id = await harness.add()
+    (job,) = await harness.queue.claim(1, 30, uuid.uuid4())
+    at = datetime.now(UTC) + timedelta(seconds=0.4)
+    await harness.queue.reschedule([result(job, DeliveryStatus.PENDING, AttemptOutcome.RETRY,
+                                           next_attempt_at=at)])
+    assert await harness.queue.claim(1, 30, uuid.uuid4()) == []
+    due = await harness.queue.next_due_at()
+    assert due is not None and abs((due - at).total_seconds()) < 0.01
+    await asyncio.sleep(0.5)
+    (again,) = await harness.queue.claim(1, 30, uuid.uuid4())
+    assert again.delivery.delivery_id == delivery_id
+    assert again.delivery.attempt == 2 and again.schedule_pos == 1
+
+
+async def test_a_result_under_a_lost_lease_is_logged_but_moves_nothing(
+        harness: Harness) -> None:
+    delivery_id = await harness.add()
+    (stale,) = await harness.queue.claim(1, 0.2, uuid.uuid4())
+    await asyncio.sleep(0.3)
+    (current,) = await harness.queue.claim(1, 30, uuid.uuid4())
+    await harness.queue.complete([result(stale, DeliveryStatus.FAILED, AttemptOutcome.FAILED)])
+    assert await harness.status(delivery_id) is DeliveryStatus.PENDING
+    assert await harness.attempts(delivery_id) == 1
+    await harness.queue.complete([result(current, DeliveryStatus.SUCCEEDED,
+                                         AttemptOutcome.DELIVERED)])
+    assert await harness.status(delivery_id) is DeliveryStatus.SUCCEEDED
+
+
+async def test_released_claims_are_due_again_at_once(harness: Harness) -> None:
+    await harness.add()
+    lease = uuid.uuid4()
+    (job,) = await harness.queue.claim(1, 30, lease)
+    await harness.queue.release([lease])
+    (again,) = await harness.queue.claim(1, 30, uuid.uuid4())
+    assert again.delivery.delivery_id == job.delivery.delivery_id
+
+
+async def test_kinds_asked_to_be_skipped_are_not_claimed(harness: Harness) -> None:
+    await harness.add()
+    assert await harness.queue.claim(10, 30, uuid.uuid4(), ["webhook"]) == []
+    assert len(await harness.queue.claim(10, 30, uuid.uuid4(), ["fcm"])) == 1
+
+
+async def test_a_gone_endpoint_is_disabled_and_its_other_deliveries_wait(
+        harness: Harness) -> None:
+    first = await harness.add("gone")
+    await harness.add("gone")
+    other = await harness.add("fine")
+    (job,) = await harness.queue.claim(1, 30, uuid.uuid4())
+    assert job.delivery.delivery_id == first and job.delivery.endpoint is not None
+    await harness.queue.complete([result(
+        job, DeliveryStatus.FAILED, AttemptOutcome.GONE,
+        disable_endpoint_id=job.delivery.endpoint.id, disable_reason="410")])
+    assert await harness.endpoint_status("gone") is EndpointStatus.DISABLED
+    rest = await harness.queue.claim(10, 30, uuid.uuid4())
+    assert [j.delivery.delivery_id for j in rest] == [other]
+
+
+# --- the dispatcher over either queue --------------------------------------------------
+
+@dataclass
+class Scripted:
+    """An adapter that answers each delivery as told (delivered by default)."""
+
+    kind: str = "webhook"
+    answers: dict[str, list[Verdict]] = field(default_factory=dict)
+    sent: list[str] = field(default_factory=list)
+
+    async def send(self, job: DeliveryJob) -> Outcome:
+        self.sent.append(job.delivery_id)
+        script = self.answers.get(job.delivery_id)
+        verdict = script.pop(0) if script else Verdict.DELIVERED
+        return Outcome(verdict, duration_ms=1, status_code=200 if verdict is
+                       Verdict.DELIVERED else 503)
+
+    async def close(self) -> None:
+        return None
+
+
+def dispatcher(queue: Queue, adapter: Scripted) -> Dispatcher:
+    return Dispatcher(queue, {"webhook": adapter}, RetryPolicy((0.05, 0.05), jitter=0),
+                      poll_interval_s=0.05, lease_s=30)
+
+
+async def test_the_dispatcher_sends_each_due_delivery_exactly_once(harness: Harness) -> None:
+    ids = [await harness.add(endpoint=f"e{i % 3}") for i in range(30)]
+    adapter = Scripted()
+    worker = dispatcher(harness.queue, adapter)
+    await worker.start()
+    try:
+        async def all_done() -> bool:
+            return all([await harness.status(i) is DeliveryStatus.SUCCEEDED for i in ids])
+        await eventually(all_done, timeout_s=10)
+    finally:
+        await worker.stop(1)
+    assert sorted(adapter.sent) == sorted(ids)
+
+
+async def test_the_dispatcher_retries_on_schedule_then_fails_for_good(
+        harness: Harness) -> None:
+    flaky = await harness.add()
+    hopeless = await harness.add()
+    adapter = Scripted(answers={flaky: [Verdict.RETRY, Verdict.RETRY],
+                                hopeless: [Verdict.RETRY] * 5})
+    worker = dispatcher(harness.queue, adapter)
+    await worker.start()
+    try:
+        async def settled() -> bool:
+            return (await harness.status(flaky) is DeliveryStatus.SUCCEEDED
+                    and await harness.status(hopeless) is DeliveryStatus.FAILED)
+        await eventually(settled, timeout_s=10)
+    finally:
+        await worker.stop(1)
+    assert await harness.attempts(flaky) == 3
+    assert await harness.attempts(hopeless) == 3  # the first try and both retries
+
+
+async def test_a_dispatcher_stopped_mid_send_gives_its_claims_back(harness: Harness) -> None:
+    delivery_id = await harness.add()
+    release = asyncio.Event()
+
+    class Hanging(Scripted):
+        async def send(self, job: DeliveryJob) -> Outcome:
+            self.sent.append(job.delivery_id)
+            await release.wait()
+            return Outcome(Verdict.DELIVERED)
+
+    adapter = Hanging()
+    worker = dispatcher(harness.queue, adapter)
+    await worker.start()
+    await eventually(lambda: asyncio.sleep(0, bool(adapter.sent)), timeout_s=5)
+    await worker.stop(0.1)
+    assert await harness.status(delivery_id) is DeliveryStatus.PENDING
+    (job,) = await harness.queue.claim(1, 30, uuid.uuid4())  # due again at once
+    assert job.delivery.delivery_id == delivery_id
