@@ -37,6 +37,7 @@ from gateway.store.database import (
 )
 from gateway.store.postgres import Store
 from gateway.store.postgres_queue import PostgresQueue
+from gateway_client.models import DeliveryKind
 
 log = logging.getLogger("gateway")
 
@@ -69,13 +70,13 @@ def build_adapters(settings: Settings, sandbox: Sandbox | None = None) -> dict[s
             timeout_s=settings.delivery_timeout_s,
             default_credentials=sandbox.apns_credentials))
     return {
-        "webhook": WebhookAdapter(
+        DeliveryKind.WEBHOOK: WebhookAdapter(
             timeout_s=settings.delivery_timeout_s,
             allow_private=settings.allow_private_endpoints,
             max_connections=settings.dispatch_concurrency,
         ),
-        "fcm": fcm,
-        "apns": apns,
+        DeliveryKind.FCM: fcm,
+        DeliveryKind.APNS: apns,
     }
 
 

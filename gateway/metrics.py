@@ -28,12 +28,12 @@ from prometheus_client.exposition import generate_latest
 from gateway.errors import DatabaseUnavailable
 from gateway.store.queue import AttemptResult
 from gateway.store.records import Backlog
-from gateway_client.models import AttemptOutcome, DeliveryStatus
+from gateway_client.models import AttemptOutcome, DeliveryKind, DeliveryStatus
 
 log = logging.getLogger("gateway.metrics")
 
-KINDS = ("webhook", "fcm", "apns")
-VERDICTS = ("delivered", "retry", "failed", "gone")
+KINDS = tuple(k.value for k in DeliveryKind)
+VERDICTS = tuple(o.value for o in AttemptOutcome)
 OTHER = "other"
 #: Distinct event types counted by name per process; later ones count as "other".
 EVENT_TYPE_LIMIT = 100
@@ -164,7 +164,7 @@ class Metrics:
         for kind in KINDS:  # series exist at 0 from the start, so rate() sees the first one
             for verdict in VERDICTS:
                 self.attempts.labels(kind, verdict)
-            for status in ("succeeded", "failed"):
+            for status in (DeliveryStatus.SUCCEEDED, DeliveryStatus.FAILED):
                 self.completed.labels(kind, status)
             self.retries.labels(kind)
         for table in ("attempts", "deliveries", "events", "idempotency_keys"):

@@ -33,6 +33,7 @@ from gateway_client.client import (
     GatewayConnectionError,
     Unset,
 )
+from gateway_client.models import DeliveryStatus, DeviceStatus, Platform
 
 Action = Callable[[GatewayClient, argparse.Namespace], Awaitable[Any]]
 
@@ -119,7 +120,7 @@ def add_parsers(sub: Any) -> None:
 
     deliveries = _group(sub, "deliveries", "inspect and retry deliveries")
     listing = _paged(_leaf(deliveries, "list", "list deliveries", _deliveries_list))
-    listing.add_argument("--status", choices=("pending", "succeeded", "failed"))
+    listing.add_argument("--status", choices=[s.value for s in DeliveryStatus])
     listing.add_argument("--endpoint-id")
     listing.add_argument("--event-id")
     _leaf(deliveries, "get", "show a delivery", _deliveries_get).add_argument("id")
@@ -130,7 +131,7 @@ def add_parsers(sub: Any) -> None:
 
     devices = _group(sub, "devices", "manage push devices")
     register = _leaf(devices, "register", "register (upsert) a device", _devices_register)
-    register.add_argument("platform", choices=("ios", "android"))
+    register.add_argument("platform", choices=[p.value for p in Platform])
     register.add_argument("token")
     register.add_argument("--user-id", required=True)
     register.add_argument("--topic", action="append", dest="topics", metavar="TOPIC")
@@ -139,8 +140,8 @@ def add_parsers(sub: Any) -> None:
     listing = _paged(_leaf(devices, "list", "list devices", _devices_list))
     listing.add_argument("--user-id")
     listing.add_argument("--topic")
-    listing.add_argument("--platform", choices=("ios", "android"))
-    listing.add_argument("--status", choices=("active", "pruned"))
+    listing.add_argument("--platform", choices=[p.value for p in Platform])
+    listing.add_argument("--status", choices=[s.value for s in DeviceStatus])
     _leaf(devices, "get", "show a device", _devices_get).add_argument("token")
     _leaf(devices, "delete", "delete a device", _devices_delete).add_argument("token")
     topics = _leaf(devices, "set-topics", "replace a device's topics", _devices_set_topics)

@@ -16,6 +16,7 @@ from pydantic import (
 )
 
 from adapters import payloads
+from gateway_client.models import EndpointStatus, Platform
 
 EVENT_TYPE_RE = r"^[A-Za-z0-9_.\-]{1,128}$"
 _EVENT_TYPE = re.compile(EVENT_TYPE_RE)
@@ -139,7 +140,7 @@ class EventCreate(_Body):
 
 
 class DeviceRegister(_Body):
-    platform: Literal["ios", "android"]
+    platform: Annotated[Platform, Field(strict=False)]
     token: Annotated[Text, StringConstraints(min_length=1, max_length=4096)]
     #: Optional with a user token (it names the user); required with an app key.
     user_id: UserId | None = None
@@ -149,7 +150,7 @@ class DeviceRegister(_Body):
 
     @model_validator(mode="after")
     def _token_format(self) -> DeviceRegister:
-        if self.platform == "ios":
+        if self.platform is Platform.IOS:
             if not (64 <= len(self.token) <= 200 and len(self.token) % 2 == 0
                     and all(c in "0123456789abcdefABCDEF" for c in self.token)):
                 raise ValueError("an iOS (APNs) token is an even number (64-200) of hex digits")
@@ -191,5 +192,5 @@ class EndpointPatch(_Body):
     event_types: list[EventTypePattern] | None = Field(default=None, min_length=1,
                                                        max_length=256)
     description: Annotated[Text, StringConstraints(max_length=1000)] | None = None
-    status: Literal["active", "disabled"] | None = None
+    status: Annotated[EndpointStatus, Field(strict=False)] | None = None
     disabled_reason: Annotated[Text, StringConstraints(max_length=500)] | None = None

@@ -433,9 +433,9 @@ async def retry_all(request: web.Request) -> web.StreamResponse:
     count = await request.app[appkeys.STORE].retry_failed(viewed.id, delivery_filter(form))
     kept = {k: form[k] for k in ("endpoint_id", "type", "window", "since", "until")
             if form.get(k)}
-    return redirect(f"/dashboard/apps/{viewed.id}/deliveries?"
-                    + urlencode({"status": "failed", **kept, "notice": "retried_all",
-                                 "count": count}))
+    query = {"status": DeliveryStatus.FAILED.value, **kept, "notice": "retried_all",
+             "count": count}
+    return redirect(f"/dashboard/apps/{viewed.id}/deliveries?{urlencode(query)}")
 
 
 # --- devices -------------------------------------------------------------------------

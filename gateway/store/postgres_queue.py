@@ -20,7 +20,7 @@ from adapters.base import DeliveryJob, DeviceTarget, EndpointTarget, EventView
 from gateway.store.database import QUERIES, Database
 from gateway.store.queue import AttemptResult, Job
 from gateway.store.records import Row
-from gateway_client.models import iso
+from gateway_client.models import DeliveryKind, DeviceStatus, Platform, iso
 
 if TYPE_CHECKING:
     from gateway.store.database import Connection
@@ -85,7 +85,8 @@ class PostgresQueue:
                 await conn.execute(
                     QUERIES["insert_device_deliveries"], event["id"], event["app_id"],
                     [d["id"] for d in devices],
-                    ["apns" if d["platform"] == "ios" else "fcm" for d in devices],
+                    [DeliveryKind.APNS if d["platform"] == Platform.IOS else DeliveryKind.FCM
+                     for d in devices],
                 )
             await conn.execute(QUERIES["advance_fanout"], event["id"],
                                devices[-1]["id"] if devices else None, len(devices) < batch)
@@ -157,4 +158,4 @@ def _job(row: asyncpg.Record, lease_id: uuid.UUID) -> Job:
         attempt=row["attempt_count"] + 1,
     )
     return Job(delivery, lease_id, row["schedule_pos"],
-               device_active=row["device_status"] in (None, "active"))
+               device_active=row["device_status"] in (None, DeviceStatus.ACTIVE))
