@@ -93,6 +93,14 @@ class Adapter(Protocol):
     async def close(self) -> None: ...
 
 
+def snippet(content: bytes | str, limit: int) -> str:
+    """At most ``limit`` characters of an answer, fit for the attempts log: decoded
+    leniently, control characters and NULs replaced, whitespace runs folded."""
+    text = content.decode("utf-8", "replace") if isinstance(content, bytes) else content
+    text = "".join(c if c.isprintable() else " " for c in text[: limit * 2])
+    return " ".join(text.split())[:limit]
+
+
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """Seconds from a Retry-After header (delta-seconds or HTTP-date), or None."""
     if not value:

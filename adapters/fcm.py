@@ -1,11 +1,24 @@
-"""FCM HTTP v1: messages built with pyfcm, OAuth2 access tokens from the service
-account through google-auth, sent over the gateway's own pooled async client.
+"""FCM HTTP v1: messages built with pyfcm, OAuth2 access tokens from the JWT-bearer grant,
+sent over the gateway's own pooled async client.
 
 pyfcm is synchronous (``requests``, ``time.sleep`` on Retry-After) and its async path
 opens a session per message, so it is used only for what it is good at: building the
-v1 message (``parse_payload``). google-auth's token refresh is synchronous too: it runs
-in a thread, once per service account, and the token is reused until shortly before
-it expires.
+v1 message (``parse_payload``).
+
+Access tokens come from the grant Google documents for service accounts (an RS256
+assertion signed with the account's key, exchanged at the token URL), done here over the
+same async client rather than through google-auth, because the exchange is a request the
+gateway makes on a tenant's behalf and must be held to the gateway's rules:
+
+* it goes only to the operator's token URL (``GATEWAY_FCM_TOKEN_URL``, by default
+  Google's), never to the ``token_uri`` a tenant uploads (that would let any app make the
+  gateway fetch internal URLs), and never follows a redirect;
+* its error, like any provider answer, reaches the attempts log only as a short,
+  sanitized snippet;
+* tokens are cached per app and per fingerprint of the key material, so two apps naming
+  the same service account never share or spoil each other's tokens, and a replaced
+  credential is used from the next send; the RSA signing (and key parsing) runs off the
+  event loop.
 """
 
 from __future__ import annotations
@@ -13,78 +26,119 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import ssl
-import tempfile
 import time
 from collections.abc import Mapping
-from datetime import UTC
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import certifi
-import google.auth.transport.requests
-import requests
-from google.oauth2 import service_account
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+from google.oauth2.credentials import Credentials
 from pyfcm import FCMNotification
 
-from adapters.base import DeliveryJob, Outcome, Verdict, parse_retry_after
+from adapters.base import DeliveryJob, Outcome, Verdict, parse_retry_after, snippet
 from adapters.payloads import fcm_android_config
 
 FCM_URL = "https://fcm.googleapis.com"
+#: Google's token endpoint: the assertion's audience, and the default token URL.
+GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
+GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 #: Refresh an access token this long before it expires.
 REFRESH_MARGIN_S = 300
 _RETRY_CODES = {"UNAVAILABLE", "INTERNAL"}
 QUOTA_MIN_DELAY_S = 60.0
+#: pyfcm's builder needs credentials to exist; it never uses them to build a message.
+_UNUSED = Credentials(token=None)
 
 
-def merged_ca_bundle(ca_file: str) -> str:
-    """certifi's roots followed by ``ca_file``, in a file requests can use; named by its
-    content, so every process shares one file per bundle."""
-    text = Path(certifi.where()).read_text() + "\n" + Path(ca_file).read_text()
-    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-    merged = Path(tempfile.gettempdir()) / f"gateway-ca-{digest}.pem"
-    if not merged.exists():
-        partial = merged.with_suffix(f".{os.getpid()}.tmp")
-        partial.write_text(text)
-        partial.replace(merged)
-    return str(merged)
+class AccessTokenError(Exception):
+    """The token exchange failed; the message is safe for the attempts log."""
 
 
-class _AccessTokens:
-    """OAuth2 access tokens per service account, refreshed off the event loop."""
+def fingerprint(account: Mapping[str, Any]) -> str:
+    """Identifies the key material: a credential replaced under the same names differs."""
+    material = "\n".join(str(account.get(k, "")) for k in
+                         ("client_email", "private_key_id", "private_key"))
+    return hashlib.sha256(material.encode()).hexdigest()
 
-    def __init__(self, token_url: str | None, session: requests.Session) -> None:
+
+@dataclass
+class _Token:
+    value: str
+    expires_at: float
+
+
+class AccessTokens:
+    """OAuth2 access tokens per (app, key fingerprint), from the operator's token URL."""
+
+    def __init__(self, token_url: str, client: aiohttp.ClientSession, timeout_s: float) -> None:
         self._token_url = token_url
-        self._session = session
-        self._creds: dict[str, service_account.Credentials] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._client = client
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._tokens: dict[tuple[str, str], _Token] = {}
+        self._keys: dict[str, RSAPrivateKey] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
-    def credentials(self, info: Mapping[str, Any]) -> service_account.Credentials:
-        email = str(info["client_email"])
-        creds = self._creds.get(email)
-        if creds is None:
-            data = dict(info)
-            if self._token_url:
-                data["token_uri"] = self._token_url
-            creds = service_account.Credentials.from_service_account_info(data, scopes=[SCOPE])
-            self._creds[email] = creds
-        return creds
+    async def get(self, app_id: str, account: Mapping[str, Any], *,
+                  stale: str | None = None) -> str:
+        """A token fresh for at least :data:`REFRESH_MARGIN_S`; ``stale`` is one FCM just
+        refused, to be replaced even if it looks fresh."""
+        scope = (app_id, fingerprint(account))
+        async with self._locks.setdefault(scope, asyncio.Lock()):
+            cached = self._tokens.get(scope)
+            if cached is None or cached.value == stale \
+                    or cached.expires_at - time.time() < REFRESH_MARGIN_S:
+                cached = await self._exchange(scope[1], account)
+                self._tokens[scope] = cached
+            return cached.value
 
-    async def get(self, info: Mapping[str, Any], *, stale: str | None = None) -> str:
-        creds = self.credentials(info)
-        lock = self._locks.setdefault(creds.service_account_email, asyncio.Lock())
-        async with lock:
-            fresh = (creds.token is not None and creds.token != stale and creds.expiry is not None
-                     # google-auth keeps expiry as a naive UTC datetime
-                     and creds.expiry.replace(tzinfo=UTC).timestamp() - time.time()
-                     > REFRESH_MARGIN_S)
-            if not fresh:
-                request = google.auth.transport.requests.Request(self._session)
-                await asyncio.to_thread(creds.refresh, request)
-            return str(creds.token)
+    async def _assertion(self, key_id: str, account: Mapping[str, Any]) -> str:
+        key = self._keys.get(key_id)
+        if key is None:
+            loaded = await asyncio.to_thread(serialization.load_pem_private_key,
+                                             str(account["private_key"]).encode(), None)
+            if not isinstance(loaded, RSAPrivateKey):
+                raise AccessTokenError("the service account's key is not an RSA key")
+            key = self._keys[key_id] = loaded
+        now = int(time.time())
+        claims = {"iss": account["client_email"], "scope": SCOPE, "aud": GOOGLE_TOKEN_URL,
+                  "iat": now, "exp": now + 3600}
+        headers = {"kid": str(account.get("private_key_id") or "")}
+        return await asyncio.to_thread(jwt.encode, claims, key, algorithm="RS256",
+                                       headers=headers)
+
+    async def _exchange(self, key_id: str, account: Mapping[str, Any]) -> _Token:
+        assertion = await self._assertion(key_id, account)
+        try:
+            async with self._client.post(
+                self._token_url, data={"grant_type": GRANT_TYPE, "assertion": assertion},
+                allow_redirects=False, timeout=self._timeout,
+            ) as resp:
+                content = await resp.content.read(4096)
+                status = resp.status
+        except TimeoutError:
+            raise AccessTokenError("the token URL timed out") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise AccessTokenError(f"the token URL is unreachable ({type(exc).__name__})") \
+                from None
+        try:
+            answer = json.loads(content)
+        except ValueError:
+            answer = None
+        if status == 200 and isinstance(answer, dict) \
+                and isinstance(answer.get("access_token"), str):
+            expires_in = answer.get("expires_in")
+            lifetime = float(expires_in) if isinstance(expires_in, int | float) else 3600.0
+            return _Token(answer["access_token"], time.time() + lifetime)
+        if isinstance(answer, dict) and isinstance(answer.get("error"), str):
+            detail = f"{answer['error']}: {answer.get('error_description', '')}"
+        else:
+            detail = snippet(content, 60)
+        raise AccessTokenError(f"HTTP {status} {snippet(detail, 120)}".rstrip(": "))
 
 
 class FCMAdapter:
@@ -97,27 +151,19 @@ class FCMAdapter:
         *,
         base_url: str | None = None,
         token_url: str | None = None,
-        ca_file: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
         timeout_s: float = 15.0,
         max_connections: int = 64,
-        default_credentials: Mapping[str, Any] | None = None,
     ) -> None:
         self._base_url = (base_url or FCM_URL).rstrip("/")
-        self._default = default_credentials
-        session = requests.Session()
-        if ca_file:
-            # requests takes one CA path, and REQUESTS_CA_BUNDLE would override verify=:
-            # trust the usual roots plus the configured CA through a merged bundle.
-            session.trust_env = False
-            session.verify = merged_ca_bundle(ca_file)
-        self._tokens = _AccessTokens(token_url, session)
-        self._builders: dict[str, FCMNotification] = {}
-        self._ssl = ssl.create_default_context()
-        if ca_file:
-            self._ssl.load_verify_locations(ca_file)
+        self._token_url = token_url or GOOGLE_TOKEN_URL
+        self._ssl = ssl_context or ssl.create_default_context()
+        self._timeout_s = timeout_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._max_connections = max_connections
+        self._builder = FCMNotification(credentials=_UNUSED)
         self._session: aiohttp.ClientSession | None = None
+        self._tokens: AccessTokens | None = None
 
     def _client(self) -> aiohttp.ClientSession:
         # aiohttp's keep-alive pool, not httpx: httpcore's pool rescans every connection
@@ -129,18 +175,18 @@ class FCMAdapter:
             )
         return self._session
 
+    def _access_tokens(self) -> AccessTokens:
+        if self._tokens is None:
+            self._tokens = AccessTokens(self._token_url, self._client(), self._timeout_s)
+        return self._tokens
+
     def message(self, job: DeliveryJob, info: Mapping[str, Any]) -> bytes:
         """The v1 request body, built by pyfcm's payload builder."""
         assert job.device is not None and job.notification is not None
         n = job.notification
-        builder = self._builders.get(info["client_email"])
-        if builder is None:
-            builder = FCMNotification(credentials=self._tokens.credentials(info),
-                                      project_id=info["project_id"])
-            self._builders[info["client_email"]] = builder
         overrides = n.get("fcm") or {}
         data = {**(n.get("data") or {}), **(overrides.get("data") or {})}
-        body: bytes = builder.parse_payload(
+        body: bytes = self._builder.parse_payload(
             fcm_token=job.device.token,
             notification_title=n.get("title"),
             notification_body=n.get("body"),
@@ -159,7 +205,7 @@ class FCMAdapter:
         return body
 
     async def send(self, job: DeliveryJob) -> Outcome:
-        info = job.credentials or self._default
+        info = job.credentials
         if info is None:
             return Outcome(Verdict.FAILED, error="no FCM credentials for this app")
         started = time.monotonic()
@@ -168,9 +214,9 @@ class FCMAdapter:
         stale: str | None = None
         while True:
             try:
-                token = await self._tokens.get(info, stale=stale)
-            except Exception as exc:  # google-auth raises its own RefreshError family
-                return Outcome(Verdict.RETRY, error=f"FCM access token: {exc}"[:500],
+                token = await self._access_tokens().get(job.app_id, info, stale=stale)
+            except AccessTokenError as exc:
+                return Outcome(Verdict.RETRY, error=f"FCM access token: {exc}",
                                duration_ms=_ms(started))
             try:
                 async with self._client().post(url, data=body, headers={
@@ -200,7 +246,7 @@ def _error_code(status: int, content: bytes) -> tuple[str, str, list[dict[str, A
     try:
         error = json.loads(content)["error"]
     except (ValueError, KeyError, TypeError):
-        return f"HTTP {status}", content[:200].decode("utf-8", "replace"), []
+        return f"HTTP {status}", snippet(content, 200), []
     code = ""
     violations: list[dict[str, Any]] = []
     for detail in error.get("details") or []:
@@ -223,16 +269,15 @@ def judge(status: int, headers: Mapping[str, str], content: bytes, duration_ms: 
         return Outcome(Verdict.DELIVERED, status_code=200, duration_ms=duration_ms,
                        response_snippet=name)
     code, message, violations = _error_code(status, content)
-    snippet = content[:512].decode("utf-8", "replace")
     common: dict[str, Any] = {"status_code": status, "duration_ms": duration_ms,
-                              "response_snippet": snippet}
+                              "response_snippet": snippet(content, 300)}
     if code in ("UNREGISTERED", "SENDER_ID_MISMATCH"):
         return Outcome(Verdict.GONE, error=code, gone_reason=f"fcm:{code}", **common)
     if code == "INVALID_ARGUMENT":
         if any(v.get("field") == "message.token" for v in violations):
             return Outcome(Verdict.GONE, error=code, gone_reason="fcm:INVALID_ARGUMENT token",
                            **common)
-        return Outcome(Verdict.FAILED, error=f"{code}: {message}"[:500], **common)
+        return Outcome(Verdict.FAILED, error=snippet(f"{code}: {message}", 300), **common)
     if code in ("QUOTA_EXCEEDED", "RESOURCE_EXHAUSTED") or status == 429:
         delay = parse_retry_after(headers.get("retry-after")) or 0.0
         return Outcome(Verdict.RETRY, error=code, retry_after_s=max(delay, QUOTA_MIN_DELAY_S),
@@ -244,7 +289,7 @@ def judge(status: int, headers: Mapping[str, str], content: bytes, duration_ms: 
     if code in _RETRY_CODES or status >= 500:
         return Outcome(Verdict.RETRY, error=code,
                        retry_after_s=parse_retry_after(headers.get("retry-after")), **common)
-    return Outcome(Verdict.FAILED, error=f"{code}: {message}"[:500], **common)
+    return Outcome(Verdict.FAILED, error=snippet(f"{code}: {message}", 300), **common)
 
 
 def _ms(started: float) -> int:

@@ -547,6 +547,7 @@ class FakeAPNs:
         self._scripted_or_known_answer(device_token)
 
         return ReceivedPush(
+            sender=key.key_id,
             provider="apns",
             app=topic,
             token=device_token,

@@ -577,6 +577,7 @@ class _Account:
 class _Grant:
     project_id: str
     expires_at: float
+    client_email: str = ""
     revoked: bool = False
 
 
@@ -747,7 +748,8 @@ class FakeFCM:
                 "invalid_scope", "Invalid OAuth scope or ID token audience provided."
             )
         access_token = "ya29.fake." + secrets.token_urlsafe(48)
-        self._grants[access_token] = _Grant(account.project_id, time.time() + self.token_ttl_s)
+        self._grants[access_token] = _Grant(account.project_id, time.time() + self.token_ttl_s,
+                                            str(claims.get("iss")))
         self.token_requests += 1
         return web.json_response(
             {"access_token": access_token, "expires_in": self.token_ttl_s, "token_type": "Bearer"}
@@ -779,6 +781,13 @@ class FakeFCM:
         return False
 
     # -- the send endpoint ----------------------------------------------------------------
+
+    def _sender(self, request: web.Request) -> str:
+        """The service account whose access token authorized this request."""
+        header = request.headers.get("Authorization", "")
+        token = header.partition(" ")[2].strip() or request.query.get("access_token", "")
+        grant = self._grants.get(token)
+        return grant.client_email if grant is not None else ""
 
     def _authorize(self, request: web.Request, project_id: str) -> web.Response | None:
         header = request.headers.get("Authorization")
@@ -858,6 +867,7 @@ class FakeFCM:
                 if k.lower() not in ("host", "content-length", "connection", "transfer-encoding")
             },
             received_at=time.time(),
+            sender=self._sender(request),
         ))
         async with self._arrived:
             self._arrived.notify_all()

@@ -19,3 +19,5 @@ class ReceivedPush:
     payload: dict[str, Any]  # the JSON payload as received
     headers: dict[str, str]  # the request's apns-* and authorization headers (lower-case names)
     received_at: float  # time.time()
+    #: Whose credentials sent it: the service account (FCM) or the key id (APNs).
+    sender: str = ""

@@ -19,10 +19,12 @@ from gateway import api, appkeys, dashboard, logs
 from gateway.api import openapi
 from gateway.api.http import error_middleware
 from gateway.api.routing import wire
-from gateway.auth import Authenticator
+from gateway.auth import Authenticator, FailureLimiter
 from gateway.batching import GroupCommit
 from gateway.config import Settings
+from gateway.crypto import Sealer
 from gateway.dispatcher import Dispatcher
+from gateway.errors import DatabaseUnavailable
 from gateway.fanout import FanoutRunner
 from gateway.metrics import Metrics
 from gateway.outcomes import OutcomeStream
@@ -37,6 +39,7 @@ from gateway.store.database import (
 )
 from gateway.store.postgres import Store
 from gateway.store.postgres_queue import PostgresQueue
+from gateway.store.records import Limits
 from gateway_client.models import DeliveryKind
 
 log = logging.getLogger("gateway")
@@ -50,10 +53,19 @@ def provider_ssl_context(settings: Settings) -> ssl.SSLContext:
     return ctx
 
 
+def make_store(db: Database, settings: Settings) -> Store:
+    """The store as every process of this gateway makes it: its secrets sealed with
+    GATEWAY_SECRET_KEY, its quotas defaulting to GATEWAY_MAX_*."""
+    return Store(db, sealer=Sealer(settings.secret_key), limits=Limits(
+        max_endpoints=settings.max_endpoints,
+        max_devices_per_user=settings.max_devices_per_user,
+        max_topics_per_device=settings.max_topics_per_device))
+
+
 def build_adapters(settings: Settings, sandbox: Sandbox | None = None) -> dict[str, Adapter]:
     fcm: Adapter = FCMAdapter(
         base_url=settings.fcm_url, token_url=settings.fcm_token_url,
-        ca_file=settings.provider_ca_file, timeout_s=settings.delivery_timeout_s,
+        ssl_context=provider_ssl_context(settings), timeout_s=settings.delivery_timeout_s,
         max_connections=settings.push_concurrency,
     )
     apns: Adapter = APNsAdapter(
@@ -64,11 +76,11 @@ def build_adapters(settings: Settings, sandbox: Sandbox | None = None) -> dict[s
         fcm = SandboxRouter(fcm, FCMAdapter(
             base_url=sandbox.fcm.base_url, token_url=sandbox.fcm.token_url,
             timeout_s=settings.delivery_timeout_s, max_connections=settings.push_concurrency,
-            default_credentials=sandbox.fcm_credentials))
+        ), sandbox)
         apns = SandboxRouter(apns, APNsAdapter(
             base_url=sandbox.apns.base_url, ssl_context=sandbox.client_ssl_context(),
             timeout_s=settings.delivery_timeout_s,
-            default_credentials=sandbox.apns_credentials))
+        ), sandbox)
     return {
         DeliveryKind.WEBHOOK: WebhookAdapter(
             timeout_s=settings.delivery_timeout_s,
@@ -103,15 +115,18 @@ def create_app(
 
     async def database(app: web.Application) -> AsyncIterator[None]:
         db = await Database.connect(dsn, max_size=settings.db_pool_size)
-        app[appkeys.STORE] = Store(db)
-        app[appkeys.QUEUE] = PostgresQueue(db)
-        app[appkeys.AUTH] = Authenticator(app[appkeys.STORE], settings.admin_key or "")
+        app[appkeys.STORE] = store = make_store(db, settings)
+        app[appkeys.QUEUE] = PostgresQueue(db, store.sealer)
+        app[appkeys.AUTH] = Authenticator(
+            app[appkeys.STORE], settings.admin_key or "",
+            FailureLimiter(settings.auth_failures, settings.auth_failure_window_s,
+                           settings.auth_block_s))
         yield
         await db.close()
 
     async def ingest(app: web.Application) -> AsyncIterator[None]:
         batcher = GroupCommit(app[appkeys.STORE].write_events, max_batch=500, max_flushers=2,
-                              name="ingest")
+                              name="ingest", fails_together=(DatabaseUnavailable,))
         app[appkeys.INGEST] = batcher
         yield
         await batcher.close()
@@ -126,7 +141,7 @@ def create_app(
         await fakes.stop()
 
     async def live_tail(app: web.Application) -> AsyncIterator[None]:
-        stream = OutcomeStream(dsn)
+        stream = OutcomeStream(dsn, max_per_app=settings.max_streams_per_app)
         app[appkeys.OUTCOMES] = stream
         await stream.start()
         yield
@@ -147,6 +162,7 @@ def create_app(
             concurrency=settings.dispatch_concurrency,
             endpoint_concurrency=settings.endpoint_concurrency,
             push_concurrency=settings.push_concurrency,
+            app_concurrency=settings.app_concurrency,
             batch=settings.dispatch_batch,
             lease_s=settings.effective_lease_s,
             poll_interval_s=settings.poll_interval_s,

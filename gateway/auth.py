@@ -1,7 +1,18 @@
-"""Who is calling: the operator (``GATEWAY_ADMIN_KEY``) or one app (its API key)."""
+"""Who is calling: the operator (``GATEWAY_ADMIN_KEY``), one app (its API key), or one
+user of an app (a user token); and, per client address, how many keys failed lately.
+
+A key that fails counts against the address it came from: after
+``GATEWAY_AUTH_FAILURES`` failures within ``GATEWAY_AUTH_FAILURE_WINDOW_S`` the address
+is refused with ``429 rate_limited`` for ``GATEWAY_AUTH_BLOCK_S`` seconds, whatever key
+it presents, which makes guessing keys hopeless without touching anyone else's requests.
+The count is per process.
+"""
 
 from __future__ import annotations
 
+import collections
+import ipaddress
+import math
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -9,35 +20,118 @@ from typing import Literal
 from aiohttp import web
 
 from gateway import usertokens
-from gateway.errors import Unauthorized
+from gateway.errors import RateLimited, Unauthorized
 from gateway.ids import hash_key, keys_equal
 from gateway.store.postgres import Store
+from gateway.store.records import App
 
-#: How long a verified app key is remembered in-process (apps cannot be deleted, and the
-#: cache only saves a lookup per request).
+#: How long a verified key is remembered in-process: an app's new limits reach every
+#: process within this long.
 KEY_CACHE_TTL_S = 30.0
+#: Addresses whose failures are remembered at once; past it the oldest are forgotten.
+MAX_TRACKED_ADDRESSES = 10_000
 
 
 @dataclass(frozen=True)
 class Principal:
     kind: Literal["admin", "app", "user"]
-    app_id: str | None = None
+    #: The app an app key or user token acts in (None for the operator).
+    app: App | None = None
     #: For a user token: the only user whose devices it may touch.
     user_id: str | None = None
+
+    @property
+    def app_id(self) -> str | None:
+        return self.app.id if self.app is not None else None
 
 
 #: Who made this request, once its route's guard let it through.
 PRINCIPAL = web.RequestKey("principal", Principal)
 
 
+def client_of(address: str | None) -> str:
+    """What failed keys are counted against: the IPv4 address, or the IPv6 /64 (one
+    host's usual allocation, which it could otherwise walk through)."""
+    if not address:
+        return "unknown"
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.IPv6Network((parsed, 64), strict=False))
+    return str(parsed)
+
+
+class FailureLimiter:
+    """Failed keys per client address, in a sliding window."""
+
+    def __init__(self, limit: int, window_s: float, block_s: float) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self.block_s = block_s
+        self._failures: collections.OrderedDict[str, collections.deque[float]] = \
+            collections.OrderedDict()
+        self._blocked: dict[str, float] = {}
+
+    def blocked_for(self, address: str) -> int | None:
+        """Whole seconds until ``address`` may try again, or None when it may now."""
+        until = self._blocked.get(address)
+        if until is None:
+            return None
+        left = until - time.monotonic()
+        if left <= 0:
+            del self._blocked[address]
+            return None
+        return math.ceil(left)
+
+    def failed(self, address: str) -> bool:
+        """Count a failed key; True when this one got the address refused."""
+        now = time.monotonic()
+        times = self._failures.get(address)
+        if times is None:
+            times = self._failures[address] = collections.deque()
+            while len(self._failures) > MAX_TRACKED_ADDRESSES:
+                self._failures.popitem(last=False)
+        else:
+            self._failures.move_to_end(address)
+        times.append(now)
+        while times and times[0] <= now - self.window_s:
+            times.popleft()
+        if len(times) < self.limit:
+            return False
+        times.clear()
+        self._blocked[address] = now + self.block_s
+        if len(self._blocked) > MAX_TRACKED_ADDRESSES:
+            self._blocked = {a: t for a, t in self._blocked.items() if t > now}
+        return True
+
+
 class Authenticator:
-    def __init__(self, store: Store, admin_key: str) -> None:
+    def __init__(self, store: Store, admin_key: str, limiter: FailureLimiter) -> None:
         self._store = store
         self._admin_hash = hash_key(admin_key)
-        self._cache: dict[bytes, tuple[str, float]] = {}
-        self._secrets: dict[str, bytes] = {}
+        self.limiter = limiter
+        self._apps: dict[bytes, tuple[App, float]] = {}
+        self._user_apps: dict[str, tuple[App, bytes, float]] = {}
 
-    async def authenticate(self, header: str | None) -> Principal:
+    async def authenticate(self, header: str | None, address: str | None = None) -> Principal:
+        """The caller; a failed key counts against ``address`` (refused with 429 once it
+        failed too often)."""
+        where = client_of(address)
+        left = self.limiter.blocked_for(where)
+        if left is not None:
+            raise RateLimited("Too many failed keys from this address; try again later.",
+                              retry_after_s=left)
+        try:
+            return await self._identify(header)
+        except Unauthorized:
+            self.limiter.failed(where)
+            raise
+
+    async def _identify(self, header: str | None) -> Principal:
         if not header:
             raise Unauthorized("Missing Authorization header; send 'Authorization: Bearer <key>'.")
         scheme, _, key = header.partition(" ")
@@ -49,31 +143,37 @@ class Authenticator:
         presented = hash_key(key)
         if keys_equal(presented, self._admin_hash):
             return Principal("admin")
-        cached = self._cache.get(presented)
         now = time.monotonic()
+        cached = self._apps.get(presented)
         if cached is not None and cached[1] > now:
             return Principal("app", cached[0])
-        app_id = await self._store.app_id_for_key_hash(presented)
-        if app_id is None:
+        app = await self._store.app_for_key_hash(presented)
+        if app is None:
             raise Unauthorized("Unknown API key.")
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[presented] = (app_id, now + KEY_CACHE_TTL_S)
-        return Principal("app", app_id)
+        if len(self._apps) > 10_000:
+            self._apps.clear()
+        self._apps[presented] = (app, now + KEY_CACHE_TTL_S)
+        return Principal("app", app)
 
     async def _user(self, token: str) -> Principal:
         app_id = usertokens.unverified_app_id(token)
-        secret = self._secrets.get(app_id)
-        if secret is None:
-            secret = await self._store.user_token_secret(app_id)
-            if secret is None:
-                raise Unauthorized("Invalid user token.")
-            self._secrets[app_id] = secret
+        app, secret = await self._app_and_secret(app_id)
         claims = usertokens.verify(token, secret)
-        return Principal("user", claims.app_id, claims.user_id)
+        return Principal("user", app, claims.user_id)
+
+    async def _app_and_secret(self, app_id: str) -> tuple[App, bytes]:
+        now = time.monotonic()
+        cached = self._user_apps.get(app_id)
+        if cached is not None and cached[2] > now:
+            return cached[0], cached[1]
+        secret = await self._store.user_token_secret(app_id)
+        if secret is None:
+            raise Unauthorized("Invalid user token.")
+        app = await self._store.get_app(app_id)
+        if len(self._user_apps) > 10_000:
+            self._user_apps.clear()
+        self._user_apps[app_id] = (app, secret, now + KEY_CACHE_TTL_S)
+        return app, secret
 
     async def user_token_secret(self, app_id: str) -> bytes:
-        secret = self._secrets.get(app_id) or await self._store.user_token_secret(app_id)
-        assert secret is not None
-        self._secrets[app_id] = secret
-        return secret
+        return (await self._app_and_secret(app_id))[1]

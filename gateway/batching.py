@@ -4,6 +4,12 @@ A commit costs a round trip and an fsync whatever it holds, so ingest and the
 dispatcher's result writes queue their rows here and a flusher writes whatever has
 gathered while the previous flush was in flight. Under no load a batch is one row and
 adds no wait; under load batches grow by themselves.
+
+A batch shares one write, so one bad item must not fail the others (they are other
+callers' requests, other tenants' too): a batch whose write fails is split in halves and
+each half written on its own, down to the one item that fails, which alone gets the
+error. Only a failure that would fail any write (``fails_together``: the database is
+away) fails the whole batch at once.
 """
 
 from __future__ import annotations
@@ -26,9 +32,10 @@ FlushFn = Callable[[list[T]], Awaitable[Sequence["R | BaseException"]]]
 class GroupCommit(Generic[T, R]):
     def __init__(
         self, flush: FlushFn[T, R], *, max_batch: int = 500, max_flushers: int = 2,
-        name: str = "batch",
+        name: str = "batch", fails_together: tuple[type[BaseException], ...] = (),
     ) -> None:
         self._flush = flush
+        self._fails_together = fails_together
         self._max_batch = max_batch
         self._max_flushers = max_flushers
         self._name = name
@@ -55,23 +62,31 @@ class GroupCommit(Generic[T, R]):
         while self._queue:
             batch = self._queue[: self._max_batch]
             del self._queue[: self._max_batch]
-            items = [item for item, _ in batch]
-            try:
-                results = await self._flush(items)
-            except BaseException as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
+            await self._write(batch)
+
+    async def _write(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        try:
+            results = await self._flush([item for item, _ in batch])
+        except asyncio.CancelledError as exc:
+            _settle(batch, exc)
+            raise
+        except BaseException as exc:
+            if len(batch) == 1 or isinstance(exc, self._fails_together):
+                _settle(batch, exc)
+                return
+            log.warning("%s: a batch of %d failed (%r); writing its halves apart",
+                        self._name, len(batch), exc)
+            half = len(batch) // 2
+            await self._write(batch[:half])
+            await self._write(batch[half:])
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if future.done():
                 continue
-            for (_, future), result in zip(batch, results, strict=True):
-                if future.done():
-                    continue
-                if isinstance(result, BaseException):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
 
     async def close(self) -> None:
         """Finish every queued item, then refuse new ones."""
@@ -79,3 +94,9 @@ class GroupCommit(Generic[T, R]):
         while self._flushers:
             with contextlib.suppress(Exception):
                 await asyncio.gather(*self._flushers, return_exceptions=True)
+
+
+def _settle(batch: list[tuple[T, asyncio.Future[R]]], exc: BaseException) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(exc)

@@ -20,7 +20,7 @@ from gateway.config import Settings, load_settings, settings_help
 from gateway.errors import GatewayError
 from gateway_client import commands
 
-SERVER_COMMANDS = ("serve", "dispatch", "migrate")
+SERVER_COMMANDS = ("serve", "dispatch", "migrate", "secrets")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,6 +55,16 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("migrate", help="apply pending database migrations and exit",
                    formatter_class=fmt, epilog=epilog)
+
+    secrets = sub.add_parser("secrets", help="seal stored secrets (GATEWAY_SECRET_KEY)",
+                             formatter_class=fmt, epilog=epilog,
+                             description="Secrets at rest: endpoint signing secrets, push "
+                             "credentials' keys and user-token secrets are sealed with the "
+                             "newest of GATEWAY_SECRET_KEY's keys.")
+    actions = secrets.add_subparsers(dest="secrets_command", required=True, metavar="ACTION")
+    actions.add_parser("new-key", help="print a new key for GATEWAY_SECRET_KEY")
+    actions.add_parser("reseal", help="seal every stored secret under the newest key "
+                       "(after adding a key in front, or setting one for the first time)")
 
     commands.add_parsers(sub)  # apps, endpoints, events, deliveries, devices, push, tail
     return parser

@@ -146,7 +146,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GATEWAY_FCM_URL", "fcm_url", _str, "https://fcm.googleapis.com",
             "FCM base URL; /v1/projects/{project_id}/messages:send is appended."),
     Setting("GATEWAY_FCM_TOKEN_URL", "fcm_token_url", _str, None,
-            "OAuth2 token URL for FCM service accounts (default: each account's token_uri)."),
+            "OAuth2 token URL where FCM access tokens are exchanged (default: Google's, "
+            "https://oauth2.googleapis.com/token). Service accounts naming another "
+            "token_uri are refused."),
     Setting("GATEWAY_APNS_URL", "apns_url", _str, None,
             "APNs base URL for both environments; /3/device/{token} is appended (default: "
             "api.push.apple.com, or api.sandbox.push.apple.com for sandbox credentials)."),
@@ -161,10 +163,35 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GATEWAY_LOG_FORMAT", "log_format", _log_format, "text",
             "json (one object per line) or text."),
     Setting("GATEWAY_METRICS_KEY", "metrics_key", _str, None,
-            "Bearer key GET /metrics requires. Unset: /metrics is open, like /healthz."),
+            "Bearer key GET /metrics requires. Unset: /metrics answers loopback clients "
+            "only."),
     Setting("GATEWAY_RETENTION_DAYS", "retention_days", _non_negative_int, "30",
             "Finished deliveries, their attempts and their events are deleted this many days "
             "after they happened (0: keep everything)."),
+    Setting("GATEWAY_SECRET_KEY", "secret_key", _str, None,
+            "Keys (comma-separated, newest first) that seal endpoint secrets, push credentials' "
+            "keys and user-token secrets at rest with AES-256-GCM; each 32 bytes in urlsafe "
+            "base64 ('gateway secrets new-key'). Unset: stored in plain text (a warning at "
+            "start-up)."),
+    Setting("GATEWAY_APP_CONCURRENCY", "app_concurrency", _positive_int, "128",
+            "Deliveries of one app in flight at once, per dispatcher process: no app takes "
+            "every slot while others wait."),
+    Setting("GATEWAY_AUTH_FAILURES", "auth_failures", _positive_int, "20",
+            "Failed keys from one client address within GATEWAY_AUTH_FAILURE_WINDOW_S after "
+            "which that address gets 429 rate_limited, per process."),
+    Setting("GATEWAY_AUTH_FAILURE_WINDOW_S", "auth_failure_window_s", _positive_float, "10",
+            "The window, in seconds, in which failed keys are counted."),
+    Setting("GATEWAY_AUTH_BLOCK_S", "auth_block_s", _positive_float, "60",
+            "How long, in seconds, an address stays refused after too many failed keys."),
+    Setting("GATEWAY_MAX_ENDPOINTS", "max_endpoints", _positive_int, "100",
+            "Endpoints per app, unless the app's own max_endpoints says otherwise."),
+    Setting("GATEWAY_MAX_DEVICES_PER_USER", "max_devices_per_user", _positive_int, "20",
+            "Live devices per user of an app, unless the app's own limit says otherwise."),
+    Setting("GATEWAY_MAX_TOPICS_PER_DEVICE", "max_topics_per_device", _positive_int, "100",
+            "Topics per device, unless the app's own limit says otherwise."),
+    Setting("GATEWAY_MAX_STREAMS_PER_APP", "max_streams_per_app", _positive_int, "10",
+            "Open GET /v1/deliveries/stream connections per app and process; past it, "
+            "429."),
 )
 
 
@@ -201,6 +228,15 @@ class Settings:
     log_format: str = "text"
     metrics_key: str | None = None
     retention_days: int = 30
+    secret_key: str | None = None
+    app_concurrency: int = 128
+    auth_failures: int = 20
+    auth_failure_window_s: float = 10.0
+    auth_block_s: float = 60.0
+    max_endpoints: int = 100
+    max_devices_per_user: int = 20
+    max_topics_per_device: int = 100
+    max_streams_per_app: int = 10
 
     @property
     def effective_lease_s(self) -> float:

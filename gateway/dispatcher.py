@@ -3,9 +3,17 @@
 The queue picks the work (in PostgreSQL ``FOR UPDATE SKIP LOCKED`` with a lease, so any
 number of dispatcher processes share one database and a crashed one's claims come back
 by themselves); a wake-up source (``LISTEN gateway_deliveries``) wakes it within
-milliseconds of ingest, and polling is only the fallback. Concurrency is bounded overall
-and per endpoint. A supervisor restarts the loop if it dies or stalls, and ``healthy()``
-tells ``/readyz``. The dispatcher knows the queue only by its interface
+milliseconds of ingest, and polling is only the fallback.
+
+Concurrency is bounded overall, per webhook endpoint, per push provider and per app, and
+the bounds are kept by what is claimed, not by waiting: each claim says how much room
+every busy endpoint, provider and app has left (:class:`~gateway.store.queue.Rooms`),
+and the queue hands out only what can start at once, apps in turn. So a delivery never
+waits for its endpoint while holding a slot another app could use, an app whose
+endpoints hang ties up at most its own share, and every app's work keeps moving.
+
+A supervisor restarts the loop if it dies or stalls, and ``healthy()`` tells
+``/readyz``. The dispatcher knows the queue only by its interface
 (:class:`~gateway.store.queue.Queue`), the transports only by theirs
 (:class:`~adapters.base.Adapter`), and what to do after an attempt only from the retry
 policy.
@@ -29,7 +37,7 @@ from gateway.batching import GroupCommit
 from gateway.errors import DatabaseUnavailable
 from gateway.logs import scrub
 from gateway.retry import RetryPolicy
-from gateway.store.queue import AttemptResult, Job, Queue
+from gateway.store.queue import AttemptResult, Job, Queue, Rooms
 from gateway_client.models import AttemptOutcome, DeliveryKind, DeliveryStatus, iso
 
 if TYPE_CHECKING:
@@ -59,6 +67,7 @@ class Dispatcher:
         concurrency: int = 256,
         endpoint_concurrency: int = 64,
         push_concurrency: int = 128,
+        app_concurrency: int = 128,
         batch: int = 200,
         lease_s: float = 45.0,
         poll_interval_s: float = 1.0,
@@ -72,6 +81,7 @@ class Dispatcher:
         self.concurrency = concurrency
         self.endpoint_concurrency = endpoint_concurrency
         self.push_concurrency = push_concurrency
+        self.app_concurrency = app_concurrency
         self.batch = batch
         self.lease_s = lease_s
         self.poll_interval_s = poll_interval_s
@@ -84,14 +94,16 @@ class Dispatcher:
         self._slot_free = asyncio.Event()
         self._stopping = False
         self._inflight: dict[asyncio.Task[None], uuid.UUID] = {}
-        self._per_kind: collections.Counter[str] = collections.Counter()
-        self._endpoint_slots: dict[str, asyncio.Semaphore] = {}
+        #: In flight per target (an endpoint id, or a push provider) and per app.
+        self._per_target: collections.Counter[str] = collections.Counter()
+        self._per_app: collections.Counter[str] = collections.Counter()
         #: Claims whose answer was lost with the connection: they may have committed.
         self._uncertain_leases: list[uuid.UUID] = []
         self._loop_task: asyncio.Task[None] | None = None
         self._side_tasks: list[asyncio.Task[None]] = []
         self._results: GroupCommit[AttemptResult, None] = GroupCommit(
-            self._settle, max_batch=500, max_flushers=2, name="attempt-writer")
+            self._settle, max_batch=500, max_flushers=2, name="attempt-writer",
+            fails_together=(DatabaseUnavailable,))
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -176,6 +188,7 @@ class Dispatcher:
                 continue
             want = min(free, self.batch)
             self._wake.clear()
+            self._slot_free.clear()
             lease_id = uuid.uuid4()
             try:
                 if self._uncertain_leases:
@@ -183,8 +196,7 @@ class Dispatcher:
                     # leaving it reserved until its lease runs out.
                     await self.queue.release(self._uncertain_leases)
                     self._uncertain_leases.clear()
-                jobs = await self.queue.claim(want, self.lease_s, lease_id,
-                                              self._saturated_kinds())
+                jobs = await self.queue.claim(want, self.lease_s, lease_id, self._rooms())
             except DatabaseUnavailable as exc:
                 self._uncertain_leases.append(lease_id)
                 log.warning("cannot claim deliveries: %s; retrying in %.2f s", exc, backoff)
@@ -193,17 +205,22 @@ class Dispatcher:
                 continue
             backoff = 0.05
             for job in jobs:
-                kind = job.delivery.kind
+                target = _target(job)
+                app_id = job.delivery.app_id
                 task = asyncio.create_task(self._deliver(job))
                 self._inflight[task] = lease_id
-                self._per_kind[kind] += 1
-                task.add_done_callback(functools.partial(self._done, kind=kind))
+                self._per_target[target] += 1
+                self._per_app[app_id] += 1
+                task.add_done_callback(functools.partial(self._done, target=target,
+                                                         app_id=app_id))
             if len(jobs) == want:
                 await asyncio.sleep(0)
                 continue
-            await self._idle()
+            await self._idle(claimed=len(jobs))
 
-    async def _idle(self) -> None:
+    async def _idle(self, claimed: int) -> None:
+        """Wait for due work, a wake-up or, when what is due is held back by full rooms
+        (or by another claimer's lock), for one of our deliveries to finish."""
         timeout = self.poll_interval_s
         with contextlib.suppress(DatabaseUnavailable):
             due = await self.queue.next_due_at()
@@ -211,19 +228,35 @@ class Dispatcher:
                 until = (due - datetime.now(UTC)).total_seconds()
                 timeout = max(0.0, min(timeout, until))
         if timeout <= 0:
-            return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await self._wake.wait()
+            if claimed:
+                return
+            # Due work this claim could not take: its rooms are full, or another claimer
+            # holds it. Asking again at once would spin against the database.
+            timeout = self.poll_interval_s if self._inflight else min(0.05,
+                                                                       self.poll_interval_s)
+        waits = [asyncio.ensure_future(self._wake.wait()),
+                 asyncio.ensure_future(self._slot_free.wait())]
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
 
-    def _saturated_kinds(self) -> list[str]:
-        """Push providers with every send slot taken: claiming more of them would only
-        park tasks (and dispatch slots) behind their semaphore."""
-        return [kind for kind in PUSH_KINDS if self._per_kind[kind] >= self.push_concurrency]
+    def _rooms(self) -> Rooms:
+        """What each busy endpoint, provider and app can still take."""
+        return Rooms(
+            endpoints={t: self.endpoint_concurrency - n for t, n in self._per_target.items()
+                       if n and t not in PUSH_KINDS},
+            kinds={k: self.push_concurrency - self._per_target[k] for k in PUSH_KINDS},
+            apps={a: self.app_concurrency - n for a, n in self._per_app.items() if n},
+            endpoint=self.endpoint_concurrency, app=self.app_concurrency)
 
-    def _done(self, task: asyncio.Task[None], *, kind: str) -> None:
+    def _done(self, task: asyncio.Task[None], *, target: str, app_id: str) -> None:
         self._inflight.pop(task, None)
-        self._per_kind[kind] -= 1
+        for counts, key in ((self._per_target, target), (self._per_app, app_id)):
+            counts[key] -= 1
+            if counts[key] <= 0:
+                del counts[key]
         self._slot_free.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery task failed", exc_info=task.exception())
@@ -237,16 +270,18 @@ class Dispatcher:
         sent = False
         if adapter is None:
             outcome = Outcome(Verdict.FAILED, error=f"no adapter for kind {job.kind!r}")
+        elif claimed.unsendable is not None:
+            # A key missing from this process's GATEWAY_SECRET_KEY: later, or another
+            # process, may have it.
+            outcome = Outcome(Verdict.RETRY, error=claimed.unsendable)
         elif job.kind != DeliveryKind.WEBHOOK and job.device is None:
             outcome = Outcome(Verdict.FAILED, error="device deleted")
         elif job.kind != DeliveryKind.WEBHOOK and not claimed.device_active:
             outcome = Outcome(Verdict.FAILED, error="device pruned; not sent")
         else:
             sent = True
-            slot = self._endpoint_slot(job.kind, job.endpoint.id if job.endpoint else None)
             try:
-                async with slot:
-                    outcome = await adapter.send(job)
+                outcome = await adapter.send(job)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # an adapter bug must not lose the delivery
@@ -311,11 +346,9 @@ class Dispatcher:
             await self.queue.reschedule(again)
         return [None] * len(results)
 
-    def _endpoint_slot(self, kind: str, endpoint_id: str | None) -> asyncio.Semaphore:
-        """Bounds in-flight sends per webhook endpoint, and per push provider."""
-        key, size = ((endpoint_id, self.endpoint_concurrency) if endpoint_id is not None
-                     else (kind, self.push_concurrency))
-        slot = self._endpoint_slots.get(key)
-        if slot is None:
-            slot = self._endpoint_slots[key] = asyncio.Semaphore(size)
-        return slot
+
+
+def _target(job: Job) -> str:
+    """What a delivery's concurrency is bounded by: its endpoint, or its push provider."""
+    endpoint = job.delivery.endpoint
+    return endpoint.id if endpoint is not None else job.delivery.kind

@@ -17,10 +17,13 @@ class GatewayError(Exception):
     status: int = 500
     code: str = "internal_error"
 
-    def __init__(self, message: str, *, details: list[dict[str, Any]] | None = None) -> None:
+    def __init__(self, message: str, *, details: list[dict[str, Any]] | None = None,
+                 retry_after_s: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.details: list[dict[str, Any]] = details or []
+        #: Sent as Retry-After: when trying again may succeed.
+        self.retry_after_s = retry_after_s
 
     def to_json(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message, "details": self.details}}
@@ -76,6 +79,18 @@ class ValidationError(GatewayError):
 
 class EndpointURLForbidden(GatewayError):
     status, code = 422, "endpoint_url_forbidden"
+
+
+class LimitExceeded(GatewayError):
+    """An app's quota (endpoints, devices per user, topics per device) is used up."""
+
+    status, code = 422, "limit_exceeded"
+
+
+class RateLimited(GatewayError):
+    """Too many requests (an app's ingest rate, or failed keys from one address)."""
+
+    status, code = 429, "rate_limited"
 
 
 class DatabaseUnavailable(GatewayError):

@@ -63,6 +63,8 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*\.?[A-Za-z0-9_-]*"), "[redacted jwt]"),
     (re.compile(r"\bya29\.[A-Za-z0-9_.-]+"), "[redacted token]"),
     (re.compile(r"(?i)\b[0-9a-f]{64,}\b"), "[redacted hex]"),
+    # The dashboard's session cookie (gateway/dashboard/sessions.py SESSION_COOKIE).
+    (re.compile(r"\bgw_dashboard=[^;\s'\"]+"), "gw_dashboard=" + REDACTED),
 )
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
@@ -116,16 +118,42 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(line, default=str, ensure_ascii=False)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escape(text: str) -> str:
+    """Control characters (newlines above all) as escapes: text a client sent can never
+    start a line of its own in the log."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+_BARE = re.compile(r"[^\s=\"\\]+")
+
+
+def _value(text: str) -> str:
+    """A field's value as logfmt writes it: bare when it is one plain word, otherwise
+    quoted, so a value a client chose (a path parameter) never reads as more fields."""
+    if _BARE.fullmatch(text):
+        return _escape(text)
+    return '"' + _escape(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
+
+
 class TextFormatter(logging.Formatter):
-    """``time LEVEL logger: message key=value ...``, scrubbed."""
+    """``time LEVEL logger: message key=value ...``, scrubbed, one line per record; a
+    traceback follows on lines of its own, each indented."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        extras = " ".join(f"{k}={v}" for k, v in _fields(record).items())
-        return scrub(f"{text} {extras}" if extras else text)
+        line = f"{self.formatTime(record)} {record.levelname} {record.name}: " \
+            + _escape(scrub(record.getMessage()))
+        extras = " ".join(f"{k}={_value(str(v))}" for k, v in _fields(record).items())
+        text = f"{line} {extras}" if extras else line
+        trace = self.formatException(record.exc_info) if record.exc_info else record.exc_text
+        if trace:
+            text += "".join(f"\n    | {_escape(part)}" for part in scrub(trace).splitlines())
+        return text
 
 
 class _RequestIdFilter(logging.Filter):

@@ -153,6 +153,15 @@ class Metrics:
             "gateway_provider_errors", "Failed attempts by kind and error code: the "
             "provider's code (UNREGISTERED, BadDeviceToken...), http_<status>, timeout, "
             "connection...", ["kind", "code"], registry=r)
+        self.auth_failures = Counter(
+            "gateway_auth_failures", "Requests refused 401 for a missing, unknown or forged "
+            "key.", registry=r)
+        self.auth_rate_limited = Counter(
+            "gateway_auth_rate_limited", "Requests refused 429 because their address sent "
+            "too many failed keys.", registry=r)
+        self.ingest_rate_limited = Counter(
+            "gateway_ingest_rate_limited", "Events refused 429 for their app's rate_limit.",
+            registry=r)
         self.retention_deleted = Counter(
             "gateway_retention_deleted_rows", "Rows deleted by retention, by table.",
             ["table"], registry=r)
@@ -197,6 +206,12 @@ class Metrics:
             self.endpoints_disabled.inc()
         if record.prune_device_id is not None:
             self.devices_pruned.labels(k, self._reasons(prune_reason(record.prune_reason))).inc()
+
+    def auth_failed(self) -> None:
+        self.auth_failures.inc()
+
+    def auth_refused(self) -> None:
+        self.auth_rate_limited.inc()
 
     def deleted(self, table: str, rows: int) -> None:
         if rows:

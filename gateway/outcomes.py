@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.errors import RateLimited
 from gateway.store.database import OUTCOMES_CHANNEL, listen_forever
 
 log = logging.getLogger("gateway.stream")
@@ -88,8 +89,9 @@ class OutcomeStream:
     """One LISTEN connection per process, fanned out to this process's subscribers."""
 
     def __init__(self, dsn: str, *, queue_size: int | None = None,
-                 heartbeat_s: float | None = None) -> None:
+                 heartbeat_s: float | None = None, max_per_app: int = 10) -> None:
         self.dsn = dsn
+        self.max_per_app = max_per_app
         self.queue_size = queue_size if queue_size is not None else QUEUE_SIZE
         self.heartbeat_s = heartbeat_s if heartbeat_s is not None else HEARTBEAT_S
         self.listening = asyncio.Event()
@@ -117,6 +119,10 @@ class OutcomeStream:
     @contextlib.contextmanager
     def subscribe(self, app_id: str, *, endpoint_id: str | None = None,
                   event_type: str | None = None) -> Iterator[Subscription]:
+        if len(self._subscribers.get(app_id, ())) >= self.max_per_app:
+            raise RateLimited(f"This app has {self.max_per_app} delivery streams open here, "
+                              "the most one process serves; close one first.",
+                              retry_after_s=5)
         sub = Subscription(app_id, endpoint_id, event_type, self.queue_size)
         if self._stopping:
             sub.close()

@@ -111,6 +111,7 @@ class Retention:
                 pruned.events += count
                 if not await self._next(pruned, count):
                     break
+            await pruner.sessions()
             after: tuple[str, str] | None = ("", "")
             while not self._stopping and after is not None:
                 count, after = await pruner.idempotency_keys(after, self.batch)

@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from gateway.app import create_app
+from gateway import crypto
+from gateway.app import create_app, make_store
 from gateway.config import Settings
 from gateway.errors import GatewayError
 from gateway.store import embedded
@@ -33,9 +34,23 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     database); its exit status."""
     if args.command == "apps":
         assert settings.database_url is not None
-        return commands.report(args, _apps_direct(args, settings.database_url),
+        return commands.report(args, _apps_direct(args, settings),
                                expected=(GatewayError,))
+    if args.command == "secrets" and args.secrets_command == "new-key":
+        print(crypto.new_key())
+        return 0
+    sealer = crypto.Sealer(settings.secret_key)  # a malformed key stops here, with its reason
     dsn = database_url(settings)
+    if args.command == "secrets":
+        if not sealer.enabled:
+            print("gateway: set GATEWAY_SECRET_KEY first", file=sys.stderr)
+            return 2
+        changed = _run(_reseal(dsn, sealer))
+        print("resealed " + ", ".join(f"{n} {table}" for table, n in changed.items()))
+        return 0
+    if not sealer.enabled:
+        log.warning("GATEWAY_SECRET_KEY is not set: endpoint secrets, push credentials' "
+                    "keys and user-token secrets are stored in plain text")
     if args.command == "migrate":
         applied = _run(migrate(dsn))
         print(f"applied {len(applied)} migration(s)" if applied else "schema up to date")
@@ -102,11 +117,23 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     return uvloop.run(coro)
 
 
-async def _apps_direct(args: argparse.Namespace, dsn: str) -> Any:
+async def _reseal(dsn: str, sealer: crypto.Sealer) -> dict[str, int]:
     await migrate(dsn)
     db = await Database.connect(dsn, max_size=1)
     try:
-        store = Store(db)
+        return await Store(db, sealer=sealer).reseal()
+    finally:
+        await db.close()
+
+
+async def _apps_direct(args: argparse.Namespace, settings: Settings) -> Any:
+    """``gateway apps`` on the database itself, as the running gateway would do it."""
+    dsn = settings.database_url
+    assert dsn is not None
+    await migrate(dsn)
+    db = await Database.connect(dsn, max_size=1)
+    try:
+        store = make_store(db, settings)
         if args.apps_command == "create":
             return AppCreated.model_validate(await store.create_app(args.name))
         page = await store.list_apps(args.cursor, args.limit or 50)

@@ -7,6 +7,7 @@ without a database row per token, and expire by themselves.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,8 @@ from gateway import claims
 from gateway.errors import Unauthorized
 
 PREFIX = "ut_"
+#: The shape of an app id (gateway/ids.py): a forged token names nothing else.
+_APP_ID = re.compile(r"app_[0-9a-f]{32}")
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,7 @@ def verify(token: str, secret: bytes, now: float | None = None) -> UserClaims:
 def _claims(raw: dict[str, Any] | None) -> UserClaims:
     app_id, user_id, expires_at = (raw or {}).get("a"), (raw or {}).get("u"), \
         (raw or {}).get("e")
-    if not (isinstance(app_id, str) and isinstance(user_id, str)
-            and type(expires_at) is int):
+    if not (isinstance(app_id, str) and _APP_ID.fullmatch(app_id)
+            and isinstance(user_id, str) and type(expires_at) is int):
         raise Unauthorized("Invalid user token.")
     return UserClaims(app_id, user_id, expires_at)

@@ -123,6 +123,13 @@ class App(Answer):
     id: str
     name: str
     created_at: Timestamp
+    rate_limit: int | None = Field(
+        default=None, description="Events per second it may emit; null: no limit.")
+    max_endpoints: int | None = Field(default=None, description="Endpoints it may have.")
+    max_devices_per_user: int | None = Field(
+        default=None, description="Live devices each of its users may have.")
+    max_topics_per_device: int | None = Field(
+        default=None, description="Topics each of its devices may follow.")
 
 
 class AppCreated(App):

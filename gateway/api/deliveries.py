@@ -136,7 +136,8 @@ ROUTES = [
               "arrives every 15 s. A client that reads too slowly loses outcomes and gets "
               "`event: dropped` with `{\"dropped\": n}` before the next one. Outcomes from "
               "before the stream opened are not replayed: list them with "
-              "GET /v1/deliveries.")),
+              "GET /v1/deliveries. One process serves an app at most "
+              "GATEWAY_MAX_STREAMS_PER_APP streams (429 past it).")),
     Route("GET", "/v1/deliveries", list_deliveries, "List deliveries", "deliveries",
           ok=(200, DeliveryPage), query=(
               Param("status", "pending, succeeded or failed.",

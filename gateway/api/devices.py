@@ -10,6 +10,7 @@ from aiohttp import web
 from gateway import appkeys, usertokens
 from gateway.api.http import (
     PAGE,
+    acting_app,
     acting_user,
     answer,
     app_id,
@@ -45,7 +46,7 @@ async def register_device(request: web.Request) -> web.Response:
         raise ValidationError("'user_id' is required with an app key.",
                               details=[{"path": "user_id", "message": "field required"}])
     device, inserted = await request.app[appkeys.STORE].upsert_device(
-        app_id(request), platform=body.platform, token=body.token, user_id=user_id,
+        acting_app(request), platform=body.platform, token=body.token, user_id=user_id,
         topics=list(dict.fromkeys(body.topics)), locale=body.locale,
         app_version=body.app_version,
     )
@@ -86,7 +87,7 @@ async def delete_device(request: web.Request) -> web.Response:
 async def put_device_topics(request: web.Request) -> web.Response:
     body = await read(request, DeviceTopics)
     return answer(Device, await request.app[appkeys.STORE].set_device_topics(
-        app_id(request), request.match_info["token"], acting_user(request),
+        acting_app(request), request.match_info["token"], acting_user(request),
         list(dict.fromkeys(body.topics))))
 
 

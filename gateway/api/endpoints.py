@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -22,22 +23,27 @@ from gateway_client.models import (
 
 
 async def check_endpoint_url(request: web.Request, url: str, path: str = "url") -> None:
-    parts = urlsplit(url)
+    scheme: str | None = None
+    hostname: str | None = None
     try:
-        port = parts.port
-    except ValueError:
-        port = -1
-    if parts.scheme not in {"http", "https"} or not parts.hostname or port == -1:
+        parts = urlsplit(url)
+        scheme, hostname, _ = parts.scheme, parts.hostname, parts.port
+        if hostname and "[" in parts.netloc:
+            ipaddress.IPv6Address(hostname)  # not "[v1.x]" (IPvFuture) nor a name
+    except ValueError:  # "https://[::1/", a port out of range
+        hostname = None
+    if scheme not in {"http", "https"} or not hostname or not url.isprintable() \
+            or any(c.isspace() for c in url):
         raise ValidationError(
             "The endpoint URL must be an absolute http:// or https:// URL.",
             details=[{"path": path, "message": "must be an http(s) URL with a host"}],
         )
     if request.app[appkeys.SETTINGS].allow_private_endpoints:
         return
-    forbidden = await resolve_forbidden(parts.hostname)
+    forbidden = await resolve_forbidden(hostname)
     if forbidden:
         raise EndpointURLForbidden(
-            f"{parts.hostname} resolves to a loopback, private, link-local or metadata "
+            f"{hostname} resolves to a loopback, private, link-local or metadata "
             "address; set GATEWAY_ALLOW_PRIVATE_ENDPOINTS=true to allow it.",
             details=[{"path": path, "addresses": list(forbidden)}],
         )

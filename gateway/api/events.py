@@ -11,6 +11,7 @@ from aiohttp import web
 from gateway import appkeys, logs
 from gateway.api.http import (
     PAGE,
+    acting_app,
     answer,
     app_id,
     page_answer,
@@ -20,18 +21,19 @@ from gateway.api.http import (
 )
 from gateway.api.models import EventCreate
 from gateway.api.routing import Param, Route
-from gateway.errors import ValidationError
-from gateway.jsonbody import check_depth
+from gateway.errors import RateLimited, ValidationError
 from gateway.store.postgres import EventDraft
 from gateway_client.models import EventAccepted, EventPage, EventWithDeliveries
 
 MAX_IDEMPOTENCY_KEY = 255
+#: APNs and FCM take 4 KiB payloads; a notification's JSON (text, data, overrides) is
+#: bounded before anything walks it.
+MAX_NOTIFICATION_CHARS = 16_384
 
 
 async def create_event(request: web.Request) -> web.Response:
-    _, data, raw = await read_body(request)
+    _, data, raw = await read_body(request, {"notification": MAX_NOTIFICATION_CHARS})
     body = validate(EventCreate, data)
-    check_depth(body.payload, "payload")
     key = request.headers.get("Idempotency-Key")
     body_hash = None
     if key is not None:
@@ -40,14 +42,21 @@ async def create_event(request: web.Request) -> web.Response:
                 f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable characters.",
                 details=[{"path": "Idempotency-Key", "message": "invalid header"}],
             )
+        # The same JSON however it is spelt (key order, spacing) is the same request.
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        body_hash = hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).digest()
+        body_hash = hashlib.sha256(canonical.encode()).digest()
     push = None
     if body.notification is not None:
         push = json.dumps({"user_ids": body.user_ids or [], "topics": body.topics or [],
                            "notification": body.notification.model_dump(exclude_none=True)})
-    draft = EventDraft(app_id(request), body.type, raw["payload"], key, body_hash, push)
-    accepted = await request.app[appkeys.INGEST].submit(draft)
+    app = acting_app(request)
+    draft = EventDraft(app.id, body.type, raw["payload"], key, body_hash, push,
+                       app.rate_limit)
+    try:
+        accepted = await request.app[appkeys.INGEST].submit(draft)
+    except RateLimited:
+        request.app[appkeys.METRICS].ingest_rate_limited.inc()
+        raise
     logs.annotate(request, event=accepted.id)
     metrics = request.app.get(appkeys.METRICS)
     if metrics is not None and accepted.created:

@@ -5,6 +5,7 @@ through their models."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import pydantic
@@ -24,8 +25,8 @@ from gateway.errors import (
     UnsupportedMediaType,
     ValidationError,
 )
-from gateway.jsonbody import parse_object
-from gateway.store.records import Page
+from gateway.jsonbody import parse_object, storable
+from gateway.store.records import App, Page
 
 log = logging.getLogger("gateway.api")
 
@@ -42,22 +43,18 @@ PAGE = (Param("limit", "Page size, 1-250 (default 50).", {"type": "integer", "mi
 # --- errors: the one place a failure becomes an HTTP answer --------------------------
 
 def error_response(error: GatewayError) -> web.Response:
-    return web.json_response(error.to_json(), status=error.status)
+    response = web.json_response(error.to_json(), status=error.status)
+    if error.retry_after_s is not None:
+        response.headers["Retry-After"] = str(error.retry_after_s)
+    return response
 
+
+#: Pages that answer errors as HTML themselves (gateway/dashboard/pages.py signed_in).
+DASHBOARD_PREFIX = "/dashboard"
 
 _HTTP_CODES = {
     400: BadRequest, 404: NotFound, 405: MethodNotAllowed, 413: PayloadTooLarge,
 }
-
-
-def _storable_text(value: str) -> bool:
-    if "\x00" in value:
-        return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def check_url_text(request: web.Request) -> None:
@@ -65,7 +62,7 @@ def check_url_text(request: web.Request) -> None:
     for where, items in (("path", request.match_info.items()),
                          ("query", request.query.items())):
         for name, value in items:
-            if not (_storable_text(name) and _storable_text(value)):
+            if not (storable(name) and storable(value)):
                 raise ValidationError(
                     f"The {where} parameter {name!r} holds a NUL or invalid character.",
                     details=[{"path": name, "message": "invalid character"}])
@@ -74,13 +71,18 @@ def check_url_text(request: web.Request) -> None:
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
-        check_url_text(request)
+        if not request.path.startswith(DASHBOARD_PREFIX):  # its pages check, and say, it
+            check_url_text(request)
         return await handler(request)
     except GatewayError as exc:
         if isinstance(exc, DatabaseUnavailable):
             log.warning("%s %s: database unavailable", request.method,
                         logs.route_of(request))
         return error_response(exc)
+    except web.RequestPayloadError:
+        return error_response(BadRequest(
+            "The request body could not be read: it was cut short or does not match its "
+            "Content-Encoding."))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -110,14 +112,23 @@ def app_id(request: web.Request) -> str:
     return found
 
 
+def acting_app(request: web.Request) -> App:
+    """The app the caller acts in, with its limits."""
+    found = principal(request).app
+    assert found is not None
+    return found
+
+
 def acting_user(request: web.Request) -> str | None:
     """The user a user token is bound to; None for an app key (any user)."""
     who = principal(request)
     return who.user_id if who.kind == "user" else None
 
 
-async def read_body(request: web.Request) -> tuple[bytes, dict[str, Any], dict[str, str]]:
-    """The body as bytes, parsed object and raw member texts, after every check."""
+async def read_body(request: web.Request, limits: Mapping[str, int] | None = None,
+                    ) -> tuple[bytes, dict[str, Any], dict[str, str]]:
+    """The body as bytes, parsed object and raw member texts, after every check
+    (``limits``: the longest JSON text each named member may have)."""
     limit = request.app[appkeys.SETTINGS].max_payload_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
@@ -134,7 +145,7 @@ async def read_body(request: web.Request) -> tuple[bytes, dict[str, Any], dict[s
     except UnicodeDecodeError as exc:
         raise InvalidJSON(f"The body is not valid UTF-8: {exc.reason} at byte {exc.start}.") \
             from None
-    obj, raw = parse_object(text)
+    obj, raw = parse_object(text, limits)
     return body, obj, raw
 
 

@@ -16,6 +16,7 @@ from pydantic import (
 )
 
 from adapters import payloads
+from gateway.jsonbody import storable
 from gateway_client.models import EndpointStatus, Platform
 
 EVENT_TYPE_RE = r"^[A-Za-z0-9_.\-]{1,128}$"
@@ -24,12 +25,9 @@ _EVENT_TYPE = re.compile(EVENT_TYPE_RE)
 
 def _storable(value: str) -> str:
     """PostgreSQL text holds neither NUL nor lone surrogates; refuse them up front."""
-    if "\x00" in value:
-        raise ValueError("must not contain the NUL character (\\u0000)")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError("must be valid Unicode (no lone surrogates)") from exc
+    if not storable(value):
+        raise ValueError("must hold neither the NUL character (\\u0000) nor a lone "
+                         "surrogate")
     return value
 
 
@@ -61,10 +59,67 @@ class AppCreate(_Body):
     name: Annotated[Text, StringConstraints(min_length=1, max_length=200)]
 
 
+Quota = Annotated[int, Field(ge=0, le=1_000_000)]
+
+
+class AppPatch(_Body):
+    """An app's limits, set by the operator: ``null`` means no ingest rate limit, and
+    for a quota the operator's default."""
+
+    rate_limit: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    max_endpoints: Quota | None = None
+    max_devices_per_user: Quota | None = None
+    max_topics_per_device: Quota | None = None
+
+
 UserId = Annotated[Text, StringConstraints(min_length=1, max_length=256)]
 #: FCM's topic alphabet, used for both providers.
 Topic = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.~%\-]{1,256}$")]
 ShortText = Annotated[Text, StringConstraints(max_length=256)]
+
+
+#: The APNs request headers a notification may set; the rest (authorization, apns-topic,
+#: apns-id, HTTP/2 pseudo and connection headers) belong to the gateway.
+APNS_HEADERS = {
+    "apns-push-type": re.compile(r"alert|background|location|voip|complication|fileprovider"
+                                 r"|mdm|liveactivity|pushtotalk|widgets"),
+    "apns-priority": re.compile(r"1|5|10"),
+    "apns-expiration": re.compile(r"0|[1-9][0-9]{0,10}"),
+    "apns-collapse-id": re.compile(r"[\x20-\x7e]{1,64}"),
+}
+
+
+def _apns_headers(headers: dict[str, str | int]) -> dict[str, str]:
+    checked: dict[str, str] = {}
+    for name, value in headers.items():
+        key = name.lower()
+        pattern = APNS_HEADERS.get(key)
+        if pattern is None:
+            raise ValueError(f"{name!r} is not a header a notification may set (one of "
+                             f"{', '.join(sorted(APNS_HEADERS))})")
+        if isinstance(value, bool) or not pattern.fullmatch(str(value)):
+            raise ValueError(f"{name!r} does not take {str(value)[:40]!r}")
+        checked[key] = str(value)
+    return checked
+
+
+class ApnsOverrides(_Body):
+    """``notification.apns``: merged over the APNs request the gateway builds."""
+
+    headers: Annotated[dict[str, str | int], Field(max_length=len(APNS_HEADERS)),
+                       AfterValidator(_apns_headers)] = Field(default_factory=dict)
+    #: Keys merged into the payload (``aps`` merged into ``aps``).
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+class FcmOverrides(_Body):
+    """``notification.fcm``: merged over the FCM v1 message the gateway builds."""
+
+    android: dict[str, Any] | None = None
+    apns: dict[str, Any] | None = None
+    webpush: dict[str, Any] | None = None
+    fcm_options: dict[str, Any] | None = None
+    data: dict[str, Text] | None = None
 
 
 class Notification(_Body):
@@ -82,11 +137,10 @@ class Notification(_Body):
     content_available: bool | None = None
     category: ShortText | None = None
     thread_id: ShortText | None = None
-    #: Raw APNs overrides: {"headers": {...}, "payload": {...}} merged over what is built.
-    apns: dict[str, Any] | None = None
-    #: Raw FCM overrides: {"android": {...}, "apns": {...}, "webpush": {...},
-    #: "fcm_options": {...}, "data": {...}}.
-    fcm: dict[str, Any] | None = None
+    #: Raw APNs overrides merged over what is built.
+    apns: ApnsOverrides | None = None
+    #: Raw FCM overrides merged over what is built.
+    fcm: FcmOverrides | None = None
 
     @model_validator(mode="after")
     def _providers_would_accept(self) -> Notification:
@@ -104,13 +158,6 @@ class Notification(_Body):
         if (self.collapse_key
                 and len(self.collapse_key.encode()) > payloads.APNS_MAX_COLLAPSE_ID_BYTES):
             problems.append(("collapse_key", "must be at most 64 bytes (APNs apns-collapse-id)"))
-        if self.apns is not None and not set(self.apns) <= {"headers", "payload"}:
-            problems.append(("apns", "takes only 'headers' and 'payload'"))
-        if self.fcm is not None and not set(self.fcm) <= {"android", "apns", "webpush",
-                                                          "fcm_options", "data"}:
-            problems.append(("fcm", "takes only android, apns, webpush, fcm_options, data"))
-        if self.fcm and not all(isinstance(v, str) for v in (self.fcm.get("data") or {}).values()):
-            problems.append(("fcm.data", "values must be strings"))
         if not problems:
             size = len(payloads.encode_apns_payload(self.model_dump()))
             if size > payloads.APNS_MAX_PAYLOAD_BYTES:

@@ -25,7 +25,10 @@ COMMON_ERRORS: dict[int, str] = {
     404: "not_found: no such resource in this app",
     413: "payload_too_large: body over GATEWAY_MAX_PAYLOAD_BYTES",
     415: "unsupported_media_type: the body is not application/json",
-    422: "validation_error (details name the field) / endpoint_url_forbidden",
+    422: "validation_error (details name the field) / endpoint_url_forbidden / "
+         "limit_exceeded",
+    429: "rate_limited: too many failed keys from this address, or past the app's "
+         "rate_limit or stream limit; see Retry-After",
     503: "database_unavailable: nothing was written; retry",
 }
 EXTRA_ERRORS: dict[int, str] = {

@@ -19,7 +19,8 @@ from gateway_client.models import (
 
 async def put_fcm_credentials(request: web.Request) -> web.Response:
     body = await read(request, FCMCredentials)
-    config = credentials.check_fcm(body.service_account)
+    config = await credentials.check_fcm(body.service_account,
+                                         request.app[appkeys.SETTINGS].fcm_token_url)
     stored = await request.app[appkeys.STORE].put_credentials(
         request.match_info["app_id"], Provider.FCM, config)
     return answer(FCMCredentialsShown, credentials.masked(stored.provider, stored.config),
@@ -28,7 +29,7 @@ async def put_fcm_credentials(request: web.Request) -> web.Response:
 
 async def put_apns_credentials(request: web.Request) -> web.Response:
     body = await read(request, APNsCredentials)
-    config = credentials.check_apns(body.model_dump())
+    config = await credentials.check_apns(body.model_dump())
     stored = await request.app[appkeys.STORE].put_credentials(
         request.match_info["app_id"], Provider.APNS, config)
     return answer(APNsCredentialsShown, credentials.masked(stored.provider, stored.config),

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from gateway import appkeys
 from gateway.auth import PRINCIPAL, Principal
-from gateway.errors import Forbidden
+from gateway.errors import Forbidden, RateLimited, Unauthorized
 from gateway.logs import annotate
 
 #: ``none``: anyone; ``admin``: the operator key; ``app``: an app key, acting inside its
@@ -74,6 +74,23 @@ def principal(request: web.Request) -> Principal:
     return request[PRINCIPAL]
 
 
+async def authenticate(request: web.Request,
+                       header: str | None = None) -> Principal:
+    """Who sent ``request`` (its Authorization header, or ``header``); failures count
+    against its address, and are counted in the metrics."""
+    metrics = request.app[appkeys.METRICS]
+    try:
+        return await request.app[appkeys.AUTH].authenticate(
+            header if header is not None else request.headers.get("Authorization"),
+            request.remote)
+    except Unauthorized:
+        metrics.auth_failed()
+        raise
+    except RateLimited:
+        metrics.auth_refused()
+        raise
+
+
 def guarded(route: Route) -> Handler:
     """The route's handler behind the check its :attr:`Route.auth` declares."""
     allowed = tuple(route.auth)
@@ -83,8 +100,7 @@ def guarded(route: Route) -> Handler:
     handler = route.handler
 
     async def guard(request: web.Request) -> web.StreamResponse:
-        found = await request.app[appkeys.AUTH].authenticate(
-            request.headers.get("Authorization"))
+        found = await authenticate(request)
         request[PRINCIPAL] = found
         annotate(request, app=found.app_id)
         if allowed == ("own_app",):

@@ -5,6 +5,7 @@ as Jinja filters and globals."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,13 +43,19 @@ def ago(value: datetime | None) -> str:
     return f"{duration(delta)} ago" if delta >= 0 else f"in {duration(-delta)}"
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def pretty(text: str | None) -> str:
+    """JSON text indented; a lone surrogate escape (from before ingest refused them) stays
+    an escape, since a page cannot carry the character."""
     if text is None:
         return ""
     try:
-        return json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+        shown = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
     except ValueError:
-        return text
+        shown = text
+    return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", shown)
 
 
 def middle(text: str | None, keep: int = 10) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,8 +19,9 @@ import aiohttp_jinja2
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway import appkeys
-from gateway.api.routing import Route
+from gateway import appkeys, logs
+from gateway.api.http import check_url_text
+from gateway.api.routing import Route, authenticate
 from gateway.dashboard.format import Phone, notification
 from gateway.dashboard.sessions import (
     COOKIE_PATH,
@@ -29,9 +31,11 @@ from gateway.dashboard.sessions import (
     csrf_token,
     current_session,
     issue_session,
+    served_over_https,
     signing_key,
 )
 from gateway.errors import (
+    BadRequest,
     Conflict,
     Forbidden,
     GatewayError,
@@ -39,9 +43,12 @@ from gateway.errors import (
     Unauthorized,
     ValidationError,
 )
+from gateway.jsonbody import storable
 from gateway.store.postgres import DeliveryFilter
 from gateway.store.records import Attempt, DeliveryView
 from gateway_client.models import DeliveryStatus, DeviceStatus, EndpointStatus, Platform, iso
+
+log = logging.getLogger("gateway.dashboard")
 
 LOGIN = "/dashboard/login"
 PAGE_SIZE = 50
@@ -91,11 +98,12 @@ def signed_in(handler: Handler) -> Handler:
     """Signed in, allowed to see the app in the path, and on a POST the CSRF token
     checked. A GatewayError becomes an HTML page with its status."""
     async def page(request: web.Request) -> web.StreamResponse:
-        session = current_session(request)
+        session = await current_session(request)
         if session is None:
             return redirect(LOGIN)
         request[SESSION] = session
         try:
+            check_url_text(request)
             if request.method == "POST":
                 form = await request.post()
                 key = signing_key(request)
@@ -116,6 +124,15 @@ def signed_in(handler: Handler) -> Handler:
         except GatewayError as exc:
             return await render(request, "error.html", {"error": exc}, status=exc.status,
                                 health=False)
+        except web.RequestPayloadError:
+            unread = BadRequest("The form could not be read; send it again.")
+            return await render(request, "error.html", {"error": unread},
+                                status=unread.status, health=False)
+        except Exception:
+            log.exception("unhandled error in %s %s", request.method, logs.route_of(request))
+            error = GatewayError("The dashboard hit an unexpected error; nothing was changed.")
+            return await render(request, "error.html", {"error": error},
+                                status=error.status, health=False)
     return page
 
 
@@ -188,11 +205,17 @@ def _instant(query: Mapping[str, str], name: str) -> datetime | None:
         return None
     try:
         value = datetime.fromisoformat(raw)
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        if not 1 < value.year < 9999:
+            raise OverflowError
     except ValueError:
         raise ValidationError(f"'{name}' must be a date and time like 2025-01-31T14:30.",
                               details=[{"path": name, "message": "not a date and time"}]) \
             from None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+    except OverflowError:
+        raise ValidationError(f"'{name}' must be a date between the years 2 and 9998.",
+                              details=[{"path": name, "message": "out of range"}]) from None
+    return value
 
 
 def _choice(query: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> str | None:
@@ -231,13 +254,18 @@ def older_link(request: web.Request, cursor: str | None) -> str | None:
 
 async def _form(request: web.Request) -> Mapping[str, str]:
     form = await request.post()
-    return {k: v for k, v in form.items() if isinstance(v, str)}
+    fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    for name, value in fields.items():
+        if not (storable(name) and storable(value)):
+            raise ValidationError(f"The field {name!r} holds a NUL or invalid character.",
+                                  details=[{"path": name, "message": "invalid character"}])
+    return fields
 
 
 # --- sign-in -------------------------------------------------------------------------
 
 async def login_form(request: web.Request) -> web.StreamResponse:
-    if current_session(request) is not None:
+    if await current_session(request) is not None:
         return redirect("/dashboard")
     return await render(request, "login.html", {"error": None})
 
@@ -260,7 +288,7 @@ async def login(request: web.Request) -> web.StreamResponse:
         error = "Enter the operator key or an app's API key."
     else:
         try:
-            who = await request.app[appkeys.AUTH].authenticate(f"Bearer {presented}")
+            who = await authenticate(request, f"Bearer {presented}")
         except Unauthorized:
             error = "That key is neither the operator key nor an app's API key."
         else:
@@ -268,17 +296,22 @@ async def login(request: web.Request) -> web.StreamResponse:
                 error, status = "User tokens cannot sign in; use an app key.", 403
             else:
                 kind: Literal["admin", "app"] = "admin" if who.kind == "admin" else "app"
-                token = issue_session(key, kind, who.app_id, time.time())
+                session_id = await request.app[appkeys.STORE].create_session(
+                    kind, who.app_id, SESSION_TTL_S)
+                token = issue_session(key, kind, who.app_id, time.time(), session_id)
                 response = redirect("/dashboard/apps" if kind == "admin"
                                     else f"/dashboard/apps/{who.app_id}/events")
                 response.set_cookie(SESSION_COOKIE, token, max_age=SESSION_TTL_S,
                                     path=COOKIE_PATH, httponly=True, samesite="Strict",
-                                    secure=request.secure)
+                                    secure=served_over_https(request))
                 return response
     return await render(request, "login.html", {"error": error}, status=status)
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
+    session_id = request[SESSION].id
+    if session_id is not None:
+        await request.app[appkeys.STORE].end_session(session_id)
     response = redirect(f"{LOGIN}?notice=signed_out")
     response.del_cookie(SESSION_COOKIE, path=COOKIE_PATH)
     return response
@@ -459,13 +492,8 @@ async def sandbox(request: web.Request) -> web.StreamResponse:
     fakes = request.app.get(appkeys.SANDBOX)
     phones: list[Phone] = []
     if fakes is not None:
-        pushes = fakes.received()
-        mine = await request.app[appkeys.STORE].device_tokens(
-            request[VIEWED].id, list({p.token for p in pushes}))
         by_token: dict[tuple[str, str], Phone] = {}
-        for push in reversed(pushes):
-            if push.token not in mine:
-                continue
+        for push in reversed(fakes.received(request[VIEWED].id)):
             phone = by_token.setdefault((push.provider, push.token),
                                         Phone(push.provider, push.token))
             if len(phone.notifications) < SANDBOX_SHOWN:

@@ -10,13 +10,14 @@ again after the provider's timestamp.
 
 from __future__ import annotations
 
+import collections
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from adapters.base import DeliveryJob
-from gateway.store.queue import AttemptResult, Job
+from gateway.store.queue import UNLIMITED, AttemptResult, Job, Rooms
 from gateway_client.models import DeliveryStatus, EndpointStatus
 
 #: A parked delivery's due time: never, until its endpoint is enabled again.
@@ -57,12 +58,28 @@ class InMemoryQueue:
     # --- the Queue interface ----------------------------------------------------------
 
     async def claim(self, limit: int, lease_s: float, lease_id: uuid.UUID,
-                    skip_kinds: Sequence[str] = ()) -> list[Job]:
+                    rooms: Rooms = UNLIMITED) -> list[Job]:
         now = self.clock()
-        due = sorted((e for e in self.entries.values() if self._claimable(e, now, skip_kinds)),
-                     key=lambda e: e.due_at)[:limit]
-        jobs = []
+        due = sorted((e for e in self.entries.values() if self._claimable(e, now)),
+                     key=lambda e: (e.due_at, e.job.delivery_id))
+        # Within each target's and each app's room, then apps in turn: the nth due of
+        # every app before the (n+1)th of any.
+        of_target: collections.Counter[str] = collections.Counter()
+        of_app: collections.Counter[str] = collections.Counter()
+        ranked: list[tuple[int, datetime, Entry]] = []
         for entry in due:
+            job = entry.job
+            target = job.endpoint.id if job.endpoint is not None else job.kind
+            of_target[target] += 1
+            of_app[job.app_id] += 1
+            target_room, app_room = rooms.room(
+                job.app_id, job.kind, job.endpoint.id if job.endpoint else None)
+            if of_target[target] <= target_room and of_app[job.app_id] <= app_room:
+                ranked.append((of_app[job.app_id], entry.due_at, entry))
+        chosen = [entry for _, _, entry in sorted(
+            ranked, key=lambda r: (r[0], r[1], r[2].job.delivery_id))][:limit]
+        jobs = []
+        for entry in chosen:
             entry.due_at = now + timedelta(seconds=lease_s)
             entry.lease_id = lease_id
             device = entry.job.device
@@ -71,10 +88,9 @@ class InMemoryQueue:
                             entry.schedule_pos, device_active=active))
         return jobs
 
-    def _claimable(self, entry: Entry, now: datetime, skip_kinds: Sequence[str]) -> bool:
+    def _claimable(self, entry: Entry, now: datetime) -> bool:
         endpoint = entry.job.endpoint
         return (entry.status is DeliveryStatus.PENDING and entry.due_at <= now
-                and entry.job.kind not in skip_kinds
                 and (endpoint is None
                      or self.endpoints.get(endpoint.id) is EndpointStatus.ACTIVE))
 

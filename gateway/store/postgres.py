@@ -7,8 +7,10 @@ past this package. The dispatcher's side of the deliveries table is the queue
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
+import secrets
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,7 +18,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
-from gateway.errors import DeliveryNotRetryable, IdempotencyKeyReused, NotFound
+from gateway.crypto import SECRET_FIELDS, Sealer, open_credentials, seal_credentials
+from gateway.errors import (
+    DeliveryNotRetryable,
+    IdempotencyKeyReused,
+    LimitExceeded,
+    NotFound,
+    RateLimited,
+)
 from gateway.ids import hash_key, new_api_key, new_id, new_webhook_secret
 from gateway.store.database import QUERIES, Database
 from gateway.store.records import (
@@ -33,8 +42,10 @@ from gateway.store.records import (
     EndpointSecret,
     Event,
     EventSummary,
+    Limits,
     Page,
     QueueHealth,
+    Row,
     TestEvent,
     make,
     make_all,
@@ -45,11 +56,21 @@ if TYPE_CHECKING:
     from gateway.store.database import Connection
 
 R = TypeVar("R")
+A = TypeVar("A", bound=App)
 
 IDEMPOTENCY_WINDOW_S = 24 * 3600
 ROTATION_GRACE_S = 24 * 3600
 #: pg_advisory_lock key that lets one process prune at a time (migrations use 727274).
 RETENTION_LOCK_KEY = 727275
+DEFAULT_LIMITS = Limits(max_endpoints=100, max_devices_per_user=20, max_topics_per_device=100)
+
+
+def check_topics(app: App, topics: list[str]) -> None:
+    if len(topics) > app.max_topics_per_device:
+        raise LimitExceeded(
+            f"A device of this app takes at most {app.max_topics_per_device} topics.",
+            details=[{"path": "topics", "limit": "max_topics_per_device",
+                      "value": app.max_topics_per_device}])
 
 
 @dataclass(frozen=True)
@@ -61,6 +82,8 @@ class EventDraft:
     body_sha256: bytes | None = None
     #: Push targets as JSON text: {"user_ids", "topics", "notification"}.
     push: str | None = None
+    #: The app's events per second (None: no limit), from its key.
+    rate_limit: int | None = None
 
 
 @dataclass(frozen=True)
@@ -93,13 +116,30 @@ def _page(cls: type[R], rows: Sequence[asyncpg.Record], limit: int) -> Page[R]:
 
 def _found(row: asyncpg.Record | None, what: str, ident: str) -> asyncpg.Record:
     if row is None:
-        raise NotFound(f"No {what} with id {ident!r} in this app.")
+        raise NotFound(f"No {what} with id {ident!r}." if what == "app"
+                       else f"No {what} with id {ident!r} in this app.")
     return row
 
 
+def _app(cls: type[A], row: Row, defaults: Limits, **extra: Any) -> A:
+    """An app record, its unset limits filled with the operator's defaults."""
+    return make(cls, row, max_endpoints=_or(row["max_endpoints"], defaults.max_endpoints),
+                max_devices_per_user=_or(row["max_devices_per_user"],
+                                         defaults.max_devices_per_user),
+                max_topics_per_device=_or(row["max_topics_per_device"],
+                                          defaults.max_topics_per_device), **extra)
+
+
+def _or(value: int | None, default: int) -> int:
+    return default if value is None else value
+
+
 class Store:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, sealer: Sealer | None = None,
+                 limits: Limits = DEFAULT_LIMITS) -> None:
         self.db = db
+        self.sealer = sealer or Sealer(None)
+        self.limits = limits
 
     async def ping(self) -> None:
         """Raises DatabaseUnavailable unless PostgreSQL answers within 2 s."""
@@ -109,35 +149,60 @@ class Store:
 
     async def create_app(self, name: str) -> CreatedApp:
         key = new_api_key()
-        row = await self.db.fetchrow("create_app", new_id("app"), name, hash_key(key))
+        app_id = new_id("app")
+        secret = self.sealer.seal(base64.b64encode(secrets.token_bytes(32)).decode(),
+                                  f"app:{app_id}")
+        row = await self.db.fetchrow("create_app", app_id, name, hash_key(key), secret)
         assert row is not None
-        return make(CreatedApp, row, api_key=key)
+        return _app(CreatedApp, row, self.limits, api_key=key)
 
-    async def app_id_for_key_hash(self, key_hash: bytes) -> str | None:
+    async def app_for_key_hash(self, key_hash: bytes) -> App | None:
         row = await self.db.fetchrow("app_by_key_hash", key_hash)
-        return None if row is None else str(row["id"])
+        return None if row is None else _app(App, row, self.limits)
 
     async def get_app(self, app_id: str) -> App:
-        return make(App, _found(await self.db.fetchrow("get_app", app_id), "app", app_id))
+        return _app(App, _found(await self.db.fetchrow("get_app", app_id), "app", app_id),
+                    self.limits)
 
     async def list_apps(self, cursor: str | None, limit: int) -> Page[App]:
-        return _page(App, await self.db.fetch("list_apps", cursor, limit + 1), limit)
+        rows = await self.db.fetch("list_apps", cursor, limit + 1)
+        return Page([_app(App, r, self.limits) for r in rows[:limit]],
+                    str(rows[limit - 1]["id"]) if len(rows) > limit else None)
+
+    async def set_app_limits(self, app_id: str, changes: dict[str, int | None]) -> App:
+        """Set some of an app's own limits (``rate_limit``, ``max_endpoints``,
+        ``max_devices_per_user``, ``max_topics_per_device``); None means no rate limit,
+        or the operator's default quota."""
+        row = await self.db.fetchrow("set_app_limits", app_id, list(changes),
+                                     list(changes.values()))
+        return _app(App, _found(row, "app", app_id), self.limits)
 
     async def user_token_secret(self, app_id: str) -> bytes | None:
         row = await self.db.fetchrow("user_token_secret", app_id)
-        return None if row is None else bytes(row["user_token_secret"])
+        if row is None:
+            return None
+        return base64.b64decode(self.sealer.open(row["user_token_secret"], f"app:{app_id}"))
 
     # --- endpoints --------------------------------------------------------------------
 
     async def create_endpoint(
         self, app_id: str, url: str, description: str, event_types: list[str] | None
     ) -> CreatedEndpoint:
-        row = await self.db.fetchrow(
-            "create_endpoint", new_id("ep"), app_id, url, description, event_types,
-            new_webhook_secret(),
-        )
+        """A new endpoint, within the app's ``max_endpoints``."""
+        endpoint_id, secret = new_id("ep"), new_webhook_secret()
+        async with self.db.transaction() as conn:
+            own = await conn.fetchval(QUERIES["lock_app"], app_id)
+            allowed = _or(own, self.limits.max_endpoints)
+            if await conn.fetchval(QUERIES["count_endpoints"], app_id) >= allowed:
+                raise LimitExceeded(
+                    f"This app has its {allowed} endpoints; delete one, or ask the operator "
+                    "to raise max_endpoints.",
+                    details=[{"limit": "max_endpoints", "value": allowed}])
+            row = await conn.fetchrow(
+                QUERIES["create_endpoint"], endpoint_id, app_id, url, description,
+                event_types, self.sealer.seal(secret, f"endpoint:{endpoint_id}"))
         assert row is not None
-        return make(CreatedEndpoint, row)
+        return make(CreatedEndpoint, row, secret=secret)
 
     async def list_endpoints(self, app_id: str, cursor: str | None,
                              limit: int) -> Page[Endpoint]:
@@ -149,8 +214,10 @@ class Store:
         return make(Endpoint, _found(row, "endpoint", endpoint_id))
 
     async def get_endpoint_secret(self, app_id: str, endpoint_id: str) -> EndpointSecret:
-        row = await self.db.fetchrow("get_endpoint_secret", app_id, endpoint_id)
-        return make(EndpointSecret, _found(row, "endpoint", endpoint_id))
+        row = _found(await self.db.fetchrow("get_endpoint_secret", app_id, endpoint_id),
+                     "endpoint", endpoint_id)
+        return make(EndpointSecret, row,
+                    secret=self.sealer.open(row["secret"], f"endpoint:{endpoint_id}"))
 
     async def update_endpoint(
         self, app_id: str, endpoint_id: str, changes: dict[str, Any]
@@ -187,14 +254,76 @@ class Store:
                "endpoint", endpoint_id)
 
     async def rotate_secret(self, app_id: str, endpoint_id: str) -> EndpointSecret:
+        secret = new_webhook_secret()
         row = await self.db.fetchrow(
-            "rotate_secret", app_id, endpoint_id, new_webhook_secret(), float(ROTATION_GRACE_S)
-        )
-        return make(EndpointSecret, _found(row, "endpoint", endpoint_id))
+            "rotate_secret", app_id, endpoint_id,
+            self.sealer.seal(secret, f"endpoint:{endpoint_id}"), float(ROTATION_GRACE_S))
+        return make(EndpointSecret, _found(row, "endpoint", endpoint_id), secret=secret)
 
     # --- events -----------------------------------------------------------------------
 
     async def write_events(self, drafts: list[EventDraft]) -> list[Accepted | BaseException]:
+        """Make each draft durable with its deliveries (see :meth:`_write_events`), after
+        counting drafts of rate-limited apps against their current second: those past an
+        app's ``rate_limit`` are refused (429) and write nothing. A replay of an
+        Idempotency-Key used within the window is answered, never counted."""
+        if all(d.rate_limit is None for d in drafts):
+            return await self._write_events(drafts)
+        counted = await self._rate_counted(drafts)
+        wanted: dict[str, tuple[int, int]] = {}
+        for d, counts in zip(drafts, counted, strict=True):
+            if counts and d.rate_limit is not None:
+                count, _ = wanted.get(d.app_id, (0, d.rate_limit))
+                wanted[d.app_id] = (count + 1, d.rate_limit)
+        rows = await self.db.fetch("take_ingest_rate", list(wanted),
+                                   [n for n, _ in wanted.values()],
+                                   [cap for _, cap in wanted.values()])
+        granted = {str(r["app_id"]): int(r["granted"]) for r in rows}
+        results: list[Accepted | BaseException | None] = [None] * len(drafts)
+        kept: list[int] = []
+        refused: set[tuple[str, str | None]] = set()
+        for i, d in enumerate(drafts):
+            scope = (d.app_id, d.idempotency_key)
+            if d.rate_limit is not None and (
+                    (counted[i] and granted.get(d.app_id, d.rate_limit) <= 0)
+                    or (d.idempotency_key is not None and scope in refused)):
+                # A later draft of a refused key in this batch would otherwise be the
+                # first to write: it is refused alike.
+                refused.add(scope)
+                results[i] = RateLimited(
+                    f"This app may emit {d.rate_limit} events per second; slow down.",
+                    retry_after_s=1)
+                continue
+            if counted[i]:
+                granted[d.app_id] = granted.get(d.app_id, d.rate_limit or 0) - 1
+            kept.append(i)
+        if kept:
+            for i, written in zip(kept, await self._write_events([drafts[i] for i in kept]),
+                                  strict=True):
+                results[i] = written
+        return [r if r is not None else RuntimeError("unsettled") for r in results]
+
+    async def _rate_counted(self, drafts: list[EventDraft]) -> list[bool]:
+        """Which drafts count against their app's rate: those of rate-limited apps that
+        write an event (no key, or the first use of a key not used within the window;
+        later drafts of one key in a batch replay the first)."""
+        keyed = [d for d in drafts if d.rate_limit is not None and d.idempotency_key]
+        used: set[tuple[str, str]] = set()
+        if keyed:
+            rows = await self.db.fetch("existing_idempotency_keys", [d.app_id for d in keyed],
+                                       [d.idempotency_key for d in keyed],
+                                       float(IDEMPOTENCY_WINDOW_S))
+            used = {(str(r["app_id"]), str(r["key"])) for r in rows}
+        counted: list[bool] = []
+        for d in drafts:
+            scope = (d.app_id, d.idempotency_key or "")
+            counted.append(d.rate_limit is not None and (
+                d.idempotency_key is None or scope not in used))
+            if d.idempotency_key is not None:
+                used.add(scope)
+        return counted
+
+    async def _write_events(self, drafts: list[EventDraft]) -> list[Accepted | BaseException]:
         """Make each draft durable with its deliveries, all in one transaction.
 
         A draft whose Idempotency-Key was already used within 24 h makes nothing: it
@@ -250,6 +379,7 @@ class Store:
                         QUERIES["existing_idempotency_keys"],
                         [drafts[i].app_id for i in replay],
                         [drafts[i].idempotency_key for i in replay],
+                        float(IDEMPOTENCY_WINDOW_S),
                     )
                 }
                 for i in replay:
@@ -341,12 +471,22 @@ class Store:
     # --- devices ----------------------------------------------------------------------
 
     async def upsert_device(
-        self, app_id: str, *, platform: str, token: str, user_id: str, topics: list[str],
+        self, app: App, *, platform: str, token: str, user_id: str, topics: list[str],
         locale: str | None, app_version: str | None,
     ) -> tuple[Device, bool]:
-        """The device, and whether it is new."""
-        row = await self.db.fetchrow("upsert_device", new_id("dev"), app_id, platform, token,
-                                     user_id, topics, locale, app_version)
+        """The device, and whether it is new; within the app's devices-per-user limit."""
+        check_topics(app, topics)
+        async with self.db.transaction() as conn:
+            await conn.execute(QUERIES["lock_user_devices"], app.id, user_id)
+            if await conn.fetchval(QUERIES["count_user_devices"], app.id, user_id,
+                                   token) >= app.max_devices_per_user:
+                raise LimitExceeded(
+                    f"User {user_id!r} has {app.max_devices_per_user} live devices, this "
+                    "app's limit; delete one first.",
+                    details=[{"limit": "max_devices_per_user",
+                              "value": app.max_devices_per_user}])
+            row = await conn.fetchrow(QUERIES["upsert_device"], new_id("dev"), app.id,
+                                      platform, token, user_id, topics, locale, app_version)
         assert row is not None
         return make(Device, row), bool(row["inserted"])
 
@@ -363,27 +503,24 @@ class Store:
                                    search, cursor, limit + 1)
         return _page(Device, rows, limit)
 
-    async def set_device_topics(self, app_id: str, token: str, user_id: str | None,
+    async def set_device_topics(self, app: App, token: str, user_id: str | None,
                                 topics: list[str]) -> Device:
-        row = await self.db.fetchrow("set_device_topics", app_id, token, user_id, topics)
+        check_topics(app, topics)
+        row = await self.db.fetchrow("set_device_topics", app.id, token, user_id, topics)
         return make(Device, _found(row, "device", token))
 
     async def delete_device(self, app_id: str, token: str, user_id: str | None) -> None:
         _found(await self.db.fetchrow("delete_device", app_id, token, user_id), "device", token)
 
-    async def device_tokens(self, app_id: str, tokens: list[str]) -> set[str]:
-        """Those of ``tokens`` that are this app's devices."""
-        rows = await self.db.fetch("device_tokens", app_id, tokens)
-        return {str(r["token"]) for r in rows}
-
     # --- push credentials -------------------------------------------------------------
 
     async def put_credentials(self, app_id: str, provider: Provider,
                               config: dict[str, Any]) -> Credentials:
+        sealed = seal_credentials(self.sealer, app_id, provider, config)
         row = await self.db.fetchrow("put_credentials", app_id, provider.value,
-                                     json.dumps(config))
+                                     json.dumps(sealed))
         assert row is not None
-        return make(Credentials, row)
+        return make(Credentials, row, config=config)
 
     async def list_credentials(self, app_id: str) -> list[Credentials]:
         return make_all(Credentials, await self.db.fetch("list_credentials", app_id))
@@ -416,12 +553,71 @@ class Store:
         assert row is not None
         return make(QueueHealth, row)
 
+    # --- dashboard sessions -----------------------------------------------------------
+
+    async def create_session(self, kind: str, app_id: str | None, ttl_s: float) -> str:
+        """A new dashboard session; its id."""
+        session_id = secrets.token_urlsafe(24)
+        await self.db.execute("create_session", session_id, kind, app_id, float(ttl_s))
+        return session_id
+
+    async def session_alive(self, session_id: str) -> bool:
+        return await self.db.fetchrow("session_alive", session_id) is not None
+
+    async def end_session(self, session_id: str) -> None:
+        await self.db.execute("end_session", session_id)
+
     # --- metrics ----------------------------------------------------------------------
 
     async def backlog(self) -> Backlog:
         row = await self.db.fetchrow("delivery_backlog")
         assert row is not None
         return make(Backlog, row)
+
+    # --- secrets at rest -------------------------------------------------------------
+
+    async def reseal(self, batch: int = 200) -> dict[str, int]:
+        """Seal every stored secret under the newest key (opening it with whichever key
+        sealed it, or as plain text); how many rows changed, per table."""
+        changed = {"endpoints": 0, "push_credentials": 0, "apps": 0}
+        sealer = self.sealer
+
+        def again(value: str, context: str) -> str:
+            return sealer.seal(sealer.open(value, context), context)
+
+        cursor = ""
+        while rows := await self.db.fetch("secrets_of_endpoints", cursor, batch):
+            for r in rows:
+                context = f"endpoint:{r['id']}"
+                if sealer.stale(r["secret"]) or (r["previous_secret"]
+                                                 and sealer.stale(r["previous_secret"])):
+                    await self.db.execute(
+                        "reseal_endpoint", r["id"], again(r["secret"], context),
+                        again(r["previous_secret"], context) if r["previous_secret"] else None)
+                    changed["endpoints"] += 1
+            cursor = rows[-1]["id"]
+        after = ("", "")
+        while rows := await self.db.fetch("secrets_of_credentials", *after, batch):
+            for r in rows:
+                config = json.loads(r["config"])
+                fields = SECRET_FIELDS[r["provider"]]
+                if any(isinstance(config.get(f), str) and sealer.stale(config[f])
+                       for f in fields):
+                    plain = open_credentials(sealer, r["app_id"], r["provider"], config)
+                    await self.db.execute(
+                        "reseal_credentials", r["app_id"], r["provider"], json.dumps(
+                            seal_credentials(sealer, r["app_id"], r["provider"], plain)))
+                    changed["push_credentials"] += 1
+            after = (rows[-1]["app_id"], rows[-1]["provider"])
+        cursor = ""
+        while rows := await self.db.fetch("secrets_of_apps", cursor, batch):
+            for r in rows:
+                if sealer.stale(r["user_token_secret"]):
+                    await self.db.execute("reseal_app", r["id"],
+                                          again(r["user_token_secret"], f"app:{r['id']}"))
+                    changed["apps"] += 1
+            cursor = rows[-1]["id"]
+        return changed
 
     # --- retention --------------------------------------------------------------------
 
@@ -459,6 +655,11 @@ class Pruner:
         row = await self._conn.fetchrow(QUERIES["retention_events"], cutoff, batch)
         assert row is not None
         return int(row["deleted"])
+
+    async def sessions(self) -> int:
+        """Dashboard sessions past their expiry."""
+        done = await self._conn.execute(QUERIES["prune_sessions"])
+        return int(done.split()[-1])
 
     async def idempotency_keys(self, after: tuple[str, str],
                                batch: int) -> tuple[int, tuple[str, str] | None]:

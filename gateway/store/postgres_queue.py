@@ -17,14 +17,18 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 from adapters.base import DeliveryJob, DeviceTarget, EndpointTarget, EventView
+from gateway.crypto import Sealer, SecretUnreadable, open_credentials
 from gateway.store.database import QUERIES, Database
-from gateway.store.queue import AttemptResult, Job
+from gateway.store.queue import UNLIMITED, AttemptResult, Job, Rooms
 from gateway.store.records import Row
 from gateway_client.models import DeliveryKind, DeviceStatus, Platform, iso
 
 if TYPE_CHECKING:
     from gateway.store.database import Connection
 
+#: A claim looks at this many times as many due rows as it may take, so that rows over a
+#: target's or an app's room do not leave it short.
+CLAIM_SCAN_FACTOR = 4
 #: PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
 MAX_NOTIFY_BYTES = 7900
 
@@ -33,13 +37,52 @@ class PostgresQueue:
     """:class:`~gateway.store.queue.Queue` and :class:`~gateway.store.queue.Fanout` on
     the gateway's database."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, sealer: Sealer | None = None) -> None:
         self.db = db
+        self.sealer = sealer or Sealer(None)
+        #: Fan-outs take apps in turn; the app served last.
+        self._last_fanout_app = ""
 
     async def claim(self, limit: int, lease_s: float, lease_id: uuid.UUID,
-                    skip_kinds: Sequence[str] = ()) -> list[Job]:
-        rows = await self.db.fetch("claim_due", limit, lease_s, lease_id, list(skip_kinds))
-        return [_job(row, lease_id) for row in rows]
+                    rooms: Rooms = UNLIMITED) -> list[Job]:
+        rows = await self.db.fetch(
+            "claim_due", limit, lease_s, lease_id,
+            list(rooms.endpoints), list(rooms.endpoints.values()),
+            list(rooms.kinds), list(rooms.kinds.values()),
+            list(rooms.apps), list(rooms.apps.values()),
+            rooms.endpoint, rooms.app, max(limit * CLAIM_SCAN_FACTOR, 100))
+        return [self._job(row, lease_id) for row in rows]
+
+    def _job(self, row: asyncpg.Record, lease_id: uuid.UUID) -> Job:
+        """A claimed row as the adapters take it: its secrets opened only now, when used.
+        A secret that does not open makes that one job unsendable, never the claim."""
+        endpoint = device = None
+        credentials = None
+        unsendable = None
+        try:
+            if row["endpoint_id"] is not None:
+                context = f"endpoint:{row['endpoint_id']}"
+                secrets = tuple(self.sealer.open(s, context)
+                                for s in (row["secret"], row["previous_secret"]) if s)
+                endpoint = EndpointTarget(row["endpoint_id"], row["url"], secrets)
+            if row["credentials"]:
+                credentials = open_credentials(self.sealer, row["app_id"], row["kind"],
+                                               json.loads(row["credentials"]))
+        except SecretUnreadable as exc:
+            unsendable = exc.message
+        if row["device_id"] is not None and row["device_token"] is not None:
+            device = DeviceTarget(row["device_id"], row["platform"], row["device_token"])
+        delivery = DeliveryJob(
+            delivery_id=row["id"], app_id=row["app_id"], kind=row["kind"],
+            event=EventView(row["event_id"], row["event_type"], row["payload"],
+                            row["event_created_at"]),
+            endpoint=endpoint, device=device,
+            notification=json.loads(row["notification"]) if row["notification"] else None,
+            credentials=credentials, attempt=row["attempt_count"] + 1,
+        )
+        return Job(delivery, lease_id, row["schedule_pos"],
+                   device_active=row["device_status"] in (None, DeviceStatus.ACTIVE),
+                   unsendable=unsendable)
 
     async def complete(self, results: Sequence[AttemptResult]) -> None:
         gone = {r.disable_endpoint_id: r.disable_reason for r in results
@@ -74,9 +117,12 @@ class PostgresQueue:
         replayed batch creates nothing twice.
         """
         async with self.db.transaction() as conn:
-            event = await conn.fetchrow(QUERIES["claim_fanout"])
+            event = await conn.fetchrow(QUERIES["claim_fanout"], self._last_fanout_app)
+            if event is None:
+                event = await conn.fetchrow(QUERIES["claim_any_fanout"])
             if event is None:
                 return None
+            self._last_fanout_app = event["app_id"]
             devices = await conn.fetch(
                 QUERIES["fanout_devices"], event["app_id"], event["fanout_cursor"],
                 event["push_user_ids"], event["push_topics"], batch,
@@ -139,23 +185,3 @@ def outcome_notifications(
     if items:
         chunks.append("[" + ",".join(items) + "]")
     return chunks
-
-
-def _job(row: asyncpg.Record, lease_id: uuid.UUID) -> Job:
-    endpoint = device = None
-    if row["endpoint_id"] is not None:
-        secrets = (row["secret"],) + ((row["previous_secret"],) if row["previous_secret"] else ())
-        endpoint = EndpointTarget(row["endpoint_id"], row["url"], secrets)
-    if row["device_id"] is not None and row["device_token"] is not None:
-        device = DeviceTarget(row["device_id"], row["platform"], row["device_token"])
-    delivery = DeliveryJob(
-        delivery_id=row["id"], app_id=row["app_id"], kind=row["kind"],
-        event=EventView(row["event_id"], row["event_type"], row["payload"],
-                        row["event_created_at"]),
-        endpoint=endpoint, device=device,
-        notification=json.loads(row["notification"]) if row["notification"] else None,
-        credentials=json.loads(row["credentials"]) if row["credentials"] else None,
-        attempt=row["attempt_count"] + 1,
-    )
-    return Job(delivery, lease_id, row["schedule_pos"],
-               device_active=row["device_status"] in (None, DeviceStatus.ACTIVE))

@@ -14,13 +14,40 @@ it. Claimed work that was never attempted goes back with :meth:`Queue.release`.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
 from adapters.base import DeliveryJob
 from gateway_client.models import AttemptOutcome, DeliveryStatus
+
+
+@dataclass(frozen=True)
+class Rooms:
+    """How many more deliveries a claimer can start now, so that a claim takes only what
+    it can send at once (nothing waits for a slot holding another's) and shares fairly:
+    per webhook endpoint, per push provider and per app. Targets and apps not named have
+    the default room."""
+
+    #: Endpoints with deliveries in flight here: how many more each may take.
+    endpoints: Mapping[str, int] = field(default_factory=dict)
+    #: Push providers (``fcm``, ``apns``): how many more each may take.
+    kinds: Mapping[str, int] = field(default_factory=dict)
+    #: Apps with deliveries in flight here: how many more each may take.
+    apps: Mapping[str, int] = field(default_factory=dict)
+    endpoint: int = 1_000_000
+    app: int = 1_000_000
+
+    def room(self, app_id: str, kind: str, endpoint_id: str | None) -> tuple[int, int]:
+        """(room of the delivery's target, room of its app)."""
+        target = (self.endpoints.get(endpoint_id, self.endpoint) if endpoint_id is not None
+                  else self.kinds.get(kind, self.endpoint))
+        return target, self.apps.get(app_id, self.app)
+
+
+#: Rooms with no limit: a claim takes whatever is due.
+UNLIMITED = Rooms()
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +60,8 @@ class Job:
     schedule_pos: int
     #: For a push: the device is still live (a pruned one is not pushed again).
     device_active: bool = True
+    #: Why it cannot be sent as it stands (a secret no configured key opens), if so.
+    unsendable: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,10 +94,10 @@ class Queue(Protocol):
     """What the dispatcher needs of the deliveries table."""
 
     async def claim(self, limit: int, lease_s: float, lease_id: uuid.UUID,
-                    skip_kinds: Sequence[str] = ()) -> list[Job]:
-        """Up to ``limit`` due deliveries no one holds, leased for ``lease_s`` seconds,
-        oldest due first; none of the ``skip_kinds``, and none whose endpoint is disabled
-        or deleted."""
+                    rooms: Rooms = UNLIMITED) -> list[Job]:
+        """Up to ``limit`` due deliveries no one holds, leased for ``lease_s`` seconds:
+        none whose endpoint is disabled or deleted, none past its target's or its app's
+        room, and, among those, apps in turn (each app's oldest due first)."""
         ...
 
     async def complete(self, results: Sequence[AttemptResult]) -> None:

@@ -33,10 +33,24 @@ R = TypeVar("R")
 
 
 @dataclass(frozen=True, slots=True)
+class Limits:
+    """An app's quotas: its own where the operator set them, else the defaults."""
+
+    max_endpoints: int
+    max_devices_per_user: int
+    max_topics_per_device: int
+
+
+@dataclass(frozen=True, slots=True)
 class App:
     id: str
     name: str
     created_at: datetime
+    #: Events per second it may emit (None: no limit).
+    rate_limit: int | None
+    max_endpoints: int
+    max_devices_per_user: int
+    max_topics_per_device: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,5 @@
-"""The API's answers, byte for byte, as version 0.1.0 gave them.
+"""The API's answers, byte for byte, as version 0.1.0 gave them (plus, on purpose, the
+limits an app object now shows: rate_limit and the max_* quotas).
 
 A scripted walk over every resource records each answer's status and raw body; ids,
 keys, secrets, timestamps and durations are replaced by stable placeholders (the first
@@ -6,7 +7,8 @@ id seen becomes ``<evt:1>``, and so on), and the result must equal the recording
 0.1.0 (``golden/answers.json``). A redesign that changes a key's order, a number's
 spelling, a space after a colon or an error message fails here.
 
-``GATEWAY_WRITE_GOLDEN=1`` rewrites the recording (only ever from the released code).
+``GATEWAY_WRITE_GOLDEN=1`` rewrites the recording: only for a change of an answer that an
+issue asks for, reviewed line by line in the diff.
 """
 
 from __future__ import annotations

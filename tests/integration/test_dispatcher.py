@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
@@ -14,7 +13,7 @@ from aiohttp.test_utils import TestClient
 from gateway import appkeys
 from gateway.app import create_app
 from gateway.config import Settings
-from gateway.store.queue import Job
+from gateway.store.queue import UNLIMITED, Job, Rooms
 from tests.support import Api, Receiver, eventually
 
 
@@ -34,14 +33,14 @@ async def test_a_dispatcher_loop_that_dies_is_restarted_and_delivers(
     calls = 0
 
     async def broken_once(limit: int, lease_s: float, lease_id: uuid.UUID,
-                          skip: Sequence[str] = ()) -> list[Job]:
+                          rooms: Rooms = UNLIMITED) -> list[Job]:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise RuntimeError("boom")
-        return await real_claim(limit, lease_s, lease_id, skip)
+        return await real_claim(limit, lease_s, lease_id, rooms)
 
-    dispatcher.queue.claim = broken_once  # type: ignore[method-assign, assignment]
+    dispatcher.queue.claim = broken_once  # type: ignore[method-assign]
     dispatcher._wake.set()
     api = Api(client)
     key = await api.new_app()
@@ -61,13 +60,13 @@ async def test_a_stalled_dispatcher_fails_readiness_and_is_restarted(
     hang = asyncio.Event()
 
     async def hangs_once(limit: int, lease_s: float, lease_id: uuid.UUID,
-                         skip: Sequence[str] = ()) -> list[Job]:
+                         rooms: Rooms = UNLIMITED) -> list[Job]:
         if not hang.is_set():
             hang.set()
             await asyncio.Event().wait()  # never returns: a stuck loop
-        return await real_claim(limit, lease_s, lease_id, skip)
+        return await real_claim(limit, lease_s, lease_id, rooms)
 
-    dispatcher.queue.claim = hangs_once  # type: ignore[method-assign, assignment]
+    dispatcher.queue.claim = hangs_once  # type: ignore[method-assign]
     dispatcher._wake.set()
     api = Api(client)
 

@@ -20,7 +20,7 @@ from gateway.store.database import Database
 from gateway.store.memory_queue import InMemoryQueue
 from gateway.store.postgres import EventDraft, Store
 from gateway.store.postgres_queue import PostgresQueue
-from gateway.store.queue import AttemptResult, Job, Queue
+from gateway.store.queue import AttemptResult, Job, Queue, Rooms
 from gateway_client.models import AttemptOutcome, DeliveryStatus, EndpointStatus
 from tests.support import eventually
 
@@ -31,7 +31,8 @@ class Harness(Protocol):
     @property
     def queue(self) -> Queue: ...
 
-    async def add(self, endpoint: str = "a", payload: str = "{}") -> str: ...
+    async def add(self, endpoint: str = "a", payload: str = "{}", app: str = "one") -> str:
+        ...
 
     async def status(self, delivery_id: str) -> DeliveryStatus: ...
 
@@ -39,18 +40,21 @@ class Harness(Protocol):
 
     async def endpoint_status(self, endpoint: str) -> EndpointStatus: ...
 
+    async def all_due_at_once(self) -> None:
+        """Give every pending delivery the same due time (a fan-out's batch has one)."""
+
 
 @dataclass
 class MemoryHarness:
     queue: InMemoryQueue = field(default_factory=InMemoryQueue)
     count: int = 0
 
-    async def add(self, endpoint: str = "a", payload: str = "{}") -> str:
+    async def add(self, endpoint: str = "a", payload: str = "{}", app: str = "one") -> str:
         self.count += 1
         delivery_id = f"dlv_{self.count:032x}"
         event = EventView(f"evt_{self.count:032x}", "order.created", payload,
                           datetime.now(UTC))
-        self.queue.add(DeliveryJob(delivery_id, "app_1", "webhook", event,
+        self.queue.add(DeliveryJob(delivery_id, app, "webhook", event,
                                    endpoint=EndpointTarget(endpoint, "http://x/", ("s",))))
         await asyncio.sleep(0.002)  # distinct due times, as ingest gives them
         return delivery_id
@@ -64,36 +68,50 @@ class MemoryHarness:
     async def endpoint_status(self, endpoint: str) -> EndpointStatus:
         return self.queue.endpoints[endpoint]
 
+    async def all_due_at_once(self) -> None:
+        now = datetime.now(UTC)
+        for entry in self.queue.entries.values():
+            entry.due_at = now
+
 
 @dataclass
 class PostgresHarness:
     store: Store
     queue: PostgresQueue
-    app_id: str = ""
-    endpoints: dict[str, str] = field(default_factory=dict)
+    apps: dict[str, str] = field(default_factory=dict)
+    endpoints: dict[str, tuple[str, str]] = field(default_factory=dict)
+    app_of: dict[str, str] = field(default_factory=dict)
 
-    async def add(self, endpoint: str = "a", payload: str = "{}") -> str:
-        if not self.app_id:
-            self.app_id = (await self.store.create_app("queue")).id
+    async def add(self, endpoint: str = "a", payload: str = "{}", app: str = "one") -> str:
+        if app not in self.apps:
+            self.apps[app] = (await self.store.create_app(app)).id
+        app_id = self.apps[app]
         if endpoint not in self.endpoints:
-            made = await self.store.create_endpoint(self.app_id, "http://127.0.0.1:9/", "",
+            made = await self.store.create_endpoint(app_id, "http://127.0.0.1:9/", "",
                                                     [f"for.{endpoint}"])
-            self.endpoints[endpoint] = made.id
+            self.endpoints[endpoint] = (app_id, made.id)
         (accepted,) = await self.store.write_events(
-            [EventDraft(self.app_id, f"for.{endpoint}", payload)])
+            [EventDraft(app_id, f"for.{endpoint}", payload)])
         assert not isinstance(accepted, BaseException)
-        event = await self.store.get_event(self.app_id, accepted.id)
+        event = await self.store.get_event(app_id, accepted.id)
         (delivery,) = await self.store.deliveries_of(event)
+        self.app_of[delivery.id] = app_id
         return delivery.id
 
     async def status(self, delivery_id: str) -> DeliveryStatus:
-        return (await self.store.get_delivery(self.app_id, delivery_id)).status
+        return (await self.store.get_delivery(self.app_of[delivery_id], delivery_id)).status
 
     async def attempts(self, delivery_id: str) -> int:
-        return len(await self.store.list_attempts(self.app_id, delivery_id))
+        return len(await self.store.list_attempts(self.app_of[delivery_id], delivery_id))
 
     async def endpoint_status(self, endpoint: str) -> EndpointStatus:
-        return (await self.store.get_endpoint(self.app_id, self.endpoints[endpoint])).status
+        app_id, endpoint_id = self.endpoints[endpoint]
+        return (await self.store.get_endpoint(app_id, endpoint_id)).status
+
+    async def all_due_at_once(self) -> None:
+        async with self.queue.db.transaction() as conn:
+            await conn.execute("UPDATE deliveries SET next_attempt_at = now() "
+                               "WHERE status = 'pending'")
 
 
 @pytest.fixture(params=["memory", "postgres"])
@@ -187,10 +205,48 @@ async def test_released_claims_are_due_again_at_once(harness: Harness) -> None:
     assert again.delivery.delivery_id == job.delivery.delivery_id
 
 
-async def test_kinds_asked_to_be_skipped_are_not_claimed(harness: Harness) -> None:
-    await harness.add()
-    assert await harness.queue.claim(10, 30, uuid.uuid4(), ["webhook"]) == []
-    assert len(await harness.queue.claim(10, 30, uuid.uuid4(), ["fcm"])) == 1
+async def test_a_claim_takes_no_more_than_each_endpoint_and_app_has_room_for(
+        harness: Harness) -> None:
+    for _ in range(5):
+        await harness.add("busy")
+    for _ in range(2):
+        await harness.add("free")
+    full = {harness_endpoint(harness, "busy"): 0}
+    taken = await harness.queue.claim(10, 30, uuid.uuid4(), Rooms(endpoints=full))
+    assert sorted(j.delivery.endpoint.id for j in taken if j.delivery.endpoint) == \
+        [harness_endpoint(harness, "free")] * 2
+    some = await harness.queue.claim(10, 30, uuid.uuid4(), Rooms(endpoint=2))
+    assert len(some) == 2  # the busy endpoint's room, though 5 are due
+    app = taken[0].delivery.app_id
+    assert await harness.queue.claim(10, 30, uuid.uuid4(), Rooms(apps={app: 0})) == []
+
+
+async def test_apps_take_turns_in_a_claim_whatever_their_backlog(harness: Harness) -> None:
+    for _ in range(10):
+        await harness.add("a-hook", app="big")  # older, and many
+    small = [await harness.add("b-hook", app="small") for _ in range(3)]
+    taken = await harness.queue.claim(6, 30, uuid.uuid4())
+    ids = [j.delivery.delivery_id for j in taken]
+    assert set(small) <= set(ids) and len(ids) == 6
+
+
+async def test_a_claim_with_room_takes_something_when_many_are_due_at_the_same_time(
+        harness: Harness) -> None:
+    for i in range(120):
+        await harness.add(f"hook-{i % 4}")
+    await harness.all_due_at_once()
+    # One order for every count: the first due of the app is the first of its endpoint.
+    assert len(await harness.queue.claim(50, 30, uuid.uuid4(), Rooms(app=1))) == 1
+    assert len(await harness.queue.claim(50, 30, uuid.uuid4(), Rooms(endpoint=1))) == 4
+    assert len(await harness.queue.claim(7, 30, uuid.uuid4(), Rooms(endpoint=30,
+                                                                      app=7))) == 7
+
+
+def harness_endpoint(harness: Harness, name: str) -> str:
+    """The endpoint id a harness gave the endpoint it calls ``name``."""
+    if isinstance(harness, PostgresHarness):
+        return harness.endpoints[name][1]
+    return name
 
 
 async def test_a_gone_endpoint_is_disabled_and_its_other_deliveries_wait(

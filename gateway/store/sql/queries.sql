@@ -9,23 +9,86 @@
 -- --- apps ------------------------------------------------------------------------------
 
 -- name: create_app
--- $1 id, $2 name, $3 api_key_hash
-INSERT INTO apps (id, name, api_key_hash) VALUES ($1, $2, $3)
-RETURNING id, name, created_at;
+-- $1 id, $2 name, $3 api_key_hash, $4 user-token secret (sealed)
+INSERT INTO apps (id, name, api_key_hash, user_token_secret) VALUES ($1, $2, $3, $4)
+RETURNING id, name, created_at, rate_limit, max_endpoints, max_devices_per_user,
+          max_topics_per_device;
 
 -- name: app_by_key_hash
 -- $1 api_key_hash
-SELECT id FROM apps WHERE api_key_hash = $1;
+SELECT id, name, created_at, rate_limit, max_endpoints, max_devices_per_user,
+       max_topics_per_device
+FROM apps WHERE api_key_hash = $1;
 
 -- name: get_app
 -- $1 app id
-SELECT id, name, created_at FROM apps WHERE id = $1;
+SELECT id, name, created_at, rate_limit, max_endpoints, max_devices_per_user,
+       max_topics_per_device
+FROM apps WHERE id = $1;
 
 -- name: list_apps
 -- $1 cursor (id, exclusive, or NULL), $2 limit
-SELECT id, name, created_at FROM apps
+SELECT id, name, created_at, rate_limit, max_endpoints, max_devices_per_user,
+       max_topics_per_device
+FROM apps
 WHERE $1::text IS NULL OR id < $1
 ORDER BY id DESC LIMIT $2;
+
+-- name: set_app_limits
+-- $1 app id; $2 the limits to change (names), $3 their new values (NULL: no rate limit,
+-- or the default quota), arrays of one length. A rate-limited app gets its row in
+-- app_rate_windows here, so ingest only ever updates it.
+WITH changed AS (
+    SELECT * FROM unnest($2::text[], $3::int[]) AS c(name, value)
+), app AS (
+    UPDATE apps SET
+        rate_limit = CASE WHEN 'rate_limit' = ANY($2) THEN
+            (SELECT value FROM changed WHERE name = 'rate_limit') ELSE rate_limit END,
+        max_endpoints = CASE WHEN 'max_endpoints' = ANY($2) THEN
+            (SELECT value FROM changed WHERE name = 'max_endpoints') ELSE max_endpoints END,
+        max_devices_per_user = CASE WHEN 'max_devices_per_user' = ANY($2) THEN
+            (SELECT value FROM changed WHERE name = 'max_devices_per_user')
+            ELSE max_devices_per_user END,
+        max_topics_per_device = CASE WHEN 'max_topics_per_device' = ANY($2) THEN
+            (SELECT value FROM changed WHERE name = 'max_topics_per_device')
+            ELSE max_topics_per_device END
+    WHERE id = $1
+    RETURNING id, name, created_at, rate_limit, max_endpoints, max_devices_per_user,
+              max_topics_per_device
+), window_row AS (
+    INSERT INTO app_rate_windows (app_id, second, used)
+    SELECT id, 'epoch', 0 FROM app WHERE rate_limit IS NOT NULL
+    ON CONFLICT (app_id) DO NOTHING
+)
+SELECT id, name, created_at, rate_limit, max_endpoints, max_devices_per_user,
+       max_topics_per_device
+FROM app;
+
+-- name: lock_app
+-- $1 app id: held until the transaction ends, so quota checks of one app take turns.
+SELECT max_endpoints FROM apps WHERE id = $1 FOR UPDATE;
+
+-- name: take_ingest_rate
+-- $1 app ids, $2 events each wants to write now, $3 each app's limit per second (arrays of
+-- one length, one entry per app). Counts them against the app's current second, shared
+-- by every gateway process; returns how many each may write.
+WITH wanted AS (
+    SELECT * FROM unnest($1::text[], $2::int[], $3::int[]) AS w(app_id, n, cap)
+), old AS (
+    SELECT r.app_id, r.second, r.used FROM app_rate_windows r
+    JOIN wanted USING (app_id)
+    FOR UPDATE OF r
+)
+UPDATE app_rate_windows r SET
+    second = date_trunc('second', now()),
+    used = CASE WHEN old.second = date_trunc('second', now())
+                THEN greatest(old.used, least(old.used + wanted.n, wanted.cap))
+                ELSE least(wanted.n, wanted.cap) END
+FROM old JOIN wanted USING (app_id)
+WHERE r.app_id = old.app_id
+RETURNING r.app_id,
+          r.used - CASE WHEN old.second = date_trunc('second', now()) THEN old.used ELSE 0 END
+              AS granted;
 
 -- name: user_token_secret
 -- $1 app id
@@ -33,8 +96,12 @@ SELECT user_token_secret FROM apps WHERE id = $1;
 
 -- --- endpoints -------------------------------------------------------------------------
 
+-- name: count_endpoints
+-- $1 app id
+SELECT count(*) AS n FROM endpoints WHERE app_id = $1 AND deleted_at IS NULL;
+
 -- name: create_endpoint
--- $1 id, $2 app id, $3 url, $4 description, $5 event_types (NULL = all), $6 secret
+-- $1 id, $2 app id, $3 url, $4 description, $5 event_types (NULL = all), $6 secret (sealed)
 INSERT INTO endpoints (id, app_id, url, description, event_types, secret)
 VALUES ($1, $2, $3, $4, $5, $6)
 RETURNING id, app_id, url, description, event_types, status, disabled_reason, disabled_at,
@@ -132,11 +199,12 @@ WHERE idempotency_keys.created_at < now() - make_interval(secs => $5)
 RETURNING app_id, key;
 
 -- name: existing_idempotency_keys
--- $1 app ids, $2 keys
+-- $1 app ids, $2 keys, $3 the window in seconds: the keys used within it.
 SELECT k.app_id, k.key, k.body_sha256, e.id, e.type, e.created_at
 FROM unnest($1::text[], $2::text[]) AS q(app_id, key)
 JOIN idempotency_keys k ON k.app_id = q.app_id AND k.key = q.key
-JOIN events e ON e.id = k.event_id;
+JOIN events e ON e.id = k.event_id
+WHERE k.created_at >= now() - make_interval(secs => $3);
 
 -- name: insert_events
 -- $1 ids, $2 app ids, $3 types, $4 raw payloads, $5 created_at, $6 push targets as JSON
@@ -275,27 +343,59 @@ SELECT requeued.* FROM requeued LEFT JOIN woke ON true;
 -- --- the queue (gateway/store/postgres_queue.py) -------------------------------------
 
 -- name: claim_due
--- $1 limit, $2 lease seconds, $3 lease id, $4 kinds not to claim now. Takes due
--- deliveries no other dispatcher holds, extends their due time by the lease (a crashed
--- claimer's work comes back by itself), and returns what a delivery needs to be sent.
-WITH due AS (
-    SELECT d.id FROM deliveries d
+-- $1 limit, $2 lease seconds, $3 lease id; the claimer's rooms (gateway/store/queue.py
+-- Rooms): $4 endpoint ids with $5 their rooms, $6 push kinds with $7 their rooms, $8 app
+-- ids with $9 their rooms (arrays of one length, pairwise), $10 the room of an endpoint
+-- and $11 of an app not named; $12 how many due rows one claim looks at.
+-- Takes due deliveries no other dispatcher holds and whose endpoint is active, none past
+-- its target's or its app's room, apps in turn (each app's oldest first), so one app's
+-- backlog or hanging endpoints never crowd out another's; extends their due time by the
+-- lease (a crashed claimer's work comes back by itself), and returns what each needs to
+-- be sent.
+WITH full_targets AS (
+    SELECT array_agg(id) FILTER (WHERE room <= 0) AS endpoints
+    FROM unnest($4::text[], $5::int[]) AS r(id, room)
+), candidates AS (
+    SELECT d.id, d.app_id, d.endpoint_id, d.kind, d.next_attempt_at
+    FROM deliveries d, full_targets f
     WHERE d.status = 'pending' AND d.next_attempt_at <= now()
       -- Written as OR, not a bare NOT EXISTS: an anti-join would read and sort every due
-      -- row before the LIMIT; this walks deliveries_due in order (40 ms -> 0.07 ms at
-      -- 100k pending).
+      -- row before the LIMIT; this walks deliveries_due in order.
       AND (d.endpoint_id IS NULL OR NOT EXISTS (
           SELECT 1 FROM endpoints e WHERE e.id = d.endpoint_id
           AND (e.status <> 'active' OR e.deleted_at IS NOT NULL)))
-      -- Kinds whose provider slots are all taken wait, so they cannot crowd out the rest.
-      AND d.kind <> ALL($4::text[])
-    ORDER BY d.next_attempt_at
+      -- Targets and apps with no room left are passed over in the scan itself.
+      AND (d.endpoint_id IS NULL OR d.endpoint_id <> ALL(coalesce(f.endpoints, '{}')))
+      AND d.kind <> ALL(ARRAY(SELECT k FROM unnest($6::text[], $7::int[]) AS r(k, room)
+                              WHERE room <= 0))
+      AND d.app_id <> ALL(ARRAY(SELECT a FROM unnest($8::text[], $9::int[]) AS r(a, room)
+                                WHERE room <= 0))
+    ORDER BY d.next_attempt_at, d.id
+    LIMIT $12
+    FOR UPDATE OF d SKIP LOCKED
+), ranked AS (
+    SELECT c.id, c.next_attempt_at,
+           -- One total order (due time, then id) for both counts: the first due row of
+           -- any app and target is first in both, so a claim with room takes something.
+           row_number() OVER (PARTITION BY coalesce(c.endpoint_id, c.kind)
+                              ORDER BY c.next_attempt_at, c.id) AS nth_of_target,
+           row_number() OVER (PARTITION BY c.app_id
+                              ORDER BY c.next_attempt_at, c.id) AS nth_of_app,
+           coalesce(ep.room, k.room, $10) AS target_room, coalesce(ap.room, $11) AS app_room
+    FROM candidates c
+    LEFT JOIN unnest($4::text[], $5::int[]) AS ep(id, room) ON ep.id = c.endpoint_id
+    LEFT JOIN unnest($6::text[], $7::int[]) AS k(kind, room)
+        ON c.endpoint_id IS NULL AND k.kind = c.kind
+    LEFT JOIN unnest($8::text[], $9::int[]) AS ap(id, room) ON ap.id = c.app_id
+), chosen AS (
+    SELECT id FROM ranked
+    WHERE nth_of_target <= target_room AND nth_of_app <= app_room
+    ORDER BY nth_of_app, next_attempt_at, id
     LIMIT $1
-    FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE deliveries d
     SET next_attempt_at = now() + make_interval(secs => $2), lease_id = $3
-    FROM due WHERE d.id = due.id
+    FROM chosen WHERE d.id = chosen.id
     RETURNING d.id, d.app_id, d.event_id, d.endpoint_id, d.device_id, d.kind, d.schedule_pos,
               d.attempt_count
 )
@@ -369,7 +469,25 @@ WHERE status = 'pending' AND next_attempt_at < 'infinity';
 -- --- push fan-out ----------------------------------------------------------------------
 
 -- name: claim_fanout
--- One event whose push targets still need expanding, locked for this transaction.
+-- $1 the app this process served last ('' at first). One event whose push targets still
+-- need expanding, locked for this transaction: apps take turns in id order, each its
+-- oldest event first, so one app's backlog of fan-outs never holds up another's.
+WITH turn AS (
+    SELECT coalesce(
+        (SELECT app_id FROM events WHERE fanout_status = 'pending' AND app_id > $1
+         ORDER BY app_id LIMIT 1),
+        (SELECT app_id FROM events WHERE fanout_status = 'pending'
+         ORDER BY app_id LIMIT 1)) AS app_id
+)
+SELECT id, app_id, push_user_ids, push_topics, fanout_cursor FROM events
+WHERE fanout_status = 'pending' AND app_id = (SELECT app_id FROM turn)
+ORDER BY created_at
+LIMIT 1
+FOR UPDATE SKIP LOCKED;
+
+-- name: claim_any_fanout
+-- When the app whose turn it is has all its fan-outs held by other processes: the oldest
+-- event of any app.
 SELECT id, app_id, push_user_ids, push_topics, fanout_cursor FROM events
 WHERE fanout_status = 'pending'
 ORDER BY created_at
@@ -404,6 +522,16 @@ UPDATE events SET fanout_cursor = coalesce($2, fanout_cursor),
 WHERE id = $1;
 
 -- --- devices ---------------------------------------------------------------------------
+
+-- name: lock_user_devices
+-- $1 app id, $2 user id: held until the transaction ends, so one user's registrations
+-- take turns against the devices-per-user limit.
+SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 727276));
+
+-- name: count_user_devices
+-- $1 app id, $2 user id, $3 a token not to count (the one being registered)
+SELECT count(*) AS n FROM devices
+WHERE app_id = $1 AND user_id = $2 AND status = 'active' AND token <> $3;
 
 -- name: upsert_device
 -- $1 new id, $2 app id, $3 platform, $4 token, $5 user id, $6 topics, $7 locale,
@@ -459,10 +587,6 @@ WITH gone AS (
 )
 DELETE FROM devices WHERE id IN (SELECT id FROM gone)
 RETURNING id;
-
--- name: device_tokens
--- $1 app id, $2 tokens: those of them that are this app's devices
-SELECT token FROM devices WHERE app_id = $1 AND token = ANY($2::text[]);
 
 -- --- push credentials ------------------------------------------------------------------
 
@@ -557,6 +681,24 @@ SELECT
         AS attempts_last_minute,
     now() AS now;
 
+-- --- dashboard sessions ------------------------------------------------------------
+
+-- name: create_session
+-- $1 id, $2 kind ('admin' | 'app'), $3 app id, $4 seconds it lasts
+INSERT INTO dashboard_sessions (id, kind, app_id, expires_at)
+VALUES ($1, $2, $3, now() + make_interval(secs => $4));
+
+-- name: session_alive
+-- $1 id
+SELECT 1 AS alive FROM dashboard_sessions WHERE id = $1 AND expires_at > now();
+
+-- name: end_session
+-- $1 id
+DELETE FROM dashboard_sessions WHERE id = $1;
+
+-- name: prune_sessions
+DELETE FROM dashboard_sessions WHERE expires_at < now();
+
 -- --- metrics ---------------------------------------------------------------------------
 
 -- name: delivery_backlog
@@ -636,6 +778,34 @@ SELECT (SELECT count(*) FROM gone)::int AS deleted, last.app_id, last.key
 FROM (SELECT 1) AS one
 LEFT JOIN LATERAL (SELECT app_id, key FROM batch ORDER BY app_id DESC, key DESC LIMIT 1)
     AS last ON true;
+
+-- --- secrets at rest (gateway secrets reseal) ---------------------------------------
+
+-- name: secrets_of_endpoints
+-- $1 cursor (id, exclusive; '' to start), $2 limit
+SELECT id, secret, previous_secret FROM endpoints WHERE id > $1 ORDER BY id LIMIT $2;
+
+-- name: reseal_endpoint
+-- $1 id, $2 secret, $3 previous secret
+UPDATE endpoints SET secret = $2, previous_secret = $3 WHERE id = $1;
+
+-- name: secrets_of_credentials
+-- $1 and $2 cursor (app id and provider, exclusive; '' and '' to start), $3 limit
+SELECT app_id, provider, config FROM push_credentials
+WHERE (app_id, provider) > ($1::text, $2::text)
+ORDER BY app_id, provider LIMIT $3;
+
+-- name: reseal_credentials
+-- $1 app id, $2 provider, $3 config (JSON text)
+UPDATE push_credentials SET config = $3::jsonb WHERE app_id = $1 AND provider = $2;
+
+-- name: secrets_of_apps
+-- $1 cursor (id, exclusive; '' to start), $2 limit
+SELECT id, user_token_secret FROM apps WHERE id > $1 ORDER BY id LIMIT $2;
+
+-- name: reseal_app
+-- $1 id, $2 user-token secret
+UPDATE apps SET user_token_secret = $2 WHERE id = $1;
 
 -- --- housekeeping ----------------------------------------------------------------------
 

@@ -1,15 +1,31 @@
 -- The schema the migrations make (gateway/store/schema.py writes this file;
 -- a test checks it). Partitions, made as time passes, are left out.
 
+CREATE TABLE app_rate_windows (
+    app_id text NOT NULL,
+    second timestamp with time zone NOT NULL,
+    used integer NOT NULL
+);
+ALTER TABLE app_rate_windows ADD CONSTRAINT app_rate_windows_app_id_fkey FOREIGN KEY (app_id) REFERENCES apps(id);
+ALTER TABLE app_rate_windows ADD CONSTRAINT app_rate_windows_pkey PRIMARY KEY (app_id);
+
 CREATE TABLE apps (
     id text NOT NULL,
     name text NOT NULL,
     api_key_hash bytea NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
-    user_token_secret bytea DEFAULT decode(replace(((gen_random_uuid())::text || (gen_random_uuid())::text), '-'::text, ''::text), 'hex'::text) NOT NULL
+    user_token_secret text NOT NULL,
+    rate_limit integer,
+    max_endpoints integer,
+    max_devices_per_user integer,
+    max_topics_per_device integer
 );
 ALTER TABLE apps ADD CONSTRAINT apps_api_key_hash_key UNIQUE (api_key_hash);
+ALTER TABLE apps ADD CONSTRAINT apps_max_devices_per_user_check CHECK ((max_devices_per_user >= 0));
+ALTER TABLE apps ADD CONSTRAINT apps_max_endpoints_check CHECK ((max_endpoints >= 0));
+ALTER TABLE apps ADD CONSTRAINT apps_max_topics_per_device_check CHECK ((max_topics_per_device >= 0));
 ALTER TABLE apps ADD CONSTRAINT apps_pkey PRIMARY KEY (id);
+ALTER TABLE apps ADD CONSTRAINT apps_rate_limit_check CHECK ((rate_limit > 0));
 
 CREATE TABLE attempts (
     id bigint DEFAULT nextval('attempts_id_seq'::regclass) NOT NULL,
@@ -24,6 +40,18 @@ CREATE TABLE attempts (
 ALTER TABLE attempts ADD CONSTRAINT attempts_delivery_id_fkey FOREIGN KEY (delivery_id) REFERENCES deliveries(id) ON DELETE CASCADE;
 ALTER TABLE attempts ADD CONSTRAINT attempts_pkey PRIMARY KEY (id);
 CREATE INDEX attempts_by_delivery ON public.attempts USING btree (delivery_id, id);
+
+CREATE TABLE dashboard_sessions (
+    id text NOT NULL,
+    kind text NOT NULL,
+    app_id text,
+    expires_at timestamp with time zone NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+);
+ALTER TABLE dashboard_sessions ADD CONSTRAINT dashboard_sessions_app_id_fkey FOREIGN KEY (app_id) REFERENCES apps(id);
+ALTER TABLE dashboard_sessions ADD CONSTRAINT dashboard_sessions_kind_check CHECK ((kind = ANY (ARRAY['admin'::text, 'app'::text])));
+ALTER TABLE dashboard_sessions ADD CONSTRAINT dashboard_sessions_pkey PRIMARY KEY (id);
+CREATE INDEX dashboard_sessions_by_expiry ON public.dashboard_sessions USING btree (expires_at);
 
 CREATE TABLE deliveries (
     id text NOT NULL,
@@ -117,7 +145,7 @@ ALTER TABLE events ADD CONSTRAINT events_app_id_fkey FOREIGN KEY (app_id) REFERE
 ALTER TABLE events ADD CONSTRAINT events_fanout_status_check CHECK ((fanout_status = ANY (ARRAY['pending'::text, 'done'::text])));
 ALTER TABLE events ADD CONSTRAINT events_pkey PRIMARY KEY (id);
 CREATE INDEX events_by_app ON public.events USING btree (app_id, id);
-CREATE INDEX events_fanout_pending ON public.events USING btree (created_at) WHERE (fanout_status = 'pending'::text);
+CREATE INDEX events_fanout_pending ON public.events USING btree (app_id, created_at) WHERE (fanout_status = 'pending'::text);
 
 CREATE TABLE idempotency_keys (
     app_id text NOT NULL,

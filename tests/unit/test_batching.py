@@ -1,0 +1,60 @@
+"""Group commit: one bad item in a batch fails alone; the others are written."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from gateway.batching import GroupCommit
+from gateway.errors import DatabaseUnavailable
+
+
+class Writer:
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.written: list[str] = []
+
+    async def flush(self, items: list[str]) -> Sequence[str | BaseException]:
+        self.batches.append(items)
+        await asyncio.sleep(0.001)
+        if "down" in items:
+            raise DatabaseUnavailable("gone")
+        if any(i.startswith("bad") for i in items):
+            raise ValueError("the whole statement failed")
+        self.written += items
+        return [i.upper() for i in items]
+
+
+async def test_one_bad_item_fails_alone_and_every_other_item_is_written() -> None:
+    writer = Writer()
+    batcher: GroupCommit[str, str] = GroupCommit(writer.flush, max_batch=64,
+                                                 fails_together=(DatabaseUnavailable,))
+    items = [f"ok{i}" for i in range(40)] + ["bad"] + [f"ok{i}" for i in range(40, 60)]
+    results = await asyncio.gather(*[batcher.submit(i) for i in items],
+                                   return_exceptions=True)
+    await batcher.close()
+    failed = [i for i, r in zip(items, results, strict=True) if isinstance(r, BaseException)]
+    assert failed == ["bad"]
+    assert sorted(writer.written) == sorted(i for i in items if i != "bad")
+    assert all(r == i.upper() for i, r in zip(items, results, strict=True) if i != "bad")
+    assert max(len(b) for b in writer.batches) > 1  # they were batched at all
+
+
+async def test_a_failure_that_would_fail_any_write_fails_the_batch_at_once() -> None:
+    writer = Writer()
+    batcher: GroupCommit[str, str] = GroupCommit(writer.flush,
+                                                 fails_together=(DatabaseUnavailable,))
+    results = await asyncio.gather(*[batcher.submit(i) for i in ("a", "down", "b")],
+                                   return_exceptions=True)
+    await batcher.close()
+    assert all(isinstance(r, DatabaseUnavailable) for r in results)
+    assert len(writer.batches) == 1
+
+
+async def test_items_submitted_after_close_are_refused() -> None:
+    batcher: GroupCommit[str, str] = GroupCommit(Writer().flush)
+    await batcher.close()
+    with pytest.raises(RuntimeError):
+        await batcher.submit("late")
