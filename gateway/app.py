@@ -4,6 +4,8 @@ down in reverse."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import logging
 import ssl
@@ -28,7 +30,7 @@ from gateway.errors import DatabaseUnavailable
 from gateway.fanout import FanoutRunner
 from gateway.metrics import Metrics
 from gateway.outcomes import OutcomeStream
-from gateway.retention import Retention
+from gateway.retention import Retention, keep_partitions
 from gateway.retry import RetryPolicy
 from gateway.sandbox import Sandbox, SandboxRouter
 from gateway.store.database import (
@@ -121,7 +123,11 @@ def create_app(
             app[appkeys.STORE], settings.admin_key or "",
             FailureLimiter(settings.auth_failures, settings.auth_failure_window_s,
                            settings.auth_block_s))
+        partitions = asyncio.create_task(keep_partitions(store), name="partitions")
         yield
+        partitions.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await partitions
         await db.close()
 
     async def ingest(app: web.Application) -> AsyncIterator[None]:

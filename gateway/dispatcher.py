@@ -290,7 +290,7 @@ class Dispatcher:
         decision = self.policy.decide(claimed.schedule_pos, outcome, datetime.now(UTC))
         gone = outcome.verdict is Verdict.GONE
         result = AttemptResult(
-            delivery_id=job.delivery_id, lease_id=claimed.lease_id,
+            delivery_id=job.delivery_id, app_id=job.app_id, lease_id=claimed.lease_id,
             status=decision.status,
             next_attempt_at=decision.next_attempt_at, schedule_pos=decision.schedule_pos,
             attempted_at=attempted_at, duration_ms=outcome.duration_ms,

@@ -1,13 +1,18 @@
-"""Retention: deletes finished work older than ``GATEWAY_RETENTION_DAYS``.
+"""Retention: drops whole days of finished work older than ``GATEWAY_RETENTION_DAYS``, and
+keeps the day partitions coming.
 
-Only what is over is deleted: succeeded or failed deliveries (with their attempts), then
-events with no delivery left and no fan-out to do, and idempotency keys past their 24 h.
-Pending deliveries, and the events they belong to, stay however old they are.
+Events, deliveries and attempts live in one partition per day (UTC; migration 0005): a
+day whose every hour is older than the window goes in one step (its partitions are
+detached concurrently, so ingest and the dispatcher never wait, then dropped), unless
+something of that day is still to do, a pending delivery or a push fan-out. Such a day
+keeps its partitions, and only its finished work is deleted row by row, in small batches,
+each its own short transaction that skips rows someone else holds, with a pause between.
+So finished work stays between N and N+1 days, and pending work, with its event, however
+long it needs. Idempotency keys (their own table) go row by row once past their 24 h.
 
-Deletes go in small batches, each its own short transaction that skips rows someone else
-holds (``SKIP LOCKED``), with a pause between batches, so ingest and the dispatcher never
-wait on retention for long. Every dispatcher process runs a :class:`Retention`, but a
-PostgreSQL advisory lock lets only one of them prune at a time.
+Every dispatcher process runs a :class:`Retention`, but a PostgreSQL advisory lock lets
+only one of them prune at a time. Every process (API or dispatcher) runs
+:func:`keep_partitions`, so the coming days' partitions exist before their first event.
 """
 
 from __future__ import annotations
@@ -16,24 +21,26 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from gateway.errors import DatabaseUnavailable
 from gateway.metrics import Metrics
-from gateway.store.postgres import Store
+from gateway.store.postgres import Pruner, Store
 
 log = logging.getLogger("gateway.retention")
 
 
 @dataclass
 class Pruned:
-    """Rows one pass deleted, and in how many batches."""
+    """Rows one pass deleted (in dropped days and row by row), in how many batches, and
+    how many days it dropped whole."""
 
     deliveries: int = 0
     attempts: int = 0
     events: int = 0
     idempotency_keys: int = 0
     batches: int = 0
+    days_dropped: int = 0
     #: False when another process held the lock and this pass did nothing.
     ran: bool = True
 
@@ -85,7 +92,8 @@ class Retention:
                     log.info("retention deleted %d deliveries, %d attempts, %d events, "
                              "%d idempotency keys", pruned.deliveries, pruned.attempts,
                              pruned.events, pruned.idempotency_keys,
-                             extra={"batches": pruned.batches})
+                             extra={"batches": pruned.batches,
+                                    "days_dropped": pruned.days_dropped})
             except DatabaseUnavailable:
                 log.warning("retention skipped: the database is unavailable")
             except Exception:
@@ -100,17 +108,17 @@ class Retention:
             if pruner is None:
                 pruned.ran = False
                 return pruned
-            while not self._stopping:
-                deliveries, attempts = await pruner.deliveries(cutoff, self.batch)
-                pruned.deliveries += deliveries
-                pruned.attempts += attempts
-                if not await self._next(pruned, deliveries):
-                    break
-            while not self._stopping:
-                count = await pruner.events(cutoff, self.batch)
-                pruned.events += count
-                if not await self._next(pruned, count):
-                    break
+            for day in await pruner.days():
+                if self._stopping or day.day >= cutoff.date():
+                    break  # days come oldest first; this one is not wholly past the window
+                if not await pruner.held(day.day):
+                    gone = await pruner.drop(day)
+                    pruned.events += gone["events"]
+                    pruned.deliveries += gone["deliveries"]
+                    pruned.attempts += gone["attempts"]
+                    pruned.days_dropped += 1
+                    continue
+                await self._row_by_row(pruner, day.day, cutoff, pruned)
             await pruner.sessions()
             after: tuple[str, str] | None = ("", "")
             while not self._stopping and after is not None:
@@ -124,6 +132,22 @@ class Retention:
                 self.metrics.deleted(table, getattr(pruned, table))
         return pruned
 
+    async def _row_by_row(self, pruner: Pruner, day: date, cutoff: datetime,
+                          pruned: Pruned) -> None:
+        """A day something still holds: its finished deliveries, then its events with
+        nothing left to do, in batches."""
+        while not self._stopping:
+            deliveries, attempts = await pruner.deliveries(day, cutoff, self.batch)
+            pruned.deliveries += deliveries
+            pruned.attempts += attempts
+            if not await self._next(pruned, deliveries):
+                break
+        while not self._stopping:
+            count = await pruner.events(day, self.batch)
+            pruned.events += count
+            if not await self._next(pruned, count):
+                break
+
     async def _next(self, pruned: Pruned, deleted: int) -> bool:
         """After a batch: pause, and tell whether a full batch suggests there is more."""
         if deleted:
@@ -132,3 +156,23 @@ class Retention:
             return False
         await asyncio.sleep(self.pause_s)
         return True
+
+
+async def keep_partitions(store: Store, interval_s: float = 3600.0) -> None:
+    """Make the coming days' partitions now and every ``interval_s`` (migrations make them
+    at start too); runs until cancelled."""
+    while True:
+        try:
+            made = await store.make_partitions()
+            if made:
+                log.info("made %d day partitions", made)
+        except DatabaseUnavailable:
+            log.warning("cannot make day partitions: the database is unavailable; "
+                        "retrying in a minute")
+            await asyncio.sleep(60)
+            continue
+        except Exception:
+            log.exception("making day partitions failed; retrying in a minute")
+            await asyncio.sleep(60)
+            continue
+        await asyncio.sleep(interval_s)

@@ -74,10 +74,11 @@ async def list_events(request: web.Request) -> web.Response:
 
 async def get_event(request: web.Request) -> web.Response:
     store = request.app[appkeys.STORE]
-    event = await store.get_event(app_id(request), request.match_info["event_id"])
+    acting = app_id(request)
+    event = await store.get_event(acting, request.match_info["event_id"])
     return answer(EventWithDeliveries, {
         "id": event.id, "type": event.type, "created_at": event.created_at,
-        "payload": event.payload, "deliveries": await store.deliveries_of(event)})
+        "payload": event.payload, "deliveries": await store.deliveries_of(acting, event)})
 
 
 IDEMPOTENCY = Param("Idempotency-Key", "Same key and body within 24 h: 200 with the first "

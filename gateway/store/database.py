@@ -206,7 +206,8 @@ async def listen_forever(
 
 
 async def migrate(dsn: str) -> list[int]:
-    """Apply pending migrations in order, each in its own transaction; returns those applied.
+    """Apply pending migrations in order, each in its own transaction, and make the day
+    partitions the coming week needs; returns the migrations applied.
 
     An advisory lock makes concurrent start-ups (API and dispatcher) take turns.
     """
@@ -227,6 +228,9 @@ async def migrate(dsn: str) -> list[int]:
                                        migration.name)
                 applied.append(migration.version)
                 log.info("applied migration %04d_%s", migration.version, migration.name)
+            # Today's partitions must exist before the first event (see gateway/retention.py
+            # for who keeps them coming).
+            await conn.fetchval(QUERIES["make_partitions"])
     finally:
         with contextlib.suppress(Exception):
             await conn.close()

@@ -13,7 +13,7 @@ import json
 import secrets
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
@@ -112,6 +112,11 @@ def _page(cls: type[R], rows: Sequence[asyncpg.Record], limit: int) -> Page[R]:
     more, and the last record's id is where the next page starts."""
     items = make_all(cls, rows[:limit])
     return Page(items, str(rows[limit - 1]["id"]) if len(rows) > limit else None)
+
+
+def _ident(name: str) -> str:
+    """A table name as SQL (names come from the catalog; quoted all the same)."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _found(row: asyncpg.Record | None, what: str, ident: str) -> asyncpg.Record:
@@ -402,9 +407,10 @@ class Store:
         return make(Event, _found(await self.db.fetchrow("get_event", app_id, event_id),
                                   "event", event_id))
 
-    async def deliveries_of(self, event: Event) -> list[Delivery]:
+    async def deliveries_of(self, app_id: str, event: Event) -> list[Delivery]:
         """Every delivery of an event the caller already found in its app."""
-        return make_all(Delivery, await self.db.fetch("deliveries_of_event", event.id))
+        return make_all(Delivery, await self.db.fetch("deliveries_of_event", app_id,
+                                                      event.id))
 
     async def list_events(
         self, app_id: str, event_type: str | None, cursor: str | None, limit: int
@@ -429,9 +435,12 @@ class Store:
         self, app_id: str, *, status: DeliveryStatus | None, endpoint_id: str | None,
         event_id: str | None, cursor: str | None, limit: int,
     ) -> Page[Delivery]:
-        rows = await self.db.fetch(
-            "list_deliveries", app_id, status, endpoint_id, event_id, cursor, limit + 1
-        )
+        if event_id is not None:
+            rows = await self.db.fetch("list_deliveries_of_event", app_id, event_id, status,
+                                       endpoint_id, cursor, limit + 1)
+        else:
+            rows = await self.db.fetch("list_deliveries", app_id, status, endpoint_id,
+                                       cursor, limit + 1)
         return _page(Delivery, rows, limit)
 
     async def get_delivery(self, app_id: str, delivery_id: str) -> Delivery:
@@ -621,6 +630,12 @@ class Store:
 
     # --- retention --------------------------------------------------------------------
 
+    async def make_partitions(self) -> int:
+        """Make the day partitions from yesterday to a week ahead that are missing; how
+        many tables were made."""
+        row = await self.db.fetchrow("make_partitions")
+        return int(row["made"]) if row is not None else 0
+
     @contextlib.asynccontextmanager
     async def pruning(self) -> AsyncIterator[Pruner | None]:
         """A connection to prune on, while this process holds the retention lock; None
@@ -636,23 +651,77 @@ class Store:
                     await conn.fetchval(QUERIES["retention_unlock"], RETENTION_LOCK_KEY)
 
 
+@dataclass(frozen=True)
+class DayPartitions:
+    """The partitions of one day (UTC) of events, deliveries and attempts."""
+
+    day: date
+    #: Partition table names by parent table.
+    tables: dict[str, str]
+    #: Parents whose DETACH ... CONCURRENTLY was cut short.
+    detaching: frozenset[str]
+
+
 class Pruner:
-    """Deletes finished work in small batches, each its own short transaction that skips
-    rows someone else holds."""
+    """Drops whole days of events, deliveries and attempts; within a day something still
+    holds (a pending delivery, a fan-out), deletes finished work in small batches, each
+    its own short transaction that skips rows someone else holds."""
+
+    #: Children before parents: attempts, then deliveries, then events.
+    DROP_ORDER = ("attempts", "deliveries", "events")
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
-    async def deliveries(self, cutoff: datetime, batch: int) -> tuple[int, int]:
-        """Finished deliveries created and last changed before ``cutoff``, with their
+    async def days(self) -> list[DayPartitions]:
+        """Every day that has partitions, oldest first."""
+        found: dict[date, dict[str, str]] = {}
+        detaching: dict[date, set[str]] = {}
+        for row in await self._conn.fetch(QUERIES["day_partitions"]):
+            name, parent = str(row["name"]), str(row["parent"])
+            try:
+                day = datetime.strptime(name.rsplit("_", 1)[-1], "%Y%m%d").date()
+            except ValueError:
+                continue  # not one of ours
+            found.setdefault(day, {})[parent] = name
+            if row["detaching"]:
+                detaching.setdefault(day, set()).add(parent)
+        return [DayPartitions(day, tables, frozenset(detaching.get(day, ())))
+                for day, tables in sorted(found.items())]
+
+    async def held(self, day: date) -> bool:
+        """Whether a pending delivery or fan-out of ``day`` keeps its partitions."""
+        return bool(await self._conn.fetchval(QUERIES["day_held"], day))
+
+    async def drop(self, partitions: DayPartitions) -> dict[str, int]:
+        """Detach (concurrently: ingest and the dispatcher keep going) and drop a day's
+        partitions; returns the rows each table lost."""
+        row = await self._conn.fetchrow(QUERIES["day_rows"], partitions.day)
+        assert row is not None
+        for parent in self.DROP_ORDER:
+            name = partitions.tables.get(parent)
+            if name is None:
+                continue
+            table, part = _ident(parent), _ident(name)
+            if parent in partitions.detaching:
+                await self._conn.execute(f"ALTER TABLE {table} DETACH PARTITION {part} FINALIZE")
+            else:
+                await self._conn.execute(
+                    f"ALTER TABLE {table} DETACH PARTITION {part} CONCURRENTLY")
+            await self._conn.execute(f"DROP TABLE {part}")
+        return {"events": int(row["events"]), "deliveries": int(row["deliveries"]),
+                "attempts": int(row["attempts"])}
+
+    async def deliveries(self, day: date, cutoff: datetime, batch: int) -> tuple[int, int]:
+        """Finished deliveries of ``day`` last changed before ``cutoff``, with their
         attempts: how many of each went."""
-        row = await self._conn.fetchrow(QUERIES["retention_deliveries"], cutoff, batch)
+        row = await self._conn.fetchrow(QUERIES["retention_deliveries"], day, batch, cutoff)
         assert row is not None
         return int(row["deliveries"]), int(row["attempts"])
 
-    async def events(self, cutoff: datetime, batch: int) -> int:
-        """Events before ``cutoff`` with no delivery left and no fan-out to do."""
-        row = await self._conn.fetchrow(QUERIES["retention_events"], cutoff, batch)
+    async def events(self, day: date, batch: int) -> int:
+        """Events of ``day`` with no delivery left and no fan-out to do."""
+        row = await self._conn.fetchrow(QUERIES["retention_events"], day, batch)
         assert row is not None
         return int(row["deleted"])
 

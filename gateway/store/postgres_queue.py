@@ -135,7 +135,8 @@ class PostgresQueue:
                      for d in devices],
                 )
             await conn.execute(QUERIES["advance_fanout"], event["id"],
-                               devices[-1]["id"] if devices else None, len(devices) < batch)
+                               devices[-1]["id"] if devices else None, len(devices) < batch,
+                               event["app_id"])
         return len(devices)
 
 
@@ -148,7 +149,7 @@ async def _log(conn: Connection, results: Sequence[AttemptResult]) -> None:
         [r.schedule_pos for r in results], [r.attempted_at for r in results],
         [r.duration_ms for r in results], [r.outcome.value for r in results],
         [r.status_code for r in results], [r.response_snippet for r in results],
-        [r.error for r in results],
+        [r.error for r in results], [r.app_id for r in results],
     )
     notes = outcome_notifications(results, {row["id"]: row for row in changed})
     if notes:

@@ -69,6 +69,7 @@ class AttemptResult:
     """One attempt's outcome and the delivery's next state."""
 
     delivery_id: str
+    app_id: str
     lease_id: uuid.UUID
     status: DeliveryStatus
     #: When to try again (``status`` pending), else None.

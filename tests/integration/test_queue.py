@@ -94,7 +94,7 @@ class PostgresHarness:
             [EventDraft(app_id, f"for.{endpoint}", payload)])
         assert not isinstance(accepted, BaseException)
         event = await self.store.get_event(app_id, accepted.id)
-        (delivery,) = await self.store.deliveries_of(event)
+        (delivery,) = await self.store.deliveries_of(app_id, event)
         self.app_of[delivery.id] = app_id
         return delivery.id
 
@@ -129,7 +129,8 @@ async def harness(request: pytest.FixtureRequest, dsn: str) -> AsyncIterator[Har
 def result(job: Job, status: DeliveryStatus, outcome: AttemptOutcome, *,
            next_attempt_at: datetime | None = None, **extra: Any) -> AttemptResult:
     return AttemptResult(
-        delivery_id=job.delivery.delivery_id, lease_id=job.lease_id, status=status,
+        delivery_id=job.delivery.delivery_id, app_id=job.delivery.app_id,
+        lease_id=job.lease_id, status=status,
         next_attempt_at=next_attempt_at, schedule_pos=job.schedule_pos + 1,
         attempted_at=datetime.now(UTC), duration_ms=3, outcome=outcome, status_code=200,
         response_snippet=None, error=None, **extra)

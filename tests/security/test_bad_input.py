@@ -141,11 +141,12 @@ async def test_one_apps_bad_bodies_never_fail_another_apps_requests(launch: Laun
 async def test_a_batch_that_fails_in_the_database_fails_only_the_request_that_broke_it(
         launch: Launch) -> None:
     """Validation is not the only guard: whatever makes a batched write fail (here a row
-    the database refuses: an app that does not exist) fails that one request."""
+    the database refuses: text holding NUL, which validation would have stopped) fails
+    that one request."""
     api = await launch(dispatcher=False)
     honest, honest_id = await new_app(api, "honest")
     ingest = api.session.app[appkeys.INGEST]
-    broken = EventDraft("app_" + "0" * 32, "t", "{}")
+    broken = EventDraft(honest_id, "t", '{"nul": "\x00"}')
     results = await asyncio.gather(
         ingest.submit(broken),
         *[ingest.submit(EventDraft(honest_id, "t", json.dumps({"n": n})))

@@ -44,7 +44,7 @@ def test_prune_reason_keeps_the_providers_reason_only() -> None:
 
 def record(outcome: str, status: str, error: str | None = None) -> AttemptResult:
     return AttemptResult(
-        delivery_id="dlv_1", lease_id=uuid.uuid4(), status=DeliveryStatus(status),
+        delivery_id="dlv_1", app_id="app_1", lease_id=uuid.uuid4(), status=DeliveryStatus(status),
         next_attempt_at=None, schedule_pos=0, attempted_at=datetime.now(UTC), duration_ms=5,
         outcome=AttemptOutcome(outcome),
         status_code=None, response_snippet=None, error=error)

@@ -18,7 +18,8 @@ from gateway_client.models import AttemptOutcome, DeliveryStatus
 
 def record(n: int) -> AttemptResult:
     return AttemptResult(
-        delivery_id=f"dlv_{n:026d}", lease_id=uuid.uuid4(), status=DeliveryStatus.SUCCEEDED,
+        delivery_id=f"dlv_{n:026d}", app_id="app_1", lease_id=uuid.uuid4(),
+        status=DeliveryStatus.SUCCEEDED,
         next_attempt_at=None, schedule_pos=0, attempted_at=datetime(2030, 1, 2, tzinfo=UTC),
         duration_ms=5, outcome=AttemptOutcome.DELIVERED, status_code=200,
         response_snippet="secret!", error=None)

@@ -5,6 +5,11 @@
 -- Deliveries are read as records with two derived columns: due_at (NULL while parked
 -- behind a disabled endpoint, whose next_attempt_at is 'infinity') and leased (a
 -- dispatcher holds it).
+--
+-- Events and deliveries are found by (app id, id), their primary keys: every query names
+-- both. An event's deliveries are the ids that start with the event's time
+-- (gateway_delivery_id), plus, for events from before migration 0005, those in the
+-- deliveries_by_event_before_0005 index.
 
 -- --- apps ------------------------------------------------------------------------------
 
@@ -203,7 +208,7 @@ RETURNING app_id, key;
 SELECT k.app_id, k.key, k.body_sha256, e.id, e.type, e.created_at
 FROM unnest($1::text[], $2::text[]) AS q(app_id, key)
 JOIN idempotency_keys k ON k.app_id = q.app_id AND k.key = q.key
-JOIN events e ON e.id = k.event_id
+JOIN events e ON e.app_id = k.app_id AND e.id = k.event_id
 WHERE k.created_at >= now() - make_interval(secs => $3);
 
 -- name: insert_events
@@ -229,12 +234,16 @@ WITH ev AS (
 ), dl AS (
     INSERT INTO deliveries (id, app_id, event_id, endpoint_id, kind, next_attempt_at,
                             created_at, updated_at)
-    SELECT gateway_id('dlv'), ev.app_id, ev.id, ep.id, 'webhook', ev.created_at,
-           ev.created_at, ev.created_at
+    SELECT gateway_delivery_id(ev.id, ep.id), ev.app_id, ev.id, ep.id, 'webhook',
+           ev.created_at, ev.created_at, ev.created_at
     FROM ev
     JOIN endpoints ep ON ep.app_id = ev.app_id
         AND ep.status = 'active' AND ep.deleted_at IS NULL
-        AND gateway_type_matches(ep.event_types, ev.type)
+        -- The common cases inline (all types, an exact name); patterns only when there
+        -- are some.
+        AND (ep.event_types IS NULL OR ev.type = ANY(ep.event_types)
+             OR (array_to_string(ep.event_types, ',') LIKE '%*%'
+                 AND gateway_type_matches(ep.event_types, ev.type)))
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM dl) AS deliveries,
@@ -265,8 +274,8 @@ WITH ep AS (
 ), dl AS (
     INSERT INTO deliveries (id, app_id, event_id, endpoint_id, kind, next_attempt_at,
                             created_at, updated_at)
-    SELECT gateway_id('dlv'), ev.app_id, ev.id, ep.id, 'webhook', ev.created_at,
-           ev.created_at, ev.created_at
+    SELECT gateway_delivery_id(ev.id, ep.id), ev.app_id, ev.id, ep.id, 'webhook',
+           ev.created_at, ev.created_at, ev.created_at
     FROM ev CROSS JOIN ep
     RETURNING id, event_id
 )
@@ -275,15 +284,24 @@ SELECT event_id AS id, id AS delivery_id, pg_notify('gateway_deliveries', '') FR
 -- --- deliveries ------------------------------------------------------------------------
 
 -- name: deliveries_of_event
--- $1 event id
+-- $1 app id, $2 event id
 SELECT id, event_id, endpoint_id, device_id, kind, status, attempt_count,
        nullif(next_attempt_at, 'infinity') AS due_at, lease_id IS NOT NULL AS leased,
        last_attempt_at, last_error, created_at, updated_at
-FROM deliveries WHERE event_id = $1 ORDER BY id;
+FROM deliveries
+WHERE app_id = $1 AND event_id = $2
+  AND id >= 'dlv_' || substr($2, 5, 12) AND id < 'dlv_' || substr($2, 5, 12) || 'g'
+UNION ALL
+SELECT id, event_id, endpoint_id, device_id, kind, status, attempt_count,
+       nullif(next_attempt_at, 'infinity') AS due_at, lease_id IS NOT NULL AS leased,
+       last_attempt_at, last_error, created_at, updated_at
+FROM deliveries
+WHERE event_id = $2 AND substr(id, 5, 12) <> substr(event_id, 5, 12) AND app_id = $1
+ORDER BY id;
 
 -- name: list_deliveries
--- $1 app id, $2 status, $3 endpoint id, $4 event id (each NULL = any),
--- $5 cursor (id, exclusive, or NULL), $6 limit
+-- $1 app id, $2 status, $3 endpoint id (each NULL = any), $4 cursor (id, exclusive, or
+-- NULL), $5 limit
 SELECT id, event_id, endpoint_id, device_id, kind, status, attempt_count,
        nullif(next_attempt_at, 'infinity') AS due_at, lease_id IS NOT NULL AS leased,
        last_attempt_at, last_error, created_at, updated_at
@@ -291,7 +309,30 @@ FROM deliveries
 WHERE app_id = $1
   AND ($2::text IS NULL OR status = $2)
   AND ($3::text IS NULL OR endpoint_id = $3)
-  AND ($4::text IS NULL OR event_id = $4)
+  AND ($4::text IS NULL OR id < $4)
+ORDER BY id DESC LIMIT $5;
+
+-- name: list_deliveries_of_event
+-- $1 app id, $2 event id, $3 status, $4 endpoint id (each NULL = any), $5 cursor (id,
+-- exclusive, or NULL), $6 limit
+SELECT id, event_id, endpoint_id, device_id, kind, status, attempt_count, due_at, leased,
+       last_attempt_at, last_error, created_at, updated_at
+FROM (
+    SELECT id, event_id, endpoint_id, device_id, kind, status, attempt_count,
+           nullif(next_attempt_at, 'infinity') AS due_at, lease_id IS NOT NULL AS leased,
+           last_attempt_at, last_error, created_at, updated_at
+    FROM deliveries
+    WHERE app_id = $1 AND event_id = $2
+      AND id >= 'dlv_' || substr($2, 5, 12) AND id < 'dlv_' || substr($2, 5, 12) || 'g'
+    UNION ALL
+    SELECT id, event_id, endpoint_id, device_id, kind, status, attempt_count,
+           nullif(next_attempt_at, 'infinity') AS due_at, lease_id IS NOT NULL AS leased,
+           last_attempt_at, last_error, created_at, updated_at
+    FROM deliveries
+    WHERE event_id = $2 AND substr(id, 5, 12) <> substr(event_id, 5, 12) AND app_id = $1
+) d
+WHERE ($3::text IS NULL OR status = $3)
+  AND ($4::text IS NULL OR endpoint_id = $4)
   AND ($5::text IS NULL OR id < $5)
 ORDER BY id DESC LIMIT $6;
 
@@ -322,7 +363,8 @@ WITH requeued AS (
             SELECT 1 FROM endpoints ep WHERE ep.id = d.endpoint_id AND ep.status = 'disabled')
             THEN 'infinity'::timestamptz ELSE now() END
     FROM events ev
-    WHERE ev.id = d.event_id AND d.app_id = $1 AND d.status = 'failed'
+    WHERE ev.app_id = d.app_id AND ev.id = d.event_id AND d.app_id = $1
+      AND d.status = 'failed'
       AND (d.endpoint_id IS NOT NULL OR d.device_id IS NOT NULL)
       AND NOT EXISTS (SELECT 1 FROM endpoints ep
                       WHERE ep.id = d.endpoint_id AND ep.deleted_at IS NOT NULL)
@@ -374,7 +416,7 @@ WITH full_targets AS (
     LIMIT $12
     FOR UPDATE OF d SKIP LOCKED
 ), ranked AS (
-    SELECT c.id, c.next_attempt_at,
+    SELECT c.app_id, c.id, c.next_attempt_at,
            -- One total order (due time, then id) for both counts: the first due row of
            -- any app and target is first in both, so a claim with room takes something.
            row_number() OVER (PARTITION BY coalesce(c.endpoint_id, c.kind)
@@ -388,14 +430,14 @@ WITH full_targets AS (
         ON c.endpoint_id IS NULL AND k.kind = c.kind
     LEFT JOIN unnest($8::text[], $9::int[]) AS ap(id, room) ON ap.id = c.app_id
 ), chosen AS (
-    SELECT id FROM ranked
+    SELECT app_id, id FROM ranked
     WHERE nth_of_target <= target_room AND nth_of_app <= app_room
     ORDER BY nth_of_app, next_attempt_at, id
     LIMIT $1
 ), claimed AS (
     UPDATE deliveries d
     SET next_attempt_at = now() + make_interval(secs => $2), lease_id = $3
-    FROM chosen WHERE d.id = chosen.id
+    FROM chosen WHERE d.app_id = chosen.app_id AND d.id = chosen.id
     RETURNING d.id, d.app_id, d.event_id, d.endpoint_id, d.device_id, d.kind, d.schedule_pos,
               d.attempt_count
 )
@@ -408,7 +450,7 @@ SELECT c.id, c.app_id, c.event_id, c.endpoint_id, c.device_id, c.kind, c.schedul
        CASE WHEN c.kind <> 'webhook' THEN ev.notification END AS notification,
        pc.config AS credentials
 FROM claimed c
-JOIN events ev ON ev.id = c.event_id
+JOIN events ev ON ev.app_id = c.app_id AND ev.id = c.event_id
 LEFT JOIN endpoints ep ON ep.id = c.endpoint_id
 LEFT JOIN devices dv ON dv.id = c.device_id
 LEFT JOIN push_credentials pc ON pc.app_id = c.app_id AND pc.provider = c.kind;
@@ -416,34 +458,34 @@ LEFT JOIN push_credentials pc ON pc.app_id = c.app_id AND pc.provider = c.kind;
 -- name: record_results
 -- Arrays of one length: $1 delivery ids, $2 lease ids, $3 new statuses,
 -- $4 next attempt times, $5 schedule positions, $6 attempted_at, $7 duration_ms,
--- $8 outcomes, $9 status codes, $10 response snippets, $11 errors.
+-- $8 outcomes, $9 status codes, $10 response snippets, $11 errors, $12 app ids.
 -- Every attempt is logged; a delivery changes only while the caller's lease still holds
 -- it. Returns what the live tail reports of each delivery that changed (attempt_count
 -- counts the attempt just logged).
 WITH r AS (
     SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::timestamptz[], $5::int[],
                          $6::timestamptz[], $7::int[], $8::text[], $9::int[], $10::text[],
-                         $11::text[])
+                         $11::text[], $12::text[])
         AS r(delivery_id, lease_id, status, next_attempt_at, schedule_pos, attempted_at,
-             duration_ms, outcome, status_code, response_snippet, error)
+             duration_ms, outcome, status_code, response_snippet, error, app_id)
 ), upd AS (
     UPDATE deliveries d SET
         status = r.status, next_attempt_at = r.next_attempt_at,
         schedule_pos = r.schedule_pos, attempt_count = d.attempt_count + 1,
         last_attempt_at = r.attempted_at, last_error = r.error, lease_id = NULL,
         updated_at = now()
-    FROM r WHERE d.id = r.delivery_id AND d.lease_id = r.lease_id
+    FROM r WHERE d.app_id = r.app_id AND d.id = r.delivery_id AND d.lease_id = r.lease_id
     RETURNING d.id, d.event_id, d.endpoint_id, d.kind, d.app_id, d.attempt_count
 ), logged AS (
-    INSERT INTO attempts (delivery_id, attempted_at, duration_ms, outcome, status_code,
-                          response_snippet, error)
-    SELECT delivery_id, attempted_at, duration_ms, outcome, status_code, response_snippet,
-           error
+    INSERT INTO attempts (delivery_id, app_id, attempted_at, duration_ms, outcome,
+                          status_code, response_snippet, error)
+    SELECT delivery_id, app_id, attempted_at, duration_ms, outcome, status_code,
+           response_snippet, error
     FROM r
 )
 SELECT upd.id, upd.event_id, ev.type AS event_type, upd.endpoint_id, upd.kind, upd.app_id,
        upd.attempt_count
-FROM upd JOIN events ev ON ev.id = upd.event_id;
+FROM upd JOIN events ev ON ev.app_id = upd.app_id AND ev.id = upd.event_id;
 
 -- name: prune_device
 -- $1 device id, $2 reason, $3 when the provider says the token died (or NULL).
@@ -508,7 +550,7 @@ ORDER BY id LIMIT $5;
 -- on commit.
 WITH made AS (
     INSERT INTO deliveries (id, app_id, event_id, device_id, kind, next_attempt_at)
-    SELECT gateway_id('dlv'), $2, $1, u.device_id, u.kind, now()
+    SELECT gateway_delivery_id($1, u.device_id), $2, $1, u.device_id, u.kind, now()
     FROM unnest($3::text[], $4::text[]) AS u(device_id, kind)
     ON CONFLICT DO NOTHING
     RETURNING 1
@@ -516,10 +558,10 @@ WITH made AS (
 SELECT pg_notify('gateway_deliveries', '') WHERE EXISTS (SELECT 1 FROM made);
 
 -- name: advance_fanout
--- $1 event id, $2 last device id expanded, $3 finished?
+-- $1 event id, $2 last device id expanded, $3 finished?, $4 app id
 UPDATE events SET fanout_cursor = coalesce($2, fanout_cursor),
     fanout_status = CASE WHEN $3 THEN 'done' ELSE 'pending' END
-WHERE id = $1;
+WHERE app_id = $4 AND id = $1;
 
 -- --- devices ---------------------------------------------------------------------------
 
@@ -615,12 +657,19 @@ CROSS JOIN LATERAL (
            count(*) FILTER (WHERE d.status = 'pending') AS pending,
            count(*) FILTER (WHERE d.status = 'succeeded') AS succeeded,
            count(*) FILTER (WHERE d.status = 'failed') AS failed
-    FROM deliveries d WHERE d.event_id = e.id
+    FROM (SELECT status FROM deliveries
+          WHERE app_id = e.app_id AND event_id = e.id
+            AND id >= 'dlv_' || substr(e.id, 5, 12)
+            AND id < 'dlv_' || substr(e.id, 5, 12) || 'g'
+          UNION ALL
+          SELECT status FROM deliveries
+          WHERE event_id = e.id AND substr(id, 5, 12) <> substr(event_id, 5, 12)
+            AND app_id = e.app_id) d
 ) c
 WHERE e.app_id = $1
   AND ($2::text IS NULL OR gateway_type_matches(ARRAY[$2::text], e.type))
-  AND ($3::text IS NULL OR EXISTS (
-      SELECT 1 FROM deliveries x WHERE x.event_id = e.id AND x.status = $3))
+  AND ($3::text IS NULL OR CASE $3 WHEN 'pending' THEN c.pending WHEN 'succeeded'
+                                   THEN c.succeeded ELSE c.failed END > 0)
   AND ($4::timestamptz IS NULL OR e.created_at >= $4)
   AND ($5::timestamptz IS NULL OR e.created_at < $5)
   AND ($6::text IS NULL OR starts_with(e.id, $6))
@@ -637,7 +686,7 @@ SELECT d.id, d.event_id, d.endpoint_id, d.device_id, d.kind, d.status, d.attempt
        ev.type AS event_type, ep.url AS endpoint_url, dv.token AS device_token,
        dv.platform AS device_platform
 FROM deliveries d
-JOIN events ev ON ev.id = d.event_id
+JOIN events ev ON ev.app_id = d.app_id AND ev.id = d.event_id
 LEFT JOIN endpoints ep ON ep.id = d.endpoint_id
 LEFT JOIN devices dv ON dv.id = d.device_id
 WHERE d.app_id = $1
@@ -657,28 +706,29 @@ SELECT d.id, d.event_id, d.endpoint_id, d.device_id, d.kind, d.status, d.attempt
        d.last_attempt_at, d.last_error, d.created_at, d.updated_at,
        ev.type AS event_type, ep.url AS endpoint_url, dv.token AS device_token,
        dv.platform AS device_platform
-FROM deliveries d
-JOIN events ev ON ev.id = d.event_id
+FROM (SELECT * FROM deliveries
+      WHERE app_id = $1 AND event_id = $2
+        AND id >= 'dlv_' || substr($2, 5, 12) AND id < 'dlv_' || substr($2, 5, 12) || 'g'
+      UNION ALL
+      SELECT * FROM deliveries
+      WHERE event_id = $2 AND substr(id, 5, 12) <> substr(event_id, 5, 12)
+        AND app_id = $1) d
+JOIN events ev ON ev.app_id = d.app_id AND ev.id = d.event_id
 LEFT JOIN endpoints ep ON ep.id = d.endpoint_id
 LEFT JOIN devices dv ON dv.id = d.device_id
-WHERE d.app_id = $1 AND d.event_id = $2
 ORDER BY d.id LIMIT $3;
 
 -- name: dashboard_health
 -- $1 app id (NULL = every app). Queue depth, the oldest pending delivery, and attempts in
--- the last minute. Attempts have no time index, so only the latest 50000 are looked at
--- (id order is close to time order); the count tops out there.
+-- the last minute (from the BRIN index on attempt times: the recent blocks only).
 SELECT
     (SELECT count(*) FROM deliveries
      WHERE status = 'pending' AND ($1::text IS NULL OR app_id = $1)) AS pending,
     (SELECT min(created_at) FROM deliveries
      WHERE status = 'pending' AND ($1::text IS NULL OR app_id = $1)) AS oldest_pending_at,
-    (SELECT count(*) FROM (SELECT delivery_id, attempted_at FROM attempts
-                           ORDER BY id DESC LIMIT 50000) recent
-     WHERE recent.attempted_at > now() - interval '1 minute'
-       AND ($1::text IS NULL OR EXISTS (SELECT 1 FROM deliveries d
-                                        WHERE d.id = recent.delivery_id AND d.app_id = $1)))
-        AS attempts_last_minute,
+    (SELECT count(*) FROM attempts
+     WHERE attempted_at > now() - interval '1 minute'
+       AND ($1::text IS NULL OR app_id = $1)) AS attempts_last_minute,
     now() AS now;
 
 -- --- dashboard sessions ------------------------------------------------------------
@@ -720,40 +770,84 @@ SELECT pg_try_advisory_lock($1);
 -- $1 lock key
 SELECT pg_advisory_unlock($1);
 
+-- name: make_partitions
+-- The day partitions of events, deliveries and attempts from yesterday to a week ahead
+-- (UTC) that do not exist yet; returns how many tables were made.
+SELECT gateway_make_partitions(current_date - 1, current_date + 7) AS made;
+
+-- name: day_partitions
+-- Every day partition of events, deliveries and attempts, oldest first; "detaching" when
+-- a DETACH ... CONCURRENTLY was cut short (it needs a FINALIZE).
+SELECT c.relname AS name, p.relname AS parent, i.inhdetachpending AS detaching
+FROM pg_inherits i
+JOIN pg_class c ON c.oid = i.inhrelid
+JOIN pg_class p ON p.oid = i.inhparent
+WHERE p.relnamespace = current_schema()::regnamespace
+  AND p.relname IN ('events', 'deliveries', 'attempts')
+ORDER BY c.relname;
+
+-- name: day_held
+-- $1 a day (UTC). Whether anything of that day is still to do: a pending delivery, a
+-- fan-out, or (for events from before migration 0005) a pending delivery filed elsewhere.
+SELECT EXISTS (SELECT 1 FROM deliveries WHERE status = 'pending'
+               AND id >= gateway_day_bound('dlv', $1) AND id < gateway_day_bound('dlv', $1 + 1))
+    OR EXISTS (SELECT 1 FROM events WHERE fanout_status = 'pending'
+               AND id >= gateway_day_bound('evt', $1) AND id < gateway_day_bound('evt', $1 + 1))
+    OR EXISTS (SELECT 1 FROM deliveries WHERE status = 'pending'
+               AND substr(id, 5, 12) <> substr(event_id, 5, 12)
+               AND event_id >= gateway_day_bound('evt', $1)
+               AND event_id < gateway_day_bound('evt', $1 + 1)) AS held;
+
+-- name: day_rows
+-- $1 a day (UTC): how many rows its partitions hold (counted before they are dropped).
+SELECT (SELECT count(*) FROM events WHERE id >= gateway_day_bound('evt', $1)
+                                      AND id < gateway_day_bound('evt', $1 + 1)) AS events,
+       (SELECT count(*) FROM deliveries WHERE id >= gateway_day_bound('dlv', $1)
+                                          AND id < gateway_day_bound('dlv', $1 + 1))
+           AS deliveries,
+       (SELECT count(*) FROM attempts WHERE delivery_id >= gateway_day_bound('dlv', $1)
+                                        AND delivery_id < gateway_day_bound('dlv', $1 + 1))
+           AS attempts;
+
 -- name: retention_deliveries
--- $1 cutoff, $2 batch size. Deletes up to $2 finished (succeeded or failed) deliveries
--- created and last changed before $1, with their attempts. Ids start with their creation
--- time, so the scan walks the primary key from the oldest and stops at the cutoff.
+-- $1 a day (UTC) a pending delivery holds, $2 batch size, $3 cutoff. Row by row within
+-- that day's partitions: deletes up to $2 finished (succeeded or failed) deliveries last
+-- changed before $3, with their attempts.
 WITH doomed AS (
-    SELECT id FROM deliveries
-    WHERE id < 'dlv_' || lpad(to_hex((extract(epoch FROM $1::timestamptz) * 1000)::bigint),
-                              12, '0')
-      AND status IN ('succeeded', 'failed') AND updated_at < $1
-    ORDER BY id LIMIT $2
+    SELECT app_id, id FROM deliveries
+    WHERE id >= gateway_day_bound('dlv', $1) AND id < gateway_day_bound('dlv', $1 + 1)
+      AND status IN ('succeeded', 'failed') AND updated_at < $3
+    LIMIT $2
     FOR UPDATE SKIP LOCKED
 ), gone_attempts AS (
     DELETE FROM attempts a USING doomed WHERE a.delivery_id = doomed.id RETURNING 1
 ), gone AS (
-    DELETE FROM deliveries d USING doomed WHERE d.id = doomed.id RETURNING 1
+    DELETE FROM deliveries d USING doomed
+    WHERE d.app_id = doomed.app_id AND d.id = doomed.id RETURNING 1
 )
 SELECT (SELECT count(*) FROM gone)::int AS deliveries,
        (SELECT count(*) FROM gone_attempts)::int AS attempts;
 
 -- name: retention_events
--- $1 cutoff, $2 batch size. Deletes up to $2 events created before $1 that have no
--- delivery left (retention_deliveries took the finished ones; pending ones keep their
--- event) and no push fan-out still to do.
+-- $1 a day (UTC) a pending delivery holds, $2 batch size. Row by row within that day's
+-- partition: deletes up to $2 events with no delivery left (retention_deliveries took the
+-- finished ones; pending ones keep their event) and no push fan-out still to do.
 WITH doomed AS (
-    SELECT e.id FROM events e
-    WHERE e.id < 'evt_' || lpad(to_hex((extract(epoch FROM $1::timestamptz) * 1000)::bigint),
-                                12, '0')
-      AND e.created_at < $1
+    SELECT e.app_id, e.id FROM events e
+    WHERE e.id >= gateway_day_bound('evt', $1) AND e.id < gateway_day_bound('evt', $1 + 1)
       AND (e.fanout_status IS NULL OR e.fanout_status = 'done')
-      AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id)
-    ORDER BY e.id LIMIT $2
+      AND NOT EXISTS (SELECT 1 FROM deliveries d
+                      WHERE d.app_id = e.app_id AND d.event_id = e.id
+                        AND d.id >= 'dlv_' || substr(e.id, 5, 12)
+                        AND d.id < 'dlv_' || substr(e.id, 5, 12) || 'g')
+      AND NOT EXISTS (SELECT 1 FROM deliveries d
+                      WHERE d.event_id = e.id
+                        AND substr(d.id, 5, 12) <> substr(d.event_id, 5, 12))
+    LIMIT $2
     FOR UPDATE SKIP LOCKED
 ), gone AS (
-    DELETE FROM events e USING doomed WHERE e.id = doomed.id RETURNING 1
+    DELETE FROM events e USING doomed
+    WHERE e.app_id = doomed.app_id AND e.id = doomed.id RETURNING 1
 )
 SELECT count(*)::int AS deleted FROM gone;
 

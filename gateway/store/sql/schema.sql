@@ -28,18 +28,18 @@ ALTER TABLE apps ADD CONSTRAINT apps_pkey PRIMARY KEY (id);
 ALTER TABLE apps ADD CONSTRAINT apps_rate_limit_check CHECK ((rate_limit > 0));
 
 CREATE TABLE attempts (
-    id bigint DEFAULT nextval('attempts_id_seq'::regclass) NOT NULL,
     delivery_id text NOT NULL,
+    id bigint DEFAULT nextval('attempt_ids'::regclass) NOT NULL,
+    app_id text NOT NULL,
     attempted_at timestamp with time zone NOT NULL,
     duration_ms integer NOT NULL,
     outcome text NOT NULL,
     status_code integer,
     response_snippet text,
     error text
-);
-ALTER TABLE attempts ADD CONSTRAINT attempts_delivery_id_fkey FOREIGN KEY (delivery_id) REFERENCES deliveries(id) ON DELETE CASCADE;
-ALTER TABLE attempts ADD CONSTRAINT attempts_pkey PRIMARY KEY (id);
-CREATE INDEX attempts_by_delivery ON public.attempts USING btree (delivery_id, id);
+) PARTITION BY RANGE (delivery_id);
+ALTER TABLE attempts ADD CONSTRAINT attempts_pkey PRIMARY KEY (delivery_id, id);
+CREATE INDEX attempts_recent ON ONLY public.attempts USING brin (attempted_at);
 
 CREATE TABLE dashboard_sessions (
     id text NOT NULL,
@@ -54,10 +54,11 @@ ALTER TABLE dashboard_sessions ADD CONSTRAINT dashboard_sessions_pkey PRIMARY KE
 CREATE INDEX dashboard_sessions_by_expiry ON public.dashboard_sessions USING btree (expires_at);
 
 CREATE TABLE deliveries (
-    id text NOT NULL,
     app_id text NOT NULL,
+    id text NOT NULL,
     event_id text NOT NULL,
     endpoint_id text,
+    device_id text,
     kind text DEFAULT 'webhook'::text NOT NULL,
     status text DEFAULT 'pending'::text NOT NULL,
     attempt_count integer DEFAULT 0 NOT NULL,
@@ -67,21 +68,14 @@ CREATE TABLE deliveries (
     last_attempt_at timestamp with time zone,
     last_error text,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
-    updated_at timestamp with time zone DEFAULT now() NOT NULL,
-    device_id text
-);
-ALTER TABLE deliveries ADD CONSTRAINT deliveries_device_id_fkey FOREIGN KEY (device_id) REFERENCES devices(id) ON DELETE SET NULL;
-ALTER TABLE deliveries ADD CONSTRAINT deliveries_endpoint_id_fkey FOREIGN KEY (endpoint_id) REFERENCES endpoints(id);
-ALTER TABLE deliveries ADD CONSTRAINT deliveries_event_id_fkey FOREIGN KEY (event_id) REFERENCES events(id) ON DELETE CASCADE;
-ALTER TABLE deliveries ADD CONSTRAINT deliveries_pkey PRIMARY KEY (id);
+    updated_at timestamp with time zone DEFAULT now() NOT NULL
+) PARTITION BY RANGE (id);
+ALTER TABLE deliveries ADD CONSTRAINT deliveries_pkey PRIMARY KEY (app_id, id);
 ALTER TABLE deliveries ADD CONSTRAINT deliveries_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'succeeded'::text, 'failed'::text])));
-CREATE INDEX deliveries_by_app ON public.deliveries USING btree (app_id, id);
-CREATE INDEX deliveries_by_app_status ON public.deliveries USING btree (app_id, status, id);
-CREATE INDEX deliveries_by_device ON public.deliveries USING btree (device_id) WHERE (device_id IS NOT NULL);
-CREATE INDEX deliveries_by_endpoint ON public.deliveries USING btree (endpoint_id, id);
-CREATE INDEX deliveries_by_event ON public.deliveries USING btree (event_id);
-CREATE INDEX deliveries_due ON public.deliveries USING btree (next_attempt_at) WHERE (status = 'pending'::text);
-CREATE UNIQUE INDEX deliveries_one_per_device ON public.deliveries USING btree (event_id, device_id) WHERE (device_id IS NOT NULL);
+CREATE INDEX deliveries_by_endpoint ON ONLY public.deliveries USING btree (endpoint_id, id) WHERE (endpoint_id IS NOT NULL);
+CREATE INDEX deliveries_by_event_before_0005 ON ONLY public.deliveries USING btree (event_id) WHERE (substr(id, 5, 12) <> substr(event_id, 5, 12));
+CREATE INDEX deliveries_due ON ONLY public.deliveries USING btree (next_attempt_at) WHERE (status = 'pending'::text);
+CREATE INDEX deliveries_open ON ONLY public.deliveries USING btree (app_id, status, id) WHERE (status <> 'succeeded'::text);
 
 CREATE TABLE devices (
     id text NOT NULL,
@@ -130,8 +124,8 @@ ALTER TABLE endpoints ADD CONSTRAINT endpoints_status_check CHECK ((status = ANY
 CREATE INDEX endpoints_by_app ON public.endpoints USING btree (app_id, id) WHERE (deleted_at IS NULL);
 
 CREATE TABLE events (
-    id text NOT NULL,
     app_id text NOT NULL,
+    id text NOT NULL,
     type text NOT NULL,
     payload text NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
@@ -140,12 +134,10 @@ CREATE TABLE events (
     notification jsonb,
     fanout_status text,
     fanout_cursor text
-);
-ALTER TABLE events ADD CONSTRAINT events_app_id_fkey FOREIGN KEY (app_id) REFERENCES apps(id);
+) PARTITION BY RANGE (id);
 ALTER TABLE events ADD CONSTRAINT events_fanout_status_check CHECK ((fanout_status = ANY (ARRAY['pending'::text, 'done'::text])));
-ALTER TABLE events ADD CONSTRAINT events_pkey PRIMARY KEY (id);
-CREATE INDEX events_by_app ON public.events USING btree (app_id, id);
-CREATE INDEX events_fanout_pending ON public.events USING btree (app_id, created_at) WHERE (fanout_status = 'pending'::text);
+ALTER TABLE events ADD CONSTRAINT events_pkey PRIMARY KEY (app_id, id);
+CREATE INDEX events_fanout_pending ON ONLY public.events USING btree (app_id, created_at) WHERE (fanout_status = 'pending'::text);
 
 CREATE TABLE idempotency_keys (
     app_id text NOT NULL,
@@ -154,7 +146,6 @@ CREATE TABLE idempotency_keys (
     event_id text NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL
 );
-ALTER TABLE idempotency_keys ADD CONSTRAINT idempotency_keys_app_id_fkey FOREIGN KEY (app_id) REFERENCES apps(id);
 ALTER TABLE idempotency_keys ADD CONSTRAINT idempotency_keys_pkey PRIMARY KEY (app_id, key);
 
 CREATE TABLE push_credentials (
@@ -167,13 +158,57 @@ ALTER TABLE push_credentials ADD CONSTRAINT push_credentials_app_id_fkey FOREIGN
 ALTER TABLE push_credentials ADD CONSTRAINT push_credentials_pkey PRIMARY KEY (app_id, provider);
 ALTER TABLE push_credentials ADD CONSTRAINT push_credentials_provider_check CHECK ((provider = ANY (ARRAY['fcm'::text, 'apns'::text])));
 
-CREATE OR REPLACE FUNCTION public.gateway_id(prefix text)
+CREATE OR REPLACE FUNCTION public.gateway_day_bound(prefix text, day date)
  RETURNS text
  LANGUAGE sql
+ IMMUTABLE PARALLEL SAFE
 AS $function$
     SELECT prefix || '_'
-        || lpad(to_hex((extract(epoch FROM clock_timestamp()) * 1000)::bigint), 12, '0')
-        || substr(replace(gen_random_uuid()::text, '-', ''), 1, 20)
+        || lpad(to_hex((extract(epoch FROM day::timestamp) * 1000)::bigint), 12, '0')
+$function$;
+
+CREATE OR REPLACE FUNCTION public.gateway_delivery_id(event_id text, target_id text)
+ RETURNS text
+ LANGUAGE sql
+ IMMUTABLE PARALLEL SAFE
+AS $function$
+    SELECT 'dlv_' || substr(event_id, 5, 12) || left(md5(event_id || '/' || target_id), 20)
+$function$;
+
+CREATE OR REPLACE FUNCTION public.gateway_id_day(id text)
+ RETURNS date
+ LANGUAGE sql
+ IMMUTABLE PARALLEL SAFE
+AS $function$
+    SELECT (to_timestamp(('x' || lpad(substr(id, strpos(id, '_') + 1, 12), 16, '0'))
+                         ::bit(64)::bigint / 1000.0) AT TIME ZONE 'UTC')::date
+$function$;
+
+CREATE OR REPLACE FUNCTION public.gateway_make_partitions(first_day date, last_day date)
+ RETURNS integer
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    day date;
+    made integer := 0;
+    part record;
+BEGIN
+    PERFORM pg_advisory_xact_lock(727277);
+    FOR day IN SELECT generate_series(first_day, last_day, interval '1 day')::date LOOP
+        FOR part IN SELECT * FROM (VALUES ('events', 'evt'), ('deliveries', 'dlv'),
+                                          ('attempts', 'dlv')) AS v(parent, prefix) LOOP
+            IF to_regclass(format('%I', part.parent || '_' || to_char(day, 'YYYYMMDD')))
+                    IS NULL THEN
+                EXECUTE format('CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)',
+                               part.parent || '_' || to_char(day, 'YYYYMMDD'), part.parent,
+                               gateway_day_bound(part.prefix, day),
+                               gateway_day_bound(part.prefix, day + 1));
+                made := made + 1;
+            END IF;
+        END LOOP;
+    END LOOP;
+    RETURN made;
+END
 $function$;
 
 CREATE OR REPLACE FUNCTION public.gateway_type_matches(patterns text[], event_type text)
