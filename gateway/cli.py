@@ -42,6 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="listen port (default: GATEWAY_PORT)")
     serve.add_argument("--no-dispatcher", action="store_true",
                        help="run the API alone; run 'gateway dispatch' elsewhere")
+    serve.add_argument("--workers", default="1", metavar="N",
+                       help="run N processes sharing the port (SO_REUSEPORT) and the "
+                       "database, under one supervisor that forwards signals and restarts a "
+                       "worker that dies; 'auto': one per CPU (default 1: one process)")
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     serve.add_argument("--sandbox", action="store_true",
                        help="run fake FCM and APNs servers in-process on loopback; apps "
                        "without push credentials push to them (GET /v1/sandbox/pushes)")
@@ -86,7 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gateway: {exc.message}", file=sys.stderr)
         return 2
     logs.configure(settings.log_format, settings.log_level,
-                   secrets=(settings.admin_key, settings.metrics_key))
+                   secrets=(settings.admin_key, settings.metrics_key),
+                   buffered=args.command in ("serve", "dispatch"))
     server_side = args.command in SERVER_COMMANDS or _apps_on_database(args, settings)
     if server_side and not _server_installed():
         print("gateway: the server is not installed; pip install 'event-gateway[server]'",

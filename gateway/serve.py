@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import secrets
 import signal
 import sys
@@ -15,7 +16,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from gateway import crypto
+from gateway import crypto, supervisor
 from gateway.app import create_app, make_store
 from gateway.config import Settings
 from gateway.errors import GatewayError
@@ -66,8 +67,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             return 2
         host = args.host or settings.host
         port = args.port if args.port is not None else settings.port
+        try:
+            workers = supervisor.worker_count(args.workers)
+        except ValueError:
+            print("gateway: --workers takes a positive integer or 'auto'", file=sys.stderr)
+            return 2
+        if workers > 1:
+            return _supervise(args, settings, dsn, workers, host, port)
         return _run(_serve(settings, dsn, api=True, dispatcher=not args.no_dispatcher,
-                           host=host, port=port, sandbox=args.sandbox))
+                           host=host, port=port, sandbox=args.sandbox,
+                           reuse_port=args.reuse_port))
     port = args.health_port
     return _run(_serve(settings, dsn, api=False, dispatcher=True,
                        host=settings.host if port is not None else None, port=port))
@@ -81,13 +90,33 @@ def database_url(settings: Settings) -> str:
     return uri
 
 
+def _supervise(args: argparse.Namespace, settings: Settings, dsn: str, workers: int,
+               host: str, port: int) -> int:
+    """``gateway serve --workers N`` (N > 1): migrate once, then run N workers."""
+    if args.sandbox:
+        print("gateway: --sandbox keeps its fake providers' inbox in one process; "
+              "run it with --workers 1", file=sys.stderr)
+        return 2
+    if port == 0:
+        print("gateway: --workers needs a fixed --port to share", file=sys.stderr)
+        return 2
+    _run(migrate(dsn))
+    argv = [sys.executable, "-m", "gateway", "serve", "--host", host, "--port", str(port),
+            "--reuse-port", *(["--no-dispatcher"] if args.no_dispatcher else [])]
+    env = {**os.environ, "DATABASE_URL": dsn}
+    if settings.admin_key is not None:
+        env["GATEWAY_ADMIN_KEY"] = settings.admin_key
+    log.info("gateway listening on http://%s:%d with %d workers", host, port, workers)
+    return supervisor.Supervisor(argv, workers, env, settings.shutdown_grace_s).run()
+
+
 async def _run_app(app: web.Application, settings: Settings, host: str | None,
-                   port: int | None) -> int:
+                   port: int | None, *, reuse_port: bool = False) -> int:
     runner = web.AppRunner(app, handle_signals=False, access_log=None,
                            shutdown_timeout=settings.shutdown_grace_s)
     await runner.setup()
     if port is not None and host is not None:
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
         await site.start()
         log.info("gateway listening on http://%s:%d", host, port)
     log.info("gateway ready")
@@ -103,10 +132,11 @@ async def _run_app(app: web.Application, settings: Settings, host: str | None,
 
 
 async def _serve(settings: Settings, dsn: str, *, api: bool, dispatcher: bool,
-                 host: str | None, port: int | None, sandbox: bool = False) -> int:
+                 host: str | None, port: int | None, sandbox: bool = False,
+                 reuse_port: bool = False) -> int:
     await migrate(dsn)
     app = create_app(settings, dsn, serve_api=api, dispatcher=dispatcher, sandbox=sandbox)
-    return await _run_app(app, settings, host, port)
+    return await _run_app(app, settings, host, port, reuse_port=reuse_port)
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
