@@ -76,6 +76,11 @@ class FailureLimiter:
             collections.OrderedDict()
         self._blocked: dict[str, float] = {}
 
+    @property
+    def blocking(self) -> bool:
+        """Whether any address is (or was until lately) refused."""
+        return bool(self._blocked)
+
     def blocked_for(self, address: str) -> int | None:
         """Whole seconds until ``address`` may try again, or None when it may now."""
         until = self._blocked.get(address)
@@ -120,15 +125,15 @@ class Authenticator:
     async def authenticate(self, header: str | None, address: str | None = None) -> Principal:
         """The caller; a failed key counts against ``address`` (refused with 429 once it
         failed too often)."""
-        where = client_of(address)
-        left = self.limiter.blocked_for(where)
-        if left is not None:
-            raise RateLimited("Too many failed keys from this address; try again later.",
-                              retry_after_s=left)
+        if self.limiter.blocking:  # parsing the address costs; most of the time nobody is
+            left = self.limiter.blocked_for(client_of(address))
+            if left is not None:
+                raise RateLimited("Too many failed keys from this address; try again later.",
+                                  retry_after_s=left)
         try:
             return await self._identify(header)
         except Unauthorized:
-            self.limiter.failed(where)
+            self.limiter.failed(client_of(address))
             raise
 
     async def _identify(self, header: str | None) -> Principal:

@@ -185,6 +185,8 @@ _PATH_SEARCH_LIMIT = 16_384
 def _too_deep(source: str, limit: int = MAX_DEPTH) -> bool:
     """Whether valid JSON ``source`` nests containers deeper than ``limit``: strings
     dropped, then innermost ``[]``/``{}`` pairs peeled off once per level."""
+    if source.count("[") + source.count("{") <= limit:
+        return False  # not enough openers, in strings or not, to nest that deep
     brackets = _NOT_BRACKET.sub("", _STRING.sub("", source))
     for _ in range(limit):
         if not brackets:

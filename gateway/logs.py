@@ -21,12 +21,14 @@ aiohttp's access log) are held at WARNING whatever the level.
 from __future__ import annotations
 
 import contextvars
+import itertools
 import json
 import logging
+import os
 import re
 import sys
+import threading
 import time
-import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -89,14 +91,27 @@ def scrub(text: str) -> str:
     return _URL.sub(_origin, text)
 
 
+#: ``extra={TRUSTED: names}``: fields (and "msg", the message) the gateway itself made
+#: from values that cannot hold a secret (route templates, statuses, its own ids), written
+#: without :func:`scrub`, which costs more than the rest of a request line.
+TRUSTED = "_trusted"
+
+
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
     """The extra fields of a record (``extra=`` and the request id), scrubbed."""
+    trusted: frozenset[str] = getattr(record, TRUSTED, frozenset())
     out: dict[str, Any] = {}
     for key, value in vars(record).items():
         if key in _STANDARD or key.startswith("_") or value is None:
             continue
-        out[key] = value if isinstance(value, bool | int | float) else scrub(str(value))
+        out[key] = value if isinstance(value, bool | int | float) or key in trusted \
+            else scrub(str(value))
     return out
+
+
+def _message(record: logging.LogRecord) -> str:
+    text = record.getMessage()
+    return text if "msg" in getattr(record, TRUSTED, ()) else scrub(text)
 
 
 class JSONFormatter(logging.Formatter):
@@ -107,7 +122,7 @@ class JSONFormatter(logging.Formatter):
             "ts": iso(datetime.fromtimestamp(record.created, UTC), "milliseconds"),
             "level": record.levelname,
             "logger": record.name,
-            "msg": scrub(record.getMessage()),
+            "msg": _message(record),
         }
         for key, value in _fields(record).items():
             line.setdefault(key, value)
@@ -144,10 +159,21 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self._second = -1
+        self._stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """``YYYY-MM-DD HH:MM:SS,mmm`` (local time, as logging writes it), the part to the
+        second formatted once per second."""
+        second = int(record.created)
+        if second != self._second:
+            self._second, self._stamp = second, time.strftime(
+                "%Y-%m-%d %H:%M:%S", self.converter(record.created))
+        return f"{self._stamp},{int(record.msecs):03d}"
 
     def format(self, record: logging.LogRecord) -> str:
         line = f"{self.formatTime(record)} {record.levelname} {record.name}: " \
-            + _escape(scrub(record.getMessage()))
+            + _escape(_message(record))
         extras = " ".join(f"{k}={_value(str(v))}" for k, v in _fields(record).items())
         text = f"{line} {extras}" if extras else line
         trace = self.formatException(record.exc_info) if record.exc_info else record.exc_text
@@ -156,21 +182,79 @@ class TextFormatter(logging.Formatter):
         return text
 
 
+#: Under ``gateway serve --workers N``: this worker's number, on every line it logs.
+_worker = os.environ.get("GATEWAY_WORKER") or None
+
+
 class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "request_id", None) is None:
             record.request_id = request_id.get()
+        if _worker is not None and getattr(record, "worker", None) is None:
+            record.worker = _worker
         return True
 
 
 _handler: logging.Handler | None = None
 
 
+class BufferedHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes lines in batches instead of one write per line: a record at WARNING or above,
+    64 KiB of waiting lines, or a flusher thread every :attr:`interval_s` writes them out
+    (and logging's shutdown at exit). A process killed outright loses at most that much of
+    its INFO lines."""
+
+    limit = 65_536
+
+    def __init__(self, stream: TextIO, interval_s: float = 0.2) -> None:
+        super().__init__(stream)
+        self.interval_s = interval_s
+        self._lines: list[str] = []
+        self._size = 0
+        self._closed = threading.Event()
+        threading.Thread(target=self._flusher, name="log-flush", daemon=True).start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + "\n"
+        except Exception:
+            self.handleError(record)
+            return
+        with self.lock:  # type: ignore[union-attr]
+            self._lines.append(line)
+            self._size += len(line)
+            if record.levelno >= logging.WARNING or self._size >= self.limit:
+                self._write()
+
+    def _write(self) -> None:
+        if self._lines:
+            text, self._lines, self._size = "".join(self._lines), [], 0
+            try:
+                self.stream.write(text)
+                self.stream.flush()
+            except Exception:
+                pass  # a closed or broken stderr must not stop the gateway
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._write()
+
+    def _flusher(self) -> None:
+        while not self._closed.wait(self.interval_s):
+            self.flush()
+
+    def close(self) -> None:
+        self._closed.set()
+        self.flush()
+        super().close()
+
+
 def configure(fmt: str = "text", level: str = "INFO", *, stream: TextIO | None = None,
-              secrets: Iterable[str | None] = ()) -> logging.Handler:
+              secrets: Iterable[str | None] = (), buffered: bool = False) -> logging.Handler:
     """Send every log record to ``stream`` (stderr) in ``fmt``; replaces the handler a
     previous call installed and leaves any other handler alone. ``secrets`` are exact
-    values to mask wherever they would appear (ignored when shorter than 8 characters)."""
+    values to mask wherever they would appear (ignored when shorter than 8 characters).
+    ``buffered``: write lines in batches (:class:`BufferedHandler`; the server does)."""
     global _handler, _secrets
     if fmt not in FORMATS:
         raise ValueError(f"log format must be one of {', '.join(FORMATS)}")
@@ -178,7 +262,10 @@ def configure(fmt: str = "text", level: str = "INFO", *, stream: TextIO | None =
     root = logging.getLogger()
     if _handler is not None:
         root.removeHandler(_handler)
-    handler = logging.StreamHandler(stream or sys.stderr)
+        if isinstance(_handler, BufferedHandler):
+            _handler.close()
+    handler: logging.Handler = BufferedHandler(stream or sys.stderr) if buffered \
+        else logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(_RequestIdFilter())
     root.addHandler(handler)
@@ -214,12 +301,30 @@ _ID_PARAMS = {"app_id": "app", "event_id": "event", "endpoint_id": "endpoint",
               "delivery_id": "delivery"}
 
 
+_RID_PREFIX = os.urandom(10).hex()
+_rid_counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
+
+
+def _new_request_id() -> str:
+    """32 hex digits, unique per process run (random prefix, then a counter): as unique as
+    a random UUID for a log, without a system call per request."""
+    return f"{_RID_PREFIX}{next(_rid_counter) & 0xFFFFFFFFFFFF:012x}"
+
+
+#: What a request line holds that the gateway made itself: aiohttp checked the method is
+#: a token; the route is a template. The request id and path parameters (client text)
+#: still pass scrub, and so does any field a handler annotated except the ids the gateway
+#: minted itself (the acting app, a new event).
+_REQUEST_LINE = frozenset({"msg", "method", "route", "status"})
+_MINTED = frozenset({"app", "event"})
+
+
 @web.middleware
 async def request_log(request: web.Request, handler: Handler) -> web.StreamResponse:
     """One line per request: request id (X-Request-Id if sane, else new; echoed back),
     method, route template, status, duration, and the app and ids it touched."""
     given = request.headers.get("X-Request-Id", "")
-    rid = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    rid = given if given and _REQUEST_ID.fullmatch(given) else _new_request_id()
     token = request_id.set(rid)
     fields: dict[str, Any] = {}
     request[LOG_FIELDS] = fields
@@ -237,6 +342,7 @@ async def request_log(request: web.Request, handler: Handler) -> web.StreamRespo
         raise
     finally:
         route = route_of(request)
+        trusted = _REQUEST_LINE if not fields else _REQUEST_LINE | (fields.keys() & _MINTED)
         for param, field in _ID_PARAMS.items():
             if param in request.match_info:
                 fields.setdefault(field, request.match_info[param])
@@ -244,8 +350,8 @@ async def request_log(request: web.Request, handler: Handler) -> web.StreamRespo
         level = logging.DEBUG if quiet else logging.WARNING if status >= 500 else logging.INFO
         if log.isEnabledFor(level):
             log.log(level, "%s %s %d", request.method, route, status,
-                    extra={"request_id": rid, "method": request.method, "route": route,
-                           "status": status,
+                    extra={TRUSTED: trusted, "request_id": rid, "method": request.method,
+                           "route": route, "status": status,
                            "duration_ms": round((time.monotonic() - started) * 1000, 1),
                            **fields})
         request_id.reset(token)
