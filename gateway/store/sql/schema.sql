@@ -139,7 +139,9 @@ CREATE TABLE events (
     push_topics text[],
     notification jsonb,
     fanout_status text,
-    fanout_cursor text
+    fanout_cursor text,
+    traceparent text,
+    tracestate text
 );
 ALTER TABLE events ADD CONSTRAINT events_app_id_fkey FOREIGN KEY (app_id) REFERENCES apps(id);
 ALTER TABLE events ADD CONSTRAINT events_fanout_status_check CHECK ((fanout_status = ANY (ARRAY['pending'::text, 'done'::text])));
