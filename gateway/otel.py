@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from urllib.parse import urlsplit
 
@@ -43,7 +44,7 @@ from opentelemetry.trace import (
 from adapters.base import DeliveryJob, Outcome, Verdict
 from gateway.errors import ConfigError, GatewayError
 from gateway.logs import scrub
-from gateway.metrics import error_code
+from gateway.metrics import OTHER, error_code
 from gateway.tracing import TraceContext
 from gateway_client.models import DeliveryKind
 from gateway_client.version import __version__
@@ -58,7 +59,7 @@ HTTP_PROTOBUF = "http/protobuf"
 def _exporter(name: str) -> SpanExporter:
     """The exporter OTEL_TRACES_EXPORTER names: ``otlp`` (http/protobuf) or ``console``."""
     if name == "console":
-        return ConsoleSpanExporter()
+        return ConsoleSpanExporter(out=sys.stdout)
     if name != "otlp":
         raise ConfigError(f"OTEL_TRACES_EXPORTER: {name!r} is not one of otlp, console, none")
     protocol = (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
@@ -117,9 +118,10 @@ class _Attempt:
         if outcome.status_code is not None:
             span.set_attribute("http.response.status_code", outcome.status_code)
         if outcome.verdict is not Verdict.DELIVERED:
-            failed_with = outcome.status_code is not None and outcome.status_code >= 400
-            span.set_attribute("error.type", str(outcome.status_code) if failed_with
-                               else error_code(outcome.error, outcome.status_code))
+            # The metrics' code, with a bare status code as HTTP's conventions write it.
+            code = error_code(outcome.error, outcome.status_code)
+            span.set_attribute("error.type", code.removeprefix("http_") if code != OTHER
+                               else "_OTHER")
             span.set_status(Status(StatusCode.ERROR,
                                    scrub(outcome.error)[:200] if outcome.error else None))
 

@@ -1,6 +1,7 @@
 """Trace context through the real ``gateway`` process: the traceparent reaches the webhook
 with or without OpenTelemetry; spans go over OTLP to the endpoint the standard variables
-name; and when spans are not asked for (or OpenTelemetry is not installed) nothing from
+name; spans asked for in a way the gateway cannot export stop the start with the reason;
+and when spans are not asked for (or OpenTelemetry is not installed) nothing from
 OpenTelemetry is ever imported."""
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ runpy.run_module("gateway", run_name="__main__")
 #: Nothing in the environment the tests inherit asks for spans.
 NO_OTEL = {"OTEL_SDK_DISABLED": "", "OTEL_TRACES_EXPORTER": "",
            "OTEL_EXPORTER_OTLP_ENDPOINT": "", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "",
+           "OTEL_EXPORTER_OTLP_PROTOCOL": "", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "",
            "NO_PROXY": "127.0.0.1,localhost"}
 #: An OTLP endpoint nothing listens on (the discard port): asked, but never reached.
 NOWHERE = "http://127.0.0.1:9"
@@ -88,6 +90,24 @@ async def test_without_spans_the_trace_is_carried_and_nothing_from_opentelemetry
     log = gw.log()
     assert "opentelemetry modules: []" in log, log[-3000:]
     assert ("OpenTelemetry is not installed" in log) is ("BLOCK_OTEL" in env)
+
+
+@pytest.mark.parametrize(("env", "reason"), [
+    pytest.param({"OTEL_TRACES_EXPORTER": "zipkin"},
+                 "OTEL_TRACES_EXPORTER: 'zipkin' is not one of otlp, console, none",
+                 id="unknown-exporter"),
+    pytest.param({"OTEL_EXPORTER_OTLP_ENDPOINT": NOWHERE, "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+                 "OTEL_EXPORTER_OTLP_PROTOCOL: 'grpc' is not supported; the gateway exports "
+                 "OTLP as http/protobuf", id="grpc"),
+])
+async def test_spans_asked_for_in_a_way_the_gateway_cannot_export_stop_the_start(
+    dsn: str, procs: list[GatewayProcess], env: dict[str, str], reason: str
+) -> None:
+    gw = GatewayProcess(dsn, env={**NO_OTEL, **env}).start()
+    procs.append(gw)
+    assert gw.proc is not None
+    assert await asyncio.to_thread(gw.proc.wait, 60) == 1
+    assert f"gateway: {reason}" in gw.log(), gw.log()[-3000:]
 
 
 def attributes(span: Span) -> dict[str, object]:

@@ -3,10 +3,15 @@ standard OpenTelemetry variables ask for spans."""
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
+
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from adapters.base import DeliveryJob, EventView, Outcome, Verdict
 from gateway import tracing
+from gateway.errors import ConfigError
 from gateway.tracing import TraceContext, parse_traceparent, parse_tracestate
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -143,3 +148,37 @@ def test_without_the_variables_setup_makes_no_spans(monkeypatch: pytest.MonkeyPa
                  "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
         monkeypatch.delenv(name, raising=False)
     assert tracing.setup() is None
+
+
+def test_an_exporter_or_protocol_the_gateway_lacks_stops_the_start_with_its_reason(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OTEL_SDK_DISABLED", raising=False)
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "zipkin")
+    with pytest.raises(ConfigError, match="zipkin"):
+        tracing.setup()
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    with pytest.raises(ConfigError, match="http/protobuf"):
+        tracing.setup()
+
+
+def test_the_console_exporter_prints_each_span_when_the_process_stops(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("OTEL_SDK_DISABLED", raising=False)
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
+    spans = tracing.setup()
+    assert spans is not None
+    job = DeliveryJob("dlv_1", "app_1", "fcm",
+                      EventView("evt_1", "order.created", "{}", datetime.now(UTC), VALID))
+    with spans.attempt(job) as span:
+        assert span.traceparent.startswith(f"00-{TRACE_ID}-")
+        span.finished(Outcome(Verdict.GONE, status_code=404, error="UNREGISTERED: gone"))
+    spans.shutdown()
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["name"] == "POST fcm" and printed["kind"] == "SpanKind.CLIENT"
+    assert printed["parent_id"] == f"0x{PARENT_ID}"
+    assert printed["attributes"]["error.type"] == "UNREGISTERED"
+    assert printed["attributes"]["gateway.attempt.outcome"] == "gone"
+    assert printed["resource"]["attributes"]["service.name"] == "event-gateway"
