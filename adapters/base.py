@@ -34,6 +34,10 @@ class EventView:
     #: The payload as the backend sent it, JSON text.
     payload: str
     created_at: datetime
+    #: The W3C trace context the event was emitted in: a version 00 ``traceparent`` and
+    #: its ``tracestate``, or None.
+    traceparent: str | None = None
+    tracestate: str | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,10 @@ class DeliveryJob:
     credentials: Mapping[str, Any] | None = None
     #: 1 for the first attempt.
     attempt: int = 1
+    #: This attempt's W3C ``traceparent``: the event's trace, with the attempt itself as
+    #: the parent (the dispatcher sets it, new for each attempt). Webhooks send it, with
+    #: the event's ``tracestate``.
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True)

@@ -84,13 +84,18 @@ class WebhookAdapter:
     def headers(self, job: DeliveryJob, body: bytes, timestamp: int) -> dict[str, str]:
         assert job.endpoint is not None
         signatures = " ".join(sign(s, job.event.id, timestamp, body) for s in job.endpoint.secrets)
-        return {
+        headers = {
             "content-type": "application/json",
             "user-agent": self._user_agent,
             "webhook-id": job.event.id,
             "webhook-timestamp": str(timestamp),
             "webhook-signature": signatures,
         }
+        if job.traceparent is not None:
+            headers["traceparent"] = job.traceparent
+            if job.event.tracestate is not None:
+                headers["tracestate"] = job.event.tracestate
+        return headers
 
     async def send(self, job: DeliveryJob) -> Outcome:
         assert job.endpoint is not None, "webhook deliveries always have an endpoint"

@@ -1,6 +1,6 @@
 """The aiohttp application: what runs in one gateway process, started and stopped in
-``cleanup_ctx`` order (database → ingest → live tail → dispatcher → retention) and torn
-down in reverse."""
+``cleanup_ctx`` order (spans → database → ingest → live tail → dispatcher → retention)
+and torn down in reverse."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from adapters.apns import APNsAdapter
 from adapters.base import Adapter
 from adapters.fcm import FCMAdapter
 from adapters.webhook import WebhookAdapter
-from gateway import api, appkeys, dashboard, logs
+from gateway import api, appkeys, dashboard, logs, tracing
 from gateway.api import openapi
 from gateway.api.http import error_middleware
 from gateway.api.routing import wire
@@ -42,6 +42,7 @@ from gateway.store.database import (
 from gateway.store.postgres import Store
 from gateway.store.postgres_queue import PostgresQueue
 from gateway.store.records import Limits
+from gateway.tracing import Spans
 from gateway_client.models import DeliveryKind
 
 log = logging.getLogger("gateway")
@@ -101,8 +102,12 @@ def create_app(
     serve_api: bool = True,
     dispatcher: bool = True,
     sandbox: bool = False,
+    spans: Spans | None = None,
 ) -> web.Application:
-    """One gateway process: the HTTP API and/or the dispatcher over one database."""
+    """One gateway process: the HTTP API and/or the dispatcher over one database.
+
+    ``spans`` replaces what the OTEL_* variables ask for (:func:`gateway.tracing.setup`).
+    """
     app = web.Application(
         middlewares=[logs.request_log, error_middleware],
         client_max_size=settings.max_payload_bytes,
@@ -114,6 +119,14 @@ def create_app(
     wire(app, table + (openapi.routes(table) if serve_api else []))
     if serve_api:
         dashboard.setup(app)
+
+    async def trace(app: web.Application) -> AsyncIterator[None]:
+        made = spans if spans is not None else tracing.setup()
+        if made is not None:
+            app[appkeys.SPANS] = made
+        yield
+        if made is not None:
+            await asyncio.to_thread(made.shutdown)  # exports what is left
 
     async def database(app: web.Application) -> AsyncIterator[None]:
         db = await Database.connect(dsn, max_size=settings.db_pool_size)
@@ -173,6 +186,7 @@ def create_app(
             lease_s=settings.effective_lease_s,
             poll_interval_s=settings.poll_interval_s,
             metrics=app[appkeys.METRICS],
+            spans=app.get(appkeys.SPANS),
         )
         fanout = FanoutRunner(queue, wake_source=functools.partial(_listen, dsn, FANOUT_CHANNEL),
                               poll_interval_s=settings.poll_interval_s)
@@ -193,6 +207,7 @@ def create_app(
         yield
         await runner.stop()
 
+    app.cleanup_ctx.append(trace)
     app.cleanup_ctx.append(database)
     if sandbox:
         app.cleanup_ctx.append(run_sandbox)

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from gateway.sandbox import Sandbox
     from gateway.store.postgres import Accepted, EventDraft, Store
     from gateway.store.postgres_queue import PostgresQueue
+    from gateway.tracing import Spans
 
 SETTINGS = web.AppKey("settings", Settings)
 DSN = web.AppKey("dsn", str)
@@ -31,3 +32,5 @@ SANDBOX: web.AppKey[Sandbox] = web.AppKey("sandbox")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 OUTCOMES: web.AppKey[OutcomeStream] = web.AppKey("outcomes")
 RETENTION: web.AppKey[Retention] = web.AppKey("retention")
+#: Set only when there are spans (gateway.tracing.setup): absent, nothing makes any.
+SPANS: web.AppKey[Spans] = web.AppKey("spans")

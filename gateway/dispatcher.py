@@ -16,7 +16,8 @@ A supervisor restarts the loop if it dies or stalls, and ``healthy()`` tells
 ``/readyz``. The dispatcher knows the queue only by its interface
 (:class:`~gateway.store.queue.Queue`), the transports only by theirs
 (:class:`~adapters.base.Adapter`), and what to do after an attempt only from the retry
-policy.
+policy. Each attempt joins the trace its event was emitted in (:mod:`gateway.tracing`),
+as a span of its own when there are spans.
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from adapters.base import Adapter, Outcome, Verdict
+from adapters.base import Adapter, DeliveryJob, Outcome, Verdict
+from gateway import tracing
 from gateway.batching import GroupCommit
 from gateway.errors import DatabaseUnavailable
 from gateway.logs import scrub
@@ -42,6 +45,7 @@ from gateway_client.models import AttemptOutcome, DeliveryKind, DeliveryStatus, 
 
 if TYPE_CHECKING:
     from gateway.metrics import Metrics
+    from gateway.tracing import Spans
 
 log = logging.getLogger("gateway.dispatcher")
 
@@ -73,6 +77,7 @@ class Dispatcher:
         poll_interval_s: float = 1.0,
         stall_after_s: float = 30.0,
         metrics: Metrics | None = None,
+        spans: Spans | None = None,
     ) -> None:
         self.queue = queue
         self.adapters = dict(adapters)
@@ -87,6 +92,7 @@ class Dispatcher:
         self.poll_interval_s = poll_interval_s
         self.stall_after_s = stall_after_s
         self.metrics = metrics
+        self.spans = spans
 
         self.heartbeat = time.monotonic()
         self.restarts = 0
@@ -280,13 +286,7 @@ class Dispatcher:
             outcome = Outcome(Verdict.FAILED, error="device pruned; not sent")
         else:
             sent = True
-            try:
-                outcome = await adapter.send(job)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # an adapter bug must not lose the delivery
-                log.exception("adapter %s raised", job.kind)
-                outcome = Outcome(Verdict.RETRY, error=f"internal error: {type(exc).__name__}")
+            outcome = await self._send(adapter, job)
         decision = self.policy.decide(claimed.schedule_pos, outcome, datetime.now(UTC))
         gone = outcome.verdict is Verdict.GONE
         result = AttemptResult(
@@ -304,6 +304,18 @@ class Dispatcher:
         self._observe(claimed, result, sent)
         await self._write(result)
 
+    async def _send(self, adapter: Adapter, job: DeliveryJob) -> Outcome:
+        """One attempt, in the event's trace: its request carries a traceparent of its own
+        (the attempt's span, when there are spans)."""
+        if self.spans is not None:
+            with self.spans.attempt(job) as span:
+                outcome = await _call(adapter, replace(job, traceparent=span.traceparent))
+                span.finished(outcome)
+                return outcome
+        if job.event.traceparent is not None:
+            job = replace(job, traceparent=tracing.child(job.event.traceparent))
+        return await _call(adapter, job)
+
     def _observe(self, claimed: Job, result: AttemptResult, sent: bool) -> None:
         """The attempt's log line and metrics: ids, never tokens, secrets or payloads."""
         job = claimed.delivery
@@ -312,6 +324,7 @@ class Dispatcher:
         log.log(logging.WARNING if result.status is DeliveryStatus.FAILED else logging.INFO,
                 "delivery attempt %s: %s", result.outcome.value, result.status.value,
                 extra={"app": job.app_id, "event": job.event.id,
+                       "trace": tracing.trace_id_of(job.event.traceparent),
                        "delivery": job.delivery_id, "kind": job.kind,
                        "endpoint": job.endpoint.id if job.endpoint is not None else None,
                        "device": job.device.id if job.device is not None else None,
@@ -346,6 +359,16 @@ class Dispatcher:
             await self.queue.reschedule(again)
         return [None] * len(results)
 
+
+async def _call(adapter: Adapter, job: DeliveryJob) -> Outcome:
+    """The adapter's answer; an exception out of it is a bug, recorded as worth a retry."""
+    try:
+        return await adapter.send(job)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # an adapter bug must not lose the delivery
+        log.exception("adapter %s raised", job.kind)
+        return Outcome(Verdict.RETRY, error=f"internal error: {type(exc).__name__}")
 
 
 def _target(job: Job) -> str:

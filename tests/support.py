@@ -171,9 +171,12 @@ class GatewayProcess:
     """The real gateway as a subprocess, started as a user would start it."""
 
     def __init__(self, dsn: str, *args: str, env: dict[str, str] | None = None,
-                 log_dir: Path | None = None) -> None:
+                 log_dir: Path | None = None,
+                 launcher: tuple[str, ...] = ("-m", "gateway")) -> None:
         self.dsn = dsn
         self.args = args or ("serve",)
+        #: What the interpreter runs, before the command's arguments.
+        self.launcher = launcher
         self.port = free_port()
         self.extra_env = env or {}
         folder = log_dir or Path(tempfile.mkdtemp(prefix="gw-proc-"))
@@ -203,7 +206,7 @@ class GatewayProcess:
             args += ["--health-port", str(self.port)]
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", *args], env=env, stdout=log,
+            [sys.executable, *self.launcher, *args], env=env, stdout=log,
             stderr=subprocess.STDOUT, cwd=ROOT,
         )
         log.close()

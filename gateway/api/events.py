@@ -8,7 +8,7 @@ import json
 
 from aiohttp import web
 
-from gateway import appkeys, logs
+from gateway import appkeys, logs, tracing
 from gateway.api.http import (
     PAGE,
     acting_app,
@@ -23,6 +23,7 @@ from gateway.api.models import EventCreate
 from gateway.api.routing import Param, Route
 from gateway.errors import RateLimited, ValidationError
 from gateway.store.postgres import EventDraft
+from gateway.tracing import IngestSpan, TraceContext
 from gateway_client.models import EventAccepted, EventPage, EventWithDeliveries
 
 MAX_IDEMPOTENCY_KEY = 255
@@ -32,6 +33,17 @@ MAX_NOTIFICATION_CHARS = 16_384
 
 
 async def create_event(request: web.Request) -> web.Response:
+    trace = tracing.incoming(request.headers)
+    spans = request.app.get(appkeys.SPANS)
+    if spans is None:
+        return await _ingest(request, trace)
+    with spans.ingest(request, trace) as span:
+        # The event stores the span's context, so its deliveries are the span's children.
+        return await _ingest(request, span.context, span)
+
+
+async def _ingest(request: web.Request, trace: TraceContext | None,
+                  span: IngestSpan | None = None) -> web.Response:
     _, data, raw = await read_body(request, {"notification": MAX_NOTIFICATION_CHARS})
     body = validate(EventCreate, data)
     key = request.headers.get("Idempotency-Key")
@@ -51,17 +63,22 @@ async def create_event(request: web.Request) -> web.Response:
                            "notification": body.notification.model_dump(exclude_none=True)})
     app = acting_app(request)
     draft = EventDraft(app.id, body.type, raw["payload"], key, body_hash, push,
-                       app.rate_limit)
+                       app.rate_limit, trace.traceparent if trace is not None else None,
+                       trace.tracestate if trace is not None else None)
     try:
         accepted = await request.app[appkeys.INGEST].submit(draft)
     except RateLimited:
         request.app[appkeys.METRICS].ingest_rate_limited.inc()
         raise
-    logs.annotate(request, event=accepted.id)
+    logs.annotate(request, event=accepted.id,
+                  trace=trace.trace_id if trace is not None else None)
     metrics = request.app.get(appkeys.METRICS)
     if metrics is not None and accepted.created:
         metrics.event_ingested(body.type)
-    return answer(EventAccepted, accepted, 202 if accepted.created else 200)
+    status = 202 if accepted.created else 200
+    if span is not None:
+        span.accepted(app.id, accepted.id, body.type, status)
+    return answer(EventAccepted, accepted, status)
 
 
 async def list_events(request: web.Request) -> web.Response:
@@ -83,11 +100,15 @@ async def get_event(request: web.Request) -> web.Response:
 
 IDEMPOTENCY = Param("Idempotency-Key", "Same key and body within 24 h: 200 with the first "
                     "event; another body: 409.", where="header")
+TRACEPARENT = Param("traceparent", "W3C Trace Context: every delivery of the event joins "
+                    "this trace (invalid: ignored).", where="header")
+TRACESTATE = Param("tracestate", "W3C Trace Context, carried with the traceparent.",
+                   where="header")
 
 ROUTES = [
     Route("POST", "/v1/events", create_event, "Emit an event", "events", body=EventCreate,
           ok=(202, EventAccepted), also=((200, EventAccepted, "Idempotent replay"),),
-          headers=(IDEMPOTENCY,), errors=(409,)),
+          headers=(IDEMPOTENCY, TRACEPARENT, TRACESTATE), errors=(409,)),
     Route("GET", "/v1/events", list_events, "List events", "events", ok=(200, EventPage),
           query=(Param("type", "Only this event type."), *PAGE)),
     Route("GET", "/v1/events/{event_id}", get_event, "An event with its deliveries", "events",

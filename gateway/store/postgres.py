@@ -84,6 +84,9 @@ class EventDraft:
     push: str | None = None
     #: The app's events per second (None: no limit), from its key.
     rate_limit: int | None = None
+    #: The W3C trace context its deliveries descend from (gateway.tracing), if any.
+    traceparent: str | None = None
+    tracestate: str | None = None
 
 
 @dataclass(frozen=True)
@@ -352,7 +355,8 @@ class Store:
         def insert_args(rows: list[int]) -> tuple[Any, ...]:
             return ([ids[i] for i in rows], [drafts[i].app_id for i in rows],
                     [drafts[i].type for i in rows], [drafts[i].payload for i in rows],
-                    [now] * len(rows), [drafts[i].push for i in rows])
+                    [now] * len(rows), [drafts[i].push for i in rows],
+                    [drafts[i].traceparent for i in rows], [drafts[i].tracestate for i in rows])
 
         if not first:
             # The common case: one statement, its own transaction, no BEGIN/COMMIT trips.

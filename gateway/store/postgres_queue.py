@@ -75,7 +75,7 @@ class PostgresQueue:
         delivery = DeliveryJob(
             delivery_id=row["id"], app_id=row["app_id"], kind=row["kind"],
             event=EventView(row["event_id"], row["event_type"], row["payload"],
-                            row["event_created_at"]),
+                            row["event_created_at"], row["traceparent"], row["tracestate"]),
             endpoint=endpoint, device=device,
             notification=json.loads(row["notification"]) if row["notification"] else None,
             credentials=credentials, attempt=row["attempt_count"] + 1,

@@ -213,23 +213,25 @@ WHERE k.created_at >= now() - make_interval(secs => $3);
 
 -- name: insert_events
 -- $1 ids, $2 app ids, $3 types, $4 raw payloads, $5 created_at, $6 push targets as JSON
--- text ({"user_ids", "topics", "notification"}) or NULL (arrays of one length).
+-- text ({"user_ids", "topics", "notification"}) or NULL, $7 traceparents and $8
+-- tracestates or NULLs (arrays of one length).
 -- Creates each event and one pending delivery per active endpoint subscribed to its type,
 -- and wakes the dispatchers (and the fan-out, for push targets) at commit: one statement,
 -- so without idempotency keys it needs no explicit transaction. Push targets are expanded
 -- later by the fan-out. Returns how many webhook deliveries were created.
 WITH ev AS (
     INSERT INTO events (id, app_id, type, payload, created_at, push_user_ids, push_topics,
-                        notification, fanout_status)
+                        notification, fanout_status, traceparent, tracestate)
     SELECT u.id, u.app_id, u.type, u.payload, u.created_at,
            CASE WHEN u.push IS NOT NULL THEN
                ARRAY(SELECT jsonb_array_elements_text(u.push::jsonb -> 'user_ids')) END,
            CASE WHEN u.push IS NOT NULL THEN
                ARRAY(SELECT jsonb_array_elements_text(u.push::jsonb -> 'topics')) END,
            u.push::jsonb -> 'notification',
-           CASE WHEN u.push IS NOT NULL THEN 'pending' END
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[])
-        AS u(id, app_id, type, payload, created_at, push)
+           CASE WHEN u.push IS NOT NULL THEN 'pending' END, u.traceparent, u.tracestate
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[],
+                $7::text[], $8::text[])
+        AS u(id, app_id, type, payload, created_at, push, traceparent, tracestate)
     RETURNING id, app_id, type, created_at, fanout_status
 ), dl AS (
     INSERT INTO deliveries (id, app_id, event_id, endpoint_id, kind, next_attempt_at,
@@ -443,7 +445,7 @@ WITH full_targets AS (
 )
 SELECT c.id, c.app_id, c.event_id, c.endpoint_id, c.device_id, c.kind, c.schedule_pos,
        c.attempt_count, ev.type AS event_type, ev.payload,
-       ev.created_at AS event_created_at, ep.url, ep.secret,
+       ev.created_at AS event_created_at, ev.traceparent, ev.tracestate, ep.url, ep.secret,
        CASE WHEN ep.previous_secret_expires_at > now() THEN ep.previous_secret END
            AS previous_secret,
        dv.token AS device_token, dv.platform, dv.status AS device_status,

@@ -133,7 +133,9 @@ CREATE TABLE events (
     push_topics text[],
     notification jsonb,
     fanout_status text,
-    fanout_cursor text
+    fanout_cursor text,
+    traceparent text,
+    tracestate text
 ) PARTITION BY RANGE (id);
 ALTER TABLE events ADD CONSTRAINT events_fanout_status_check CHECK ((fanout_status = ANY (ARRAY['pending'::text, 'done'::text])));
 ALTER TABLE events ADD CONSTRAINT events_pkey PRIMARY KEY (app_id, id);
