@@ -1,9 +1,10 @@
 """The aiohttp application: what runs in one gateway process, started and stopped in
-``cleanup_ctx`` order (database → ingest → live tail → dispatcher → retention) and torn
-down in reverse."""
+``cleanup_ctx`` order (database → ingest → live tail → dispatcher → retention → cleanup
+of deleted apps → app changes) and torn down in reverse."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import ssl
@@ -21,6 +22,7 @@ from gateway.api.http import error_middleware
 from gateway.api.routing import wire
 from gateway.auth import Authenticator, FailureLimiter
 from gateway.batching import GroupCommit
+from gateway.cleanup import AppCleanup
 from gateway.config import Settings
 from gateway.crypto import Sealer
 from gateway.dispatcher import Dispatcher
@@ -32,6 +34,7 @@ from gateway.retention import Retention
 from gateway.retry import RetryPolicy
 from gateway.sandbox import Sandbox, SandboxRouter
 from gateway.store.database import (
+    APPS_CHANNEL,
     DELIVERIES_CHANNEL,
     FANOUT_CHANNEL,
     Database,
@@ -187,6 +190,41 @@ def create_app(
         yield
         await runner.stop()
 
+    async def clean_up(app: web.Application) -> AsyncIterator[None]:
+        runner = AppCleanup(app[appkeys.STORE], metrics=app[appkeys.METRICS])
+        app[appkeys.CLEANUP] = runner
+        runner.start()
+        yield
+        await runner.stop()
+
+    async def app_changes(app: web.Application) -> AsyncIterator[None]:
+        # One LISTEN on gateway_apps: a deleted app or a rotated key leaves this process's
+        # key cache at once (which caches only while it hears them), and a deletion ends
+        # the app's live tails here and wakes the cleanup.
+        auth, cleanup = app[appkeys.AUTH], app.get(appkeys.CLEANUP)
+        outcomes = app.get(appkeys.OUTCOMES)
+
+        def changed(_conn: object, _pid: int, _channel: str, payload: object) -> None:
+            change, _, app_id = str(payload).partition(" ")
+            auth.forget(app_id)
+            if change == "deleted":
+                if outcomes is not None:
+                    outcomes.end_app(app_id)
+                if cleanup is not None:
+                    cleanup.wake()
+
+        def connected() -> None:
+            auth.hearing(True)
+            if cleanup is not None:  # a deletion may have gone unheard meanwhile
+                cleanup.wake()
+
+        listener = asyncio.create_task(listen_forever(
+            dsn, {APPS_CHANNEL: changed}, on_connected=connected,
+            on_lost=lambda: auth.hearing(False)), name="app-changes")
+        yield
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)
+
     app.cleanup_ctx.append(database)
     if sandbox:
         app.cleanup_ctx.append(run_sandbox)
@@ -198,6 +236,8 @@ def create_app(
         app.cleanup_ctx.append(dispatch)
         if settings.retention_days > 0:
             app.cleanup_ctx.append(prune)
+        app.cleanup_ctx.append(clean_up)
+    app.cleanup_ctx.append(app_changes)
     return app
 
 

@@ -12,6 +12,7 @@ from gateway.config import Settings
 if TYPE_CHECKING:
     from gateway.auth import Authenticator
     from gateway.batching import GroupCommit
+    from gateway.cleanup import AppCleanup
     from gateway.dispatcher import Dispatcher
     from gateway.metrics import Metrics
     from gateway.outcomes import OutcomeStream
@@ -31,3 +32,4 @@ SANDBOX: web.AppKey[Sandbox] = web.AppKey("sandbox")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 OUTCOMES: web.AppKey[OutcomeStream] = web.AppKey("outcomes")
 RETENTION: web.AppKey[Retention] = web.AppKey("retention")
+CLEANUP: web.AppKey[AppCleanup] = web.AppKey("cleanup")

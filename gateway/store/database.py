@@ -28,10 +28,13 @@ if TYPE_CHECKING:
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 #: NOTIFY channels: new or requeued deliveries (the dispatchers listen), events with push
-#: targets to expand (the fan-out), and attempt outcomes (the live tail).
+#: targets to expand (the fan-out), attempt outcomes (the live tail), and apps deleted or
+#: given a new key (``deleted <app id>`` or ``rotated <app id>``: every process's key cache
+#: and the cleanup of deleted apps).
 DELIVERIES_CHANNEL = "gateway_deliveries"
 FANOUT_CHANNEL = "gateway_fanout"
 OUTCOMES_CHANNEL = "gateway_outcomes"
+APPS_CHANNEL = "gateway_apps"
 
 
 #: The files of named queries: the gateway's own, and the catalog reads that describe the
@@ -71,8 +74,12 @@ def load_migrations() -> list[Migration]:
         if match:
             found.append(Migration(int(match[1]), match[2], entry.read_text("utf-8")))
     found.sort(key=lambda m: m.version)
-    if [m.version for m in found] != list(range(1, len(found) + 1)):
-        raise ValueError("migrations must be numbered 0001, 0002, … without gaps")
+    versions = [m.version for m in found]
+    # Numbers are handed out to changes while they are made, so a later one may land
+    # before an earlier one: a gap is allowed (the missing one applies when it arrives),
+    # a number used twice is not.
+    if len(set(versions)) != len(versions) or (versions and versions[0] != 1):
+        raise ValueError("migrations must be numbered from 0001, each number once")
     return found
 
 
