@@ -200,9 +200,12 @@ def create_app(
     async def app_changes(app: web.Application) -> AsyncIterator[None]:
         # One LISTEN on gateway_apps: a deleted app or a rotated key leaves this process's
         # key cache at once (which caches only while it hears them), and a deletion ends
-        # the app's live tails here and wakes the cleanup.
+        # the app's live tails here, drops what is kept in memory for it (provider tokens
+        # and connections, its sandbox identity and inbox) and wakes the cleanup.
         auth, cleanup = app[appkeys.AUTH], app.get(appkeys.CLEANUP)
-        outcomes = app.get(appkeys.OUTCOMES)
+        outcomes, worker = app.get(appkeys.OUTCOMES), app.get(appkeys.DISPATCHER)
+        fakes = app.get(appkeys.SANDBOX)
+        forgetting: set[asyncio.Task[None]] = set()
 
         def changed(_conn: object, _pid: int, _channel: str, payload: object) -> None:
             change, _, app_id = str(payload).partition(" ")
@@ -210,6 +213,13 @@ def create_app(
             if change == "deleted":
                 if outcomes is not None:
                     outcomes.end_app(app_id)
+                if fakes is not None:
+                    fakes.forget(app_id)
+                if worker is not None:
+                    task = asyncio.create_task(worker.forget_app(app_id),
+                                               name=f"forget-{app_id}")
+                    forgetting.add(task)
+                    task.add_done_callback(forgetting.discard)
                 if cleanup is not None:
                     cleanup.wake()
 
@@ -223,7 +233,7 @@ def create_app(
             on_lost=lambda: auth.hearing(False)), name="app-changes")
         yield
         listener.cancel()
-        await asyncio.gather(listener, return_exceptions=True)
+        await asyncio.gather(listener, *forgetting, return_exceptions=True)
 
     app.cleanup_ctx.append(database)
     if sandbox:

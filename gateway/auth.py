@@ -56,6 +56,9 @@ class Principal:
     app: App | None = None
     #: For a user token: the only user whose devices it may touch.
     user_id: str | None = None
+    #: For an app's previous key, still in its grace: when it stops working (a dashboard
+    #: session it opens ends then too).
+    key_expires_at: datetime | None = None
 
     @property
     def app_id(self) -> str | None:
@@ -216,7 +219,7 @@ class Authenticator:
             # A previous key whose grace ended while it was cached.
             self._apps.pop(presented, None)
             raise Unauthorized("Unknown API key.")
-        return Principal("app", app)
+        return Principal("app", app, key_expires_at=expires_at)
 
     async def _user(self, token: str) -> Principal:
         app_id = usertokens.unverified_app_id(token)

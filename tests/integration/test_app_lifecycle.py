@@ -26,7 +26,7 @@ from gateway.sandbox import pem_private
 from gateway.store.postgres import Cleaner
 from gateway.store.queue import AttemptResult
 from gateway_client.models import AttemptOutcome, DeliveryStatus
-from tests.push_support import android_token
+from tests.push_support import android_token, ios_token
 from tests.support import ADMIN_KEY, Api, Receiver, eventually
 
 
@@ -280,6 +280,49 @@ async def test_a_deleted_apps_pending_deliveries_and_fan_outs_are_never_taken(
     assert receiver.on("/doomed") == []
 
 
+async def test_a_deleted_apps_sandbox_inbox_identity_and_provider_connections_go(
+        aiohttp_client: Any, dsn: str, settings: Settings) -> None:
+    client = await aiohttp_client(create_app(settings, dsn, sandbox=True))
+    api = Api(client)
+    sandbox = client.app[appkeys.SANDBOX]
+    keys, apps = {}, {}
+    for name in ("doomed", "kept"):
+        keys[name], apps[name] = await new_app(api, name)
+        token = await user_token(api, keys[name])
+        for platform, device in (("ios", ios_token(1)), ("android", android_token(1))):
+            status, body = await api.call("POST", "/v1/devices", token,
+                                          {"platform": platform, "token": device})
+            assert status == 201, body
+        await push(api, keys[name])
+
+    async def inbox(name: str) -> int:
+        _, body = await api.call("GET", "/v1/sandbox/pushes", keys[name])
+        return len(body["data"])
+
+    async def both_arrived() -> bool:
+        return await inbox("doomed") == 2 and await inbox("kept") == 2
+    await eventually(both_arrived)
+    fcm, apns = sandbox.credentials_for(apps["doomed"])
+    doomed_senders = {fcm["client_email"], apns["key_id"]}
+    connections = sandbox.apns.open_connections  # each app has its own to APNs
+    assert connections >= 2
+
+    assert (await api.call("DELETE", f"/v1/apps/{apps['doomed']}", ADMIN_KEY))[0] == 204
+
+    async def forgotten() -> bool:
+        received = [*sandbox.fcm.received, *sandbox.apns.received]
+        return not any(p.sender in doomed_senders for p in received) and \
+            sandbox.apns.open_connections < connections
+    await eventually(forgotten)
+    # The other app's inbox and its own connection are untouched, and it pushes on.
+    assert await inbox("kept") == 2
+    await push(api, keys["kept"])
+
+    async def kept_pushes_on() -> bool:
+        return await inbox("kept") == 4
+    await eventually(kept_pushes_on)
+
+
 async def test_a_deleted_apps_live_tail_ends(aiohttp_client: Any, dsn: str,
                                              settings: Settings) -> None:
     client = await aiohttp_client(create_app(settings, dsn, dispatcher=False))
@@ -357,6 +400,52 @@ async def test_the_cleanup_removes_every_row_of_a_deleted_app_in_batches_and_no_
     assert set((await rows_of(dsn, apps["doomed"], ids["doomed"])).values()) == {0}
     assert await rows_of(dsn, apps["kept"], ids["kept"]) == before["kept"]
     assert (await cleanup.run_once()).apps == []
+
+
+async def test_other_apps_ingest_and_deliveries_carry_on_between_the_cleanups_batches(
+        aiohttp_client: Any, dsn: str, settings: Settings, receiver: Receiver,
+        monkeypatch: Any) -> None:
+    client = await aiohttp_client(create_app(settings, dsn))
+    await client.app[appkeys.CLEANUP].stop()  # the test runs the cleanup itself
+    api = Api(client)
+    doomed_key, doomed = await new_app(api, "doomed")
+    kept_key, kept = await new_app(api, "kept")
+    await api.new_endpoint(doomed_key, receiver.url("/doomed"))
+    await api.new_endpoint(kept_key, receiver.url("/kept"))
+    for n in range(12):
+        await api.emit(doomed_key, payload={"n": n}, headers={"Idempotency-Key": f"k-{n}"})
+    await receiver.wait_for(12, "/doomed")
+    assert (await api.call("DELETE", f"/v1/apps/{doomed}", ADMIN_KEY))[0] == 204
+
+    # The cleanup stops after its first batch until the other app has emitted and been
+    # delivered to: nothing the cleanup did or holds stands in the way.
+    first_batch_done, other_app_served = asyncio.Event(), asyncio.Event()
+    remove = Cleaner.remove
+
+    async def remove_then_wait(self: Cleaner, table: str, app_id: str,
+                               batch: int) -> dict[str, int]:
+        removed = await remove(self, table, app_id, batch)
+        if not first_batch_done.is_set():
+            first_batch_done.set()
+            await other_app_served.wait()
+        return removed
+    monkeypatch.setattr(Cleaner, "remove", remove_then_wait)
+    cleanup = AppCleanup(client.app[appkeys.STORE], batch=5, pause_s=0, settle_s=0)
+    running = asyncio.create_task(cleanup.run_once())
+    await first_batch_done.wait()
+    assert not running.done()
+    for n in range(10):
+        await api.emit(kept_key, payload={"n": n}, headers={"Idempotency-Key": f"k-{n}"})
+    await receiver.wait_for(10, "/kept")
+    other_app_served.set()
+    cleaned = await running
+
+    assert cleaned.apps == [doomed] and cleaned.rows["deliveries"] == 12
+    ids = await delivery_ids(dsn, kept)
+    assert len(ids) == 10
+    left = await rows_of(dsn, kept, ids)
+    assert (left["events"], left["deliveries"], left["attempts"],
+            left["idempotency_keys"]) == (10, 10, 10, 10)
 
 
 async def test_the_cleanup_resumes_after_a_restart(
@@ -453,6 +542,40 @@ async def test_a_rotated_key_works_at_once_and_the_old_one_until_its_grace_ends(
     assert (await api.call("GET", "/v1/endpoints", old))[0] == 401
     assert (await api.call("GET", "/v1/endpoints", old))[0] == 401  # not cached again
     assert (await api.call("GET", "/v1/endpoints", new))[0] == 200
+
+
+async def test_dashboard_sessions_opened_with_a_replaced_key_end_with_it(
+        aiohttp_client: Any, dsn: str, settings: Settings) -> None:
+    api = Api(await aiohttp_client(create_app(settings, dsn, dispatcher=False)))
+    old, app_id = await new_app(api, "rotating")
+    page = f"/dashboard/apps/{app_id}/events"
+    before = await sign_in(api, old)
+    path = f"/v1/apps/{app_id}/keys/rotate"
+    _, rotated = await api.call("POST", path, ADMIN_KEY, {"grace_s": 600})
+    grace_ends = datetime.fromisoformat(rotated["previous_key_expires_at"])
+    # Opened with the old key during its grace: it lasts no longer than the key.
+    async with api.session.post("/dashboard/login", data={"key": old},
+                                allow_redirects=False) as resp:
+        assert resp.status == 303
+        max_age = int(resp.cookies[dashboard.SESSION_COOKIE]["max-age"])
+        during = resp.cookies[dashboard.SESSION_COOKIE].value
+    api.session.session.cookie_jar.clear()
+    assert 0 < max_age <= 600
+    conn = await asyncpg.connect(dsn)
+    try:
+        ends = await conn.fetch("SELECT expires_at FROM dashboard_sessions WHERE app_id = $1",
+                                app_id)
+    finally:
+        await conn.close()
+    assert len(ends) == 2 and all(r["expires_at"] <= grace_ends for r in ends)
+    for cookie in (before, during):
+        assert (await dashboard_get(api, page, cookie))[0] == 200
+
+    # A rotation with no grace ends the old key now, and every session it opened.
+    _, again = await api.call("POST", path, ADMIN_KEY, {"grace_s": 0})
+    for cookie in (before, during):
+        assert await dashboard_get(api, page, cookie) == (303, "/dashboard/login")
+    assert (await dashboard_get(api, page, await sign_in(api, again["api_key"])))[0] == 200
 
 
 async def test_rotating_without_a_body_gives_the_old_key_a_day(

@@ -56,7 +56,9 @@ SELECT id, pg_notify('gateway_apps', 'deleted ' || id) FROM gone;
 -- name: rotate_app_key
 -- $1 app id, $2 the new key's hash, $3 seconds the current key keeps working (0: it ends
 -- now). One previous key is kept: one still in its grace from an earlier rotation ends
--- now. Every process hears it on gateway_apps at commit (its key cache).
+-- now. The app's dashboard sessions, opened with a key being replaced, end when the
+-- previous key does (now, for 0). Every process hears it on gateway_apps at commit (its
+-- key cache).
 WITH rotated AS (
     UPDATE apps SET
         previous_key_hash = CASE WHEN $3::float8 > 0 THEN api_key_hash END,
@@ -65,6 +67,10 @@ WITH rotated AS (
         api_key_hash = $2
     WHERE id = $1 AND deleted_at IS NULL
     RETURNING id, previous_key_expires_at
+), sessions AS (
+    UPDATE dashboard_sessions s
+    SET expires_at = least(s.expires_at, coalesce(r.previous_key_expires_at, now()))
+    FROM rotated r WHERE s.app_id = r.id
 )
 SELECT previous_key_expires_at, pg_notify('gateway_apps', 'rotated ' || id) FROM rotated;
 
@@ -846,7 +852,8 @@ WITH doomed AS (
 ), gone_attempts AS (
     DELETE FROM attempts a USING doomed WHERE a.delivery_id = doomed.id RETURNING 1
 ), gone AS (
-    DELETE FROM deliveries d USING doomed WHERE d.id = doomed.id RETURNING 1
+    DELETE FROM deliveries d USING doomed
+    WHERE d.app_id = $1 AND d.id = doomed.id RETURNING 1
 )
 SELECT (SELECT count(*) FROM gone)::int AS deliveries,
        (SELECT count(*) FROM gone_attempts)::int AS attempts;
@@ -855,11 +862,12 @@ SELECT (SELECT count(*) FROM gone)::int AS deliveries,
 -- $1 app id, $2 batch size. Events with no delivery left.
 WITH doomed AS (
     SELECT e.id FROM events e
-    WHERE e.app_id = $1 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id)
+    WHERE e.app_id = $1
+      AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.app_id = $1 AND d.event_id = e.id)
     ORDER BY e.id LIMIT $2
     FOR UPDATE SKIP LOCKED
 ), gone AS (
-    DELETE FROM events e USING doomed WHERE e.id = doomed.id RETURNING 1
+    DELETE FROM events e USING doomed WHERE e.app_id = $1 AND e.id = doomed.id RETURNING 1
 )
 SELECT count(*)::int AS events FROM gone;
 
@@ -880,11 +888,13 @@ SELECT count(*)::int AS idempotency_keys FROM gone;
 WITH doomed AS (
     SELECT ep.id FROM endpoints ep
     WHERE ep.app_id = $1
-      AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.endpoint_id = ep.id)
+      AND NOT EXISTS (SELECT 1 FROM deliveries d
+                      WHERE d.app_id = $1 AND d.endpoint_id = ep.id)
     ORDER BY ep.id LIMIT $2
     FOR UPDATE SKIP LOCKED
 ), gone AS (
-    DELETE FROM endpoints ep USING doomed WHERE ep.id = doomed.id RETURNING 1
+    DELETE FROM endpoints ep USING doomed WHERE ep.app_id = $1 AND ep.id = doomed.id
+    RETURNING 1
 )
 SELECT count(*)::int AS endpoints FROM gone;
 
@@ -893,11 +903,12 @@ SELECT count(*)::int AS endpoints FROM gone;
 WITH doomed AS (
     SELECT dv.id FROM devices dv
     WHERE dv.app_id = $1
-      AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.device_id = dv.id)
+      AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.app_id = $1 AND d.device_id = dv.id)
     ORDER BY dv.id LIMIT $2
     FOR UPDATE SKIP LOCKED
 ), gone AS (
-    DELETE FROM devices dv USING doomed WHERE dv.id = doomed.id RETURNING 1
+    DELETE FROM devices dv USING doomed WHERE dv.app_id = $1 AND dv.id = doomed.id
+    RETURNING 1
 )
 SELECT count(*)::int AS devices FROM gone;
 
