@@ -88,6 +88,14 @@ class _ProviderToken:
         self._tokens[scope] = (token, now)
         return token
 
+    def forget_app(self, app_id: str) -> None:
+        """Drop the app's tokens, and the keys no other app's token was made with."""
+        for scope in [s for s in self._tokens if s[0] == app_id]:
+            del self._tokens[scope]
+        kept = {printed for _, printed in self._tokens}
+        for printed in [k for k in self._keys if k not in kept]:
+            del self._keys[printed]
+
 
 class APNsAdapter:
     """Sends APNs pushes over a small pool of long-lived HTTP/2 connections per app."""
@@ -183,6 +191,12 @@ class APNsAdapter:
                            retry_after_s=parse_retry_after(resp.headers.get("retry-after")))
         return Outcome(Verdict.FAILED, status_code=status, duration_ms=duration,
                        error=reason or f"HTTP {status}", response_snippet=shown)
+
+    async def forget_app(self, app_id: str) -> None:
+        """Close the app's connections and drop its provider tokens."""
+        self._tokens.forget_app(app_id)
+        for origin in [o for a, o in self._pools if a == app_id]:
+            await self._pools.pop((app_id, origin)).close()
 
     async def close(self) -> None:
         for pool in self._pools.values():

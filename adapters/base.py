@@ -98,6 +98,10 @@ class Adapter(Protocol):
 
     async def send(self, job: DeliveryJob) -> Outcome: ...
 
+    async def forget_app(self, app_id: str) -> None:
+        """Drop what is kept for this app (provider tokens, connections): it was deleted,
+        and nothing of it is sent any more."""
+
     async def close(self) -> None: ...
 
 

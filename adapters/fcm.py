@@ -96,6 +96,16 @@ class AccessTokens:
                 self._tokens[scope] = cached
             return cached.value
 
+    def forget_app(self, app_id: str) -> None:
+        """Drop the app's tokens, and the keys no other app's token was made with."""
+        for scope in [s for s in self._tokens if s[0] == app_id]:
+            del self._tokens[scope]
+        for scope in [s for s in self._locks if s[0] == app_id]:
+            del self._locks[scope]
+        kept = {printed for _, printed in self._tokens}
+        for printed in [k for k in self._keys if k not in kept]:
+            del self._keys[printed]
+
     async def _assertion(self, key_id: str, account: Mapping[str, Any]) -> str:
         key = self._keys.get(key_id)
         if key is None:
@@ -234,6 +244,10 @@ class FCMAdapter:
                 stale = token  # the access token expired early: refresh once and retry
                 continue
             return outcome
+
+    async def forget_app(self, app_id: str) -> None:
+        if self._tokens is not None:
+            self._tokens.forget_app(app_id)
 
     async def close(self) -> None:
         if self._session is not None:

@@ -146,6 +146,9 @@ class WebhookAdapter:
         return Outcome(Verdict.RETRY, status_code=status, response_snippet=snippet,
                        duration_ms=duration_ms, error=error, retry_after_s=retry_after)
 
+    async def forget_app(self, app_id: str) -> None:
+        return None  # nothing is kept per app: connections are per host, shared
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()

@@ -277,6 +277,14 @@ class FakeAPNs:
         ``timestamp`` (when APNs learned the token stopped being valid)."""
         self._unregistered[device_token.lower()] = timestamp_ms
 
+    def forget_sender(self, key_id: str) -> None:
+        """Stop trusting this key, as when it is revoked, and forget the pushes sent with
+        it."""
+        self._keys.pop(key_id, None)
+        kept = [i for i, p in enumerate(self.received) if p.sender != key_id]
+        self.received[:] = [self.received[i] for i in kept]
+        self.received_bodies[:] = [self.received_bodies[i] for i in kept]
+
     def clear(self) -> None:
         """Forget recorded pushes, scripted answers, unregistrations and the violation
         counter. Connection statistics describe live connections and are kept."""

@@ -702,6 +702,15 @@ class FakeFCM:
         self.received.clear()
         self._scripts.clear()
 
+    def forget_sender(self, client_email: str) -> None:
+        """Stop trusting this service account, as when it is deleted (its access tokens
+        answer 401 from now on), and forget the messages it sent."""
+        self._accounts.pop(client_email, None)
+        for grant in self._grants.values():
+            if grant.client_email == client_email:
+                grant.revoked = True
+        self.received[:] = [p for p in self.received if p.sender != client_email]
+
     async def wait_for(self, count: int, timeout_s: float = 5.0) -> list[ReceivedPush]:
         """Wait until at least ``count`` messages were received; return them all."""
         async with asyncio.timeout(timeout_s), self._arrived:

@@ -1,6 +1,6 @@
 """The aiohttp application: what runs in one gateway process, started and stopped in
-``cleanup_ctx`` order (spans → database → ingest → live tail → dispatcher → retention)
-and torn down in reverse."""
+``cleanup_ctx`` order (spans → database → ingest → live tail → dispatcher → retention →
+cleanup of deleted apps → app changes) and torn down in reverse."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from gateway.api.http import error_middleware
 from gateway.api.routing import wire
 from gateway.auth import Authenticator, FailureLimiter
 from gateway.batching import GroupCommit
+from gateway.cleanup import AppCleanup
 from gateway.config import Settings
 from gateway.crypto import Sealer
 from gateway.dispatcher import Dispatcher
@@ -34,6 +35,7 @@ from gateway.retention import Retention, keep_partitions
 from gateway.retry import RetryPolicy
 from gateway.sandbox import Sandbox, SandboxRouter
 from gateway.store.database import (
+    APPS_CHANNEL,
     DELIVERIES_CHANNEL,
     FANOUT_CHANNEL,
     Database,
@@ -208,6 +210,51 @@ def create_app(
         await runner.stop()
 
     app.cleanup_ctx.append(trace)
+    async def clean_up(app: web.Application) -> AsyncIterator[None]:
+        runner = AppCleanup(app[appkeys.STORE], metrics=app[appkeys.METRICS])
+        app[appkeys.CLEANUP] = runner
+        runner.start()
+        yield
+        await runner.stop()
+
+    async def app_changes(app: web.Application) -> AsyncIterator[None]:
+        # One LISTEN on gateway_apps: a deleted app or a rotated key leaves this process's
+        # key cache at once (which caches only while it hears them), and a deletion ends
+        # the app's live tails here, drops what is kept in memory for it (provider tokens
+        # and connections, its sandbox identity and inbox) and wakes the cleanup.
+        auth, cleanup = app[appkeys.AUTH], app.get(appkeys.CLEANUP)
+        outcomes, worker = app.get(appkeys.OUTCOMES), app.get(appkeys.DISPATCHER)
+        fakes = app.get(appkeys.SANDBOX)
+        forgetting: set[asyncio.Task[None]] = set()
+
+        def changed(_conn: object, _pid: int, _channel: str, payload: object) -> None:
+            change, _, app_id = str(payload).partition(" ")
+            auth.forget(app_id)
+            if change == "deleted":
+                if outcomes is not None:
+                    outcomes.end_app(app_id)
+                if fakes is not None:
+                    fakes.forget(app_id)
+                if worker is not None:
+                    task = asyncio.create_task(worker.forget_app(app_id),
+                                               name=f"forget-{app_id}")
+                    forgetting.add(task)
+                    task.add_done_callback(forgetting.discard)
+                if cleanup is not None:
+                    cleanup.wake()
+
+        def connected() -> None:
+            auth.hearing(True)
+            if cleanup is not None:  # a deletion may have gone unheard meanwhile
+                cleanup.wake()
+
+        listener = asyncio.create_task(listen_forever(
+            dsn, {APPS_CHANNEL: changed}, on_connected=connected,
+            on_lost=lambda: auth.hearing(False)), name="app-changes")
+        yield
+        listener.cancel()
+        await asyncio.gather(listener, *forgetting, return_exceptions=True)
+
     app.cleanup_ctx.append(database)
     if sandbox:
         app.cleanup_ctx.append(run_sandbox)
@@ -219,6 +266,8 @@ def create_app(
         app.cleanup_ctx.append(dispatch)
         if settings.retention_days > 0:
             app.cleanup_ctx.append(prune)
+        app.cleanup_ctx.append(clean_up)
+    app.cleanup_ctx.append(app_changes)
     return app
 
 

@@ -12,6 +12,7 @@ from gateway.config import Settings
 if TYPE_CHECKING:
     from gateway.auth import Authenticator
     from gateway.batching import GroupCommit
+    from gateway.cleanup import AppCleanup
     from gateway.dispatcher import Dispatcher
     from gateway.metrics import Metrics
     from gateway.outcomes import OutcomeStream
@@ -34,3 +35,4 @@ OUTCOMES: web.AppKey[OutcomeStream] = web.AppKey("outcomes")
 RETENTION: web.AppKey[Retention] = web.AppKey("retention")
 #: Set only when there are spans (gateway.tracing.setup): absent, nothing makes any.
 SPANS: web.AppKey[Spans] = web.AppKey("spans")
+CLEANUP: web.AppKey[AppCleanup] = web.AppKey("cleanup")

@@ -6,6 +6,12 @@ A key that fails counts against the address it came from: after
 is refused with ``429 rate_limited`` for ``GATEWAY_AUTH_BLOCK_S`` seconds, whatever key
 it presents, which makes guessing keys hopeless without touching anyone else's requests.
 The count is per process.
+
+Verified keys are cached in-process, but only while the process hears the database's
+``gateway_apps`` notifications (sent when an app is deleted or its key rotated, and acted on
+through :meth:`Authenticator.forget`): without them nothing is cached, so a deleted app or a
+key rotated out is refused everywhere as soon as the notification arrives, at the latest
+with the next request after the listening connection came back.
 """
 
 from __future__ import annotations
@@ -14,22 +20,33 @@ import collections
 import ipaddress
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from datetime import UTC, datetime
+from typing import Literal, TypeVar
 
 from aiohttp import web
 
 from gateway import usertokens
-from gateway.errors import RateLimited, Unauthorized
+from gateway.errors import NotFound, RateLimited, Unauthorized
 from gateway.ids import hash_key, keys_equal
 from gateway.store.postgres import Store
 from gateway.store.records import App
 
 #: How long a verified key is remembered in-process: an app's new limits reach every
-#: process within this long.
+#: process within this long. (A deleted app or a rotated key is forgotten at once.)
 KEY_CACHE_TTL_S = 30.0
+#: Keys, and apps of user tokens, remembered at once; past it the cache starts over.
+MAX_CACHED = 10_000
 #: Addresses whose failures are remembered at once; past it the oldest are forgotten.
 MAX_TRACKED_ADDRESSES = 10_000
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -39,6 +56,9 @@ class Principal:
     app: App | None = None
     #: For a user token: the only user whose devices it may touch.
     user_id: str | None = None
+    #: For an app's previous key, still in its grace: when it stops working (a dashboard
+    #: session it opens ends then too).
+    key_expires_at: datetime | None = None
 
     @property
     def app_id(self) -> str | None:
@@ -115,12 +135,52 @@ class FailureLimiter:
 
 
 class Authenticator:
-    def __init__(self, store: Store, admin_key: str, limiter: FailureLimiter) -> None:
+    def __init__(self, store: Store, admin_key: str, limiter: FailureLimiter, *,
+                 clock: Callable[[], datetime] = _utc_now) -> None:
         self._store = store
         self._admin_hash = hash_key(admin_key)
         self.limiter = limiter
-        self._apps: dict[bytes, tuple[App, float]] = {}
+        #: The time a previous key's grace is judged by.
+        self.clock = clock
+        #: Key hash -> (its app, until when the key works (None: the current key),
+        #: cached until).
+        self._apps: dict[bytes, tuple[App, datetime | None, float]] = {}
         self._user_apps: dict[str, tuple[App, bytes, float]] = {}
+        #: Whether this process hears app changes now (see :meth:`hearing`).
+        self._hearing = False
+        #: Moves whenever something is forgotten, so that a lookup which started before
+        #: is not cached.
+        self._generation = 0
+
+    @property
+    def caching(self) -> bool:
+        """Whether verified keys are cached now (while app changes are heard)."""
+        return self._hearing
+
+    def hearing(self, on: bool) -> None:
+        """Whether this process hears app changes (LISTEN gateway_apps) from now on. Only
+        then is anything cached; when it stops hearing, the cache is dropped."""
+        self._generation += 1
+        self._hearing = on
+        if not on:
+            self._apps.clear()
+            self._user_apps.clear()
+
+    def forget(self, app_id: str) -> None:
+        """Drop what is cached of an app that was deleted or given a new key."""
+        self._generation += 1
+        self._user_apps.pop(app_id, None)
+        for key_hash in [k for k, (app, _, _) in self._apps.items() if app.id == app_id]:
+            del self._apps[key_hash]
+
+    def _remember(self, cache: dict[K, V], key: K, value: V, generation: int) -> None:
+        """Cache a lookup that started at ``generation``, unless something was forgotten
+        meanwhile or this process does not hear app changes."""
+        if not self._hearing or generation != self._generation:
+            return
+        if len(cache) >= MAX_CACHED:
+            cache.clear()
+        cache[key] = value
 
     async def authenticate(self, header: str | None, address: str | None = None) -> Principal:
         """The caller; a failed key counts against ``address`` (refused with 429 once it
@@ -150,15 +210,21 @@ class Authenticator:
             return Principal("admin")
         now = time.monotonic()
         cached = self._apps.get(presented)
-        if cached is not None and cached[1] > now:
-            return Principal("app", cached[0])
-        app = await self._store.app_for_key_hash(presented)
-        if app is None:
+        if cached is not None and cached[2] > now:
+            app, expires_at, _ = cached
+        else:
+            generation = self._generation
+            found = await self._store.app_for_key_hash(presented)
+            if found is None:
+                raise Unauthorized("Unknown API key.")
+            app, expires_at = found.app, found.key_expires_at
+            self._remember(self._apps, presented, (app, expires_at, now + KEY_CACHE_TTL_S),
+                           generation)
+        if expires_at is not None and expires_at <= self.clock():
+            # A previous key whose grace ended while it was cached.
+            self._apps.pop(presented, None)
             raise Unauthorized("Unknown API key.")
-        if len(self._apps) > 10_000:
-            self._apps.clear()
-        self._apps[presented] = (app, now + KEY_CACHE_TTL_S)
-        return Principal("app", app)
+        return Principal("app", app, key_expires_at=expires_at)
 
     async def _user(self, token: str) -> Principal:
         app_id = usertokens.unverified_app_id(token)
@@ -171,13 +237,16 @@ class Authenticator:
         cached = self._user_apps.get(app_id)
         if cached is not None and cached[2] > now:
             return cached[0], cached[1]
+        generation = self._generation
         secret = await self._store.user_token_secret(app_id)
         if secret is None:
             raise Unauthorized("Invalid user token.")
-        app = await self._store.get_app(app_id)
-        if len(self._user_apps) > 10_000:
-            self._user_apps.clear()
-        self._user_apps[app_id] = (app, secret, now + KEY_CACHE_TTL_S)
+        try:
+            app = await self._store.get_app(app_id)
+        except NotFound:  # deleted in between
+            raise Unauthorized("Invalid user token.") from None
+        self._remember(self._user_apps, app_id, (app, secret, now + KEY_CACHE_TTL_S),
+                       generation)
         return app, secret
 
     async def user_token_secret(self, app_id: str) -> bytes:

@@ -135,6 +135,15 @@ class Dispatcher:
         running = self._loop_task is not None and not self._loop_task.done()
         return running and time.monotonic() - self.heartbeat < self.stall_after_s
 
+    async def forget_app(self, app_id: str) -> None:
+        """The app was deleted: its adapters' tokens and connections go (a delivery of it
+        still in flight may fail for want of them, which no longer matters)."""
+        for adapter in self.adapters.values():
+            try:
+                await adapter.forget_app(app_id)
+            except Exception:
+                log.exception("%s adapter failed to forget app %s", adapter.kind, app_id)
+
     async def stop(self, grace_s: float) -> None:
         """Stop claiming, give in-flight deliveries ``grace_s`` to finish, release the rest."""
         self._stopping = True

@@ -165,6 +165,9 @@ class Metrics:
         self.retention_deleted = Counter(
             "gateway_retention_deleted_rows", "Rows deleted by retention, by table.",
             ["table"], registry=r)
+        self.cleanup_deleted = Counter(
+            "gateway_app_cleanup_deleted_rows", "Rows of deleted apps removed, by table.",
+            ["table"], registry=r)
         self.live = _Live()
         r.register(self.live)
         self._types = BoundedValues(EVENT_TYPE_LIMIT)
@@ -216,6 +219,11 @@ class Metrics:
     def deleted(self, table: str, rows: int) -> None:
         if rows:
             self.retention_deleted.labels(table).inc(rows)
+
+    def cleaned(self, table: str, rows: int) -> None:
+        """Rows of a deleted app removed (``table`` is one of the cleanup's, or attempts)."""
+        if rows:
+            self.cleanup_deleted.labels(table).inc(rows)
 
     # --- scrape -------------------------------------------------------------------------
 

@@ -116,6 +116,11 @@ class OutcomeStream:
             for sub in subs:
                 sub.close()
 
+    def end_app(self, app_id: str) -> None:
+        """End the streams of an app that was deleted."""
+        for sub in self._subscribers.get(app_id, ()):
+            sub.close()
+
     @contextlib.contextmanager
     def subscribe(self, app_id: str, *, endpoint_id: str | None = None,
                   event_type: str | None = None) -> Iterator[Subscription]:

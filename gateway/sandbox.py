@@ -90,6 +90,15 @@ class Sandbox:
             found = self._identities[app_id] = (fcm, apns)
         return found
 
+    def forget(self, app_id: str) -> None:
+        """The app was deleted: its sandbox identity is no longer trusted by the fakes, and
+        what they received from it is dropped."""
+        found = self._identities.pop(app_id, None)
+        if found is not None:
+            fcm, apns = found
+            self.fcm.forget_sender(fcm["client_email"])
+            self.apns.forget_sender(apns["key_id"])
+
     def received(self, app_id: str) -> list[ReceivedPush]:
         """What the fakes received from this app's sandbox credentials, oldest first."""
         fcm, apns = self.credentials_for(app_id)
@@ -114,6 +123,10 @@ class SandboxRouter:
         fcm, apns = self._sandbox.credentials_for(job.app_id)
         own = fcm if self.kind == DeliveryKind.FCM else apns
         return await self._fake.send(replace(job, credentials=own))
+
+    async def forget_app(self, app_id: str) -> None:
+        await self._real.forget_app(app_id)
+        await self._fake.forget_app(app_id)
 
     async def close(self) -> None:
         await self._real.close()

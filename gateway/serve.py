@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from gateway import crypto, supervisor
+from gateway.api.http import validate
+from gateway.api.models import AppKeyRotate
 from gateway.app import create_app, make_store
 from gateway.config import Settings
 from gateway.errors import GatewayError
@@ -24,7 +26,7 @@ from gateway.store import embedded
 from gateway.store.database import Database, migrate
 from gateway.store.postgres import Store
 from gateway_client import commands
-from gateway_client.models import AppCreated, AppPage
+from gateway_client.models import AppCreated, AppPage, RotatedAppKey
 
 log = logging.getLogger("gateway")
 T = TypeVar("T")
@@ -166,6 +168,15 @@ async def _apps_direct(args: argparse.Namespace, settings: Settings) -> Any:
         store = make_store(db, settings)
         if args.apps_command == "create":
             return AppCreated.model_validate(await store.create_app(args.name))
+        if args.apps_command == "delete":
+            # Running gateways hear it (their key caches, and the cleanup of its rows).
+            await store.delete_app(args.id)
+            return {"id": args.id, "deleted": True}
+        if args.apps_command == "rotate-key":
+            asked = validate(AppKeyRotate, {} if args.grace_s is None
+                             else {"grace_s": args.grace_s})
+            return RotatedAppKey.model_validate(
+                await store.rotate_app_key(args.id, asked.grace_s))
         page = await store.list_apps(args.cursor, args.limit or 50)
         return AppPage.model_validate({"data": page.items, "next_cursor": page.next_cursor})
     finally:

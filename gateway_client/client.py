@@ -53,6 +53,7 @@ from gateway_client.models import (
     EventWithDeliveries,
     FCMCredentialsShown,
     PushCredentials,
+    RotatedAppKey,
     RotatedSecret,
     Secret,
     UserToken,
@@ -335,6 +336,18 @@ class GatewayClient:
     async def list_apps(self, *, limit: int | None = None,
                         cursor: str | None = None) -> AppPage:
         return await self._get(AppPage, "/v1/apps", limit=limit, cursor=cursor)
+
+    async def delete_app(self, app_id: str) -> None:
+        """Delete an app: its keys stop working at once, and everything it owns is
+        removed in the background. Needs the operator key."""
+        await self._call("DELETE", f"/v1/apps/{_quote(app_id)}")
+
+    async def rotate_app_key(self, app_id: str, *, grace_s: int | None = None) -> RotatedAppKey:
+        """A new API key for the app (the operator key, or the app's own); the one it
+        replaces keeps working for ``grace_s`` seconds (default a day; 0 ends it now)."""
+        body = {"grace_s": grace_s} if grace_s is not None else {}
+        return _parse(RotatedAppKey, await self._call(
+            "POST", f"/v1/apps/{_quote(app_id)}/keys/rotate", body=body))
 
     # --- events -----------------------------------------------------------------------
 

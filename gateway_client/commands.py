@@ -5,8 +5,9 @@
 operator can script it.
 
 They call ``GATEWAY_URL`` (default ``http://GATEWAY_HOST:GATEWAY_PORT``) with
-``GATEWAY_API_KEY``; ``apps`` sends ``GATEWAY_ADMIN_KEY``, and ``push`` the app key when it
-is set, else the operator key. They need only the client's dependencies; the server's
+``GATEWAY_API_KEY``; ``apps`` sends ``GATEWAY_ADMIN_KEY`` (``apps rotate-key`` the app key
+when the operator key is not set), and ``push`` the app key when it is set, else the
+operator key. They need only the client's dependencies; the server's
 command line (:mod:`gateway.cli`) adds them to its own.
 """
 
@@ -71,6 +72,14 @@ def add_parsers(sub: Any) -> None:
     _leaf(apps, "create", "create an app and print its API key", _apps_create) \
         .add_argument("name")
     _paged(_leaf(apps, "list", "list apps", _apps_list))
+    _leaf(apps, "delete", "delete an app: its keys stop working at once, and everything it "
+          "owns is removed in the background", _apps_delete).add_argument("id")
+    rotate = _leaf(apps, "rotate-key", "give an app a new API key (printed once); the old "
+                   "one keeps working for --grace-s", _apps_rotate_key)
+    rotate.add_argument("id")
+    rotate.add_argument("--grace-s", type=int, metavar="N",
+                        help="seconds the old key keeps working (default 86400; 0: it ends "
+                        "now)")
 
     endpoints = _group(sub, "endpoints", "manage webhook endpoints")
     create = _leaf(endpoints, "create", "subscribe a webhook endpoint (prints its secret)",
@@ -193,8 +202,10 @@ class Target:
     api_key: str | None
     admin_key: str | None
 
-    def key_for(self, command: str) -> tuple[str, str | None]:
-        """The key a command sends, and the variable it comes from."""
+    def key_for(self, command: str, action: str | None = None) -> tuple[str, str | None]:
+        """The key a command (and its action) sends, and the variable it comes from."""
+        if command == "apps" and action == "rotate-key" and not self.admin_key:
+            return "GATEWAY_API_KEY", self.api_key  # an app rotating its own key
         if command == "apps" or (command == "push" and not self.api_key):
             return "GATEWAY_ADMIN_KEY", self.admin_key
         return "GATEWAY_API_KEY", self.api_key
@@ -203,7 +214,7 @@ class Target:
 def run(args: argparse.Namespace, target: Target) -> int:
     """Run an API command; the exit status: 0, 1 on an error answer or no connection,
     2 on missing configuration."""
-    key_env, key = target.key_for(args.command)
+    key_env, key = target.key_for(args.command, getattr(args, "apps_command", None))
     if not key:
         print(f"gateway: set {key_env} to use 'gateway {args.command}'", file=sys.stderr)
         return 2
@@ -264,6 +275,15 @@ async def _apps_create(gw: GatewayClient, args: argparse.Namespace) -> Any:
 
 async def _apps_list(gw: GatewayClient, args: argparse.Namespace) -> Any:
     return await gw.list_apps(limit=args.limit, cursor=args.cursor)
+
+
+async def _apps_delete(gw: GatewayClient, args: argparse.Namespace) -> Any:
+    await gw.delete_app(args.id)
+    return {"id": args.id, "deleted": True}
+
+
+async def _apps_rotate_key(gw: GatewayClient, args: argparse.Namespace) -> Any:
+    return await gw.rotate_app_key(args.id, grace_s=args.grace_s)
 
 
 async def _endpoints_create(gw: GatewayClient, args: argparse.Namespace) -> Any:

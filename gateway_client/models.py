@@ -141,6 +141,12 @@ class AppPage(Answer):
     next_cursor: str | None
 
 
+class RotatedAppKey(Answer):
+    api_key: str = Field(description="The app's new API key. Shown once; store it.")
+    previous_key_expires_at: Timestamp | None = Field(
+        description="Until then the key it replaced keeps working; null: it ended now.")
+
+
 class Endpoint(Answer):
     id: str
     url: str

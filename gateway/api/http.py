@@ -172,6 +172,13 @@ async def read(request: web.Request, model: type[M]) -> M:
     return validate(model, data)
 
 
+async def read_optional(request: web.Request, model: type[M]) -> M:
+    """Like :func:`read`, for a body that may be left out: then every field's default."""
+    if not request.body_exists:
+        return validate(model, {})
+    return await read(request, model)
+
+
 def page_args(request: web.Request) -> tuple[str | None, int]:
     raw_limit = request.query.get("limit")
     limit = DEFAULT_PAGE

@@ -72,6 +72,12 @@ class AppPatch(_Body):
     max_topics_per_device: Quota | None = None
 
 
+class AppKeyRotate(_Body):
+    """How long the key being replaced keeps working (at most 30 days): 0 ends it now."""
+
+    grace_s: Annotated[int, Field(ge=0, le=30 * 24 * 3600)] = 24 * 3600
+
+
 UserId = Annotated[Text, StringConstraints(min_length=1, max_length=256)]
 #: FCM's topic alphabet, used for both providers.
 Topic = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.~%\-]{1,256}$")]

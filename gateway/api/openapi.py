@@ -113,7 +113,7 @@ def build(routes: Sequence[Route]) -> dict[str, Any]:
         if r.description:
             operation["description"] = r.description
         if r.body is not None:
-            operation["requestBody"] = {"required": True, "content": {
+            operation["requestBody"] = {"required": r.body_required, "content": {
                 "application/json": {"schema": refs[r.body]}}}
         paths.setdefault(r.path, {})[r.method.lower()] = operation
     return {

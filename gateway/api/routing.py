@@ -45,6 +45,8 @@ class Route:
     auth: Sequence[Auth] = ("app",)
     #: The JSON body, validated with this model.
     body: type[BaseModel] | None = None
+    #: False when the body may be left out (its fields all have defaults).
+    body_required: bool = True
     #: Success status and the model of its JSON answer (None: no body).
     ok: tuple[int, type[BaseModel] | None] = (200, None)
     #: Other success answers (e.g. 200 on an idempotent replay).

@@ -296,12 +296,16 @@ async def login(request: web.Request) -> web.StreamResponse:
                 error, status = "User tokens cannot sign in; use an app key.", 403
             else:
                 kind: Literal["admin", "app"] = "admin" if who.kind == "admin" else "app"
+                ttl_s = SESSION_TTL_S
+                if who.key_expires_at is not None:  # a rotated-out key, in its grace
+                    left_s = (who.key_expires_at - datetime.now(UTC)).total_seconds()
+                    ttl_s = max(1, min(ttl_s, int(left_s)))
                 session_id = await request.app[appkeys.STORE].create_session(
-                    kind, who.app_id, SESSION_TTL_S)
+                    kind, who.app_id, ttl_s)
                 token = issue_session(key, kind, who.app_id, time.time(), session_id)
                 response = redirect("/dashboard/apps" if kind == "admin"
                                     else f"/dashboard/apps/{who.app_id}/events")
-                response.set_cookie(SESSION_COOKIE, token, max_age=SESSION_TTL_S,
+                response.set_cookie(SESSION_COOKIE, token, max_age=ttl_s,
                                     path=COOKIE_PATH, httponly=True, samesite="Strict",
                                     secure=served_over_https(request))
                 return response

@@ -28,10 +28,13 @@ if TYPE_CHECKING:
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 #: NOTIFY channels: new or requeued deliveries (the dispatchers listen), events with push
-#: targets to expand (the fan-out), and attempt outcomes (the live tail).
+#: targets to expand (the fan-out), attempt outcomes (the live tail), and apps deleted or
+#: given a new key (``deleted <app id>`` or ``rotated <app id>``: every process's key cache
+#: and the cleanup of deleted apps).
 DELIVERIES_CHANNEL = "gateway_deliveries"
 FANOUT_CHANNEL = "gateway_fanout"
 OUTCOMES_CHANNEL = "gateway_outcomes"
+APPS_CHANNEL = "gateway_apps"
 
 
 #: The files of named queries: the gateway's own, and the catalog reads that describe the

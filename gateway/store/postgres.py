@@ -42,9 +42,11 @@ from gateway.store.records import (
     EndpointSecret,
     Event,
     EventSummary,
+    KeyedApp,
     Limits,
     Page,
     QueueHealth,
+    RotatedAppKey,
     Row,
     TestEvent,
     make,
@@ -62,6 +64,8 @@ IDEMPOTENCY_WINDOW_S = 24 * 3600
 ROTATION_GRACE_S = 24 * 3600
 #: pg_advisory_lock key that lets one process prune at a time (migrations use 727274).
 RETENTION_LOCK_KEY = 727275
+#: pg_advisory_lock key that lets one process clean up deleted apps at a time.
+CLEANUP_LOCK_KEY = 727277
 DEFAULT_LIMITS = Limits(max_endpoints=100, max_devices_per_user=20, max_topics_per_device=100)
 
 
@@ -164,9 +168,12 @@ class Store:
         assert row is not None
         return _app(CreatedApp, row, self.limits, api_key=key)
 
-    async def app_for_key_hash(self, key_hash: bytes) -> App | None:
+    async def app_for_key_hash(self, key_hash: bytes) -> KeyedApp | None:
+        """The live app whose key, or previous key still in its grace, this is."""
         row = await self.db.fetchrow("app_by_key_hash", key_hash)
-        return None if row is None else _app(App, row, self.limits)
+        if row is None:
+            return None
+        return KeyedApp(_app(App, row, self.limits), row["key_expires_at"])
 
     async def get_app(self, app_id: str) -> App:
         return _app(App, _found(await self.db.fetchrow("get_app", app_id), "app", app_id),
@@ -184,6 +191,18 @@ class Store:
         row = await self.db.fetchrow("set_app_limits", app_id, list(changes),
                                      list(changes.values()))
         return _app(App, _found(row, "app", app_id), self.limits)
+
+    async def delete_app(self, app_id: str) -> None:
+        """Mark the app deleted (404 for an unknown or already deleted one): it is gone for
+        every caller at once; :mod:`gateway.cleanup` removes its rows afterwards."""
+        _found(await self.db.fetchrow("delete_app", app_id), "app", app_id)
+
+    async def rotate_app_key(self, app_id: str, grace_s: float) -> RotatedAppKey:
+        """A new API key for the app; the one it replaces keeps working for ``grace_s``
+        seconds (0: it ends now), and one still in its grace from before ends now."""
+        key = new_api_key()
+        row = await self.db.fetchrow("rotate_app_key", app_id, hash_key(key), float(grace_s))
+        return make(RotatedAppKey, _found(row, "app", app_id), api_key=key)
 
     async def user_token_secret(self, app_id: str) -> bytes | None:
         row = await self.db.fetchrow("user_token_secret", app_id)
@@ -632,7 +651,7 @@ class Store:
             cursor = rows[-1]["id"]
         return changed
 
-    # --- retention --------------------------------------------------------------------
+    # --- retention and the cleanup of deleted apps ----------------------------------
 
     async def make_partitions(self) -> int:
         """Make the day partitions from yesterday to a week ahead that are missing; how
@@ -644,15 +663,70 @@ class Store:
     async def pruning(self) -> AsyncIterator[Pruner | None]:
         """A connection to prune on, while this process holds the retention lock; None
         when another process is pruning right now."""
+        async with self._locked(RETENTION_LOCK_KEY) as conn:
+            yield None if conn is None else Pruner(conn)
+
+    @contextlib.asynccontextmanager
+    async def cleaning(self) -> AsyncIterator[Cleaner | None]:
+        """A connection to clean up deleted apps on, while this process holds the cleanup
+        lock; None when another process is cleaning up right now."""
+        async with self._locked(CLEANUP_LOCK_KEY) as conn:
+            yield None if conn is None else Cleaner(conn)
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, lock_key: int) -> AsyncIterator[Connection | None]:
+        """A connection holding the session advisory lock ``lock_key``, or None when
+        another session holds it."""
         async with self.db.connection() as conn:
-            if not await conn.fetchval(QUERIES["retention_try_lock"], RETENTION_LOCK_KEY):
+            if not await conn.fetchval(QUERIES["retention_try_lock"], lock_key):
                 yield None
                 return
             try:
-                yield Pruner(conn)
+                yield conn
             finally:
                 with contextlib.suppress(Exception):
-                    await conn.fetchval(QUERIES["retention_unlock"], RETENTION_LOCK_KEY)
+                    await conn.fetchval(QUERIES["retention_unlock"], lock_key)
+
+
+class Cleaner:
+    """Removes deleted apps' rows in small batches, each its own short transaction that
+    skips rows someone else holds (:mod:`gateway.cleanup` decides the order and pace)."""
+
+    #: What an app owns, child first (each table's rows go before those they refer to),
+    #: with the query that removes a batch of them.
+    STEPS = {
+        "deliveries": QUERIES["cleanup_deliveries"],  # with their attempts
+        "events": QUERIES["cleanup_events"],
+        "idempotency_keys": QUERIES["cleanup_idempotency_keys"],
+        "endpoints": QUERIES["cleanup_endpoints"],
+        "devices": QUERIES["cleanup_devices"],
+        "push_credentials": QUERIES["cleanup_push_credentials"],
+        "app_rate_windows": QUERIES["cleanup_app_rate_windows"],
+        "dashboard_sessions": QUERIES["cleanup_dashboard_sessions"],
+    }
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    async def deleted_apps(self, settle_s: float) -> list[tuple[str, bool]]:
+        """Deleted apps still to clean up, oldest deletion first, each with whether its
+        deletion has settled (its own row may go once nothing refers to it)."""
+        rows = await self._conn.fetch(QUERIES["deleted_apps"], float(settle_s))
+        return [(str(r["id"]), bool(r["settled"])) for r in rows]
+
+    async def remove(self, table: str, app_id: str, batch: int) -> dict[str, int]:
+        """Up to ``batch`` of the app's rows of ``table`` (deliveries with their
+        attempts): how many went, by table."""
+        row = await self._conn.fetchrow(self.STEPS[table], app_id, batch)
+        assert row is not None
+        return {name: int(count) for name, count in row.items()}
+
+    async def remove_app(self, app_id: str) -> bool:
+        """The app's own row, if nothing refers to it any more."""
+        try:
+            return await self._conn.fetchrow(QUERIES["cleanup_app"], app_id) is not None
+        except asyncpg.ForeignKeyViolationError:
+            return False  # a row written meanwhile: the next pass takes it first
 
 
 @dataclass(frozen=True)

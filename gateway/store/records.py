@@ -60,6 +60,23 @@ class CreatedApp(App):
 
 
 @dataclass(frozen=True, slots=True)
+class KeyedApp:
+    """The app a key belongs to, and until when that key works."""
+
+    app: App
+    #: None for the app's current key; for its previous key, the end of its grace.
+    key_expires_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class RotatedAppKey:
+    #: The new API key, in clear this once; only its hash is kept.
+    api_key: str
+    #: Until then the key it replaced keeps working (None: it ended at once).
+    previous_key_expires_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class Endpoint:
     id: str
     app_id: str

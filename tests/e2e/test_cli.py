@@ -127,6 +127,30 @@ async def test_cli_scripts_apps_endpoints_events_deliveries_and_devices_as_json(
     assert deleted == {"id": endpoint["id"], "deleted": True}
 
 
+async def test_cli_rotates_an_apps_key_and_deletes_the_app(gateway: GatewayProcess) -> None:
+    admin = cli_env(gateway)
+    _, app, _ = await cli(admin, "apps", "create", "short-lived", "--json")
+    _, rotated, _ = await cli(admin, "apps", "rotate-key", app["id"], "--grace-s", "0",
+                              "--json")
+    assert rotated["api_key"].startswith("gk_") and rotated["previous_key_expires_at"] is None
+    # Without the operator key, the app rotates its own key.
+    own = {**cli_env(gateway, rotated["api_key"]), "GATEWAY_ADMIN_KEY": ""}
+    _, again, _ = await cli(own, "apps", "rotate-key", app["id"], "--json")
+    assert again["previous_key_expires_at"] is not None
+    status, _, err = await cli(admin, "apps", "rotate-key", app["id"], "--grace-s", "-1",
+                               "--json", ok=False)
+    assert status == 1 and json.loads(err)["error"]["code"] == "validation_error"
+    _, deleted, _ = await cli(admin, "apps", "delete", app["id"], "--json")
+    assert deleted == {"id": app["id"], "deleted": True}
+    _, apps, _ = await cli(admin, "apps", "list", "--json", "--limit", "250")
+    assert app["id"] not in [a["id"] for a in apps["data"]]
+    status, _, err = await cli(cli_env(gateway, again["api_key"]), "endpoints", "list",
+                               "--json", ok=False)
+    assert status == 1 and json.loads(err)["error"]["code"] == "unauthorized"
+    status, _, err = await cli(admin, "apps", "delete", app["id"], "--json", ok=False)
+    assert status == 1 and json.loads(err)["error"]["code"] == "not_found"
+
+
 async def test_cli_sets_and_shows_push_credentials_and_prints_its_version(
     gateway: GatewayProcess, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:

@@ -20,7 +20,13 @@ from gateway_client.client import (
     GatewayClient,
     GatewayConnectionError,
 )
-from gateway_client.models import AppCreated, Delivery, EndpointCreated, EventAccepted
+from gateway_client.models import (
+    AppCreated,
+    Delivery,
+    EndpointCreated,
+    EventAccepted,
+    RotatedAppKey,
+)
 from tests.support import ADMIN_KEY, Api, Receiver, eventually, free_port, serve_on_loopback
 
 
@@ -47,6 +53,28 @@ async def test_apps_are_created_and_listed_with_the_operator_key(api: Api) -> No
     assert created.id in [a.id for a in page.data]
     async with GatewayClient(base_url(api), created.api_key) as client:
         assert (await client.list_endpoints()).data == []
+
+
+async def test_an_apps_key_is_rotated_and_the_app_deleted_through_the_client(
+        api: Api) -> None:
+    async with GatewayClient(base_url(api), ADMIN_KEY, max_retries=0) as admin:
+        created = await admin.create_app("short-lived")
+        async with GatewayClient(base_url(api), created.api_key, max_retries=0) as own:
+            rotated = await own.rotate_app_key(created.id, grace_s=0)
+        assert isinstance(rotated, RotatedAppKey) and rotated.previous_key_expires_at is None
+        again = await admin.rotate_app_key(created.id)  # the default grace: a day
+        assert again.previous_key_expires_at is not None
+        async with GatewayClient(base_url(api), again.api_key, max_retries=0) as client:
+            assert (await client.list_endpoints()).data == []
+        await admin.delete_app(created.id)
+        assert created.id not in [a.id for a in (await admin.list_apps(limit=250)).data]
+        with pytest.raises(GatewayAPIError) as gone:
+            await admin.delete_app(created.id)
+    assert (gone.value.status, gone.value.code) == (404, "not_found")
+    async with GatewayClient(base_url(api), again.api_key, max_retries=0) as client:
+        with pytest.raises(GatewayAPIError) as refused:
+            await client.list_endpoints()
+    assert refused.value.status == 401
 
 
 async def test_endpoints_round_trip_through_every_method(

@@ -282,6 +282,9 @@ class Scripted:
         return Outcome(verdict, duration_ms=1, status_code=200 if verdict is
                        Verdict.DELIVERED else 503)
 
+    async def forget_app(self, app_id: str) -> None:
+        return None
+
     async def close(self) -> None:
         return None
 

@@ -20,24 +20,64 @@ RETURNING id, name, created_at, rate_limit, max_endpoints, max_devices_per_user,
           max_topics_per_device;
 
 -- name: app_by_key_hash
--- $1 api_key_hash
+-- $1 a key's hash. The live app whose key or previous key it is, and until when it works:
+-- key_expires_at is NULL for the current key, the end of its grace for the previous one
+-- (the caller judges it, on every use of a cached key too).
 SELECT id, name, created_at, rate_limit, max_endpoints, max_devices_per_user,
-       max_topics_per_device
-FROM apps WHERE api_key_hash = $1;
+       max_topics_per_device,
+       CASE WHEN api_key_hash = $1 THEN NULL ELSE previous_key_expires_at END
+           AS key_expires_at
+FROM apps
+WHERE (api_key_hash = $1 OR (previous_key_hash = $1 AND previous_key_expires_at > now()))
+  AND deleted_at IS NULL;
 
 -- name: get_app
 -- $1 app id
 SELECT id, name, created_at, rate_limit, max_endpoints, max_devices_per_user,
        max_topics_per_device
-FROM apps WHERE id = $1;
+FROM apps WHERE id = $1 AND deleted_at IS NULL;
 
 -- name: list_apps
 -- $1 cursor (id, exclusive, or NULL), $2 limit
 SELECT id, name, created_at, rate_limit, max_endpoints, max_devices_per_user,
        max_topics_per_device
 FROM apps
-WHERE $1::text IS NULL OR id < $1
+WHERE ($1::text IS NULL OR id < $1) AND deleted_at IS NULL
 ORDER BY id DESC LIMIT $2;
+
+-- name: delete_app
+-- $1 app id. Marks it deleted, which takes effect at once everywhere: its keys and user
+-- tokens are refused, it is not listed, no claim takes its deliveries and no fan-out
+-- expands its events, and its dashboard sessions end here. Every process hears it on
+-- gateway_apps at commit (its key cache, and the cleanup that removes the rest in batches).
+WITH gone AS (
+    UPDATE apps SET deleted_at = now() WHERE id = $1 AND deleted_at IS NULL
+    RETURNING id
+), ended AS (
+    DELETE FROM dashboard_sessions WHERE app_id IN (SELECT id FROM gone)
+)
+SELECT id, pg_notify('gateway_apps', 'deleted ' || id) FROM gone;
+
+-- name: rotate_app_key
+-- $1 app id, $2 the new key's hash, $3 seconds the current key keeps working (0: it ends
+-- now). One previous key is kept: one still in its grace from an earlier rotation ends
+-- now. The app's dashboard sessions, opened with a key being replaced, end when the
+-- previous key does (now, for 0). Every process hears it on gateway_apps at commit (its
+-- key cache).
+WITH rotated AS (
+    UPDATE apps SET
+        previous_key_hash = CASE WHEN $3::float8 > 0 THEN api_key_hash END,
+        previous_key_expires_at =
+            CASE WHEN $3::float8 > 0 THEN now() + make_interval(secs => $3::float8) END,
+        api_key_hash = $2
+    WHERE id = $1 AND deleted_at IS NULL
+    RETURNING id, previous_key_expires_at
+), sessions AS (
+    UPDATE dashboard_sessions s
+    SET expires_at = least(s.expires_at, coalesce(r.previous_key_expires_at, now()))
+    FROM rotated r WHERE s.app_id = r.id
+)
+SELECT previous_key_expires_at, pg_notify('gateway_apps', 'rotated ' || id) FROM rotated;
 
 -- name: set_app_limits
 -- $1 app id; $2 the limits to change (names), $3 their new values (NULL: no rate limit,
@@ -57,7 +97,7 @@ WITH changed AS (
         max_topics_per_device = CASE WHEN 'max_topics_per_device' = ANY($2) THEN
             (SELECT value FROM changed WHERE name = 'max_topics_per_device')
             ELSE max_topics_per_device END
-    WHERE id = $1
+    WHERE id = $1 AND deleted_at IS NULL
     RETURNING id, name, created_at, rate_limit, max_endpoints, max_devices_per_user,
               max_topics_per_device
 ), window_row AS (
@@ -97,7 +137,7 @@ RETURNING r.app_id,
 
 -- name: user_token_secret
 -- $1 app id
-SELECT user_token_secret FROM apps WHERE id = $1;
+SELECT user_token_secret FROM apps WHERE id = $1 AND deleted_at IS NULL;
 
 -- --- endpoints -------------------------------------------------------------------------
 
@@ -391,11 +431,11 @@ SELECT requeued.* FROM requeued LEFT JOIN woke ON true;
 -- Rooms): $4 endpoint ids with $5 their rooms, $6 push kinds with $7 their rooms, $8 app
 -- ids with $9 their rooms (arrays of one length, pairwise), $10 the room of an endpoint
 -- and $11 of an app not named; $12 how many due rows one claim looks at.
--- Takes due deliveries no other dispatcher holds and whose endpoint is active, none past
--- its target's or its app's room, apps in turn (each app's oldest first), so one app's
--- backlog or hanging endpoints never crowd out another's; extends their due time by the
--- lease (a crashed claimer's work comes back by itself), and returns what each needs to
--- be sent.
+-- Takes due deliveries no other dispatcher holds, of apps not deleted, whose endpoint is
+-- active, none past its target's or its app's room, apps in turn (each app's oldest
+-- first), so one app's backlog or hanging endpoints never crowd out another's; extends
+-- their due time by the lease (a crashed claimer's work comes back by itself), and
+-- returns what each needs to be sent.
 WITH full_targets AS (
     SELECT array_agg(id) FILTER (WHERE room <= 0) AS endpoints
     FROM unnest($4::text[], $5::int[]) AS r(id, room)
@@ -414,6 +454,8 @@ WITH full_targets AS (
                               WHERE room <= 0))
       AND d.app_id <> ALL(ARRAY(SELECT a FROM unnest($8::text[], $9::int[]) AS r(a, room)
                                 WHERE room <= 0))
+      -- A deleted app's deliveries are never claimed again (the cleanup removes them).
+      AND d.app_id <> ALL(ARRAY(SELECT id FROM apps WHERE deleted_at IS NOT NULL))
     ORDER BY d.next_attempt_at, d.id
     LIMIT $12
     FOR UPDATE OF d SKIP LOCKED
@@ -515,12 +557,17 @@ WHERE status = 'pending' AND next_attempt_at < 'infinity';
 -- name: claim_fanout
 -- $1 the app this process served last ('' at first). One event whose push targets still
 -- need expanding, locked for this transaction: apps take turns in id order, each its
--- oldest event first, so one app's backlog of fan-outs never holds up another's.
-WITH turn AS (
+-- oldest event first, so one app's backlog of fan-outs never holds up another's. Deleted
+-- apps' events are never expanded.
+WITH deleted AS (
+    SELECT ARRAY(SELECT id FROM apps WHERE deleted_at IS NOT NULL) AS ids
+), turn AS (
     SELECT coalesce(
-        (SELECT app_id FROM events WHERE fanout_status = 'pending' AND app_id > $1
+        (SELECT app_id FROM events, deleted
+         WHERE fanout_status = 'pending' AND app_id > $1 AND app_id <> ALL(deleted.ids)
          ORDER BY app_id LIMIT 1),
-        (SELECT app_id FROM events WHERE fanout_status = 'pending'
+        (SELECT app_id FROM events, deleted
+         WHERE fanout_status = 'pending' AND app_id <> ALL(deleted.ids)
          ORDER BY app_id LIMIT 1)) AS app_id
 )
 SELECT id, app_id, push_user_ids, push_topics, fanout_cursor FROM events
@@ -531,9 +578,10 @@ FOR UPDATE SKIP LOCKED;
 
 -- name: claim_any_fanout
 -- When the app whose turn it is has all its fan-outs held by other processes: the oldest
--- event of any app.
+-- event of any app not deleted.
 SELECT id, app_id, push_user_ids, push_topics, fanout_cursor FROM events
 WHERE fanout_status = 'pending'
+  AND app_id <> ALL(ARRAY(SELECT id FROM apps WHERE deleted_at IS NOT NULL))
 ORDER BY created_at
 LIMIT 1
 FOR UPDATE SKIP LOCKED;
@@ -765,7 +813,8 @@ FROM deliveries WHERE status = 'pending';
 -- --- retention (gateway/retention.py) ------------------------------------------------
 
 -- name: retention_try_lock
--- $1 lock key. Session-level, so one process prunes at a time; released by retention_unlock.
+-- $1 lock key. Session-level, so one process prunes (or cleans up deleted apps, under
+-- its own key) at a time; released by retention_unlock.
 SELECT pg_try_advisory_lock($1);
 
 -- name: retention_unlock
@@ -874,6 +923,136 @@ SELECT (SELECT count(*) FROM gone)::int AS deleted, last.app_id, last.key
 FROM (SELECT 1) AS one
 LEFT JOIN LATERAL (SELECT app_id, key FROM batch ORDER BY app_id DESC, key DESC LIMIT 1)
     AS last ON true;
+
+-- --- deleted apps (gateway/cleanup.py) ------------------------------------------------
+-- Everything a deleted app owns goes child first, in batches of $2 rows, each its own
+-- short transaction that skips rows someone else holds. Deletes name every table
+-- explicitly, by app_id: no ON DELETE CASCADE is relied on (events, deliveries and attempts
+-- may be partitioned, without foreign keys). Each returns how many rows went, by table.
+
+-- name: deleted_apps
+-- $1 seconds a deletion is left to settle before the app's own row may go (requests that
+-- were in flight when it was deleted have finished by then). Oldest deletion first.
+SELECT id, deleted_at <= now() - make_interval(secs => $1) AS settled
+FROM apps WHERE deleted_at IS NOT NULL
+ORDER BY deleted_at, id;
+
+-- name: cleanup_deliveries
+-- $1 app id, $2 batch size. Deliveries with their attempts; one a dispatcher is sending
+-- right now (its lease still runs) waits until the attempt is logged or the lease is over.
+WITH doomed AS (
+    SELECT id FROM deliveries
+    WHERE app_id = $1 AND (lease_id IS NULL OR next_attempt_at <= now())
+    ORDER BY id LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), gone_attempts AS (
+    DELETE FROM attempts a USING doomed WHERE a.delivery_id = doomed.id RETURNING 1
+), gone AS (
+    DELETE FROM deliveries d USING doomed
+    WHERE d.app_id = $1 AND d.id = doomed.id RETURNING 1
+)
+SELECT (SELECT count(*) FROM gone)::int AS deliveries,
+       (SELECT count(*) FROM gone_attempts)::int AS attempts;
+
+-- name: cleanup_events
+-- $1 app id, $2 batch size. Events with no delivery left.
+WITH doomed AS (
+    SELECT e.id FROM events e
+    WHERE e.app_id = $1
+      AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.app_id = $1 AND d.event_id = e.id)
+    ORDER BY e.id LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM events e USING doomed WHERE e.app_id = $1 AND e.id = doomed.id RETURNING 1
+)
+SELECT count(*)::int AS events FROM gone;
+
+-- name: cleanup_idempotency_keys
+-- $1 app id, $2 batch size
+WITH doomed AS (
+    SELECT key FROM idempotency_keys WHERE app_id = $1
+    ORDER BY key LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM idempotency_keys k USING doomed
+    WHERE k.app_id = $1 AND k.key = doomed.key RETURNING 1
+)
+SELECT count(*)::int AS idempotency_keys FROM gone;
+
+-- name: cleanup_endpoints
+-- $1 app id, $2 batch size. Endpoints no delivery names any more.
+WITH doomed AS (
+    SELECT ep.id FROM endpoints ep
+    WHERE ep.app_id = $1
+      AND NOT EXISTS (SELECT 1 FROM deliveries d
+                      WHERE d.app_id = $1 AND d.endpoint_id = ep.id)
+    ORDER BY ep.id LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM endpoints ep USING doomed WHERE ep.app_id = $1 AND ep.id = doomed.id
+    RETURNING 1
+)
+SELECT count(*)::int AS endpoints FROM gone;
+
+-- name: cleanup_devices
+-- $1 app id, $2 batch size. Devices no delivery names any more.
+WITH doomed AS (
+    SELECT dv.id FROM devices dv
+    WHERE dv.app_id = $1
+      AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.app_id = $1 AND d.device_id = dv.id)
+    ORDER BY dv.id LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM devices dv USING doomed WHERE dv.app_id = $1 AND dv.id = doomed.id
+    RETURNING 1
+)
+SELECT count(*)::int AS devices FROM gone;
+
+-- name: cleanup_push_credentials
+-- $1 app id, $2 batch size
+WITH doomed AS (
+    SELECT provider FROM push_credentials WHERE app_id = $1
+    ORDER BY provider LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM push_credentials p USING doomed
+    WHERE p.app_id = $1 AND p.provider = doomed.provider RETURNING 1
+)
+SELECT count(*)::int AS push_credentials FROM gone;
+
+-- name: cleanup_app_rate_windows
+-- $1 app id, $2 batch size (one row at most)
+WITH gone AS (
+    DELETE FROM app_rate_windows
+    WHERE app_id IN (SELECT app_id FROM app_rate_windows WHERE app_id = $1 LIMIT $2)
+    RETURNING 1
+)
+SELECT count(*)::int AS app_rate_windows FROM gone;
+
+-- name: cleanup_dashboard_sessions
+-- $1 app id, $2 batch size. delete_app ended them; a sign-in that raced it may have left one.
+WITH doomed AS (
+    SELECT id FROM dashboard_sessions WHERE app_id = $1
+    ORDER BY id LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM dashboard_sessions s USING doomed WHERE s.id = doomed.id RETURNING 1
+)
+SELECT count(*)::int AS dashboard_sessions FROM gone;
+
+-- name: cleanup_app
+-- $1 app id. The deleted app's own row, last, once no row of any table refers to it.
+DELETE FROM apps
+WHERE id = $1 AND deleted_at IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM deliveries WHERE app_id = $1)
+  AND NOT EXISTS (SELECT 1 FROM events WHERE app_id = $1)
+  AND NOT EXISTS (SELECT 1 FROM idempotency_keys WHERE app_id = $1)
+  AND NOT EXISTS (SELECT 1 FROM endpoints WHERE app_id = $1)
+  AND NOT EXISTS (SELECT 1 FROM devices WHERE app_id = $1)
+  AND NOT EXISTS (SELECT 1 FROM push_credentials WHERE app_id = $1)
+  AND NOT EXISTS (SELECT 1 FROM app_rate_windows WHERE app_id = $1)
+  AND NOT EXISTS (SELECT 1 FROM dashboard_sessions WHERE app_id = $1)
+RETURNING id;
 
 -- --- secrets at rest (gateway secrets reseal) ---------------------------------------
 

@@ -18,7 +18,10 @@ CREATE TABLE apps (
     rate_limit integer,
     max_endpoints integer,
     max_devices_per_user integer,
-    max_topics_per_device integer
+    max_topics_per_device integer,
+    deleted_at timestamp with time zone,
+    previous_key_hash bytea,
+    previous_key_expires_at timestamp with time zone
 );
 ALTER TABLE apps ADD CONSTRAINT apps_api_key_hash_key UNIQUE (api_key_hash);
 ALTER TABLE apps ADD CONSTRAINT apps_max_devices_per_user_check CHECK ((max_devices_per_user >= 0));
@@ -26,6 +29,8 @@ ALTER TABLE apps ADD CONSTRAINT apps_max_endpoints_check CHECK ((max_endpoints >
 ALTER TABLE apps ADD CONSTRAINT apps_max_topics_per_device_check CHECK ((max_topics_per_device >= 0));
 ALTER TABLE apps ADD CONSTRAINT apps_pkey PRIMARY KEY (id);
 ALTER TABLE apps ADD CONSTRAINT apps_rate_limit_check CHECK ((rate_limit > 0));
+CREATE UNIQUE INDEX apps_by_previous_key ON public.apps USING btree (previous_key_hash) WHERE (previous_key_hash IS NOT NULL);
+CREATE INDEX apps_deleted ON public.apps USING btree (deleted_at, id) WHERE (deleted_at IS NOT NULL);
 
 CREATE TABLE attempts (
     delivery_id text NOT NULL,
