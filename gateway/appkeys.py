@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from gateway.outcomes import OutcomeStream
     from gateway.retention import Retention
     from gateway.sandbox import Sandbox
+    from gateway.schemas import EventTypeSchemas
     from gateway.store.postgres import Accepted, EventDraft, Store
     from gateway.store.postgres_queue import PostgresQueue
 
@@ -31,3 +32,4 @@ SANDBOX: web.AppKey[Sandbox] = web.AppKey("sandbox")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 OUTCOMES: web.AppKey[OutcomeStream] = web.AppKey("outcomes")
 RETENTION: web.AppKey[Retention] = web.AppKey("retention")
+SCHEMAS: web.AppKey[EventTypeSchemas] = web.AppKey("schemas")

@@ -65,6 +65,10 @@ class DeliveryNotRetryable(Conflict):
     code = "delivery_not_retryable"
 
 
+class EventTypeExists(Conflict):
+    code = "event_type_exists"
+
+
 class PayloadTooLarge(GatewayError):
     status, code = 413, "payload_too_large"
 

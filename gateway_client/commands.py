@@ -248,7 +248,7 @@ def report(args: argparse.Namespace, call: Coroutine[Any, Any, Any], *,
 
 def _plain(answer: Any) -> Any:
     if isinstance(answer, BaseModel):
-        return answer.model_dump(mode="json")
+        return answer.model_dump(mode="json", by_alias=True)
     if isinstance(answer, list):
         return [_plain(a) for a in answer]
     if isinstance(answer, dict):

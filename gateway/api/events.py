@@ -22,6 +22,7 @@ from gateway.api.http import (
 from gateway.api.models import EventCreate
 from gateway.api.routing import Param, Route
 from gateway.errors import RateLimited, ValidationError
+from gateway.schemas import check_payload
 from gateway.store.postgres import EventDraft
 from gateway_client.models import EventAccepted, EventPage, EventWithDeliveries
 
@@ -50,6 +51,11 @@ async def create_event(request: web.Request) -> web.Response:
         push = json.dumps({"user_ids": body.user_ids or [], "topics": body.topics or [],
                            "notification": body.notification.model_dump(exclude_none=True)})
     app = acting_app(request)
+    schemas = request.app[appkeys.SCHEMAS]
+    catalog = schemas.fresh(app.id) or await schemas.load(app.id)
+    schema = catalog.get(body.type)
+    if schema is not None:
+        await check_payload(schema, body.payload, schemas.worker)
     draft = EventDraft(app.id, body.type, raw["payload"], key, body_hash, push,
                        app.rate_limit)
     try:
