@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import re2
 from jsonschema import Draft202012Validator, validators
@@ -43,7 +43,7 @@ from referencing.exceptions import NoSuchResource, Unresolvable
 from referencing.jsonschema import DRAFT202012
 
 from gateway.errors import ValidationError
-from gateway.store.postgres import Store
+from gateway.store.records import EventTypeSchema
 
 #: The longest schema, in characters of JSON.
 MAX_SCHEMA_CHARS = 65_536
@@ -395,6 +395,12 @@ class Catalog:
         return self.schemas.get(event_type)
 
 
+class SchemaSource(Protocol):
+    """Where the cache reads an app's schemas (the store)."""
+
+    async def event_type_schemas(self, app_id: str) -> list[EventTypeSchema]: ...
+
+
 class EventTypeSchemas:
     """Each app's event type schemas, compiled, kept for ``ttl_s``: ingest never reads the
     catalog from PostgreSQL per request. A change made through this process applies at
@@ -403,7 +409,7 @@ class EventTypeSchemas:
     #: Apps remembered at once; past it, every app is read again.
     MAX_APPS = 10_000
 
-    def __init__(self, store: Store, ttl_s: float, *, workers: int = 2,
+    def __init__(self, store: SchemaSource, ttl_s: float, *, workers: int = 2,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._store = store
         self.ttl_s = ttl_s
