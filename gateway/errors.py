@@ -86,7 +86,8 @@ class EndpointURLForbidden(GatewayError):
 
 
 class LimitExceeded(GatewayError):
-    """An app's quota (endpoints, devices per user, topics per device) is used up."""
+    """An app's quota (endpoints, devices per user, topics per device, event types) is
+    used up."""
 
     status, code = 422, "limit_exceeded"
 

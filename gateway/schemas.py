@@ -19,8 +19,11 @@ is not asserted.
 
 Checking a payload is bounded too: each keyword evaluation is a step (an ``enum`` one per
 value, ``uniqueItems`` one per item). A check runs on the event loop for up to
-:data:`INLINE_STEPS`; one that needs more runs again on a worker thread, up to
-:data:`MAX_STEPS`, past which the payload is refused as too costly to check.
+:data:`INLINE_STEPS`; one that needs more runs again on a worker thread, one at a time per
+app, up to :data:`MAX_STEPS`, past which the payload is refused as too costly to check.
+
+Ingest reads a type's schema once per process and cache period (:class:`EventTypeSchemas`),
+one type at a time, within a bound on what a process keeps.
 """
 
 from __future__ import annotations
@@ -362,99 +365,166 @@ class PayloadSchema:
         return found
 
 
-async def check_payload(schema: PayloadSchema, payload: Any,
-                        worker: ThreadPoolExecutor) -> None:
-    """Refuse ``payload`` (422 ``validation_error``, one detail per violation) unless it
-    matches; a costly check leaves the event loop for ``worker``."""
-    try:
-        found = schema.problems(payload, INLINE_STEPS)
-    except _TooCostly:
-        try:
-            found = await asyncio.get_running_loop().run_in_executor(
-                worker, schema.problems, payload, MAX_STEPS)
-        except _TooCostly:
-            found = [{"path": "payload", "message": "is too large or too complex to check "
-                      f"against the event type's schema (over {MAX_STEPS} steps)"}]
-    if found:
-        first = found[0]
-        raise ValidationError(
-            f"The payload does not match the schema of its event type: '{first['path']}' "
-            f"{first['message']}.", details=found)
+def _refusal(found: list[dict[str, str]]) -> ValidationError:
+    first = found[0]
+    return ValidationError(
+        f"The payload does not match the schema of its event type: '{first['path']}' "
+        f"{first['message']}.", details=found)
 
 
-# --- the per-process cache -------------------------------------------------------------
+_TOO_COSTLY = ("is too large or too complex to check against the event type's schema "
+               f"(over {MAX_STEPS} steps)")
 
-@dataclass(frozen=True)
-class Catalog:
-    """An app's schemas as one process last read them."""
 
-    schemas: dict[str, PayloadSchema]
-    expires_at: float
+class _Turn:
+    """One app's costly checks: one on the worker at a time, the others waiting."""
 
-    def get(self, event_type: str) -> PayloadSchema | None:
-        return self.schemas.get(event_type)
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
 
+
+# --- the per-process cache and payload checks ------------------------------------------
 
 class SchemaSource(Protocol):
-    """Where the cache reads an app's schemas (the store)."""
+    """Where the cache reads a type's schema (the store)."""
 
-    async def event_type_schemas(self, app_id: str) -> list[EventTypeSchema]: ...
+    async def event_type_schema(self, app_id: str, name: str) -> EventTypeSchema | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    schema: PayloadSchema | None
+    #: What it counts against :attr:`EventTypeSchemas.max_chars`.
+    chars: int
+    expires_at: float
 
 
 class EventTypeSchemas:
-    """Each app's event type schemas, compiled, kept for ``ttl_s``: ingest never reads the
-    catalog from PostgreSQL per request. A change made through this process applies at
-    once; one made through another process within ``ttl_s``."""
+    """Event type schemas, compiled, each kept for ``ttl_s``, and the payload checks
+    against them. Ingest reads a type's entry from PostgreSQL once per ``ttl_s`` and
+    process, not per request. A change made through
+    this process applies at once; one made through another process within ``ttl_s``.
 
-    #: Apps remembered at once; past it, every app is read again.
-    MAX_APPS = 10_000
+    Types are read one at a time, as events of them arrive, so an event costs at most one
+    schema's worth of reading and compiling, however large the app's catalog. What is
+    kept is bounded by ``max_chars`` characters of schema JSON (a type without a schema
+    counts :data:`ABSENT_CHARS`); past it, the types read longest ago make room.
+    """
 
-    def __init__(self, store: SchemaSource, ttl_s: float, *, workers: int = 2,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    #: What remembering a type without a schema counts, besides its app id and name.
+    ABSENT_CHARS = 64
+
+    def __init__(self, store: SchemaSource, ttl_s: float, *, max_chars: int = 8 << 20,
+                 workers: int = 2, clock: Callable[[], float] = time.monotonic) -> None:
         self._store = store
         self.ttl_s = ttl_s
+        self.max_chars = max_chars
         self.clock = clock
-        self._apps: dict[str, Catalog] = {}
-        self._reading: dict[str, asyncio.Task[Catalog]] = {}
+        self._cached: dict[tuple[str, str], _Cached] = {}
+        self._chars = 0
+        self._reading: dict[tuple[str, str], asyncio.Task[_Cached]] = {}
+        self._turns: dict[str, _Turn] = {}
         #: Where costly payload checks run, off the event loop.
         self.worker = ThreadPoolExecutor(max_workers=workers,
                                          thread_name_prefix="schema-check")
 
-    def fresh(self, app_id: str) -> Catalog | None:
-        """The app's catalog if this process read it less than ``ttl_s`` ago."""
-        found = self._apps.get(app_id)
-        if found is None or found.expires_at <= self.clock():
-            return None
-        return found
+    @property
+    def cached_chars(self) -> int:
+        """What the kept types count against ``max_chars``."""
+        return self._chars
 
-    async def load(self, app_id: str) -> Catalog:
-        """Read the app's schemas: one query, shared by whoever asks meanwhile."""
-        reading = self._reading.get(app_id)
+    async def schema(self, app_id: str, event_type: str) -> PayloadSchema | None:
+        """The schema events of this type must match (None: any payload), read at most
+        once per ``ttl_s``, one query shared by whoever asks meanwhile."""
+        key = (app_id, event_type)
+        found = self._cached.get(key)
+        if found is not None and found.expires_at > self.clock():
+            return found.schema
+        reading = self._reading.get(key)
         if reading is None:
-            reading = asyncio.create_task(self._read(app_id), name="event-type-schemas")
-            self._reading[app_id] = reading
-            reading.add_done_callback(functools.partial(self._read_done, app_id))
-        return await asyncio.shield(reading)
+            reading = asyncio.create_task(self._read(app_id, event_type),
+                                          name="event-type-schema")
+            self._reading[key] = reading
+            reading.add_done_callback(functools.partial(self._read_done, key))
+        return (await asyncio.shield(reading)).schema
 
-    async def _read(self, app_id: str) -> Catalog:
-        rows = await self._store.event_type_schemas(app_id)
-        return Catalog({r.name: PayloadSchema(r.schema) for r in rows},
-                       self.clock() + self.ttl_s)
+    async def _read(self, app_id: str, event_type: str) -> _Cached:
+        row = await self._store.event_type_schema(app_id, event_type)
+        expires_at = self.clock() + self.ttl_s
+        chars = len(app_id) + len(event_type) + self.ABSENT_CHARS
+        if row is None:
+            return _Cached(None, chars, expires_at)
+        return _Cached(PayloadSchema(row.schema), chars + row.chars, expires_at)
 
-    def _read_done(self, app_id: str, reading: asyncio.Task[Catalog]) -> None:
+    def _read_done(self, key: tuple[str, str], reading: asyncio.Task[_Cached]) -> None:
         failed = reading.cancelled() or reading.exception() is not None
-        if self._reading.get(app_id) is not reading:
+        if self._reading.get(key) is not reading:
             return  # forgotten meanwhile: what it read may be older than the change
-        del self._reading[app_id]
+        del self._reading[key]
         if not failed:
-            if len(self._apps) >= self.MAX_APPS:
-                self._apps.clear()
-            self._apps[app_id] = reading.result()
+            self._keep(key, reading.result())
 
-    def forget(self, app_id: str) -> None:
-        """The app's catalog changed here: read it again on its next event."""
-        self._apps.pop(app_id, None)
-        self._reading.pop(app_id, None)
+    def _keep(self, key: tuple[str, str], entry: _Cached) -> None:
+        self._drop(key)
+        while self._cached and self._chars + entry.chars > self.max_chars:
+            self._drop(next(iter(self._cached)))  # the one read longest ago
+        if entry.chars <= self.max_chars:
+            self._cached[key] = entry
+            self._chars += entry.chars
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        gone = self._cached.pop(key, None)
+        if gone is not None:
+            self._chars -= gone.chars
+
+    def forget(self, app_id: str, event_type: str) -> None:
+        """The type's entry changed here: read it again on its next event."""
+        self._drop((app_id, event_type))
+        self._reading.pop((app_id, event_type), None)
+
+    # --- checking payloads
+
+    async def check(self, app_id: str, schema: PayloadSchema, payload: Any) -> None:
+        """Refuse ``payload`` (422 ``validation_error``, one detail per violation) unless it
+        matches. A check costlier than :data:`INLINE_STEPS` leaves the event loop for
+        :attr:`worker`, one at a time per app: however many costly payloads an app sends,
+        it holds one worker thread, and the others stay free for other apps."""
+        try:
+            found = schema.problems(payload, INLINE_STEPS)
+        except _TooCostly:
+            found = await self._offload(app_id, schema, payload)
+        if found:
+            raise _refusal(found)
+
+    async def _offload(self, app_id: str, schema: PayloadSchema,
+                       payload: Any) -> list[dict[str, str]]:
+        turn = self._turns.setdefault(app_id, _Turn())
+        turn.users += 1
+        try:
+            await turn.lock.acquire()
+        except BaseException:
+            self._leave(app_id, turn)
+            raise
+        job = asyncio.get_running_loop().run_in_executor(
+            self.worker, schema.problems, payload, MAX_STEPS)
+        # The app's turn ends when the thread is done, even if the request was dropped.
+        job.add_done_callback(functools.partial(self._job_done, app_id, turn))
+        try:
+            return await asyncio.shield(job)
+        except _TooCostly:
+            return [{"path": "payload", "message": _TOO_COSTLY}]
+
+    def _job_done(self, app_id: str, turn: _Turn, job: asyncio.Future[Any]) -> None:
+        if not job.cancelled():
+            job.exception()  # retrieved here: whoever awaited it may have gone
+        turn.lock.release()
+        self._leave(app_id, turn)
+
+    def _leave(self, app_id: str, turn: _Turn) -> None:
+        turn.users -= 1
+        if turn.users == 0 and self._turns.get(app_id) is turn:
+            del self._turns[app_id]
 
     def close(self) -> None:
         self.worker.shutdown(wait=False, cancel_futures=True)

@@ -31,8 +31,9 @@ async def create_event_type(request: web.Request) -> web.Response:
     await _checked(request, body.schema_)
     app = app_id(request)
     created = await request.app[appkeys.STORE].create_event_type(
-        app, body.name, body.description, body.schema_)
-    request.app[appkeys.SCHEMAS].forget(app)
+        app, body.name, body.description, body.schema_,
+        request.app[appkeys.SETTINGS].max_event_types)
+    request.app[appkeys.SCHEMAS].forget(app, body.name)
     return answer(EventType, created, 201)
 
 
@@ -60,17 +61,16 @@ async def patch_event_type(request: web.Request) -> web.Response:
     if "schema_" in body.model_fields_set:
         await _checked(request, body.schema_)
         changes["schema"] = body.schema_
-    app = app_id(request)
-    updated = await request.app[appkeys.STORE].update_event_type(
-        app, request.match_info["name"], changes)
-    request.app[appkeys.SCHEMAS].forget(app)
+    app, name = app_id(request), request.match_info["name"]
+    updated = await request.app[appkeys.STORE].update_event_type(app, name, changes)
+    request.app[appkeys.SCHEMAS].forget(app, name)
     return answer(EventType, updated)
 
 
 async def delete_event_type(request: web.Request) -> web.Response:
-    app = app_id(request)
-    await request.app[appkeys.STORE].delete_event_type(app, request.match_info["name"])
-    request.app[appkeys.SCHEMAS].forget(app)
+    app, name = app_id(request), request.match_info["name"]
+    await request.app[appkeys.STORE].delete_event_type(app, name)
+    request.app[appkeys.SCHEMAS].forget(app, name)
     return web.Response(status=204)
 
 
@@ -81,7 +81,8 @@ ROUTES = [
     Route("POST", "/v1/event-types", create_event_type, "Add an event type to the catalog",
           "event types", body=EventTypeCreate, ok=(201, EventType), errors=(409,),
           description="With a schema (JSON Schema Draft 2020-12), every event of this type "
-          "must match it: POST /v1/events answers 422 otherwise. " + _CACHED),
+          "must match it: POST /v1/events answers 422 otherwise. An app's catalog holds "
+          "at most GATEWAY_MAX_EVENT_TYPES entries (422 limit_exceeded). " + _CACHED),
     Route("GET", "/v1/event-types", list_event_types, "List the event type catalog",
           "event types", ok=(200, EventTypePage), query=PAGE,
           description="By name; the cursor is the last name of the previous page."),

@@ -22,7 +22,6 @@ from gateway.api.http import (
 from gateway.api.models import EventCreate
 from gateway.api.routing import Param, Route
 from gateway.errors import RateLimited, ValidationError
-from gateway.schemas import check_payload
 from gateway.store.postgres import EventDraft
 from gateway_client.models import EventAccepted, EventPage, EventWithDeliveries
 
@@ -52,10 +51,9 @@ async def create_event(request: web.Request) -> web.Response:
                            "notification": body.notification.model_dump(exclude_none=True)})
     app = acting_app(request)
     schemas = request.app[appkeys.SCHEMAS]
-    catalog = schemas.fresh(app.id) or await schemas.load(app.id)
-    schema = catalog.get(body.type)
+    schema = await schemas.schema(app.id, body.type)
     if schema is not None:
-        await check_payload(schema, body.payload, schemas.worker)
+        await schemas.check(app.id, schema, body.payload)
     draft = EventDraft(app.id, body.type, raw["payload"], key, body_hash, push,
                        app.rate_limit)
     try:

@@ -276,13 +276,22 @@ class Store:
     # --- event types ------------------------------------------------------------------
 
     async def create_event_type(self, app_id: str, name: str, description: str,
-                                schema: dict[str, Any] | None) -> EventType:
-        """A new catalog entry (409 ``event_type_exists`` when the name is taken)."""
-        row = await self.db.fetchrow("create_event_type", app_id, name, description,
-                                     _json_or_none(schema))
-        if row is None:
-            raise EventTypeExists(f"The event type {name!r} already exists in this app.",
-                                  details=[{"path": "name", "name": name}])
+                                schema: dict[str, Any] | None,
+                                max_event_types: int) -> EventType:
+        """A new catalog entry: 409 ``event_type_exists`` when the name is taken, else
+        422 ``limit_exceeded`` when the app has ``max_event_types`` entries already."""
+        async with self.db.transaction() as conn:
+            await conn.fetchval(QUERIES["lock_app"], app_id)
+            row = await conn.fetchrow(QUERIES["create_event_type"], app_id, name,
+                                      description, _json_or_none(schema))
+            if row is None:
+                raise EventTypeExists(f"The event type {name!r} already exists in this app.",
+                                      details=[{"path": "name", "name": name}])
+            if await conn.fetchval(QUERIES["count_event_types"], app_id) > max_event_types:
+                raise LimitExceeded(
+                    f"This app's catalog has its {max_event_types} event types; delete one, "
+                    "or ask the operator to raise GATEWAY_MAX_EVENT_TYPES.",
+                    details=[{"limit": "max_event_types", "value": max_event_types}])
         return make(EventType, row)
 
     async def list_event_types(self, app_id: str, cursor: str | None,
@@ -307,9 +316,10 @@ class Store:
     async def delete_event_type(self, app_id: str, name: str) -> None:
         _named(await self.db.fetchrow("delete_event_type", app_id, name), name)
 
-    async def event_type_schemas(self, app_id: str) -> list[EventTypeSchema]:
-        """Every schema of the app's catalog (entries without one are left out)."""
-        return make_all(EventTypeSchema, await self.db.fetch("event_type_schemas", app_id))
+    async def event_type_schema(self, app_id: str, name: str) -> EventTypeSchema | None:
+        """The schema of one type of the app's catalog (None: no entry, or no schema)."""
+        row = await self.db.fetchrow("event_type_schema", app_id, name)
+        return None if row is None else make(EventTypeSchema, row)
 
     # --- events -----------------------------------------------------------------------
 

@@ -100,10 +100,12 @@ class EventType:
 
 @dataclass(frozen=True, slots=True)
 class EventTypeSchema:
-    """A schema of the catalog, as ingest loads them."""
+    """A schema of the catalog, as ingest loads it."""
 
     name: str
     schema: dict[str, Any]
+    #: Its length in characters of JSON (what the per-process cache counts).
+    chars: int
 
 
 @dataclass(frozen=True, slots=True)

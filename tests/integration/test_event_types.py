@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from gateway import appkeys
-from gateway.schemas import MAX_SCHEMA_CHARS, MAX_SCHEMA_DEPTH, MAX_STEPS
+from gateway.schemas import MAX_SCHEMA_CHARS, MAX_SCHEMA_DEPTH
 from tests.support import ADMIN_KEY, Api, Receiver
 
 ORDER = {
@@ -175,36 +175,6 @@ async def test_a_schema_too_large_or_too_deep_is_refused(api: Api) -> None:
     assert status == 422  # checked before the name is looked up
 
 
-async def test_a_remote_ref_is_refused_and_never_fetched(api: Api, receiver: Receiver) -> None:
-    key = await api.new_app()
-    remote = {"type": "object", "properties": {"order": {"$ref": receiver.url("/order.json")}}}
-    status, answer = await api.call("POST", "/v1/event-types", key,
-                                    {"name": "order.created", "schema": remote})
-    assert status == 422
-    assert answer["error"]["details"][0]["path"] == "schema.properties.order.$ref"
-    based = {"$id": receiver.url("/schemas/order"), "$ref": "item.json"}
-    status, answer = await api.call("POST", "/v1/event-types", key,
-                                    {"name": "order.created", "schema": based})
-    assert status == 422 and answer["error"]["details"][0]["path"] == "schema.$ref"
-    assert receiver.requests == []
-
-
-async def test_a_remote_ref_stored_behind_the_apis_back_is_still_never_fetched(
-    api: Api, dsn: str, receiver: Receiver
-) -> None:
-    key = await api.new_app()
-    app_id = (await sql(dsn, "SELECT id FROM apps"))[0]["id"]
-    remote = {"properties": {"order": {"$ref": receiver.url("/order.json")}}}
-    await sql(dsn, "INSERT INTO event_types (app_id, name, schema) VALUES ($1, $2, $3)",
-              app_id, "order.created", json.dumps(remote))
-    status, answer = await api.call("POST", "/v1/events", key,
-                                    {"type": "order.created", "payload": {"order": {}}})
-    assert status == 422
-    assert answer["error"]["details"][0]["path"] == "payload"
-    assert receiver.requests == []
-    assert await event_count(dsn) == 0
-
-
 async def test_only_app_keys_manage_the_catalog(api: Api) -> None:
     status, answer = await api.call("GET", "/v1/event-types", ADMIN_KEY)
     assert status == 403 and answer["error"]["code"] == "forbidden"
@@ -335,36 +305,3 @@ async def test_a_large_payload_is_checked_off_the_event_loop_to_the_last_item(
     assert status == 422
     assert answer["error"]["details"] == [
         {"path": "payload.items.2999.qty", "message": "0 is less than the minimum of 1"}]
-
-
-async def test_a_backtracking_regex_cannot_hold_up_ingest(api: Api) -> None:
-    key = await api.new_app()
-    schema = {"properties": {"code": {"type": "string", "pattern": "^(a+)+$"}},
-              "patternProperties": {"^(b+)+$": {"type": "integer"}},
-              "additionalProperties": False}
-    status, _ = await api.call("POST", "/v1/event-types", key,
-                               {"name": "evil", "schema": schema})
-    assert status == 201
-    # Python's re takes longer than the age of the universe on these; RE2 microseconds.
-    status, answer = await api.call("POST", "/v1/events", key, {
-        "type": "evil", "payload": {"code": "a" * 5000 + "!", "b" * 5000 + "!": 1}})
-    assert status == 422
-    assert {d["path"] for d in answer["error"]["details"]} == {
-        "payload.code", "payload." + "b" * 5000 + "!"}
-
-
-async def test_a_payload_too_costly_to_check_is_refused(api: Api) -> None:
-    key = await api.new_app()
-    schema = {"items": {"enum": list(range(1000))}}
-    await api.call("POST", "/v1/event-types", key, {"name": "costly", "schema": schema})
-    payload = {"list": list(range(MAX_STEPS // 1000 + 1))}
-    status, _ = await api.call("POST", "/v1/events", key,
-                               {"type": "costly", "payload": payload})
-    assert status == 202  # the schema applies to arrays; this payload is an object
-    await api.call("PATCH", "/v1/event-types/costly", key, {"schema": {
-        "properties": {"list": schema}}})
-    status, answer = await api.call("POST", "/v1/events", key,
-                                    {"type": "costly", "payload": payload})
-    assert status == 422
-    assert answer["error"]["details"][0]["path"] == "payload"
-    assert "too large or too complex" in answer["error"]["details"][0]["message"]

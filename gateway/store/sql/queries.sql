@@ -222,9 +222,15 @@ RETURNING name, description, schema, created_at, updated_at;
 -- $1 app id, $2 name
 DELETE FROM event_types WHERE app_id = $1 AND name = $2 RETURNING name;
 
--- name: event_type_schemas
--- $1 app id: every schema of the app's catalog, for ingest (gateway/schemas.py).
-SELECT name, schema FROM event_types WHERE app_id = $1 AND schema IS NOT NULL;
+-- name: count_event_types
+-- $1 app id
+SELECT count(*) FROM event_types WHERE app_id = $1;
+
+-- name: event_type_schema
+-- $1 app id, $2 name: the schema ingest checks that type's payloads against, with its
+-- length in characters of JSON (gateway/schemas.py). No row: no entry, or no schema.
+SELECT name, schema, length(schema::text) AS chars
+FROM event_types WHERE app_id = $1 AND name = $2 AND schema IS NOT NULL;
 
 -- --- events (ingest) -------------------------------------------------------------------
 
