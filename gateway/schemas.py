@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import re2
 from jsonschema import Draft202012Validator, validators
@@ -47,6 +47,8 @@ from referencing.jsonschema import DRAFT202012
 
 from gateway.errors import ValidationError
 from gateway.store.records import EventTypeSchema
+
+T = TypeVar("T")
 
 #: The longest schema, in characters of JSON.
 MAX_SCHEMA_CHARS = 65_536
@@ -377,7 +379,7 @@ _TOO_COSTLY = ("is too large or too complex to check against the event type's sc
 
 
 class _Turn:
-    """One app's costly checks: one on the worker at a time, the others waiting."""
+    """One app's work on the worker: one piece at a time, the others waiting."""
 
     def __init__(self) -> None:
         self.lock = asyncio.Lock()
@@ -487,18 +489,24 @@ class EventTypeSchemas:
 
     async def check(self, app_id: str, schema: PayloadSchema, payload: Any) -> None:
         """Refuse ``payload`` (422 ``validation_error``, one detail per violation) unless it
-        matches. A check costlier than :data:`INLINE_STEPS` leaves the event loop for
-        :attr:`worker`, one at a time per app: however many costly payloads an app sends,
-        it holds one worker thread, and the others stay free for other apps."""
+        matches. A check costlier than :data:`INLINE_STEPS` runs again in the app's turn
+        on the worker (:meth:`offload`)."""
         try:
             found = schema.problems(payload, INLINE_STEPS)
         except _TooCostly:
-            found = await self._offload(app_id, schema, payload)
+            try:
+                found = await self.offload(
+                    app_id, functools.partial(schema.problems, payload, MAX_STEPS))
+            except _TooCostly:
+                found = [{"path": "payload", "message": _TOO_COSTLY}]
         if found:
             raise _refusal(found)
 
-    async def _offload(self, app_id: str, schema: PayloadSchema,
-                       payload: Any) -> list[dict[str, str]]:
+    async def offload(self, app_id: str, work: Callable[[], T]) -> T:
+        """``work``'s result, computed on :attr:`worker` in the app's turn: one piece of an
+        app's work at a time, so however much an app sends, it holds one worker thread and
+        the others stay free for other apps. The turn ends when the thread is done, even
+        if the caller has gone."""
         turn = self._turns.setdefault(app_id, _Turn())
         turn.users += 1
         try:
@@ -506,14 +514,9 @@ class EventTypeSchemas:
         except BaseException:
             self._leave(app_id, turn)
             raise
-        job = asyncio.get_running_loop().run_in_executor(
-            self.worker, schema.problems, payload, MAX_STEPS)
-        # The app's turn ends when the thread is done, even if the request was dropped.
+        job = asyncio.get_running_loop().run_in_executor(self.worker, work)
         job.add_done_callback(functools.partial(self._job_done, app_id, turn))
-        try:
-            return await asyncio.shield(job)
-        except _TooCostly:
-            return [{"path": "payload", "message": _TOO_COSTLY}]
+        return await asyncio.shield(job)
 
     def _job_done(self, app_id: str, turn: _Turn, job: asyncio.Future[Any]) -> None:
         if not job.cancelled():

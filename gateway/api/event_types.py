@@ -4,7 +4,7 @@ A type without an entry is still accepted."""
 
 from __future__ import annotations
 
-import asyncio
+import functools
 from typing import Any
 
 from aiohttp import web
@@ -19,10 +19,11 @@ from gateway_client.models import EventType, EventTypePage
 
 
 async def _checked(request: web.Request, schema: dict[str, Any] | None) -> None:
-    """A schema is checked off the event loop: up to 64 KiB of it is walked and tried."""
+    """A schema is checked off the event loop, in the app's turn on the schema worker: up
+    to 64 KiB of it is walked and tried."""
     if schema is not None:
-        await asyncio.get_running_loop().run_in_executor(
-            request.app[appkeys.SCHEMAS].worker, check_schema, schema)
+        await request.app[appkeys.SCHEMAS].offload(
+            app_id(request), functools.partial(check_schema, schema))
 
 
 async def create_event_type(request: web.Request) -> web.Response:
