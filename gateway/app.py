@@ -34,6 +34,7 @@ from gateway.outcomes import OutcomeStream
 from gateway.retention import Retention, keep_partitions
 from gateway.retry import RetryPolicy
 from gateway.sandbox import Sandbox, SandboxRouter
+from gateway.schemas import EventTypeSchemas
 from gateway.store.database import (
     APPS_CHANNEL,
     DELIVERIES_CHANNEL,
@@ -149,8 +150,11 @@ def create_app(
         batcher = GroupCommit(app[appkeys.STORE].write_events, max_batch=500, max_flushers=2,
                               name="ingest", fails_together=(DatabaseUnavailable,))
         app[appkeys.INGEST] = batcher
+        app[appkeys.SCHEMAS] = schemas = EventTypeSchemas(app[appkeys.STORE],
+                                                          settings.event_type_cache_s)
         yield
         await batcher.close()
+        schemas.close()
 
     async def run_sandbox(app: web.Application) -> AsyncIterator[None]:
         fakes = Sandbox()

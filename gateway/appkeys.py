@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from gateway.outcomes import OutcomeStream
     from gateway.retention import Retention
     from gateway.sandbox import Sandbox
+    from gateway.schemas import EventTypeSchemas
     from gateway.store.postgres import Accepted, EventDraft, Store
     from gateway.store.postgres_queue import PostgresQueue
     from gateway.tracing import Spans
@@ -36,3 +37,4 @@ RETENTION: web.AppKey[Retention] = web.AppKey("retention")
 #: Set only when there are spans (gateway.tracing.setup): absent, nothing makes any.
 SPANS: web.AppKey[Spans] = web.AppKey("spans")
 CLEANUP: web.AppKey[AppCleanup] = web.AppKey("cleanup")
+SCHEMAS: web.AppKey[EventTypeSchemas] = web.AppKey("schemas")

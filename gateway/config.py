@@ -192,6 +192,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GATEWAY_MAX_STREAMS_PER_APP", "max_streams_per_app", _positive_int, "10",
             "Open GET /v1/deliveries/stream connections per app and process; past it, "
             "429."),
+    Setting("GATEWAY_MAX_EVENT_TYPES", "max_event_types", _positive_int, "1000",
+            "Event types in one app's catalog (operator-wide); past it, 422."),
+    Setting("GATEWAY_EVENT_TYPE_CACHE_S", "event_type_cache_s", _positive_float, "10",
+            "How long a process keeps an event type's schema for ingest: a change made "
+            "through another process applies within this long."),
 )
 
 
@@ -237,6 +242,8 @@ class Settings:
     max_devices_per_user: int = 20
     max_topics_per_device: int = 100
     max_streams_per_app: int = 10
+    max_event_types: int = 1000
+    event_type_cache_s: float = 10.0
 
     @property
     def effective_lease_s(self) -> float:

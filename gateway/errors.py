@@ -65,6 +65,10 @@ class DeliveryNotRetryable(Conflict):
     code = "delivery_not_retryable"
 
 
+class EventTypeExists(Conflict):
+    code = "event_type_exists"
+
+
 class PayloadTooLarge(GatewayError):
     status, code = 413, "payload_too_large"
 
@@ -82,7 +86,8 @@ class EndpointURLForbidden(GatewayError):
 
 
 class LimitExceeded(GatewayError):
-    """An app's quota (endpoints, devices per user, topics per device) is used up."""
+    """An app's quota (endpoints, devices per user, topics per device, event types) is
+    used up."""
 
     status, code = 422, "limit_exceeded"
 

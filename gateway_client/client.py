@@ -50,6 +50,8 @@ from gateway_client.models import (
     EndpointPage,
     EventAccepted,
     EventPage,
+    EventType,
+    EventTypePage,
     EventWithDeliveries,
     FCMCredentialsShown,
     PushCredentials,
@@ -90,7 +92,8 @@ class Unset(enum.Enum):
     UNSET = enum.auto()
 
 
-#: "Leave this field as it is" in :meth:`GatewayClient.update_endpoint`.
+#: "Leave this field as it is" in :meth:`GatewayClient.update_endpoint` and
+#: :meth:`GatewayClient.update_event_type`.
 UNSET = Unset.UNSET
 
 
@@ -377,6 +380,42 @@ class GatewayClient:
                           cursor: str | None = None) -> EventPage:
         return await self._get(EventPage, "/v1/events", type=event_type, limit=limit,
                                cursor=cursor)
+
+    # --- event types ------------------------------------------------------------------
+
+    async def create_event_type(self, name: str, *, description: str | None = None,
+                                schema: Mapping[str, Any] | None = None) -> EventType:
+        """Add an event type to the app's catalog; with a JSON Schema (Draft 2020-12),
+        :meth:`emit` of that type is refused unless the payload matches it."""
+        body: dict[str, Any] = {"name": name}
+        if description is not None:
+            body["description"] = description
+        if schema is not None:
+            body["schema"] = dict(schema)
+        return _parse(EventType, await self._call("POST", "/v1/event-types", body=body))
+
+    async def list_event_types(self, *, limit: int | None = None,
+                               cursor: str | None = None) -> EventTypePage:
+        return await self._get(EventTypePage, "/v1/event-types", limit=limit, cursor=cursor)
+
+    async def get_event_type(self, name: str) -> EventType:
+        return await self._get(EventType, f"/v1/event-types/{_quote(name)}")
+
+    async def update_event_type(
+        self, name: str, *, description: str | Unset = UNSET,
+        schema: Mapping[str, Any] | Unset | None = UNSET,
+    ) -> EventType:
+        """Change only the fields given; ``schema=None`` removes the schema."""
+        body: dict[str, Any] = {}
+        if not isinstance(description, Unset):
+            body["description"] = description
+        if not isinstance(schema, Unset):
+            body["schema"] = None if schema is None else dict(schema)
+        return _parse(EventType, await self._call(
+            "PATCH", f"/v1/event-types/{_quote(name)}", body=body, idempotent=True))
+
+    async def delete_event_type(self, name: str) -> None:
+        await self._call("DELETE", f"/v1/event-types/{_quote(name)}")
 
     # --- endpoints --------------------------------------------------------------------
 

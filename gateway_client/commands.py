@@ -1,8 +1,8 @@
 """The ``gateway`` commands that drive a running gateway over its HTTP API, through
 :class:`~gateway_client.client.GatewayClient`: ``apps``, ``endpoints``, ``events``,
-``deliveries``, ``devices``, ``user-tokens``, ``push`` and ``tail``. Every one takes
-``--json`` and then prints the API's answer as JSON (``tail``: one object per line), so an
-operator can script it.
+``event-types``, ``deliveries``, ``devices``, ``user-tokens``, ``push`` and ``tail``. Every
+one takes ``--json`` and then prints the API's answer as JSON (``tail``: one object per
+line), so an operator can script it.
 
 They call ``GATEWAY_URL`` (default ``http://GATEWAY_HOST:GATEWAY_PORT``) with
 ``GATEWAY_API_KEY``; ``apps`` sends ``GATEWAY_ADMIN_KEY`` (``apps rotate-key`` the app key
@@ -126,6 +126,28 @@ def add_parsers(sub: Any) -> None:
     listing = _paged(_leaf(events, "list", "list events", _events_list))
     listing.add_argument("--type", dest="event_type", help="only this event type")
     _leaf(events, "get", "show an event with its deliveries", _events_get).add_argument("id")
+
+    event_types = _group(sub, "event-types", "manage the event type catalog (descriptions "
+                         "and JSON Schemas payloads must match)")
+    create = _leaf(event_types, "create", "add an event type", _event_types_create)
+    create.add_argument("name")
+    create.add_argument("--description")
+    create.add_argument("--schema", metavar="FILE",
+                        help="a JSON Schema (Draft 2020-12) file ('-' reads stdin)")
+    _paged(_leaf(event_types, "list", "list the catalog", _event_types_list))
+    _leaf(event_types, "get", "show an event type with its schema",
+          _event_types_get).add_argument("name")
+    update = _leaf(event_types, "update", "change an event type's description or schema",
+                   _event_types_update)
+    update.add_argument("name")
+    update.add_argument("--description")
+    schema = update.add_mutually_exclusive_group()
+    schema.add_argument("--schema", metavar="FILE",
+                        help="replace the schema with this file's ('-' reads stdin)")
+    schema.add_argument("--no-schema", action="store_true",
+                        help="remove the schema: any payload is accepted")
+    _leaf(event_types, "delete", "remove an event type from the catalog",
+          _event_types_delete).add_argument("name")
 
     deliveries = _group(sub, "deliveries", "inspect and retry deliveries")
     listing = _paged(_leaf(deliveries, "list", "list deliveries", _deliveries_list))
@@ -259,7 +281,7 @@ def report(args: argparse.Namespace, call: Coroutine[Any, Any, Any], *,
 
 def _plain(answer: Any) -> Any:
     if isinstance(answer, BaseModel):
-        return answer.model_dump(mode="json")
+        return answer.model_dump(mode="json", by_alias=True)
     if isinstance(answer, list):
         return [_plain(a) for a in answer]
     if isinstance(answer, dict):
@@ -348,6 +370,35 @@ async def _events_list(gw: GatewayClient, args: argparse.Namespace) -> Any:
 
 async def _events_get(gw: GatewayClient, args: argparse.Namespace) -> Any:
     return await gw.get_event(args.id)
+
+
+async def _event_types_create(gw: GatewayClient, args: argparse.Namespace) -> Any:
+    schema = _json_object(_read(args.schema), "the schema file") if args.schema else None
+    return await gw.create_event_type(args.name, description=args.description, schema=schema)
+
+
+async def _event_types_list(gw: GatewayClient, args: argparse.Namespace) -> Any:
+    return await gw.list_event_types(limit=args.limit, cursor=args.cursor)
+
+
+async def _event_types_get(gw: GatewayClient, args: argparse.Namespace) -> Any:
+    return await gw.get_event_type(args.name)
+
+
+async def _event_types_update(gw: GatewayClient, args: argparse.Namespace) -> Any:
+    schema: dict[str, Any] | Unset | None = UNSET
+    if args.no_schema:
+        schema = None
+    elif args.schema:
+        schema = _json_object(_read(args.schema), "the schema file")
+    return await gw.update_event_type(
+        args.name, description=args.description if args.description is not None else UNSET,
+        schema=schema)
+
+
+async def _event_types_delete(gw: GatewayClient, args: argparse.Namespace) -> Any:
+    await gw.delete_event_type(args.name)
+    return {"name": args.name, "deleted": True}
 
 
 async def _deliveries_list(gw: GatewayClient, args: argparse.Namespace) -> Any:

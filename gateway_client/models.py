@@ -177,6 +177,24 @@ class RotatedSecret(Answer):
     previous_secret_expires_at: Timestamp | None
 
 
+class EventType(Answer):
+    """An entry of the app's event type catalog (``schema_`` in Python, ``schema`` on the
+    wire)."""
+
+    name: str
+    description: str
+    schema_: dict[str, Any] | None = Field(
+        alias="schema", description="JSON Schema (Draft 2020-12) every payload of this type "
+        "must match at ingest; null: any payload.")
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class EventTypePage(Answer):
+    data: list[EventType]
+    next_cursor: str | None
+
+
 class EventAccepted(Answer):
     id: str
     type: str

@@ -25,7 +25,8 @@ from gateway.store import embedded
 
 ADMIN_KEY = "test-admin-key"
 ROOT = Path(__file__).resolve().parent.parent
-TABLES = ("attempts", "deliveries", "idempotency_keys", "events", "endpoints", "apps")
+TABLES = ("attempts", "deliveries", "idempotency_keys", "events", "endpoints", "event_types",
+          "apps")
 
 
 def with_database(dsn: str, name: str) -> str:

@@ -4,13 +4,23 @@ application is wired from and the OpenAPI document generated from."""
 
 from __future__ import annotations
 
-from gateway.api import apps, deliveries, devices, endpoints, events, health, push, sandbox
+from gateway.api import (
+    apps,
+    deliveries,
+    devices,
+    endpoints,
+    event_types,
+    events,
+    health,
+    push,
+    sandbox,
+)
 from gateway.api.routing import Route
 
 #: Routes every process serves (the dispatcher alone too, on its health port).
 HEALTH_ROUTES: list[Route] = health.ROUTES
 #: The API proper.
 ROUTES: list[Route] = [
-    *apps.ROUTES, *events.ROUTES, *endpoints.ROUTES, *deliveries.ROUTES, *devices.ROUTES,
-    *push.ROUTES, *sandbox.ROUTES,
+    *apps.ROUTES, *events.ROUTES, *event_types.ROUTES, *endpoints.ROUTES,
+    *deliveries.ROUTES, *devices.ROUTES, *push.ROUTES, *sandbox.ROUTES,
 ]

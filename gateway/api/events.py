@@ -62,6 +62,10 @@ async def _ingest(request: web.Request, trace: TraceContext | None,
         push = json.dumps({"user_ids": body.user_ids or [], "topics": body.topics or [],
                            "notification": body.notification.model_dump(exclude_none=True)})
     app = acting_app(request)
+    schemas = request.app[appkeys.SCHEMAS]
+    schema = await schemas.schema(app.id, body.type)
+    if schema is not None:
+        await schemas.check(app.id, schema, body.payload)
     draft = EventDraft(app.id, body.type, raw["payload"], key, body_hash, push,
                        app.rate_limit, trace.traceparent if trace is not None else None,
                        trace.tracestate if trace is not None else None)

@@ -208,8 +208,8 @@ def answer(model: type[M], value: Any, status: int = 200, *,
            exclude_unset: bool = False) -> web.Response:
     """``value`` (a record, a dict or a model) rendered through its answer model."""
     shaped = model.model_validate(value)
-    return web.json_response(shaped.model_dump(mode="json", exclude_unset=exclude_unset),
-                             status=status)
+    return web.json_response(shaped.model_dump(mode="json", by_alias=True,
+                                                exclude_unset=exclude_unset), status=status)
 
 
 def page_answer(model: type[M], page: Page[Any]) -> web.Response:

@@ -247,3 +247,22 @@ class EndpointPatch(_Body):
     description: Annotated[Text, StringConstraints(max_length=1000)] | None = None
     status: Annotated[EndpointStatus, Field(strict=False)] | None = None
     disabled_reason: Annotated[Text, StringConstraints(max_length=500)] | None = None
+
+
+Description = Annotated[Text, StringConstraints(max_length=1000)]
+#: A JSON Schema (Draft 2020-12); its own checks are gateway.schemas.check_schema. Named
+#: ``schema_`` in Python (``schema`` is a pydantic method), ``schema`` on the wire.
+JSONSchema = Annotated[dict[str, Any] | None, Field(alias="schema")]
+
+
+class EventTypeCreate(_Body):
+    name: EventType
+    description: Description = ""
+    schema_: JSONSchema = None
+
+
+class EventTypePatch(_Body):
+    """Only the fields sent change; ``"schema": null`` removes the schema."""
+
+    description: Description | None = None
+    schema_: JSONSchema = None

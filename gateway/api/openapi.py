@@ -32,7 +32,7 @@ COMMON_ERRORS: dict[int, str] = {
     503: "database_unavailable: nothing was written; retry",
 }
 EXTRA_ERRORS: dict[int, str] = {
-    409: "idempotency_key_reused / delivery_not_retryable",
+    409: "idempotency_key_reused / delivery_not_retryable / event_type_exists",
 }
 SECURITY: dict[str, list[dict[str, list[str]]]] = {
     "admin": [{"operatorKey": []}],

@@ -438,6 +438,21 @@ async def send_test_event(request: web.Request) -> web.StreamResponse:
     return redirect(f"/dashboard/apps/{viewed.id}/events/{sent.id}?notice=test_sent")
 
 
+# --- event types ---------------------------------------------------------------------
+
+async def event_types(request: web.Request) -> web.StreamResponse:
+    viewed = request[VIEWED]
+    found = await request.app[appkeys.STORE].list_event_types(
+        viewed.id, _text(request.query, "after"), PAGE_SIZE)
+    more = None
+    if found.next_cursor is not None:
+        more = f"{request.path}?{urlencode({'after': found.next_cursor})}"
+    return await render(request, "event_types.html", {
+        "event_types": [(t, None if t.schema is None else json.dumps(t.schema))
+                        for t in found.items],
+        "more": more}, nav="event-types")
+
+
 # --- deliveries ----------------------------------------------------------------------
 
 async def deliveries(request: web.Request) -> web.StreamResponse:
@@ -547,6 +562,7 @@ ROUTES = [
           "Rotate an endpoint's secret (shown once)"),
     _page("POST", f"{APP}/endpoints/{{endpoint_id}}/test", send_test_event,
           "Send a gateway.test event to one endpoint"),
+    _page("GET", f"{APP}/event-types", event_types, "The event type catalog"),
     _page("GET", f"{APP}/deliveries", deliveries, "Deliveries, failed ones first"),
     _page("POST", f"{APP}/deliveries/retry", retry_all, "Retry every failed delivery "
           "matching a filter"),

@@ -21,6 +21,7 @@ import asyncpg
 from gateway.crypto import SECRET_FIELDS, Sealer, open_credentials, seal_credentials
 from gateway.errors import (
     DeliveryNotRetryable,
+    EventTypeExists,
     IdempotencyKeyReused,
     LimitExceeded,
     NotFound,
@@ -42,6 +43,8 @@ from gateway.store.records import (
     EndpointSecret,
     Event,
     EventSummary,
+    EventType,
+    EventTypeSchema,
     KeyedApp,
     Limits,
     Page,
@@ -131,6 +134,16 @@ def _found(row: asyncpg.Record | None, what: str, ident: str) -> asyncpg.Record:
         raise NotFound(f"No {what} with id {ident!r}." if what == "app"
                        else f"No {what} with id {ident!r} in this app.")
     return row
+
+
+def _named(row: asyncpg.Record | None, name: str) -> asyncpg.Record:
+    if row is None:
+        raise NotFound(f"No event type {name!r} in this app.")
+    return row
+
+
+def _json_or_none(value: dict[str, Any] | None) -> str | None:
+    return None if value is None else json.dumps(value)
 
 
 def _app(cls: type[A], row: Row, defaults: Limits, **extra: Any) -> A:
@@ -286,6 +299,54 @@ class Store:
             "rotate_secret", app_id, endpoint_id,
             self.sealer.seal(secret, f"endpoint:{endpoint_id}"), float(ROTATION_GRACE_S))
         return make(EndpointSecret, _found(row, "endpoint", endpoint_id), secret=secret)
+
+    # --- event types ------------------------------------------------------------------
+
+    async def create_event_type(self, app_id: str, name: str, description: str,
+                                schema: dict[str, Any] | None,
+                                max_event_types: int) -> EventType:
+        """A new catalog entry: 409 ``event_type_exists`` when the name is taken, else
+        422 ``limit_exceeded`` when the app has ``max_event_types`` entries already."""
+        async with self.db.transaction() as conn:
+            await conn.fetchval(QUERIES["lock_app"], app_id)
+            row = await conn.fetchrow(QUERIES["create_event_type"], app_id, name,
+                                      description, _json_or_none(schema))
+            if row is None:
+                raise EventTypeExists(f"The event type {name!r} already exists in this app.",
+                                      details=[{"path": "name", "name": name}])
+            if await conn.fetchval(QUERIES["count_event_types"], app_id) > max_event_types:
+                raise LimitExceeded(
+                    f"This app's catalog has its {max_event_types} event types; delete one, "
+                    "or ask the operator to raise GATEWAY_MAX_EVENT_TYPES.",
+                    details=[{"limit": "max_event_types", "value": max_event_types}])
+        return make(EventType, row)
+
+    async def list_event_types(self, app_id: str, cursor: str | None,
+                               limit: int) -> Page[EventType]:
+        rows = await self.db.fetch("list_event_types", app_id, cursor, limit + 1)
+        return Page(make_all(EventType, rows[:limit]),
+                    str(rows[limit - 1]["name"]) if len(rows) > limit else None)
+
+    async def get_event_type(self, app_id: str, name: str) -> EventType:
+        return make(EventType, _named(await self.db.fetchrow("get_event_type", app_id, name),
+                                      name))
+
+    async def update_event_type(self, app_id: str, name: str,
+                                changes: dict[str, Any]) -> EventType:
+        """Set ``description`` and/or ``schema`` (None removes the schema)."""
+        row = await self.db.fetchrow(
+            "update_event_type", app_id, name, "description" in changes,
+            changes.get("description"), "schema" in changes,
+            _json_or_none(changes.get("schema")))
+        return make(EventType, _named(row, name))
+
+    async def delete_event_type(self, app_id: str, name: str) -> None:
+        _named(await self.db.fetchrow("delete_event_type", app_id, name), name)
+
+    async def event_type_schema(self, app_id: str, name: str) -> EventTypeSchema | None:
+        """The schema of one type of the app's catalog (None: no entry, or no schema)."""
+        row = await self.db.fetchrow("event_type_schema", app_id, name)
+        return None if row is None else make(EventTypeSchema, row)
 
     # --- events -----------------------------------------------------------------------
 

@@ -104,6 +104,28 @@ class EndpointSecret:
 
 
 @dataclass(frozen=True, slots=True)
+class EventType:
+    """An entry of an app's event type catalog."""
+
+    name: str
+    description: str
+    #: A JSON Schema (Draft 2020-12) its payloads must match; None: any payload.
+    schema: dict[str, Any] | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class EventTypeSchema:
+    """A schema of the catalog, as ingest loads it."""
+
+    name: str
+    schema: dict[str, Any]
+    #: Its length in characters of JSON (what the per-process cache counts).
+    chars: int
+
+
+@dataclass(frozen=True, slots=True)
 class Event:
     id: str
     type: str

@@ -151,6 +151,38 @@ async def test_cli_rotates_an_apps_key_and_deletes_the_app(gateway: GatewayProce
     assert status == 1 and json.loads(err)["error"]["code"] == "not_found"
 
 
+async def test_cli_manages_the_event_type_catalog_and_its_schema_applies(
+    gateway: GatewayProcess, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    env = cli_env(gateway, await Api(http, gateway.base).new_app())
+    schema_file = tmp_path / "order.json"
+    schema = {"type": "object", "properties": {"qty": {"type": "integer", "minimum": 1}}}
+    schema_file.write_text(json.dumps(schema))
+    _, created, _ = await cli(env, "event-types", "create", "order.created", "--description",
+                              "placed", "--schema", str(schema_file), "--json")
+    assert (created["name"], created["description"], created["schema"]) == (
+        "order.created", "placed", schema)
+    (_, listed, _), (_, got, _) = await asyncio.gather(
+        cli(env, "event-types", "list", "--json"),
+        cli(env, "event-types", "get", "order.created", "--json"))
+    assert [t["name"] for t in listed["data"]] == ["order.created"] and got == created
+    status, _, err = await cli(env, "events", "emit", "order.created", '{"qty": 0}', "--json",
+                               ok=False)
+    assert status == 1
+    assert json.loads(err)["error"]["details"][0]["path"] == "payload.qty"
+    _, updated, _ = await cli(env, "event-types", "update", "order.created", "--no-schema",
+                              "--json")
+    assert updated["schema"] is None and updated["description"] == "placed"
+    await cli(env, "events", "emit", "order.created", '{"qty": 0}', "--json")
+    status, _, err = await cli(env, "event-types", "create", "order.created", "--json",
+                               ok=False)
+    assert status == 1 and json.loads(err)["error"]["code"] == "event_type_exists"
+    _, deleted, _ = await cli(env, "event-types", "delete", "order.created", "--json")
+    assert deleted == {"name": "order.created", "deleted": True}
+    status, _, err = await cli(env, "event-types", "get", "order.created", "--json", ok=False)
+    assert status == 1 and json.loads(err)["error"]["code"] == "not_found"
+
+
 async def test_cli_sets_and_shows_push_credentials_and_prints_its_version(
     gateway: GatewayProcess, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:

@@ -25,6 +25,7 @@ from gateway_client.models import (
     Delivery,
     EndpointCreated,
     EventAccepted,
+    EventType,
     RotatedAppKey,
 )
 from tests.support import ADMIN_KEY, Api, Receiver, eventually, free_port, serve_on_loopback
@@ -96,6 +97,29 @@ async def test_endpoints_round_trip_through_every_method(
     await gw.delete_endpoint(created.id)
     with pytest.raises(GatewayAPIError) as gone:
         await gw.get_endpoint(created.id)
+    assert (gone.value.status, gone.value.code) == (404, "not_found")
+
+
+async def test_event_types_round_trip_through_every_method(gw: GatewayClient) -> None:
+    schema = {"type": "object", "required": ["order_id"]}
+    created = await gw.create_event_type("order.created", description="placed", schema=schema)
+    assert isinstance(created, EventType) and created.schema_ == schema
+    assert (await gw.get_event_type("order.created")).description == "placed"
+    assert [t.name for t in (await gw.list_event_types(limit=10)).data] == ["order.created"]
+    with pytest.raises(GatewayAPIError) as refused:
+        await gw.emit("order.created", {})
+    assert refused.value.code == "validation_error"
+    assert refused.value.details[0]["path"] == "payload.order_id"
+    described = await gw.update_event_type("order.created", description="new")
+    assert (described.description, described.schema_) == ("new", schema)
+    assert (await gw.update_event_type("order.created", schema=None)).schema_ is None
+    await gw.emit("order.created", {})
+    with pytest.raises(GatewayAPIError) as taken:
+        await gw.create_event_type("order.created")
+    assert (taken.value.status, taken.value.code) == (409, "event_type_exists")
+    await gw.delete_event_type("order.created")
+    with pytest.raises(GatewayAPIError) as gone:
+        await gw.get_event_type("order.created")
     assert (gone.value.status, gone.value.code) == (404, "not_found")
 
 

@@ -249,6 +249,49 @@ async def test_every_page_renders_its_content_and_the_health_strip(
     assert missing.headers["Content-Type"].startswith("text/html")
 
 
+async def test_the_event_types_page_lists_the_catalog_with_each_schema_escaped(
+    api: Api, browser: Browser
+) -> None:
+    app_id, key = await new_app(api, "shop")
+    base = f"/dashboard/apps/{app_id}"
+    await browser.login(key)
+    empty = await browser.get(f"{base}/event-types")
+    assert empty.status == 200 and "No event types in the catalog" in empty.text
+    await api.call("POST", "/v1/event-types", key, {
+        "name": "order.created", "description": "<b>An order</b> was placed",
+        "schema": {"type": "object", "title": "<script>alert(1)</script>"}})
+    await api.call("POST", "/v1/event-types", key, {"name": "user.signup"})
+    page = await browser.get(f"{base}/events")
+    assert f'href="{base}/event-types"' in page.text
+    page = await browser.get(f"{base}/event-types")
+    assert page.status == 200
+    for expected in ("order.created", "user.signup", "&lt;b&gt;An order&lt;/b&gt; was placed",
+                     "JSON Schema", "&#34;title&#34;: &#34;&lt;script&gt;alert(1)&lt;/script&gt;",
+                     "none: any payload"):
+        assert expected in page.text, expected
+    assert "<script>alert" not in page.text and "<b>An order" not in page.text
+
+    theirs_id, theirs = await new_app(api, "theirs")
+    await api.call("POST", "/v1/event-types", theirs, {"name": "their.secret.type"})
+    assert "their.secret.type" not in page.text
+    assert (await browser.get(f"/dashboard/apps/{theirs_id}/event-types")).status == 404
+
+
+async def test_the_event_types_page_pages_through_a_long_catalog(
+    api: Api, browser: Browser
+) -> None:
+    app_id, key = await new_app(api, "shop")
+    for i in range(dashboard.pages.PAGE_SIZE + 1):
+        await api.call("POST", "/v1/event-types", key, {"name": f"type.{i:03d}"})
+    await browser.login(key)
+    first = await browser.get(f"/dashboard/apps/{app_id}/event-types")
+    assert "type.000" in first.text and "type.050" not in first.text
+    more = re.search(r'href="([^"]+after=[^"]+)"', first.text)
+    assert more is not None
+    second = await browser.get(more[1].replace("&amp;", "&"))
+    assert "type.050" in second.text and "type.000" not in second.text
+
+
 async def test_event_filters_and_search_by_id(
     api: Api, browser: Browser, receiver: Receiver
 ) -> None:

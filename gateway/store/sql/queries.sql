@@ -231,6 +231,52 @@ UPDATE endpoints SET status = 'disabled', disabled_reason = $2,
     disabled_at = now(), updated_at = now()
 WHERE id = ANY($1::text[]) AND status = 'active';
 
+-- --- event types (the catalog) -------------------------------------------------------
+-- Listed by name; the cursor is the last name of the previous page.
+
+-- name: create_event_type
+-- $1 app id, $2 name, $3 description, $4 schema (JSON text, or NULL). No row: the name is
+-- taken.
+INSERT INTO event_types (app_id, name, description, schema) VALUES ($1, $2, $3, $4::jsonb)
+ON CONFLICT (app_id, name) DO NOTHING
+RETURNING name, description, schema, created_at, updated_at;
+
+-- name: list_event_types
+-- $1 app id, $2 cursor (name, exclusive, or NULL), $3 limit
+SELECT name, description, schema, created_at, updated_at
+FROM event_types
+WHERE app_id = $1 AND ($2::text IS NULL OR name > $2)
+ORDER BY name LIMIT $3;
+
+-- name: get_event_type
+-- $1 app id, $2 name
+SELECT name, description, schema, created_at, updated_at
+FROM event_types WHERE app_id = $1 AND name = $2;
+
+-- name: update_event_type
+-- $1 app id, $2 name, $3 whether to set the description, $4 the description, $5 whether
+-- to set the schema, $6 the schema (JSON text, or NULL to remove it)
+UPDATE event_types SET
+    description = CASE WHEN $3 THEN $4 ELSE description END,
+    schema = CASE WHEN $5 THEN $6::jsonb ELSE schema END,
+    updated_at = now()
+WHERE app_id = $1 AND name = $2
+RETURNING name, description, schema, created_at, updated_at;
+
+-- name: delete_event_type
+-- $1 app id, $2 name
+DELETE FROM event_types WHERE app_id = $1 AND name = $2 RETURNING name;
+
+-- name: count_event_types
+-- $1 app id
+SELECT count(*) FROM event_types WHERE app_id = $1;
+
+-- name: event_type_schema
+-- $1 app id, $2 name: the schema ingest checks that type's payloads against, with its
+-- length in characters of JSON (gateway/schemas.py). No row: no entry, or no schema.
+SELECT name, schema, length(schema::text) AS chars
+FROM event_types WHERE app_id = $1 AND name = $2 AND schema IS NOT NULL;
+
 -- --- events (ingest) -------------------------------------------------------------------
 
 -- name: claim_idempotency_keys

@@ -128,6 +128,17 @@ ALTER TABLE endpoints ADD CONSTRAINT endpoints_pkey PRIMARY KEY (id);
 ALTER TABLE endpoints ADD CONSTRAINT endpoints_status_check CHECK ((status = ANY (ARRAY['active'::text, 'disabled'::text])));
 CREATE INDEX endpoints_by_app ON public.endpoints USING btree (app_id, id) WHERE (deleted_at IS NULL);
 
+CREATE TABLE event_types (
+    app_id text NOT NULL,
+    name text NOT NULL,
+    description text DEFAULT ''::text NOT NULL,
+    schema jsonb,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL
+);
+ALTER TABLE event_types ADD CONSTRAINT event_types_app_id_fkey FOREIGN KEY (app_id) REFERENCES apps(id) ON DELETE CASCADE;
+ALTER TABLE event_types ADD CONSTRAINT event_types_pkey PRIMARY KEY (app_id, name);
+
 CREATE TABLE events (
     app_id text NOT NULL,
     id text NOT NULL,
