@@ -26,6 +26,7 @@ import trustme
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from adapters.http2 import ConnectError, HTTP2Pool
 from fakes.apns import FakeAPNs
 from tests.push_support import PushCertificates
 
@@ -908,3 +909,20 @@ async def test_required_client_certificates_refuse_a_connection_without_one(
     cert_apns.trust_client_certificates(push_ca.ca_pem, required=True)
     assert await _refusal(cert_apns, client_ssl()) == "TLSV13_ALERT_CERTIFICATE_REQUIRED"
 
+
+@pytest.mark.parametrize(("presented", "alert"), [
+    ("none", "TLSV13_ALERT_CERTIFICATE_REQUIRED"),
+    ("another CA's", "TLSV1_ALERT_UNKNOWN_CA"),
+])
+async def test_the_http2_pool_names_the_alert_a_refused_handshake_ended_with(
+    cert_apns: FakeAPNs, cert_ssl: Callable[[str], ssl.SSLContext],
+    client_ssl: Callable[[], ssl.SSLContext], push_ca: PushCertificates, presented: str,
+    alert: str,
+) -> None:
+    cert_apns.trust_client_certificates(push_ca.ca_pem, required=True)
+    context = (client_ssl() if presented == "none"
+               else cert_ssl(PushCertificates("Not Apple").issue(BUNDLE)))
+    async with HTTP2Pool(cert_apns.base_url, context) as pool:
+        with pytest.raises(ConnectError) as refused:
+            await pool.request("POST", f"/3/device/{'ab' * 32}", [], b"{}", timeout_s=10)
+    assert refused.value.tls_alert == alert
