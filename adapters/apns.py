@@ -1,4 +1,5 @@
-"""APNs provider API over HTTP/2 and TLS, with token (ES256 JWT) authentication.
+"""APNs provider API over HTTP/2 and TLS, with token (ES256 JWT) or certificate (TLS
+client certificate) authentication.
 
 ``apns2`` cannot be imported on Python 3.10+ (its ``hyper`` dependency imports
 ``collections.Iterable``) and pins PyJWT<2 and h2 2.x, and httpx/httpcore re-send
@@ -9,16 +10,30 @@ per push, and one provider token per key reused for 40 minutes (Apple refuses to
 older than an hour and throttles refreshes under 20 minutes). A push is re-sent by the
 pool only when the protocol says the server never processed it; when an answer is lost
 otherwise, the delivery is retried later (at least once).
+
+Certificate-based credentials (``certificate_pem``: the push certificate and its private
+key, as exported from the .p12) are the TLS client certificate of the app's connections,
+as aioapns' ``APNsCertConnectionPool`` and apns2's ``NewClient(certificate)`` (gorush) use
+them: no ``authorization`` header, the same HTTP/2 provider API. Every app's connections
+are its own, one pool per credential: a replaced certificate or key is used from the next
+send, on new connections, and the old pool closes once its requests are answered. A
+certificate APNs refuses at the TLS handshake (an alert such as ``certificate expired``
+or ``unknown ca``) fails the delivery for good, like a 403 ``BadCertificate`` answer:
+retrying cannot help until someone uploads another.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import os
 import ssl
+import tempfile
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -45,17 +60,81 @@ TOKEN_REUSE_S = 40 * 60
 #: Header values different on every push: kept out of the HPACK table (it would only
 #: churn).
 _UNIQUE_HEADERS = (":path", "apns-id", "apns-expiration")
+#: The error code (its head, as metrics count it) of a certificate refused at the handshake.
+_REFUSED = "certificate_refused"
 #: Reasons after which the device token is dead: prune it.
 _PRUNE = {"BadDeviceToken", "DeviceTokenNotForTopic", "Unregistered"}
 #: Reasons worth another attempt later.
 _RETRY = {"TooManyRequests", "InternalServerError", "ServiceUnavailable", "Shutdown",
           "IdleTimeout"}
 
+#: Extensions of Apple's push certificates naming the environment they work in (Apple
+#: WWDR CPS); a universal "Apple Push Services" certificate carries both.
+DEVELOPMENT_CERTIFICATE_OID = "1.2.840.113635.100.6.3.1"
+PRODUCTION_CERTIFICATE_OID = "1.2.840.113635.100.6.3.2"
+#: Topics a push certificate covers besides the bundle id in its subject UID: "Apple Watch
+#: complications or backgrounded VoIP services associated with that app" (Apple).
+CERTIFICATE_TOPIC_SUFFIXES = (".voip", ".complication")
+#: TLS alerts (as OpenSSL names them) by which a server refuses a client certificate.
+CERTIFICATE_ALERTS = frozenset({
+    "SSLV3_ALERT_BAD_CERTIFICATE", "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
+    "SSLV3_ALERT_CERTIFICATE_REVOKED", "SSLV3_ALERT_CERTIFICATE_EXPIRED",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN", "TLSV1_ALERT_UNKNOWN_CA",
+    "TLSV1_ALERT_ACCESS_DENIED", "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+})
+#: After APNs refused a certificate at the handshake, the app's deliveries with it fail at
+#: once for this long rather than each opening a connection to be refused again (rapid
+#: connect and disconnect is what Apple treats as abuse).
+REFUSED_CERTIFICATE_HOLD_S = 60.0
+
+
+def uses_certificate(creds: Mapping[str, Any]) -> bool:
+    """Certificate-based credentials (a TLS client certificate), not token-based."""
+    return "certificate_pem" in creds
+
 
 def fingerprint(creds: Mapping[str, Any]) -> str:
     """Identifies the key material: a credential replaced under the same ids differs."""
-    material = "\n".join(str(creds.get(k, "")) for k in ("team_id", "key_id", "key_p8"))
+    if uses_certificate(creds):
+        material = "certificate\n" + str(creds["certificate_pem"])
+    else:
+        material = "\n".join(str(creds.get(k, "")) for k in ("team_id", "key_id", "key_p8"))
     return hashlib.sha256(material.encode()).hexdigest()
+
+
+def load_client_certificate(context: ssl.SSLContext, pem: str) -> None:
+    """``context.load_cert_chain`` from memory. :mod:`ssl` reads a certificate and key only
+    from a file, so it gets one that never reaches a disk (an anonymous memfd, on Linux),
+    else a private (0600) temporary file removed as soon as it was read."""
+    data = pem.encode()
+    if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
+        fd = os.memfd_create("apns-client-certificate", os.MFD_CLOEXEC)
+        try:
+            _write_all(fd, data)
+            context.load_cert_chain(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
+        return
+    fd, path = tempfile.mkstemp(prefix="apns-", suffix=".pem")  # 0600, created exclusively
+    try:
+        try:
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
+        context.load_cert_chain(path)
+    finally:
+        os.unlink(path)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _alert_text(alert: str) -> str:
+    """``TLSV1_ALERT_UNKNOWN_CA`` -> ``unknown ca``."""
+    return alert.partition("_ALERT_")[2].replace("_", " ").lower() or alert
 
 
 class _ProviderToken:
@@ -97,8 +176,23 @@ class _ProviderToken:
             del self._keys[printed]
 
 
+@dataclass(eq=False)
+class _Pool:
+    """An app's connections to one origin, for one credential."""
+
+    fingerprint: str
+    connections: HTTP2Pool
+    #: Requests under way; a retired pool closes when the last one is answered.
+    in_flight: int = 0
+    retired: bool = False
+
+
 class APNsAdapter:
-    """Sends APNs pushes over a small pool of long-lived HTTP/2 connections per app."""
+    """Sends APNs pushes over a small pool of long-lived HTTP/2 connections per app.
+
+    ``new_ssl_context`` makes a client TLS context that trusts the provider's servers (the
+    system's CAs, or the operator's): one serves every token-based pool, and each client
+    certificate gets one of its own."""
 
     kind = "apns"
 
@@ -106,54 +200,136 @@ class APNsAdapter:
         self,
         *,
         base_url: str | None = None,
-        ssl_context: ssl.SSLContext | None = None,
+        new_ssl_context: Callable[[], ssl.SSLContext] = ssl.create_default_context,
         timeout_s: float = 15.0,
         max_connections: int = 4,
     ) -> None:
         self._base_url = base_url.rstrip("/") if base_url else None
         self._tokens = _ProviderToken()
-        self._ssl = ssl_context or ssl.create_default_context()
+        self._new_ssl_context = new_ssl_context
+        self._token_ssl: ssl.SSLContext | None = None
         self._timeout_s = timeout_s
         self._max_connections = max_connections
-        #: One pool per app and origin: APNs takes one team's provider tokens per
-        #: connection, and an app's connections stay its own.
-        self._pools: dict[tuple[str, str], HTTP2Pool] = {}
+        #: One pool per app, origin and credential: APNs takes one team's provider tokens
+        #: (or one client certificate) per connection, and an app's connections stay its
+        #: own. Only the newest credential's pool stays open.
+        self._pools: dict[tuple[str, str], _Pool] = {}
+        #: (app, origin, fingerprint) of certificates APNs refused at the handshake: until
+        #: when their deliveries fail at once, and why.
+        self._refused: dict[tuple[str, str, str], tuple[float, str]] = {}
+        #: Held while an app's pool for an origin is being made.
+        self._building: dict[tuple[str, str], asyncio.Lock] = {}
+        self._closing: set[asyncio.Task[None]] = set()
 
-    def _pool(self, app_id: str, creds: Mapping[str, Any]) -> HTTP2Pool:
-        origin = self._base_url or (
+    def _origin(self, creds: Mapping[str, Any]) -> str:
+        return self._base_url or (
             SANDBOX_URL if creds.get("environment") == "sandbox" else PRODUCTION_URL)
-        pool = self._pools.get((app_id, origin))
-        if pool is None:
-            pool = self._pools[(app_id, origin)] = HTTP2Pool(
-                origin, self._ssl, max_connections=self._max_connections,
-                connect_timeout_s=self._timeout_s, unique_headers=_UNIQUE_HEADERS)
+
+    async def _pool(self, app_id: str, origin: str, creds: Mapping[str, Any], printed: str,
+                    ) -> _Pool:
+        """The app's pool for this credential; raises ssl.SSLError or OSError when its TLS
+        context cannot be made (a certificate that does not load)."""
+        key = (app_id, origin)
+        current = self._pools.get(key)
+        if current is not None and current.fingerprint == printed:
+            return current
+        # A new TLS context reads the CA bundle (tens of milliseconds) and a certificate's
+        # key: done in a thread, once per app and origin however many sends wait for it.
+        async with self._building.setdefault(key, asyncio.Lock()):
+            current = self._pools.get(key)
+            if current is not None and current.fingerprint == printed:
+                return current
+            if uses_certificate(creds):
+                context = await asyncio.to_thread(
+                    self._certificate_context, str(creds["certificate_pem"]))
+            else:
+                if self._token_ssl is None:
+                    built = await asyncio.to_thread(self._new_ssl_context)
+                    self._token_ssl = self._token_ssl or built
+                context = self._token_ssl
+            pool = self._pools[key] = _Pool(printed, HTTP2Pool(
+                origin, context, max_connections=self._max_connections,
+                connect_timeout_s=self._timeout_s, unique_headers=_UNIQUE_HEADERS))
+        if current is not None:
+            self._refused.pop((app_id, origin, current.fingerprint), None)
+            self._retire(current)
         return pool
+
+    def _certificate_context(self, pem: str) -> ssl.SSLContext:
+        """A context of the certificate's own: a client-certificate context is never
+        shared, not even between two apps that uploaded the same certificate."""
+        context = self._new_ssl_context()
+        load_client_certificate(context, pem)
+        return context
+
+    def _retire(self, pool: _Pool) -> None:
+        """The credential was replaced: close the old pool once nothing waits on it."""
+        pool.retired = True
+        if pool.in_flight == 0:
+            task = asyncio.get_running_loop().create_task(pool.connections.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     async def send(self, job: DeliveryJob) -> Outcome:
         assert job.device is not None and job.notification is not None
         creds = job.credentials
         if creds is None:
             return Outcome(Verdict.FAILED, error="no APNs credentials for this app")
+        started = time.monotonic()
+        origin = self._origin(creds)
+        printed = fingerprint(creds)
+        certificate = uses_certificate(creds)
+        refused = self._refused.get((job.app_id, origin, printed))
+        if refused is not None:
+            if started < refused[0]:
+                return Outcome(Verdict.FAILED, error=refused[1])
+            del self._refused[(job.app_id, origin, printed)]
+        try:
+            pool = await self._pool(job.app_id, origin, creds, printed)
+        except (ssl.SSLError, OSError) as exc:
+            what = "certificate" if certificate else "TLS setup"
+            return Outcome(Verdict.FAILED, error=f"APNs {what}: {exc}",
+                           duration_ms=_ms(started))
+        pool.in_flight += 1
+        try:
+            outcome = await self._send(job, creds, pool.connections, certificate, started)
+        finally:
+            pool.in_flight -= 1
+            if pool.retired and pool.in_flight == 0:
+                self._retire(pool)
+        if outcome.error and outcome.error.startswith(_REFUSED):
+            self._refused[(job.app_id, origin, printed)] = (
+                time.monotonic() + REFUSED_CERTIFICATE_HOLD_S, outcome.error)
+        return outcome
+
+    async def _send(self, job: DeliveryJob, creds: Mapping[str, Any], pool: HTTP2Pool,
+                    certificate: bool, started: float) -> Outcome:
+        assert job.device is not None and job.notification is not None
         body = encode_apns_payload(job.notification)
         fixed = [*apns_headers(job.notification, creds["topic"], time.time()).items(),
                  ("apns-id", str(uuid.uuid5(uuid.NAMESPACE_URL, job.delivery_id)))]
         path = f"/3/device/{job.device.token}"
-        pool = self._pool(job.app_id, creds)
-        started = time.monotonic()
         refreshed = False
         while True:
-            try:
-                token = self._tokens.get(job.app_id, creds, force=refreshed)
-            except ValueError as exc:
-                return Outcome(Verdict.FAILED, error=f"APNs key: {exc}",
-                               duration_ms=_ms(started))
-            headers = [*fixed, ("authorization", "bearer " + token)]
+            headers = fixed
+            if not certificate:  # a certificate connection is authenticated by its TLS
+                try:
+                    token = self._tokens.get(job.app_id, creds, force=refreshed)
+                except ValueError as exc:
+                    return Outcome(Verdict.FAILED, error=f"APNs key: {exc}",
+                                   duration_ms=_ms(started))
+                headers = [*fixed, ("authorization", "bearer " + token)]
             try:
                 resp = await pool.request("POST", path, headers, body,
                                           timeout_s=self._timeout_s)
             except RequestTimeout:
                 return Outcome(Verdict.RETRY, error="APNs timed out", duration_ms=_ms(started))
             except ConnectError as exc:
+                if certificate and exc.tls_alert in CERTIFICATE_ALERTS:
+                    return Outcome(Verdict.FAILED, duration_ms=_ms(started), error=(
+                        f"{_REFUSED}: APNs refused the app's client certificate at the TLS "
+                        f"handshake ({_alert_text(exc.tls_alert or '')}); upload a valid "
+                        "one"))
                 return Outcome(Verdict.RETRY, error=f"APNs connection failed: {exc}",
                                duration_ms=_ms(started))
             except (ConnectionLost, StreamReset) as exc:
@@ -161,7 +337,7 @@ class APNsAdapter:
                 return Outcome(Verdict.RETRY, error=f"APNs answer lost: {exc}",
                                duration_ms=_ms(started))
             outcome = self._judge(resp, started)
-            if outcome.error == "ExpiredProviderToken" and not refreshed:
+            if outcome.error == "ExpiredProviderToken" and not refreshed and not certificate:
                 refreshed = True  # Apple says the token aged out: make a new one, once
                 continue
             return outcome
@@ -196,12 +372,14 @@ class APNsAdapter:
         """Close the app's connections and drop its provider tokens."""
         self._tokens.forget_app(app_id)
         for origin in [o for a, o in self._pools if a == app_id]:
-            await self._pools.pop((app_id, origin)).close()
+            await self._pools.pop((app_id, origin)).connections.close()
 
     async def close(self) -> None:
         for pool in self._pools.values():
-            await pool.close()
+            await pool.connections.close()
         self._pools.clear()
+        if self._closing:
+            await asyncio.gather(*self._closing)
 
 
 def _ms(started: float) -> int:

@@ -116,7 +116,16 @@ class HTTP2Error(Exception):
 class ConnectError(HTTP2Error):
     """The request never reached a server that could process it: connect, TLS or ALPN
     failed, the pool is closed, or every connection tried went away (GOAWAY) before taking
-    it. Safe to retry."""
+    it. Safe to retry.
+
+    ``tls_alert`` names the TLS alert the server ended the handshake with, as OpenSSL
+    spells it (``TLSV1_ALERT_UNKNOWN_CA``, ``SSLV3_ALERT_CERTIFICATE_EXPIRED``...), when
+    that is why: the server refused something of ours, such as a client certificate, and
+    the caller may judge that retrying will not help."""
+
+    def __init__(self, message: str, *, tls_alert: str | None = None) -> None:
+        self.tls_alert = tls_alert
+        super().__init__(message)
 
 
 class StreamReset(HTTP2Error):
@@ -162,6 +171,20 @@ def _code_name(code: int) -> str:
         return h2.errors.ErrorCodes(code).name
     except ValueError:
         return f"0x{code:x}"
+
+
+def _tls_alert(exc: BaseException | None) -> str | None:
+    """The TLS alert a server sent, if ``exc`` (or what caused it) is OpenSSL reporting one.
+    With TLS 1.3 a client certificate is judged after the client finished its handshake,
+    so the alert arrives as the connection's first read fails; with TLS 1.2, during it."""
+    while exc is not None:
+        if isinstance(exc, ConnectError) and exc.tls_alert:
+            return exc.tls_alert
+        reason = getattr(exc, "reason", None)
+        if isinstance(exc, ssl.SSLError) and isinstance(reason, str) and "_ALERT_" in reason:
+            return reason
+        exc = exc.__cause__
+    return None
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:
@@ -430,7 +453,8 @@ class _Connection(asyncio.Protocol):
         self._cancel_warmup()
         if not self.ready.done():
             self.ready.set_exception(
-                ConnectError(f"connection closed during HTTP/2 setup: {exc or 'EOF'}")
+                ConnectError(f"connection closed during HTTP/2 setup: {exc or 'EOF'}",
+                             tls_alert=_tls_alert(exc))
             )
         streams, self.streams = self.streams, {}
         self.blocked.clear()
@@ -870,10 +894,11 @@ class HTTP2Pool:
             message = f"could not connect to {self.origin} within {self._connect_timeout_s} s"
         else:
             message = f"could not connect to {self.origin}: {exc!r}"
+        alert = _tls_alert(exc)
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
-                waiter.set_exception(ConnectError(message))
+                waiter.set_exception(ConnectError(message, tls_alert=alert))
 
     def _connection_lost(self, conn: _Connection) -> None:
         with contextlib.suppress(ValueError):

@@ -8,8 +8,9 @@ connections; a GOAWAY carrying ``{"reason": "Shutdown"}`` on :meth:`FakeAPNs.sto
 
 Requests are checked the way Apple documents ("Sending notification requests to APNs",
 "Handling notification responses from APNs", "Establishing a token-based connection to
-APNs"): only ``POST /3/device/<hex token>``; ES256 provider tokens (``kid`` of a key added
-with :meth:`FakeAPNs.add_key`, ``iss`` its team, ``iat`` under an hour old); one team per
+APNs", "Establishing a certificate-based connection to APNs"): only
+``POST /3/device/<hex token>``; ES256 provider tokens (``kid`` of a key added with
+:meth:`FakeAPNs.add_key`, ``iss`` its team, ``iat`` under an hour old); one team per
 connection; a new token for the team on the same connection sooner than
 ``min_token_refresh_s`` after the previous one gives 429 TooManyProviderTokenUpdates;
 ``apns-topic`` one of the team's bundle ids (or ``<bundle>.voip``, ``.complication``,
@@ -19,6 +20,17 @@ connection; a new token for the team on the same connection sooner than
 UUID); no repeated headers; a JSON object payload with an ``aps`` dictionary of at most
 4096 bytes (5120 for VoIP). Every answer carries ``apns-id``; errors carry
 ``{"reason": ...}`` and 410 also ``"timestamp"`` in milliseconds.
+
+Certificate-based connections, once :meth:`FakeAPNs.trust_client_certificates` named the
+CA that issues them: a connection may present a TLS client certificate (or none, and use
+provider tokens). One the CA did not sign, or outside its validity, fails the handshake
+with the TLS alert OpenSSL sends for it (``unknown ca``, ``certificate expired``), as
+Apple's servers do. A trusted one authenticates every request on its connection (the
+``authorization`` header is then ignored, as Apple documents) for the bundle id in its
+subject UID (and that id's push-type suffixes): with no UID it answers 403
+BadCertificate; made for the other environment only (Apple's development or production
+push extension, see ``environment``) 403 BadCertificateEnvironment; another topic 400
+TopicDisallowed; no ``apns-topic`` at all means the certificate's own topic.
 
 Conventions for sandbox users: a device token whose hex starts with ``dead`` answers
 410 Unregistered (timestamp = now, in ms); one starting with ``bad0`` answers
@@ -53,10 +65,12 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.x509.oid import NameOID
 
 from fakes.received import ReceivedPush
 
@@ -146,7 +160,15 @@ _RECORDED_HEADER_PREFIX = "apns-"
 _VERIFIED_CACHE_SIZE = 16
 #: How long stop() lets a client read the GOAWAY and close before cutting it off.
 _CLOSE_GRACE_S = 1.0
+#: A client that has not finished its TLS handshake by then is cut off.
+_HANDSHAKE_TIMEOUT_S = 30.0
 _READ_SIZE = 65536
+#: Extensions of Apple's push certificates saying which environment they work in
+#: (Apple WWDR CPS); a universal "Apple Push Services" certificate carries both.
+DEVELOPMENT_CERTIFICATE_OID = "1.2.840.113635.100.6.3.1"
+PRODUCTION_CERTIFICATE_OID = "1.2.840.113635.100.6.3.2"
+_ENVIRONMENT_OIDS = {DEVELOPMENT_CERTIFICATE_OID: "sandbox",
+                     PRODUCTION_CERTIFICATE_OID: "production"}
 
 
 class _Rejection(Exception):
@@ -166,6 +188,114 @@ class _Key:
     topics: frozenset[str]
 
 
+@dataclass(frozen=True)
+class _ClientCertificate:
+    """What a certificate-based connection's client certificate says."""
+
+    #: SHA-256 of the certificate (DER), hex: whose pushes these are.
+    sha256: str
+    #: The bundle id in the subject UID, if any.
+    topics: frozenset[str]
+    #: "sandbox" and/or "production" when it carries Apple's environment extensions;
+    #: empty means it does not say.
+    environments: frozenset[str]
+
+    @classmethod
+    def read(cls, der: bytes) -> _ClientCertificate:
+        cert = x509.load_der_x509_certificate(der)
+        uids = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.USER_ID)]
+        return cls(
+            sha256=cert.fingerprint(hashes.SHA256()).hex(),
+            topics=frozenset(str(u) for u in uids),
+            environments=frozenset(_ENVIRONMENT_OIDS[e.oid.dotted_string]
+                                   for e in cert.extensions
+                                   if e.oid.dotted_string in _ENVIRONMENT_OIDS),
+        )
+
+
+class _TLSStream:
+    """The fake's side of one TLS connection, driven through :class:`ssl.MemoryBIO` rather
+    than asyncio's TLS transport. When a server-side handshake fails, asyncio aborts the
+    socket without sending the TLS alert that says why (CPython's ``sslproto`` does not
+    flush its outgoing buffer before ``_fatal_error``); Apple's servers send it, and a
+    provider acts on it (a refused client certificate is not worth retrying)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 context: ssl.SSLContext) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self.ssl_object = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+
+    async def handshake(self) -> None:
+        """Raises :class:`ssl.SSLError` once the alert went out, OSError if the client left."""
+        while True:
+            try:
+                self.ssl_object.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._send()
+                if not await self._receive():
+                    raise ConnectionResetError("the client left during the TLS handshake") \
+                        from None
+            except ssl.SSLError:
+                self._send()  # the alert
+                raise
+        self._send()
+
+    async def read(self, size: int) -> bytes:
+        """Up to ``size`` bytes; b"" at the end (close_notify or EOF)."""
+        while True:
+            try:
+                return self.ssl_object.read(size)
+            except ssl.SSLWantReadError:
+                self._send()
+                if not await self._receive():
+                    return b""
+            except ssl.SSLZeroReturnError:
+                return b""
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.ssl_object.write(data)
+        except ssl.SSLError:
+            return  # the TLS session failed; the read loop is ending the connection
+        self._send()
+
+    def is_closing(self) -> bool:
+        return self._writer.is_closing()
+
+    async def drain(self) -> None:
+        await self._writer.drain()
+
+    def close(self) -> None:
+        """close_notify, then close the socket."""
+        with contextlib.suppress(ssl.SSLError):
+            self.ssl_object.unwrap()  # wants the client's close_notify too: not waited for
+        self._send()
+        self._writer.close()
+
+    async def wait_closed(self) -> None:
+        await self._writer.wait_closed()
+
+    def abort(self) -> None:
+        self._writer.transport.abort()
+
+    async def _receive(self) -> bool:
+        data = await self._reader.read(_READ_SIZE)
+        if not data:
+            self._incoming.write_eof()
+            return False
+        self._incoming.write(data)
+        return True
+
+    def _send(self) -> None:
+        pending = self._outgoing.read()
+        if pending and not self._writer.is_closing():
+            self._writer.write(pending)
+
+
 @dataclass
 class _Stream:
     headers: list[tuple[str, str]]
@@ -183,7 +313,9 @@ class _Answer:
 @dataclass(eq=False)
 class _Connection:
     h2: h2.connection.H2Connection
-    writer: asyncio.StreamWriter
+    writer: _TLSStream
+    #: The client certificate of a certificate-based connection.
+    certificate: _ClientCertificate | None = None
     streams: dict[int, _Stream] = field(default_factory=dict)
     #: Scheduled answers (``response_delay_s``), cancelled on RST_STREAM or stop().
     timers: dict[int, asyncio.TimerHandle] = field(default_factory=dict)
@@ -209,7 +341,9 @@ class FakeAPNs:
     ``ssl_context`` is a server context whose certificate covers 127.0.0.1/localhost;
     the fake restricts it to ALPN ``h2`` and TLS 1.2+. ``min_token_refresh_s`` is Apple's
     minimum provider-token lifetime on a connection (20 minutes); ``response_delay_s``
-    delays every answer to simulate the round trip to Apple.
+    delays every answer to simulate the round trip to Apple. ``environment`` is which of
+    Apple's two servers the fake plays ("production" or "sandbox"; None: either), which
+    only matters to client certificates made for one environment.
     """
 
     def __init__(
@@ -218,12 +352,18 @@ class FakeAPNs:
         *,
         min_token_refresh_s: float = 1200,
         response_delay_s: float = 0.0,
+        environment: str | None = None,
     ) -> None:
         ssl_context.set_alpn_protocols(["h2"])
         ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
         self._ssl_context = ssl_context
         self.min_token_refresh_s = min_token_refresh_s
         self.response_delay_s = response_delay_s
+        self.environment = environment
+        #: Connections still in their TLS handshake (not yet in ``_connections``).
+        self._handshaking: set[_TLSStream] = set()
+        #: TLS handshakes the fake failed (a refused client certificate, mostly).
+        self.handshakes_refused = 0
         self._keys: dict[str, _Key] = {}
         self._scripted: dict[str, deque[str]] = {}
         self._unregistered: dict[str, int] = {}
@@ -264,6 +404,13 @@ class FakeAPNs:
             raise ValueError("APNs provider keys are P-256 (ES256) keys")
         self._keys[key_id] = _Key(team_id, key_id, loaded, frozenset(topics))
 
+    def trust_client_certificates(self, ca_pem: str, *, required: bool = False) -> None:
+        """Accept certificate-based connections whose client certificate this CA (PEM)
+        issued. Connections without one still use provider tokens, as on Apple's servers,
+        unless ``required``."""
+        self._ssl_context.load_verify_locations(cadata=ca_pem)
+        self._ssl_context.verify_mode = ssl.CERT_REQUIRED if required else ssl.CERT_OPTIONAL
+
     def fail(self, device_token: str, *reasons: str) -> None:
         """Script answers: each later push to ``device_token`` that passes every check
         consumes the next reason instead of being accepted."""
@@ -299,7 +446,7 @@ class FakeAPNs:
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
         """Listen on ``host:port`` (0 picks a free port; see :attr:`base_url`)."""
         self._stopping = False
-        self._server = await asyncio.start_server(self._serve, host, port, ssl=self._ssl_context)
+        self._server = await asyncio.start_server(self._serve, host, port)
         self._port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
@@ -309,6 +456,8 @@ class FakeAPNs:
             return
         self._stopping = True
         self._server.close()
+        for handshaking in list(self._handshaking):
+            handshaking.abort()
         connections = list(self._connections)
         for conn in connections:
             for timer in conn.timers.values():
@@ -324,7 +473,7 @@ class FakeAPNs:
             # A client that never reads would hold the TLS close_notify exchange open.
             for conn in connections:
                 if conn.task in pending:
-                    conn.writer.transport.abort()
+                    conn.writer.abort()
             await asyncio.gather(*tasks, return_exceptions=True)
         await self._server.wait_closed()
         self._server = None
@@ -342,42 +491,61 @@ class FakeAPNs:
     # -- connection handling ---------------------------------------------------------------
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        stream = _TLSStream(reader, writer, self._ssl_context)
+        self._handshaking.add(stream)
+        try:
+            async with asyncio.timeout(_HANDSHAKE_TIMEOUT_S):
+                await stream.handshake()
+        except (OSError, ssl.SSLError, TimeoutError):
+            self.handshakes_refused += 1
+            await self._close(stream)
+            return
+        finally:
+            self._handshaking.discard(stream)
         self.connections_opened += 1
-        ssl_object = writer.get_extra_info("ssl_object")
-        if self._stopping or ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
+        ssl_object = stream.ssl_object
+        if self._stopping or ssl_object.selected_alpn_protocol() != "h2":
             # The provider API is HTTP/2 only; there is no HTTP/1.1 fallback. A handshake
             # that finished while stop() ran is not served either.
-            await self._close(writer)
+            await self._close(stream)
             return
+        der = ssl_object.getpeercert(binary_form=True)
+        certificate = _ClientCertificate.read(der) if der else None
         config = h2.config.H2Configuration(client_side=False, header_encoding=None)
         h2_conn = h2.connection.H2Connection(config=config)
-        # Apple allows one stream until the connection proved who it is.
+        # Apple allows one stream until the connection proved who it is (a client
+        # certificate proves it at once).
         h2_conn.local_settings = h2.settings.Settings(
             client=False,
             initial_values={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: UNAUTHENTICATED_MAX_STREAMS,
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: (
+                    UNAUTHENTICATED_MAX_STREAMS if certificate is None
+                    else AUTHENTICATED_MAX_STREAMS
+                ),
                 h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: (
                     h2.connection.H2Connection.DEFAULT_MAX_HEADER_LIST_SIZE
                 ),
             },
         )
-        conn = _Connection(h2=h2_conn, writer=writer, task=asyncio.current_task())
+        conn = _Connection(h2=h2_conn, writer=stream, certificate=certificate,
+                           authenticated=certificate is not None,
+                           task=asyncio.current_task())
         self._connections.add(conn)
         try:
             h2_conn.initiate_connection()
             conn.flush()
-            await self._read_loop(conn, reader)
+            await self._read_loop(conn)
         finally:
             self._connections.discard(conn)
             for timer in conn.timers.values():
                 timer.cancel()
-            await self._close(writer)
+            await self._close(stream)
 
-    async def _read_loop(self, conn: _Connection, reader: asyncio.StreamReader) -> None:
+    async def _read_loop(self, conn: _Connection) -> None:
         # No idle timeout: APNs keeps provider connections open for hours.
         while True:
             try:
-                data = await reader.read(_READ_SIZE)
+                data = await conn.writer.read(_READ_SIZE)
             except (OSError, ssl.SSLError):
                 return
             if not data:
@@ -468,12 +636,12 @@ class FakeAPNs:
             return
 
     @staticmethod
-    async def _close(writer: asyncio.StreamWriter) -> None:
-        writer.close()
+    async def _close(stream: _TLSStream) -> None:
+        stream.close()
         try:
-            await asyncio.wait_for(writer.wait_closed(), _CLOSE_GRACE_S)
+            await asyncio.wait_for(stream.wait_closed(), _CLOSE_GRACE_S)
         except (TimeoutError, OSError, ssl.SSLError):
-            writer.transport.abort()
+            stream.abort()
 
     # -- the checks ------------------------------------------------------------------------
 
@@ -511,14 +679,21 @@ class FakeAPNs:
             raise _Rejection("DuplicateHeaders")
         headers = dict(regular)
 
-        key = self._authenticate(conn, headers.get("authorization"))
+        if conn.certificate is not None:
+            sender, topics = self._certificate_identity(conn.certificate)
+        else:
+            key = self._authenticate(conn, headers.get("authorization"))
+            sender, topics = key.key_id, key.topics
 
         topic = headers.get("apns-topic")
         if topic is None:
-            raise _Rejection("MissingTopic")
+            # A certificate for one topic implies it; a provider token names no topic.
+            if conn.certificate is None or len(topics) != 1:
+                raise _Rejection("MissingTopic")
+            (topic,) = topics
         if not _TOPIC_RE.match(topic):
             raise _Rejection("BadTopic")
-        if not _topic_allowed(topic, key.topics):
+        if not _topic_allowed(topic, topics):
             raise _Rejection("TopicDisallowed")
 
         push_type = headers.get("apns-push-type")
@@ -555,7 +730,7 @@ class FakeAPNs:
         self._scripted_or_known_answer(device_token)
 
         return ReceivedPush(
-            sender=key.key_id,
+            sender=sender,
             provider="apns",
             app=topic,
             token=device_token,
@@ -567,6 +742,17 @@ class FakeAPNs:
             },
             received_at=time.time(),
         )
+
+    def _certificate_identity(self, certificate: _ClientCertificate,
+                              ) -> tuple[str, frozenset[str]]:
+        """Who a certificate-based connection pushes as, and to which topics. The TLS
+        handshake already checked its issuer and validity."""
+        if not certificate.topics:
+            raise _Rejection("BadCertificate")
+        if (self.environment is not None and certificate.environments
+                and self.environment not in certificate.environments):
+            raise _Rejection("BadCertificateEnvironment")
+        return certificate.sha256, certificate.topics
 
     def _authenticate(self, conn: _Connection, authorization: str | None) -> _Key:
         if not authorization:

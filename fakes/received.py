@@ -19,5 +19,6 @@ class ReceivedPush:
     payload: dict[str, Any]  # the JSON payload as received
     headers: dict[str, str]  # the request's apns-* and authorization headers (lower-case names)
     received_at: float  # time.time()
-    #: Whose credentials sent it: the service account (FCM) or the key id (APNs).
+    #: Whose credentials sent it: the service account (FCM); the key id of the provider
+    #: token, or the SHA-256 (hex) of the TLS client certificate (APNs).
     sender: str = ""

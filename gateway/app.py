@@ -75,7 +75,8 @@ def build_adapters(settings: Settings, sandbox: Sandbox | None = None) -> dict[s
         max_connections=settings.push_concurrency,
     )
     apns: Adapter = APNsAdapter(
-        base_url=settings.apns_url, ssl_context=provider_ssl_context(settings),
+        base_url=settings.apns_url,
+        new_ssl_context=functools.partial(provider_ssl_context, settings),
         timeout_s=settings.delivery_timeout_s,
     )
     if sandbox is not None:
@@ -84,7 +85,7 @@ def build_adapters(settings: Settings, sandbox: Sandbox | None = None) -> dict[s
             timeout_s=settings.delivery_timeout_s, max_connections=settings.push_concurrency,
         ), sandbox)
         apns = SandboxRouter(apns, APNsAdapter(
-            base_url=sandbox.apns.base_url, ssl_context=sandbox.client_ssl_context(),
+            base_url=sandbox.apns.base_url, new_ssl_context=sandbox.client_ssl_context,
             timeout_s=settings.delivery_timeout_s,
         ), sandbox)
     return {

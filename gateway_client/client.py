@@ -36,6 +36,7 @@ from pydantic import BaseModel
 
 from adapters.base import parse_retry_after
 from gateway_client.models import (
+    APNsCertificateShown,
     APNsCredentialsShown,
     AppCreated,
     AppPage,
@@ -557,6 +558,20 @@ class GatewayClient:
             "PUT", f"/v1/apps/{_quote(app_id)}/push/apns", body={
                 "key_p8": key_p8, "key_id": key_id, "team_id": team_id, "topic": topic,
                 "environment": environment}))
+
+    async def set_apns_certificate(
+        self, app_id: str, *, certificate_pem: str, topic: str | None = None,
+        environment: Literal["production", "sandbox"] = "production",
+    ) -> APNsCertificateShown:
+        """Upload the app's APNs push certificate with its private key, in PEM (``openssl
+        pkcs12 -in cert.p12 -out cert.pem -nodes -clcerts``), replacing a token key if it
+        had one. ``topic`` defaults to the certificate's bundle id. The answer shows what
+        the certificate says (bundle id, expiry, SHA-256), never it or its key."""
+        body = {"certificate_pem": certificate_pem, "environment": environment}
+        if topic is not None:
+            body["topic"] = topic
+        return _parse(APNsCertificateShown, await self._call(
+            "PUT", f"/v1/apps/{_quote(app_id)}/push/apns", body=body))
 
     async def push_credentials(self, app_id: str) -> PushCredentials:
         """The app's push credentials, masked."""

@@ -191,14 +191,21 @@ def add_parsers(sub: Any) -> None:
     fcm.add_argument("app_id", metavar="APP")
     fcm.add_argument("--service-account", required=True, metavar="FILE",
                      help="the service account JSON file ('-' reads stdin)")
-    apns = _leaf(push, "set-apns", "upload the app's APNs token-auth key (.p8)",
-                 _push_set_apns)
+    apns = _leaf(push, "set-apns", "upload the app's APNs token-auth key (.p8) or push "
+                 "certificate", _push_set_apns)
     apns.add_argument("app_id", metavar="APP")
-    apns.add_argument("--key-file", required=True, metavar="FILE",
-                      help="the AuthKey_XXXXXXXXXX.p8 file")
-    apns.add_argument("--key-id", required=True)
-    apns.add_argument("--team-id", required=True)
-    apns.add_argument("--topic", required=True, help="the app's bundle id")
+    form = apns.add_mutually_exclusive_group(required=True)
+    form.add_argument("--key-file", metavar="FILE",
+                      help="token auth: the AuthKey_XXXXXXXXXX.p8 file (with --key-id and "
+                      "--team-id)")
+    form.add_argument("--certificate", metavar="FILE",
+                      help="certificate auth: the push certificate and its private key in "
+                      "one PEM file ('openssl pkcs12 -in cert.p12 -out cert.pem -nodes "
+                      "-clcerts'; '-' reads stdin)")
+    apns.add_argument("--key-id")
+    apns.add_argument("--team-id")
+    apns.add_argument("--topic", help="the app's bundle id (with --certificate, default: "
+                      "the certificate's)")
     apns.add_argument("--environment", choices=("production", "sandbox"),
                       default="production")
     _leaf(push, "show", "show the app's push credentials, masked",
@@ -461,6 +468,17 @@ async def _push_set_fcm(gw: GatewayClient, args: argparse.Namespace) -> Any:
 
 
 async def _push_set_apns(gw: GatewayClient, args: argparse.Namespace) -> Any:
+    if args.certificate is not None:
+        if args.key_id or args.team_id:
+            raise GatewayClientError("--key-id and --team-id go with --key-file, not "
+                                     "--certificate")
+        return await gw.set_apns_certificate(
+            args.app_id, certificate_pem=_read(args.certificate), topic=args.topic,
+            environment=args.environment)
+    missing = [f"--{n.replace('_', '-')}" for n in ("key_id", "team_id", "topic")
+               if not getattr(args, n)]
+    if missing:
+        raise GatewayClientError(f"--key-file needs {', '.join(missing)} too")
     return await gw.set_apns_credentials(
         args.app_id, key_p8=_read(args.key_file), key_id=args.key_id, team_id=args.team_id,
         topic=args.topic, environment=args.environment)

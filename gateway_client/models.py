@@ -17,7 +17,7 @@ import json
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, RootModel, WithJsonSchema
 
 
 class DeliveryStatus(enum.StrEnum):
@@ -304,10 +304,31 @@ class APNsCredentialsShown(Answer):
     updated_at: Timestamp | None = None
 
 
+class APNsCertificateShown(Answer):
+    """An app's APNs push certificate as answers show it: what the certificate says, never
+    it or its private key."""
+
+    provider: ProviderValue
+    auth: str = Field(description='"certificate" (token-key credentials have no "auth").')
+    topic: str
+    environment: str
+    certificate_subject_uid: str | None = Field(
+        description="The bundle id in the certificate's subject UID.")
+    certificate_expires_at: Timestamp = Field(
+        description="The certificate's notAfter: APNs refuses it from then on.")
+    certificate_sha256: str = Field(description="SHA-256 of the certificate (DER), hex.")
+    certificate_pem: str = Field(description="Always hidden.")
+    updated_at: Timestamp | None = None
+
+
+class APNsCredentialsAnswer(RootModel[APNsCredentialsShown | APNsCertificateShown]):
+    """An app's APNs credentials as answers show them: a token key, or a certificate."""
+
+
 class PushCredentials(Answer):
     """Only the providers the app has credentials for are present."""
 
-    apns: APNsCredentialsShown | None = None
+    apns: APNsCredentialsShown | APNsCertificateShown | None = None
     fcm: FCMCredentialsShown | None = None
 
 

@@ -11,6 +11,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    RootModel,
     StringConstraints,
     model_validator,
 )
@@ -225,12 +226,34 @@ class FCMCredentials(_Body):
     service_account: dict[str, Any]
 
 
+BundleId = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+APNsEnvironment = Literal["production", "sandbox"]
+
+
 class APNsCredentials(_Body):
+    """Token-based: the .p8 key that signs provider tokens."""
+
     key_p8: Annotated[str, StringConstraints(min_length=1, max_length=10_000)]
     key_id: Annotated[str, StringConstraints(pattern=r"^[A-Z0-9]{10}$")]
     team_id: Annotated[str, StringConstraints(pattern=r"^[A-Z0-9]{10}$")]
-    topic: Annotated[str, StringConstraints(min_length=1, max_length=255)]
-    environment: Literal["production", "sandbox"] = "production"
+    topic: BundleId
+    environment: APNsEnvironment = "production"
+
+
+class APNsCertificateCredentials(_Body):
+    """Certificate-based: the push certificate and its unencrypted private key in PEM, as
+    ``openssl pkcs12 -in cert.p12 -out cert.pem -nodes -clcerts`` exports them."""
+
+    certificate_pem: Annotated[str, StringConstraints(min_length=1, max_length=20_000)]
+    #: Default: the bundle id in the certificate's subject UID.
+    topic: BundleId | None = None
+    environment: APNsEnvironment = "production"
+
+
+class APNsCredentialsBody(RootModel[APNsCredentials | APNsCertificateCredentials]):
+    """``PUT /v1/apps/{id}/push/apns``: a token key (``key_p8``) or a push certificate
+    (``certificate_pem``), never both. The handler picks the model by which of the two the
+    body has, so a refusal names the fields of the form meant."""
 
 
 class EndpointCreate(_Body):

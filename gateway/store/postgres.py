@@ -764,6 +764,7 @@ class Cleaner:
         "push_credentials": QUERIES["cleanup_push_credentials"],
         "app_rate_windows": QUERIES["cleanup_app_rate_windows"],
         "dashboard_sessions": QUERIES["cleanup_dashboard_sessions"],
+        "event_types": QUERIES["cleanup_event_types"],
     }
 
     def __init__(self, conn: Connection) -> None:

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from gateway import __version__
 from gateway.sandbox import pem_private
+from tests.push_support import PushCertificates
 from tests.support import ADMIN_KEY, ROOT, Api, GatewayProcess, Receiver, eventually
 
 pytestmark = pytest.mark.e2e
@@ -217,6 +218,29 @@ async def test_cli_sets_and_shows_push_credentials_and_prints_its_version(
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, _ = await proc.communicate()
     assert proc.returncode == 0 and out.decode().strip() == f"gateway {__version__}"
+
+
+async def test_cli_uploads_an_apns_push_certificate_and_never_prints_its_key(
+    gateway: GatewayProcess, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    key = await Api(http, gateway.base).new_app()
+    _, apps = await Api(http, gateway.base).call("GET", "/v1/apps", ADMIN_KEY)
+    app_id = apps["data"][0]["id"]
+    pem = tmp_path / "cert.pem"
+    pem.write_text(PushCertificates().issue("com.example.shop"))
+    env = cli_env(gateway, key)
+    _, shown, _ = await cli(env, "push", "set-apns", app_id, "--certificate", str(pem),
+                            "--environment", "sandbox", "--json")
+    assert (shown["auth"], shown["topic"]) == ("certificate", "com.example.shop")
+    _, listed, _ = await cli(env, "push", "show", app_id, "--json")
+    assert listed["apns"]["certificate_sha256"] == shown["certificate_sha256"]
+    assert "PRIVATE" not in json.dumps(listed) and "PRIVATE" not in json.dumps(shown)
+    status, _, err = await cli(env, "push", "set-apns", app_id, "--certificate", str(pem),
+                               "--key-file", str(pem), ok=False)
+    assert status == 2 and "not allowed with" in err
+    status, _, err = await cli(env, "push", "set-apns", app_id, "--key-file", str(pem),
+                               ok=False)
+    assert status == 1 and "--key-id" in err
 
 
 async def test_cli_without_json_prints_for_people_and_needs_a_key(

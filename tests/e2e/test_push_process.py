@@ -1,5 +1,5 @@
-"""Push end to end through the real ``gateway`` process: restart safety mid-fan-out, and
-the sandbox a newcomer starts with ``gateway serve --sandbox``."""
+"""Push end to end through the real ``gateway`` process: restart safety mid-fan-out, APNs
+certificate auth, and the sandbox a newcomer starts with ``gateway serve --sandbox``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from tests.push_support import Providers, android_token, ios_token, start_providers
+from tests.push_support import TOPIC, Providers, android_token, ios_token, start_providers
 from tests.support import ADMIN_KEY, Api, GatewayProcess, eventually
 
 pytestmark = pytest.mark.e2e
@@ -76,6 +76,36 @@ async def test_gateway_killed_mid_fanout_delivers_to_every_device_after_restart(
                                         | {p.token for p in providers.fcm.received}) >= 6000),
                      timeout_s=120, interval_s=0.5)
     assert again.terminate() == 0
+
+
+async def test_gateway_pushes_with_an_uploaded_certificate_to_apns_that_requires_one(
+    dsn: str, procs: list[GatewayProcess], http: aiohttp.ClientSession, providers: Providers
+) -> None:
+    certificates = providers.push_certificates
+    providers.apns.trust_client_certificates(certificates.ca_pem, required=True)
+    gw = GatewayProcess(dsn, env=provider_env(providers)).start()
+    procs.append(gw)
+    await gw.wait_ready()
+    api = Api(http, gw.base)
+    status, app = await api.call("POST", "/v1/apps", ADMIN_KEY, {"name": "shop"})
+    key = app["api_key"]
+    status, shown = await api.call("PUT", f"/v1/apps/{app['id']}/push/apns", key, {
+        "certificate_pem": certificates.issue(TOPIC), "environment": "sandbox"})
+    assert status == 200, shown
+    for n in range(3):
+        status, _ = await api.call("POST", "/v1/devices", key, {
+            "platform": "ios", "token": ios_token(n), "user_id": "alice"})
+        assert status == 201
+    status, _ = await api.call("POST", "/v1/events", key, {
+        "type": "order.shipped", "payload": {}, "user_ids": ["alice"],
+        "notification": {"title": "Shipped"}})
+    assert status == 202
+    await eventually(lambda: _ready(len(providers.apns.received) >= 3), timeout_s=30)
+    assert {p.token for p in providers.apns.received} == {ios_token(n) for n in range(3)}
+    assert {p.sender for p in providers.apns.received} == {shown["certificate_sha256"]}
+    assert all("authorization" not in p.headers for p in providers.apns.received)
+    assert providers.apns.handshakes_refused == 0
+    assert gw.terminate() == 0
 
 
 async def test_sandbox_shows_pushes_without_any_provider_account(

@@ -119,7 +119,7 @@ async def sql(dsn: str, statement: str, *args: Any) -> None:
 async def fill(api: Api, key: str, app_id: str, receiver: Receiver) -> None:
     """Something in every table an app owns: endpoints, events with deliveries (attempted,
     where a dispatcher runs), idempotency keys, devices and a push fan-out, push
-    credentials, a rate window, a dashboard session."""
+    credentials, a rate window, a dashboard session, an event type."""
     await api.new_endpoint(key, receiver.url(f"/{app_id}"))
     await api.new_endpoint(key, receiver.url(f"/{app_id}/other"), event_types=["other.*"])
     for n in range(7):
@@ -138,6 +138,9 @@ async def fill(api: Api, key: str, app_id: str, receiver: Receiver) -> None:
                                   {"rate_limit": 1000})
     assert status == 200, body
     await sign_in(api, key)
+    status, body = await api.call("POST", "/v1/event-types", key,
+                                  {"name": "order.created", "schema": {"type": "object"}})
+    assert status == 201, body
 
 
 # --- deleting: what stops at once ----------------------------------------------------

@@ -21,6 +21,8 @@ from gateway_client.client import (
     GatewayConnectionError,
 )
 from gateway_client.models import (
+    APNsCertificateShown,
+    APNsCredentialsShown,
     AppCreated,
     Delivery,
     EndpointCreated,
@@ -28,6 +30,7 @@ from gateway_client.models import (
     EventType,
     RotatedAppKey,
 )
+from tests.push_support import PushCertificates
 from tests.support import ADMIN_KEY, Api, Receiver, eventually, free_port, serve_on_loopback
 
 
@@ -381,6 +384,28 @@ async def test_push_credentials_round_trip_through_the_client(api: Api,
     shown = await gw.push_credentials(app_id)
     assert shown.fcm is not None and shown.apns is not None
     assert shown.fcm.updated_at is not None and shown.apns.topic == "com.example.shop"
+
+
+async def test_a_push_certificate_round_trips_through_the_client(api: Api,
+                                                                gw: GatewayClient) -> None:
+    _, apps = await api.call("GET", "/v1/apps", ADMIN_KEY)
+    app_id = apps["data"][0]["id"]
+    shown = await gw.set_apns_certificate(
+        app_id, certificate_pem=PushCertificates().issue("com.example.shop"),
+        environment="sandbox")
+    assert (shown.auth, shown.topic, shown.certificate_subject_uid) == (
+        "certificate", "com.example.shop", "com.example.shop")
+    listed = (await gw.push_credentials(app_id)).apns
+    assert isinstance(listed, APNsCertificateShown)
+    assert listed.certificate_sha256 == shown.certificate_sha256
+    assert listed.certificate_expires_at == shown.certificate_expires_at
+    await gw.set_apns_credentials(
+        app_id, key_p8=pem_private(ec.generate_private_key(ec.SECP256R1())),
+        key_id="ABC123DEFG", team_id="DEF123GHIJ", topic="com.example.shop")
+    assert isinstance((await gw.push_credentials(app_id)).apns, APNsCredentialsShown)
+    with pytest.raises(GatewayAPIError) as refused:
+        await gw.set_apns_certificate(app_id, certificate_pem="not a certificate")
+    assert refused.value.details[0]["path"] == "certificate_pem"
 
 
 async def test_answers_from_a_newer_server_with_unknown_fields_and_values_still_parse(

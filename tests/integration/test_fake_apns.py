@@ -1,5 +1,5 @@
 """The APNs fake against real HTTP/2 clients: httpx (what the gateway uses) and a bare
-``h2`` client for what httpx hides (SETTINGS, GOAWAY, stream resets)."""
+``h2`` client for what httpx hides (SETTINGS, GOAWAY, stream resets, TLS alerts)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import h2.config
@@ -24,7 +26,9 @@ import trustme
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from adapters.http2 import ConnectError, HTTP2Pool
 from fakes.apns import FakeAPNs
+from tests.push_support import PushCertificates
 
 TEAM_ID = "TEAM123456"
 KEY_ID = "KEY1234567"
@@ -758,3 +762,167 @@ async def test_clear_forgets_pushes_and_scripts(
     assert apns.received == []
     assert (await push(client, apns, apns_headers(signer))).status_code == 200
     assert (await push(client, apns, apns_headers(signer), token="c3" * 32)).status_code == 200
+
+
+# -- certificate-based connections ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def push_ca() -> PushCertificates:
+    return PushCertificates()
+
+
+@pytest.fixture
+def cert_ssl(
+    client_ssl: Callable[[], ssl.SSLContext], tmp_path: Path
+) -> Callable[[str], ssl.SSLContext]:
+    """A client context presenting this certificate-and-key PEM."""
+
+    def make(pem: str) -> ssl.SSLContext:
+        context = client_ssl()
+        path = tmp_path / f"client-{uuid.uuid4().hex}.pem"
+        path.write_text(pem)
+        context.load_cert_chain(path)
+        return context
+
+    return make
+
+
+@pytest.fixture
+async def cert_apns(
+    make_apns: Callable[..., contextlib.AbstractAsyncContextManager[FakeAPNs]],
+    push_ca: PushCertificates,
+) -> AsyncIterator[FakeAPNs]:
+    async with make_apns(environment="production") as fake:
+        fake.trust_client_certificates(push_ca.ca_pem)
+        yield fake
+
+
+async def _refusal(fake: FakeAPNs, context: ssl.SSLContext) -> str:
+    """The TLS alert the fake ends this connection's handshake with."""
+    raw: RawClient | None = None
+    try:
+        raw = await RawClient.connect(fake, context)  # TLS 1.3: the alert comes after
+        await raw.next(h2.events.RemoteSettingsChanged)
+    except ssl.SSLError as exc:
+        return str(exc.reason)
+    finally:
+        if raw is not None:
+            await raw.close()
+    raise AssertionError("the handshake was not refused")
+
+
+async def test_a_trusted_client_certificate_authenticates_its_connection_without_a_token(
+    cert_apns: FakeAPNs, push_ca: PushCertificates,
+    cert_ssl: Callable[[str], ssl.SSLContext], signer: Signer,
+) -> None:
+    context = cert_ssl(push_ca.issue(BUNDLE))
+    async with httpx.AsyncClient(http2=True, verify=context) as http:
+        response = await push(http, cert_apns, apns_headers(signer, authorization=None))
+        # Apple ignores a provider token on a certificate connection, even a forged one.
+        forged = signer.token(private_key=ec.generate_private_key(ec.SECP256R1()))
+        ignored = await push(http, cert_apns, apns_headers(signer,
+                                                           authorization=f"bearer {forged}"))
+    assert (response.status_code, ignored.status_code) == (200, 200)
+    assert len({p.sender for p in cert_apns.received}) == 1
+    assert len(cert_apns.received[0].sender) == 64  # the certificate's SHA-256, hex
+
+
+async def test_a_certificate_connection_may_open_1000_streams_from_the_start(
+    cert_apns: FakeAPNs, push_ca: PushCertificates, cert_ssl: Callable[[str], ssl.SSLContext]
+) -> None:
+    raw = await RawClient.connect(cert_apns, cert_ssl(push_ca.issue(BUNDLE)))
+    try:
+        initial = await raw.next(h2.events.RemoteSettingsChanged)
+        limit = h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS
+        assert initial.changed_settings[limit].new_value == 1000
+    finally:
+        await raw.close()
+
+
+async def test_without_apns_topic_a_certificate_connection_pushes_to_its_bundle(
+    cert_apns: FakeAPNs, push_ca: PushCertificates,
+    cert_ssl: Callable[[str], ssl.SSLContext], signer: Signer,
+) -> None:
+    async with httpx.AsyncClient(http2=True, verify=cert_ssl(push_ca.issue(BUNDLE))) as http:
+        response = await push(http, cert_apns,
+                              apns_headers(signer, authorization=None, apns_topic=None))
+    assert response.status_code == 200
+    assert [p.app for p in cert_apns.received] == [BUNDLE]
+
+
+@pytest.mark.parametrize(("uid", "topic", "status", "why"), [
+    (BUNDLE, "com.other.app", 400, "TopicDisallowed"),
+    (BUNDLE, "not a topic!", 400, "BadTopic"),
+    (None, BUNDLE, 403, "BadCertificate"),
+])
+async def test_a_certificate_connection_is_refused_topics_its_certificate_does_not_name(
+    cert_apns: FakeAPNs, push_ca: PushCertificates,
+    cert_ssl: Callable[[str], ssl.SSLContext], signer: Signer,
+    uid: str | None, topic: str, status: int, why: str,
+) -> None:
+    async with httpx.AsyncClient(http2=True, verify=cert_ssl(push_ca.issue(uid))) as http:
+        response = await push(http, cert_apns,
+                              apns_headers(signer, authorization=None, apns_topic=topic))
+    assert (response.status_code, reason(response)) == (status, why)
+    assert cert_apns.received == []
+
+
+async def test_a_certificate_for_the_other_environment_is_bad_certificate_environment(
+    cert_apns: FakeAPNs, push_ca: PushCertificates,
+    cert_ssl: Callable[[str], ssl.SSLContext], signer: Signer,
+) -> None:
+    development = push_ca.issue(BUNDLE, environments=["sandbox"])
+    async with httpx.AsyncClient(http2=True, verify=cert_ssl(development)) as http:
+        response = await push(http, cert_apns, apns_headers(signer, authorization=None))
+    assert (response.status_code, reason(response)) == (403, "BadCertificateEnvironment")
+
+
+async def test_a_certificate_another_ca_issued_fails_the_handshake_with_unknown_ca(
+    cert_apns: FakeAPNs, cert_ssl: Callable[[str], ssl.SSLContext]
+) -> None:
+    stranger = PushCertificates("Not Apple")
+    alert = await _refusal(cert_apns, cert_ssl(stranger.issue(BUNDLE)))
+    assert alert == "TLSV1_ALERT_UNKNOWN_CA"
+    assert cert_apns.handshakes_refused == 1 and cert_apns.connections_opened == 0
+
+
+async def test_an_expired_certificate_fails_the_handshake_with_certificate_expired(
+    cert_apns: FakeAPNs, push_ca: PushCertificates, cert_ssl: Callable[[str], ssl.SSLContext]
+) -> None:
+    past = datetime.now(UTC) - timedelta(days=30)
+    expired = push_ca.issue(BUNDLE, valid_from=past - timedelta(days=365), valid_until=past)
+    assert await _refusal(cert_apns, cert_ssl(expired)) == "SSLV3_ALERT_CERTIFICATE_EXPIRED"
+
+
+async def test_token_connections_still_work_where_client_certificates_are_trusted(
+    cert_apns: FakeAPNs, client: httpx.AsyncClient, signer: Signer
+) -> None:
+    assert (await push(client, cert_apns, apns_headers(signer))).status_code == 200
+    missing = await push(client, cert_apns, apns_headers(signer, apns_topic=None))
+    assert (missing.status_code, reason(missing)) == (400, "MissingTopic")
+
+
+async def test_required_client_certificates_refuse_a_connection_without_one(
+    cert_apns: FakeAPNs, push_ca: PushCertificates, client_ssl: Callable[[], ssl.SSLContext]
+) -> None:
+    cert_apns.trust_client_certificates(push_ca.ca_pem, required=True)
+    assert await _refusal(cert_apns, client_ssl()) == "TLSV13_ALERT_CERTIFICATE_REQUIRED"
+
+
+@pytest.mark.parametrize(("presented", "alert"), [
+    ("none", "TLSV13_ALERT_CERTIFICATE_REQUIRED"),
+    ("another CA's", "TLSV1_ALERT_UNKNOWN_CA"),
+])
+async def test_the_http2_pool_names_the_alert_a_refused_handshake_ended_with(
+    cert_apns: FakeAPNs, cert_ssl: Callable[[str], ssl.SSLContext],
+    client_ssl: Callable[[], ssl.SSLContext], push_ca: PushCertificates, presented: str,
+    alert: str,
+) -> None:
+    cert_apns.trust_client_certificates(push_ca.ca_pem, required=True)
+    context = (client_ssl() if presented == "none"
+               else cert_ssl(PushCertificates("Not Apple").issue(BUNDLE)))
+    async with HTTP2Pool(cert_apns.base_url, context) as pool:
+        with pytest.raises(ConnectError) as refused:
+            await pool.request("POST", f"/3/device/{'ab' * 32}", [], b"{}", timeout_s=10)
+    assert refused.value.tls_alert == alert

@@ -22,7 +22,7 @@ from gateway.config import Settings
 from gateway.dashboard import SESSION_COOKIE
 from gateway.sandbox import pem_private
 from gateway.store.database import Database
-from tests.push_support import start_providers
+from tests.push_support import TOPIC, Providers, ios_token, start_providers
 from tests.security.conftest import Launch, new_app
 from tests.support import Receiver, eventually
 
@@ -261,3 +261,36 @@ async def test_a_secret_that_does_not_open_holds_up_only_its_own_delivery(
         return any("GATEWAY_SECRET_KEY" in (d["last_error"] or "") for d in page["data"])
 
     await eventually(told, timeout_s=10)
+
+
+async def test_a_push_certificates_private_key_is_sealed_in_the_database(
+        launch: Launch, dsn: str, tmp_path: Path) -> None:
+    providers = await start_providers(tmp_path)
+    try:
+        api = await launch(secret_key=KEY_1, apns_url=providers.apns.base_url,
+                           provider_ca_file=str(providers.ca_file))
+        key, app_id = await new_app(api)
+        pem = providers.push_certificates.issue(TOPIC)
+        status, shown = await api.call("PUT", f"/v1/apps/{app_id}/push/apns", key, {
+            "certificate_pem": pem, "environment": "sandbox"})
+        assert status == 200, shown
+        text = await dump(dsn)
+        private_key = pem.split("-----BEGIN PRIVATE KEY-----")[1].split("-----END")[0]
+        assert all(line not in text for line in private_key.split())
+        assert "PRIVATE KEY" not in text
+        assert shown["certificate_sha256"] in text  # what may be shown stays readable
+        # The dispatcher opens it where it is used: the push goes out with it.
+        status, _ = await api.call("POST", "/v1/devices", key, {
+            "platform": "ios", "token": ios_token(1), "user_id": "u"})
+        assert status == 201
+        status, _ = await api.call("POST", "/v1/events", key, {
+            "type": "t", "payload": {}, "user_ids": ["u"], "notification": {"title": "hi"}})
+        assert status == 202
+        await eventually(lambda: _received(providers))
+        assert providers.apns.received[0].sender == shown["certificate_sha256"]
+    finally:
+        await providers.stop()
+
+
+async def _received(providers: Providers) -> bool:
+    return bool(providers.apns.received)

@@ -15,7 +15,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import appkeys
 from gateway.sandbox import pem_private, pem_public
-from tests.push_support import TEAM_ID, Providers, android_token, ios_token, start_providers
+from tests.push_support import (
+    TEAM_ID,
+    TOPIC,
+    Providers,
+    android_token,
+    ios_token,
+    start_providers,
+)
 from tests.security.conftest import Launch, new_app
 from tests.support import ADMIN_KEY, Api, Receiver, eventually, serve_on_loopback
 
@@ -312,3 +319,20 @@ async def test_one_app_cannot_hold_more_than_its_share_of_delivery_streams(
     async with open_stream(greedy) as again:  # the two closed: room again
         assert again.status == 200
 
+
+async def test_two_apps_uploading_the_same_certificate_never_share_a_connection(
+        launch: Launch, tmp_path: Path) -> None:
+    providers = await start_providers(tmp_path)
+    try:
+        api = await launch(**_providers(providers))
+        pem = providers.push_certificates.issue(TOPIC)
+        for name, token in (("one", ios_token(1)), ("two", ios_token(2))):
+            key, app_id = await new_app(api, name)
+            status, _ = await api.call("PUT", f"/v1/apps/{app_id}/push/apns", key, {
+                "certificate_pem": pem, "environment": "sandbox"})
+            assert status == 200
+            assert await _push(api, key, "ios", token) == "succeeded"
+        assert providers.apns.connections_opened == 2
+        assert {p.token for p in providers.apns.received} == {ios_token(1), ios_token(2)}
+    finally:
+        await providers.stop()

@@ -1086,6 +1086,18 @@ WITH doomed AS (
 )
 SELECT count(*)::int AS dashboard_sessions FROM gone;
 
+-- name: cleanup_event_types
+-- $1 app id, $2 batch size. The app's event type catalog.
+WITH doomed AS (
+    SELECT name FROM event_types WHERE app_id = $1
+    ORDER BY name LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM event_types t USING doomed
+    WHERE t.app_id = $1 AND t.name = doomed.name RETURNING 1
+)
+SELECT count(*)::int AS event_types FROM gone;
+
 -- name: cleanup_app
 -- $1 app id. The deleted app's own row, last, once no row of any table refers to it.
 DELETE FROM apps
