@@ -47,6 +47,10 @@ TOKEN_REUSE_S = 40 * 60
 _UNIQUE_HEADERS = (":path", "apns-id", "apns-expiration")
 #: Reasons after which the device token is dead: prune it.
 _PRUNE = {"BadDeviceToken", "DeviceTokenNotForTopic", "Unregistered"}
+#: Reasons that mean Apple refused the app's key, certificate or topic.
+_CREDENTIALS = {"InvalidProviderToken", "BadCertificate", "BadCertificateEnvironment",
+                "Forbidden", "UnrelatedKeyIdInToken", "BadEnvironmentKeyIdInToken",
+                "TopicDisallowed"}
 #: Reasons worth another attempt later.
 _RETRY = {"TooManyRequests", "InternalServerError", "ServiceUnavailable", "Shutdown",
           "IdleTimeout"}
@@ -182,7 +186,8 @@ class APNsAdapter:
                            error=reason or f"HTTP {status}", response_snippet=shown,
                            retry_after_s=parse_retry_after(resp.headers.get("retry-after")))
         return Outcome(Verdict.FAILED, status_code=status, duration_ms=duration,
-                       error=reason or f"HTTP {status}", response_snippet=shown)
+                       error=reason or f"HTTP {status}", response_snippet=shown,
+                       credentials_rejected=reason if reason in _CREDENTIALS else None)
 
     async def close(self) -> None:
         for pool in self._pools.values():
