@@ -64,6 +64,10 @@ _UNIQUE_HEADERS = (":path", "apns-id", "apns-expiration")
 _REFUSED = "certificate_refused"
 #: Reasons after which the device token is dead: prune it.
 _PRUNE = {"BadDeviceToken", "DeviceTokenNotForTopic", "Unregistered"}
+#: Reasons that mean Apple refused the app's key, certificate or topic.
+_CREDENTIALS = {"InvalidProviderToken", "BadCertificate", "BadCertificateEnvironment",
+                "Forbidden", "UnrelatedKeyIdInToken", "BadEnvironmentKeyIdInToken",
+                "TopicDisallowed"}
 #: Reasons worth another attempt later.
 _RETRY = {"TooManyRequests", "InternalServerError", "ServiceUnavailable", "Shutdown",
           "IdleTimeout"}
@@ -366,7 +370,8 @@ class APNsAdapter:
                            error=reason or f"HTTP {status}", response_snippet=shown,
                            retry_after_s=parse_retry_after(resp.headers.get("retry-after")))
         return Outcome(Verdict.FAILED, status_code=status, duration_ms=duration,
-                       error=reason or f"HTTP {status}", response_snippet=shown)
+                       error=reason or f"HTTP {status}", response_snippet=shown,
+                       credentials_rejected=reason if reason in _CREDENTIALS else None)
 
     async def forget_app(self, app_id: str) -> None:
         """Close the app's connections and drop its provider tokens."""

@@ -89,6 +89,9 @@ class Outcome:
     gone_reason: str | None = None
     #: When the provider says the target stopped being valid (APNs 410 "timestamp").
     gone_since: datetime | None = None
+    #: The provider refused the app's credentials, and said this (for the app's
+    #: operational webhook: push.credentials_rejected).
+    credentials_rejected: str | None = None
 
 
 class Adapter(Protocol):

@@ -56,7 +56,15 @@ _UNUSED = Credentials(token=None)
 
 
 class AccessTokenError(Exception):
-    """The token exchange failed; the message is safe for the attempts log."""
+    """The token exchange failed; the message is safe for the attempts log.
+
+    ``rejected``: the token URL refused the service account itself (a 400, 401 or 403,
+    as ``invalid_grant`` for a deleted or wrong key), not a passing failure.
+    """
+
+    def __init__(self, message: str, *, rejected: bool = False) -> None:
+        super().__init__(message)
+        self.rejected = rejected
 
 
 def fingerprint(account: Mapping[str, Any]) -> str:
@@ -148,7 +156,8 @@ class AccessTokens:
             detail = f"{answer['error']}: {answer.get('error_description', '')}"
         else:
             detail = snippet(content, 60)
-        raise AccessTokenError(f"HTTP {status} {snippet(detail, 120)}".rstrip(": "))
+        raise AccessTokenError(f"HTTP {status} {snippet(detail, 120)}".rstrip(": "),
+                               rejected=status in (400, 401, 403))
 
 
 class FCMAdapter:
@@ -227,7 +236,8 @@ class FCMAdapter:
                 token = await self._access_tokens().get(job.app_id, info, stale=stale)
             except AccessTokenError as exc:
                 return Outcome(Verdict.RETRY, error=f"FCM access token: {exc}",
-                               duration_ms=_ms(started))
+                               duration_ms=_ms(started),
+                               credentials_rejected=str(exc) if exc.rejected else None)
             try:
                 async with self._client().post(url, data=body, headers={
                     "authorization": f"Bearer {token}", "content-type": "application/json",
@@ -297,7 +307,12 @@ def judge(status: int, headers: Mapping[str, str], content: bytes, duration_ms: 
         return Outcome(Verdict.RETRY, error=code, retry_after_s=max(delay, QUOTA_MIN_DELAY_S),
                        **common)
     if code == "THIRD_PARTY_AUTH_ERROR":
-        return Outcome(Verdict.FAILED, error=code, **common)
+        # The APNs or web push credentials set up in Firebase were refused.
+        return Outcome(Verdict.FAILED, error=code, credentials_rejected=code, **common)
+    if code == "PERMISSION_DENIED":
+        # The service account may not send for this project.
+        shown = snippet(f"{code}: {message}", 300)
+        return Outcome(Verdict.FAILED, error=shown, credentials_rejected=shown, **common)
     if code == "UNAUTHENTICATED" or (status == 401 and not code.startswith("THIRD")):
         return Outcome(Verdict.RETRY, error="UNAUTHENTICATED", **common)
     if code in _RETRY_CODES or status >= 500:

@@ -30,6 +30,7 @@ from gateway.dispatcher import Dispatcher
 from gateway.errors import DatabaseUnavailable
 from gateway.fanout import FanoutRunner
 from gateway.metrics import Metrics
+from gateway.operational import OPERATIONAL_KIND
 from gateway.outcomes import OutcomeStream
 from gateway.retention import Retention, keep_partitions
 from gateway.retry import RetryPolicy
@@ -88,15 +89,14 @@ def build_adapters(settings: Settings, sandbox: Sandbox | None = None) -> dict[s
             base_url=sandbox.apns.base_url, new_ssl_context=sandbox.client_ssl_context,
             timeout_s=settings.delivery_timeout_s,
         ), sandbox)
-    return {
-        DeliveryKind.WEBHOOK: WebhookAdapter(
-            timeout_s=settings.delivery_timeout_s,
-            allow_private=settings.allow_private_endpoints,
-            max_connections=settings.dispatch_concurrency,
-        ),
-        DeliveryKind.FCM: fcm,
-        DeliveryKind.APNS: apns,
-    }
+    webhook = WebhookAdapter(
+        timeout_s=settings.delivery_timeout_s,
+        allow_private=settings.allow_private_endpoints,
+        max_connections=settings.dispatch_concurrency,
+    )
+    # Operational events are webhooks too, to the app's operational webhook.
+    return {DeliveryKind.WEBHOOK: webhook, OPERATIONAL_KIND: webhook,
+            DeliveryKind.FCM: fcm, DeliveryKind.APNS: apns}
 
 
 def create_app(

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from gateway.errors import DatabaseUnavailable
 from gateway.metrics import Metrics
+from gateway.operational import FEED_PREFIX
 from gateway.store.postgres import Cleaner, Store
 
 log = logging.getLogger("gateway.cleanup")
@@ -123,10 +124,13 @@ class AppCleanup:
         return cleaned
 
     async def _clean(self, cleaner: Cleaner, app_id: str, cleaned: Cleaned) -> None:
-        """The app's rows, table by table, child first, a batch at a time."""
-        for table in Cleaner.STEPS:
+        """The app's rows, table by table, child first, a batch at a time: first its
+        operational notices (filed under their own owner id), then everything else."""
+        steps = [(FEED_PREFIX + app_id, table) for table in Cleaner.FEED_STEPS]
+        steps += [(app_id, table) for table in Cleaner.STEPS]
+        for owner, table in steps:
             while not self._stopping:
-                removed = await cleaner.remove(table, app_id, self.batch)
+                removed = await cleaner.remove(table, owner, self.batch)
                 cleaned.rows.update({t: n for t, n in removed.items() if n})
                 if removed[table]:
                     cleaned.batches += 1

@@ -39,6 +39,7 @@ from gateway import tracing
 from gateway.batching import GroupCommit
 from gateway.errors import DatabaseUnavailable
 from gateway.logs import scrub
+from gateway.operational import OPERATIONAL_KIND
 from gateway.retry import RetryPolicy
 from gateway.store.queue import AttemptResult, Job, Queue, Rooms
 from gateway_client.models import AttemptOutcome, DeliveryKind, DeliveryStatus, iso
@@ -289,15 +290,19 @@ class Dispatcher:
             # A key missing from this process's GATEWAY_SECRET_KEY: later, or another
             # process, may have it.
             outcome = Outcome(Verdict.RETRY, error=claimed.unsendable)
-        elif job.kind != DeliveryKind.WEBHOOK and job.device is None:
+        elif job.kind in PUSH_KINDS and job.device is None:
             outcome = Outcome(Verdict.FAILED, error="device deleted")
-        elif job.kind != DeliveryKind.WEBHOOK and not claimed.device_active:
+        elif job.kind in PUSH_KINDS and not claimed.device_active:
             outcome = Outcome(Verdict.FAILED, error="device pruned; not sent")
+        elif job.kind == OPERATIONAL_KIND and job.endpoint is None:
+            outcome = Outcome(Verdict.FAILED, error="operational webhook deleted")
         else:
             sent = True
             outcome = await self._send(adapter, job)
         decision = self.policy.decide(claimed.schedule_pos, outcome, datetime.now(UTC))
         gone = outcome.verdict is Verdict.GONE
+        # A 410 from an app's operational webhook fails that delivery; it disables nothing.
+        disables = gone and job.kind == DeliveryKind.WEBHOOK and job.endpoint is not None
         result = AttemptResult(
             delivery_id=job.delivery_id, app_id=job.app_id, lease_id=claimed.lease_id,
             status=decision.status,
@@ -305,10 +310,11 @@ class Dispatcher:
             attempted_at=attempted_at, duration_ms=outcome.duration_ms,
             outcome=AttemptOutcome(outcome.verdict.value), status_code=outcome.status_code,
             response_snippet=_clean(outcome.response_snippet), error=_clean(outcome.error),
-            disable_endpoint_id=job.endpoint.id if gone and job.endpoint else None,
+            disable_endpoint_id=job.endpoint.id if disables and job.endpoint else None,
             disable_reason=_clean(outcome.gone_reason),
             prune_device_id=job.device.id if gone and job.device else None,
             prune_reason=_clean(outcome.gone_reason), prune_since=outcome.gone_since,
+            credentials_rejected=_clean(outcome.credentials_rejected, 500),
         )
         self._observe(claimed, result, sent)
         await self._write(result)

@@ -26,13 +26,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import generate_latest
 
 from gateway.errors import DatabaseUnavailable
+from gateway.operational import OPERATIONAL_KIND
 from gateway.store.queue import AttemptResult
 from gateway.store.records import Backlog
 from gateway_client.models import AttemptOutcome, DeliveryKind, DeliveryStatus
 
 log = logging.getLogger("gateway.metrics")
 
-KINDS = tuple(k.value for k in DeliveryKind)
+KINDS = (*(k.value for k in DeliveryKind), OPERATIONAL_KIND)
 VERDICTS = tuple(o.value for o in AttemptOutcome)
 OTHER = "other"
 #: Distinct event types counted by name per process; later ones count as "other".

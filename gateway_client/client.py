@@ -55,6 +55,8 @@ from gateway_client.models import (
     EventTypePage,
     EventWithDeliveries,
     FCMCredentialsShown,
+    OperationalWebhook,
+    OperationalWebhookSet,
     PushCredentials,
     RotatedAppKey,
     RotatedSecret,
@@ -576,6 +578,28 @@ class GatewayClient:
     async def push_credentials(self, app_id: str) -> PushCredentials:
         """The app's push credentials, masked."""
         return await self._get(PushCredentials, f"/v1/apps/{_quote(app_id)}/push")
+
+    # --- the operational webhook ------------------------------------------------------
+
+    async def set_operational_webhook(
+        self, url: str, *, event_types: list[str] | None = None,
+    ) -> OperationalWebhookSet:
+        """Where the gateway sends the app's operational events (``endpoint.disabled``,
+        ``endpoint.enabled``, ``delivery.exhausted``, ``device.invalidated``,
+        ``push.credentials_rejected``; ``event_types=None``: all). The answer holds the
+        signing secret, the same one each time it is set again."""
+        body: dict[str, Any] = {"url": url}
+        if event_types is not None:
+            body["event_types"] = event_types
+        return _parse(OperationalWebhookSet, await self._call(
+            "PUT", "/v1/operational-webhook", body=body))
+
+    async def operational_webhook(self) -> OperationalWebhook:
+        """The app's operational webhook (``404 not_found`` when it has none)."""
+        return await self._get(OperationalWebhook, "/v1/operational-webhook")
+
+    async def delete_operational_webhook(self) -> None:
+        await self._call("DELETE", "/v1/operational-webhook")
 
 
 async def _api_error(response: aiohttp.ClientResponse) -> GatewayAPIError:

@@ -1,6 +1,7 @@
 """The ``gateway`` commands that drive a running gateway over its HTTP API, through
 :class:`~gateway_client.client.GatewayClient`: ``apps``, ``endpoints``, ``events``,
-``event-types``, ``deliveries``, ``devices``, ``user-tokens``, ``push`` and ``tail``. Every
+``event-types``, ``deliveries``, ``devices``, ``user-tokens``, ``push``, ``ops-webhook`` and
+``tail``. Every
 one takes ``--json`` and then prints the API's answer as JSON (``tail``: one object per
 line), so an operator can script it.
 
@@ -210,6 +211,18 @@ def add_parsers(sub: Any) -> None:
                       default="production")
     _leaf(push, "show", "show the app's push credentials, masked",
           _push_show).add_argument("app_id", metavar="APP")
+
+    ops = _group(sub, "ops-webhook", "manage the app's operational webhook (where the "
+                 "gateway tells it about disabled endpoints, exhausted deliveries, dead "
+                 "device tokens and refused push credentials)")
+    ops_set = _leaf(ops, "set", "set the operational webhook (prints its secret, kept when "
+                    "set again)", _ops_set)
+    ops_set.add_argument("url")
+    ops_set.add_argument("--event-type", action="append", dest="event_types",
+                         metavar="TYPE", help="an operational event type, 'prefix.*' or "
+                         "'*' (repeatable; default: every type)")
+    _leaf(ops, "show", "show the operational webhook (not its secret)", _ops_show)
+    _leaf(ops, "delete", "remove the operational webhook", _ops_delete)
 
     tail = sub.add_parser(
         "tail", help="print delivery outcomes as they happen",
@@ -486,6 +499,19 @@ async def _push_set_apns(gw: GatewayClient, args: argparse.Namespace) -> Any:
 
 async def _push_show(gw: GatewayClient, args: argparse.Namespace) -> Any:
     return (await gw.push_credentials(args.app_id)).model_dump(mode="json", exclude_none=True)
+
+
+async def _ops_set(gw: GatewayClient, args: argparse.Namespace) -> Any:
+    return await gw.set_operational_webhook(args.url, event_types=args.event_types)
+
+
+async def _ops_show(gw: GatewayClient, args: argparse.Namespace) -> Any:
+    return await gw.operational_webhook()
+
+
+async def _ops_delete(gw: GatewayClient, args: argparse.Namespace) -> Any:
+    await gw.delete_operational_webhook()
+    return {"deleted": True}
 
 
 # --- tail ----------------------------------------------------------------------------

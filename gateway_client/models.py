@@ -342,3 +342,30 @@ class SandboxPush(Answer):
 
 class SandboxPushes(Answer):
     data: list[SandboxPush]
+
+
+# --- operational webhooks (issue 10) ------------------------------------------------
+
+class OperationalEventType(enum.StrEnum):
+    """What the gateway tells an app's operational webhook about its own resources."""
+
+    ENDPOINT_DISABLED = "endpoint.disabled"
+    ENDPOINT_ENABLED = "endpoint.enabled"
+    DELIVERY_EXHAUSTED = "delivery.exhausted"
+    DEVICE_INVALIDATED = "device.invalidated"
+    PUSH_CREDENTIALS_REJECTED = "push.credentials_rejected"
+
+
+class OperationalWebhook(Answer):
+    """Where the gateway sends the app's operational events."""
+
+    url: str
+    event_types: list[str] | None = Field(
+        description="Operational event types sent (exact, 'prefix.*' or '*'); null: all.")
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class OperationalWebhookSet(OperationalWebhook):
+    secret: str = Field(description="Standard Webhooks signing secret (whsec_...); kept "
+                        "when the webhook is set again.")

@@ -12,6 +12,7 @@ from gateway.api import (
     event_types,
     events,
     health,
+    operational,
     push,
     sandbox,
 )
@@ -22,5 +23,5 @@ HEALTH_ROUTES: list[Route] = health.ROUTES
 #: The API proper.
 ROUTES: list[Route] = [
     *apps.ROUTES, *events.ROUTES, *event_types.ROUTES, *endpoints.ROUTES,
-    *deliveries.ROUTES, *devices.ROUTES, *push.ROUTES, *sandbox.ROUTES,
+    *deliveries.ROUTES, *devices.ROUTES, *push.ROUTES, *sandbox.ROUTES, *operational.ROUTES,
 ]

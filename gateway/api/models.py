@@ -18,7 +18,8 @@ from pydantic import (
 
 from adapters import payloads
 from gateway.jsonbody import storable
-from gateway_client.models import EndpointStatus, Platform
+from gateway.operational import known_pattern
+from gateway_client.models import EndpointStatus, OperationalEventType, Platform
 
 EVENT_TYPE_RE = r"^[A-Za-z0-9_.\-]{1,128}$"
 _EVENT_TYPE = re.compile(EVENT_TYPE_RE)
@@ -289,3 +290,22 @@ class EventTypePatch(_Body):
 
     description: Description | None = None
     schema_: JSONSchema = None
+
+
+# --- operational webhooks (issue 10) ------------------------------------------------
+
+def _operational_type(value: str) -> str:
+    if not known_pattern(value):
+        raise ValueError("takes no operational event type (one of "
+                         + ", ".join(t.value for t in OperationalEventType) + ")")
+    return value
+
+
+OperationalEventTypePattern = Annotated[EventTypePattern, AfterValidator(_operational_type)]
+
+
+class OperationalWebhookPut(_Body):
+    url: HttpURL
+    #: Which operational events to send (exact, 'prefix.*' or '*'); null: all of them.
+    event_types: list[OperationalEventTypePattern] | None = Field(default=None, min_length=1,
+                                                                  max_length=16)

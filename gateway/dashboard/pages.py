@@ -392,10 +392,12 @@ async def event(request: web.Request) -> web.StreamResponse:
 # --- endpoints -----------------------------------------------------------------------
 
 async def endpoints(request: web.Request) -> web.StreamResponse:
-    found = await request.app[appkeys.STORE].list_endpoints(
-        request[VIEWED].id, _text(request.query, "before"), PAGE_SIZE)
+    store = request.app[appkeys.STORE]
+    found = await store.list_endpoints(request[VIEWED].id, _text(request.query, "before"),
+                                       PAGE_SIZE)
     return await render(request, "endpoints.html", {
-        "endpoints": found.items, "older": older_link(request, found.next_cursor)},
+        "endpoints": found.items, "older": older_link(request, found.next_cursor),
+        "operational": await store.operational.find(request[VIEWED].id)},
         nav="endpoints")
 
 

@@ -28,7 +28,9 @@ from gateway.errors import (
     RateLimited,
 )
 from gateway.ids import hash_key, new_api_key, new_id, new_webhook_secret
+from gateway.operational import endpoint_disabled, endpoint_enabled
 from gateway.store.database import QUERIES, Database
+from gateway.store.operational import OperationalWebhooks, emit_operational
 from gateway.store.records import (
     App,
     Attempt,
@@ -165,6 +167,8 @@ class Store:
         self.db = db
         self.sealer = sealer or Sealer(None)
         self.limits = limits
+        #: Each app's operational webhook (gateway/operational.py).
+        self.operational = OperationalWebhooks(db, self.sealer)
 
     async def ping(self) -> None:
         """Raises DatabaseUnavailable unless PostgreSQL answers within 2 s."""
@@ -262,7 +266,8 @@ class Store:
     async def update_endpoint(
         self, app_id: str, endpoint_id: str, changes: dict[str, Any]
     ) -> Endpoint:
-        """Apply a PATCH; disabling parks pending deliveries, enabling resumes them."""
+        """Apply a PATCH; disabling parks pending deliveries, enabling resumes them, and
+        either tells the app's operational webhook."""
         async with self.db.transaction() as conn:
             current = make(Endpoint, _found(
                 await conn.fetchrow(QUERIES["get_endpoint_for_update"], app_id, endpoint_id),
@@ -283,8 +288,11 @@ class Store:
             )
             if current.status is EndpointStatus.ACTIVE and status is EndpointStatus.DISABLED:
                 await conn.execute(QUERIES["park_deliveries"], [endpoint_id])
+                await emit_operational(conn, [endpoint_disabled(app_id, endpoint_id,
+                                                                merged["disabled_reason"])])
             elif current.status is EndpointStatus.DISABLED and status is EndpointStatus.ACTIVE:
                 await conn.execute(QUERIES["unpark_deliveries"], endpoint_id)
+                await emit_operational(conn, [endpoint_enabled(app_id, endpoint_id)])
         assert row is not None
         return make(Endpoint, row)
 
@@ -710,6 +718,7 @@ class Store:
                                           again(r["user_token_secret"], f"app:{r['id']}"))
                     changed["apps"] += 1
             cursor = rows[-1]["id"]
+        changed["operational_webhooks"] = await self.operational.reseal(batch)
         return changed
 
     # --- retention and the cleanup of deleted apps ----------------------------------
@@ -765,7 +774,10 @@ class Cleaner:
         "app_rate_windows": QUERIES["cleanup_app_rate_windows"],
         "dashboard_sessions": QUERIES["cleanup_dashboard_sessions"],
         "event_types": QUERIES["cleanup_event_types"],
+        "operational_webhooks": QUERIES["cleanup_operational_webhooks"],
     }
+    #: What the app's operational notices are made of (filed under ``ops:<app id>``).
+    FEED_STEPS = ("deliveries", "events")
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn

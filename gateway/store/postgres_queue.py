@@ -3,7 +3,9 @@ any number of dispatcher processes share one database, and ``NOTIFY`` wakes them
 
 Settling attempts also tells the live tail: each transaction that logs attempts sends
 their outcomes on ``gateway_outcomes`` (compact JSON, never a payload, secret or token),
-heard on commit by every API process.
+heard on commit by every API process. And it tells the apps' operational webhooks
+(:mod:`gateway.operational`) what the attempts changed, in the same transaction: an
+endpoint disabled, a delivery failed for good, a device pruned, credentials refused.
 """
 
 from __future__ import annotations
@@ -18,10 +20,18 @@ import asyncpg
 
 from adapters.base import DeliveryJob, DeviceTarget, EndpointTarget, EventView
 from gateway.crypto import Sealer, SecretUnreadable, open_credentials
+from gateway.operational import (
+    OPERATIONAL_KIND,
+    OperationalEvent,
+    delivery_exhausted,
+    device_invalidated,
+    endpoint_disabled,
+)
 from gateway.store.database import QUERIES, Database
+from gateway.store.operational import emit_credentials_rejected, emit_operational
 from gateway.store.queue import UNLIMITED, AttemptResult, Job, Rooms
 from gateway.store.records import Row
-from gateway_client.models import DeliveryKind, DeviceStatus, Platform, iso
+from gateway_client.models import DeliveryKind, DeliveryStatus, DeviceStatus, Platform, iso
 
 if TYPE_CHECKING:
     from gateway.store.database import Connection
@@ -60,7 +70,8 @@ class PostgresQueue:
         credentials = None
         unsendable = None
         try:
-            if row["endpoint_id"] is not None:
+            # An operational delivery's webhook may have been removed since: no url.
+            if row["endpoint_id"] is not None and row["url"] is not None:
                 context = f"endpoint:{row['endpoint_id']}"
                 secrets = tuple(self.sealer.open(s, context)
                                 for s in (row["secret"], row["previous_secret"]) if s)
@@ -88,19 +99,31 @@ class PostgresQueue:
         gone = {r.disable_endpoint_id: r.disable_reason for r in results
                 if r.disable_endpoint_id}
         async with self.db.transaction() as conn:
-            await _log(conn, results)
+            changed = await _log(conn, results)
+            told: list[OperationalEvent] = []
             for endpoint_id, reason in gone.items():
-                await conn.execute(QUERIES["disable_endpoints"], [endpoint_id], reason)
+                told += [endpoint_disabled(e["app_id"], e["id"], e["disabled_reason"])
+                         for e in await conn.fetch(QUERIES["disable_endpoints"],
+                                                   [endpoint_id], reason)]
             if gone:
                 await conn.execute(QUERIES["park_deliveries"], list(gone))
             for r in results:
                 if r.prune_device_id:
-                    await conn.execute(QUERIES["prune_device"], r.prune_device_id,
-                                       r.prune_reason, r.prune_since)
+                    pruned = await conn.fetchrow(QUERIES["prune_device"], r.prune_device_id,
+                                                 r.prune_reason, r.prune_since)
+                    if pruned is not None:
+                        told.append(device_invalidated(
+                            pruned["app_id"], device_id=pruned["id"], token=pruned["token"],
+                            platform=pruned["platform"], user_id=pruned["user_id"],
+                            reason=pruned["pruned_reason"]))
+            told += exhausted(results, changed)
+            await emit_operational(conn, told)
+            await emit_credentials_rejected(conn, refused_credentials(results, changed))
 
     async def reschedule(self, results: Sequence[AttemptResult]) -> None:
         async with self.db.transaction() as conn:
-            await _log(conn, results)
+            changed = await _log(conn, results)
+            await emit_credentials_rejected(conn, refused_credentials(results, changed))
 
     async def release(self, lease_ids: Sequence[uuid.UUID]) -> None:
         if lease_ids:
@@ -140,8 +163,9 @@ class PostgresQueue:
         return len(devices)
 
 
-async def _log(conn: Connection, results: Sequence[AttemptResult]) -> None:
-    """Log the attempts, move their deliveries on, and tell the live tail on commit."""
+async def _log(conn: Connection, results: Sequence[AttemptResult]) -> dict[str, Row]:
+    """Log the attempts, move their deliveries on, and tell the live tail on commit;
+    the deliveries that moved on (still leased by the caller), by id."""
     changed = await conn.fetch(
         QUERIES["record_results"],
         [r.delivery_id for r in results], [r.lease_id for r in results],
@@ -151,9 +175,40 @@ async def _log(conn: Connection, results: Sequence[AttemptResult]) -> None:
         [r.status_code for r in results], [r.response_snippet for r in results],
         [r.error for r in results], [r.app_id for r in results],
     )
-    notes = outcome_notifications(results, {row["id"]: row for row in changed})
+    moved: dict[str, Row] = {row["id"]: row for row in changed}
+    notes = outcome_notifications(results, moved)
     if notes:
         await conn.execute(QUERIES["notify_outcomes"], notes)
+    return moved
+
+
+def exhausted(results: Sequence[AttemptResult],
+              moved: Mapping[str, Row]) -> list[OperationalEvent]:
+    """``delivery.exhausted`` for each delivery these attempts failed for good, but never
+    for an operational one: those tell nobody about themselves."""
+    told = []
+    for r in results:
+        d = moved.get(r.delivery_id)
+        if d is None or r.status is not DeliveryStatus.FAILED or d["kind"] == OPERATIONAL_KIND:
+            continue
+        told.append(delivery_exhausted(
+            r.app_id, delivery_id=r.delivery_id, event_id=d["event_id"],
+            event_type=d["event_type"], kind=d["kind"], endpoint_id=d["endpoint_id"],
+            device_id=d["device_id"], attempts=d["attempt_count"],
+            last_status_code=r.status_code, last_error=r.error))
+    return told
+
+
+def refused_credentials(results: Sequence[AttemptResult],
+                        moved: Mapping[str, Row]) -> dict[tuple[str, str], str]:
+    """``{(app id, provider): the provider's reason}`` for the attempts whose provider
+    refused the app's credentials."""
+    refused: dict[tuple[str, str], str] = {}
+    for r in results:
+        d = moved.get(r.delivery_id)
+        if r.credentials_rejected is not None and d is not None:
+            refused[(r.app_id, d["kind"])] = r.credentials_rejected
+    return refused
 
 
 def outcome_notifications(

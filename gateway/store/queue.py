@@ -89,6 +89,8 @@ class AttemptResult:
     prune_device_id: str | None = None
     prune_reason: str | None = None
     prune_since: datetime | None = None
+    #: The provider refused the app's credentials, and said this.
+    credentials_rejected: str | None = None
 
 
 class Queue(Protocol):

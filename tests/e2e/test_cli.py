@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import standardwebhooks
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from gateway import __version__
@@ -292,3 +293,27 @@ async def test_gateway_tail_prints_each_outcome_within_seconds(
         endpoint["id"], "delivered", 200)
     assert "order.created" in printed and event["id"] in printed
     assert "delivered [200]" in printed and endpoint["id"] in printed
+
+
+async def test_cli_sets_shows_and_deletes_the_operational_webhook_which_is_told_for_real(
+    gateway: GatewayProcess, receiver: Receiver
+) -> None:
+    _, app, _ = await cli(cli_env(gateway), "apps", "create", "told", "--json")
+    env = cli_env(gateway, app["api_key"])
+    _, made, _ = await cli(env, "ops-webhook", "set", receiver.url("/ops"),
+                           "--event-type", "endpoint.*", "--json")
+    assert made["secret"].startswith("whsec_") and made["event_types"] == ["endpoint.*"]
+    _, shown, _ = await cli(env, "ops-webhook", "show", "--json")
+    assert shown["url"] == receiver.url("/ops") and "secret" not in shown
+    _, endpoint, _ = await cli(env, "endpoints", "create", receiver.url("/hook"), "--json")
+    await cli(env, "endpoints", "update", endpoint["id"], "--disable", "--reason",
+              "maintenance", "--json")
+    await receiver.wait_for(1, "/ops")
+    request = receiver.on("/ops")[0]
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    told = standardwebhooks.Webhook(made["secret"]).verify(request.body.decode(), headers)
+    assert told["type"] == "endpoint.disabled"
+    assert told["data"] == {"endpoint_id": endpoint["id"], "reason": "maintenance"}
+    await cli(env, "ops-webhook", "delete", "--json")
+    status, _, err = await cli(env, "ops-webhook", "show", ok=False)
+    assert status == 1 and "404 not_found" in err

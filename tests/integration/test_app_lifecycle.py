@@ -119,7 +119,7 @@ async def sql(dsn: str, statement: str, *args: Any) -> None:
 async def fill(api: Api, key: str, app_id: str, receiver: Receiver) -> None:
     """Something in every table an app owns: endpoints, events with deliveries (attempted,
     where a dispatcher runs), idempotency keys, devices and a push fan-out, push
-    credentials, a rate window, a dashboard session, an event type."""
+    credentials, a rate window, a dashboard session, an event type, an operational webhook."""
     await api.new_endpoint(key, receiver.url(f"/{app_id}"))
     await api.new_endpoint(key, receiver.url(f"/{app_id}/other"), event_types=["other.*"])
     for n in range(7):
@@ -141,6 +141,9 @@ async def fill(api: Api, key: str, app_id: str, receiver: Receiver) -> None:
     status, body = await api.call("POST", "/v1/event-types", key,
                                   {"name": "order.created", "schema": {"type": "object"}})
     assert status == 201, body
+    status, body = await api.call("PUT", "/v1/operational-webhook", key,
+                                  {"url": receiver.url(f"/{app_id}/ops")})
+    assert status == 200, body
 
 
 # --- deleting: what stops at once ----------------------------------------------------

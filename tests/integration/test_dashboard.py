@@ -653,3 +653,18 @@ async def test_the_dashboard_is_left_out_of_the_openapi_document(api: Api) -> No
     async with api.session.get("/static/../app.py") as resp:
         assert resp.status == 404
 
+
+
+async def test_the_endpoints_page_shows_the_apps_operational_webhook(
+        api: Api, browser: Browser, receiver: Receiver) -> None:
+    app_id, key = await new_app(api, "told")
+    await browser.login(ADMIN_KEY)
+    base = f"/dashboard/apps/{app_id}"
+    page = await browser.get(f"{base}/endpoints")
+    assert page.status == 200 and "PUT /v1/operational-webhook" in page.text
+    status, made = await api.call("PUT", "/v1/operational-webhook", key, {
+        "url": receiver.url("/ops"), "event_types": ["endpoint.*"]})
+    assert status == 200
+    page = await browser.get(f"{base}/endpoints")
+    assert receiver.url("/ops") in page.text and "endpoint.*" in page.text
+    assert made["secret"] not in page.text

@@ -74,8 +74,8 @@ def test_error_codes_past_the_limit_count_as_other() -> None:
                         datetime.now(UTC), sent=True)
     codes = label_values(metrics, "gateway_provider_errors", "code")
     assert len(codes) <= 51 and "other" in codes
-    assert label_values(metrics, "gateway_delivery_attempts", "kind") == {"webhook", "fcm",
-                                                                          "apns"}
+    assert label_values(metrics, "gateway_delivery_attempts", "kind") == {
+        "webhook", "fcm", "apns", "operational"}
 
 
 def test_a_kind_the_gateway_does_not_know_is_other() -> None:

@@ -226,10 +226,11 @@ WITH woken AS (
 SELECT pg_notify('gateway_deliveries', '') WHERE EXISTS (SELECT 1 FROM woken);
 
 -- name: disable_endpoints
--- $1 endpoint ids, $2 reason
+-- $1 endpoint ids, $2 reason. Returns the ones it disabled (for endpoint.disabled).
 UPDATE endpoints SET status = 'disabled', disabled_reason = $2,
     disabled_at = now(), updated_at = now()
-WHERE id = ANY($1::text[]) AND status = 'active';
+WHERE id = ANY($1::text[]) AND status = 'active'
+RETURNING app_id, id, disabled_reason;
 
 -- --- event types (the catalog) -------------------------------------------------------
 -- Listed by name; the cursor is the last name of the previous page.
@@ -533,7 +534,9 @@ WITH full_targets AS (
 )
 SELECT c.id, c.app_id, c.event_id, c.endpoint_id, c.device_id, c.kind, c.schedule_pos,
        c.attempt_count, ev.type AS event_type, ev.payload,
-       ev.created_at AS event_created_at, ev.traceparent, ev.tracestate, ep.url, ep.secret,
+       ev.created_at AS event_created_at, ev.traceparent, ev.tracestate,
+       -- An operational delivery's endpoint is the app's operational webhook.
+       coalesce(ep.url, ow.url) AS url, coalesce(ep.secret, ow.secret) AS secret,
        CASE WHEN ep.previous_secret_expires_at > now() THEN ep.previous_secret END
            AS previous_secret,
        dv.token AS device_token, dv.platform, dv.status AS device_status,
@@ -542,6 +545,7 @@ SELECT c.id, c.app_id, c.event_id, c.endpoint_id, c.device_id, c.kind, c.schedul
 FROM claimed c
 JOIN events ev ON ev.app_id = c.app_id AND ev.id = c.event_id
 LEFT JOIN endpoints ep ON ep.id = c.endpoint_id
+LEFT JOIN operational_webhooks ow ON c.kind = 'operational' AND ow.id = c.endpoint_id
 LEFT JOIN devices dv ON dv.id = c.device_id
 LEFT JOIN push_credentials pc ON pc.app_id = c.app_id AND pc.provider = c.kind;
 
@@ -565,7 +569,8 @@ WITH r AS (
         last_attempt_at = r.attempted_at, last_error = r.error, lease_id = NULL,
         updated_at = now()
     FROM r WHERE d.app_id = r.app_id AND d.id = r.delivery_id AND d.lease_id = r.lease_id
-    RETURNING d.id, d.event_id, d.endpoint_id, d.kind, d.app_id, d.attempt_count
+    RETURNING d.id, d.event_id, d.endpoint_id, d.kind, d.app_id, d.attempt_count,
+              d.device_id
 ), logged AS (
     INSERT INTO attempts (delivery_id, app_id, attempted_at, duration_ms, outcome,
                           status_code, response_snippet, error)
@@ -574,15 +579,17 @@ WITH r AS (
     FROM r
 )
 SELECT upd.id, upd.event_id, ev.type AS event_type, upd.endpoint_id, upd.kind, upd.app_id,
-       upd.attempt_count
+       upd.attempt_count, upd.device_id
 FROM upd JOIN events ev ON ev.app_id = upd.app_id AND ev.id = upd.event_id;
 
 -- name: prune_device
 -- $1 device id, $2 reason, $3 when the provider says the token died (or NULL).
--- A device registered again after that moment is live and stays so.
+-- A device registered again after that moment is live and stays so. Returns the device
+-- when it was pruned now (for device.invalidated).
 UPDATE devices SET status = 'pruned', pruned_reason = $2, pruned_at = now(),
     updated_at = now()
-WHERE id = $1 AND status = 'active' AND ($3::timestamptz IS NULL OR registered_at <= $3);
+WHERE id = $1 AND status = 'active' AND ($3::timestamptz IS NULL OR registered_at <= $3)
+RETURNING app_id, id, token, platform, user_id, pruned_reason;
 
 -- name: notify_outcomes
 -- $1 JSON arrays of outcomes, each under NOTIFY's 8000-byte limit: one notification each
@@ -729,9 +736,11 @@ RETURNING id;
 -- --- push credentials ------------------------------------------------------------------
 
 -- name: put_credentials
--- $1 app id, $2 provider ('fcm' | 'apns'), $3 config (JSON text)
+-- $1 app id, $2 provider ('fcm' | 'apns'), $3 config (JSON text). New credentials are
+-- not known to be refused (push.credentials_rejected is told again if they are).
 INSERT INTO push_credentials (app_id, provider, config) VALUES ($1, $2, $3::jsonb)
-ON CONFLICT (app_id, provider) DO UPDATE SET config = EXCLUDED.config, updated_at = now()
+ON CONFLICT (app_id, provider) DO UPDATE SET config = EXCLUDED.config, updated_at = now(),
+    rejected_at = NULL, rejected_reason = NULL
 RETURNING provider, config, updated_at;
 
 -- name: list_credentials
@@ -1098,6 +1107,13 @@ WITH doomed AS (
 )
 SELECT count(*)::int AS event_types FROM gone;
 
+-- name: cleanup_operational_webhooks
+-- $1 app id, $2 batch size (an app has one at most).
+WITH gone AS (
+    DELETE FROM operational_webhooks WHERE app_id = $1 AND $2::int > 0 RETURNING 1
+)
+SELECT count(*)::int AS operational_webhooks FROM gone;
+
 -- name: cleanup_app
 -- $1 app id. The deleted app's own row, last, once no row of any table refers to it.
 DELETE FROM apps
@@ -1162,3 +1178,80 @@ SELECT version FROM schema_migrations;
 -- name: record_migration
 -- $1 version, $2 name
 INSERT INTO schema_migrations (version, name) VALUES ($1, $2);
+
+
+-- --- operational webhooks (issue 10: gateway/operational.py) -------------------------
+-- An app's operational events are events and deliveries of kind 'operational' filed
+-- under its operational feed ('ops:' || app id, gateway/operational.py feed_of), each
+-- delivery's endpoint_id the operational webhook's id (claim_due reads its url and
+-- secret from there).
+
+-- name: put_operational_webhook
+-- $1 app id, $2 id, $3 url, $4 event_types (NULL = all), $5 secret (sealed as
+-- "endpoint:<$2>"). Setting it again changes url and event_types and keeps its id and
+-- secret: the row returned holds the ones in force.
+INSERT INTO operational_webhooks (app_id, id, url, event_types, secret)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (app_id) DO UPDATE SET
+    url = EXCLUDED.url, event_types = EXCLUDED.event_types, updated_at = now()
+RETURNING id, url, event_types, secret, created_at, updated_at;
+
+-- name: get_operational_webhook
+-- $1 app id
+SELECT id, url, event_types, created_at, updated_at
+FROM operational_webhooks WHERE app_id = $1;
+
+-- name: delete_operational_webhook
+-- $1 app id, $2 its operational feed. Its pending deliveries fail: they have nowhere to go.
+WITH gone AS (
+    DELETE FROM operational_webhooks WHERE app_id = $1 RETURNING id
+), failed AS (
+    UPDATE deliveries SET status = 'failed', next_attempt_at = NULL, lease_id = NULL,
+        last_error = 'operational webhook deleted', updated_at = now()
+    WHERE app_id = $2 AND endpoint_id IN (SELECT id FROM gone) AND status = 'pending'
+)
+SELECT id FROM gone;
+
+-- name: emit_operational
+-- Arrays of one length: $1 app ids, $2 their operational feeds, $3 event ids (new, from
+-- gateway/ids.py), $4 types, $5 data (JSON text). In the caller's transaction, queues
+-- each for its app's operational webhook when the app has one taking that type: an
+-- event and one pending delivery of kind 'operational' under the feed. For an app
+-- without one it costs a primary-key lookup. Wakes the dispatchers at commit; returns
+-- how many were queued.
+WITH wanted AS (
+    SELECT u.feed, u.id, u.type, u.data, ow.id AS webhook_id
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+        AS u(app_id, feed, id, type, data)
+    JOIN operational_webhooks ow ON ow.app_id = u.app_id
+    WHERE gateway_type_matches(ow.event_types, u.type)
+), ev AS (
+    INSERT INTO events (id, app_id, type, payload)
+    SELECT id, feed, type, data FROM wanted
+), dl AS (
+    INSERT INTO deliveries (id, app_id, event_id, endpoint_id, kind, next_attempt_at)
+    SELECT gateway_delivery_id(id, webhook_id), feed, id, webhook_id, 'operational', now()
+    FROM wanted
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM dl)::int AS queued,
+       (SELECT pg_notify('gateway_deliveries', '') WHERE EXISTS (SELECT 1 FROM dl)) AS woke;
+
+-- name: reject_credentials
+-- Arrays of one length, one entry per app and provider: $1 app ids, $2 providers, $3 what
+-- each provider answered; $4 seconds after which a refusal already told is told again.
+-- Returns the credentials whose refusal is to be told now (push.credentials_rejected):
+-- not refused before, or told more than $4 seconds ago; they are marked told.
+UPDATE push_credentials pc SET rejected_at = now(), rejected_reason = u.reason
+FROM unnest($1::text[], $2::text[], $3::text[]) AS u(app_id, provider, reason)
+WHERE pc.app_id = u.app_id AND pc.provider = u.provider
+  AND (pc.rejected_at IS NULL OR pc.rejected_at < now() - make_interval(secs => $4))
+RETURNING pc.app_id, pc.provider, pc.rejected_reason;
+
+-- name: secrets_of_operational_webhooks
+-- $1 cursor (id, exclusive; '' to start), $2 limit
+SELECT id, secret FROM operational_webhooks WHERE id > $1 ORDER BY id LIMIT $2;
+
+-- name: reseal_operational_webhook
+-- $1 id, $2 secret
+UPDATE operational_webhooks SET secret = $2 WHERE id = $1;

@@ -166,11 +166,26 @@ CREATE TABLE idempotency_keys (
 );
 ALTER TABLE idempotency_keys ADD CONSTRAINT idempotency_keys_pkey PRIMARY KEY (app_id, key);
 
+CREATE TABLE operational_webhooks (
+    app_id text NOT NULL,
+    id text NOT NULL,
+    url text NOT NULL,
+    event_types text[],
+    secret text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL
+);
+ALTER TABLE operational_webhooks ADD CONSTRAINT operational_webhooks_app_id_fkey FOREIGN KEY (app_id) REFERENCES apps(id) ON DELETE CASCADE;
+ALTER TABLE operational_webhooks ADD CONSTRAINT operational_webhooks_id_key UNIQUE (id);
+ALTER TABLE operational_webhooks ADD CONSTRAINT operational_webhooks_pkey PRIMARY KEY (app_id);
+
 CREATE TABLE push_credentials (
     app_id text NOT NULL,
     provider text NOT NULL,
     config jsonb NOT NULL,
-    updated_at timestamp with time zone DEFAULT now() NOT NULL
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    rejected_at timestamp with time zone,
+    rejected_reason text
 );
 ALTER TABLE push_credentials ADD CONSTRAINT push_credentials_app_id_fkey FOREIGN KEY (app_id) REFERENCES apps(id);
 ALTER TABLE push_credentials ADD CONSTRAINT push_credentials_pkey PRIMARY KEY (app_id, provider);
