@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from gateway.sandbox import Sandbox
     from gateway.store.postgres import Accepted, EventDraft, Store
     from gateway.store.postgres_queue import PostgresQueue
+    from gateway.store.tasks import TaskStore
+    from gateway.tasks import TaskRunner
 
 SETTINGS = web.AppKey("settings", Settings)
 DSN = web.AppKey("dsn", str)
@@ -31,3 +33,5 @@ SANDBOX: web.AppKey[Sandbox] = web.AppKey("sandbox")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 OUTCOMES: web.AppKey[OutcomeStream] = web.AppKey("outcomes")
 RETENTION: web.AppKey[Retention] = web.AppKey("retention")
+TASKS: web.AppKey[TaskStore] = web.AppKey("tasks")
+TASK_RUNNER: web.AppKey[TaskRunner] = web.AppKey("task_runner")

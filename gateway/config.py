@@ -80,6 +80,13 @@ def _log_format(raw: str) -> str:
     return value
 
 
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if not value >= 0:
+        raise ValueError("must be 0 or a positive number")
+    return value
+
+
 def _non_negative_int(raw: str) -> int:
     value = int(raw)
     if value < 0:
@@ -192,6 +199,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GATEWAY_MAX_STREAMS_PER_APP", "max_streams_per_app", _positive_int, "10",
             "Open GET /v1/deliveries/stream connections per app and process; past it, "
             "429."),
+    Setting("GATEWAY_TASK_BATCH", "task_batch", _positive_int, "500",
+            "Rows a background task (recover, replay) handles per transaction."),
+    Setting("GATEWAY_TASK_PAUSE_S", "task_pause_s", _non_negative_float, "0.05",
+            "Pause between two batches of background tasks, in seconds, to leave the "
+            "database room for live traffic."),
 )
 
 
@@ -237,6 +249,8 @@ class Settings:
     max_devices_per_user: int = 20
     max_topics_per_device: int = 100
     max_streams_per_app: int = 10
+    task_batch: int = 500
+    task_pause_s: float = 0.05
 
     @property
     def effective_lease_s(self) -> float:

@@ -4,7 +4,17 @@ application is wired from and the OpenAPI document generated from."""
 
 from __future__ import annotations
 
-from gateway.api import apps, deliveries, devices, endpoints, events, health, push, sandbox
+from gateway.api import (
+    apps,
+    deliveries,
+    devices,
+    endpoints,
+    events,
+    health,
+    push,
+    sandbox,
+    tasks,
+)
 from gateway.api.routing import Route
 
 #: Routes every process serves (the dispatcher alone too, on its health port).
@@ -13,4 +23,5 @@ HEALTH_ROUTES: list[Route] = health.ROUTES
 ROUTES: list[Route] = [
     *apps.ROUTES, *events.ROUTES, *endpoints.ROUTES, *deliveries.ROUTES, *devices.ROUTES,
     *push.ROUTES, *sandbox.ROUTES,
+    *tasks.ROUTES,
 ]

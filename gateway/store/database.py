@@ -32,6 +32,8 @@ _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 DELIVERIES_CHANNEL = "gateway_deliveries"
 FANOUT_CHANNEL = "gateway_fanout"
 OUTCOMES_CHANNEL = "gateway_outcomes"
+#: Background tasks to run (gateway/tasks.py).
+TASKS_CHANNEL = "gateway_tasks"
 
 
 #: The files of named queries: the gateway's own, and the catalog reads that describe the
