@@ -1,5 +1,5 @@
-"""The pure parts of background tasks: the window a task covers and the id bounds it
-walks."""
+"""The pure parts of background tasks: the window a task covers, the id bounds it walks,
+and the CLI's ``--since 2d``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 from gateway.errors import ValidationError
 from gateway.ids import new_id, time_bound
 from gateway.tasks import window
+from gateway_client.commands import instant
 from gateway_client.models import TaskKind
 
 NOW = datetime(2030, 1, 31, 12, 0, tzinfo=UTC)
@@ -64,3 +65,11 @@ def test_a_replay_looks_back_no_further_than_retention_and_a_recover_as_far_as_a
     assert window(TaskKind.RECOVER, long_ago, None, NOW, retention_days=30) == (long_ago, NOW)
     with pytest.raises(ValidationError, match="GATEWAY_RETENTION_DAYS"):
         window(TaskKind.REPLAY, long_ago, long_ago + timedelta(days=1), NOW, retention_days=30)
+
+
+def test_the_cli_takes_iso_times_as_given_and_durations_as_time_ago() -> None:
+    assert instant("2030-01-31T10:00:00Z") == "2030-01-31T10:00:00Z"
+    assert instant("90m", NOW) == "2030-01-31T10:30:00Z"
+    assert instant("6h", NOW) == "2030-01-31T06:00:00Z"
+    assert instant("2d", NOW) == "2030-01-29T12:00:00Z"
+    assert instant("30s", NOW) == "2030-01-31T11:59:30Z"
