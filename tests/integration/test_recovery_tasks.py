@@ -10,11 +10,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
 from gateway.config import Settings
-from gateway_client.models import iso
+from gateway.store import tasks as task_store
+from gateway.store.tasks import Batch, Task
+from gateway_client.models import TaskKind, iso
 from tests.support import ADMIN_KEY, Api, Receiver, eventually
 
 
@@ -230,6 +233,33 @@ async def test_a_task_goes_on_from_its_cursor_after_the_process_running_it_stopp
     assert done["status"] == "done" and done["counts"] == {"scanned": 5, "created": 5}
     await eventually(lambda: _count(api, key, "succeeded", 5))
     assert sorted(webhook_ids(receiver)) == sorted(e["id"] for e in events)
+
+
+async def test_a_batch_that_raises_fails_its_task_and_other_tasks_go_on(
+    api: Api, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(conn: Any, task: Task, batch: int) -> Batch:
+        await conn.execute("SELECT 1")
+        raise RuntimeError("a bug")
+
+    monkeypatch.setitem(task_store.STEPS, TaskKind.RECOVER, broken)
+    key = await api.new_app()
+    endpoint = await api.new_endpoint(key, receiver.url())
+    since = iso(datetime.now(UTC) - timedelta(minutes=1))
+    (event,) = await emit_apart(api, key)
+    await receiver.wait_for(1)
+    late = await api.new_endpoint(key, receiver.url("/late"))
+
+    recover = await start(api, key, endpoint["id"], "recover", since=since)
+    replay = await start(api, key, late["id"], "replay", since=since)
+    failed = await finished(api, key, recover["id"])
+    assert failed["status"] == "failed" and failed["finished_at"]
+    assert "unexpected error" in failed["error"] and "a bug" not in failed["error"]
+    assert failed["counts"] == {"scanned": 0, "requeued": 0}
+    done = await finished(api, key, replay["id"])
+    assert done["status"] == "done" and done["counts"] == {"scanned": 1, "created": 1}
+    await receiver.wait_for(1, "/late")
+    assert webhook_ids(receiver, "/late") == [event["id"]]
 
 
 # --- scope and validation ------------------------------------------------------------------
