@@ -1,6 +1,6 @@
 """The aiohttp application: what runs in one gateway process, started and stopped in
-``cleanup_ctx`` order (spans → database → ingest → live tail → dispatcher → retention →
-cleanup of deleted apps → app changes) and torn down in reverse."""
+``cleanup_ctx`` order (spans → database → ingest → live tail → dispatcher → background
+tasks → retention → cleanup of deleted apps → app changes) and torn down in reverse."""
 
 from __future__ import annotations
 
@@ -40,12 +40,15 @@ from gateway.store.database import (
     APPS_CHANNEL,
     DELIVERIES_CHANNEL,
     FANOUT_CHANNEL,
+    TASKS_CHANNEL,
     Database,
     listen_forever,
 )
 from gateway.store.postgres import Store
 from gateway.store.postgres_queue import PostgresQueue
 from gateway.store.records import Limits
+from gateway.store.tasks import TaskStore
+from gateway.tasks import TaskRunner
 from gateway.tracing import Spans
 from gateway_client.models import DeliveryKind
 
@@ -136,6 +139,7 @@ def create_app(
         db = await Database.connect(dsn, max_size=settings.db_pool_size)
         app[appkeys.STORE] = store = make_store(db, settings)
         app[appkeys.QUEUE] = PostgresQueue(db, store.sealer)
+        app[appkeys.TASKS] = TaskStore(db)
         app[appkeys.AUTH] = Authenticator(
             app[appkeys.STORE], settings.admin_key or "",
             FailureLimiter(settings.auth_failures, settings.auth_failure_window_s,
@@ -206,6 +210,16 @@ def create_app(
         for adapter in adapters.values():
             await adapter.close()
 
+    async def run_tasks(app: web.Application) -> AsyncIterator[None]:
+        runner = TaskRunner(app[appkeys.TASKS],
+                            wake_source=functools.partial(_listen, dsn, TASKS_CHANNEL),
+                            poll_interval_s=settings.poll_interval_s,
+                            batch=settings.task_batch, pause_s=settings.task_pause_s)
+        app[appkeys.TASK_RUNNER] = runner
+        runner.start()
+        yield
+        await runner.stop()
+
     async def prune(app: web.Application) -> AsyncIterator[None]:
         runner = Retention(app[appkeys.STORE], settings.retention_days * 86400.0,
                            metrics=app[appkeys.METRICS])
@@ -269,6 +283,7 @@ def create_app(
         app.on_shutdown.append(end_streams)
     if dispatcher:
         app.cleanup_ctx.append(dispatch)
+        app.cleanup_ctx.append(run_tasks)
         if settings.retention_days > 0:
             app.cleanup_ctx.append(prune)
         app.cleanup_ctx.append(clean_up)

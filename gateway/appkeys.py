@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from gateway.schemas import EventTypeSchemas
     from gateway.store.postgres import Accepted, EventDraft, Store
     from gateway.store.postgres_queue import PostgresQueue
+    from gateway.store.tasks import TaskStore
+    from gateway.tasks import TaskRunner
     from gateway.tracing import Spans
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -38,3 +40,5 @@ RETENTION: web.AppKey[Retention] = web.AppKey("retention")
 SPANS: web.AppKey[Spans] = web.AppKey("spans")
 CLEANUP: web.AppKey[AppCleanup] = web.AppKey("cleanup")
 SCHEMAS: web.AppKey[EventTypeSchemas] = web.AppKey("schemas")
+TASKS: web.AppKey[TaskStore] = web.AppKey("tasks")
+TASK_RUNNER: web.AppKey[TaskRunner] = web.AppKey("task_runner")

@@ -131,7 +131,8 @@ class AppCleanup:
         for owner, table in steps:
             while not self._stopping:
                 removed = await cleaner.remove(table, owner, self.batch)
-                cleaned.rows.update({t: n for t, n in removed.items() if n})
+                prefix = "" if owner == app_id else "notices:"
+                cleaned.rows.update({prefix + t: n for t, n in removed.items() if n})
                 if removed[table]:
                     cleaned.batches += 1
                 if removed[table] < self.batch:

@@ -1,7 +1,7 @@
 """``gateway`` command line: the server's commands (``serve``, ``dispatch``, ``migrate``)
 and the API commands of :mod:`gateway_client.commands` (``apps``, ``endpoints``,
 ``events``, ``deliveries``, ``devices``, ``user-tokens``, ``push``, ``ops-webhook``,
-``tail``).
+``tasks``, ``tail``).
 
 This module imports only what the client needs: the server's modules (and with them
 PostgreSQL, the providers' libraries and the rest of ``event-gateway[server]``) load only
@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     actions.add_parser("reseal", help="seal every stored secret under the newest key "
                        "(after adding a key in front, or setting one for the first time)")
 
-    commands.add_parsers(sub)  # apps, endpoints, events, ..., push, ops-webhook, tail
+    commands.add_parsers(sub)  # apps, endpoints, events, ..., push, ops-webhook, tasks, tail
     return parser
 
 

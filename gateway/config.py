@@ -80,6 +80,13 @@ def _log_format(raw: str) -> str:
     return value
 
 
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if not value >= 0:
+        raise ValueError("must be 0 or a positive number")
+    return value
+
+
 def _non_negative_int(raw: str) -> int:
     value = int(raw)
     if value < 0:
@@ -197,6 +204,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GATEWAY_EVENT_TYPE_CACHE_S", "event_type_cache_s", _positive_float, "10",
             "How long a process keeps an event type's schema for ingest: a change made "
             "through another process applies within this long."),
+    Setting("GATEWAY_TASK_BATCH", "task_batch", _positive_int, "500",
+            "Rows a background task (recover, replay) handles per transaction."),
+    Setting("GATEWAY_TASK_PAUSE_S", "task_pause_s", _non_negative_float, "0.05",
+            "Pause between two batches of background tasks, in seconds, to leave the "
+            "database room for live traffic."),
 )
 
 
@@ -244,6 +256,8 @@ class Settings:
     max_streams_per_app: int = 10
     max_event_types: int = 1000
     event_type_cache_s: float = 10.0
+    task_batch: int = 500
+    task_pause_s: float = 0.05
 
     @property
     def effective_lease_s(self) -> float:

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from datetime import UTC, datetime, timedelta
 
 
 def new_id(prefix: str) -> str:
@@ -34,3 +35,14 @@ def keys_equal(a: bytes, b: bytes) -> bool:
 def new_webhook_secret() -> str:
     """Standard Webhooks secret: ``whsec_`` + base64 of 32 random bytes."""
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode("ascii")
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def time_bound(prefix: str, when: datetime) -> str:
+    """Where ids of ``prefix`` made at ``when`` begin, to the millisecond: every such id
+    made at ``when`` or later sorts above it, every one made earlier below (no id equals
+    it). The ids made in [since, until) are those between the two bounds."""
+    ms = (when - _EPOCH) // timedelta(milliseconds=1)
+    return f"{prefix}_{ms:012x}"

@@ -26,6 +26,7 @@ import random
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote
@@ -61,7 +62,11 @@ from gateway_client.models import (
     RotatedAppKey,
     RotatedSecret,
     Secret,
+    Task,
+    TaskPage,
+    TaskStatus,
     UserToken,
+    iso,
 )
 from gateway_client.version import __version__
 
@@ -601,6 +606,49 @@ class GatewayClient:
     async def delete_operational_webhook(self) -> None:
         await self._call("DELETE", "/v1/operational-webhook")
 
+    # --- recovering endpoints: background tasks ---------------------------------------
+
+    async def recover_endpoint(self, endpoint_id: str, since: datetime | str, *,
+                               until: datetime | str | None = None) -> Task:
+        """Requeue the endpoint's failed deliveries whose events were created in
+        [since, until) (``until`` defaults to now), in the background: the answer is the
+        task, followed with :meth:`get_task` or :meth:`wait_for_task`."""
+        return await self._start_task(endpoint_id, "recover", since, until)
+
+    async def replay_endpoint(self, endpoint_id: str, since: datetime | str, *,
+                              until: datetime | str | None = None) -> Task:
+        """Send the endpoint, in the background, every event created in [since, until)
+        that its event types take and that it has no delivery for (it was disabled, or
+        did not exist yet). Running it again sends nothing twice."""
+        return await self._start_task(endpoint_id, "replay", since, until)
+
+    async def _start_task(self, endpoint_id: str, action: str, since: datetime | str,
+                          until: datetime | str | None) -> Task:
+        body = {"since": _instant(since)}
+        if until is not None:
+            body["until"] = _instant(until)
+        return _parse(Task, await self._call(
+            "POST", f"/v1/endpoints/{_quote(endpoint_id)}/{action}", body=body))
+
+    async def get_task(self, task_id: str) -> Task:
+        return await self._get(Task, f"/v1/tasks/{_quote(task_id)}")
+
+    async def list_tasks(self, *, limit: int | None = None,
+                         cursor: str | None = None) -> TaskPage:
+        """The app's background tasks, newest first."""
+        return await self._get(TaskPage, "/v1/tasks", limit=limit, cursor=cursor)
+
+    async def wait_for_task(self, task_id: str, *, poll_interval_s: float = 1.0,
+                            timeout_s: float | None = None) -> Task:
+        """The task once it is no longer running (done or failed), asking every
+        ``poll_interval_s``; ``TimeoutError`` after ``timeout_s`` (None: no limit)."""
+        async with asyncio.timeout(timeout_s):
+            while True:
+                task = await self.get_task(task_id)
+                if task.status != TaskStatus.RUNNING:
+                    return task
+                await asyncio.sleep(poll_interval_s)
+
 
 async def _api_error(response: aiohttp.ClientResponse) -> GatewayAPIError:
     async with response:
@@ -612,6 +660,15 @@ async def _api_error(response: aiohttp.ClientResponse) -> GatewayAPIError:
     except (ValueError, KeyError, TypeError):
         return GatewayAPIError(response.status, f"http_{response.status}",
                                text.strip()[:200] or (response.reason or "error"))
+
+
+def _instant(value: datetime | str) -> str:
+    """A time as the API takes it: ISO 8601 with its offset."""
+    if isinstance(value, str):
+        return value
+    if value.tzinfo is None:
+        raise ValueError("a time needs its timezone (an aware datetime)")
+    return iso(value)
 
 
 def _parse(model: type[M], data: Any) -> M:

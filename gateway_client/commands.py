@@ -1,9 +1,8 @@
 """The ``gateway`` commands that drive a running gateway over its HTTP API, through
 :class:`~gateway_client.client.GatewayClient`: ``apps``, ``endpoints``, ``events``,
-``event-types``, ``deliveries``, ``devices``, ``user-tokens``, ``push``, ``ops-webhook`` and
-``tail``. Every
-one takes ``--json`` and then prints the API's answer as JSON (``tail``: one object per
-line), so an operator can script it.
+``event-types``, ``deliveries``, ``devices``, ``user-tokens``, ``push``, ``ops-webhook``,
+``tasks`` and ``tail``. Every one takes ``--json`` and then prints the API's answer as JSON
+(``tail``: one object per line), so an operator can script it.
 
 They call ``GATEWAY_URL`` (default ``http://GATEWAY_HOST:GATEWAY_PORT``) with
 ``GATEWAY_API_KEY``; ``apps`` sends ``GATEWAY_ADMIN_KEY`` (``apps rotate-key`` the app key
@@ -17,10 +16,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
@@ -35,7 +36,7 @@ from gateway_client.client import (
     GatewayConnectionError,
     Unset,
 )
-from gateway_client.models import DeliveryStatus, DeviceStatus, Platform
+from gateway_client.models import DeliveryStatus, DeviceStatus, Platform, iso
 
 Action = Callable[[GatewayClient, argparse.Namespace], Awaitable[Any]]
 
@@ -111,6 +112,19 @@ def add_parsers(sub: Any) -> None:
           _endpoints_secret).add_argument("id")
     _leaf(endpoints, "rotate-secret", "rotate the signing secret (the old one signs too "
           "for 24 h)", _endpoints_rotate).add_argument("id")
+    for name, help_text, action in (
+            ("recover", "requeue the endpoint's failed deliveries of events created in a "
+             "window (a background task)", _endpoints_recover),
+            ("replay", "send the endpoint the events of a window it has no delivery for "
+             "(a background task)", _endpoints_replay)):
+        task = _leaf(endpoints, name, help_text, action)
+        task.add_argument("id")
+        task.add_argument("--since", required=True, metavar="TIME",
+                          help="ISO 8601 time with its offset (2030-01-31T14:00:00Z), or a "
+                          "time ago: 90m, 6h, 2d")
+        task.add_argument("--until", metavar="TIME", help="the same (default: now)")
+        task.add_argument("--wait", action="store_true",
+                          help="wait until the task is done, then print it")
 
     events = _group(sub, "events", "emit and inspect events")
     emit = _leaf(events, "emit", "emit an event", _events_emit)
@@ -223,6 +237,12 @@ def add_parsers(sub: Any) -> None:
                          "'*' (repeatable; default: every type)")
     _leaf(ops, "show", "show the operational webhook (not its secret)", _ops_show)
     _leaf(ops, "delete", "remove the operational webhook", _ops_delete)
+    tasks = _group(sub, "tasks", "follow background tasks (recover, replay)")
+    show = _leaf(tasks, "show", "show a task and its progress", _tasks_show)
+    show.add_argument("id")
+    show.add_argument("--wait", action="store_true",
+                      help="wait until the task is done, then print it")
+    _paged(_leaf(tasks, "list", "list the app's tasks, newest first", _tasks_list))
 
     tail = sub.add_parser(
         "tail", help="print delivery outcomes as they happen",
@@ -362,6 +382,46 @@ async def _endpoints_secret(gw: GatewayClient, args: argparse.Namespace) -> Any:
 
 async def _endpoints_rotate(gw: GatewayClient, args: argparse.Namespace) -> Any:
     return await gw.rotate_secret(args.id)
+
+
+#: How often ``--wait`` asks how a task is doing, in seconds.
+TASK_POLL_S = 0.5
+_AGO = re.compile(r"^(\d+)([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def instant(text: str, now: datetime | None = None) -> str:
+    """A ``--since``/``--until`` value as the API takes it: ISO 8601 as given, or a time
+    ago (``90m``, ``6h``, ``2d``) as of ``now``."""
+    ago = _AGO.match(text.strip())
+    if ago is None:
+        return text
+    delta = timedelta(**{_UNITS[ago[2]]: int(ago[1])})
+    return iso((now or datetime.now(UTC)) - delta)
+
+
+async def _endpoints_recover(gw: GatewayClient, args: argparse.Namespace) -> Any:
+    task = await gw.recover_endpoint(
+        args.id, instant(args.since), until=instant(args.until) if args.until else None)
+    return await gw.wait_for_task(task.id, poll_interval_s=TASK_POLL_S) if args.wait \
+        else task
+
+
+async def _endpoints_replay(gw: GatewayClient, args: argparse.Namespace) -> Any:
+    task = await gw.replay_endpoint(
+        args.id, instant(args.since), until=instant(args.until) if args.until else None)
+    return await gw.wait_for_task(task.id, poll_interval_s=TASK_POLL_S) if args.wait \
+        else task
+
+
+async def _tasks_show(gw: GatewayClient, args: argparse.Namespace) -> Any:
+    if args.wait:
+        return await gw.wait_for_task(args.id, poll_interval_s=TASK_POLL_S)
+    return await gw.get_task(args.id)
+
+
+async def _tasks_list(gw: GatewayClient, args: argparse.Namespace) -> Any:
+    return await gw.list_tasks(limit=args.limit, cursor=args.cursor)
 
 
 def _json_object(text: str, what: str) -> dict[str, Any]:

@@ -369,3 +369,46 @@ class OperationalWebhook(Answer):
 class OperationalWebhookSet(OperationalWebhook):
     secret: str = Field(description="Standard Webhooks signing secret (whsec_...); kept "
                         "when the webhook is set again.")
+
+
+# --- background tasks (recover, replay) ------------------------------------------------
+
+class TaskKind(enum.StrEnum):
+    RECOVER = "endpoint.recover"
+    REPLAY = "endpoint.replay"
+
+
+class TaskStatus(enum.StrEnum):
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+TaskKindValue = Annotated[TaskKind | str, _KNOWN_FIRST, _documented(TaskKind)]
+TaskStatusValue = Annotated[TaskStatus | str, _KNOWN_FIRST, _documented(TaskStatus)]
+
+
+class Task(Answer):
+    """Work the gateway does in the background, in batches, for one app."""
+
+    id: str
+    kind: TaskKindValue
+    status: TaskStatusValue = Field(
+        description="running until every batch is done; failed when it stopped on an "
+                    "error (see error).")
+    endpoint_id: str
+    since: Timestamp = Field(description="Events created at or after this time ...")
+    until: Timestamp = Field(description="... and before this one.")
+    counts: dict[str, int] = Field(
+        description="What it did so far: endpoint.recover {scanned, requeued} (deliveries "
+                    "of the endpoint looked at, failed ones requeued); endpoint.replay "
+                    "{scanned, created} (events looked at, deliveries made).")
+    error: str | None
+    created_at: Timestamp
+    updated_at: Timestamp
+    finished_at: Timestamp | None
+
+
+class TaskPage(Answer):
+    data: list[Task]
+    next_cursor: str | None

@@ -15,6 +15,7 @@ from gateway.api import (
     operational,
     push,
     sandbox,
+    tasks,
 )
 from gateway.api.routing import Route
 
@@ -24,4 +25,5 @@ HEALTH_ROUTES: list[Route] = health.ROUTES
 ROUTES: list[Route] = [
     *apps.ROUTES, *events.ROUTES, *event_types.ROUTES, *endpoints.ROUTES,
     *deliveries.ROUTES, *devices.ROUTES, *push.ROUTES, *sandbox.ROUTES, *operational.ROUTES,
+    *tasks.ROUTES,
 ]

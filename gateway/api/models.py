@@ -4,15 +4,18 @@ description is generated from them. (Answers are :mod:`gateway_client.models`.)"
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     RootModel,
     StringConstraints,
+    WithJsonSchema,
     model_validator,
 )
 
@@ -309,3 +312,29 @@ class OperationalWebhookPut(_Body):
     #: Which operational events to send (exact, 'prefix.*' or '*'); null: all of them.
     event_types: list[OperationalEventTypePattern] | None = Field(default=None, min_length=1,
                                                                   max_length=16)
+
+
+def _instant(value: Any) -> Any:
+    """An ISO 8601 time with its offset (``Z`` or ``+hh:mm``), as a timezone-aware
+    datetime; anything else is refused (a time without an offset means nothing certain)."""
+    if not isinstance(value, str):
+        raise ValueError("must be an ISO 8601 time, e.g. 2030-01-31T14:30:00Z")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError("must be an ISO 8601 time, e.g. 2030-01-31T14:30:00Z") from None
+    if parsed.tzinfo is None:
+        raise ValueError("needs a timezone offset (Z or +hh:mm)")
+    return parsed
+
+
+Instant = Annotated[datetime, BeforeValidator(_instant),
+                    WithJsonSchema({"type": "string", "format": "date-time"})]
+
+
+class TaskWindow(_Body):
+    """The events a recover or replay covers: created at or after ``since`` and before
+    ``until`` (default: now)."""
+
+    since: Instant
+    until: Instant | None = None

@@ -35,6 +35,8 @@ DELIVERIES_CHANNEL = "gateway_deliveries"
 FANOUT_CHANNEL = "gateway_fanout"
 OUTCOMES_CHANNEL = "gateway_outcomes"
 APPS_CHANNEL = "gateway_apps"
+#: Background tasks to run (gateway/tasks.py).
+TASKS_CHANNEL = "gateway_tasks"
 
 
 #: The files of named queries: the gateway's own, and the catalog reads that describe the

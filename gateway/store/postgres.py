@@ -553,7 +553,7 @@ class Store:
     async def retry_delivery(self, app_id: str, delivery_id: str) -> Delivery:
         """Requeue one failed delivery now (409 for any other)."""
         rows = await self.db.fetch("requeue_failed", app_id, delivery_id, None, None, None,
-                                   None)
+                                   None, None)
         if not rows:
             current = await self.get_delivery(app_id, delivery_id)
             raise DeliveryNotRetryable(
@@ -566,7 +566,7 @@ class Store:
     async def retry_failed(self, app_id: str, chosen: DeliveryFilter) -> int:
         """Requeue every failed delivery of the app that ``chosen`` takes; how many."""
         rows = await self.db.fetch("requeue_failed", app_id, None, chosen.endpoint_id,
-                                   chosen.event_type, chosen.since, chosen.until)
+                                   chosen.event_type, chosen.since, chosen.until, None)
         return len(rows)
 
     # --- devices ----------------------------------------------------------------------
@@ -775,6 +775,7 @@ class Cleaner:
         "dashboard_sessions": QUERIES["cleanup_dashboard_sessions"],
         "event_types": QUERIES["cleanup_event_types"],
         "operational_webhooks": QUERIES["cleanup_operational_webhooks"],
+        "tasks": QUERIES["cleanup_tasks"],
     }
     #: What the app's operational notices are made of (filed under ``ops:<app id>``).
     FEED_STEPS = ("deliveries", "events")

@@ -295,6 +295,41 @@ async def test_gateway_tail_prints_each_outcome_within_seconds(
     assert "delivered [200]" in printed and endpoint["id"] in printed
 
 
+async def test_cli_recovers_and_replays_an_endpoint_and_follows_its_tasks(
+    gateway: GatewayProcess, receiver: Receiver, http: aiohttp.ClientSession
+) -> None:
+    receiver.answers["/hook"] = [(500, {})]
+    env = cli_env(gateway, await Api(http, gateway.base).new_app())
+    _, endpoint, _ = await cli(env, "endpoints", "create", receiver.url(), "--json")
+    _, event, _ = await cli(env, "events", "emit", "order.created", "--json")
+
+    async def failed() -> list[dict[str, Any]]:
+        _, page, _ = await cli(env, "deliveries", "list", "--status", "failed", "--json")
+        found: list[dict[str, Any]] = page["data"]
+        return found
+
+    await eventually(failed, timeout_s=30)
+    receiver.answers["/hook"] = [(200, {})]
+    _, recovered, _ = await cli(env, "endpoints", "recover", endpoint["id"], "--since", "1h",
+                                "--wait", "--json")
+    assert recovered["status"] == "done"
+    assert recovered["counts"] == {"scanned": 1, "requeued": 1}
+
+    _, late, _ = await cli(env, "endpoints", "create", receiver.url("/late"), "--json")
+    _, started, _ = await cli(env, "endpoints", "replay", late["id"], "--since", "1h",
+                              "--until", "2100-01-01T00:00:00Z", "--json")
+    assert (started["kind"], started["status"]) == ("endpoint.replay", "running")
+    _, shown, _ = await cli(env, "tasks", "show", started["id"], "--wait", "--json")
+    assert shown["status"] == "done" and shown["counts"] == {"scanned": 1, "created": 1}
+    _, listed, _ = await cli(env, "tasks", "list", "--json")
+    assert [t["id"] for t in listed["data"]] == [started["id"], recovered["id"]]
+    await receiver.wait_for(1, "/late")
+    assert receiver.on("/late")[0].headers["webhook-id"] == event["id"]
+    status, _, err = await cli(env, "endpoints", "replay", late["id"], "--since", "tomorrow",
+                               "--json", ok=False)
+    assert status == 1 and json.loads(err)["error"]["details"][0]["path"] == "since"
+
+
 async def test_cli_sets_shows_and_deletes_the_operational_webhook_which_is_told_for_real(
     gateway: GatewayProcess, receiver: Receiver
 ) -> None:

@@ -25,7 +25,7 @@ from gateway.outcomes import OutcomeStream
 from gateway.sandbox import pem_private
 from gateway.store.postgres import Cleaner
 from gateway.store.queue import AttemptResult
-from gateway_client.models import AttemptOutcome, DeliveryStatus
+from gateway_client.models import AttemptOutcome, DeliveryStatus, iso
 from tests.push_support import android_token, ios_token
 from tests.support import ADMIN_KEY, Api, Receiver, eventually
 
@@ -119,9 +119,15 @@ async def sql(dsn: str, statement: str, *args: Any) -> None:
 async def fill(api: Api, key: str, app_id: str, receiver: Receiver) -> None:
     """Something in every table an app owns: endpoints, events with deliveries (attempted,
     where a dispatcher runs), idempotency keys, devices and a push fan-out, push
-    credentials, a rate window, a dashboard session, an event type, an operational webhook."""
+    credentials, a rate window, a dashboard session, an event type, an operational
+    webhook, a task."""
+    # First, so it is told of every failure below.
+    status, body = await api.call("PUT", "/v1/operational-webhook", key,
+                                  {"url": receiver.url(f"/{app_id}/ops")})
+    assert status == 200, body
     await api.new_endpoint(key, receiver.url(f"/{app_id}"))
-    await api.new_endpoint(key, receiver.url(f"/{app_id}/other"), event_types=["other.*"])
+    other = await api.new_endpoint(key, receiver.url(f"/{app_id}/other"),
+                                   event_types=["other.*"])
     for n in range(7):
         await api.emit(key, payload={"n": n}, headers={"Idempotency-Key": f"k-{n}"})
     token = await user_token(api, key)
@@ -141,9 +147,10 @@ async def fill(api: Api, key: str, app_id: str, receiver: Receiver) -> None:
     status, body = await api.call("POST", "/v1/event-types", key,
                                   {"name": "order.created", "schema": {"type": "object"}})
     assert status == 201, body
-    status, body = await api.call("PUT", "/v1/operational-webhook", key,
-                                  {"url": receiver.url(f"/{app_id}/ops")})
-    assert status == 200, body
+    since = iso(datetime.now(UTC) - timedelta(hours=1))
+    status, body = await api.call("POST", f"/v1/endpoints/{other['id']}/replay", key,
+                                  {"since": since})
+    assert status == 202, body
 
 
 # --- deleting: what stops at once ----------------------------------------------------
@@ -384,9 +391,13 @@ async def test_the_cleanup_removes_every_row_of_a_deleted_app_in_batches_and_no_
         # Each app: 8 webhooks delivered, 4 pushes failed (no FCM credentials).
         conn = await asyncpg.connect(dsn)
         try:
+            # (Besides: each app's operational webhook is told of its 4 failed pushes.)
             return bool(await conn.fetchval(
-                "SELECT count(*) = 24 AND count(*) FILTER (WHERE status = 'pending') = 0 "
-                "FROM deliveries") and await conn.fetchval("SELECT count(*) = 24 FROM attempts"))
+                "SELECT count(*) FILTER (WHERE kind <> 'operational') = 24"
+                " AND count(*) FILTER (WHERE status = 'pending') = 0 FROM deliveries")
+                and await conn.fetchval(
+                    "SELECT count(*) = 24 FROM attempts WHERE delivery_id IN"
+                    " (SELECT id FROM deliveries WHERE kind <> 'operational')"))
         finally:
             await conn.close()
     await eventually(settled, timeout_s=20)
@@ -405,8 +416,10 @@ async def test_the_cleanup_removes_every_row_of_a_deleted_app_in_batches_and_no_
 
     assert cleaned.apps == [apps["doomed"]] and cleaned.left == 0
     doomed = before["doomed"]
-    assert cleaned.rows == {t: n for t, n in doomed.items()
-                            if n and t not in ("apps", "dashboard_sessions")}
+    assert {t: n for t, n in cleaned.rows.items() if not t.startswith("notices:")} \
+        == {t: n for t, n in doomed.items() if n and t not in ("apps", "dashboard_sessions")}
+    # Its operational webhook's notices (of the 4 failed pushes) went too.
+    assert cleaned.rows["notices:deliveries"] == cleaned.rows["notices:events"] == 4
     assert cleaned.batches >= sum(math.ceil(n / 3) for t, n in doomed.items()
                                   if t not in ("apps", "attempts", "dashboard_sessions"))
     assert set((await rows_of(dsn, apps["doomed"], ids["doomed"])).values()) == {0}

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
 import aiohttp
 import pytest
@@ -29,6 +30,9 @@ from gateway_client.models import (
     EventAccepted,
     EventType,
     RotatedAppKey,
+    Task,
+    TaskKind,
+    TaskStatus,
 )
 from tests.push_support import PushCertificates
 from tests.support import ADMIN_KEY, Api, Receiver, eventually, free_port, serve_on_loopback
@@ -152,6 +156,42 @@ async def test_events_deliveries_attempts_and_retry_through_the_client(
     with pytest.raises(GatewayAPIError) as again:
         await gw.retry_delivery(delivery.id)
     assert (again.value.status, again.value.code) == (409, "delivery_not_retryable")
+
+
+async def test_recover_replay_and_their_tasks_through_the_client(
+    gw: GatewayClient, receiver: Receiver
+) -> None:
+    receiver.answers["/hook"] = [(500, {})]
+    since = datetime.now(UTC) - timedelta(minutes=1)
+    endpoint = await gw.create_endpoint(receiver.url())
+    await gw.emit("order.created", {"n": 1})
+
+    async def in_status(status: Literal["pending", "succeeded", "failed"]) -> list[Delivery]:
+        return (await gw.list_deliveries(status=status)).data
+
+    await eventually(lambda: in_status("failed"))
+    receiver.answers["/hook"] = [(200, {})]
+
+    recover = await gw.recover_endpoint(endpoint.id, since)
+    assert isinstance(recover, Task) and recover.kind is TaskKind.RECOVER
+    done = await gw.wait_for_task(recover.id, poll_interval_s=0.05, timeout_s=20)
+    assert done.status is TaskStatus.DONE and done.counts == {"scanned": 1, "requeued": 1}
+    await eventually(lambda: in_status("succeeded"))
+
+    late = await gw.create_endpoint(receiver.url("/late"))
+    replay = await gw.replay_endpoint(late.id, since.isoformat(),
+                                      until=datetime.now(UTC) + timedelta(hours=1))
+    assert replay.kind is TaskKind.REPLAY
+    replayed = await gw.wait_for_task(replay.id, poll_interval_s=0.05, timeout_s=20)
+    assert replayed.counts == {"scanned": 1, "created": 1}
+    assert (await gw.get_task(replay.id)).finished_at is not None
+    assert [t.id for t in (await gw.list_tasks(limit=10)).data] == [replay.id, recover.id]
+    await receiver.wait_for(1, "/late")
+    with pytest.raises(ValueError, match="timezone"):
+        await gw.replay_endpoint(late.id, datetime.now())
+    with pytest.raises(GatewayAPIError) as future:
+        await gw.recover_endpoint(endpoint.id, datetime.now(UTC) + timedelta(hours=1))
+    assert (future.value.status, future.value.details[0]["path"]) == (422, "since")
 
 
 async def test_emit_with_a_given_idempotency_key_answers_the_first_event(

@@ -440,9 +440,10 @@ FROM attempts WHERE delivery_id = ANY($1::text[]) ORDER BY delivery_id, id;
 
 -- name: requeue_failed
 -- $1 app id, then filters (each NULL = any): $2 delivery id, $3 endpoint id, $4 event type
--- filter (exact, 'prefix.*' or '*'), $5 created at or after, $6 created before.
+-- filter (exact, 'prefix.*' or '*'), $5 created at or after, $6 created before, $7 delivery
+-- ids (a batch of a recover task).
 -- The one way a failed delivery goes back in the queue (a manual retry of one, a retry of
--- many): at the start of the schedule; one whose endpoint is disabled waits parked until
+-- many, a recover task): at the start of the schedule; one whose endpoint is disabled waits parked until
 -- it is enabled again; those whose endpoint or device was deleted have nowhere to go and
 -- stay failed. Returns the requeued ones, and wakes the dispatchers on commit.
 WITH requeued AS (
@@ -462,6 +463,7 @@ WITH requeued AS (
       AND ($4::text IS NULL OR gateway_type_matches(ARRAY[$4::text], ev.type))
       AND ($5::timestamptz IS NULL OR d.created_at >= $5)
       AND ($6::timestamptz IS NULL OR d.created_at < $6)
+      AND ($7::text[] IS NULL OR d.id = ANY($7::text[]))
     RETURNING d.id, d.event_id, d.endpoint_id, d.device_id, d.kind, d.status,
               d.attempt_count, nullif(d.next_attempt_at, 'infinity') AS due_at,
               d.lease_id IS NOT NULL AS leased, d.last_attempt_at, d.last_error,
@@ -1114,6 +1116,17 @@ WITH gone AS (
 )
 SELECT count(*)::int AS operational_webhooks FROM gone;
 
+-- name: cleanup_tasks
+-- $1 app id, $2 batch size. The app's background tasks (none runs once it is deleted).
+WITH doomed AS (
+    SELECT id FROM tasks WHERE app_id = $1
+    ORDER BY id LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM tasks t USING doomed WHERE t.app_id = $1 AND t.id = doomed.id RETURNING 1
+)
+SELECT count(*)::int AS tasks FROM gone;
+
 -- name: cleanup_app
 -- $1 app id. The deleted app's own row, last, once no row of any table refers to it.
 DELETE FROM apps
@@ -1255,3 +1268,117 @@ SELECT id, secret FROM operational_webhooks WHERE id > $1 ORDER BY id LIMIT $2;
 -- name: reseal_operational_webhook
 -- $1 id, $2 secret
 UPDATE operational_webhooks SET secret = $2 WHERE id = $1;
+
+-- --- background tasks: recover, replay (gateway/tasks.py, gateway/store/tasks.py) -----
+-- A task walks the ids of its window (ids start with their creation time), a batch per
+-- transaction; each batch commits with the task's cursor and counts.
+
+-- name: create_task
+-- $1 id, $2 app id, $3 kind, $4 endpoint id, $5 since, $6 until, $7 cursor (where the
+-- window's ids begin; no id equals it), $8 counts (JSON text). No row when the app has no
+-- such endpoint. Wakes the task runners on commit.
+WITH ep AS (
+    SELECT id FROM endpoints WHERE app_id = $2 AND id = $4 AND deleted_at IS NULL
+), made AS (
+    INSERT INTO tasks (app_id, id, kind, endpoint_id, since, until, cursor, counts)
+    SELECT $2, $1, $3, ep.id, $5, $6, $7, $8::jsonb FROM ep
+    RETURNING app_id, id, kind, status, endpoint_id, since, until, cursor, counts, error,
+              created_at, updated_at, finished_at
+), woke AS (
+    SELECT pg_notify('gateway_tasks', '') WHERE EXISTS (SELECT 1 FROM made)
+)
+SELECT made.* FROM made LEFT JOIN woke ON true;
+
+-- name: get_task
+-- $1 app id, $2 task id
+SELECT app_id, id, kind, status, endpoint_id, since, until, cursor, counts, error,
+       created_at, updated_at, finished_at
+FROM tasks WHERE app_id = $1 AND id = $2;
+
+-- name: list_tasks
+-- $1 app id, $2 cursor (id, exclusive, or NULL), $3 limit
+SELECT app_id, id, kind, status, endpoint_id, since, until, cursor, counts, error,
+       created_at, updated_at, finished_at
+FROM tasks
+WHERE app_id = $1 AND ($2::text IS NULL OR id < $2)
+ORDER BY id DESC LIMIT $3;
+
+-- name: claim_task
+-- The running task advanced least recently that no other process holds, locked for this
+-- transaction (one batch): running tasks of every app move in turn.
+SELECT app_id, id, kind, status, endpoint_id, since, until, cursor, counts, error,
+       created_at, updated_at, finished_at
+FROM tasks WHERE status = 'running'
+  -- A deleted app's tasks stop with it (the cleanup removes them).
+  AND app_id <> ALL(ARRAY(SELECT id FROM apps WHERE deleted_at IS NOT NULL))
+ORDER BY updated_at, id
+LIMIT 1
+FOR UPDATE SKIP LOCKED;
+
+-- name: task_custom_plans
+-- For the rest of a task's transaction: plan each query for its arguments (requeue_failed
+-- takes "any" or a batch of ids; a plan made for both would walk every failed delivery of
+-- the app).
+SET LOCAL plan_cache_mode = force_custom_plan;
+
+-- name: task_recover_batch
+-- $1 app id, $2 endpoint id, $3 cursor (delivery id, exclusive), $4 the window's end
+-- (delivery id bound, exclusive), $5 batch size. The endpoint's next deliveries in the
+-- window, whatever their status, in id order: a bounded walk of deliveries_by_endpoint;
+-- requeue_failed takes the failed ones among them.
+SELECT id FROM deliveries
+WHERE endpoint_id = $2 AND app_id = $1 AND id > $3 AND id < $4
+ORDER BY id LIMIT $5;
+
+-- name: task_replay_batch
+-- $1 app id, $2 endpoint id, $3 cursor (event id, exclusive), $4 the window's end (event id
+-- bound, exclusive), $5 batch size. The app's next events in the window, and for each one
+-- the endpoint takes (its event types, matched as insert_events matches them) and has no
+-- delivery for, a new delivery: due now, or parked while the endpoint is disabled. A
+-- delivery's id is derived from its event and endpoint (gateway_delivery_id), so one that
+-- exists already (from ingest or an earlier replay) stays as it is. Returns how many
+-- events it looked at, the last one's id, and how many deliveries it made; wakes the
+-- dispatchers on commit.
+WITH batch AS (
+    SELECT id, type FROM events
+    WHERE app_id = $1 AND id > $3 AND id < $4
+    ORDER BY id LIMIT $5
+), made AS (
+    INSERT INTO deliveries (id, app_id, event_id, endpoint_id, kind, next_attempt_at)
+    SELECT gateway_delivery_id(ev.id, ep.id), ep.app_id, ev.id, ep.id, 'webhook',
+           CASE WHEN ep.status = 'active' THEN now() ELSE 'infinity'::timestamptz END
+    FROM batch ev
+    JOIN endpoints ep ON ep.app_id = $1 AND ep.id = $2 AND ep.deleted_at IS NULL
+        AND (ep.event_types IS NULL OR ev.type = ANY(ep.event_types)
+             OR (array_to_string(ep.event_types, ',') LIKE '%*%'
+                 AND gateway_type_matches(ep.event_types, ev.type)))
+        -- filter: AND (ep.filter IS NULL OR gateway_filter_matches(ep.filter, ...)) with
+        -- the event's payload (read it only then: batch leaves it out)
+    -- Deliveries made before migration 0005 have ids of their own: found by event.
+    WHERE NOT EXISTS (SELECT 1 FROM deliveries d
+                      WHERE d.event_id = ev.id
+                        AND substr(d.id, 5, 12) <> substr(d.event_id, 5, 12)
+                        AND d.app_id = $1 AND d.endpoint_id = ep.id)
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM batch)::int AS scanned,
+       (SELECT max(id) FROM batch) AS last_id,
+       (SELECT count(*) FROM made)::int AS created,
+       (SELECT pg_notify('gateway_deliveries', '') WHERE EXISTS (SELECT 1 FROM made)) AS woke;
+
+-- name: advance_task
+-- $1 app id, $2 task id, $3 cursor, $4 counts (JSON text), $5 finished?
+UPDATE tasks SET cursor = $3, counts = $4::jsonb, updated_at = now(),
+    status = CASE WHEN $5 THEN 'done' ELSE status END,
+    finished_at = CASE WHEN $5 THEN now() END
+WHERE app_id = $1 AND id = $2
+RETURNING app_id, id, kind, status, endpoint_id, since, until, cursor, counts, error,
+          created_at, updated_at, finished_at;
+
+-- name: fail_task
+-- $1 app id, $2 task id, $3 error
+UPDATE tasks SET status = 'failed', error = $3, updated_at = now(), finished_at = now()
+WHERE app_id = $1 AND id = $2
+RETURNING app_id, id, kind, status, endpoint_id, since, until, cursor, counts, error,
+          created_at, updated_at, finished_at;

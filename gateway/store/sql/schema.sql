@@ -191,6 +191,28 @@ ALTER TABLE push_credentials ADD CONSTRAINT push_credentials_app_id_fkey FOREIGN
 ALTER TABLE push_credentials ADD CONSTRAINT push_credentials_pkey PRIMARY KEY (app_id, provider);
 ALTER TABLE push_credentials ADD CONSTRAINT push_credentials_provider_check CHECK ((provider = ANY (ARRAY['fcm'::text, 'apns'::text])));
 
+CREATE TABLE tasks (
+    app_id text NOT NULL,
+    id text NOT NULL,
+    kind text NOT NULL,
+    endpoint_id text NOT NULL,
+    since timestamp with time zone NOT NULL,
+    until timestamp with time zone NOT NULL,
+    status text DEFAULT 'running'::text NOT NULL,
+    cursor text NOT NULL,
+    counts jsonb DEFAULT '{}'::jsonb NOT NULL,
+    error text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    finished_at timestamp with time zone
+);
+ALTER TABLE tasks ADD CONSTRAINT tasks_app_id_fkey FOREIGN KEY (app_id) REFERENCES apps(id) ON DELETE CASCADE;
+ALTER TABLE tasks ADD CONSTRAINT tasks_check CHECK ((since < until));
+ALTER TABLE tasks ADD CONSTRAINT tasks_kind_check CHECK ((kind = ANY (ARRAY['endpoint.recover'::text, 'endpoint.replay'::text])));
+ALTER TABLE tasks ADD CONSTRAINT tasks_pkey PRIMARY KEY (app_id, id);
+ALTER TABLE tasks ADD CONSTRAINT tasks_status_check CHECK ((status = ANY (ARRAY['running'::text, 'done'::text, 'failed'::text])));
+CREATE INDEX tasks_running ON public.tasks USING btree (updated_at) WHERE (status = 'running'::text);
+
 CREATE OR REPLACE FUNCTION public.gateway_day_bound(prefix text, day date)
  RETURNS text
  LANGUAGE sql
