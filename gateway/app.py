@@ -17,7 +17,7 @@ from adapters.apns import APNsAdapter
 from adapters.base import Adapter
 from adapters.fcm import FCMAdapter
 from adapters.webhook import WebhookAdapter
-from gateway import api, appkeys, dashboard, logs, tracing
+from gateway import api, appkeys, dashboard, logs
 from gateway.api import openapi
 from gateway.api.http import error_middleware
 from gateway.api.routing import wire
@@ -36,6 +36,7 @@ from gateway.retention import Retention, keep_partitions
 from gateway.retry import RetryPolicy
 from gateway.sandbox import Sandbox, SandboxRouter
 from gateway.schemas import EventTypeSchemas
+from gateway.spans import setup as setup_spans
 from gateway.store.database import (
     APPS_CHANNEL,
     DELIVERIES_CHANNEL,
@@ -113,7 +114,7 @@ def create_app(
 ) -> web.Application:
     """One gateway process: the HTTP API and/or the dispatcher over one database.
 
-    ``spans`` replaces what the OTEL_* variables ask for (:func:`gateway.tracing.setup`).
+    ``spans`` replaces what the OTEL_* variables ask for (:func:`gateway.spans.setup`).
     """
     app = web.Application(
         middlewares=[logs.request_log, error_middleware],
@@ -128,7 +129,7 @@ def create_app(
         dashboard.setup(app)
 
     async def trace(app: web.Application) -> AsyncIterator[None]:
-        made = spans if spans is not None else tracing.setup()
+        made = spans if spans is not None else setup_spans()
         if made is not None:
             app[appkeys.SPANS] = made
         yield

@@ -36,7 +36,7 @@ SANDBOX: web.AppKey[Sandbox] = web.AppKey("sandbox")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 OUTCOMES: web.AppKey[OutcomeStream] = web.AppKey("outcomes")
 RETENTION: web.AppKey[Retention] = web.AppKey("retention")
-#: Set only when there are spans (gateway.tracing.setup): absent, nothing makes any.
+#: Set only when there are spans (gateway.spans.setup): absent, nothing makes any.
 SPANS: web.AppKey[Spans] = web.AppKey("spans")
 CLEANUP: web.AppKey[AppCleanup] = web.AppKey("cleanup")
 SCHEMAS: web.AppKey[EventTypeSchemas] = web.AppKey("schemas")

@@ -1,7 +1,7 @@
 """OpenTelemetry spans (the ``[otel]`` extra): a SERVER span for each ``POST /v1/events``
 and a CLIENT span for each delivery attempt, both in the trace the event was emitted in.
 
-The only module that imports OpenTelemetry, and only :func:`gateway.tracing.setup`
+The only module that imports OpenTelemetry, and only :func:`gateway.spans.setup`
 imports it, when the standard variables ask for spans. The SDK reads the rest of them
 itself: ``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER``,
 ``OTEL_BSP_*``, and the OTLP exporter's ``OTEL_EXPORTER_OTLP_*`` (endpoint, headers,

@@ -15,9 +15,9 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from gateway import tracing
 from gateway.app import create_app
 from gateway.config import Settings
+from gateway.spans import setup as otel_setup
 from tests.support import Api, Receiver, eventually
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -127,7 +127,7 @@ async def traced(aiohttp_client: Any, dsn: str, settings: Settings,
                  exporter: InMemorySpanExporter) -> Api:
     """The gateway in this process with spans going to ``exporter``."""
     client: TestClient[aiohttp.web.Request, aiohttp.web.Application] = await aiohttp_client(
-        create_app(settings, dsn, spans=tracing.setup(exporter)))
+        create_app(settings, dsn, spans=otel_setup(exporter)))
     return Api(client)
 
 

@@ -12,6 +12,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from adapters.base import DeliveryJob, EventView, Outcome, Verdict
 from gateway import tracing
 from gateway.errors import ConfigError
+from gateway.spans import setup as otel_setup
+from gateway.spans import wanted as otel_wanted
 from gateway.tracing import TraceContext, parse_traceparent, parse_tracestate
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -140,14 +142,14 @@ def test_a_child_keeps_trace_and_flags_with_a_new_parent_id_each_time() -> None:
 def test_spans_are_wanted_only_when_the_standard_variables_ask(
     environ: dict[str, str], wanted: bool
 ) -> None:
-    assert tracing.wanted(environ) is wanted
+    assert otel_wanted(environ) is wanted
 
 
 def test_without_the_variables_setup_makes_no_spans(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("OTEL_SDK_DISABLED", "OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT",
                  "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
         monkeypatch.delenv(name, raising=False)
-    assert tracing.setup() is None
+    assert otel_setup() is None
 
 
 def test_an_exporter_or_protocol_the_gateway_lacks_stops_the_start_with_its_reason(
@@ -156,11 +158,11 @@ def test_an_exporter_or_protocol_the_gateway_lacks_stops_the_start_with_its_reas
     monkeypatch.delenv("OTEL_SDK_DISABLED", raising=False)
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "zipkin")
     with pytest.raises(ConfigError, match="zipkin"):
-        tracing.setup()
+        otel_setup()
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
     with pytest.raises(ConfigError, match="http/protobuf"):
-        tracing.setup()
+        otel_setup()
 
 
 def test_the_console_exporter_prints_each_span_when_the_process_stops(
@@ -168,7 +170,7 @@ def test_the_console_exporter_prints_each_span_when_the_process_stops(
 ) -> None:
     monkeypatch.delenv("OTEL_SDK_DISABLED", raising=False)
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
-    spans = tracing.setup()
+    spans = otel_setup()
     assert spans is not None
     job = DeliveryJob("dlv_1", "app_1", "fcm",
                       EventView("evt_1", "order.created", "{}", datetime.now(UTC), VALID))
