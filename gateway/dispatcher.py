@@ -37,8 +37,14 @@ from gateway.batching import GroupCommit
 from gateway.errors import DatabaseUnavailable
 from gateway.logs import scrub
 from gateway.retry import RetryPolicy
-from gateway.store.queue import AttemptResult, Job, Queue, Rooms
-from gateway_client.models import AttemptOutcome, DeliveryKind, DeliveryStatus, iso
+from gateway.store.queue import NO_CHANGE, AttemptResult, Job, Queue, Rooms, Settlement
+from gateway_client.models import (
+    AttemptOutcome,
+    DeliveryKind,
+    DeliveryStatus,
+    DisabledReason,
+    iso,
+)
 
 if TYPE_CHECKING:
     from gateway.metrics import Metrics
@@ -268,6 +274,9 @@ class Dispatcher:
         adapter = self.adapters.get(job.kind)
         attempted_at = datetime.now(UTC)
         sent = False
+        #: The endpoint answered, timed out or refused: its health counts this attempt (an
+        #: adapter's own bug says nothing about the endpoint).
+        reached = False
         if adapter is None:
             outcome = Outcome(Verdict.FAILED, error=f"no adapter for kind {job.kind!r}")
         elif claimed.unsendable is not None:
@@ -282,6 +291,7 @@ class Dispatcher:
             sent = True
             try:
                 outcome = await adapter.send(job)
+                reached = job.endpoint is not None
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # an adapter bug must not lose the delivery
@@ -297,9 +307,10 @@ class Dispatcher:
             outcome=AttemptOutcome(outcome.verdict.value), status_code=outcome.status_code,
             response_snippet=_clean(outcome.response_snippet), error=_clean(outcome.error),
             disable_endpoint_id=job.endpoint.id if gone and job.endpoint else None,
-            disable_reason=_clean(outcome.gone_reason),
+            disable_reason=DisabledReason.GONE if gone and job.endpoint else None,
             prune_device_id=job.device.id if gone and job.device else None,
             prune_reason=_clean(outcome.gone_reason), prune_since=outcome.gone_since,
+            endpoint_id=job.endpoint.id if reached and job.endpoint else None,
         )
         self._observe(claimed, result, sent)
         await self._write(result)
@@ -340,11 +351,27 @@ class Dispatcher:
         """One batch of attempts: the finished ones completed, the rest rescheduled."""
         finished = [r for r in results if r.status is not DeliveryStatus.PENDING]
         again = [r for r in results if r.status is DeliveryStatus.PENDING]
+        settled = NO_CHANGE
         if finished:
-            await self.queue.complete(finished)
+            settled += await self.queue.complete(finished)
         if again:
-            await self.queue.reschedule(again)
+            settled += await self.queue.reschedule(again)
+        self._endpoints_changed(settled)
         return [None] * len(results)
+
+    def _endpoints_changed(self, settled: Settlement) -> None:
+        """Circuits that opened and endpoints disabled for failing: a line and a count
+        each."""
+        for app_id, endpoint_id in settled.circuits_opened:
+            log.warning("circuit opened: the endpoint failed too often in a row; only a "
+                        "probe goes to it after each cooldown",
+                        extra={"app": app_id, "endpoint": endpoint_id})
+        for app_id, endpoint_id in settled.disabled_failing:
+            log.warning("endpoint disabled: every attempt failed for the disable window",
+                        extra={"app": app_id, "endpoint": endpoint_id})
+        if self.metrics is not None:
+            self.metrics.endpoints_changed(len(settled.circuits_opened),
+                                           len(settled.disabled_failing))
 
 
 

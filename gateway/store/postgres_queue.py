@@ -3,7 +3,8 @@ any number of dispatcher processes share one database, and ``NOTIFY`` wakes them
 
 Settling attempts also tells the live tail: each transaction that logs attempts sends
 their outcomes on ``gateway_outcomes`` (compact JSON, never a payload, secret or token),
-heard on commit by every API process.
+heard on commit by every API process. And it keeps the endpoints' health in the same
+transaction (:mod:`gateway.store.endpoint_health`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import asyncpg
 
 from adapters.base import DeliveryJob, DeviceTarget, EndpointTarget, EventView
 from gateway.crypto import Sealer, SecretUnreadable, open_credentials
+from gateway.health import HealthRules
 from gateway.store.database import QUERIES, Database
-from gateway.store.queue import UNLIMITED, AttemptResult, Job, Rooms
+from gateway.store.endpoint_health import settle_health
+from gateway.store.queue import UNLIMITED, AttemptResult, Job, Rooms, Settlement
 from gateway.store.records import Row
 from gateway_client.models import DeliveryKind, DeviceStatus, Platform, iso
 
@@ -31,27 +34,42 @@ if TYPE_CHECKING:
 CLAIM_SCAN_FACTOR = 4
 #: PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
 MAX_NOTIFY_BYTES = 7900
+#: A claim that parked deliveries behind open circuits (and so took less than it could)
+#: looks again, at most this many times in all.
+CLAIM_ROUNDS = 8
 
 
 class PostgresQueue:
     """:class:`~gateway.store.queue.Queue` and :class:`~gateway.store.queue.Fanout` on
     the gateway's database."""
 
-    def __init__(self, db: Database, sealer: Sealer | None = None) -> None:
+    def __init__(self, db: Database, sealer: Sealer | None = None,
+                 health: HealthRules | None = None) -> None:
         self.db = db
         self.sealer = sealer or Sealer(None)
+        self.health = health or HealthRules()
         #: Fan-outs take apps in turn; the app served last.
         self._last_fanout_app = ""
 
     async def claim(self, limit: int, lease_s: float, lease_id: uuid.UUID,
                     rooms: Rooms = UNLIMITED) -> list[Job]:
-        rows = await self.db.fetch(
-            "claim_due", limit, lease_s, lease_id,
-            list(rooms.endpoints), list(rooms.endpoints.values()),
-            list(rooms.kinds), list(rooms.kinds.values()),
-            list(rooms.apps), list(rooms.apps.values()),
-            rooms.endpoint, rooms.app, max(limit * CLAIM_SCAN_FACTOR, 100))
-        return [self._job(row, lease_id) for row in rows]
+        jobs: list[Job] = []
+        for _ in range(CLAIM_ROUNDS):
+            want = limit - len(jobs)
+            rows = await self.db.fetch(
+                "claim_due", want, lease_s, lease_id,
+                list(rooms.endpoints), list(rooms.endpoints.values()),
+                list(rooms.kinds), list(rooms.kinds.values()),
+                list(rooms.apps), list(rooms.apps.values()),
+                rooms.endpoint, rooms.app, max(want * CLAIM_SCAN_FACTOR, 100))
+            taken = [self._job(row, lease_id) for row in rows if row["id"] is not None]
+            jobs += taken
+            # Rows parked behind open circuits filled part of the scan: what lies beyond
+            # them may be due too.
+            if not rows[0]["parked"] or len(jobs) >= limit:
+                break
+            rooms = rooms.less(taken)
+        return jobs
 
     def _job(self, row: asyncpg.Record, lease_id: uuid.UUID) -> Job:
         """A claimed row as the adapters take it: its secrets opened only now, when used.
@@ -84,23 +102,19 @@ class PostgresQueue:
                    device_active=row["device_status"] in (None, DeviceStatus.ACTIVE),
                    unsendable=unsendable)
 
-    async def complete(self, results: Sequence[AttemptResult]) -> None:
-        gone = {r.disable_endpoint_id: r.disable_reason for r in results
-                if r.disable_endpoint_id}
+    async def complete(self, results: Sequence[AttemptResult]) -> Settlement:
         async with self.db.transaction() as conn:
             await _log(conn, results)
-            for endpoint_id, reason in gone.items():
-                await conn.execute(QUERIES["disable_endpoints"], [endpoint_id], reason)
-            if gone:
-                await conn.execute(QUERIES["park_deliveries"], list(gone))
             for r in results:
                 if r.prune_device_id:
                     await conn.execute(QUERIES["prune_device"], r.prune_device_id,
                                        r.prune_reason, r.prune_since)
+            return await settle_health(conn, results, self.health)
 
-    async def reschedule(self, results: Sequence[AttemptResult]) -> None:
+    async def reschedule(self, results: Sequence[AttemptResult]) -> Settlement:
         async with self.db.transaction() as conn:
             await _log(conn, results)
+            return await settle_health(conn, results, self.health)
 
     async def release(self, lease_ids: Sequence[uuid.UUID]) -> None:
         if lease_ids:
