@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import ConfigError
+from gateway.health import HealthRules
 
 
 def _bool(raw: str) -> bool:
@@ -209,6 +210,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GATEWAY_TASK_PAUSE_S", "task_pause_s", _non_negative_float, "0.05",
             "Pause between two batches of background tasks, in seconds, to leave the "
             "database room for live traffic."),
+    Setting("GATEWAY_CIRCUIT_FAILURES", "circuit_failures", _positive_int, "5",
+            "Failed attempts in a row (error statuses, timeouts, refused connections) that "
+            "open an endpoint's circuit: nothing is sent to it until a probe succeeds."),
+    Setting("GATEWAY_CIRCUIT_COOLDOWN_S", "circuit_cooldown_s", _positive_float, "30",
+            "Seconds an open circuit waits before one probe delivery goes; a failed probe "
+            "opens it for another cooldown."),
+    Setting("GATEWAY_DISABLE_AFTER_S", "disable_after_s", _positive_float, "432000",
+            "An endpoint whose every attempt failed for this many seconds (5 days), with "
+            "no success in between, is disabled (disabled_reason failing)."),
 )
 
 
@@ -258,10 +268,18 @@ class Settings:
     event_type_cache_s: float = 10.0
     task_batch: int = 500
     task_pause_s: float = 0.05
+    circuit_failures: int = 5
+    circuit_cooldown_s: float = 30.0
+    disable_after_s: float = 432000.0
 
     @property
     def effective_lease_s(self) -> float:
         return self.lease_s if self.lease_s is not None else self.delivery_timeout_s + 30.0
+
+    @property
+    def health_rules(self) -> HealthRules:
+        return HealthRules(self.circuit_failures, self.circuit_cooldown_s,
+                           self.disable_after_s)
 
     @property
     def data_path(self) -> Path:

@@ -41,8 +41,14 @@ from gateway.errors import DatabaseUnavailable
 from gateway.logs import TRUSTED, scrub
 from gateway.operational import OPERATIONAL_KIND
 from gateway.retry import RetryPolicy
-from gateway.store.queue import AttemptResult, Job, Queue, Rooms
-from gateway_client.models import AttemptOutcome, DeliveryKind, DeliveryStatus, iso
+from gateway.store.queue import NO_CHANGE, AttemptResult, Job, Queue, Rooms, Settlement
+from gateway_client.models import (
+    AttemptOutcome,
+    DeliveryKind,
+    DeliveryStatus,
+    DisabledReason,
+    iso,
+)
 
 if TYPE_CHECKING:
     from gateway.metrics import Metrics
@@ -288,6 +294,9 @@ class Dispatcher:
         adapter = self.adapters.get(job.kind)
         attempted_at = datetime.now(UTC)
         sent = False
+        #: The endpoint answered, timed out or refused: its health counts this attempt (an
+        #: adapter's own bug says nothing about the endpoint).
+        reached = False
         if adapter is None:
             outcome = Outcome(Verdict.FAILED, error=f"no adapter for kind {job.kind!r}")
         elif claimed.unsendable is not None:
@@ -302,7 +311,10 @@ class Dispatcher:
             outcome = Outcome(Verdict.FAILED, error="operational webhook deleted")
         else:
             sent = True
-            outcome = await self._send(adapter, job)
+            outcome, reached = await self._send(adapter, job)
+            # An operational delivery's health is never tracked (it never trips or
+            # disables anything); an adapter's own bug says nothing about the endpoint.
+            reached = reached and job.kind == DeliveryKind.WEBHOOK and job.endpoint is not None
         decision = self.policy.decide(claimed.schedule_pos, outcome, datetime.now(UTC))
         gone = outcome.verdict is Verdict.GONE
         # A 410 from an app's operational webhook fails that delivery; it disables nothing.
@@ -315,22 +327,25 @@ class Dispatcher:
             outcome=AttemptOutcome(outcome.verdict.value), status_code=outcome.status_code,
             response_snippet=_clean(outcome.response_snippet), error=_clean(outcome.error),
             disable_endpoint_id=job.endpoint.id if disables and job.endpoint else None,
-            disable_reason=_clean(outcome.gone_reason),
+            disable_reason=DisabledReason.GONE if disables else None,
             prune_device_id=job.device.id if gone and job.device else None,
             prune_reason=_clean(outcome.gone_reason), prune_since=outcome.gone_since,
             credentials_rejected=_clean(outcome.credentials_rejected, 500),
+            endpoint_id=job.endpoint.id if reached and job.endpoint else None,
         )
         self._observe(claimed, result, sent)
         await self._write(result)
 
-    async def _send(self, adapter: Adapter, job: DeliveryJob) -> Outcome:
+    async def _send(self, adapter: Adapter, job: DeliveryJob) -> tuple[Outcome, bool]:
         """One attempt, in the event's trace: its request carries a traceparent of its own
-        (the attempt's span, when there are spans)."""
+        (the attempt's span, when there are spans). Also: whether the adapter ran to an
+        answer (False when it raised: a bug of ours, not the target's doing)."""
         if self.spans is not None:
             with self.spans.attempt(job) as span:
-                outcome = await _call(adapter, replace(job, traceparent=span.traceparent))
+                outcome, answered = await _call(adapter,
+                                                replace(job, traceparent=span.traceparent))
                 span.finished(outcome)
-                return outcome
+                return outcome, answered
         if job.event.traceparent is not None:
             job = replace(job, traceparent=tracing.child(job.event.traceparent))
         return await _call(adapter, job)
@@ -372,22 +387,39 @@ class Dispatcher:
         """One batch of attempts: the finished ones completed, the rest rescheduled."""
         finished = [r for r in results if r.status is not DeliveryStatus.PENDING]
         again = [r for r in results if r.status is DeliveryStatus.PENDING]
+        settled = NO_CHANGE
         if finished:
-            await self.queue.complete(finished)
+            settled += await self.queue.complete(finished)
         if again:
-            await self.queue.reschedule(again)
+            settled += await self.queue.reschedule(again)
+        self._endpoints_changed(settled)
         return [None] * len(results)
 
+    def _endpoints_changed(self, settled: Settlement) -> None:
+        """Circuits that opened and endpoints disabled for failing: a line and a count
+        each."""
+        for app_id, endpoint_id in settled.circuits_opened:
+            log.warning("circuit opened: the endpoint failed too often in a row; only a "
+                        "probe goes to it after each cooldown",
+                        extra={"app": app_id, "endpoint": endpoint_id})
+        for app_id, endpoint_id in settled.disabled_failing:
+            log.warning("endpoint disabled: every attempt failed for the disable window",
+                        extra={"app": app_id, "endpoint": endpoint_id})
+        if self.metrics is not None:
+            self.metrics.endpoints_changed(len(settled.circuits_opened),
+                                           len(settled.disabled_failing))
 
-async def _call(adapter: Adapter, job: DeliveryJob) -> Outcome:
-    """The adapter's answer; an exception out of it is a bug, recorded as worth a retry."""
+
+async def _call(adapter: Adapter, job: DeliveryJob) -> tuple[Outcome, bool]:
+    """The adapter's answer, and True; an exception out of it is a bug, recorded as worth
+    a retry, and False."""
     try:
-        return await adapter.send(job)
+        return await adapter.send(job), True
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # an adapter bug must not lose the delivery
         log.exception("adapter %s raised", job.kind)
-        return Outcome(Verdict.RETRY, error=f"internal error: {type(exc).__name__}")
+        return Outcome(Verdict.RETRY, error=f"internal error: {type(exc).__name__}"), False
 
 
 def _target(job: Job) -> str:

@@ -145,8 +145,12 @@ class Metrics:
             "gateway_retries_scheduled", "Attempts after which the delivery was scheduled "
             "for another try, by kind.", ["kind"], registry=r)
         self.endpoints_disabled = Counter(
-            "gateway_endpoints_disabled", "Endpoints disabled because they answered "
-            "410 Gone.", registry=r)
+            "gateway_endpoints_disabled", "Endpoints the gateway disabled: they answered "
+            "410 Gone, or every attempt failed for GATEWAY_DISABLE_AFTER_S.", registry=r)
+        self.circuits_opened = Counter(
+            "gateway_circuit_opened", "Endpoint circuits that opened after "
+            "GATEWAY_CIRCUIT_FAILURES failed attempts in a row (a failed probe keeps one "
+            "open and is not counted).", registry=r)
         self.devices_pruned = Counter(
             "gateway_devices_pruned", "Device tokens the provider called dead, by provider "
             "(fcm, apns) and the provider's reason.", ["provider", "reason"], registry=r)
@@ -210,6 +214,13 @@ class Metrics:
             self.endpoints_disabled.inc()
         if record.prune_device_id is not None:
             self.devices_pruned.labels(k, self._reasons(prune_reason(record.prune_reason))).inc()
+
+    def endpoints_changed(self, circuits_opened: int, disabled_failing: int) -> None:
+        """Circuits opened and endpoints disabled for failing, as settling attempts found."""
+        if circuits_opened:
+            self.circuits_opened.inc(circuits_opened)
+        if disabled_failing:
+            self.endpoints_disabled.inc(disabled_failing)
 
     def auth_failed(self) -> None:
         self.auth_failures.inc()

@@ -449,9 +449,11 @@ class GatewayClient:
         event_types: list[str] | Unset | None = UNSET,
         description: str | Unset = UNSET,
         status: Literal["active", "disabled"] | Unset = UNSET,
-        disabled_reason: str | Unset | None = UNSET,
+        disabled_reason: Literal["manual"] | Unset | None = UNSET,
     ) -> Endpoint:
-        """Change only the fields given; ``event_types=None`` subscribes to every type."""
+        """Change only the fields given; ``event_types=None`` subscribes to every type.
+        ``status="disabled"`` disables it (``disabled_reason`` is then ``manual``);
+        ``status="active"`` enables it afresh: not failing, its circuit closed."""
         fields = {"url": url, "event_types": event_types, "description": description,
                   "status": status, "disabled_reason": disabled_reason}
         body = {k: v for k, v in fields.items() if v is not UNSET}

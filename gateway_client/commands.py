@@ -104,9 +104,11 @@ def add_parsers(sub: Any) -> None:
                        help="subscribe to every event type")
     update.add_argument("--description")
     state = update.add_mutually_exclusive_group()
-    state.add_argument("--enable", action="store_true")
-    state.add_argument("--disable", action="store_true")
-    update.add_argument("--reason", help="why it is disabled (with --disable)")
+    state.add_argument("--enable", action="store_true",
+                       help="enable it afresh: not failing, its circuit closed, its waiting "
+                       "deliveries resumed (on an active endpoint too)")
+    state.add_argument("--disable", action="store_true",
+                       help="disable it (disabled_reason manual); its deliveries wait")
     _leaf(endpoints, "delete", "delete an endpoint", _endpoints_delete).add_argument("id")
     _leaf(endpoints, "secret", "show an endpoint's signing secret",
           _endpoints_secret).add_argument("id")
@@ -368,7 +370,7 @@ async def _endpoints_update(gw: GatewayClient, args: argparse.Namespace) -> Any:
         args.id, url=args.url if args.url is not None else UNSET,
         event_types=None if args.all_event_types else args.event_types or UNSET,
         description=args.description if args.description is not None else UNSET,
-        status=status, disabled_reason=args.reason if args.reason is not None else UNSET)
+        status=status)
 
 
 async def _endpoints_delete(gw: GatewayClient, args: argparse.Namespace) -> Any:

@@ -37,6 +37,24 @@ class EndpointStatus(enum.StrEnum):
     DISABLED = "disabled"
 
 
+class DisabledReason(enum.StrEnum):
+    """Why an endpoint is disabled: it answered 410 Gone, it failed for the whole disable
+    window (GATEWAY_DISABLE_AFTER_S), or someone disabled it."""
+
+    GONE = "gone"
+    FAILING = "failing"
+    MANUAL = "manual"
+
+
+class Circuit(enum.StrEnum):
+    """An endpoint's circuit breaker: closed (deliveries go), open (held back after
+    failures in a row), half_open (the cooldown is over: one probe goes)."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
 class DeviceStatus(enum.StrEnum):
     ACTIVE = "active"
     PRUNED = "pruned"
@@ -86,6 +104,8 @@ def _documented(values: type[enum.StrEnum]) -> WithJsonSchema:
 # is documented with the values this version knows.
 _KNOWN_FIRST = Field(union_mode="left_to_right")
 EndpointStatusValue = Annotated[EndpointStatus | str, _KNOWN_FIRST, _documented(EndpointStatus)]
+DisabledReasonValue = Annotated[DisabledReason | str, _KNOWN_FIRST, _documented(DisabledReason)]
+CircuitValue = Annotated[Circuit | str, _KNOWN_FIRST, _documented(Circuit)]
 DeliveryKindValue = Annotated[DeliveryKind | str, _KNOWN_FIRST, _documented(DeliveryKind)]
 DeliveryStatusValue = Annotated[DeliveryStatus | str, _KNOWN_FIRST, _documented(DeliveryStatus)]
 AttemptOutcomeValue = Annotated[AttemptOutcome | str, _KNOWN_FIRST, _documented(AttemptOutcome)]
@@ -153,10 +173,11 @@ class Endpoint(Answer):
     description: str
     event_types: list[str] | None = Field(description="null: every event type")
     status: EndpointStatusValue
-    disabled_reason: str | None
+    disabled_reason: DisabledReasonValue | None
     disabled_at: Timestamp | None
     created_at: Timestamp
     updated_at: Timestamp
+    circuit: CircuitValue = Circuit.CLOSED
 
 
 class EndpointCreated(Endpoint):
@@ -219,7 +240,7 @@ class Delivery(Answer):
     in_flight: bool = Field(description="A dispatcher is sending it right now.")
     next_attempt_at: Timestamp | None = Field(
         description="When it is next tried; null while in flight, finished or parked "
-                    "behind a disabled endpoint.")
+                    "behind a disabled endpoint or an open circuit.")
     last_attempt_at: Timestamp | None
     last_error: str | None
     created_at: Timestamp

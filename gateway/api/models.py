@@ -273,7 +273,8 @@ class EndpointPatch(_Body):
                                                        max_length=256)
     description: Annotated[Text, StringConstraints(max_length=1000)] | None = None
     status: Annotated[EndpointStatus, Field(strict=False)] | None = None
-    disabled_reason: Annotated[Text, StringConstraints(max_length=500)] | None = None
+    #: A PATCH that disables gives reason "manual"; it may say so, and nothing else.
+    disabled_reason: Literal["manual"] | None = None
 
 
 Description = Annotated[Text, StringConstraints(max_length=1000)]

@@ -408,8 +408,6 @@ async def endpoint_status(request: web.Request) -> web.StreamResponse:
         raise ValidationError("'status' must be active or disabled.",
                               details=[{"path": "status", "message": "field required"}])
     changes: dict[str, Any] = {"status": status}
-    if status == EndpointStatus.DISABLED:
-        changes["disabled_reason"] = "disabled from the dashboard"
     await request.app[appkeys.STORE].update_endpoint(viewed.id,
                                                      request.match_info["endpoint_id"], changes)
     return redirect(f"/dashboard/apps/{viewed.id}/endpoints?notice="

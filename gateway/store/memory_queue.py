@@ -5,7 +5,10 @@ claim takes only due, pending deliveries of active endpoints, oldest due first, 
 leases them (due again when the lease runs out); a settlement moves a delivery on only
 while the caller's lease still holds it, but always logs the attempt; a 410 disables the
 endpoint and parks its other pending deliveries; a prune spares a device registered
-again after the provider's timestamp.
+again after the provider's timestamp. Endpoint health follows :func:`gateway.health.settle`:
+an endpoint whose circuit is not closed gets nothing from a claim (the due deliveries met
+there are parked), except one probe when it is half-open; closing the circuit resumes
+them; failing for the whole window disables the endpoint.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from adapters.base import DeliveryJob
-from gateway.store.queue import UNLIMITED, AttemptResult, Job, Rooms
-from gateway_client.models import DeliveryStatus, EndpointStatus
+from gateway.health import HEALTHY, Health, HealthRules, settle
+from gateway.store.queue import UNLIMITED, AttemptResult, Job, Rooms, Settlement
+from gateway_client.models import AttemptOutcome, DeliveryStatus, DisabledReason, EndpointStatus
 
 #: A parked delivery's due time: never, until its endpoint is enabled again.
 NEVER = datetime.max.replace(tzinfo=UTC)
@@ -39,10 +43,14 @@ class Entry:
 
 
 class InMemoryQueue:
-    def __init__(self, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(self, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 health: HealthRules | None = None) -> None:
         self.clock = clock
+        self.health = health or HealthRules()
         self.entries: dict[str, Entry] = {}
         self.endpoints: dict[str, EndpointStatus] = {}
+        self.disabled_reasons: dict[str, DisabledReason] = {}
+        self.endpoint_health: dict[str, Health] = {}
         #: Device id -> (active?, registered at).
         self.devices: dict[str, tuple[bool, datetime]] = {}
 
@@ -60,8 +68,15 @@ class InMemoryQueue:
     async def claim(self, limit: int, lease_s: float, lease_id: uuid.UUID,
                     rooms: Rooms = UNLIMITED) -> list[Job]:
         now = self.clock()
-        due = sorted((e for e in self.entries.values() if self._claimable(e, now)),
-                     key=lambda e: (e.due_at, e.job.delivery_id))
+        due = []
+        for entry in sorted((e for e in self.entries.values() if self._claimable(e, now)),
+                            key=lambda e: (e.due_at, e.job.delivery_id)):
+            if self._tripped(entry):
+                entry.due_at = NEVER
+            else:
+                due.append(entry)
+        probes = self._probes(now, limit, lease_s, rooms)
+        limit -= len(probes)
         # Within each target's and each app's room, then apps in turn: the nth due of
         # every app before the (n+1)th of any.
         of_target: collections.Counter[str] = collections.Counter()
@@ -79,7 +94,7 @@ class InMemoryQueue:
         chosen = [entry for _, _, entry in sorted(
             ranked, key=lambda r: (r[0], r[1], r[2].job.delivery_id))][:limit]
         jobs = []
-        for entry in chosen:
+        for entry in probes + chosen:
             entry.due_at = now + timedelta(seconds=lease_s)
             entry.lease_id = lease_id
             device = entry.job.device
@@ -94,25 +109,98 @@ class InMemoryQueue:
                 and (endpoint is None
                      or self.endpoints.get(endpoint.id) is EndpointStatus.ACTIVE))
 
-    async def complete(self, results: Sequence[AttemptResult]) -> None:
+    def _tripped(self, entry: Entry) -> bool:
+        """Its endpoint's circuit is not closed."""
+        endpoint = entry.job.endpoint
+        return (endpoint is not None and self.endpoint_health.get(
+            endpoint.id, HEALTHY).circuit_open_until is not None)
+
+    def _parked(self, endpoint_id: str) -> list[Entry]:
+        return sorted((e for e in self.entries.values()
+                       if e.job.endpoint is not None and e.job.endpoint.id == endpoint_id
+                       and e.status is DeliveryStatus.PENDING and e.due_at == NEVER),
+                      key=lambda e: e.job.delivery_id)
+
+    def _probes(self, now: datetime, limit: int, lease_s: float, rooms: Rooms) -> list[Entry]:
+        """One parked delivery of each half-open endpoint whose probe is not out, marking
+        the probe out for the lease."""
+        chosen: list[Entry] = []
+        half_open = sorted(
+            ((h.circuit_open_until, endpoint_id)
+             for endpoint_id, h in self.endpoint_health.items()
+             if h.circuit_open_until is not None and h.circuit_open_until <= now
+             and (h.circuit_probe_until is None or h.circuit_probe_until <= now)
+             and self.endpoints.get(endpoint_id) is EndpointStatus.ACTIVE))
+        for _, endpoint_id in half_open:
+            parked = self._parked(endpoint_id)
+            if len(chosen) >= limit or not parked or rooms.room(
+                    parked[0].job.app_id, parked[0].job.kind, endpoint_id)[1] <= 0:
+                continue
+            chosen.append(parked[0])
+            self.endpoint_health[endpoint_id] = replace(
+                self.endpoint_health[endpoint_id],
+                circuit_probe_until=now + timedelta(seconds=lease_s))
+        return chosen
+
+    async def complete(self, results: Sequence[AttemptResult]) -> Settlement:
         for r in results:
             self._settle(r)
-            if r.disable_endpoint_id is not None:
-                self.endpoints[r.disable_endpoint_id] = EndpointStatus.DISABLED
-                for entry in self.entries.values():
-                    endpoint = entry.job.endpoint
-                    if (endpoint is not None and endpoint.id == r.disable_endpoint_id
-                            and entry.status is DeliveryStatus.PENDING
-                            and entry.lease_id is None):
-                        entry.due_at = NEVER
             if r.prune_device_id is not None:
                 active, registered_at = self.devices.get(r.prune_device_id, (False, NEVER))
                 if active and (r.prune_since is None or registered_at <= r.prune_since):
                     self.devices[r.prune_device_id] = (False, registered_at)
+        return self._settle_health(results)
 
-    async def reschedule(self, results: Sequence[AttemptResult]) -> None:
+    async def reschedule(self, results: Sequence[AttemptResult]) -> Settlement:
         for r in results:
             self._settle(r)
+        return self._settle_health(results)
+
+    def _settle_health(self, results: Sequence[AttemptResult]) -> Settlement:
+        now = self.clock()
+        attempts: dict[str, list[tuple[bool, datetime]]] = collections.defaultdict(list)
+        for r in results:
+            if r.endpoint_id is not None:
+                attempts[r.endpoint_id].append(
+                    (r.outcome is AttemptOutcome.DELIVERED, r.attempted_at))
+        opened, failing = [], []
+        for endpoint_id in sorted(attempts):
+            change = settle(self.endpoint_health.get(endpoint_id, HEALTHY),
+                            attempts[endpoint_id], self.health, now)
+            self.endpoint_health[endpoint_id] = change.health
+            if change.opened:
+                opened.append(endpoint_id)
+            if change.closed:
+                self._resume(endpoint_id)
+            if change.disable:
+                failing.append(endpoint_id)
+        for r in results:
+            if r.disable_endpoint_id is not None:
+                self._disable(r.disable_endpoint_id, DisabledReason.GONE)
+        disabled = [e for e in failing if self._disable(e, DisabledReason.FAILING)]
+        return Settlement(tuple((self._app_of(e), e) for e in opened),
+                          tuple((self._app_of(e), e) for e in disabled))
+
+    def _disable(self, endpoint_id: str, reason: DisabledReason) -> bool:
+        if self.endpoints.get(endpoint_id) is not EndpointStatus.ACTIVE:
+            return False
+        self.endpoints[endpoint_id] = EndpointStatus.DISABLED
+        self.disabled_reasons[endpoint_id] = reason
+        for entry in self.entries.values():
+            endpoint = entry.job.endpoint
+            if (endpoint is not None and endpoint.id == endpoint_id
+                    and entry.status is DeliveryStatus.PENDING and entry.lease_id is None):
+                entry.due_at = NEVER
+        return True
+
+    def _resume(self, endpoint_id: str) -> None:
+        if self.endpoints.get(endpoint_id) is EndpointStatus.ACTIVE:
+            for entry in self._parked(endpoint_id):
+                entry.due_at = self.clock()
+
+    def _app_of(self, endpoint_id: str) -> str:
+        return next(e.job.app_id for e in self.entries.values()
+                    if e.job.endpoint is not None and e.job.endpoint.id == endpoint_id)
 
     def _settle(self, r: AttemptResult) -> None:
         entry = self.entries[r.delivery_id]
@@ -133,6 +221,10 @@ class InMemoryQueue:
                 entry.due_at = now
 
     async def next_due_at(self) -> datetime | None:
+        now = self.clock()
         waiting = [e.due_at for e in self.entries.values()
                    if e.status is DeliveryStatus.PENDING and e.due_at < NEVER]
+        waiting += [h.circuit_open_until for endpoint_id, h in self.endpoint_health.items()
+                    if h.circuit_open_until is not None and h.circuit_open_until > now
+                    and self.endpoints.get(endpoint_id) is EndpointStatus.ACTIVE]
         return min(waiting, default=None)

@@ -28,9 +28,9 @@ from gateway.errors import (
     RateLimited,
 )
 from gateway.ids import hash_key, new_api_key, new_id, new_webhook_secret
-from gateway.operational import endpoint_disabled, endpoint_enabled
 from gateway.store.database import QUERIES, Database
-from gateway.store.operational import OperationalWebhooks, emit_operational
+from gateway.store.endpoint_health import disable_endpoints, enable_endpoints
+from gateway.store.operational import OperationalWebhooks
 from gateway.store.records import (
     App,
     Attempt,
@@ -57,7 +57,7 @@ from gateway.store.records import (
     make,
     make_all,
 )
-from gateway_client.models import DeliveryStatus, EndpointStatus, Provider
+from gateway_client.models import DeliveryStatus, DisabledReason, EndpointStatus, Provider
 
 if TYPE_CHECKING:
     from gateway.store.database import Connection
@@ -266,33 +266,25 @@ class Store:
     async def update_endpoint(
         self, app_id: str, endpoint_id: str, changes: dict[str, Any]
     ) -> Endpoint:
-        """Apply a PATCH; disabling parks pending deliveries, enabling resumes them, and
-        either tells the app's operational webhook."""
+        """Apply a PATCH. Disabling (reason ``manual``) parks pending deliveries; setting
+        ``status`` active (enabling, or on an active endpoint) starts it afresh, not
+        failing and its circuit closed, and resumes them. A change of status tells the
+        app's operational webhook (gateway/store/endpoint_health.py)."""
         async with self.db.transaction() as conn:
             current = make(Endpoint, _found(
                 await conn.fetchrow(QUERIES["get_endpoint_for_update"], app_id, endpoint_id),
                 "endpoint", endpoint_id))
             merged: dict[str, Any] = {
                 "url": current.url, "description": current.description,
-                "event_types": current.event_types, "status": current.status,
-                "disabled_reason": current.disabled_reason, **changes}
-            status = EndpointStatus(merged["status"])
-            if status is EndpointStatus.ACTIVE:
-                merged["disabled_reason"] = None
-            elif "disabled_reason" not in changes and current.status is EndpointStatus.ACTIVE:
-                merged["disabled_reason"] = "disabled by API"
+                "event_types": current.event_types, **changes}
+            status = changes.get("status")
+            if status == EndpointStatus.DISABLED:
+                await disable_endpoints(conn, [endpoint_id], DisabledReason.MANUAL)
+            elif status == EndpointStatus.ACTIVE:
+                await enable_endpoints(conn, [endpoint_id])
             row = await conn.fetchrow(
                 QUERIES["update_endpoint"], app_id, endpoint_id, merged["url"],
-                merged["description"], merged["event_types"], status.value,
-                merged["disabled_reason"],
-            )
-            if current.status is EndpointStatus.ACTIVE and status is EndpointStatus.DISABLED:
-                await conn.execute(QUERIES["park_deliveries"], [endpoint_id])
-                await emit_operational(conn, [endpoint_disabled(app_id, endpoint_id,
-                                                                merged["disabled_reason"])])
-            elif current.status is EndpointStatus.DISABLED and status is EndpointStatus.ACTIVE:
-                await conn.execute(QUERIES["unpark_deliveries"], endpoint_id)
-                await emit_operational(conn, [endpoint_enabled(app_id, endpoint_id)])
+                merged["description"], merged["event_types"])
         assert row is not None
         return make(Endpoint, row)
 

@@ -3,9 +3,10 @@ any number of dispatcher processes share one database, and ``NOTIFY`` wakes them
 
 Settling attempts also tells the live tail: each transaction that logs attempts sends
 their outcomes on ``gateway_outcomes`` (compact JSON, never a payload, secret or token),
-heard on commit by every API process. And it tells the apps' operational webhooks
-(:mod:`gateway.operational`) what the attempts changed, in the same transaction: an
-endpoint disabled, a delivery failed for good, a device pruned, credentials refused.
+heard on commit by every API process. In the same transaction it keeps the endpoints'
+health (:mod:`gateway.store.endpoint_health`) and tells the apps' operational webhooks
+(:mod:`gateway.operational`) what the attempts changed: an endpoint disabled, a delivery
+failed for good, a device pruned, credentials refused.
 """
 
 from __future__ import annotations
@@ -20,16 +21,17 @@ import asyncpg
 
 from adapters.base import DeliveryJob, DeviceTarget, EndpointTarget, EventView
 from gateway.crypto import Sealer, SecretUnreadable, open_credentials
+from gateway.health import HealthRules
 from gateway.operational import (
     OPERATIONAL_KIND,
     OperationalEvent,
     delivery_exhausted,
     device_invalidated,
-    endpoint_disabled,
 )
 from gateway.store.database import QUERIES, Database
+from gateway.store.endpoint_health import settle_health
 from gateway.store.operational import emit_credentials_rejected, emit_operational
-from gateway.store.queue import UNLIMITED, AttemptResult, Job, Rooms
+from gateway.store.queue import UNLIMITED, AttemptResult, Job, Rooms, Settlement
 from gateway.store.records import Row
 from gateway_client.models import DeliveryKind, DeliveryStatus, DeviceStatus, Platform, iso
 
@@ -41,27 +43,42 @@ if TYPE_CHECKING:
 CLAIM_SCAN_FACTOR = 4
 #: PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
 MAX_NOTIFY_BYTES = 7900
+#: A claim that parked deliveries behind open circuits (and so took less than it could)
+#: looks again, at most this many times in all.
+CLAIM_ROUNDS = 8
 
 
 class PostgresQueue:
     """:class:`~gateway.store.queue.Queue` and :class:`~gateway.store.queue.Fanout` on
     the gateway's database."""
 
-    def __init__(self, db: Database, sealer: Sealer | None = None) -> None:
+    def __init__(self, db: Database, sealer: Sealer | None = None,
+                 health: HealthRules | None = None) -> None:
         self.db = db
         self.sealer = sealer or Sealer(None)
+        self.health = health or HealthRules()
         #: Fan-outs take apps in turn; the app served last.
         self._last_fanout_app = ""
 
     async def claim(self, limit: int, lease_s: float, lease_id: uuid.UUID,
                     rooms: Rooms = UNLIMITED) -> list[Job]:
-        rows = await self.db.fetch(
-            "claim_due", limit, lease_s, lease_id,
-            list(rooms.endpoints), list(rooms.endpoints.values()),
-            list(rooms.kinds), list(rooms.kinds.values()),
-            list(rooms.apps), list(rooms.apps.values()),
-            rooms.endpoint, rooms.app, max(limit * CLAIM_SCAN_FACTOR, 100))
-        return [self._job(row, lease_id) for row in rows]
+        jobs: list[Job] = []
+        for _ in range(CLAIM_ROUNDS):
+            want = limit - len(jobs)
+            rows = await self.db.fetch(
+                "claim_due", want, lease_s, lease_id,
+                list(rooms.endpoints), list(rooms.endpoints.values()),
+                list(rooms.kinds), list(rooms.kinds.values()),
+                list(rooms.apps), list(rooms.apps.values()),
+                rooms.endpoint, rooms.app, max(want * CLAIM_SCAN_FACTOR, 100))
+            taken = [self._job(row, lease_id) for row in rows if row["id"] is not None]
+            jobs += taken
+            # Rows parked behind open circuits filled part of the scan: what lies beyond
+            # them may be due too.
+            if not rows[0]["parked"] or len(jobs) >= limit:
+                break
+            rooms = rooms.less(taken)
+        return jobs
 
     def _job(self, row: asyncpg.Record, lease_id: uuid.UUID) -> Job:
         """A claimed row as the adapters take it: its secrets opened only now, when used.
@@ -95,18 +112,10 @@ class PostgresQueue:
                    device_active=row["device_status"] in (None, DeviceStatus.ACTIVE),
                    unsendable=unsendable)
 
-    async def complete(self, results: Sequence[AttemptResult]) -> None:
-        gone = {r.disable_endpoint_id: r.disable_reason for r in results
-                if r.disable_endpoint_id}
+    async def complete(self, results: Sequence[AttemptResult]) -> Settlement:
         async with self.db.transaction() as conn:
             changed = await _log(conn, results)
             told: list[OperationalEvent] = []
-            for endpoint_id, reason in gone.items():
-                told += [endpoint_disabled(e["app_id"], e["id"], e["disabled_reason"])
-                         for e in await conn.fetch(QUERIES["disable_endpoints"],
-                                                   [endpoint_id], reason)]
-            if gone:
-                await conn.execute(QUERIES["park_deliveries"], list(gone))
             for r in results:
                 if r.prune_device_id:
                     pruned = await conn.fetchrow(QUERIES["prune_device"], r.prune_device_id,
@@ -119,11 +128,14 @@ class PostgresQueue:
             told += exhausted(results, changed)
             await emit_operational(conn, told)
             await emit_credentials_rejected(conn, refused_credentials(results, changed))
+            # Disabling (410 Gone, failing) tells the operational webhook there.
+            return await settle_health(conn, results, self.health)
 
-    async def reschedule(self, results: Sequence[AttemptResult]) -> None:
+    async def reschedule(self, results: Sequence[AttemptResult]) -> Settlement:
         async with self.db.transaction() as conn:
             changed = await _log(conn, results)
             await emit_credentials_rejected(conn, refused_credentials(results, changed))
+            return await settle_health(conn, results, self.health)
 
     async def release(self, lease_ids: Sequence[uuid.UUID]) -> None:
         if lease_ids:

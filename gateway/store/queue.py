@@ -9,18 +9,23 @@ attempt is then settled through :meth:`Queue.complete` (the delivery is over: de
 failed for good, or its target gone) or :meth:`Queue.reschedule` (try again later);
 either logs the attempt. A delivery moves on only while the caller's lease still holds
 it. Claimed work that was never attempted goes back with :meth:`Queue.release`.
+
+Settling also keeps each endpoint's health (:mod:`gateway.health`): an endpoint whose
+circuit is open gets nothing from a claim (its due deliveries wait, parked), a half-open
+one gets one probe across all claimers, and one that failed for the whole disable window
+is disabled.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Protocol
 
 from adapters.base import DeliveryJob
-from gateway_client.models import AttemptOutcome, DeliveryStatus
+from gateway_client.models import AttemptOutcome, DeliveryStatus, DisabledReason
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,21 @@ class Rooms:
         target = (self.endpoints.get(endpoint_id, self.endpoint) if endpoint_id is not None
                   else self.kinds.get(kind, self.endpoint))
         return target, self.apps.get(app_id, self.app)
+
+    def less(self, jobs: Sequence[Job]) -> Rooms:
+        """These rooms, less what ``jobs`` take up."""
+        endpoints, kinds, apps = dict(self.endpoints), dict(self.kinds), dict(self.apps)
+        for job in jobs:
+            delivery = job.delivery
+            target, app = self.room(delivery.app_id, delivery.kind,
+                                    delivery.endpoint.id if delivery.endpoint else None)
+            if delivery.endpoint is not None:
+                endpoints[delivery.endpoint.id] = endpoints.get(delivery.endpoint.id,
+                                                                target) - 1
+            else:
+                kinds[delivery.kind] = kinds.get(delivery.kind, target) - 1
+            apps[delivery.app_id] = apps.get(delivery.app_id, app) - 1
+        return replace(self, endpoints=endpoints, kinds=kinds, apps=apps)
 
 
 #: Rooms with no limit: a claim takes whatever is due.
@@ -83,7 +103,7 @@ class AttemptResult:
     error: str | None
     #: An endpoint to disable because of this attempt (it answered 410 Gone).
     disable_endpoint_id: str | None = None
-    disable_reason: str | None = None
+    disable_reason: DisabledReason | None = None
     #: A device to prune because of this attempt (the provider says its token is dead),
     #: unless it was registered again after ``prune_since``.
     prune_device_id: str | None = None
@@ -91,6 +111,27 @@ class AttemptResult:
     prune_since: datetime | None = None
     #: The provider refused the app's credentials, and said this.
     credentials_rejected: str | None = None
+    #: The endpoint this attempt was sent to (None for a push, or an attempt that never
+    #: left the gateway): its outcome counts towards that endpoint's health.
+    endpoint_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What settling some attempts did to their endpoints, as (app id, endpoint id)."""
+
+    #: Endpoints whose circuit was closed and opened now.
+    circuits_opened: tuple[tuple[str, str], ...] = ()
+    #: Endpoints disabled now because every attempt failed for the whole disable window.
+    disabled_failing: tuple[tuple[str, str], ...] = ()
+
+    def __add__(self, other: Settlement) -> Settlement:
+        return Settlement(self.circuits_opened + other.circuits_opened,
+                          self.disabled_failing + other.disabled_failing)
+
+
+#: Settling that changed no endpoint.
+NO_CHANGE = Settlement()
 
 
 class Queue(Protocol):
@@ -99,17 +140,21 @@ class Queue(Protocol):
     async def claim(self, limit: int, lease_s: float, lease_id: uuid.UUID,
                     rooms: Rooms = UNLIMITED) -> list[Job]:
         """Up to ``limit`` due deliveries no one holds, leased for ``lease_s`` seconds:
-        none whose endpoint is disabled or deleted, none past its target's or its app's
-        room, and, among those, apps in turn (each app's oldest due first)."""
+        none whose endpoint is disabled or deleted or whose circuit is open, none past
+        its target's or its app's room, and, among those, apps in turn (each app's oldest
+        due first). A half-open circuit's endpoint gets one delivery, its probe, unless
+        another claim took that already."""
         ...
 
-    async def complete(self, results: Sequence[AttemptResult]) -> None:
-        """Log each attempt; its delivery is over (succeeded or failed), its endpoint
-        disabled or its device pruned when the result says so."""
+    async def complete(self, results: Sequence[AttemptResult]) -> Settlement:
+        """Log each attempt and count it towards its endpoint's health; its delivery is
+        over (succeeded or failed), its endpoint disabled or its device pruned when the
+        result says so."""
         ...
 
-    async def reschedule(self, results: Sequence[AttemptResult]) -> None:
-        """Log each attempt; its delivery is due again at ``next_attempt_at``."""
+    async def reschedule(self, results: Sequence[AttemptResult]) -> Settlement:
+        """Log each attempt and count it towards its endpoint's health; its delivery is
+        due again at ``next_attempt_at``."""
         ...
 
     async def release(self, lease_ids: Sequence[uuid.UUID]) -> None:
@@ -117,7 +162,8 @@ class Queue(Protocol):
         ...
 
     async def next_due_at(self) -> datetime | None:
-        """When the next waiting delivery falls due (None: nothing waits)."""
+        """When the next waiting delivery falls due, or the next open circuit half-opens
+        (None: nothing waits)."""
         ...
 
 

@@ -16,14 +16,17 @@ import typing
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Generic, Protocol, TypeVar
 
+from gateway.health import circuit
 from gateway_client.models import (
     AttemptOutcome,
+    Circuit,
     DeliveryKind,
     DeliveryStatus,
     DeviceStatus,
+    DisabledReason,
     EndpointStatus,
     Platform,
     Provider,
@@ -85,10 +88,18 @@ class Endpoint:
     #: None: every event type.
     event_types: list[str] | None
     status: EndpointStatus
-    disabled_reason: str | None
+    disabled_reason: DisabledReason | None
     disabled_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    #: Its health (gateway/health.py): failing since (None while its last attempt
+    #: succeeded), and until when its circuit is open (None: closed).
+    failing_since: datetime | None
+    circuit_open_until: datetime | None
+
+    @property
+    def circuit(self) -> Circuit:
+        return circuit(self.circuit_open_until, datetime.now(UTC))
 
 
 @dataclass(frozen=True, slots=True)

@@ -341,14 +341,13 @@ async def test_cli_sets_shows_and_deletes_the_operational_webhook_which_is_told_
     _, shown, _ = await cli(env, "ops-webhook", "show", "--json")
     assert shown["url"] == receiver.url("/ops") and "secret" not in shown
     _, endpoint, _ = await cli(env, "endpoints", "create", receiver.url("/hook"), "--json")
-    await cli(env, "endpoints", "update", endpoint["id"], "--disable", "--reason",
-              "maintenance", "--json")
+    await cli(env, "endpoints", "update", endpoint["id"], "--disable", "--json")
     await receiver.wait_for(1, "/ops")
     request = receiver.on("/ops")[0]
     headers = {k.lower(): v for k, v in request.headers.items()}
     told = standardwebhooks.Webhook(made["secret"]).verify(request.body.decode(), headers)
     assert told["type"] == "endpoint.disabled"
-    assert told["data"] == {"endpoint_id": endpoint["id"], "reason": "maintenance"}
+    assert told["data"] == {"endpoint_id": endpoint["id"], "reason": "manual"}
     await cli(env, "ops-webhook", "delete", "--json")
     status, _, err = await cli(env, "ops-webhook", "show", ok=False)
     assert status == 1 and "404 not_found" in err

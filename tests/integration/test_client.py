@@ -93,8 +93,9 @@ async def test_endpoints_round_trip_through_every_method(
     assert isinstance(created, EndpointCreated) and created.secret.startswith("whsec_")
     assert (await gw.get_endpoint(created.id)).event_types == ["order.*"]
     assert [e.id for e in (await gw.list_endpoints(limit=10)).data] == [created.id]
-    disabled = await gw.update_endpoint(created.id, status="disabled", disabled_reason="x")
-    assert (disabled.status, disabled.disabled_reason) == ("disabled", "x")
+    disabled = await gw.update_endpoint(created.id, status="disabled")
+    assert (disabled.status, disabled.disabled_reason, disabled.circuit) == (
+        "disabled", "manual", "closed")
     everything = await gw.update_endpoint(created.id, event_types=None, status="active")
     assert (everything.event_types, everything.description, everything.status) == (
         None, "orders", "active")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -78,6 +78,13 @@ class Browser:
 @pytest.fixture
 def browser(api: Api) -> Browser:
     return Browser(api.session)
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """Deliveries here fail until their retries run out, several to one endpoint; the
+    circuit breaker (tests/integration/test_endpoint_health.py) stays out of the way."""
+    return replace(settings, circuit_failures=1000)
 
 
 async def new_app(api: Api, name: str) -> tuple[str, str]:
@@ -532,10 +539,10 @@ async def test_disable_and_enable_an_endpoint(api: Api, browser: Browser) -> Non
                              status="disabled")
     assert page.status == 303 and page.location.endswith("?notice=disabled")
     _, body = await api.call("GET", f"/v1/endpoints/{ep['id']}", key)
-    assert body["status"] == "disabled" and body["disabled_reason"] == \
-        "disabled from the dashboard"
+    assert body["status"] == "disabled" and body["disabled_reason"] == "manual"
     listed = await browser.get(page.location)
-    assert "disabled from the dashboard" in listed.text and ">Enable<" in listed.text
+    assert "manual: disabled through the API or here" in listed.text
+    assert ">Enable<" in listed.text
     page = await browser.act(f"{base}/endpoints", f"{base}/endpoints/{ep['id']}/status",
                              status="active")
     _, body = await api.call("GET", f"/v1/endpoints/{ep['id']}", key)
@@ -543,6 +550,34 @@ async def test_disable_and_enable_an_endpoint(api: Api, browser: Browser) -> Non
     bad = await browser.act(f"{base}/endpoints", f"{base}/endpoints/{ep['id']}/status",
                             status="deleted")
     assert bad.status == 422
+
+
+async def test_endpoints_show_their_circuit_and_since_when_they_fail(
+    api: Api, browser: Browser, dsn: str
+) -> None:
+    app_id, key = await new_app(api, "shop")
+    tripped = await api.new_endpoint(key, "http://127.0.0.1:9/down")
+    await api.new_endpoint(key, "http://127.0.0.1:9/fine")
+    conn = await asyncpg.connect(dsn)
+    try:  # as two failures in a row and a 60 s cooldown leave it
+        await conn.execute(
+            "UPDATE endpoints SET consecutive_failures = 2, circuit_open_until = now() + "
+            "interval '60 seconds', failing_since = now() - interval '2 hours' WHERE id = $1",
+            tripped["id"])
+    finally:
+        await conn.close()
+    await browser.login(key)
+    page = await browser.get(f"/dashboard/apps/{app_id}/endpoints")
+    row = page.text.split(f'id="{tripped["id"]}"', 1)[1].split("</tr>", 1)[0]
+    assert 'class="badge badge-open">open<' in row and "failing since 2 h 0 min ago" in row
+    assert page.text.count('class="badge badge-closed">closed<') == 1
+    assert row.count(">Close circuit<") == 1
+    closed = await browser.act(f"/dashboard/apps/{app_id}/endpoints",
+                               f"/dashboard/apps/{app_id}/endpoints/{tripped['id']}/status",
+                               status="active")
+    assert closed.status == 303
+    _, body = await api.call("GET", f"/v1/endpoints/{tripped['id']}", key)
+    assert (body["status"], body["circuit"]) == ("active", "closed")
 
 
 async def test_health_strip_counts_the_queue_and_tells_when_no_dispatcher_runs_here(

@@ -42,6 +42,8 @@ async def test_a_dispatcher_loop_that_dies_is_restarted_and_delivers(
 
     dispatcher.queue.claim = broken_once  # type: ignore[method-assign]
     dispatcher._wake.set()
+    # The loop has died: no claim it started before the patch can take the event.
+    await eventually(lambda: asyncio.sleep(0, calls >= 1))
     api = Api(client)
     key = await api.new_app()
     await api.new_endpoint(key, receiver.url())

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -15,13 +15,14 @@ import pytest
 
 from adapters.base import DeliveryJob, EndpointTarget, EventView, Outcome, Verdict
 from gateway.dispatcher import Dispatcher
+from gateway.health import HealthRules
 from gateway.retry import RetryPolicy
 from gateway.store.database import Database
 from gateway.store.memory_queue import InMemoryQueue
 from gateway.store.postgres import EventDraft, Store
 from gateway.store.postgres_queue import PostgresQueue
 from gateway.store.queue import AttemptResult, Job, Queue, Rooms
-from gateway_client.models import AttemptOutcome, DeliveryStatus, EndpointStatus
+from gateway_client.models import AttemptOutcome, DeliveryStatus, DisabledReason, EndpointStatus
 from tests.support import eventually
 
 
@@ -39,6 +40,11 @@ class Harness(Protocol):
     async def attempts(self, delivery_id: str) -> int: ...
 
     async def endpoint_status(self, endpoint: str) -> EndpointStatus: ...
+
+    async def endpoint_reason(self, endpoint: str) -> DisabledReason | None: ...
+
+    def use(self, rules: HealthRules) -> None:
+        """Keep endpoint health by these rules from now on."""
 
     async def all_due_at_once(self) -> None:
         """Give every pending delivery the same due time (a fan-out's batch has one)."""
@@ -67,6 +73,12 @@ class MemoryHarness:
 
     async def endpoint_status(self, endpoint: str) -> EndpointStatus:
         return self.queue.endpoints[endpoint]
+
+    async def endpoint_reason(self, endpoint: str) -> DisabledReason | None:
+        return self.queue.disabled_reasons.get(endpoint)
+
+    def use(self, rules: HealthRules) -> None:
+        self.queue.health = rules
 
     async def all_due_at_once(self) -> None:
         now = datetime.now(UTC)
@@ -107,6 +119,13 @@ class PostgresHarness:
     async def endpoint_status(self, endpoint: str) -> EndpointStatus:
         app_id, endpoint_id = self.endpoints[endpoint]
         return (await self.store.get_endpoint(app_id, endpoint_id)).status
+
+    async def endpoint_reason(self, endpoint: str) -> DisabledReason | None:
+        app_id, endpoint_id = self.endpoints[endpoint]
+        return (await self.store.get_endpoint(app_id, endpoint_id)).disabled_reason
+
+    def use(self, rules: HealthRules) -> None:
+        self.queue.health = rules
 
     async def all_due_at_once(self) -> None:
         async with self.queue.db.transaction() as conn:
@@ -259,8 +278,10 @@ async def test_a_gone_endpoint_is_disabled_and_its_other_deliveries_wait(
     assert job.delivery.delivery_id == first and job.delivery.endpoint is not None
     await harness.queue.complete([result(
         job, DeliveryStatus.FAILED, AttemptOutcome.GONE,
-        disable_endpoint_id=job.delivery.endpoint.id, disable_reason="410")])
+        disable_endpoint_id=job.delivery.endpoint.id, disable_reason=DisabledReason.GONE,
+        endpoint_id=job.delivery.endpoint.id)])
     assert await harness.endpoint_status("gone") is EndpointStatus.DISABLED
+    assert await harness.endpoint_reason("gone") is DisabledReason.GONE
     rest = await harness.queue.claim(10, 30, uuid.uuid4())
     assert [j.delivery.delivery_id for j in rest] == [other]
 
@@ -345,3 +366,104 @@ async def test_a_dispatcher_stopped_mid_send_gives_its_claims_back(harness: Harn
     assert await harness.status(delivery_id) is DeliveryStatus.PENDING
     (job,) = await harness.queue.claim(1, 30, uuid.uuid4())  # due again at once
     assert job.delivery.delivery_id == delivery_id
+
+
+# --- endpoint health (gateway/health.py) over either queue ------------------------------
+
+def failed(job: Job, *, at: datetime | None = None) -> AttemptResult:
+    """The attempt failed (a 503, say) and the delivery is due again at once."""
+    endpoint = job.delivery.endpoint
+    return replace(result(job, DeliveryStatus.PENDING, AttemptOutcome.RETRY,
+                          next_attempt_at=datetime.now(UTC),
+                          endpoint_id=endpoint.id if endpoint else None),
+                   status_code=503, attempted_at=at or datetime.now(UTC))
+
+
+def delivered(job: Job) -> AttemptResult:
+    endpoint = job.delivery.endpoint
+    return result(job, DeliveryStatus.SUCCEEDED, AttemptOutcome.DELIVERED,
+                  endpoint_id=endpoint.id if endpoint else None)
+
+
+async def test_failures_in_a_row_open_the_circuit_and_its_deliveries_are_not_claimed(
+        harness: Harness) -> None:
+    harness.use(HealthRules(circuit_failures=3, circuit_cooldown_s=60))
+    down = [await harness.add("down") for _ in range(5)]
+    up = await harness.add("up")
+    jobs = await harness.queue.claim(3, 30, uuid.uuid4(), Rooms(app=3))
+    assert [j.delivery.delivery_id for j in jobs] == down[:3]
+    settled = await harness.queue.reschedule([failed(j) for j in jobs])
+    assert [e for _, e in settled.circuits_opened] == [harness_endpoint(harness, "down")]
+    (job,) = await harness.queue.claim(10, 30, uuid.uuid4())
+    assert job.delivery.delivery_id == up  # every "down" delivery is due, none is claimed
+    await harness.queue.complete([delivered(job)])
+    assert await harness.queue.claim(10, 30, uuid.uuid4()) == []
+    assert [await harness.attempts(d) for d in down] == [1, 1, 1, 0, 0]
+    assert all([await harness.status(d) is DeliveryStatus.PENDING for d in down])
+    # Nothing is due before the cooldown ends: a dispatcher sleeps until then.
+    due = await harness.queue.next_due_at()
+    assert due is not None and due > datetime.now(UTC) + timedelta(seconds=30)
+
+
+async def test_a_half_open_circuit_lets_one_probe_through_and_its_success_closes_it(
+        harness: Harness) -> None:
+    harness.use(HealthRules(circuit_failures=2, circuit_cooldown_s=0.3))
+    down = [await harness.add("down") for _ in range(4)]
+    jobs = await harness.queue.claim(2, 30, uuid.uuid4(), Rooms(app=2))
+    await harness.queue.reschedule([failed(j) for j in jobs])
+    assert await harness.queue.claim(10, 30, uuid.uuid4()) == []
+    await asyncio.sleep(0.4)
+    (probe,) = await harness.queue.claim(10, 30, uuid.uuid4())
+    assert await harness.queue.claim(10, 30, uuid.uuid4()) == []  # one probe at a time
+    await harness.queue.complete([delivered(probe)])
+    rest = await harness.queue.claim(10, 30, uuid.uuid4())
+    assert sorted(j.delivery.delivery_id for j in rest) == sorted(
+        set(down) - {probe.delivery.delivery_id})
+
+
+async def test_a_failed_probe_opens_the_circuit_for_another_cooldown(
+        harness: Harness) -> None:
+    harness.use(HealthRules(circuit_failures=2, circuit_cooldown_s=0.3))
+    for _ in range(3):
+        await harness.add("down")
+    jobs = await harness.queue.claim(2, 30, uuid.uuid4(), Rooms(app=2))
+    await harness.queue.reschedule([failed(j) for j in jobs])
+    await asyncio.sleep(0.4)
+    (probe,) = await harness.queue.claim(10, 30, uuid.uuid4())
+    settled = await harness.queue.reschedule([failed(probe)])
+    assert settled.circuits_opened == ()  # it was open already: not counted again
+    assert await harness.queue.claim(10, 30, uuid.uuid4()) == []
+    await asyncio.sleep(0.4)
+    assert len(await harness.queue.claim(10, 30, uuid.uuid4())) == 1
+
+
+async def test_an_endpoint_failing_for_the_whole_window_is_disabled_as_failing(
+        harness: Harness) -> None:
+    harness.use(HealthRules(circuit_failures=100, disable_after_s=0.3))
+    for _ in range(3):
+        await harness.add("down")
+    (first,) = await harness.queue.claim(1, 30, uuid.uuid4())
+    settled = await harness.queue.reschedule([failed(first)])
+    assert settled.disabled_failing == ()
+    await asyncio.sleep(0.4)
+    (second,) = await harness.queue.claim(1, 30, uuid.uuid4())
+    settled = await harness.queue.reschedule([failed(second)])
+    assert [e for _, e in settled.disabled_failing] == [harness_endpoint(harness, "down")]
+    assert await harness.endpoint_status("down") is EndpointStatus.DISABLED
+    assert await harness.endpoint_reason("down") is DisabledReason.FAILING
+    assert await harness.queue.claim(10, 30, uuid.uuid4()) == []  # its deliveries wait
+
+
+async def test_a_success_in_between_restarts_the_disable_window(harness: Harness) -> None:
+    harness.use(HealthRules(circuit_failures=100, disable_after_s=0.3))
+    for _ in range(3):
+        await harness.add("flaky")
+    (first,) = await harness.queue.claim(1, 30, uuid.uuid4())
+    await harness.queue.reschedule([failed(first)])
+    await asyncio.sleep(0.4)
+    (second,) = await harness.queue.claim(1, 30, uuid.uuid4())
+    await harness.queue.complete([delivered(second)])
+    (third,) = await harness.queue.claim(1, 30, uuid.uuid4())
+    settled = await harness.queue.reschedule([failed(third)])
+    assert settled.disabled_failing == ()
+    assert await harness.endpoint_status("flaky") is EndpointStatus.ACTIVE

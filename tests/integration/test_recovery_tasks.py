@@ -21,6 +21,13 @@ from gateway_client.models import TaskKind, iso
 from tests.support import ADMIN_KEY, Api, Receiver, eventually
 
 
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """Deliveries here fail until their retries run out, several to one endpoint; the
+    circuit breaker (tests/integration/test_endpoint_health.py) stays out of the way."""
+    return dataclasses.replace(settings, circuit_failures=1000)
+
+
 async def deliveries(api: Api, key: str, **query: str) -> list[dict[str, Any]]:
     status, body = await api.call("GET", "/v1/deliveries", key,
                                   params={"limit": "250", **query})

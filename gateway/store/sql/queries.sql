@@ -150,12 +150,12 @@ SELECT count(*) AS n FROM endpoints WHERE app_id = $1 AND deleted_at IS NULL;
 INSERT INTO endpoints (id, app_id, url, description, event_types, secret)
 VALUES ($1, $2, $3, $4, $5, $6)
 RETURNING id, app_id, url, description, event_types, status, disabled_reason, disabled_at,
-          created_at, updated_at, secret;
+          created_at, updated_at, failing_since, circuit_open_until, secret;
 
 -- name: list_endpoints
 -- $1 app id, $2 cursor (id, exclusive, or NULL), $3 limit
 SELECT id, app_id, url, description, event_types, status, disabled_reason, disabled_at,
-       created_at, updated_at
+       created_at, updated_at, failing_since, circuit_open_until
 FROM endpoints
 WHERE app_id = $1 AND deleted_at IS NULL AND ($2::text IS NULL OR id < $2)
 ORDER BY id DESC LIMIT $3;
@@ -163,13 +163,13 @@ ORDER BY id DESC LIMIT $3;
 -- name: get_endpoint
 -- $1 app id, $2 endpoint id
 SELECT id, app_id, url, description, event_types, status, disabled_reason, disabled_at,
-       created_at, updated_at
+       created_at, updated_at, failing_since, circuit_open_until
 FROM endpoints WHERE app_id = $1 AND id = $2 AND deleted_at IS NULL;
 
 -- name: get_endpoint_for_update
 -- $1 app id, $2 endpoint id
 SELECT id, app_id, url, description, event_types, status, disabled_reason, disabled_at,
-       created_at, updated_at
+       created_at, updated_at, failing_since, circuit_open_until
 FROM endpoints WHERE app_id = $1 AND id = $2 AND deleted_at IS NULL FOR UPDATE;
 
 -- name: get_endpoint_secret
@@ -178,15 +178,14 @@ SELECT secret, previous_secret_expires_at
 FROM endpoints WHERE app_id = $1 AND id = $2 AND deleted_at IS NULL;
 
 -- name: update_endpoint
--- $1 app id, $2 endpoint id, $3 url, $4 description, $5 event_types, $6 status,
--- $7 disabled_reason
+-- $1 app id, $2 endpoint id, $3 url, $4 description, $5 event_types. Disabling and
+-- enabling go through disable_endpoints and enable_endpoints
+-- (gateway/store/endpoint_health.py).
 UPDATE endpoints SET
-    url = $3, description = $4, event_types = $5, status = $6, disabled_reason = $7,
-    disabled_at = CASE WHEN $6 = 'disabled' THEN coalesce(disabled_at, now()) END,
-    updated_at = now()
+    url = $3, description = $4, event_types = $5, updated_at = now()
 WHERE app_id = $1 AND id = $2 AND deleted_at IS NULL
 RETURNING id, app_id, url, description, event_types, status, disabled_reason, disabled_at,
-          created_at, updated_at;
+          created_at, updated_at, failing_since, circuit_open_until;
 
 -- name: delete_endpoint
 -- $1 app id, $2 endpoint id. Its pending deliveries fail: they have nowhere to go.
@@ -216,21 +215,13 @@ RETURNING secret, previous_secret_expires_at;
 UPDATE deliveries SET next_attempt_at = 'infinity', updated_at = now()
 WHERE endpoint_id = ANY($1::text[]) AND status = 'pending' AND lease_id IS NULL;
 
--- name: unpark_deliveries
--- $1 endpoint id. Wakes the dispatchers when the transaction commits.
-WITH woken AS (
-    UPDATE deliveries SET next_attempt_at = now(), updated_at = now()
-    WHERE endpoint_id = $1 AND status = 'pending' AND next_attempt_at = 'infinity'
-    RETURNING 1
-)
-SELECT pg_notify('gateway_deliveries', '') WHERE EXISTS (SELECT 1 FROM woken);
-
 -- name: disable_endpoints
--- $1 endpoint ids, $2 reason. Returns the ones it disabled (for endpoint.disabled).
+-- $1 endpoint ids, $2 reason ('gone' | 'failing' | 'manual'). The one way an endpoint is
+-- disabled (gateway/store/endpoint_health.py); returns those it disabled.
 UPDATE endpoints SET status = 'disabled', disabled_reason = $2,
     disabled_at = now(), updated_at = now()
 WHERE id = ANY($1::text[]) AND status = 'active'
-RETURNING app_id, id, disabled_reason;
+RETURNING id, app_id;
 
 -- --- event types (the catalog) -------------------------------------------------------
 -- Listed by name; the cursor is the last name of the previous page.
@@ -485,6 +476,12 @@ SELECT requeued.* FROM requeued LEFT JOIN woke ON true;
 -- first), so one app's backlog or hanging endpoints never crowd out another's; extends
 -- their due time by the lease (a crashed claimer's work comes back by itself), and
 -- returns what each needs to be sent.
+-- An endpoint whose circuit is not closed (gateway/health.py) gets nothing from the scan:
+-- the due deliveries it meets there are parked, out of the due index's way until the
+-- circuit closes. A half-open one gets one probe, the oldest of its parked deliveries,
+-- taken by marking the endpoint (circuit_probe_until, for the lease), so one probe is out
+-- at a time across all dispatchers. The first row says how many were parked ("parked");
+-- when nothing was claimed it is the only row, its id NULL.
 WITH full_targets AS (
     SELECT array_agg(id) FILTER (WHERE room <= 0) AS endpoints
     FROM unnest($4::text[], $5::int[]) AS r(id, room)
@@ -513,6 +510,50 @@ WITH full_targets AS (
     -- rows): the ordered index walk, stopping after $12, however few rows it expects.
     LIMIT (SELECT $12::bigint)
     FOR UPDATE OF d SKIP LOCKED
+), tripped AS (
+    SELECT e.id FROM endpoints e
+    WHERE e.id IN (SELECT endpoint_id FROM candidates) AND e.circuit_open_until IS NOT NULL
+), parkable AS (
+    -- Share-locked: a circuit closing meanwhile waits for this claim, then resumes what it
+    -- parked (gateway/store/endpoint_health.py). One being written right now is skipped:
+    -- its deliveries stay due for the next claim.
+    SELECT e.id FROM endpoints e
+    WHERE e.id IN (SELECT id FROM tripped) AND e.circuit_open_until IS NOT NULL
+    FOR SHARE SKIP LOCKED
+), parked AS (
+    UPDATE deliveries d SET next_attempt_at = 'infinity', updated_at = now()
+    FROM candidates c
+    WHERE c.endpoint_id IN (SELECT id FROM parkable) AND d.app_id = c.app_id AND d.id = c.id
+    RETURNING 1
+), half_open AS (
+    SELECT e.id, e.app_id FROM endpoints e
+    WHERE e.circuit_open_until <= now()
+      AND (e.circuit_probe_until IS NULL OR e.circuit_probe_until <= now())
+      AND e.status = 'active' AND e.deleted_at IS NULL
+      AND e.app_id NOT IN (SELECT a FROM unnest($8::text[], $9::int[]) AS r(a, room)
+                           WHERE room <= 0)
+      AND e.app_id NOT IN (SELECT id FROM apps WHERE deleted_at IS NOT NULL)
+      AND EXISTS (SELECT 1 FROM deliveries d
+                  WHERE d.endpoint_id = e.id AND d.next_attempt_at = 'infinity'
+                    AND d.status = 'pending')
+    ORDER BY e.circuit_open_until
+    LIMIT $1
+    FOR UPDATE OF e SKIP LOCKED
+), probes AS (
+    SELECT p.app_id, p.id, h.id AS endpoint_id
+    FROM half_open h
+    CROSS JOIN LATERAL (
+        SELECT d.app_id, d.id FROM deliveries d
+        WHERE d.endpoint_id = h.id AND d.app_id = h.app_id
+          AND d.next_attempt_at = 'infinity' AND d.status = 'pending'
+        ORDER BY d.id
+        LIMIT 1
+        FOR UPDATE SKIP LOCKED
+    ) p
+), probing AS (
+    UPDATE endpoints e SET circuit_probe_until = now() + make_interval(secs => $2)
+    FROM probes WHERE e.id = probes.endpoint_id
+    RETURNING e.id
 ), ranked AS (
     SELECT c.app_id, c.id, c.next_attempt_at,
            -- One total order (due time, then id) for both counts: the first due row of
@@ -527,15 +568,19 @@ WITH full_targets AS (
     LEFT JOIN unnest($6::text[], $7::int[]) AS k(kind, room)
         ON c.endpoint_id IS NULL AND k.kind = c.kind
     LEFT JOIN unnest($8::text[], $9::int[]) AS ap(id, room) ON ap.id = c.app_id
+    WHERE c.endpoint_id IS NULL OR c.endpoint_id NOT IN (SELECT id FROM tripped)
 ), chosen AS (
     SELECT app_id, id FROM ranked
     WHERE nth_of_target <= target_room AND nth_of_app <= app_room
     ORDER BY nth_of_app, next_attempt_at, id
-    LIMIT $1
+    LIMIT greatest($1 - (SELECT count(*) FROM probes), 0)
 ), claimed AS (
     UPDATE deliveries d
     SET next_attempt_at = now() + make_interval(secs => $2), lease_id = $3
-    FROM chosen WHERE d.app_id = chosen.app_id AND d.id = chosen.id
+    FROM (SELECT app_id, id FROM chosen
+          UNION ALL
+          SELECT app_id, id FROM probes WHERE endpoint_id IN (SELECT id FROM probing)) pick
+    WHERE d.app_id = pick.app_id AND d.id = pick.id
     RETURNING d.id, d.app_id, d.event_id, d.endpoint_id, d.device_id, d.kind, d.schedule_pos,
               d.attempt_count
 )
@@ -548,13 +593,16 @@ SELECT c.id, c.app_id, c.event_id, c.endpoint_id, c.device_id, c.kind, c.schedul
            AS previous_secret,
        dv.token AS device_token, dv.platform, dv.status AS device_status,
        CASE WHEN c.kind <> 'webhook' THEN ev.notification END AS notification,
-       pc.config AS credentials
-FROM claimed c
-JOIN events ev ON ev.app_id = c.app_id AND ev.id = c.event_id
-LEFT JOIN endpoints ep ON ep.id = c.endpoint_id
-LEFT JOIN operational_webhooks ow ON c.kind = 'operational' AND ow.id = c.endpoint_id
-LEFT JOIN devices dv ON dv.id = c.device_id
-LEFT JOIN push_credentials pc ON pc.app_id = c.app_id AND pc.provider = c.kind;
+       pc.config AS credentials, n.parked
+FROM (SELECT count(*)::int AS parked FROM parked) n
+LEFT JOIN (claimed c
+           JOIN events ev ON ev.app_id = c.app_id AND ev.id = c.event_id
+           LEFT JOIN endpoints ep ON ep.id = c.endpoint_id
+           LEFT JOIN operational_webhooks ow
+               ON c.kind = 'operational' AND ow.id = c.endpoint_id
+           LEFT JOIN devices dv ON dv.id = c.device_id
+           LEFT JOIN push_credentials pc ON pc.app_id = c.app_id AND pc.provider = c.kind)
+    ON true;
 
 -- name: record_results
 -- Arrays of one length: $1 delivery ids, $2 lease ids, $3 new statuses,
@@ -609,8 +657,13 @@ UPDATE deliveries SET next_attempt_at = now(), lease_id = NULL, updated_at = now
 WHERE lease_id = ANY($1::uuid[]) AND status = 'pending';
 
 -- name: next_due_at
-SELECT min(next_attempt_at) AS due FROM deliveries
-WHERE status = 'pending' AND next_attempt_at < 'infinity';
+-- When the next delivery falls due, or the next open circuit turns half-open (its parked
+-- deliveries then have a probe to send).
+SELECT least(
+    (SELECT min(next_attempt_at) FROM deliveries
+     WHERE status = 'pending' AND next_attempt_at < 'infinity'),
+    (SELECT min(circuit_open_until) FROM endpoints
+     WHERE circuit_open_until > now() AND status = 'active' AND deleted_at IS NULL)) AS due;
 
 -- --- push fan-out ----------------------------------------------------------------------
 
@@ -1387,3 +1440,91 @@ UPDATE tasks SET status = 'failed', error = $3, updated_at = now(), finished_at 
 WHERE app_id = $1 AND id = $2
 RETURNING app_id, id, kind, status, endpoint_id, since, until, cursor, counts, error,
           created_at, updated_at, finished_at;
+
+-- --- endpoint health (gateway/health.py, gateway/store/endpoint_health.py) -----------
+
+-- name: endpoint_health
+-- $1 endpoint ids, $2 whether each attempt succeeded, $3 when each was made (arrays of one
+-- length: the attempts sent to an endpoint), $4 failures in a row that open a circuit,
+-- $5 its cooldown in seconds, $6 seconds of nothing but failures that disable an
+-- endpoint. Carries out gateway/health.py settle() for each endpoint, writing only those
+-- whose health changes (an endpoint whose attempts succeed is never written); returns
+-- each written one, whether its circuit opened or closed, and whether to disable it.
+WITH a AS (
+    SELECT * FROM unnest($1::text[], $2::bool[], $3::timestamptz[]) AS a(endpoint_id, ok, at)
+), tally AS (
+    SELECT a.endpoint_id, b.last_ok,
+           count(*) FILTER (WHERE NOT a.ok AND (b.last_ok IS NULL OR a.at > b.last_ok))::int
+               AS failed,
+           min(a.at) FILTER (WHERE NOT a.ok AND (b.last_ok IS NULL OR a.at > b.last_ok))
+               AS first_failed
+    FROM a
+    JOIN (SELECT endpoint_id, max(at) FILTER (WHERE ok) AS last_ok FROM a
+          GROUP BY endpoint_id) b USING (endpoint_id)
+    GROUP BY a.endpoint_id, b.last_ok
+), old AS (
+    -- Locked in id order, so two writers of the same endpoints never deadlock.
+    SELECT e.id, e.consecutive_failures, e.failing_since, e.circuit_open_until,
+           e.circuit_probe_until
+    FROM endpoints e JOIN tally t ON t.endpoint_id = e.id
+    WHERE t.failed > 0 OR e.consecutive_failures > 0 OR e.failing_since IS NOT NULL
+       OR e.circuit_open_until IS NOT NULL
+    ORDER BY e.id
+    FOR UPDATE OF e
+), new AS (
+    SELECT o.id, o.circuit_open_until AS was_open_until, o.circuit_probe_until, t.failed,
+           CASE WHEN t.last_ok IS NOT NULL THEN t.failed
+                ELSE o.consecutive_failures + t.failed END AS failures,
+           CASE WHEN t.last_ok IS NOT NULL THEN t.first_failed
+                ELSE coalesce(o.failing_since, t.first_failed) END AS failing_since,
+           t.last_ok
+    FROM old o JOIN tally t ON t.endpoint_id = o.id
+), decided AS (
+    SELECT n.*, CASE
+        WHEN n.failed > 0 AND (n.failures >= $4 OR n.was_open_until IS NOT NULL)
+            THEN now() + make_interval(secs => $5)
+        WHEN n.last_ok IS NOT NULL THEN NULL
+        ELSE n.was_open_until END AS open_until
+    FROM new n
+)
+UPDATE endpoints e SET
+    consecutive_failures = d.failures, failing_since = d.failing_since,
+    circuit_open_until = d.open_until,
+    circuit_probe_until = CASE WHEN d.open_until IS DISTINCT FROM d.was_open_until
+                               THEN NULL ELSE d.circuit_probe_until END
+FROM decided d
+WHERE e.id = d.id
+RETURNING e.id, e.app_id,
+          d.was_open_until IS NULL AND d.open_until IS NOT NULL AS opened,
+          d.was_open_until IS NOT NULL AND d.open_until IS NULL AS closed,
+          coalesce(d.failed > 0 AND d.failing_since <= now() - make_interval(secs => $6),
+                   false) AS disable;
+
+-- name: enable_endpoints
+-- $1 endpoint ids: active, with a clean slate (no reason, not failing, circuit closed).
+-- Then resume_endpoints, in a statement of its own.
+-- Returns each with whether it was disabled before (for endpoint.enabled).
+WITH before AS (
+    SELECT id, status FROM endpoints
+    WHERE id = ANY($1::text[]) AND deleted_at IS NULL
+    FOR UPDATE
+)
+UPDATE endpoints e SET status = 'active', disabled_reason = NULL, disabled_at = NULL,
+    failing_since = NULL, consecutive_failures = 0, circuit_open_until = NULL,
+    circuit_probe_until = NULL, updated_at = now()
+FROM before b
+WHERE e.id = b.id
+RETURNING e.id, e.app_id, b.status = 'disabled' AS was_disabled;
+
+-- name: resume_endpoints
+-- $1 endpoint ids: the parked deliveries of those that are active with a closed circuit
+-- are due now (from the deliveries_parked index). Wakes the dispatchers on commit.
+WITH woken AS (
+    UPDATE deliveries d SET next_attempt_at = now(), updated_at = now()
+    FROM endpoints e
+    WHERE e.id = ANY($1::text[]) AND e.status = 'active' AND e.deleted_at IS NULL
+      AND e.circuit_open_until IS NULL
+      AND d.endpoint_id = e.id AND d.next_attempt_at = 'infinity' AND d.status = 'pending'
+    RETURNING 1
+)
+SELECT pg_notify('gateway_deliveries', '') WHERE EXISTS (SELECT 1 FROM woken);

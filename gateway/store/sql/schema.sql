@@ -81,6 +81,7 @@ CREATE INDEX deliveries_by_endpoint ON ONLY public.deliveries USING btree (endpo
 CREATE INDEX deliveries_by_event_before_0005 ON ONLY public.deliveries USING btree (event_id) WHERE (substr(id, 5, 12) <> substr(event_id, 5, 12));
 CREATE INDEX deliveries_due ON ONLY public.deliveries USING btree (next_attempt_at) WHERE (status = 'pending'::text);
 CREATE INDEX deliveries_open ON ONLY public.deliveries USING btree (app_id, status, id) WHERE (status <> 'succeeded'::text);
+CREATE INDEX deliveries_parked ON ONLY public.deliveries USING btree (endpoint_id, id) WHERE ((next_attempt_at = 'infinity'::timestamp with time zone) AND (status = 'pending'::text));
 
 CREATE TABLE devices (
     id text NOT NULL,
@@ -121,12 +122,18 @@ CREATE TABLE endpoints (
     previous_secret_expires_at timestamp with time zone,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
-    deleted_at timestamp with time zone
+    deleted_at timestamp with time zone,
+    failing_since timestamp with time zone,
+    consecutive_failures integer DEFAULT 0 NOT NULL,
+    circuit_open_until timestamp with time zone,
+    circuit_probe_until timestamp with time zone
 );
 ALTER TABLE endpoints ADD CONSTRAINT endpoints_app_id_fkey FOREIGN KEY (app_id) REFERENCES apps(id);
+ALTER TABLE endpoints ADD CONSTRAINT endpoints_disabled_reason_check CHECK ((disabled_reason = ANY (ARRAY['gone'::text, 'failing'::text, 'manual'::text])));
 ALTER TABLE endpoints ADD CONSTRAINT endpoints_pkey PRIMARY KEY (id);
 ALTER TABLE endpoints ADD CONSTRAINT endpoints_status_check CHECK ((status = ANY (ARRAY['active'::text, 'disabled'::text])));
 CREATE INDEX endpoints_by_app ON public.endpoints USING btree (app_id, id) WHERE (deleted_at IS NULL);
+CREATE INDEX endpoints_tripped ON public.endpoints USING btree (circuit_open_until) WHERE (circuit_open_until IS NOT NULL);
 
 CREATE TABLE event_types (
     app_id text NOT NULL,
