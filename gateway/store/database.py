@@ -71,8 +71,12 @@ def load_migrations() -> list[Migration]:
         if match:
             found.append(Migration(int(match[1]), match[2], entry.read_text("utf-8")))
     found.sort(key=lambda m: m.version)
-    if [m.version for m in found] != list(range(1, len(found) + 1)):
-        raise ValueError("migrations must be numbered 0001, 0002, … without gaps")
+    versions = [m.version for m in found]
+    # Numbers are handed out to changes while they are made, so a later one may land
+    # before an earlier one: a gap is allowed (the missing one applies when it arrives),
+    # a number used twice is not.
+    if len(set(versions)) != len(versions) or (versions and versions[0] != 1):
+        raise ValueError("migrations must be numbered from 0001, each number once")
     return found
 
 

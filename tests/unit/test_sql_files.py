@@ -23,9 +23,9 @@ def test_a_query_defined_twice_is_refused() -> None:
         load_queries("-- name: a\nSELECT 1;\n-- name: a\nSELECT 2;\n")
 
 
-def test_migrations_are_numbered_in_order_from_one() -> None:
+def test_migrations_are_numbered_in_order_from_one_each_number_once() -> None:
     versions = [m.version for m in load_migrations()]
-    assert versions == list(range(1, len(versions) + 1))
+    assert versions[0] == 1 and versions == sorted(set(versions))
 
 
 def test_a_broken_connection_is_unavailable_but_a_wrong_query_is_a_bug() -> None:
