@@ -118,7 +118,8 @@ def create_app(
     async def database(app: web.Application) -> AsyncIterator[None]:
         db = await Database.connect(dsn, max_size=settings.db_pool_size)
         app[appkeys.STORE] = store = make_store(db, settings)
-        app[appkeys.QUEUE] = PostgresQueue(db, store.sealer)
+        app[appkeys.QUEUE] = PostgresQueue(db, store.sealer,
+                                           rate_margin_s=settings.endpoint_rate_margin_s)
         app[appkeys.AUTH] = Authenticator(
             app[appkeys.STORE], settings.admin_key or "",
             FailureLimiter(settings.auth_failures, settings.auth_failure_window_s,

@@ -216,7 +216,9 @@ class Dispatcher:
             if len(jobs) == want:
                 await asyncio.sleep(0)
                 continue
-            await self._idle(claimed=len(jobs))
+            # Deliveries held back for a rate limit were booked out of the way: what was
+            # due behind them can be claimed at once.
+            await self._idle(claimed=len(jobs) + jobs.held_back)
 
     async def _idle(self, claimed: int) -> None:
         """Wait for due work, a wake-up or, when what is due is held back by full rooms

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import asyncpg
 
 from gateway.crypto import SECRET_FIELDS, Sealer, open_credentials, seal_credentials
+from gateway.endpoint_headers import open_headers, seal_headers
 from gateway.errors import (
     DeliveryNotRetryable,
     IdempotencyKeyReused,
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
 
 R = TypeVar("R")
 A = TypeVar("A", bound=App)
+E = TypeVar("E", bound=Endpoint)
 
 IDEMPOTENCY_WINDOW_S = 24 * 3600
 ROTATION_GRACE_S = 24 * 3600
@@ -139,6 +141,10 @@ def _or(value: int | None, default: int) -> int:
     return default if value is None else value
 
 
+def _json_or_null(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
 class Store:
     def __init__(self, db: Database, *, sealer: Sealer | None = None,
                  limits: Limits = DEFAULT_LIMITS) -> None:
@@ -190,10 +196,18 @@ class Store:
 
     # --- endpoints --------------------------------------------------------------------
 
+    def _endpoint(self, cls: type[E], row: Row, **extra: Any) -> E:
+        """An endpoint record from its row, its headers' values opened."""
+        return make(cls, row, headers=dict(open_headers(self.sealer, row["id"],
+                                                        row["headers"])), **extra)
+
     async def create_endpoint(
-        self, app_id: str, url: str, description: str, event_types: list[str] | None
+        self, app_id: str, url: str, description: str, event_types: list[str] | None, *,
+        rate_limit: int | None = None, headers: dict[str, str] | None = None,
+        filter_: dict[str, Any] | None = None,
     ) -> CreatedEndpoint:
-        """A new endpoint, within the app's ``max_endpoints``."""
+        """A new endpoint, within the app's ``max_endpoints``; ``headers`` and ``filter_``
+        as :mod:`gateway.endpoint_headers` and :mod:`gateway.filters` checked them."""
         endpoint_id, secret = new_id("ep"), new_webhook_secret()
         async with self.db.transaction() as conn:
             own = await conn.fetchval(QUERIES["lock_app"], app_id)
@@ -205,18 +219,23 @@ class Store:
                     details=[{"limit": "max_endpoints", "value": allowed}])
             row = await conn.fetchrow(
                 QUERIES["create_endpoint"], endpoint_id, app_id, url, description,
-                event_types, self.sealer.seal(secret, f"endpoint:{endpoint_id}"))
+                event_types, self.sealer.seal(secret, f"endpoint:{endpoint_id}"),
+                rate_limit, seal_headers(self.sealer, endpoint_id, headers or {}),
+                _json_or_null(filter_))
+            if rate_limit is not None:
+                await conn.execute(QUERIES["ensure_send_rate"], endpoint_id)
         assert row is not None
-        return make(CreatedEndpoint, row, secret=secret)
+        return self._endpoint(CreatedEndpoint, row, secret=secret)
 
     async def list_endpoints(self, app_id: str, cursor: str | None,
                              limit: int) -> Page[Endpoint]:
         rows = await self.db.fetch("list_endpoints", app_id, cursor, limit + 1)
-        return _page(Endpoint, rows, limit)
+        return Page([self._endpoint(Endpoint, r) for r in rows[:limit]],
+                    str(rows[limit - 1]["id"]) if len(rows) > limit else None)
 
     async def get_endpoint(self, app_id: str, endpoint_id: str) -> Endpoint:
         row = await self.db.fetchrow("get_endpoint", app_id, endpoint_id)
-        return make(Endpoint, _found(row, "endpoint", endpoint_id))
+        return self._endpoint(Endpoint, _found(row, "endpoint", endpoint_id))
 
     async def get_endpoint_secret(self, app_id: str, endpoint_id: str) -> EndpointSecret:
         row = _found(await self.db.fetchrow("get_endpoint_secret", app_id, endpoint_id),
@@ -227,31 +246,45 @@ class Store:
     async def update_endpoint(
         self, app_id: str, endpoint_id: str, changes: dict[str, Any]
     ) -> Endpoint:
-        """Apply a PATCH; disabling parks pending deliveries, enabling resumes them."""
+        """Apply a PATCH; disabling parks pending deliveries, enabling resumes them, and
+        a new rate limit books held-back deliveries again under it."""
         async with self.db.transaction() as conn:
-            current = make(Endpoint, _found(
+            found = _found(
                 await conn.fetchrow(QUERIES["get_endpoint_for_update"], app_id, endpoint_id),
-                "endpoint", endpoint_id))
+                "endpoint", endpoint_id)
+            current = self._endpoint(Endpoint, found)
             merged: dict[str, Any] = {
                 "url": current.url, "description": current.description,
                 "event_types": current.event_types, "status": current.status,
-                "disabled_reason": current.disabled_reason, **changes}
+                "disabled_reason": current.disabled_reason,
+                "rate_limit": current.rate_limit, "filter": current.filter, **changes}
             status = EndpointStatus(merged["status"])
             if status is EndpointStatus.ACTIVE:
                 merged["disabled_reason"] = None
             elif "disabled_reason" not in changes and current.status is EndpointStatus.ACTIVE:
                 merged["disabled_reason"] = "disabled by API"
+            headers = found["headers"] if "headers" not in changes else seal_headers(
+                self.sealer, endpoint_id, changes["headers"] or {})
             row = await conn.fetchrow(
                 QUERIES["update_endpoint"], app_id, endpoint_id, merged["url"],
                 merged["description"], merged["event_types"], status.value,
-                merged["disabled_reason"],
+                merged["disabled_reason"], merged["rate_limit"], headers,
+                _json_or_null(merged["filter"]),
             )
+            enabled = (current.status is EndpointStatus.DISABLED
+                       and status is EndpointStatus.ACTIVE)
             if current.status is EndpointStatus.ACTIVE and status is EndpointStatus.DISABLED:
                 await conn.execute(QUERIES["park_deliveries"], [endpoint_id])
-            elif current.status is EndpointStatus.DISABLED and status is EndpointStatus.ACTIVE:
+            elif enabled:
                 await conn.execute(QUERIES["unpark_deliveries"], endpoint_id)
+            if merged["rate_limit"] != current.rate_limit:
+                await conn.execute(QUERIES["release_booked"], endpoint_id, app_id)
+            if merged["rate_limit"] != current.rate_limit or enabled:
+                await conn.execute(QUERIES["reset_booking"], endpoint_id)
+            if merged["rate_limit"] is not None:
+                await conn.execute(QUERIES["ensure_send_rate"], endpoint_id)
         assert row is not None
-        return make(Endpoint, row)
+        return self._endpoint(Endpoint, row)
 
     async def delete_endpoint(self, app_id: str, endpoint_id: str) -> None:
         """Delete it; its pending deliveries fail, having nowhere to go."""
@@ -625,6 +658,23 @@ class Store:
                     await self.db.execute("reseal_app", r["id"],
                                           again(r["user_token_secret"], f"app:{r['id']}"))
                     changed["apps"] += 1
+            cursor = rows[-1]["id"]
+        changed["endpoint_headers"] = await self._reseal_headers(batch)
+        return changed
+
+    async def _reseal_headers(self, batch: int) -> int:
+        """Endpoints' custom header values sealed under the newest key; how many
+        endpoints changed."""
+        changed = 0
+        cursor = ""
+        while rows := await self.db.fetch("endpoint_headers_to_reseal", cursor, batch):
+            for r in rows:
+                stored = json.loads(r["headers"])
+                if any(self.sealer.stale(value) for value in stored.values()):
+                    opened = dict(open_headers(self.sealer, r["id"], stored))
+                    await self.db.execute("reseal_endpoint_headers", r["id"],
+                                          seal_headers(self.sealer, r["id"], opened))
+                    changed += 1
             cursor = rows[-1]["id"]
         return changed
 

@@ -18,8 +18,10 @@ import asyncpg
 
 from adapters.base import DeliveryJob, DeviceTarget, EndpointTarget, EventView
 from gateway.crypto import Sealer, SecretUnreadable, open_credentials
+from gateway.endpoint_headers import open_headers
+from gateway.sendrate import DEFAULT_RATE_MARGIN_S, LAG_TOLERANCE_S
 from gateway.store.database import QUERIES, Database
-from gateway.store.queue import UNLIMITED, AttemptResult, Job, Rooms
+from gateway.store.queue import UNLIMITED, AttemptResult, Claim, Job, Rooms
 from gateway.store.records import Row
 from gateway_client.models import DeliveryKind, DeviceStatus, Platform, iso
 
@@ -37,21 +39,26 @@ class PostgresQueue:
     """:class:`~gateway.store.queue.Queue` and :class:`~gateway.store.queue.Fanout` on
     the gateway's database."""
 
-    def __init__(self, db: Database, sealer: Sealer | None = None) -> None:
+    def __init__(self, db: Database, sealer: Sealer | None = None, *,
+                 rate_margin_s: float = DEFAULT_RATE_MARGIN_S) -> None:
         self.db = db
         self.sealer = sealer or Sealer(None)
+        #: Endpoint rate limits hold over 1 s plus this (gateway/sendrate.py).
+        self.rate_margin_s = rate_margin_s
         #: Fan-outs take apps in turn; the app served last.
         self._last_fanout_app = ""
 
     async def claim(self, limit: int, lease_s: float, lease_id: uuid.UUID,
-                    rooms: Rooms = UNLIMITED) -> list[Job]:
+                    rooms: Rooms = UNLIMITED) -> Claim:
         rows = await self.db.fetch(
             "claim_due", limit, lease_s, lease_id,
             list(rooms.endpoints), list(rooms.endpoints.values()),
             list(rooms.kinds), list(rooms.kinds.values()),
             list(rooms.apps), list(rooms.apps.values()),
-            rooms.endpoint, rooms.app, max(limit * CLAIM_SCAN_FACTOR, 100))
-        return [self._job(row, lease_id) for row in rows]
+            rooms.endpoint, rooms.app, max(limit * CLAIM_SCAN_FACTOR, 100),
+            1.0 + self.rate_margin_s, LAG_TOLERANCE_S)
+        return Claim((self._job(row, lease_id) for row in rows if row["id"] is not None),
+                     held_back=rows[0]["held_back"] if rows else 0)
 
     def _job(self, row: asyncpg.Record, lease_id: uuid.UUID) -> Job:
         """A claimed row as the adapters take it: its secrets opened only now, when used.
@@ -64,7 +71,9 @@ class PostgresQueue:
                 context = f"endpoint:{row['endpoint_id']}"
                 secrets = tuple(self.sealer.open(s, context)
                                 for s in (row["secret"], row["previous_secret"]) if s)
-                endpoint = EndpointTarget(row["endpoint_id"], row["url"], secrets)
+                endpoint = EndpointTarget(row["endpoint_id"], row["url"], secrets,
+                                          open_headers(self.sealer, row["endpoint_id"],
+                                                       row["headers"]))
             if row["credentials"]:
                 credentials = open_credentials(self.sealer, row["app_id"], row["kind"],
                                                json.loads(row["credentials"]))

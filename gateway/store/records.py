@@ -72,6 +72,12 @@ class Endpoint:
     disabled_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    #: Sends per second (None: no limit).
+    rate_limit: int | None
+    #: Sent with every delivery (opened: the store seals the values).
+    headers: dict[str, str]
+    #: {dotted path: value or [values]} the payload must match (None: every event).
+    filter: dict[str, Any] | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -106,16 +106,19 @@ SELECT user_token_secret FROM apps WHERE id = $1;
 SELECT count(*) AS n FROM endpoints WHERE app_id = $1 AND deleted_at IS NULL;
 
 -- name: create_endpoint
--- $1 id, $2 app id, $3 url, $4 description, $5 event_types (NULL = all), $6 secret (sealed)
-INSERT INTO endpoints (id, app_id, url, description, event_types, secret)
-VALUES ($1, $2, $3, $4, $5, $6)
+-- $1 id, $2 app id, $3 url, $4 description, $5 event_types (NULL = all), $6 secret (sealed),
+-- $7 rate_limit (NULL = none), $8 headers (JSON text, values sealed), $9 filter (JSON
+-- text, NULL = every event)
+INSERT INTO endpoints (id, app_id, url, description, event_types, secret, rate_limit,
+                       headers, filter)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb)
 RETURNING id, app_id, url, description, event_types, status, disabled_reason, disabled_at,
-          created_at, updated_at, secret;
+          created_at, updated_at, rate_limit, headers, filter, secret;
 
 -- name: list_endpoints
 -- $1 app id, $2 cursor (id, exclusive, or NULL), $3 limit
 SELECT id, app_id, url, description, event_types, status, disabled_reason, disabled_at,
-       created_at, updated_at
+       created_at, updated_at, rate_limit, headers, filter
 FROM endpoints
 WHERE app_id = $1 AND deleted_at IS NULL AND ($2::text IS NULL OR id < $2)
 ORDER BY id DESC LIMIT $3;
@@ -123,13 +126,13 @@ ORDER BY id DESC LIMIT $3;
 -- name: get_endpoint
 -- $1 app id, $2 endpoint id
 SELECT id, app_id, url, description, event_types, status, disabled_reason, disabled_at,
-       created_at, updated_at
+       created_at, updated_at, rate_limit, headers, filter
 FROM endpoints WHERE app_id = $1 AND id = $2 AND deleted_at IS NULL;
 
 -- name: get_endpoint_for_update
 -- $1 app id, $2 endpoint id
 SELECT id, app_id, url, description, event_types, status, disabled_reason, disabled_at,
-       created_at, updated_at
+       created_at, updated_at, rate_limit, headers, filter
 FROM endpoints WHERE app_id = $1 AND id = $2 AND deleted_at IS NULL FOR UPDATE;
 
 -- name: get_endpoint_secret
@@ -139,14 +142,16 @@ FROM endpoints WHERE app_id = $1 AND id = $2 AND deleted_at IS NULL;
 
 -- name: update_endpoint
 -- $1 app id, $2 endpoint id, $3 url, $4 description, $5 event_types, $6 status,
--- $7 disabled_reason
+-- $7 disabled_reason, $8 rate_limit, $9 headers (JSON text, values sealed), $10 filter
+-- (JSON text or NULL)
 UPDATE endpoints SET
     url = $3, description = $4, event_types = $5, status = $6, disabled_reason = $7,
     disabled_at = CASE WHEN $6 = 'disabled' THEN coalesce(disabled_at, now()) END,
+    rate_limit = $8, headers = $9::jsonb, filter = $10::jsonb,
     updated_at = now()
 WHERE app_id = $1 AND id = $2 AND deleted_at IS NULL
 RETURNING id, app_id, url, description, event_types, status, disabled_reason, disabled_at,
-          created_at, updated_at;
+          created_at, updated_at, rate_limit, headers, filter;
 
 -- name: delete_endpoint
 -- $1 app id, $2 endpoint id. Its pending deliveries fail: they have nowhere to go.
@@ -214,8 +219,8 @@ WHERE k.created_at >= now() - make_interval(secs => $3);
 -- name: insert_events
 -- $1 ids, $2 app ids, $3 types, $4 raw payloads, $5 created_at, $6 push targets as JSON
 -- text ({"user_ids", "topics", "notification"}) or NULL (arrays of one length).
--- Creates each event and one pending delivery per active endpoint subscribed to its type,
--- and wakes the dispatchers (and the fan-out, for push targets) at commit: one statement,
+-- Creates each event and one pending delivery per active endpoint subscribed to its type
+-- whose filter (if any) its payload passes, and wakes the dispatchers (and the fan-out, for push targets) at commit: one statement,
 -- so without idempotency keys it needs no explicit transaction. Push targets are expanded
 -- later by the fan-out. Returns how many webhook deliveries were created.
 WITH ev AS (
@@ -230,7 +235,7 @@ WITH ev AS (
            CASE WHEN u.push IS NOT NULL THEN 'pending' END
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[])
         AS u(id, app_id, type, payload, created_at, push)
-    RETURNING id, app_id, type, created_at, fanout_status
+    RETURNING id, app_id, type, payload, created_at, fanout_status
 ), dl AS (
     INSERT INTO deliveries (id, app_id, event_id, endpoint_id, kind, next_attempt_at,
                             created_at, updated_at)
@@ -244,6 +249,9 @@ WITH ev AS (
         AND (ep.event_types IS NULL OR ev.type = ANY(ep.event_types)
              OR (array_to_string(ep.event_types, ',') LIKE '%*%'
                  AND gateway_type_matches(ep.event_types, ev.type)))
+        -- The payload is read as jsonb only for endpoints with a filter.
+        AND (ep.filter IS NULL
+             OR gateway_filter_matches(ep.filter, gateway_payload_jsonb(ev.payload)))
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM dl) AS deliveries,
@@ -388,12 +396,15 @@ SELECT requeued.* FROM requeued LEFT JOIN woke ON true;
 -- $1 limit, $2 lease seconds, $3 lease id; the claimer's rooms (gateway/store/queue.py
 -- Rooms): $4 endpoint ids with $5 their rooms, $6 push kinds with $7 their rooms, $8 app
 -- ids with $9 their rooms (arrays of one length, pairwise), $10 the room of an endpoint
--- and $11 of an app not named; $12 how many due rows one claim looks at.
+-- and $11 of an app not named; $12 how many due rows one claim looks at; $13 the window
+-- (seconds) in which an endpoint's rate_limit holds and $14 the lateness a booked send
+-- may have (gateway/sendrate.py).
 -- Takes due deliveries no other dispatcher holds and whose endpoint is active, none past
 -- its target's or its app's room, apps in turn (each app's oldest first), so one app's
 -- backlog or hanging endpoints never crowd out another's; extends their due time by the
 -- lease (a crashed claimer's work comes back by itself), and returns what each needs to
--- be sent.
+-- be sent. A rate-limited endpoint gives what its send schedule allows now; its other
+-- due deliveries are not taken but booked the next free send times, oldest first.
 WITH full_targets AS (
     SELECT array_agg(id) FILTER (WHERE room <= 0) AS endpoints
     FROM unnest($4::text[], $5::int[]) AS r(id, room)
@@ -415,25 +426,83 @@ WITH full_targets AS (
     ORDER BY d.next_attempt_at, d.id
     LIMIT $12
     FOR UPDATE OF d SKIP LOCKED
+), rates AS (
+    -- The send schedules of the rate-limited endpoints among the candidates, locked in
+    -- id order: the claims of every process take turns on each, and never deadlock.
+    SELECT r.endpoint_id, r.tat, r.booked_until, e.rate_limit,
+           greatest(1, e.rate_limit / 20) AS burst  -- sendrate.BURST_DIVISOR
+    FROM endpoint_send_rates r
+    JOIN endpoints e ON e.id = r.endpoint_id
+    WHERE e.rate_limit IS NOT NULL
+      AND r.endpoint_id IN (SELECT endpoint_id FROM candidates)
+    ORDER BY r.endpoint_id
+    FOR UPDATE OF r
+), budgets AS (
+    -- How many sends each may start now: the generic cell rate algorithm, as
+    -- gateway/sendrate.py SendRate.budget (the clock read once the schedule is ours).
+    SELECT endpoint_id, tat, booked_until, at, interval_s, tolerance_s,
+           greatest(0, floor((tolerance_s - extract(epoch FROM greatest(tat, at) - at)::float8)
+                             / interval_s)::int + 1) AS budget
+    FROM (SELECT endpoint_id, tat, booked_until, at, interval_s,
+                 interval_s * (burst - 1) + $14::float8 AS tolerance_s
+          FROM (SELECT endpoint_id, tat, booked_until, burst, clock_timestamp() AS at,
+                       ceil(($13::float8 + $14::float8) / (rate_limit - burst + 1) * 1e6)
+                           / 1e6 AS interval_s
+                FROM rates) p) r
 ), ranked AS (
-    SELECT c.app_id, c.id, c.next_attempt_at,
+    SELECT c.app_id, c.id, c.endpoint_id, c.next_attempt_at,
            -- One total order (due time, then id) for both counts: the first due row of
            -- any app and target is first in both, so a claim with room takes something.
            row_number() OVER (PARTITION BY coalesce(c.endpoint_id, c.kind)
                               ORDER BY c.next_attempt_at, c.id) AS nth_of_target,
            row_number() OVER (PARTITION BY c.app_id
                               ORDER BY c.next_attempt_at, c.id) AS nth_of_app,
-           coalesce(ep.room, k.room, $10) AS target_room, coalesce(ap.room, $11) AS app_room
+           least(coalesce(ep.room, k.room, $10), coalesce(b.budget, $10)) AS target_room,
+           coalesce(ap.room, $11) AS app_room, b.budget
     FROM candidates c
     LEFT JOIN unnest($4::text[], $5::int[]) AS ep(id, room) ON ep.id = c.endpoint_id
     LEFT JOIN unnest($6::text[], $7::int[]) AS k(kind, room)
         ON c.endpoint_id IS NULL AND k.kind = c.kind
     LEFT JOIN unnest($8::text[], $9::int[]) AS ap(id, room) ON ap.id = c.app_id
+    LEFT JOIN budgets b ON b.endpoint_id = c.endpoint_id
 ), chosen AS (
-    SELECT app_id, id FROM ranked
+    SELECT app_id, id, endpoint_id FROM ranked
     WHERE nth_of_target <= target_room AND nth_of_app <= app_room
     ORDER BY nth_of_app, next_attempt_at, id
     LIMIT $1
+), held AS (
+    -- Due deliveries of rate-limited endpoints past what the schedule allows now: the
+    -- kth of an endpoint gets its kth next free send time.
+    SELECT app_id, id, endpoint_id, nth_of_target - budget - 1 AS k FROM ranked
+    WHERE nth_of_target > budget
+), schedules AS (
+    -- Each schedule after this claim (SendRate.spend and SendRate.booking_start).
+    SELECT b.endpoint_id, b.interval_s, s.tat, h.held,
+           CASE WHEN b.booked_until IS NULL THEN f.free
+                ELSE greatest(f.free, b.booked_until + make_interval(secs => b.interval_s))
+           END AS first_slot
+    FROM budgets b
+    CROSS JOIN LATERAL (
+        SELECT greatest(b.tat, b.at) + make_interval(secs => b.interval_s * count(*)) AS tat
+        FROM chosen c WHERE c.endpoint_id = b.endpoint_id) s
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS held FROM held WHERE held.endpoint_id = b.endpoint_id) h
+    CROSS JOIN LATERAL (
+        SELECT greatest(b.at, greatest(b.tat, b.at)
+                              + make_interval(secs => b.interval_s * b.budget
+                                                      - b.tolerance_s)) AS free) f
+), moved AS (
+    UPDATE endpoint_send_rates r SET
+        tat = s.tat,
+        booked_until = CASE WHEN s.held > 0
+            THEN s.first_slot + make_interval(secs => s.interval_s * (s.held - 1))
+            ELSE r.booked_until END
+    FROM schedules s WHERE r.endpoint_id = s.endpoint_id
+), booked AS (
+    UPDATE deliveries d
+    SET next_attempt_at = s.first_slot + make_interval(secs => s.interval_s * h.k)
+    FROM held h JOIN schedules s ON s.endpoint_id = h.endpoint_id
+    WHERE d.app_id = h.app_id AND d.id = h.id
 ), claimed AS (
     UPDATE deliveries d
     SET next_attempt_at = now() + make_interval(secs => $2), lease_id = $3
@@ -441,19 +510,23 @@ WITH full_targets AS (
     RETURNING d.id, d.app_id, d.event_id, d.endpoint_id, d.device_id, d.kind, d.schedule_pos,
               d.attempt_count
 )
-SELECT c.id, c.app_id, c.event_id, c.endpoint_id, c.device_id, c.kind, c.schedule_pos,
-       c.attempt_count, ev.type AS event_type, ev.payload,
+-- One row per claimed delivery, or a single row of NULLs when none was: held_back (how
+-- many were booked for later) is on every row.
+SELECT h.held_back, c.id, c.app_id, c.event_id, c.endpoint_id, c.device_id, c.kind,
+       c.schedule_pos, c.attempt_count, ev.type AS event_type, ev.payload,
        ev.created_at AS event_created_at, ep.url, ep.secret,
        CASE WHEN ep.previous_secret_expires_at > now() THEN ep.previous_secret END
            AS previous_secret,
        dv.token AS device_token, dv.platform, dv.status AS device_status,
        CASE WHEN c.kind <> 'webhook' THEN ev.notification END AS notification,
-       pc.config AS credentials
-FROM claimed c
-JOIN events ev ON ev.app_id = c.app_id AND ev.id = c.event_id
-LEFT JOIN endpoints ep ON ep.id = c.endpoint_id
-LEFT JOIN devices dv ON dv.id = c.device_id
-LEFT JOIN push_credentials pc ON pc.app_id = c.app_id AND pc.provider = c.kind;
+       pc.config AS credentials, ep.headers
+FROM (SELECT count(*)::int AS held_back FROM held) h
+LEFT JOIN (claimed c
+           JOIN events ev ON ev.app_id = c.app_id AND ev.id = c.event_id
+           LEFT JOIN endpoints ep ON ep.id = c.endpoint_id
+           LEFT JOIN devices dv ON dv.id = c.device_id
+           LEFT JOIN push_credentials pc ON pc.app_id = c.app_id AND pc.provider = c.kind)
+    ON true;
 
 -- name: record_results
 -- Arrays of one length: $1 delivery ids, $2 lease ids, $3 new statuses,
@@ -923,3 +996,37 @@ SELECT version FROM schema_migrations;
 -- name: record_migration
 -- $1 version, $2 name
 INSERT INTO schema_migrations (version, name) VALUES ($1, $2);
+
+-- --- endpoint options: rate limits, headers, filters (migration 0009) -----------------
+
+-- name: ensure_send_rate
+-- $1 endpoint id: the send schedule a rate-limited endpoint's claims lock (claim_due).
+INSERT INTO endpoint_send_rates (endpoint_id) VALUES ($1) ON CONFLICT DO NOTHING;
+
+-- name: release_booked
+-- $1 endpoint id, $2 app id. Its pending deliveries booked a later send time by its rate
+-- limit come due at once, to be booked again under the limit it has now (a delivery
+-- waiting to be retried within the booked span comes early too). Deliveries before the
+-- schedule (reset_booking): a claim locks the schedule while holding deliveries, so
+-- taking them in the other order could deadlock. Wakes the dispatchers on commit.
+WITH released AS (
+    UPDATE deliveries SET next_attempt_at = now()
+    WHERE app_id = $2 AND endpoint_id = $1 AND status = 'pending' AND lease_id IS NULL
+      AND next_attempt_at > now()
+      AND next_attempt_at <= (SELECT booked_until FROM endpoint_send_rates
+                              WHERE endpoint_id = $1)
+    RETURNING 1
+)
+SELECT pg_notify('gateway_deliveries', '') WHERE EXISTS (SELECT 1 FROM released);
+
+-- name: reset_booking
+-- $1 endpoint id: held-back deliveries are booked from the next free send time again.
+UPDATE endpoint_send_rates SET booked_until = NULL WHERE endpoint_id = $1;
+
+-- name: endpoint_headers_to_reseal
+-- $1 cursor (id, exclusive; '' to start), $2 limit: endpoints with custom headers.
+SELECT id, headers FROM endpoints WHERE id > $1 AND headers <> '{}' ORDER BY id LIMIT $2;
+
+-- name: reseal_endpoint_headers
+-- $1 id, $2 headers (JSON text, values sealed)
+UPDATE endpoints SET headers = $2::jsonb WHERE id = $1;
