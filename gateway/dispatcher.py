@@ -204,6 +204,8 @@ class Dispatcher:
                 backoff = min(backoff * 2, self.poll_interval_s)
                 continue
             backoff = 0.05
+            if jobs.held_back and self.metrics is not None:
+                self.metrics.rate_limited.inc(jobs.held_back)
             for job in jobs:
                 target = _target(job)
                 app_id = job.delivery.app_id

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import uuid
 from dataclasses import replace
 from typing import Any
@@ -27,10 +28,11 @@ from tests.support import ADMIN_KEY, Api, Receiver, eventually
 from tests.unit.test_filters import CASES
 
 
-async def gateway(aiohttp_client: Any, dsn: str, settings: Settings, **changes: Any) -> Api:
-    """One more gateway process (API and dispatcher) on the same database."""
+async def gateway(aiohttp_client: Any, dsn: str, settings: Settings, *,
+                  dispatcher: bool = True, **changes: Any) -> Api:
+    """One more gateway process (API, and dispatcher unless told) on the same database."""
     client: TestClient[Any, Any] = await aiohttp_client(
-        create_app(replace(settings, **changes), dsn))
+        create_app(replace(settings, **changes), dsn, dispatcher=dispatcher))
     return Api(client)
 
 
@@ -178,6 +180,36 @@ async def test_header_values_are_sealed_at_rest_and_never_logged(
     status, shown = await api.call("GET", f"/v1/endpoints/{ep['id']}", key)
     assert status == 200 and shown["headers"] == {"Authorization": "Bearer tok-42"}
     assert "tok-42" not in captured.getvalue()
+
+
+async def test_header_values_stored_before_a_key_are_sealed_by_reseal_and_bound_to_their_row(
+        aiohttp_client: Any, dsn: str, settings: Settings, receiver: Receiver) -> None:
+    plain = await gateway(aiohttp_client, dsn, settings, dispatcher=False)
+    key = await plain.new_app()
+    ep = await plain.new_endpoint(key, receiver.url(), headers={"X-Token": "plain-7"})
+    other = await plain.new_endpoint(key, receiver.url("/other"), headers={"X-Token": "x"})
+    sealed_key = crypto.new_key()
+    db = await Database.connect(dsn, max_size=2)
+    try:
+        changed = await Store(db, sealer=crypto.Sealer(sealed_key)).reseal()
+        assert changed["endpoint_headers"] == 2
+        stored = await db.fetch("endpoint_headers_to_reseal", "", 10)
+        assert all("plain-7" not in str(r["headers"]) for r in stored)
+        # A sealed value copied to another endpoint does not open there.
+        async with db.connection() as conn:
+            await conn.execute("UPDATE endpoints SET headers = (SELECT headers FROM endpoints "
+                               "WHERE id = $1) WHERE id = $2", ep["id"], other["id"])
+    finally:
+        await db.close()
+    api = await gateway(aiohttp_client, dsn, settings, secret_key=sealed_key)
+    status, shown = await api.call("GET", f"/v1/endpoints/{ep['id']}", key)
+    assert status == 200 and shown["headers"] == {"X-Token": "plain-7"}
+    status, body = await api.call("GET", f"/v1/endpoints/{other['id']}", key)
+    assert status == 500 and body["error"]["code"] == "secret_unreadable"
+    await api.emit(key)
+    await receiver.wait_for(1, "/hook")
+    assert receiver.on("/hook")[0].headers["X-Token"] == "plain-7"
+    assert receiver.on("/other") == []  # unsendable where it does not open: retried later
 
 
 # --- filters ---------------------------------------------------------------------------
@@ -362,6 +394,10 @@ async def test_deliveries_held_back_by_a_rate_limit_hold_no_dispatch_slot(
     # Two slots only: had the held-back ones kept them, the fast endpoint would have
     # waited for the whole backlog.
     assert len(receiver.on("/slow")) <= 10
+    async with api.session.get("/metrics") as resp:
+        text = await resp.text()
+    held = re.search(r"^gateway_deliveries_rate_limited_total (\S+)$", text, re.MULTILINE)
+    assert held is not None and float(held[1]) >= 19
 
 
 async def test_changing_the_limit_sends_the_held_back_deliveries_under_the_new_one(
