@@ -223,7 +223,7 @@ class Store:
                 rate_limit, seal_headers(self.sealer, endpoint_id, headers or {}),
                 _json_or_null(filter_))
             if rate_limit is not None:
-                await conn.execute(QUERIES["ensure_send_rate"], endpoint_id)
+                await conn.execute(QUERIES["create_send_rate"], endpoint_id, rate_limit)
         assert row is not None
         return self._endpoint(CreatedEndpoint, row, secret=secret)
 
@@ -277,12 +277,13 @@ class Store:
                 await conn.execute(QUERIES["park_deliveries"], [endpoint_id])
             elif enabled:
                 await conn.execute(QUERIES["unpark_deliveries"], endpoint_id)
-            if merged["rate_limit"] != current.rate_limit:
-                await conn.execute(QUERIES["release_booked"], endpoint_id, app_id)
+            booked_until = None
             if merged["rate_limit"] != current.rate_limit or enabled:
-                await conn.execute(QUERIES["reset_booking"], endpoint_id)
-            if merged["rate_limit"] is not None:
-                await conn.execute(QUERIES["ensure_send_rate"], endpoint_id)
+                booked_until = await conn.fetchval(QUERIES["reset_send_rate"], endpoint_id,
+                                                   merged["rate_limit"])
+        # Once committed: deliveries held back under the old limit (see release_booked).
+        if merged["rate_limit"] != current.rate_limit and booked_until is not None:
+            await self.db.execute("release_booked", endpoint_id, app_id, booked_until)
         assert row is not None
         return self._endpoint(Endpoint, row)
 

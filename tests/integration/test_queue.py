@@ -282,7 +282,7 @@ async def test_a_rate_limited_endpoint_gives_a_claim_its_budget_and_books_the_re
         harness: Harness) -> None:
     limited = [await harness.add("limited") for _ in range(5)]
     other = await harness.add("other")
-    await harness.set_rate_limit("limited", 10)  # one send now, then one every 0.115 s
+    await harness.set_rate_limit("limited", 2)  # one send now, then one every 0.575 s
     claim = await harness.queue.claim(10, 30, uuid.uuid4())
     assert sorted(j.delivery.delivery_id for j in claim) == sorted([limited[0], other])
     assert claim.held_back == 4
@@ -296,11 +296,11 @@ async def test_a_rate_limited_endpoint_gives_a_claim_its_budget_and_books_the_re
     assert due is not None and due > datetime.now(UTC) - timedelta(seconds=0.05)
     # ...and each taken in turn, oldest first, when its time comes.
     taken: list[str] = []
-    while len(taken) < 4:
+    while len(taken) < 2:
         await asyncio.sleep(0.02)
         taken += [j.delivery.delivery_id for j in
                   await harness.queue.claim(10, 30, uuid.uuid4())]
-    assert taken == limited[1:]
+    assert taken == limited[1:3]
 
 
 async def test_claiming_as_fast_as_possible_never_beats_the_limit(harness: Harness) -> None:

@@ -429,11 +429,10 @@ WITH full_targets AS (
 ), rates AS (
     -- The send schedules of the rate-limited endpoints among the candidates, locked in
     -- id order: the claims of every process take turns on each, and never deadlock.
-    SELECT r.endpoint_id, r.tat, r.booked_until, e.rate_limit,
-           greatest(1, e.rate_limit / 20) AS burst  -- sendrate.BURST_DIVISOR
+    SELECT r.endpoint_id, r.tat, r.booked_until, r.rate_limit,
+           greatest(1, r.rate_limit / 20) AS burst  -- sendrate.BURST_DIVISOR
     FROM endpoint_send_rates r
-    JOIN endpoints e ON e.id = r.endpoint_id
-    WHERE e.rate_limit IS NOT NULL
+    WHERE r.rate_limit IS NOT NULL
       AND r.endpoint_id IN (SELECT endpoint_id FROM candidates)
     ORDER BY r.endpoint_id
     FOR UPDATE OF r
@@ -999,29 +998,43 @@ INSERT INTO schema_migrations (version, name) VALUES ($1, $2);
 
 -- --- endpoint options: rate limits, headers, filters (migration 0009) -----------------
 
--- name: ensure_send_rate
--- $1 endpoint id: the send schedule a rate-limited endpoint's claims lock (claim_due).
-INSERT INTO endpoint_send_rates (endpoint_id) VALUES ($1) ON CONFLICT DO NOTHING;
+-- name: create_send_rate
+-- $1 endpoint id, $2 its rate_limit: the send schedule its claims lock (claim_due).
+INSERT INTO endpoint_send_rates (endpoint_id, rate_limit) VALUES ($1, $2);
+
+-- name: reset_send_rate
+-- $1 endpoint id, $2 its rate_limit now (NULL: none). The schedule takes the new limit,
+-- and held-back deliveries are booked from the next free send time again. Waits for a
+-- claim moving the schedule right now (claims waiting behind this one then read the new
+-- limit); returns the last send time handed out until then (NULL: none), for
+-- release_booked.
+WITH old AS (
+    SELECT endpoint_id, booked_until FROM endpoint_send_rates WHERE endpoint_id = $1
+    FOR UPDATE
+), reset AS (
+    UPDATE endpoint_send_rates r SET rate_limit = $2, booked_until = NULL
+    FROM old WHERE r.endpoint_id = old.endpoint_id
+    RETURNING old.booked_until
+), made AS (
+    INSERT INTO endpoint_send_rates (endpoint_id, rate_limit)
+    SELECT $1, $2 WHERE $2::int IS NOT NULL AND NOT EXISTS (SELECT 1 FROM old)
+)
+SELECT booked_until FROM reset;
 
 -- name: release_booked
--- $1 endpoint id, $2 app id. Its pending deliveries booked a later send time by its rate
--- limit come due at once, to be booked again under the limit it has now (a delivery
--- waiting to be retried within the booked span comes early too). Deliveries before the
--- schedule (reset_booking): a claim locks the schedule while holding deliveries, so
--- taking them in the other order could deadlock. Wakes the dispatchers on commit.
+-- $1 endpoint id, $2 app id, $3 the last send time booked (reset_send_rate). Its pending
+-- deliveries booked a later send time by its rate limit come due at once, to be booked
+-- again under the limit it has now (a delivery waiting to be retried within the booked
+-- span comes early too). Run after the transaction that changed the limit: a claim locks
+-- the schedule while holding deliveries, so taking them in the other order could
+-- deadlock. Wakes the dispatchers.
 WITH released AS (
     UPDATE deliveries SET next_attempt_at = now()
     WHERE app_id = $2 AND endpoint_id = $1 AND status = 'pending' AND lease_id IS NULL
-      AND next_attempt_at > now()
-      AND next_attempt_at <= (SELECT booked_until FROM endpoint_send_rates
-                              WHERE endpoint_id = $1)
+      AND next_attempt_at > now() AND next_attempt_at <= $3
     RETURNING 1
 )
 SELECT pg_notify('gateway_deliveries', '') WHERE EXISTS (SELECT 1 FROM released);
-
--- name: reset_booking
--- $1 endpoint id: held-back deliveries are booked from the next free send time again.
-UPDATE endpoint_send_rates SET booked_until = NULL WHERE endpoint_id = $1;
 
 -- name: endpoint_headers_to_reseal
 -- $1 cursor (id, exclusive; '' to start), $2 limit: endpoints with custom headers.

@@ -104,11 +104,13 @@ CREATE INDEX devices_by_user ON public.devices USING btree (app_id, user_id, id)
 
 CREATE TABLE endpoint_send_rates (
     endpoint_id text NOT NULL,
+    rate_limit integer,
     tat timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
     booked_until timestamp with time zone
 );
 ALTER TABLE endpoint_send_rates ADD CONSTRAINT endpoint_send_rates_endpoint_id_fkey FOREIGN KEY (endpoint_id) REFERENCES endpoints(id) ON DELETE CASCADE;
 ALTER TABLE endpoint_send_rates ADD CONSTRAINT endpoint_send_rates_pkey PRIMARY KEY (endpoint_id);
+ALTER TABLE endpoint_send_rates ADD CONSTRAINT endpoint_send_rates_rate_limit_check CHECK ((rate_limit > 0));
 
 CREATE TABLE endpoints (
     id text NOT NULL,

@@ -12,11 +12,14 @@ ALTER TABLE endpoints
 
 -- The send schedule of each rate-limited endpoint, shared by every dispatcher process: a
 -- claim locks the rows of the endpoints it takes from (in id order) and moves them on in
--- the same statement (claim_due). tat: the generic cell rate algorithm's theoretical
--- arrival time, when the endpoint's schedule is clear; booked_until: the last send time
--- handed to a delivery held back by the limit (the next one held back goes after it).
+-- the same statement (claim_due). rate_limit: the endpoint's, copied here under this
+-- row's lock when it changes, so a claim reads the limit and the schedule as one (NULL:
+-- no limit any more); tat: the generic cell rate algorithm's theoretical arrival time,
+-- when the endpoint's schedule is clear; booked_until: the last send time handed to a
+-- delivery held back by the limit (the next one held back goes after it).
 CREATE TABLE endpoint_send_rates (
     endpoint_id text COLLATE "C" PRIMARY KEY REFERENCES endpoints (id) ON DELETE CASCADE,
+    rate_limit integer CHECK (rate_limit > 0),
     tat timestamptz NOT NULL DEFAULT '-infinity',
     booked_until timestamptz
 );
