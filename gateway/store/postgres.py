@@ -21,6 +21,7 @@ import asyncpg
 from gateway.crypto import SECRET_FIELDS, Sealer, open_credentials, seal_credentials
 from gateway.endpoint_headers import open_headers, seal_headers
 from gateway.errors import (
+    DatabaseUnavailable,
     DeliveryNotRetryable,
     IdempotencyKeyReused,
     LimitExceeded,
@@ -252,7 +253,8 @@ class Store:
             found = _found(
                 await conn.fetchrow(QUERIES["get_endpoint_for_update"], app_id, endpoint_id),
                 "endpoint", endpoint_id)
-            current = self._endpoint(Endpoint, found)
+            # Its headers stay sealed here: a PATCH may replace ones no key opens any more.
+            current = make(Endpoint, found, headers={})
             merged: dict[str, Any] = {
                 "url": current.url, "description": current.description,
                 "event_types": current.event_types, "status": current.status,
@@ -281,9 +283,11 @@ class Store:
             if merged["rate_limit"] != current.rate_limit or enabled:
                 booked_until = await conn.fetchval(QUERIES["reset_send_rate"], endpoint_id,
                                                    merged["rate_limit"])
-        # Once committed: deliveries held back under the old limit (see release_booked).
+        # Once committed: deliveries held back under the old limit (see release_booked);
+        # should the database be away now, they keep their booked times.
         if merged["rate_limit"] != current.rate_limit and booked_until is not None:
-            await self.db.execute("release_booked", endpoint_id, app_id, booked_until)
+            with contextlib.suppress(DatabaseUnavailable):
+                await self.db.execute("release_booked", endpoint_id, app_id, booked_until)
         assert row is not None
         return self._endpoint(Endpoint, row)
 

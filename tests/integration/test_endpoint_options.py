@@ -201,7 +201,9 @@ async def test_header_values_stored_before_a_key_are_sealed_by_reseal_and_bound_
                                "WHERE id = $1) WHERE id = $2", ep["id"], other["id"])
     finally:
         await db.close()
-    api = await gateway(aiohttp_client, dsn, settings, secret_key=sealed_key)
+    # Retried every 0.3 s for 9 s before a delivery fails for good.
+    api = await gateway(aiohttp_client, dsn, settings, secret_key=sealed_key,
+                        retry_schedule=(0.3,) * 30)
     status, shown = await api.call("GET", f"/v1/endpoints/{ep['id']}", key)
     assert status == 200 and shown["headers"] == {"X-Token": "plain-7"}
     status, body = await api.call("GET", f"/v1/endpoints/{other['id']}", key)
@@ -210,6 +212,12 @@ async def test_header_values_stored_before_a_key_are_sealed_by_reseal_and_bound_
     await receiver.wait_for(1, "/hook")
     assert receiver.on("/hook")[0].headers["X-Token"] == "plain-7"
     assert receiver.on("/other") == []  # unsendable where it does not open: retried later
+    # New headers replace ones that no longer open.
+    status, fixed = await api.call("PATCH", f"/v1/endpoints/{other['id']}", key,
+                                   {"headers": {"X-Token": "new"}})
+    assert status == 200 and fixed["headers"] == {"X-Token": "new"}
+    await receiver.wait_for(1, "/other", timeout_s=20)
+    assert receiver.on("/other")[0].headers["X-Token"] == "new"
 
 
 # --- filters ---------------------------------------------------------------------------
