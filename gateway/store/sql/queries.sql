@@ -220,10 +220,16 @@ WHERE k.created_at >= now() - make_interval(secs => $3);
 -- $1 ids, $2 app ids, $3 types, $4 raw payloads, $5 created_at, $6 push targets as JSON
 -- text ({"user_ids", "topics", "notification"}) or NULL (arrays of one length).
 -- Creates each event and one pending delivery per active endpoint subscribed to its type
--- whose filter (if any) its payload passes, and wakes the dispatchers (and the fan-out, for push targets) at commit: one statement,
--- so without idempotency keys it needs no explicit transaction. Push targets are expanded
--- later by the fan-out. Returns how many webhook deliveries were created.
-WITH ev AS (
+-- whose filter (if it has one) the payload passes, and wakes the dispatchers (and the
+-- fan-out, for push targets) at commit: one statement, so without idempotency keys it
+-- needs no explicit transaction. Push targets are expanded later by the fan-out. Returns
+-- how many webhook deliveries were created.
+WITH filtered AS (
+    -- Apps of this batch with an endpoint that filters: only their events' payloads are
+    -- read again below, as jsonb.
+    SELECT DISTINCT app_id FROM endpoints
+    WHERE app_id = ANY($2::text[]) AND filter IS NOT NULL AND deleted_at IS NULL
+), ev AS (
     INSERT INTO events (id, app_id, type, payload, created_at, push_user_ids, push_topics,
                         notification, fanout_status)
     SELECT u.id, u.app_id, u.type, u.payload, u.created_at,
@@ -235,7 +241,8 @@ WITH ev AS (
            CASE WHEN u.push IS NOT NULL THEN 'pending' END
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[])
         AS u(id, app_id, type, payload, created_at, push)
-    RETURNING id, app_id, type, payload, created_at, fanout_status
+    RETURNING id, app_id, type, created_at, fanout_status,
+              CASE WHEN app_id IN (SELECT app_id FROM filtered) THEN payload END AS payload
 ), dl AS (
     INSERT INTO deliveries (id, app_id, event_id, endpoint_id, kind, next_attempt_at,
                             created_at, updated_at)
@@ -249,7 +256,7 @@ WITH ev AS (
         AND (ep.event_types IS NULL OR ev.type = ANY(ep.event_types)
              OR (array_to_string(ep.event_types, ',') LIKE '%*%'
                  AND gateway_type_matches(ep.event_types, ev.type)))
-        -- The payload is read as jsonb only for endpoints with a filter.
+        -- The payload is read as jsonb only for endpoints with a filter (migration 0009).
         AND (ep.filter IS NULL
              OR gateway_filter_matches(ep.filter, gateway_payload_jsonb(ev.payload)))
     RETURNING 1
