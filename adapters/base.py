@@ -46,6 +46,8 @@ class EndpointTarget:
     url: str
     #: Secrets to sign with: the current one first, then a rotated-out one still in its grace.
     secrets: tuple[str, ...]
+    #: The endpoint's own headers (name, value), sent with every delivery.
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,9 @@ class WebhookAdapter:
         assert job.endpoint is not None
         signatures = " ".join(sign(s, job.event.id, timestamp, body) for s in job.endpoint.secrets)
         headers = {
+            # The endpoint's own first: none can name the gateway's
+            # (gateway/endpoint_headers.py).
+            **dict(job.endpoint.headers),
             "content-type": "application/json",
             "user-agent": self._user_agent,
             "webhook-id": job.event.id,

@@ -139,7 +139,8 @@ def create_app(
     async def database(app: web.Application) -> AsyncIterator[None]:
         db = await Database.connect(dsn, max_size=settings.db_pool_size)
         app[appkeys.STORE] = store = make_store(db, settings)
-        app[appkeys.QUEUE] = PostgresQueue(db, store.sealer, settings.health_rules)
+        app[appkeys.QUEUE] = PostgresQueue(db, store.sealer, settings.health_rules,
+                                           rate_margin_s=settings.endpoint_rate_margin_s)
         app[appkeys.TASKS] = TaskStore(db)
         app[appkeys.AUTH] = Authenticator(
             app[appkeys.STORE], settings.admin_key or "",

@@ -64,9 +64,9 @@ def _parser() -> argparse.ArgumentParser:
 
     secrets = sub.add_parser("secrets", help="seal stored secrets (GATEWAY_SECRET_KEY)",
                              formatter_class=fmt, epilog=epilog,
-                             description="Secrets at rest: endpoint signing secrets, push "
-                             "credentials' keys and user-token secrets are sealed with the "
-                             "newest of GATEWAY_SECRET_KEY's keys.")
+                             description="Secrets at rest: endpoint signing secrets and "
+                             "header values, push credentials' keys and user-token secrets "
+                             "are sealed with the newest of GATEWAY_SECRET_KEY's keys.")
     actions = secrets.add_subparsers(dest="secrets_command", required=True, metavar="ACTION")
     actions.add_parser("new-key", help="print a new key for GATEWAY_SECRET_KEY")
     actions.add_parser("reseal", help="seal every stored secret under the newest key "

@@ -177,10 +177,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Finished deliveries, their attempts and their events are deleted this many days "
             "after they happened (0: keep everything)."),
     Setting("GATEWAY_SECRET_KEY", "secret_key", _str, None,
-            "Keys (comma-separated, newest first) that seal endpoint secrets, push credentials' "
-            "keys and user-token secrets at rest with AES-256-GCM; each 32 bytes in urlsafe "
-            "base64 ('gateway secrets new-key'). Unset: stored in plain text (a warning at "
-            "start-up)."),
+            "Keys (comma-separated, newest first) that seal endpoint secrets and header "
+            "values, push credentials' keys and user-token secrets at rest with AES-256-GCM; "
+            "each 32 bytes in urlsafe base64 ('gateway secrets new-key'). Unset: stored in "
+            "plain text (a warning at start-up)."),
     Setting("GATEWAY_APP_CONCURRENCY", "app_concurrency", _positive_int, "128",
             "Deliveries of one app in flight at once, per dispatcher process: no app takes "
             "every slot while others wait."),
@@ -219,6 +219,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GATEWAY_DISABLE_AFTER_S", "disable_after_s", _positive_float, "432000",
             "An endpoint whose every attempt failed for this many seconds (5 days), with "
             "no success in between, is disabled (disabled_reason failing)."),
+    Setting("GATEWAY_ENDPOINT_RATE_MARGIN_S", "endpoint_rate_margin_s", _fraction, "0.1",
+            "An endpoint's rate_limit holds over any window of 1 s plus this many seconds "
+            "of send starts, so that the spread of network delays does not bunch more than "
+            "rate_limit requests into one second at the receiver (0 to below 1)."),
 )
 
 
@@ -271,6 +275,7 @@ class Settings:
     circuit_failures: int = 5
     circuit_cooldown_s: float = 30.0
     disable_after_s: float = 432000.0
+    endpoint_rate_margin_s: float = 0.1
 
     @property
     def effective_lease_s(self) -> float:

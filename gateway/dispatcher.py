@@ -230,6 +230,8 @@ class Dispatcher:
                 backoff = min(backoff * 2, self.poll_interval_s)
                 continue
             backoff = 0.05
+            if jobs.held_back and self.metrics is not None:
+                self.metrics.rate_limited.inc(jobs.held_back)
             for job in jobs:
                 target = _target(job)
                 app_id = job.delivery.app_id
@@ -242,7 +244,9 @@ class Dispatcher:
             if len(jobs) == want:
                 await asyncio.sleep(0)
                 continue
-            await self._idle(claimed=len(jobs))
+            # Deliveries held back for a rate limit were booked out of the way: what was
+            # due behind them can be claimed at once.
+            await self._idle(claimed=len(jobs) + jobs.held_back)
 
     async def _idle(self, claimed: int) -> None:
         """Wait for due work, a wake-up or, when what is due is held back by full rooms

@@ -167,6 +167,10 @@ class Metrics:
         self.ingest_rate_limited = Counter(
             "gateway_ingest_rate_limited", "Events refused 429 for their app's rate_limit.",
             registry=r)
+        self.rate_limited = Counter(
+            "gateway_deliveries_rate_limited", "Due deliveries a claim held back for their "
+            "endpoint's rate_limit, each booked a later send time (held back again: counted "
+            "again).", registry=r)
         self.retention_deleted = Counter(
             "gateway_retention_deleted_rows", "Rows deleted by retention, by table.",
             ["table"], registry=r)

@@ -427,14 +427,18 @@ class GatewayClient:
 
     # --- endpoints --------------------------------------------------------------------
 
-    async def create_endpoint(self, url: str, *, event_types: list[str] | None = None,
-                              description: str | None = None) -> EndpointCreated:
-        """Subscribe a webhook endpoint; the answer holds its signing secret."""
+    async def create_endpoint(
+        self, url: str, *, event_types: list[str] | None = None,
+        description: str | None = None, rate_limit: int | None = None,
+        headers: dict[str, str] | None = None, filter: dict[str, Any] | None = None,
+    ) -> EndpointCreated:
+        """Subscribe a webhook endpoint; the answer holds its signing secret.
+        ``rate_limit``: sends per second at most; ``headers``: sent with every delivery;
+        ``filter``: dotted payload paths to a value or a list of values, all to match."""
         body: dict[str, Any] = {"url": url}
-        if event_types is not None:
-            body["event_types"] = event_types
-        if description is not None:
-            body["description"] = description
+        optional = {"event_types": event_types, "description": description,
+                    "rate_limit": rate_limit, "headers": headers, "filter": filter}
+        body.update({k: v for k, v in optional.items() if v is not None})
         return _parse(EndpointCreated, await self._call("POST", "/v1/endpoints", body=body))
 
     async def list_endpoints(self, *, limit: int | None = None,
@@ -450,12 +454,18 @@ class GatewayClient:
         description: str | Unset = UNSET,
         status: Literal["active", "disabled"] | Unset = UNSET,
         disabled_reason: Literal["manual"] | Unset | None = UNSET,
+        rate_limit: int | Unset | None = UNSET,
+        headers: dict[str, str] | Unset | None = UNSET,
+        filter: dict[str, Any] | Unset | None = UNSET,
     ) -> Endpoint:
-        """Change only the fields given; ``event_types=None`` subscribes to every type.
+        """Change only the fields given; ``event_types=None`` subscribes to every type,
+        ``rate_limit=None`` lifts the limit, ``headers=None`` removes them all (a dict
+        replaces the whole set) and ``filter=None`` lets every event through.
         ``status="disabled"`` disables it (``disabled_reason`` is then ``manual``);
         ``status="active"`` enables it afresh: not failing, its circuit closed."""
         fields = {"url": url, "event_types": event_types, "description": description,
-                  "status": status, "disabled_reason": disabled_reason}
+                  "status": status, "disabled_reason": disabled_reason,
+                  "rate_limit": rate_limit, "headers": headers, "filter": filter}
         body = {k: v for k, v in fields.items() if v is not UNSET}
         return _parse(Endpoint, await self._call(
             "PATCH", f"/v1/endpoints/{_quote(endpoint_id)}", body=body, idempotent=True))

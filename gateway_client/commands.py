@@ -58,6 +58,40 @@ def _paged(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def _endpoint_options(parser: argparse.ArgumentParser, changing: bool = False) -> None:
+    """--rate-limit, --header and --filter (and, to change an endpoint, their --no-*)."""
+    for flag, dest, extra in (
+        ("--rate-limit", "rate_limit", {"type": int, "metavar": "N",
+                                        "help": "sends per second at most"}),
+        ("--header", "headers", {"action": "append", "metavar": "NAME=VALUE",
+                                 "help": "a header sent with every delivery (repeatable"
+                                 + ("; replaces the whole set)" if changing else ")")}),
+        ("--filter", "filter", {"metavar": "JSON", "help": "a JSON object of dotted payload "
+                                "paths to a value or a list of values, all to match"}),
+    ):
+        if not changing:
+            parser.add_argument(flag, dest=dest, **extra)
+            continue
+        either = parser.add_mutually_exclusive_group()
+        either.add_argument(flag, dest=dest, **extra)
+        what = {"rate_limit": "lift the rate limit", "headers": "remove every custom header",
+                "filter": "let every event through"}[dest]
+        either.add_argument(f"--no-{flag[2:]}{'s' if dest == 'headers' else ''}",
+                            dest=f"no_{dest}", action="store_true", help=what)
+
+
+def _header_pairs(pairs: list[str] | None) -> dict[str, str] | None:
+    if pairs is None:
+        return None
+    headers: dict[str, str] = {}
+    for pair in pairs:
+        name, equals, value = pair.partition("=")
+        if not equals or not name:
+            raise GatewayClientError(f"--header takes NAME=VALUE, not {pair!r}")
+        headers[name] = value
+    return headers
+
+
 def _group(sub: Any, name: str, help_text: str) -> Any:
     parser = sub.add_parser(name, help=help_text, description=help_text + ". " + _WHERE)
     return parser.add_subparsers(dest=f"{name}_command", required=True, metavar="ACTION")
@@ -91,6 +125,7 @@ def add_parsers(sub: Any) -> None:
                         metavar="TYPE", help="exact type, 'prefix.*' or '*' (repeatable; "
                         "default: every type)")
     create.add_argument("--description")
+    _endpoint_options(create)
     _paged(_leaf(endpoints, "list", "list endpoints", _endpoints_list))
     _leaf(endpoints, "get", "show an endpoint", _endpoints_get).add_argument("id")
     update = _leaf(endpoints, "update", "change an endpoint; enable or disable it",
@@ -109,6 +144,7 @@ def add_parsers(sub: Any) -> None:
                        "deliveries resumed (on an active endpoint too)")
     state.add_argument("--disable", action="store_true",
                        help="disable it (disabled_reason manual); its deliveries wait")
+    _endpoint_options(update, changing=True)
     _leaf(endpoints, "delete", "delete an endpoint", _endpoints_delete).add_argument("id")
     _leaf(endpoints, "secret", "show an endpoint's signing secret",
           _endpoints_secret).add_argument("id")
@@ -351,8 +387,10 @@ async def _apps_rotate_key(gw: GatewayClient, args: argparse.Namespace) -> Any:
 
 
 async def _endpoints_create(gw: GatewayClient, args: argparse.Namespace) -> Any:
-    return await gw.create_endpoint(args.url, event_types=args.event_types,
-                                    description=args.description)
+    return await gw.create_endpoint(
+        args.url, event_types=args.event_types, description=args.description,
+        rate_limit=args.rate_limit, headers=_header_pairs(args.headers),
+        filter=_json_object(args.filter, "--filter") if args.filter is not None else None)
 
 
 async def _endpoints_list(gw: GatewayClient, args: argparse.Namespace) -> Any:
@@ -366,11 +404,18 @@ async def _endpoints_get(gw: GatewayClient, args: argparse.Namespace) -> Any:
 async def _endpoints_update(gw: GatewayClient, args: argparse.Namespace) -> Any:
     status: Literal["active", "disabled"] | Unset = (
         "active" if args.enable else "disabled" if args.disable else UNSET)
+    options: dict[str, Any] = {
+        "rate_limit": None if args.no_rate_limit else args.rate_limit,
+        "headers": None if args.no_headers else _header_pairs(args.headers),
+        "filter": None if args.no_filter else (
+            _json_object(args.filter, "--filter") if args.filter is not None else None)}
+    changed = {k: v for k, v in options.items()
+               if v is not None or getattr(args, f"no_{k}")}
     return await gw.update_endpoint(
         args.id, url=args.url if args.url is not None else UNSET,
         event_types=None if args.all_event_types else args.event_types or UNSET,
         description=args.description if args.description is not None else UNSET,
-        status=status)
+        status=status, **changed)
 
 
 async def _endpoints_delete(gw: GatewayClient, args: argparse.Namespace) -> Any:

@@ -178,6 +178,9 @@ class Endpoint(Answer):
     created_at: Timestamp
     updated_at: Timestamp
     circuit: CircuitValue = Circuit.CLOSED
+    rate_limit: int | None = Field(default=None, description="Sends per second; null: none.")
+    headers: dict[str, str] = Field(default_factory=dict, description="Sent with each delivery.")
+    filter: dict[str, Any] | None = Field(default=None, description="null: every event.")
 
 
 class EndpointCreated(Endpoint):

@@ -1,14 +1,16 @@
-"""Webhook endpoints: subscribe, change, disable, delete, and their signing secrets."""
+"""Webhook endpoints: subscribe, change, disable, delete, and their signing secrets; each
+with an optional send rate limit, custom headers and a payload filter."""
 
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from adapters.addresses import resolve_forbidden
-from gateway import appkeys
+from gateway import appkeys, endpoint_headers, filters
 from gateway.api.http import PAGE, answer, app_id, page_answer, page_args, read
 from gateway.api.models import EndpointCreate, EndpointPatch
 from gateway.api.routing import Route
@@ -49,11 +51,34 @@ async def check_endpoint_url(request: web.Request, url: str, path: str = "url") 
         )
 
 
+def checked_headers(headers: dict[str, str] | None) -> dict[str, str]:
+    """``headers`` as stored, or a 422 naming the header (``headers.<name>``)."""
+    try:
+        return endpoint_headers.check(headers)
+    except endpoint_headers.HeaderError as exc:
+        path = f"headers.{exc.name}" if exc.name else "headers"
+        raise ValidationError(f"Invalid field '{path}': {exc.message}.",
+                              details=[{"path": path, "message": exc.message}]) from None
+
+
+def checked_filter(filter_: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``filter_`` as stored (None: every event), or a 422 naming the entry
+    (``filter.<path>``)."""
+    try:
+        return filters.check(filter_)
+    except filters.FilterError as exc:
+        path = f"filter.{exc.path}" if exc.path else "filter"
+        raise ValidationError(f"Invalid field '{path}': {exc.message}.",
+                              details=[{"path": path, "message": exc.message}]) from None
+
+
 async def create_endpoint(request: web.Request) -> web.Response:
     body = await read(request, EndpointCreate)
+    headers, filter_ = checked_headers(body.headers), checked_filter(body.filter)
     await check_endpoint_url(request, body.url)
     created = await request.app[appkeys.STORE].create_endpoint(
-        app_id(request), body.url, body.description, body.event_types)
+        app_id(request), body.url, body.description, body.event_types,
+        rate_limit=body.rate_limit, headers=headers, filter_=filter_)
     return answer(EndpointCreated, created, 201)
 
 
@@ -75,6 +100,10 @@ async def patch_endpoint(request: web.Request) -> web.Response:
         if name in changes and changes[name] is None:
             raise ValidationError(f"'{name}' cannot be null.",
                                   details=[{"path": name, "message": "must not be null"}])
+    if "headers" in changes:
+        changes["headers"] = checked_headers(changes["headers"])
+    if "filter" in changes:
+        changes["filter"] = checked_filter(changes["filter"])
     if "url" in changes:
         await check_endpoint_url(request, changes["url"])
     return answer(Endpoint, await request.app[appkeys.STORE].update_endpoint(

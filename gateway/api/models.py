@@ -260,11 +260,29 @@ class APNsCredentialsBody(RootModel[APNsCredentials | APNsCertificateCredentials
     body has, so a refusal names the fields of the form meant."""
 
 
+#: Sends per second to one endpoint (gateway/sendrate.py).
+SendRateLimit = Annotated[int, Field(ge=1, le=100_000, description=(
+    "Sends per second at most, across every dispatcher process (null: no limit)."))]
+#: Checked name by name in the handler (gateway/endpoint_headers.py).
+EndpointHeaders = Annotated[dict[str, str], Field(description=(
+    "Headers sent with every delivery: RFC 9110 token names (not webhook-*, content-*, "
+    "host, user-agent, traceparent, tracestate, expect or hop-by-hop ones) to visible "
+    "ASCII values; at most 32, values up to 4096 characters. null or {}: none."))]
+#: Checked entry by entry in the handler (gateway/filters.py).
+PayloadFilter = Annotated[dict[str, Any], Field(description=(
+    "Dotted paths into the event payload to a value (equal) or a list of values (any "
+    "of); every entry must match for the endpoint to get the event. null or {}: every "
+    "event."))]
+
+
 class EndpointCreate(_Body):
     url: HttpURL
     event_types: list[EventTypePattern] | None = Field(default=None, min_length=1,
                                                        max_length=256)
     description: Annotated[Text, StringConstraints(max_length=1000)] = ""
+    rate_limit: SendRateLimit | None = None
+    headers: EndpointHeaders | None = None
+    filter: PayloadFilter | None = None
 
 
 class EndpointPatch(_Body):
@@ -275,6 +293,9 @@ class EndpointPatch(_Body):
     status: Annotated[EndpointStatus, Field(strict=False)] | None = None
     #: A PATCH that disables gives reason "manual"; it may say so, and nothing else.
     disabled_reason: Literal["manual"] | None = None
+    rate_limit: SendRateLimit | None = None
+    headers: EndpointHeaders | None = None
+    filter: PayloadFilter | None = None
 
 
 Description = Annotated[Text, StringConstraints(max_length=1000)]

@@ -8,7 +8,9 @@ endpoint and parks its other pending deliveries; a prune spares a device registe
 again after the provider's timestamp. Endpoint health follows :func:`gateway.health.settle`:
 an endpoint whose circuit is not closed gets nothing from a claim (the due deliveries met
 there are parked), except one probe when it is half-open; closing the circuit resumes
-them; failing for the whole window disables the endpoint.
+them; failing for the whole window disables the endpoint. A rate-limited endpoint gives a
+claim what its send schedule allows (:mod:`gateway.sendrate`) and books the rest later
+send times.
 """
 
 from __future__ import annotations
@@ -21,11 +23,14 @@ from datetime import UTC, datetime, timedelta
 
 from adapters.base import DeliveryJob
 from gateway.health import HEALTHY, Health, HealthRules, settle
-from gateway.store.queue import UNLIMITED, AttemptResult, Job, Rooms, Settlement
+from gateway.sendrate import DEFAULT_RATE_MARGIN_S, SendRate
+from gateway.store.queue import UNLIMITED, AttemptResult, Claim, Job, Rooms, Settlement
 from gateway_client.models import AttemptOutcome, DeliveryStatus, DisabledReason, EndpointStatus
 
 #: A parked delivery's due time: never, until its endpoint is enabled again.
 NEVER = datetime.max.replace(tzinfo=UTC)
+#: A send schedule that has never moved ('-infinity' in endpoint_send_rates).
+LONG_AGO = datetime.min.replace(tzinfo=UTC)
 
 
 @dataclass
@@ -44,15 +49,20 @@ class Entry:
 
 class InMemoryQueue:
     def __init__(self, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 health: HealthRules | None = None) -> None:
+                 health: HealthRules | None = None, *,
+                 rate_margin_s: float = DEFAULT_RATE_MARGIN_S) -> None:
         self.clock = clock
         self.health = health or HealthRules()
+        self.rate_margin_s = rate_margin_s
         self.entries: dict[str, Entry] = {}
         self.endpoints: dict[str, EndpointStatus] = {}
         self.disabled_reasons: dict[str, DisabledReason] = {}
         self.endpoint_health: dict[str, Health] = {}
         #: Device id -> (active?, registered at).
         self.devices: dict[str, tuple[bool, datetime]] = {}
+        #: Rate-limited endpoints: their limit, and their schedule (tat, booked until).
+        self.rate_limits: dict[str, int] = {}
+        self.schedules: dict[str, tuple[datetime, datetime | None]] = {}
 
     # --- what a test sets up ----------------------------------------------------------
 
@@ -63,10 +73,33 @@ class InMemoryQueue:
             self.devices.setdefault(job.device.id, (True, self.clock()))
         self.entries[job.delivery_id] = Entry(job, due_at or self.clock())
 
+    def set_rate_limit(self, endpoint_id: str, limit: int | None) -> None:
+        """Sends per second for an endpoint (None: no limit). As the store does on a
+        changed limit, deliveries booked under the old one come due at once."""
+        if limit == self.rate_limits.get(endpoint_id):
+            return
+        now = self.clock()
+        tat, booked_until = self.schedules.get(endpoint_id, (LONG_AGO, None))
+        for entry in self.entries.values():
+            endpoint = entry.job.endpoint
+            if (booked_until is not None and endpoint is not None
+                    and endpoint.id == endpoint_id and entry.lease_id is None
+                    and entry.status is DeliveryStatus.PENDING
+                    and now < entry.due_at <= booked_until):
+                entry.due_at = now
+        self.schedules[endpoint_id] = (tat, None)
+        if limit is None:
+            self.rate_limits.pop(endpoint_id, None)
+        else:
+            self.rate_limits[endpoint_id] = limit
+
+    def _rate(self, endpoint_id: str) -> SendRate:
+        return SendRate(self.rate_limits[endpoint_id], 1.0 + self.rate_margin_s)
+
     # --- the Queue interface ----------------------------------------------------------
 
     async def claim(self, limit: int, lease_s: float, lease_id: uuid.UUID,
-                    rooms: Rooms = UNLIMITED) -> list[Job]:
+                    rooms: Rooms = UNLIMITED) -> Claim:
         now = self.clock()
         due = []
         for entry in sorted((e for e in self.entries.values() if self._claimable(e, now)),
@@ -77,11 +110,17 @@ class InMemoryQueue:
                 due.append(entry)
         probes = self._probes(now, limit, lease_s, rooms)
         limit -= len(probes)
+        budgets = {e.job.endpoint.id: self._rate(e.job.endpoint.id).budget(
+                       self.schedules[e.job.endpoint.id][0], now)
+                   for e in due
+                   if e.job.endpoint is not None and e.job.endpoint.id in self.rate_limits}
         # Within each target's and each app's room, then apps in turn: the nth due of
-        # every app before the (n+1)th of any.
+        # every app before the (n+1)th of any. Past its budget, a rate-limited endpoint's
+        # deliveries are held back.
         of_target: collections.Counter[str] = collections.Counter()
         of_app: collections.Counter[str] = collections.Counter()
         ranked: list[tuple[int, datetime, Entry]] = []
+        held: dict[str, list[Entry]] = collections.defaultdict(list)
         for entry in due:
             job = entry.job
             target = job.endpoint.id if job.endpoint is not None else job.kind
@@ -89,10 +128,16 @@ class InMemoryQueue:
             of_app[job.app_id] += 1
             target_room, app_room = rooms.room(
                 job.app_id, job.kind, job.endpoint.id if job.endpoint else None)
+            budget = budgets.get(target) if job.endpoint is not None else None
+            if budget is not None:
+                if of_target[target] > budget:
+                    held[target].append(entry)
+                target_room = min(target_room, budget)
             if of_target[target] <= target_room and of_app[job.app_id] <= app_room:
                 ranked.append((of_app[job.app_id], entry.due_at, entry))
         chosen = [entry for _, _, entry in sorted(
             ranked, key=lambda r: (r[0], r[1], r[2].job.delivery_id))][:limit]
+        self._move_schedules(now, budgets, chosen, held)
         jobs = []
         for entry in probes + chosen:
             entry.due_at = now + timedelta(seconds=lease_s)
@@ -101,7 +146,23 @@ class InMemoryQueue:
             active = device is None or self.devices.get(device.id, (False, now))[0]
             jobs.append(Job(replace(entry.job, attempt=entry.attempt_count + 1), lease_id,
                             entry.schedule_pos, device_active=active))
-        return jobs
+        return Claim(jobs, held_back=sum(len(entries) for entries in held.values()))
+
+    def _move_schedules(self, now: datetime, budgets: dict[str, int], chosen: list[Entry],
+                        held: dict[str, list[Entry]]) -> None:
+        """Spend what the claim sends and book what it holds back, as claim_due does."""
+        sent = collections.Counter(e.job.endpoint.id for e in chosen if e.job.endpoint)
+        for endpoint_id, budget in budgets.items():
+            rate = self._rate(endpoint_id)
+            tat, booked_until = self.schedules[endpoint_id]
+            waiting = held.get(endpoint_id, [])
+            if waiting:
+                first = rate.booking_start(rate.spend(tat, now, budget), now, booked_until)
+                for k, entry in enumerate(waiting):
+                    entry.due_at = first + timedelta(seconds=k * rate.interval_s)
+                booked_until = waiting[-1].due_at
+            self.schedules[endpoint_id] = (rate.spend(tat, now, sent[endpoint_id]),
+                                           booked_until)
 
     def _claimable(self, entry: Entry, now: datetime) -> bool:
         endpoint = entry.job.endpoint

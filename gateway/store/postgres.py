@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import asyncpg
 
 from gateway.crypto import SECRET_FIELDS, Sealer, open_credentials, seal_credentials
+from gateway.endpoint_headers import open_headers, seal_headers
 from gateway.errors import (
+    DatabaseUnavailable,
     DeliveryNotRetryable,
     EventTypeExists,
     IdempotencyKeyReused,
@@ -64,6 +66,7 @@ if TYPE_CHECKING:
 
 R = TypeVar("R")
 A = TypeVar("A", bound=App)
+E = TypeVar("E", bound=Endpoint)
 
 IDEMPOTENCY_WINDOW_S = 24 * 3600
 ROTATION_GRACE_S = 24 * 3600
@@ -161,6 +164,10 @@ def _or(value: int | None, default: int) -> int:
     return default if value is None else value
 
 
+def _json_or_null(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
 class Store:
     def __init__(self, db: Database, *, sealer: Sealer | None = None,
                  limits: Limits = DEFAULT_LIMITS) -> None:
@@ -229,10 +236,18 @@ class Store:
 
     # --- endpoints --------------------------------------------------------------------
 
+    def _endpoint(self, cls: type[E], row: Row, **extra: Any) -> E:
+        """An endpoint record from its row, its headers' values opened."""
+        return make(cls, row, headers=dict(open_headers(self.sealer, row["id"],
+                                                        row["headers"])), **extra)
+
     async def create_endpoint(
-        self, app_id: str, url: str, description: str, event_types: list[str] | None
+        self, app_id: str, url: str, description: str, event_types: list[str] | None, *,
+        rate_limit: int | None = None, headers: dict[str, str] | None = None,
+        filter_: dict[str, Any] | None = None,
     ) -> CreatedEndpoint:
-        """A new endpoint, within the app's ``max_endpoints``."""
+        """A new endpoint, within the app's ``max_endpoints``; ``headers`` and ``filter_``
+        as :mod:`gateway.endpoint_headers` and :mod:`gateway.filters` checked them."""
         endpoint_id, secret = new_id("ep"), new_webhook_secret()
         async with self.db.transaction() as conn:
             own = await conn.fetchval(QUERIES["lock_app"], app_id)
@@ -244,18 +259,23 @@ class Store:
                     details=[{"limit": "max_endpoints", "value": allowed}])
             row = await conn.fetchrow(
                 QUERIES["create_endpoint"], endpoint_id, app_id, url, description,
-                event_types, self.sealer.seal(secret, f"endpoint:{endpoint_id}"))
+                event_types, self.sealer.seal(secret, f"endpoint:{endpoint_id}"),
+                rate_limit, seal_headers(self.sealer, endpoint_id, headers or {}),
+                _json_or_null(filter_))
+            if rate_limit is not None:
+                await conn.execute(QUERIES["create_send_rate"], endpoint_id, rate_limit)
         assert row is not None
-        return make(CreatedEndpoint, row, secret=secret)
+        return self._endpoint(CreatedEndpoint, row, secret=secret)
 
     async def list_endpoints(self, app_id: str, cursor: str | None,
                              limit: int) -> Page[Endpoint]:
         rows = await self.db.fetch("list_endpoints", app_id, cursor, limit + 1)
-        return _page(Endpoint, rows, limit)
+        return Page([self._endpoint(Endpoint, r) for r in rows[:limit]],
+                    str(rows[limit - 1]["id"]) if len(rows) > limit else None)
 
     async def get_endpoint(self, app_id: str, endpoint_id: str) -> Endpoint:
         row = await self.db.fetchrow("get_endpoint", app_id, endpoint_id)
-        return make(Endpoint, _found(row, "endpoint", endpoint_id))
+        return self._endpoint(Endpoint, _found(row, "endpoint", endpoint_id))
 
     async def get_endpoint_secret(self, app_id: str, endpoint_id: str) -> EndpointSecret:
         row = _found(await self.db.fetchrow("get_endpoint_secret", app_id, endpoint_id),
@@ -269,24 +289,42 @@ class Store:
         """Apply a PATCH. Disabling (reason ``manual``) parks pending deliveries; setting
         ``status`` active (enabling, or on an active endpoint) starts it afresh, not
         failing and its circuit closed, and resumes them. A change of status tells the
-        app's operational webhook (gateway/store/endpoint_health.py)."""
+        app's operational webhook (gateway/store/endpoint_health.py); a new rate limit
+        books held-back deliveries again under it."""
         async with self.db.transaction() as conn:
-            current = make(Endpoint, _found(
+            found = _found(
                 await conn.fetchrow(QUERIES["get_endpoint_for_update"], app_id, endpoint_id),
-                "endpoint", endpoint_id))
+                "endpoint", endpoint_id)
+            # Its headers stay sealed here: a PATCH may replace ones no key opens any more.
+            current = make(Endpoint, found, headers={})
             merged: dict[str, Any] = {
                 "url": current.url, "description": current.description,
-                "event_types": current.event_types, **changes}
+                "event_types": current.event_types, "rate_limit": current.rate_limit,
+                "filter": current.filter, **changes}
             status = changes.get("status")
             if status == EndpointStatus.DISABLED:
                 await disable_endpoints(conn, [endpoint_id], DisabledReason.MANUAL)
             elif status == EndpointStatus.ACTIVE:
                 await enable_endpoints(conn, [endpoint_id])
+            enabled = (status == EndpointStatus.ACTIVE
+                       and current.status is EndpointStatus.DISABLED)
+            headers = found["headers"] if "headers" not in changes else seal_headers(
+                self.sealer, endpoint_id, changes["headers"] or {})
             row = await conn.fetchrow(
                 QUERIES["update_endpoint"], app_id, endpoint_id, merged["url"],
-                merged["description"], merged["event_types"])
+                merged["description"], merged["event_types"], merged["rate_limit"], headers,
+                _json_or_null(merged["filter"]))
+            booked_until = None
+            if merged["rate_limit"] != current.rate_limit or enabled:
+                booked_until = await conn.fetchval(QUERIES["reset_send_rate"], endpoint_id,
+                                                   merged["rate_limit"])
+        # Once committed: deliveries held back under the old limit (see release_booked);
+        # should the database be away now, they keep their booked times.
+        if merged["rate_limit"] != current.rate_limit and booked_until is not None:
+            with contextlib.suppress(DatabaseUnavailable):
+                await self.db.execute("release_booked", endpoint_id, app_id, booked_until)
         assert row is not None
-        return make(Endpoint, row)
+        return self._endpoint(Endpoint, row)
 
     async def delete_endpoint(self, app_id: str, endpoint_id: str) -> None:
         """Delete it; its pending deliveries fail, having nowhere to go."""
@@ -711,6 +749,23 @@ class Store:
                     changed["apps"] += 1
             cursor = rows[-1]["id"]
         changed["operational_webhooks"] = await self.operational.reseal(batch)
+        changed["endpoint_headers"] = await self._reseal_headers(batch)
+        return changed
+
+    async def _reseal_headers(self, batch: int) -> int:
+        """Endpoints' custom header values sealed under the newest key; how many
+        endpoints changed."""
+        changed = 0
+        cursor = ""
+        while rows := await self.db.fetch("endpoint_headers_to_reseal", cursor, batch):
+            for r in rows:
+                stored = json.loads(r["headers"])
+                if any(self.sealer.stale(value) for value in stored.values()):
+                    opened = dict(open_headers(self.sealer, r["id"], stored))
+                    await self.db.execute("reseal_endpoint_headers", r["id"],
+                                          seal_headers(self.sealer, r["id"], opened))
+                    changed += 1
+            cursor = rows[-1]["id"]
         return changed
 
     # --- retention and the cleanup of deleted apps ----------------------------------

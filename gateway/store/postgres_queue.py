@@ -21,6 +21,7 @@ import asyncpg
 
 from adapters.base import DeliveryJob, DeviceTarget, EndpointTarget, EventView
 from gateway.crypto import Sealer, SecretUnreadable, open_credentials
+from gateway.endpoint_headers import open_headers
 from gateway.health import HealthRules
 from gateway.operational import (
     OPERATIONAL_KIND,
@@ -28,10 +29,11 @@ from gateway.operational import (
     delivery_exhausted,
     device_invalidated,
 )
+from gateway.sendrate import DEFAULT_RATE_MARGIN_S, LAG_TOLERANCE_S
 from gateway.store.database import QUERIES, Database
 from gateway.store.endpoint_health import settle_health
 from gateway.store.operational import emit_credentials_rejected, emit_operational
-from gateway.store.queue import UNLIMITED, AttemptResult, Job, Rooms, Settlement
+from gateway.store.queue import UNLIMITED, AttemptResult, Claim, Job, Rooms, Settlement
 from gateway.store.records import Row
 from gateway_client.models import DeliveryKind, DeliveryStatus, DeviceStatus, Platform, iso
 
@@ -53,16 +55,20 @@ class PostgresQueue:
     the gateway's database."""
 
     def __init__(self, db: Database, sealer: Sealer | None = None,
-                 health: HealthRules | None = None) -> None:
+                 health: HealthRules | None = None, *,
+                 rate_margin_s: float = DEFAULT_RATE_MARGIN_S) -> None:
         self.db = db
         self.sealer = sealer or Sealer(None)
         self.health = health or HealthRules()
+        #: Endpoint rate limits hold over 1 s plus this (gateway/sendrate.py).
+        self.rate_margin_s = rate_margin_s
         #: Fan-outs take apps in turn; the app served last.
         self._last_fanout_app = ""
 
     async def claim(self, limit: int, lease_s: float, lease_id: uuid.UUID,
-                    rooms: Rooms = UNLIMITED) -> list[Job]:
+                    rooms: Rooms = UNLIMITED) -> Claim:
         jobs: list[Job] = []
+        held_back = 0
         for _ in range(CLAIM_ROUNDS):
             want = limit - len(jobs)
             rows = await self.db.fetch(
@@ -70,15 +76,17 @@ class PostgresQueue:
                 list(rooms.endpoints), list(rooms.endpoints.values()),
                 list(rooms.kinds), list(rooms.kinds.values()),
                 list(rooms.apps), list(rooms.apps.values()),
-                rooms.endpoint, rooms.app, max(want * CLAIM_SCAN_FACTOR, 100))
+                rooms.endpoint, rooms.app, max(want * CLAIM_SCAN_FACTOR, 100),
+                1.0 + self.rate_margin_s, LAG_TOLERANCE_S)
             taken = [self._job(row, lease_id) for row in rows if row["id"] is not None]
             jobs += taken
+            held_back += rows[0]["held_back"]
             # Rows parked behind open circuits filled part of the scan: what lies beyond
             # them may be due too.
             if not rows[0]["parked"] or len(jobs) >= limit:
                 break
             rooms = rooms.less(taken)
-        return jobs
+        return Claim(jobs, held_back=held_back)
 
     def _job(self, row: asyncpg.Record, lease_id: uuid.UUID) -> Job:
         """A claimed row as the adapters take it: its secrets opened only now, when used.
@@ -92,7 +100,9 @@ class PostgresQueue:
                 context = f"endpoint:{row['endpoint_id']}"
                 secrets = tuple(self.sealer.open(s, context)
                                 for s in (row["secret"], row["previous_secret"]) if s)
-                endpoint = EndpointTarget(row["endpoint_id"], row["url"], secrets)
+                endpoint = EndpointTarget(row["endpoint_id"], row["url"], secrets,
+                                          open_headers(self.sealer, row["endpoint_id"],
+                                                       row["headers"]))
             if row["credentials"]:
                 credentials = open_credentials(self.sealer, row["app_id"], row["kind"],
                                                json.loads(row["credentials"]))

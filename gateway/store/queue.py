@@ -19,7 +19,7 @@ is disabled.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Protocol
@@ -84,6 +84,16 @@ class Job:
     unsendable: str | None = None
 
 
+class Claim(list[Job]):
+    """What a claim took, and how many due deliveries it held back for their endpoints'
+    rate limits: not taken, but booked a later send time (so more may be due behind
+    them, and the claimer should look again at once)."""
+
+    def __init__(self, jobs: Iterable[Job] = (), held_back: int = 0) -> None:
+        super().__init__(jobs)
+        self.held_back = held_back
+
+
 @dataclass(frozen=True, slots=True)
 class AttemptResult:
     """One attempt's outcome and the delivery's next state."""
@@ -138,12 +148,14 @@ class Queue(Protocol):
     """What the dispatcher needs of the deliveries table."""
 
     async def claim(self, limit: int, lease_s: float, lease_id: uuid.UUID,
-                    rooms: Rooms = UNLIMITED) -> list[Job]:
+                    rooms: Rooms = UNLIMITED) -> Claim:
         """Up to ``limit`` due deliveries no one holds, leased for ``lease_s`` seconds:
         none whose endpoint is disabled or deleted or whose circuit is open, none past
         its target's or its app's room, and, among those, apps in turn (each app's oldest
         due first). A half-open circuit's endpoint gets one delivery, its probe, unless
-        another claim took that already."""
+        another claim took that already. A rate-limited endpoint gives no more than its
+        send schedule allows now; its other due deliveries are booked later send times
+        (:mod:`gateway.sendrate`)."""
         ...
 
     async def complete(self, results: Sequence[AttemptResult]) -> Settlement:

@@ -92,6 +92,12 @@ class Endpoint:
     disabled_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    #: Sends per second (None: no limit).
+    rate_limit: int | None
+    #: Sent with every delivery (opened: the store seals the values).
+    headers: dict[str, str]
+    #: {dotted path: value or [values]} the payload must match (None: every event).
+    filter: dict[str, Any] | None
     #: Its health (gateway/health.py): failing since (None while its last attempt
     #: succeeded), and until when its circuit is open (None: closed).
     failing_since: datetime | None

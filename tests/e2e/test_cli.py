@@ -185,6 +185,33 @@ async def test_cli_manages_the_event_type_catalog_and_its_schema_applies(
     assert status == 1 and json.loads(err)["error"]["code"] == "not_found"
 
 
+async def test_cli_sets_an_endpoints_rate_limit_headers_and_filter_and_clears_them(
+    gateway: GatewayProcess
+) -> None:
+    _, app, _ = await cli(cli_env(gateway), "apps", "create", "options", "--json")
+    env = cli_env(gateway, app["api_key"])
+    _, made, _ = await cli(env, "endpoints", "create", "http://127.0.0.1:9/hook",
+                           "--rate-limit", "10", "--header", "Authorization=Bearer a=b",
+                           "--header", "X-Tenant=acme", "--filter", '{"region": "eu"}',
+                           "--json")
+    assert (made["rate_limit"], made["headers"], made["filter"]) == (
+        10, {"Authorization": "Bearer a=b", "X-Tenant": "acme"}, {"region": "eu"})
+    _, changed, _ = await cli(env, "endpoints", "update", made["id"], "--rate-limit", "3",
+                              "--header", "X-Only=1", "--json")
+    assert (changed["rate_limit"], changed["headers"], changed["filter"]) == (
+        3, {"X-Only": "1"}, {"region": "eu"})
+    _, cleared, _ = await cli(env, "endpoints", "update", made["id"], "--no-rate-limit",
+                              "--no-headers", "--no-filter", "--json")
+    assert (cleared["rate_limit"], cleared["headers"], cleared["filter"]) == (None, {}, None)
+    status, _, err = await cli(env, "endpoints", "update", made["id"], "--header",
+                               "content-type=text/plain", "--json", ok=False)
+    assert status == 1 and json.loads(err)["error"]["details"][0]["path"] == \
+        "headers.content-type"
+    status, _, err = await cli(env, "endpoints", "update", made["id"], "--header", "no-equals",
+                               "--json", ok=False)
+    assert status != 0 and "NAME=VALUE" in err
+
+
 async def test_cli_sets_and_shows_push_credentials_and_prints_its_version(
     gateway: GatewayProcess, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:

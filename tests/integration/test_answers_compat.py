@@ -1,5 +1,6 @@
 """The API's answers, byte for byte, as version 0.1.0 gave them (plus, on purpose, the
-limits an app object now shows: rate_limit and the max_* quotas).
+limits an app object now shows: rate_limit and the max_* quotas; and the options an
+endpoint object now shows: rate_limit, headers and filter).
 
 A scripted walk over every resource records each answer's status and raw body; ids,
 keys, secrets, timestamps and durations are replaced by stable placeholders (the first

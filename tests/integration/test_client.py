@@ -131,6 +131,25 @@ async def test_event_types_round_trip_through_every_method(gw: GatewayClient) ->
     assert (gone.value.status, gone.value.code) == (404, "not_found")
 
 
+async def test_endpoint_options_are_set_changed_and_cleared_through_the_client(
+    gw: GatewayClient, receiver: Receiver
+) -> None:
+    created = await gw.create_endpoint(receiver.url(), rate_limit=5,
+                                       headers={"X-Tenant": "acme"},
+                                       filter={"region": ["eu", "us"]})
+    assert (created.rate_limit, created.headers, created.filter) == (
+        5, {"X-Tenant": "acme"}, {"region": ["eu", "us"]})
+    changed = await gw.update_endpoint(created.id, headers={"X-Other": "1"})
+    assert (changed.rate_limit, changed.headers, changed.filter) == (
+        5, {"X-Other": "1"}, {"region": ["eu", "us"]})
+    cleared = await gw.update_endpoint(created.id, rate_limit=None, headers=None, filter=None)
+    assert (cleared.rate_limit, cleared.headers, cleared.filter) == (None, {}, None)
+    with pytest.raises(GatewayAPIError) as refused:
+        await gw.update_endpoint(created.id, headers={"Webhook-Id": "x"})
+    assert refused.value.code == "validation_error"
+    assert refused.value.details[0]["path"] == "headers.Webhook-Id"
+
+
 async def test_events_deliveries_attempts_and_retry_through_the_client(
     gw: GatewayClient, receiver: Receiver
 ) -> None:

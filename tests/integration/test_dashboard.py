@@ -703,3 +703,22 @@ async def test_the_endpoints_page_shows_the_apps_operational_webhook(
     page = await browser.get(f"{base}/endpoints")
     assert receiver.url("/ops") in page.text and "endpoint.*" in page.text
     assert made["secret"] not in page.text
+
+
+async def test_the_endpoints_page_shows_rate_limit_header_names_and_filter_not_values(
+    api: Api, browser: Browser
+) -> None:
+    app_id, key = await new_app(api, "shop")
+    await api.new_endpoint(key, "http://127.0.0.1:9/hook", rate_limit=25,
+                           headers={"Authorization": "Bearer dash-s3cret"},
+                           filter={"region": "<eu>"})
+    await api.new_endpoint(key, "http://127.0.0.1:9/plain")
+    for who in (ADMIN_KEY, key):
+        browser.cookie = None
+        await browser.login(who)
+        page = await browser.get(f"/dashboard/apps/{app_id}/endpoints")
+        assert page.status == 200
+        assert "at most 25/s" in page.text and "<code>Authorization</code>" in page.text
+        assert "dash-s3cret" not in page.text
+        assert "region" in page.text and "<eu>" not in page.text  # escaped like the rest
+        assert page.text.count('class="small options"') == 2 and ">none<" in page.text

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient
 from gateway import appkeys
 from gateway.app import create_app
 from gateway.config import Settings
-from gateway.store.queue import UNLIMITED, Job, Rooms
+from gateway.store.queue import UNLIMITED, Claim, Rooms
 from tests.support import Api, Receiver, eventually
 
 
@@ -33,7 +33,7 @@ async def test_a_dispatcher_loop_that_dies_is_restarted_and_delivers(
     calls = 0
 
     async def broken_once(limit: int, lease_s: float, lease_id: uuid.UUID,
-                          rooms: Rooms = UNLIMITED) -> list[Job]:
+                          rooms: Rooms = UNLIMITED) -> Claim:
         nonlocal calls
         calls += 1
         if calls == 1:
@@ -62,7 +62,7 @@ async def test_a_stalled_dispatcher_fails_readiness_and_is_restarted(
     hang = asyncio.Event()
 
     async def hangs_once(limit: int, lease_s: float, lease_id: uuid.UUID,
-                         rooms: Rooms = UNLIMITED) -> list[Job]:
+                         rooms: Rooms = UNLIMITED) -> Claim:
         if not hang.is_set():
             hang.set()
             await asyncio.Event().wait()  # never returns: a stuck loop

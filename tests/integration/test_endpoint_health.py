@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient
 from gateway import appkeys
 from gateway.app import create_app
 from gateway.config import Settings
-from gateway.store.queue import UNLIMITED, Job, Rooms
+from gateway.store.queue import UNLIMITED, Claim, Rooms
 from tests.support import Api, eventually, serve_on_loopback
 
 #: Retries every 0.1 s, long enough that no delivery runs out of them here.
@@ -274,7 +274,7 @@ async def test_the_dispatcher_does_not_spin_while_all_due_work_is_behind_an_open
         claims = 0
 
         async def counted(limit: int, lease_s: float, lease_id: Any,
-                          rooms: Rooms = UNLIMITED) -> list[Job]:
+                          rooms: Rooms = UNLIMITED) -> Claim:
             nonlocal claims
             claims += 1
             return await real_claim(limit, lease_s, lease_id, rooms)

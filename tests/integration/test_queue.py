@@ -5,6 +5,7 @@ runs once per queue."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
@@ -49,6 +50,9 @@ class Harness(Protocol):
     async def all_due_at_once(self) -> None:
         """Give every pending delivery the same due time (a fan-out's batch has one)."""
 
+    async def set_rate_limit(self, endpoint: str, limit: int | None) -> None:
+        """Sends per second for an endpoint that has deliveries (None: no limit)."""
+
 
 @dataclass
 class MemoryHarness:
@@ -84,6 +88,9 @@ class MemoryHarness:
         now = datetime.now(UTC)
         for entry in self.queue.entries.values():
             entry.due_at = now
+
+    async def set_rate_limit(self, endpoint: str, limit: int | None) -> None:
+        self.queue.set_rate_limit(endpoint, limit)
 
 
 @dataclass
@@ -131,6 +138,10 @@ class PostgresHarness:
         async with self.queue.db.transaction() as conn:
             await conn.execute("UPDATE deliveries SET next_attempt_at = now() "
                                "WHERE status = 'pending'")
+
+    async def set_rate_limit(self, endpoint: str, limit: int | None) -> None:
+        app_id, endpoint_id = self.endpoints[endpoint]
+        await self.store.update_endpoint(app_id, endpoint_id, {"rate_limit": limit})
 
 
 @pytest.fixture(params=["memory", "postgres"])
@@ -284,6 +295,57 @@ async def test_a_gone_endpoint_is_disabled_and_its_other_deliveries_wait(
     assert await harness.endpoint_reason("gone") is DisabledReason.GONE
     rest = await harness.queue.claim(10, 30, uuid.uuid4())
     assert [j.delivery.delivery_id for j in rest] == [other]
+
+
+# --- endpoint rate limits (gateway/sendrate.py) ----------------------------------------
+
+async def test_a_rate_limited_endpoint_gives_a_claim_its_budget_and_books_the_rest(
+        harness: Harness) -> None:
+    limited = [await harness.add("limited") for _ in range(5)]
+    other = await harness.add("other")
+    await harness.set_rate_limit("limited", 2)  # one send now, then one every 0.575 s
+    claim = await harness.queue.claim(10, 30, uuid.uuid4())
+    assert sorted(j.delivery.delivery_id for j in claim) == sorted([limited[0], other])
+    assert claim.held_back == 4
+    for held in limited[1:]:  # not taken, not attempted, still pending
+        assert await harness.status(held) is DeliveryStatus.PENDING
+        assert await harness.attempts(held) == 0
+    # Booked later send times: out of the way of the next claim...
+    again = await harness.queue.claim(10, 30, uuid.uuid4())
+    assert list(again) == [] and again.held_back == 0
+    due = await harness.queue.next_due_at()
+    assert due is not None and due > datetime.now(UTC) - timedelta(seconds=0.05)
+    # ...and each taken in turn, oldest first, when its time comes.
+    taken: list[str] = []
+    while len(taken) < 2:
+        await asyncio.sleep(0.02)
+        taken += [j.delivery.delivery_id for j in
+                  await harness.queue.claim(10, 30, uuid.uuid4())]
+    assert taken == limited[1:3]
+
+
+async def test_claiming_as_fast_as_possible_never_beats_the_limit(harness: Harness) -> None:
+    ids = [await harness.add("limited") for _ in range(30)]
+    await harness.set_rate_limit("limited", 20)
+    granted: list[float] = []
+    while len(granted) < len(ids):
+        claim = await harness.queue.claim(50, 30, uuid.uuid4())
+        granted += [time.monotonic()] * len(claim)
+        await asyncio.sleep(0)
+    # 20 in any 1.1 s of grants (the default margin): 21 sends span at least a second
+    # even as this process saw them.
+    assert min(granted[i + 20] - granted[i] for i in range(len(granted) - 20)) >= 1.0
+
+
+async def test_a_new_limit_releases_the_deliveries_booked_under_the_old_one(
+        harness: Harness) -> None:
+    ids = [await harness.add("limited") for _ in range(6)]
+    await harness.set_rate_limit("limited", 1)  # the last would wait some 6 s
+    first = await harness.queue.claim(10, 30, uuid.uuid4())
+    assert len(first) == 1 and first.held_back == 5
+    await harness.set_rate_limit("limited", None)
+    rest = await harness.queue.claim(10, 30, uuid.uuid4())
+    assert sorted(j.delivery.delivery_id for j in rest) == sorted(ids[1:])
 
 
 # --- the dispatcher over either queue --------------------------------------------------

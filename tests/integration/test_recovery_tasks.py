@@ -169,6 +169,25 @@ async def test_replay_to_an_endpoint_made_later_takes_only_the_event_types_it_su
     assert sorted(webhook_ids(receiver)) == sorted(e["id"] for e in [*orders, *paid])
 
 
+async def test_replay_takes_only_the_events_the_endpoints_filter_lets_through(
+    api: Api, receiver: Receiver
+) -> None:
+    key = await api.new_app()
+    since = iso(datetime.now(UTC) - timedelta(seconds=1))
+    eu = []
+    for region in ("eu", "us", "eu", "apac"):
+        await asyncio.sleep(0.005)
+        event = await api.emit(key, "order.created", {"region": region})
+        if region == "eu":
+            eu.append(event)
+    endpoint = await api.new_endpoint(key, receiver.url(), filter={"region": "eu"})
+
+    task = await start(api, key, endpoint["id"], "replay", since=since)
+    assert (await finished(api, key, task["id"]))["counts"] == {"scanned": 4, "created": 2}
+    await eventually(lambda: _count(api, key, "succeeded", 2))
+    assert sorted(webhook_ids(receiver)) == sorted(e["id"] for e in eu)
+
+
 async def test_replay_twice_at_once_sends_each_missed_event_once(
     api: Api, receiver: Receiver
 ) -> None:

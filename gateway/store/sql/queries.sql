@@ -146,16 +146,20 @@ SELECT user_token_secret FROM apps WHERE id = $1 AND deleted_at IS NULL;
 SELECT count(*) AS n FROM endpoints WHERE app_id = $1 AND deleted_at IS NULL;
 
 -- name: create_endpoint
--- $1 id, $2 app id, $3 url, $4 description, $5 event_types (NULL = all), $6 secret (sealed)
-INSERT INTO endpoints (id, app_id, url, description, event_types, secret)
-VALUES ($1, $2, $3, $4, $5, $6)
+-- $1 id, $2 app id, $3 url, $4 description, $5 event_types (NULL = all), $6 secret (sealed),
+-- $7 rate_limit (NULL = none), $8 headers (JSON text, values sealed), $9 filter (JSON
+-- text, NULL = every event)
+INSERT INTO endpoints (id, app_id, url, description, event_types, secret, rate_limit,
+                       headers, filter)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb)
 RETURNING id, app_id, url, description, event_types, status, disabled_reason, disabled_at,
-          created_at, updated_at, failing_since, circuit_open_until, secret;
+          created_at, updated_at, failing_since, circuit_open_until, rate_limit, headers,
+          filter, secret;
 
 -- name: list_endpoints
 -- $1 app id, $2 cursor (id, exclusive, or NULL), $3 limit
 SELECT id, app_id, url, description, event_types, status, disabled_reason, disabled_at,
-       created_at, updated_at, failing_since, circuit_open_until
+       created_at, updated_at, failing_since, circuit_open_until, rate_limit, headers, filter
 FROM endpoints
 WHERE app_id = $1 AND deleted_at IS NULL AND ($2::text IS NULL OR id < $2)
 ORDER BY id DESC LIMIT $3;
@@ -163,13 +167,13 @@ ORDER BY id DESC LIMIT $3;
 -- name: get_endpoint
 -- $1 app id, $2 endpoint id
 SELECT id, app_id, url, description, event_types, status, disabled_reason, disabled_at,
-       created_at, updated_at, failing_since, circuit_open_until
+       created_at, updated_at, failing_since, circuit_open_until, rate_limit, headers, filter
 FROM endpoints WHERE app_id = $1 AND id = $2 AND deleted_at IS NULL;
 
 -- name: get_endpoint_for_update
 -- $1 app id, $2 endpoint id
 SELECT id, app_id, url, description, event_types, status, disabled_reason, disabled_at,
-       created_at, updated_at, failing_since, circuit_open_until
+       created_at, updated_at, failing_since, circuit_open_until, rate_limit, headers, filter
 FROM endpoints WHERE app_id = $1 AND id = $2 AND deleted_at IS NULL FOR UPDATE;
 
 -- name: get_endpoint_secret
@@ -178,14 +182,17 @@ SELECT secret, previous_secret_expires_at
 FROM endpoints WHERE app_id = $1 AND id = $2 AND deleted_at IS NULL;
 
 -- name: update_endpoint
--- $1 app id, $2 endpoint id, $3 url, $4 description, $5 event_types. Disabling and
+-- $1 app id, $2 endpoint id, $3 url, $4 description, $5 event_types, $6 rate_limit,
+-- $7 headers (JSON text, values sealed), $8 filter (JSON text or NULL). Disabling and
 -- enabling go through disable_endpoints and enable_endpoints
 -- (gateway/store/endpoint_health.py).
 UPDATE endpoints SET
-    url = $3, description = $4, event_types = $5, updated_at = now()
+    url = $3, description = $4, event_types = $5, rate_limit = $6, headers = $7::jsonb,
+    filter = $8::jsonb, updated_at = now()
 WHERE app_id = $1 AND id = $2 AND deleted_at IS NULL
 RETURNING id, app_id, url, description, event_types, status, disabled_reason, disabled_at,
-          created_at, updated_at, failing_since, circuit_open_until;
+          created_at, updated_at, failing_since, circuit_open_until, rate_limit, headers,
+          filter;
 
 -- name: delete_endpoint
 -- $1 app id, $2 endpoint id. Its pending deliveries fail: they have nowhere to go.
@@ -293,11 +300,17 @@ WHERE k.created_at >= now() - make_interval(secs => $3);
 -- $1 ids, $2 app ids, $3 types, $4 raw payloads, $5 created_at, $6 push targets as JSON
 -- text ({"user_ids", "topics", "notification"}) or NULL, $7 traceparents and $8
 -- tracestates or NULLs (arrays of one length).
--- Creates each event and one pending delivery per active endpoint subscribed to its type,
--- and wakes the dispatchers (and the fan-out, for push targets) at commit: one statement,
--- so without idempotency keys it needs no explicit transaction. Push targets are expanded
--- later by the fan-out. Returns how many webhook deliveries were created.
-WITH ev AS (
+-- Creates each event and one pending delivery per active endpoint subscribed to its type
+-- whose filter (if it has one) the payload passes, and wakes the dispatchers (and the
+-- fan-out, for push targets) at commit: one statement, so without idempotency keys it
+-- needs no explicit transaction. Push targets are expanded later by the fan-out. Returns
+-- how many webhook deliveries were created.
+WITH filtered AS (
+    -- Apps of this batch with an endpoint that filters: only their events' payloads are
+    -- read again below, as jsonb.
+    SELECT DISTINCT app_id FROM endpoints
+    WHERE app_id = ANY($2::text[]) AND filter IS NOT NULL AND deleted_at IS NULL
+), ev AS (
     INSERT INTO events (id, app_id, type, payload, created_at, push_user_ids, push_topics,
                         notification, fanout_status, traceparent, tracestate)
     SELECT u.id, u.app_id, u.type, u.payload, u.created_at,
@@ -310,7 +323,8 @@ WITH ev AS (
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[],
                 $7::text[], $8::text[])
         AS u(id, app_id, type, payload, created_at, push, traceparent, tracestate)
-    RETURNING id, app_id, type, created_at, fanout_status
+    RETURNING id, app_id, type, created_at, fanout_status,
+              CASE WHEN app_id IN (SELECT app_id FROM filtered) THEN payload END AS payload
 ), dl AS (
     INSERT INTO deliveries (id, app_id, event_id, endpoint_id, kind, next_attempt_at,
                             created_at, updated_at)
@@ -324,6 +338,9 @@ WITH ev AS (
         AND (ep.event_types IS NULL OR ev.type = ANY(ep.event_types)
              OR (array_to_string(ep.event_types, ',') LIKE '%*%'
                  AND gateway_type_matches(ep.event_types, ev.type)))
+        -- The payload is read as jsonb only for endpoints with a filter (migration 0009).
+        AND (ep.filter IS NULL
+             OR gateway_filter_matches(ep.filter, gateway_payload_jsonb(ev.payload)))
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM dl) AS deliveries,
@@ -470,7 +487,9 @@ SELECT requeued.* FROM requeued LEFT JOIN woke ON true;
 -- $1 limit, $2 lease seconds, $3 lease id; the claimer's rooms (gateway/store/queue.py
 -- Rooms): $4 endpoint ids with $5 their rooms, $6 push kinds with $7 their rooms, $8 app
 -- ids with $9 their rooms (arrays of one length, pairwise), $10 the room of an endpoint
--- and $11 of an app not named; $12 how many due rows one claim looks at.
+-- and $11 of an app not named; $12 how many due rows one claim looks at; $13 the window
+-- (seconds) in which an endpoint's rate_limit holds and $14 the lateness a booked send
+-- may have (gateway/sendrate.py).
 -- Takes due deliveries no other dispatcher holds, of apps not deleted, whose endpoint is
 -- active, none past its target's or its app's room, apps in turn (each app's oldest
 -- first), so one app's backlog or hanging endpoints never crowd out another's; extends
@@ -480,8 +499,10 @@ SELECT requeued.* FROM requeued LEFT JOIN woke ON true;
 -- the due deliveries it meets there are parked, out of the due index's way until the
 -- circuit closes. A half-open one gets one probe, the oldest of its parked deliveries,
 -- taken by marking the endpoint (circuit_probe_until, for the lease), so one probe is out
--- at a time across all dispatchers. The first row says how many were parked ("parked");
--- when nothing was claimed it is the only row, its id NULL.
+-- at a time across all dispatchers. A rate-limited endpoint gives what its send schedule
+-- allows now; its other due deliveries are not taken but booked the next free send
+-- times, oldest first. The first row says how many were parked ("parked") and held back
+-- ("held_back"); when nothing was claimed it is the only row, its id NULL.
 WITH full_targets AS (
     SELECT array_agg(id) FILTER (WHERE room <= 0) AS endpoints
     FROM unnest($4::text[], $5::int[]) AS r(id, room)
@@ -554,26 +575,83 @@ WITH full_targets AS (
     UPDATE endpoints e SET circuit_probe_until = now() + make_interval(secs => $2)
     FROM probes WHERE e.id = probes.endpoint_id
     RETURNING e.id
+), rates AS (
+    -- The send schedules of the rate-limited endpoints among the candidates, locked in
+    -- id order: the claims of every process take turns on each, and never deadlock.
+    SELECT r.endpoint_id, r.tat, r.booked_until, r.rate_limit,
+           greatest(1, r.rate_limit / 20) AS burst  -- sendrate.BURST_DIVISOR
+    FROM endpoint_send_rates r
+    WHERE r.rate_limit IS NOT NULL
+      AND r.endpoint_id IN (SELECT endpoint_id FROM candidates)
+    ORDER BY r.endpoint_id
+    FOR UPDATE OF r
+), budgets AS (
+    -- How many sends each may start now: the generic cell rate algorithm, as
+    -- gateway/sendrate.py SendRate.budget (the clock read once the schedule is ours).
+    SELECT endpoint_id, tat, booked_until, at, interval_s, tolerance_s,
+           greatest(0, floor((tolerance_s - extract(epoch FROM greatest(tat, at) - at)::float8)
+                             / interval_s)::int + 1) AS budget
+    FROM (SELECT endpoint_id, tat, booked_until, at, interval_s,
+                 interval_s * (burst - 1) + $14::float8 AS tolerance_s
+          FROM (SELECT endpoint_id, tat, booked_until, burst, clock_timestamp() AS at,
+                       ceil(($13::float8 + $14::float8) / (rate_limit - burst + 1) * 1e6)
+                           / 1e6 AS interval_s
+                FROM rates) p) r
 ), ranked AS (
-    SELECT c.app_id, c.id, c.next_attempt_at,
+    SELECT c.app_id, c.id, c.endpoint_id, c.next_attempt_at,
            -- One total order (due time, then id) for both counts: the first due row of
            -- any app and target is first in both, so a claim with room takes something.
            row_number() OVER (PARTITION BY coalesce(c.endpoint_id, c.kind)
                               ORDER BY c.next_attempt_at, c.id) AS nth_of_target,
            row_number() OVER (PARTITION BY c.app_id
                               ORDER BY c.next_attempt_at, c.id) AS nth_of_app,
-           coalesce(ep.room, k.room, $10) AS target_room, coalesce(ap.room, $11) AS app_room
+           least(coalesce(ep.room, k.room, $10), coalesce(b.budget, $10)) AS target_room,
+           coalesce(ap.room, $11) AS app_room, b.budget
     FROM candidates c
     LEFT JOIN unnest($4::text[], $5::int[]) AS ep(id, room) ON ep.id = c.endpoint_id
     LEFT JOIN unnest($6::text[], $7::int[]) AS k(kind, room)
         ON c.endpoint_id IS NULL AND k.kind = c.kind
     LEFT JOIN unnest($8::text[], $9::int[]) AS ap(id, room) ON ap.id = c.app_id
+    LEFT JOIN budgets b ON b.endpoint_id = c.endpoint_id
     WHERE c.endpoint_id IS NULL OR c.endpoint_id NOT IN (SELECT id FROM tripped)
 ), chosen AS (
-    SELECT app_id, id FROM ranked
+    SELECT app_id, id, endpoint_id FROM ranked
     WHERE nth_of_target <= target_room AND nth_of_app <= app_room
     ORDER BY nth_of_app, next_attempt_at, id
     LIMIT greatest($1 - (SELECT count(*) FROM probes), 0)
+), held AS (
+    -- Due deliveries of rate-limited endpoints past what the schedule allows now: the
+    -- kth of an endpoint gets its kth next free send time.
+    SELECT app_id, id, endpoint_id, nth_of_target - budget - 1 AS k FROM ranked
+    WHERE nth_of_target > budget
+), schedules AS (
+    -- Each schedule after this claim (SendRate.spend and SendRate.booking_start).
+    SELECT b.endpoint_id, b.interval_s, s.tat, h.held,
+           CASE WHEN b.booked_until IS NULL THEN f.free
+                ELSE greatest(f.free, b.booked_until + make_interval(secs => b.interval_s))
+           END AS first_slot
+    FROM budgets b
+    CROSS JOIN LATERAL (
+        SELECT greatest(b.tat, b.at) + make_interval(secs => b.interval_s * count(*)) AS tat
+        FROM chosen c WHERE c.endpoint_id = b.endpoint_id) s
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS held FROM held WHERE held.endpoint_id = b.endpoint_id) h
+    CROSS JOIN LATERAL (
+        SELECT greatest(b.at, greatest(b.tat, b.at)
+                              + make_interval(secs => b.interval_s * b.budget
+                                                      - b.tolerance_s)) AS free) f
+), moved AS (
+    UPDATE endpoint_send_rates r SET
+        tat = s.tat,
+        booked_until = CASE WHEN s.held > 0
+            THEN s.first_slot + make_interval(secs => s.interval_s * (s.held - 1))
+            ELSE r.booked_until END
+    FROM schedules s WHERE r.endpoint_id = s.endpoint_id
+), booked AS (
+    UPDATE deliveries d
+    SET next_attempt_at = s.first_slot + make_interval(secs => s.interval_s * h.k)
+    FROM held h JOIN schedules s ON s.endpoint_id = h.endpoint_id
+    WHERE d.app_id = h.app_id AND d.id = h.id
 ), claimed AS (
     UPDATE deliveries d
     SET next_attempt_at = now() + make_interval(secs => $2), lease_id = $3
@@ -584,8 +662,10 @@ WITH full_targets AS (
     RETURNING d.id, d.app_id, d.event_id, d.endpoint_id, d.device_id, d.kind, d.schedule_pos,
               d.attempt_count
 )
-SELECT c.id, c.app_id, c.event_id, c.endpoint_id, c.device_id, c.kind, c.schedule_pos,
-       c.attempt_count, ev.type AS event_type, ev.payload,
+-- One row per claimed delivery, or a single row of NULLs when none was: parked and
+-- held_back (how many were booked for later) are on every row.
+SELECT h.held_back, c.id, c.app_id, c.event_id, c.endpoint_id, c.device_id, c.kind,
+       c.schedule_pos, c.attempt_count, ev.type AS event_type, ev.payload,
        ev.created_at AS event_created_at, ev.traceparent, ev.tracestate,
        -- An operational delivery's endpoint is the app's operational webhook.
        coalesce(ep.url, ow.url) AS url, coalesce(ep.secret, ow.secret) AS secret,
@@ -593,8 +673,9 @@ SELECT c.id, c.app_id, c.event_id, c.endpoint_id, c.device_id, c.kind, c.schedul
            AS previous_secret,
        dv.token AS device_token, dv.platform, dv.status AS device_status,
        CASE WHEN c.kind <> 'webhook' THEN ev.notification END AS notification,
-       pc.config AS credentials, n.parked
+       pc.config AS credentials, ep.headers, n.parked
 FROM (SELECT count(*)::int AS parked FROM parked) n
+CROSS JOIN (SELECT count(*)::int AS held_back FROM held) h
 LEFT JOIN (claimed c
            JOIN events ev ON ev.app_id = c.app_id AND ev.id = c.event_id
            LEFT JOIN endpoints ep ON ep.id = c.endpoint_id
@@ -1391,14 +1472,14 @@ ORDER BY id LIMIT $5;
 -- name: task_replay_batch
 -- $1 app id, $2 endpoint id, $3 cursor (event id, exclusive), $4 the window's end (event id
 -- bound, exclusive), $5 batch size. The app's next events in the window, and for each one
--- the endpoint takes (its event types, matched as insert_events matches them) and has no
--- delivery for, a new delivery: due now, or parked while the endpoint is disabled. A
+-- the endpoint takes (its event types and filter, matched as insert_events matches them)
+-- and has no delivery for, a new delivery: due now, or parked while the endpoint is disabled. A
 -- delivery's id is derived from its event and endpoint (gateway_delivery_id), so one that
 -- exists already (from ingest or an earlier replay) stays as it is. Returns how many
 -- events it looked at, the last one's id, and how many deliveries it made; wakes the
 -- dispatchers on commit.
 WITH batch AS (
-    SELECT id, type FROM events
+    SELECT id, type, payload FROM events
     WHERE app_id = $1 AND id > $3 AND id < $4
     ORDER BY id LIMIT $5
 ), made AS (
@@ -1410,8 +1491,9 @@ WITH batch AS (
         AND (ep.event_types IS NULL OR ev.type = ANY(ep.event_types)
              OR (array_to_string(ep.event_types, ',') LIKE '%*%'
                  AND gateway_type_matches(ep.event_types, ev.type)))
-        -- filter: AND (ep.filter IS NULL OR gateway_filter_matches(ep.filter, ...)) with
-        -- the event's payload (read it only then: batch leaves it out)
+        -- and its filter, as insert_events applies it
+        AND (ep.filter IS NULL
+             OR gateway_filter_matches(ep.filter, gateway_payload_jsonb(ev.payload)))
     -- Deliveries made before migration 0005 have ids of their own: found by event.
     WHERE NOT EXISTS (SELECT 1 FROM deliveries d
                       WHERE d.event_id = ev.id
@@ -1528,3 +1610,51 @@ WITH woken AS (
     RETURNING 1
 )
 SELECT pg_notify('gateway_deliveries', '') WHERE EXISTS (SELECT 1 FROM woken);
+
+-- --- endpoint options: rate limits, headers, filters (migration 0009) -----------------
+
+-- name: create_send_rate
+-- $1 endpoint id, $2 its rate_limit: the send schedule its claims lock (claim_due).
+INSERT INTO endpoint_send_rates (endpoint_id, rate_limit) VALUES ($1, $2);
+
+-- name: reset_send_rate
+-- $1 endpoint id, $2 its rate_limit now (NULL: none). The schedule takes the new limit,
+-- and held-back deliveries are booked from the next free send time again. Waits for a
+-- claim moving the schedule right now (claims waiting behind this one then read the new
+-- limit); returns the last send time handed out until then (NULL: none), for
+-- release_booked.
+WITH old AS (
+    SELECT endpoint_id, booked_until FROM endpoint_send_rates WHERE endpoint_id = $1
+    FOR UPDATE
+), reset AS (
+    UPDATE endpoint_send_rates r SET rate_limit = $2, booked_until = NULL
+    FROM old WHERE r.endpoint_id = old.endpoint_id
+    RETURNING old.booked_until
+), made AS (
+    INSERT INTO endpoint_send_rates (endpoint_id, rate_limit)
+    SELECT $1, $2 WHERE $2::int IS NOT NULL AND NOT EXISTS (SELECT 1 FROM old)
+)
+SELECT booked_until FROM reset;
+
+-- name: release_booked
+-- $1 endpoint id, $2 app id, $3 the last send time booked (reset_send_rate). Its pending
+-- deliveries booked a later send time by its rate limit come due at once, to be booked
+-- again under the limit it has now (a delivery waiting to be retried within the booked
+-- span comes early too). Run after the transaction that changed the limit: a claim locks
+-- the schedule while holding deliveries, so taking them in the other order could
+-- deadlock. Wakes the dispatchers.
+WITH released AS (
+    UPDATE deliveries SET next_attempt_at = now()
+    WHERE app_id = $2 AND endpoint_id = $1 AND status = 'pending' AND lease_id IS NULL
+      AND next_attempt_at > now() AND next_attempt_at <= $3
+    RETURNING 1
+)
+SELECT pg_notify('gateway_deliveries', '') WHERE EXISTS (SELECT 1 FROM released);
+
+-- name: endpoint_headers_to_reseal
+-- $1 cursor (id, exclusive; '' to start), $2 limit: endpoints with custom headers.
+SELECT id, headers FROM endpoints WHERE id > $1 AND headers <> '{}' ORDER BY id LIMIT $2;
+
+-- name: reseal_endpoint_headers
+-- $1 id, $2 headers (JSON text, values sealed)
+UPDATE endpoints SET headers = $2::jsonb WHERE id = $1;

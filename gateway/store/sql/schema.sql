@@ -108,6 +108,16 @@ CREATE INDEX devices_by_app ON public.devices USING btree (app_id, id);
 CREATE INDEX devices_by_topic ON public.devices USING gin (topics);
 CREATE INDEX devices_by_user ON public.devices USING btree (app_id, user_id, id);
 
+CREATE TABLE endpoint_send_rates (
+    endpoint_id text NOT NULL,
+    rate_limit integer,
+    tat timestamp with time zone DEFAULT '-infinity'::timestamp with time zone NOT NULL,
+    booked_until timestamp with time zone
+);
+ALTER TABLE endpoint_send_rates ADD CONSTRAINT endpoint_send_rates_endpoint_id_fkey FOREIGN KEY (endpoint_id) REFERENCES endpoints(id) ON DELETE CASCADE;
+ALTER TABLE endpoint_send_rates ADD CONSTRAINT endpoint_send_rates_pkey PRIMARY KEY (endpoint_id);
+ALTER TABLE endpoint_send_rates ADD CONSTRAINT endpoint_send_rates_rate_limit_check CHECK ((rate_limit > 0));
+
 CREATE TABLE endpoints (
     id text NOT NULL,
     app_id text NOT NULL,
@@ -123,6 +133,9 @@ CREATE TABLE endpoints (
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     deleted_at timestamp with time zone,
+    rate_limit integer,
+    headers jsonb DEFAULT '{}'::jsonb NOT NULL,
+    filter jsonb,
     failing_since timestamp with time zone,
     consecutive_failures integer DEFAULT 0 NOT NULL,
     circuit_open_until timestamp with time zone,
@@ -131,6 +144,7 @@ CREATE TABLE endpoints (
 ALTER TABLE endpoints ADD CONSTRAINT endpoints_app_id_fkey FOREIGN KEY (app_id) REFERENCES apps(id);
 ALTER TABLE endpoints ADD CONSTRAINT endpoints_disabled_reason_check CHECK ((disabled_reason = ANY (ARRAY['gone'::text, 'failing'::text, 'manual'::text])));
 ALTER TABLE endpoints ADD CONSTRAINT endpoints_pkey PRIMARY KEY (id);
+ALTER TABLE endpoints ADD CONSTRAINT endpoints_rate_limit_check CHECK ((rate_limit > 0));
 ALTER TABLE endpoints ADD CONSTRAINT endpoints_status_check CHECK ((status = ANY (ARRAY['active'::text, 'disabled'::text])));
 CREATE INDEX endpoints_by_app ON public.endpoints USING btree (app_id, id) WHERE (deleted_at IS NULL);
 CREATE INDEX endpoints_tripped ON public.endpoints USING btree (circuit_open_until) WHERE (circuit_open_until IS NOT NULL);
@@ -237,6 +251,52 @@ AS $function$
     SELECT 'dlv_' || substr(event_id, 5, 12) || left(md5(event_id || '/' || target_id), 20)
 $function$;
 
+CREATE OR REPLACE FUNCTION public.gateway_filter_matches(filter jsonb, payload jsonb)
+ RETURNS boolean
+ LANGUAGE sql
+ IMMUTABLE PARALLEL SAFE
+AS $function$
+    SELECT NOT EXISTS (
+        SELECT 1 FROM jsonb_each(filter) AS f(path, wanted)
+        WHERE NOT gateway_filter_reaches(
+            payload, string_to_array(f.path, '.'),
+            CASE WHEN jsonb_typeof(f.wanted) = 'array' THEN f.wanted
+                 ELSE jsonb_build_array(f.wanted) END))
+$function$;
+
+CREATE OR REPLACE FUNCTION public.gateway_filter_reaches(node jsonb, path text[], wanted jsonb)
+ RETURNS boolean
+ LANGUAGE plpgsql
+ IMMUTABLE PARALLEL SAFE
+AS $function$
+DECLARE
+    i integer := 1;
+BEGIN
+    LOOP
+        IF node IS NULL THEN
+            RETURN false;
+        ELSIF jsonb_typeof(node) = 'array' THEN
+            IF i <= cardinality(path) AND path[i] ~ '^(0|[1-9][0-9]{0,8})$' THEN
+                node := node -> path[i]::integer;
+                i := i + 1;
+            ELSE
+                RETURN EXISTS (SELECT 1 FROM jsonb_array_elements(node) AS e(value)
+                               WHERE gateway_filter_reaches(e.value, path[i:], wanted));
+            END IF;
+        ELSIF i > cardinality(path) THEN
+            RETURN jsonb_typeof(node) <> 'object'
+                AND EXISTS (SELECT 1 FROM jsonb_array_elements(wanted) AS w(value)
+                            WHERE w.value = node);
+        ELSIF jsonb_typeof(node) = 'object' THEN
+            node := node -> path[i];
+            i := i + 1;
+        ELSE
+            RETURN false;
+        END IF;
+    END LOOP;
+END
+$function$;
+
 CREATE OR REPLACE FUNCTION public.gateway_id_day(id text)
  RETURNS date
  LANGUAGE sql
@@ -271,6 +331,16 @@ BEGIN
     END LOOP;
     RETURN made;
 END
+$function$;
+
+CREATE OR REPLACE FUNCTION public.gateway_payload_jsonb(payload text)
+ RETURNS jsonb
+ LANGUAGE sql
+ IMMUTABLE PARALLEL SAFE
+AS $function$
+    SELECT CASE WHEN strpos(payload, '\u0000') = 0 THEN payload::jsonb
+                ELSE regexp_replace(payload, '(?<!\\)((?:\\\\)*)\\u0000', '\1\\uffff',
+                                    'g')::jsonb END
 $function$;
 
 CREATE OR REPLACE FUNCTION public.gateway_type_matches(patterns text[], event_type text)
