@@ -52,7 +52,10 @@ async def chromium(chromium_path: Path) -> AsyncIterator[Browser]:
 
 @pytest.fixture
 def gateway(dsn: str) -> Iterator[GatewayProcess]:
-    proc = GatewayProcess(dsn, "serve", "--sandbox").start()
+    # The story's receiver is down until the operator retries: the circuit breaker
+    # (tested in tests/integration/test_endpoint_health.py) stays out of its way.
+    proc = GatewayProcess(dsn, "serve", "--sandbox",
+                          env={"GATEWAY_CIRCUIT_FAILURES": "1000"}).start()
     yield proc
     proc.stop()
 
