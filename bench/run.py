@@ -1123,21 +1123,19 @@ def machine_idle_check(seconds: float = 1.0) -> dict[str, float]:
             "steal_pct": 100 * (steal1 - steal0) / seconds}
 
 
-def orchestrate(args: argparse.Namespace) -> int:
-    args.workers = [int(w) for w in str(args.workers).split(",") if w.strip()]
-    args.latency_rates = [float(x) for x in str(args.latency_rate).split(",") if x.strip()]
-    if args.quick:
-        args.duration, args.warmup = 2.0, 1.0
-        args.latency_duration = 2.0
-        args.drain_events = min(args.drain_events, 5000)
+def prepare(args: argparse.Namespace, prog: str,
+            ) -> tuple[str, Path, Procs, Postgres, str | None] | None:
+    """What one run needs, for ``bench/run.py`` and ``bench/soak.py`` alike: the load
+    generator, a work folder, the process table (stopped on SIGTERM/SIGINT) and
+    PostgreSQL (``DATABASE_URL``, else a fresh embedded one); None when wrk was asked for
+    and is missing."""
     auto = "wrk" if WRK.exists() else "python"
     loadgen: str = auto if args.loadgen == "auto" else args.loadgen
     if loadgen == "wrk" and not WRK.exists():
-        print("bench: --loadgen wrk but /usr/bin/wrk is missing", file=sys.stderr)
-        return 2
+        print(f"{prog}: --loadgen wrk but /usr/bin/wrk is missing", file=sys.stderr)
+        return None
     args.output.parent.mkdir(parents=True, exist_ok=True)
-
-    work = Path(tempfile.mkdtemp(prefix="gwbench-"))
+    work = Path(tempfile.mkdtemp(prefix=f"gw{prog}-"))
     procs = Procs(work / "logs")
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -1147,7 +1145,20 @@ def orchestrate(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     user_dsn = os.environ.get("DATABASE_URL") or None
-    pg = Postgres(user_dsn, work / "data")
+    return loadgen, work, procs, Postgres(user_dsn, work / "data"), user_dsn
+
+
+def orchestrate(args: argparse.Namespace) -> int:
+    args.workers = [int(w) for w in str(args.workers).split(",") if w.strip()]
+    args.latency_rates = [float(x) for x in str(args.latency_rate).split(",") if x.strip()]
+    if args.quick:
+        args.duration, args.warmup = 2.0, 1.0
+        args.latency_duration = 2.0
+        args.drain_events = min(args.drain_events, 5000)
+    prepared = prepare(args, "bench")
+    if prepared is None:
+        return 2
+    loadgen, work, procs, pg, user_dsn = prepared
     bench = Bench(args, work, procs, pg, loadgen)
     started = time.time()
     idle_check: dict[str, float] = {}

@@ -39,9 +39,7 @@ import math
 import os
 import re
 import shutil
-import signal
 import sys
-import tempfile
 import time
 import traceback
 import uuid
@@ -54,11 +52,10 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-from common import Postgres, Procs, own_cpu
+from common import Postgres, own_cpu
 from run import (
     EVENT_BODY,
     HOST,
-    WRK,
     Bench,
     BenchError,
     CpuMeter,
@@ -68,6 +65,7 @@ from run import (
     git_state,
     machine_idle_check,
     percentile,
+    prepare,
     r,
     run_loop,
 )
@@ -793,24 +791,10 @@ def orchestrate(args: argparse.Namespace) -> int:
         args.duration, args.warmup = 3.0, 1.0
         args.claims = min(args.claims, 5_000)
     args.profile = False
-    auto = "wrk" if WRK.exists() else "python"
-    loadgen: str = auto if args.loadgen == "auto" else args.loadgen
-    if loadgen == "wrk" and not WRK.exists():
-        print("soak: --loadgen wrk but /usr/bin/wrk is missing", file=sys.stderr)
+    prepared = prepare(args, "soak")
+    if prepared is None:
         return 2
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-
-    work = Path(tempfile.mkdtemp(prefix="gwsoak-"))
-    procs = Procs(work / "logs")
-
-    def on_signal(signum: int, frame: Any) -> None:
-        procs.abort.set()
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    user_dsn = os.environ.get("DATABASE_URL") or None
-    pg = Postgres(user_dsn, work / "data")
+    loadgen, work, procs, pg, user_dsn = prepared
     soak = Soak(args, Bench(args, work, procs, pg, loadgen), pg)
     started = time.time()
     idle: dict[str, float] = {}
