@@ -81,9 +81,13 @@ async def test_two_workers_share_the_port_and_deliver_every_event_once(
     counts = collections.Counter(r.headers["webhook-id"] for r in receiver.requests)
     assert set(counts) == {e["id"] for e in sent}
     assert max(counts.values()) == 1
+
+    async def all_logged() -> bool:  # request lines reach the file within a flush (0.2 s)
+        return sum(worker_lines(gw.log()).values()) == 60
+
+    await eventually(all_logged, timeout_s=5)
     per_worker = worker_lines(gw.log())
     assert set(per_worker) == {"1", "2"}, per_worker
-    assert sum(per_worker.values()) == 60
     assert gw.proc is not None
     workers = children(gw.proc.pid)
     assert gw.terminate() == 0
@@ -106,7 +110,11 @@ async def test_a_worker_that_dies_is_started_again_and_the_port_keeps_answering(
         return len(now) == 2 and victim not in now
 
     await eventually(replaced, timeout_s=30)
-    assert "restarting worker" in gw.log()
+
+    async def told() -> bool:  # log lines reach the file within a flush (0.2 s)
+        return "restarting worker" in gw.log()
+
+    await eventually(told, timeout_s=5)
 
     async def restarted_ready() -> bool:
         return gw.log().count("gateway ready worker=") == 3
