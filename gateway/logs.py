@@ -143,11 +143,15 @@ def _escape(text: str) -> str:
 
 
 _BARE = re.compile(r"[^\s=\"\\]+")
+#: Printable ASCII but space, '"', '=' and '\\': written as it is (most values).
+_PLAIN = re.compile(r"[!#-<>-\[\]-~]+")
 
 
 def _value(text: str) -> str:
     """A field's value as logfmt writes it: bare when it is one plain word, otherwise
     quoted, so a value a client chose (a path parameter) never reads as more fields."""
+    if _PLAIN.fullmatch(text):
+        return text
     if _BARE.fullmatch(text):
         return _escape(text)
     return '"' + _escape(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
@@ -259,6 +263,10 @@ def configure(fmt: str = "text", level: str = "INFO", *, stream: TextIO | None =
     if fmt not in FORMATS:
         raise ValueError(f"log format must be one of {', '.join(FORMATS)}")
     _secrets = tuple(sorted({s for s in secrets if s and len(s) >= 8}, key=len, reverse=True))
+    # No line shows the caller's file and line, thread or process names: not finding them
+    # saves a stack walk per record (the request line is the hottest).
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     root = logging.getLogger()
     if _handler is not None:
         root.removeHandler(_handler)
@@ -317,6 +325,7 @@ def _new_request_id() -> str:
 #: minted itself (the acting app, a new event).
 _REQUEST_LINE = frozenset({"msg", "method", "route", "status"})
 _MINTED = frozenset({"app", "event"})
+_REQUEST_LINE_OWN_ID = _REQUEST_LINE | {"request_id"}
 
 
 @web.middleware
@@ -324,7 +333,10 @@ async def request_log(request: web.Request, handler: Handler) -> web.StreamRespo
     """One line per request: request id (X-Request-Id if sane, else new; echoed back),
     method, route template, status, duration, and the app and ids it touched."""
     given = request.headers.get("X-Request-Id", "")
-    rid = given if given and _REQUEST_ID.fullmatch(given) else _new_request_id()
+    if given and _REQUEST_ID.fullmatch(given):
+        rid, line = given, _REQUEST_LINE
+    else:  # made here: nothing to scrub in it
+        rid, line = _new_request_id(), _REQUEST_LINE_OWN_ID
     token = request_id.set(rid)
     fields: dict[str, Any] = {}
     request[LOG_FIELDS] = fields
@@ -342,7 +354,7 @@ async def request_log(request: web.Request, handler: Handler) -> web.StreamRespo
         raise
     finally:
         route = route_of(request)
-        trusted = _REQUEST_LINE if not fields else _REQUEST_LINE | (fields.keys() & _MINTED)
+        trusted = line if not fields else line | (fields.keys() & _MINTED)
         for param, field in _ID_PARAMS.items():
             if param in request.match_info:
                 fields.setdefault(field, request.match_info[param])
