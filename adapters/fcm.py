@@ -51,7 +51,8 @@ GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 REFRESH_MARGIN_S = 300
 _RETRY_CODES = {"UNAVAILABLE", "INTERNAL"}
 QUOTA_MIN_DELAY_S = 60.0
-#: pyfcm's builder needs credentials to exist; it never uses them to build a message.
+#: pyfcm's builder needs credentials and a project id to exist (older google-auth credentials
+#: carry no project id); it uses neither to build a message.
 _UNUSED = Credentials(token=None)
 
 
@@ -180,7 +181,7 @@ class FCMAdapter:
         self._timeout_s = timeout_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._max_connections = max_connections
-        self._builder = FCMNotification(credentials=_UNUSED)
+        self._builder = FCMNotification(credentials=_UNUSED, project_id="unused")
         self._session: aiohttp.ClientSession | None = None
         self._tokens: AccessTokens | None = None
 

@@ -443,8 +443,10 @@ async def test_pyfcm_built_message_is_accepted_as_sent(
     fake: FakeFCM, account: Account, access_token: str, http: aiohttp.ClientSession
 ) -> None:
     creds = credentials(account, fake.token_url)
-    fcm = FCMNotification(credentials=creds, project_id=PROJECT)
-    fcm.FCM_END_POINT_BASE = f"{fake.base_url}/v1/projects"
+    class LocalFCM(FCMNotification):  # type: ignore[misc]  # pyfcm < 2.1 reads it in __init__
+        FCM_END_POINT_BASE = f"{fake.base_url}/v1/projects"
+
+    fcm = LocalFCM(credentials=creds, project_id=PROJECT)
     assert fcm.fcm_end_point == fake.send_url(PROJECT)
     body = fcm.parse_payload(
         fcm_token=DEVICE,
