@@ -65,6 +65,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import hpack
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -296,6 +297,30 @@ class _TLSStream:
             self._writer.write(pending)
 
 
+class _AnswerEncoder(hpack.Encoder):
+    """HPACK for the fake's answers, cheap in CPU: plain literals (h2 asks for Huffman
+    coding, which pure-Python hpack makes costly) and ``apns-id``, different in every
+    answer, never indexed (it would only churn the table). Any valid HPACK decodes the
+    same for the client."""
+
+    def encode(
+        self,
+        headers: Iterable[
+            hpack.HeaderTuple
+            | tuple[bytes | str, bytes | str]
+            | tuple[bytes | str, bytes | str, bool | None]
+        ]
+        | dict[bytes | str, bytes | str],
+        huffman: bool = True,
+    ) -> bytes:
+        if not isinstance(headers, dict):
+            headers = [
+                hpack.NeverIndexedHeaderTuple(h[0], h[1]) if h[0] == b"apns-id" else h
+                for h in headers
+            ]
+        return super().encode(headers, huffman=False)
+
+
 @dataclass
 class _Stream:
     headers: list[tuple[str, str]]
@@ -511,8 +536,13 @@ class FakeAPNs:
             return
         der = ssl_object.getpeercert(binary_form=True)
         certificate = _ClientCertificate.read(der) if der else None
-        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        # What the client sends is validated as h2 validates it; the fake's own answers
+        # are well-formed by construction, so they skip h2's outbound checks (CPU only).
+        config = h2.config.H2Configuration(
+            client_side=False, header_encoding=None,
+            validate_outbound_headers=False, normalize_outbound_headers=False)
         h2_conn = h2.connection.H2Connection(config=config)
+        h2_conn.encoder = _AnswerEncoder()
         # Apple allows one stream until the connection proved who it is (a client
         # certificate proves it at once).
         h2_conn.local_settings = h2.settings.Settings(
@@ -557,11 +587,19 @@ class FakeAPNs:
                 return
             ready: list[tuple[int, _Answer]] = []
             terminated = False
+            opened = False
             for event in events:
                 answered = self._on_event(conn, event)
                 if answered is not None:
                     ready.append(answered)
+                opened = opened or isinstance(event, h2.events.RequestReceived)
                 terminated = terminated or isinstance(event, h2.events.ConnectionTerminated)
+            if opened:
+                # h2 counts the streams as the whole read left them (it handed over the
+                # events after processing every frame), so once per read is enough.
+                self.max_concurrent_streams_seen = max(
+                    self.max_concurrent_streams_seen, conn.h2.open_inbound_streams
+                )
             # Answering after the whole read, not stream by stream, is what lets requests
             # that arrived together overlap, as they do on Apple's servers.
             for stream_id, answer in ready:
@@ -583,9 +621,6 @@ class FakeAPNs:
         if isinstance(event, h2.events.RequestReceived) and event.stream_id is not None:
             headers = [(_text(name), _text(value)) for name, value in event.headers or []]
             conn.streams[event.stream_id] = _Stream(headers)
-            self.max_concurrent_streams_seen = max(
-                self.max_concurrent_streams_seen, conn.h2.open_inbound_streams
-            )
         elif isinstance(event, h2.events.DataReceived) and event.stream_id is not None:
             # Acknowledge at once (the connection window too, even for reset streams):
             # bodies are tiny and bounded, and a withheld window would stall every stream.

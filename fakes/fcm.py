@@ -39,6 +39,7 @@ A ``validate_only`` request is checked like any other, device-token errors inclu
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 import secrets
@@ -150,6 +151,10 @@ _HTML_502: Final = (
     "your request.<p>Please try again in 30 seconds.  <ins>That\u2019s all we know.</ins>\n"
     "</html>\n"
 )
+#: Device tokens whose messages :func:`_shape` may recognise (FCM's are of these).
+_PLAIN_TOKEN: Final = re.compile(r"[A-Za-z0-9:_.\-]{1,4096}")
+#: Message shapes remembered as valid; a fan-out of one message needs one.
+_SHAPE_CACHE_SIZE: Final = 256
 _DURATION: Final = re.compile(r"^\d+(\.\d{1,9})?s$")
 _TIMESTAMP: Final = re.compile(
     r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$"
@@ -203,6 +208,13 @@ class _Message:
     fields: Mapping[str, _Type]
     #: oneof name -> its members; at most one member may be set.
     oneofs: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @functools.cached_property
+    def aliases(self) -> Mapping[str, str]:
+        """Every accepted spelling of a field name (lowerCamelCase or snake_case) -> the
+        snake_case name. Made once per type: the parser looks names up for every field of
+        every message."""
+        return {_camel(name): name for name in self.fields} | {n: n for n in self.fields}
 
 
 _Type = _Scalar | _Enum | _Pattern | _Struct | _StringMap | _Repeated | _Message
@@ -370,7 +382,7 @@ class _Parser:
         if not isinstance(value, dict):
             self._invalid(path, "type.googleapis.com/" + kind.type_name, value)
             return None
-        aliases = {_camel(name): name for name in kind.fields} | {n: n for n in kind.fields}
+        aliases = kind.aliases
         out: dict[str, Any] = {}
         for key, item in value.items():
             name = aliases.get(key)
@@ -602,6 +614,8 @@ class FakeFCM:
         self._scripts: dict[str, deque[str]] = {}
         # Google's order of error details varies; alternating makes both orders certain.
         self._invalid_argument_answers = 0
+        #: Messages that passed every check, by :func:`_shape` -> their ``validate_only``.
+        self._valid_shapes: dict[bytes, bool] = {}
         # Binds to the loop on first use (Python 3.10+), so it may be made outside one.
         self._arrived = asyncio.Condition()
         self._runner: web.AppRunner | None = None
@@ -847,23 +861,34 @@ class FakeFCM:
         if not isinstance(body, dict):
             text = "Invalid JSON payload received. Root element must be a message."
             return _google_error(400, "INVALID_ARGUMENT", text, [_bad_request([("", text)])])
-        parser = _Parser()
-        parsed = parser.parse(body, _SEND_REQUEST, "")
-        if parser.violations:
-            text = "\n".join(description for _, description in parser.violations)
-            return _google_error(
-                400, "INVALID_ARGUMENT", text, [_bad_request(parser.violations)]
-            )
-        try:
-            target = _check_message(parsed.get("message"), body.get("message"))
-        except _InvalidMessage as exc:
-            return self._invalid_argument(exc.message, exc.path, exc.description)
-        device_token = target if parsed["message"].get("token") is not None else ""
+        shape = _shape(raw, body)
+        validate_only = self._valid_shapes.get(shape) if shape is not None else None
+        if validate_only is not None:
+            # A message that passed every check before, but for its device token.
+            device_token: str = body["message"]["token"]
+        else:
+            parser = _Parser()
+            parsed = parser.parse(body, _SEND_REQUEST, "")
+            if parser.violations:
+                text = "\n".join(description for _, description in parser.violations)
+                return _google_error(
+                    400, "INVALID_ARGUMENT", text, [_bad_request(parser.violations)]
+                )
+            try:
+                target = _check_message(parsed.get("message"), body.get("message"))
+            except _InvalidMessage as exc:
+                return self._invalid_argument(exc.message, exc.path, exc.description)
+            device_token = target if parsed["message"].get("token") is not None else ""
+            validate_only = bool(parsed.get("validate_only"))
+            if shape is not None:
+                if len(self._valid_shapes) >= _SHAPE_CACHE_SIZE:
+                    self._valid_shapes.clear()
+                self._valid_shapes[shape] = validate_only
         if device_token:
             scripted = self._next_answer(device_token)
             if scripted is not None:
                 return self._scripted(scripted)
-        if parsed.get("validate_only"):
+        if validate_only:
             return web.json_response({"name": f"projects/{project_id}/messages/fake_message_id"})
         message_id = f"0:{int(time.time() * 1000)}%{secrets.token_hex(8)}"
         self.received.append(ReceivedPush(
@@ -917,6 +942,37 @@ class FakeFCM:
             details.reverse()
         self._invalid_argument_answers += 1
         return _google_error(400, "INVALID_ARGUMENT", message, details)
+
+
+def _shape(raw: bytes, body: dict[str, Any]) -> bytes | None:
+    """The request body with its device token cut out, when the checks cannot depend on
+    anything else; None otherwise.
+
+    Every check (the JSON parser's and FCM's own, the size too, which leaves the target
+    out) gives one answer for a whole family of messages that differ only in
+    ``message.token``, as long as that token is a plain non-empty string. So a fan-out
+    of one message to many devices is checked once: a token of URL-safe characters
+    (never escaped in JSON, never structural) that occurs exactly once in the raw body,
+    quoted, as the value of a ``"token"`` member, is replaced by its length. Two bodies
+    with the same shape are then the same JSON but for that one string; and if the one
+    occurrence were not ``message.token`` itself (another ``token`` member, with
+    ``message.token`` spelled with escapes), equal shapes would make the bodies equal
+    byte for byte."""
+    message = body.get("message")
+    token = message.get("token") if isinstance(message, dict) else None
+    if not isinstance(token, str) or not _PLAIN_TOKEN.fullmatch(token):
+        return None
+    encoded = token.encode()
+    at = raw.find(encoded)
+    if at < 1 or raw.find(encoded, at + 1) >= 0:
+        return None
+    end = at + len(encoded)
+    if raw[at - 1 : at] != b'"' or raw[end : end + 1] != b'"':
+        return None
+    before = raw[: at - 1].rstrip(b" \t\r\n")
+    if not before.endswith(b":") or not before[:-1].rstrip(b" \t\r\n").endswith(b'"token"'):
+        return None
+    return raw[:at] + b"\x00" + str(len(encoded)).encode() + raw[end:]
 
 
 def _in_timeframe(iat: Any, exp: Any, now: float) -> bool:

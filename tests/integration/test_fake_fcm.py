@@ -535,6 +535,34 @@ async def test_message_over_4096_bytes_is_too_big_and_4096_is_accepted(
     assert len(fake.received) == 1
 
 
+async def test_one_message_fanned_out_to_many_tokens_is_checked_and_recorded_per_token(
+    fake: FakeFCM, access_token: str, http: aiohttp.ClientSession
+) -> None:
+    # The fake checks a message's shape once per fan-out; every token still gets its own
+    # answer, its own script and its own record.
+    tokens = [f"fan-out-{i}:APA91b" + "x" * 40 for i in range(3)]
+    fake.fail(tokens[2], "UNREGISTERED")
+    answers = [await send(http, fake, access_token, to_device(token)) for token in tokens]
+    assert [a.status for a in answers] == [200, 200, 404]
+    assert [p.token for p in fake.received] == tokens[:2]
+    assert [p.payload for p in fake.received] == [to_device(t)["message"] for t in tokens[:2]]
+
+
+async def test_a_message_differing_from_an_accepted_one_beyond_its_token_is_checked_anew(
+    fake: FakeFCM, access_token: str, http: aiohttp.ClientSession
+) -> None:
+    assert (await send(http, fake, access_token, to_device("first"))).status == 200
+    wrong_type = to_device("second")
+    wrong_type["message"]["notification"]["title"] = 5
+    assert_invalid_argument(await send(http, fake, access_token, wrong_type),
+                            "message.notification.title")
+    assert (await send(http, fake, access_token,
+                       padded(MAX_MESSAGE_BYTES, token="third"))).status == 200
+    too_big = await send(http, fake, access_token, padded(MAX_MESSAGE_BYTES + 1, token="fourth"))
+    assert too_big.error["message"] == "Message is too big"
+    assert [p.token for p in fake.received] == ["first", "third"]
+
+
 async def test_topic_message_limit_is_2048_bytes(
     fake: FakeFCM, access_token: str, http: aiohttp.ClientSession
 ) -> None:
