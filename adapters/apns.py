@@ -59,7 +59,7 @@ TOKEN_REUSE_S = 40 * 60
 
 #: Header values different on every push: kept out of the HPACK table (it would only
 #: churn).
-_UNIQUE_HEADERS = (":path", "apns-id", "apns-expiration")
+UNIQUE_HEADERS = (":path", "apns-id", "apns-expiration")
 #: The error code (its head, as metrics count it) of a certificate refused at the handshake.
 _REFUSED = "certificate_refused"
 #: Reasons after which the device token is dead: prune it.
@@ -253,7 +253,7 @@ class APNsAdapter:
                 context = self._token_ssl
             pool = self._pools[key] = _Pool(printed, HTTP2Pool(
                 origin, context, max_connections=self._max_connections,
-                connect_timeout_s=self._timeout_s, unique_headers=_UNIQUE_HEADERS))
+                connect_timeout_s=self._timeout_s, unique_headers=UNIQUE_HEADERS))
         if current is not None:
             self._refused.pop((app_id, origin, current.fingerprint), None)
             self._retire(current)

@@ -1,26 +1,41 @@
-"""Push fan-out benchmark: one event to N devices through the gateway, against bare pooled
-client loops and pyfcm, all hitting the same fake providers in the same run.
+"""Push fan-out benchmark: one event to N devices through the gateway, against the best
+bare pooled client loop per provider and pyfcm, all hitting the same fake providers in
+the same run.
 
-Processes (so each one's CPU is its own): the fake providers (``role-providers``: fake
-APNs over TLS + HTTP/2 and fake FCM, started by ``tests.push_support.start_providers``,
-with a small control endpoint for arrival counts), PostgreSQL (embedded), the
-gateway (``gateway serve``), and one load-generator process per ceiling (``role-bare``,
-``role-pyfcm``). The orchestrator (this process) only sets up, polls and reports.
+Processes (so each one's CPU is its own): the fake APNs (TLS + HTTP/2) and the fake FCM,
+each in a process of its own (``role-provider``: ``tests.push_support.start_providers``
+with the other fake stopped, plus a small control endpoint for arrivals and tokens),
+PostgreSQL (embedded), the gateway (``gateway serve``, at its default log level, as
+users run it), and one load-generator process per ceiling (``role-bare``,
+``role-pyfcm``). The orchestrator (this process) only sets up, samples CPU, polls and
+reports.
 
 Phases, in this order:
 
-1. gateway    POST /v1/events once, to N devices (half iOS, half Android, inserted with
-              SQL); time = POST -> the fakes hold all N pushes. Per provider: its count /
-              (its last arrival - POST).
-2. bare-apns  httpx.AsyncClient(http2=True), the gateway's pool size, C in flight (C =
-              GATEWAY_PUSH_CONCURRENCY), N/2 pre-built requests with one ES256 token.
-3. bare-fcm   N/2 pre-built v1 messages (pyfcm's ``parse_payload``, as the gateway builds
-              them) with one access token minted once; httpx (the gateway's client) and
-              aiohttp, C in flight; the faster is the ceiling.
-4. bare-both  both loops at once in one process (the gateway also sends both at once, to
-              one fake process): the ceiling for the overall rate.
-5. pyfcm      ``FCMNotification(service_account_file=...).async_notify_multiple_devices``
-              for a smaller count (it opens one aiohttp session per message).
+1. gateway       POST /v1/events once, to N devices (half iOS, half Android, inserted
+                 with SQL); time = POST -> the fakes hold all N pushes. Per provider: its
+                 count / (its last arrival - POST).
+2. gateway-split the same gateway: one event to the iOS half alone, one to the Android
+                 half alone (each provider's rate without the other competing).
+3. bare-apns     N/2 pre-built requests with one ES256 token, the APNs adapter's
+                 connection count (4) and the gateway's in-flight bound per provider (C =
+                 GATEWAY_PUSH_CONCURRENCY), through two clients: ``adapters.http2``'s
+                 HTTP2Pool (the gateway's own) and httpx (http2=True). The faster is the
+                 APNs ceiling.
+4. bare-fcm      N/2 pre-built v1 messages (pyfcm's ``parse_payload``, as the gateway
+                 builds them) with one access token minted once, C in flight, through
+                 aiohttp with the FCM adapter's pool settings and through httpx. The faster
+                 is the FCM ceiling.
+5. bare-both     both ceilings at once in one process (the gateway also sends both at
+                 once): the ceiling for the mixed event.
+6. pyfcm         ``FCMNotification(service_account_file=...).async_notify_multiple_devices``
+                 for a smaller count (it opens one aiohttp session per message).
+
+Every phase reads back from the fakes which device tokens arrived, against the tokens it
+meant to reach: duplicates, missing and unexpected pushes. Every rate is printed with the
+CPU each process used over that rate's own window (sampled every 0.1 s), as a share of
+one core, so a reader can tell what the limit was; a fake near a full core is flagged,
+and so is a window in which other processes on the machine took CPU.
 
 Usage: ``python bench/push.py [--quick] [--devices N] [--profile]``; see ``--help``.
 Results go to ``bench/results/push-latest.json``.
@@ -30,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import json
 import os
@@ -46,7 +62,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -66,10 +82,19 @@ DEFAULT_OUTPUT = HERE / "results" / "push-latest.json"
 HOST = "127.0.0.1"
 BENCH_TAG = "BENCHJSON "
 TARGET_BARE_RATIO = 0.7
+#: A fake process at this share of one core or more over a window may have been the
+#: limit of that window's rate.
+FAKE_LIMIT_CORES = 0.85
+#: Other processes' CPU above this share of one core over a window: the machine was busy.
+BUSY_OTHER_CORES = 0.15
+CPU_SAMPLE_S = 0.1
 NOTIFICATION: dict[str, Any] = {"title": "Sale", "body": "Today only"}
 FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
-#: Offsets so the tokens of different phases never collide (the fakes do not care).
+PROVIDERS = ("apns", "fcm")
+#: Offsets so the tokens of different phases never collide.
 TOKEN_BASE = {"gateway": 0, "apns": 10_000_000, "fcm": 20_000_000, "pyfcm": 30_000_000}
+#: Candidate clients of each bare loop; the faster one is the provider's ceiling.
+BARE_CLIENTS = {"apns": ("h2pool", "httpx"), "fcm": ("aiohttp", "httpx")}
 
 
 # ======================================================================================
@@ -117,12 +142,31 @@ def ratio(num: float | None, den: float | None) -> float | None:
 
 
 def ios_token(n: int) -> str:
+    # The same as the SQL in insert_devices: lpad(to_hex(i), 64, '0').
     return f"{n:064x}"
 
 
 def android_token(n: int) -> str:
-    # The same shape as tests.push_support.android_token and the SQL below.
+    # The same shape as tests.push_support.android_token and the SQL in insert_devices.
     return f"fcm-token-{n:08d}:APA91b" + "x" * 100
+
+
+def expected_tokens(provider: str, indexes: Iterable[int]) -> set[str]:
+    make = ios_token if provider == "apns" else android_token
+    return {make(i) for i in indexes}
+
+
+def exactly_once(received: Sequence[str], expected: set[str]) -> dict[str, Any]:
+    """How the pushes that arrived compare with the ones meant: each expected token once,
+    nothing else."""
+    counts = Counter(received)
+    got = set(counts)
+    return {
+        "expected": len(expected), "received": len(received), "distinct": len(got),
+        "duplicates": sum(c - 1 for c in counts.values() if c > 1),
+        "missing": len(expected - got), "unexpected": len(got - expected),
+        "ok": len(received) == len(expected) == len(got & expected),
+    }
 
 
 class BenchError(RuntimeError):
@@ -135,62 +179,65 @@ def load_info(path: str) -> dict[str, Any]:
 
 
 # ======================================================================================
-# role-providers: the fakes in their own process, with a control endpoint
+# role-provider: one fake in a process of its own, with a control endpoint
 # ======================================================================================
 
-async def providers_main(folder: Path) -> None:
+async def provider_main(folder: Path, kind: str) -> None:
     from tests.push_support import start_providers
 
     providers = await start_providers(folder)
+    # One fake per process, so each one's CPU shows apart: the other one never serves.
+    await (providers.fcm.stop() if kind == "apns" else providers.apns.stop())
+    apns = providers.apns
+    fcm = providers.fcm
     apns_base_conns = 0
 
-    def provider_stats(received: Sequence[Any], distinct: bool) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "count": len(received),
-            "first": received[0].received_at if received else None,
-            "last": received[-1].received_at if received else None,
-        }
-        if distinct:
-            out["distinct_tokens"] = len({p.token for p in received})
-        return out
+    def received() -> Sequence[Any]:
+        return apns.received if kind == "apns" else fcm.received
 
     async def stats(request: web.Request) -> web.Response:
-        distinct = request.query.get("distinct") == "1"
-        return web.json_response({
-            "now": time.time(),
-            "apns": {**provider_stats(providers.apns.received, distinct),
-                     "connections_opened": providers.apns.connections_opened - apns_base_conns,
-                     "open_connections": providers.apns.open_connections,
-                     "max_concurrent_streams_seen": providers.apns.max_concurrent_streams_seen},
-            "fcm": {**provider_stats(providers.fcm.received, distinct),
-                    "token_requests": providers.fcm.token_requests},
-        })
+        got = received()
+        out: dict[str, Any] = {
+            "now": time.time(), "count": len(got),
+            "first": got[0].received_at if got else None,
+            "last": got[-1].received_at if got else None,
+        }
+        if kind == "apns":
+            out.update(connections_opened=apns.connections_opened - apns_base_conns,
+                       open_connections=apns.open_connections,
+                       max_concurrent_streams_seen=apns.max_concurrent_streams_seen)
+        else:
+            out["token_requests"] = fcm.token_requests
+        return web.json_response(out)
+
+    async def tokens(request: web.Request) -> web.Response:
+        return web.Response(text="\n".join(p.token for p in received()))
 
     async def clear(request: web.Request) -> web.Response:
         nonlocal apns_base_conns
-        providers.apns.clear()
-        providers.fcm.clear()
-        providers.apns.max_concurrent_streams_seen = 0
-        apns_base_conns = providers.apns.connections_opened
+        if kind == "apns":
+            apns.clear()
+            apns.max_concurrent_streams_seen = 0
+            apns_base_conns = apns.connections_opened
+        else:
+            fcm.clear()
         return web.json_response({"cleared": True})
 
     app = web.Application()
     app.router.add_get("/stats", stats)
+    app.router.add_get("/tokens", tokens)
     app.router.add_post("/clear", clear)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, HOST, port).start()
-    info = {
-        "pid": os.getpid(),
-        "control_url": f"http://{HOST}:{port}",
-        "fcm_base": providers.fcm.base_url,
-        "fcm_token_url": providers.fcm.token_url,
-        "apns_base": providers.apns.base_url,
-        "ca_file": str(providers.ca_file),
-        "service_account": providers.service_account,
-        "apns_credentials": providers.apns_credentials,
-    }
+    info: dict[str, Any] = {"pid": os.getpid(), "control_url": f"http://{HOST}:{port}"}
+    if kind == "apns":
+        info.update(apns_base=apns.base_url, ca_file=str(providers.ca_file),
+                    apns_credentials=providers.apns_credentials)
+    else:
+        info.update(fcm_base=fcm.base_url, fcm_token_url=fcm.token_url,
+                    service_account=providers.service_account)
     tmp = folder / "info.json.tmp"
     tmp.write_text(json.dumps(info))
     tmp.rename(folder / "info.json")
@@ -231,21 +278,23 @@ async def drive(n: int, concurrency: int, send: Callable[[int], Awaitable[int]],
             "statuses": dict(statuses), "cpu_s": cpu1 - cpu0}
 
 
-def apns_requests(info: dict[str, Any], n: int) -> tuple[bytes, list[tuple[str, dict[str, str]]]]:
-    """One ES256 provider token, the gateway's payload, n (url, headers) pairs."""
+def apns_requests(info: dict[str, Any], n: int,
+                  ) -> tuple[bytes, list[tuple[str, list[tuple[str, str]]]]]:
+    """One ES256 provider token, the gateway's payload, n (path, headers) pairs with the
+    headers the APNs adapter sends."""
     import jwt
 
-    from adapters.payloads import encode_apns_payload
+    from adapters.payloads import apns_headers, encode_apns_payload
 
     creds = info["apns_credentials"]
     token = jwt.encode({"iss": creds["team_id"], "iat": int(time.time())}, creds["key_p8"],
                        algorithm="ES256", headers={"kid": creds["key_id"]})
     body = encode_apns_payload(NOTIFICATION)
+    fixed = list(apns_headers(NOTIFICATION, creds["topic"], time.time()).items())
     base = TOKEN_BASE["apns"]
     requests = [
-        (f"{info['apns_base']}/3/device/{ios_token(base + i)}",
-         {"authorization": f"bearer {token}", "apns-topic": creds["topic"],
-          "apns-push-type": "alert", "apns-priority": "10", "apns-id": str(uuid.uuid4())})
+        (f"/3/device/{ios_token(base + i)}",
+         [*fixed, ("apns-id", str(uuid.uuid4())), ("authorization", "bearer " + token)])
         for i in range(n)
     ]
     return body, requests
@@ -281,32 +330,52 @@ def fcm_requests(info: dict[str, Any], n: int) -> tuple[str, dict[str, str], lis
     return url, headers, bodies
 
 
-async def bare_apns(info: dict[str, Any], n: int, concurrency: int,
-                    connections: int) -> dict[str, Any]:
+async def bare_apns(info: dict[str, Any], n: int, concurrency: int, connections: int,
+                    client: str) -> dict[str, Any]:
     body, reqs = apns_requests(info, n)
     ctx = ssl.create_default_context(cafile=info["ca_file"])
+    if client == "h2pool":
+        from adapters.apns import UNIQUE_HEADERS
+        from adapters.http2 import HTTP2Pool
+
+        # As the APNs adapter makes its pool (adapters/apns.py, APNsAdapter._pool).
+        async with HTTP2Pool(info["apns_base"], ctx, max_connections=connections,
+                             connect_timeout_s=15.0, unique_headers=UNIQUE_HEADERS) as pool:
+
+            async def send_h2pool(i: int) -> int:
+                path, headers = reqs[i]
+                resp = await pool.request("POST", path, headers, body, timeout_s=15.0)
+                return resp.status
+
+            result = await drive(n, concurrency, send_h2pool)
+        return {"client": f"adapters.http2.HTTP2Pool, max_connections={connections}",
+                **result}
     async with httpx.AsyncClient(
         http2=True, verify=ctx, trust_env=False, timeout=15.0,
         limits=httpx.Limits(max_connections=connections,
                             max_keepalive_connections=connections, keepalive_expiry=None),
-    ) as client:
+    ) as http:
+        base = info["apns_base"]
+        as_dicts = [(base + path, dict(headers)) for path, headers in reqs]
 
-        async def send(i: int) -> int:
-            url, headers = reqs[i]
-            resp = await client.post(url, content=body, headers=headers)
+        async def send_httpx(i: int) -> int:
+            url, headers = as_dicts[i]
+            resp = await http.post(url, content=body, headers=headers)
             return resp.status_code
 
-        result = await drive(n, concurrency, send)
+        result = await drive(n, concurrency, send_httpx)
     return {"client": f"httpx http2, max_connections={connections}", **result}
 
 
 async def bare_fcm(info: dict[str, Any], n: int, concurrency: int,
-                   client_kind: str) -> dict[str, Any]:
+                   client: str) -> dict[str, Any]:
     url, headers, bodies = fcm_requests(info, n)
-    if client_kind == "aiohttp":
-        connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=0)
-        async with aiohttp.ClientSession(connector=connector,
-                                         timeout=aiohttp.ClientTimeout(total=15)) as session:
+    if client == "aiohttp":
+        # As the FCM adapter makes its session (adapters/fcm.py, FCMAdapter._client).
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=concurrency),
+            timeout=aiohttp.ClientTimeout(total=15), trust_env=False,
+        ) as session:
 
             async def send_aiohttp(i: int) -> int:
                 async with session.post(url, data=bodies[i], headers=headers) as resp:
@@ -318,10 +387,10 @@ async def bare_fcm(info: dict[str, Any], n: int, concurrency: int,
     async with httpx.AsyncClient(
         http2=True, trust_env=False, timeout=15.0,
         limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
-    ) as client:
+    ) as http:
 
         async def send_httpx(i: int) -> int:
-            resp = await client.post(url, content=bodies[i], headers=headers)
+            resp = await http.post(url, content=bodies[i], headers=headers)
             return resp.status_code
 
         result = await drive(n, concurrency, send_httpx)
@@ -332,13 +401,14 @@ async def bare_fcm(info: dict[str, Any], n: int, concurrency: int,
 async def bare_main(args: argparse.Namespace) -> dict[str, Any]:
     info = load_info(args.info)
     if args.target == "apns":
-        return {"apns": await bare_apns(info, args.n, args.concurrency, args.apns_connections)}
+        return {"apns": await bare_apns(info, args.n, args.concurrency, args.apns_connections,
+                                        args.apns_client)}
     if args.target == "fcm":
-        return {"fcm": await bare_fcm(info, args.n, args.concurrency, args.client)}
+        return {"fcm": await bare_fcm(info, args.n, args.concurrency, args.fcm_client)}
     # both at once, as the gateway sends them
     apns, fcm = await asyncio.gather(
-        bare_apns(info, args.n, args.concurrency, args.apns_connections),
-        bare_fcm(info, args.n, args.concurrency, args.client))
+        bare_apns(info, args.n, args.concurrency, args.apns_connections, args.apns_client),
+        bare_fcm(info, args.n, args.concurrency, args.fcm_client))
     return {"apns": apns, "fcm": fcm}
 
 
@@ -379,9 +449,9 @@ def pyfcm_main(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_role(args: argparse.Namespace) -> int:
     sys.path.insert(0, str(ROOT))
-    if args.role == "role-providers":
+    if args.role == "role-provider":
         Path(args.folder).mkdir(parents=True, exist_ok=True)
-        run_loop(providers_main(Path(args.folder)), args.loop)
+        run_loop(provider_main(Path(args.folder), args.kind), args.loop)
     elif args.role == "role-bare":
         emit(run_loop(bare_main(args), args.loop))
     elif args.role == "role-pyfcm":
@@ -404,39 +474,94 @@ def run_to_end(procs: Procs, name: str, cmd: Sequence[str], timeout_s: float,
     return parse_emitted(text), cpu
 
 
-class CpuMeter:
-    """CPU seconds each named process used between ``start()`` and ``stop()``."""
+CpuSource = Callable[[], float | None]
 
-    def __init__(self, sources: dict[str, Callable[[], float | None]]) -> None:
-        self.sources = sources
-        self.before: dict[str, float | None] = {}
-        self.busy0 = 0.0
-        self.t0 = 0.0
 
-    def start(self) -> None:
-        self.before = {name: fn() for name, fn in self.sources.items()}
-        self.busy0 = machine_busy()
-        self.t0 = time.monotonic()
+def cpu_of(pid: int) -> CpuSource:
+    return lambda: own_cpu(pid)
 
-    def stop(self, extra: dict[str, float] | None = None) -> dict[str, Any]:
-        wall = time.monotonic() - self.t0
-        cpu: dict[str, float | None] = {}
-        for name, fn in self.sources.items():
-            after, before = fn(), self.before.get(name)
-            cpu[name] = None if after is None or before is None else round(after - before, 2)
-        for name, value in (extra or {}).items():
-            cpu[name] = round(value, 2)
-        busy = machine_busy() - self.busy0
-        ours = sum(v for v in cpu.values() if v is not None)
-        # Anything else on the machine (other sessions' tests, say) competed for the cores.
-        cpu["other processes"] = round(max(0.0, busy - ours), 2)
-        return {"wall_s": round(wall, 2), "cpu_s": cpu}
+#: The machine's busy CPU seconds (all cores), sampled beside the processes.
+MACHINE = "machine"
 
 
 def machine_busy() -> float:
     t = psutil.cpu_times()
     return float(t.user + t.nice + t.system + getattr(t, "irq", 0.0)
                  + getattr(t, "softirq", 0.0) + getattr(t, "steal", 0.0))
+
+
+class CpuSampler:
+    """CPU seconds of each named process and of the whole machine, sampled every
+    :data:`CPU_SAMPLE_S` while a phase runs, so the CPU of any window inside the phase can
+    be read afterwards: each rate gets the CPU of its own window (its start to its last
+    arrival), not of the phase around it (set-up, building requests, waiting)."""
+
+    def __init__(self, sources: dict[str, CpuSource]) -> None:
+        self.sources = sources
+        self.times: list[float] = []
+        self.samples: list[dict[str, float | None]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def sample(self) -> None:
+        values: dict[str, float | None] = {name: fn() for name, fn in self.sources.items()}
+        values[MACHINE] = machine_busy()
+        self.times.append(time.time())
+        self.samples.append(values)
+
+    async def __aenter__(self) -> CpuSampler:
+        self.sample()
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.sample()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(CPU_SAMPLE_S)
+            self.sample()
+
+    def at(self, name: str, t: float) -> float | None:
+        """CPU seconds of ``name`` at time ``t``, interpolated between two samples."""
+        times = self.times
+        hi = min(max(bisect.bisect_left(times, t), 1), len(times) - 1)
+        lo = hi - 1
+        a, b = self.samples[lo].get(name), self.samples[hi].get(name)
+        if a is None or b is None:
+            return None
+        span = times[hi] - times[lo]
+        frac = min(max((t - times[lo]) / span, 0.0), 1.0) if span > 0 else 1.0
+        return a + (b - a) * frac
+
+    def window(self, t0: float, t1: float, extra: dict[str, float] | None = None,
+               ) -> dict[str, Any]:
+        """CPU per process from ``t0`` to ``t1`` (``extra``: processes measured by
+        themselves over the same window), as seconds and as a share of one core; what
+        other processes on the machine used; whether a fake was near a full core."""
+        wall = max(t1 - t0, 1e-6)
+        cpu: dict[str, float | None] = {}
+        for name in self.sources:
+            a, b = self.at(name, t0), self.at(name, t1)
+            cpu[name] = None if a is None or b is None else max(0.0, b - a)
+        cpu.update(extra or {})
+        busy = (self.at(MACHINE, t1) or 0.0) - (self.at(MACHINE, t0) or 0.0)
+        other = max(0.0, busy - sum(v for v in cpu.values() if v is not None))
+        cores: dict[str, float | None] = {
+            name: None if v is None else round(v / wall, 2) for name, v in cpu.items()}
+        cores["other processes"] = round(other / wall, 2)
+        return {
+            "wall_s": round(wall, 3),
+            "cpu_s": {name: r(v, 2) for name, v in cpu.items()} | {"other processes":
+                                                                   round(other, 2)},
+            "cores": cores,
+            "busy_machine": other / wall > BUSY_OTHER_CORES,
+            "fake_near_limit": [name for name in ("fake-apns", "fake-fcm")
+                                if (cores.get(name) or 0.0) >= FAKE_LIMIT_CORES],
+        }
 
 
 def summarize_profile(path: Path, top: int = 12) -> dict[str, Any]:
@@ -465,7 +590,7 @@ def summarize_profile(path: Path, top: int = 12) -> dict[str, Any]:
     def pct(counter: Counter[str], n: int = top) -> list[tuple[str, float]]:
         return [(name, round(100 * c / total, 1)) for name, c in counter.most_common(n)]
 
-    return {"samples": total, "self_by_library_pct": pct(by_lib, 20), "self_pct": pct(leaf),
+    return {"samples": total, "self_by_library_pct": pct(by_lib, 20), "self_pct": pct(leaf, 20),
             "gateway_inclusive_pct": pct(inclusive, 20)}
 
 
@@ -486,6 +611,10 @@ def _library(frame: str) -> str:
 # the benchmark
 # ======================================================================================
 
+#: Which half of the devices each provider serves, and the topic naming that half alone.
+PLATFORM = {"apns": "ios", "fcm": "android"}
+
+
 class Bench:
     #: Set when a phase failed: the process logs are then kept in bench/results/push-logs.
     failed = False
@@ -495,51 +624,68 @@ class Bench:
         self.work = work
         self.procs = procs
         self.pg = pg
+        #: What the bare loops and pyfcm need: both fakes' addresses and credentials.
         self.info: dict[str, Any] = {}
-        self.info_file = work / "providers" / "info.json"
-        self.providers: subprocess.Popen[bytes] | None = None
+        self.info_file = work / "info.json"
+        self.fakes: dict[str, subprocess.Popen[bytes]] = {}
+        self.control: dict[str, str] = {}
         self.http: aiohttp.ClientSession | None = None
         self.child_env = {**os.environ, "PYTHONPATH": str(ROOT)}
 
-    # --- providers -----------------------------------------------------------------------
+    # --- the fakes -----------------------------------------------------------------------
 
     async def start_providers(self) -> None:
-        folder = self.work / "providers"
-        self.providers = self.procs.start(
-            "providers", [sys.executable, SCRIPT, "role-providers",
-                          "--folder", str(folder), "--loop", self.args.fake_loop],
-            env=self.child_env)
-        deadline = time.monotonic() + 30
-        while not (folder / "info.json").exists():
-            if self.providers.poll() is not None:
-                raise BenchError(f"providers exited:\n{self.procs.log_tail(self.providers)}")
-            if time.monotonic() > deadline:
-                raise BenchError("providers not ready in 30 s")
-            await asyncio.sleep(0.05)
-        self.info = load_info(str(self.info_file))
+        for kind in PROVIDERS:
+            self.fakes[kind] = self.procs.start(
+                f"fake-{kind}", [sys.executable, SCRIPT, "role-provider", "--kind", kind,
+                                 "--folder", str(self.work / f"fake-{kind}"),
+                                 "--loop", self.args.fake_loop],
+                env=self.child_env)
+        deadline = time.monotonic() + 60
+        for kind, proc in self.fakes.items():
+            path = self.work / f"fake-{kind}" / "info.json"
+            while not path.exists():
+                if proc.poll() is not None:
+                    raise BenchError(f"fake {kind} exited:\n{self.procs.log_tail(proc)}")
+                if time.monotonic() > deadline:
+                    raise BenchError(f"fake {kind} not ready in 60 s")
+                await asyncio.sleep(0.05)
+            got = load_info(str(path))
+            self.control[kind] = got.pop("control_url")
+            got.pop("pid")
+            self.info.update(got)
+        self.info_file.write_text(json.dumps(self.info))
 
-    async def stats(self, distinct: bool = False) -> dict[str, Any]:
+    async def stats(self) -> dict[str, Any]:
+        """Each fake's arrival count, first and last arrival time."""
         assert self.http is not None
-        url = self.info["control_url"] + "/stats" + ("?distinct=1" if distinct else "")
-        async with self.http.get(url) as resp:
-            found: dict[str, Any] = await resp.json()
-            return found
+        out: dict[str, Any] = {}
+        for kind, url in self.control.items():
+            async with self.http.get(url + "/stats") as resp:
+                out[kind] = await resp.json()
+        return out
+
+    async def tokens(self, kind: str) -> list[str]:
+        """The device token of every push the fake accepted since the last clear."""
+        assert self.http is not None
+        async with self.http.get(self.control[kind] + "/tokens") as resp:
+            return (await resp.text()).splitlines()
 
     async def clear(self) -> None:
         assert self.http is not None
-        async with self.http.post(self.info["control_url"] + "/clear") as resp:
-            await resp.read()
+        for url in self.control.values():
+            async with self.http.post(url + "/clear") as resp:
+                await resp.read()
 
-    def cpu_sources(self) -> dict[str, Callable[[], float | None]]:
-        assert self.providers is not None
-        pid = self.providers.pid
-        me = os.getpid()
-        return {"providers": lambda: own_cpu(pid), "postgres": self.pg.cpu,
-                "orchestrator": lambda: own_cpu(me)}
+    def cpu_sources(self) -> dict[str, CpuSource]:
+        sources = {f"fake-{kind}": cpu_of(proc.pid) for kind, proc in self.fakes.items()}
+        return {**sources, "postgres": self.pg.cpu, "bench": cpu_of(os.getpid())}
 
     # --- the gateway ---------------------------------------------------------------------
 
     def gateway_env(self, dsn: str, admin_key: str) -> dict[str, str]:
+        # No GATEWAY_LOG_LEVEL: the gateway runs at its default (INFO, a line per
+        # attempt), as users run it.
         env = {
             **os.environ,
             "DATABASE_URL": dsn,
@@ -549,8 +695,8 @@ class Bench:
             "GATEWAY_APNS_URL": self.info["apns_base"],
             "GATEWAY_PROVIDER_CA_FILE": self.info["ca_file"],
             "GATEWAY_PUSH_CONCURRENCY": str(self.args.concurrency),
-            "GATEWAY_LOG_LEVEL": "WARNING",
         }
+        env.pop("GATEWAY_LOG_LEVEL", None)
         for item in self.args.gateway_env:
             key, _, value = item.partition("=")
             env[key] = value
@@ -585,8 +731,9 @@ class Bench:
         ``split``) one event to the iOS devices alone and one to the Android devices alone,
         so each provider's rate can also be read without the other competing."""
         n = self.args.devices
-        n_ios = n // 2
-        n_android = n - n_ios
+        # insert_devices: even i iOS, odd i Android.
+        ios = expected_tokens("apns", range(0, n, 2))
+        android = expected_tokens("fcm", range(1, n, 2))
         dsn = await self.pg.fresh_database("push_bench")
         admin_key = "bench-admin-" + secrets.token_hex(8)
         port = free_port()
@@ -605,7 +752,8 @@ class Bench:
             t_ins = time.monotonic()
             await insert_devices(dsn, app["id"], n)
             print(f"  inserted {n} devices in {time.monotonic() - t_ins:.1f} s", flush=True)
-            result = await self.measure_event(gw, dsn, base, key, "all", n_ios, n_android,
+            result = await self.measure_event(gw, dsn, base, key, "all",
+                                              {"apns": ios, "fcm": android},
                                               profile=self.args.profile)
             if gw.poll() is not None:
                 raise BenchError(f"the gateway exited ({gw.returncode}) during the run; its "
@@ -613,10 +761,12 @@ class Bench:
                                  f"(partial figures: {json.dumps(result)[:1500]})")
             if split:
                 print_phase("gateway", result)
-                for topic, want in (("ios", (n_ios, 0)), ("android", (0, n_android))):
-                    print(f"[gateway-{topic}] one event to the {want[0] or want[1]} "
-                          f"{topic} devices alone", flush=True)
-                    alone = await self.measure_event(gw, dsn, base, key, topic, want[0], want[1],
+                for provider, tokens in (("apns", ios), ("fcm", android)):
+                    topic = PLATFORM[provider]
+                    print(f"[gateway-{topic}] one event to the {len(tokens)} {topic} devices "
+                          "alone", flush=True)
+                    expect = {p: tokens if p == provider else set() for p in PROVIDERS}
+                    alone = await self.measure_event(gw, dsn, base, key, topic, expect,
                                                      profile=False)
                     result[f"{topic}_alone"] = alone
                     print_phase(f"gateway-{topic}", alone)
@@ -633,62 +783,70 @@ class Bench:
         return result
 
     async def measure_event(self, gw: subprocess.Popen[bytes], dsn: str, base: str, key: str,
-                            topic: str, n_ios: int, n_android: int,
+                            topic: str, expect: dict[str, set[str]],
                             profile: bool) -> dict[str, Any]:
-        """POST one event to ``topic``; time until the fakes hold n_ios + n_android."""
+        """POST one event to ``topic``; time until the fakes hold every expected push."""
         await self.clear()
-        meter = CpuMeter({"gateway": lambda: own_cpu(gw.pid), **self.cpu_sources()})
+        want = {p: len(expect[p]) for p in PROVIDERS}
         profiler = await self.start_profiler(gw.pid) if profile else None
-        meter.start()
-        t_post = time.time()
-        status, accepted = await self.call("POST", base + "/v1/events", key, {
-            "type": "promo", "payload": {}, "topics": [topic], "notification": NOTIFICATION})
-        t_202 = time.time()
-        timed_out = await self.wait_arrivals(n_ios, n_android, gw)
-        cpu = meter.stop()
+        async with CpuSampler({"gateway": cpu_of(gw.pid), **self.cpu_sources()}) as cpu:
+            t_post = time.time()
+            status, accepted = await self.call("POST", base + "/v1/events", key, {
+                "type": "promo", "payload": {}, "topics": [topic],
+                "notification": NOTIFICATION})
+            t_202 = time.time()
+            timed_out = await self.wait_arrivals(want, gw)
         profiled = self.stop_profiler(profiler)
-        final = await self.stats(distinct=True)
-        db = await delivery_summary(dsn, accepted["id"], n_ios + n_android,
+        final = await self.stats()
+        db = await delivery_summary(dsn, accepted["id"], sum(want.values()),
                                     timeout_s=60 if gw.poll() is None else 0)
-        apns, fcm = final["apns"], final["fcm"]
-        last = max((p["last"] for p in (apns, fcm) if p["last"]), default=None)
-        first = min((p["first"] for p in (apns, fcm) if p["first"]), default=None)
-        total = apns["count"] + fcm["count"]
+        lasts = [final[p]["last"] for p in PROVIDERS if final[p]["last"]]
+        firsts = [final[p]["first"] for p in PROVIDERS if final[p]["first"]]
+        last = max(lasts, default=None)
+        total = sum(final[p]["count"] for p in PROVIDERS)
         result: dict[str, Any] = {
-            "topic": topic, "devices": n_ios + n_android, "ios": n_ios, "android": n_android,
-            "post_status": status, "post_202_ms": r((t_202 - t_post) * 1000),
-            "timed_out": timed_out,
-            "first_push_after_post_ms": r((first - t_post) * 1000) if first else None,
+            "topic": topic, "devices": sum(want.values()), "ios": want["apns"],
+            "android": want["fcm"], "post_status": status,
+            "post_202_ms": r((t_202 - t_post) * 1000), "timed_out": timed_out,
+            "first_push_after_post_ms": r((min(firsts) - t_post) * 1000) if firsts else None,
             "elapsed_s": r(last - t_post, 3) if last else None,
             "rate": r(total / (last - t_post)) if last else None,
             "received": total,
-            "apns": provider_rate(apns, t_post),
-            "fcm": provider_rate(fcm, t_post),
-            "apns_connections_opened": apns["connections_opened"],
-            "fcm_token_requests": fcm["token_requests"],
-            "db": db, "cpu": cpu,
+            "cpu": cpu.window(t_post, last or time.time()),
+            "apns_connections_opened": final["apns"]["connections_opened"],
+            "fcm_token_requests": final["fcm"]["token_requests"],
+            "db": db,
         }
+        for p in PROVIDERS:
+            if not want[p]:
+                continue
+            got = final[p]
+            result[p] = {
+                **provider_rate(got, t_post),
+                "exactly_once": exactly_once(await self.tokens(p), expect[p]),
+                "cpu": cpu.window(t_post, got["last"]) if got["last"] else None,
+            }
         if profiled is not None:
             result["profile"] = profiled
         return result
 
-    async def wait_arrivals(self, n_ios: int, n_android: int,
-                            gw: subprocess.Popen[bytes]) -> bool:
-        """Poll the fakes until both hold their share; stop on a stall or the deadline."""
+    async def wait_arrivals(self, want: dict[str, int], gw: subprocess.Popen[bytes]) -> bool:
+        """Poll the fakes until each holds its share; stop on a stall or the deadline."""
         # generous: a stall (no new push for --stall-s) ends the wait sooner
-        deadline = time.monotonic() + 120 + (n_ios + n_android) / 40
+        deadline = time.monotonic() + 120 + sum(want.values()) / 40
         last_total, last_change = -1, time.monotonic()
         while True:
             stats = await self.stats()
-            total = stats["apns"]["count"] + stats["fcm"]["count"]
-            if stats["apns"]["count"] >= n_ios and stats["fcm"]["count"] >= n_android:
+            counts = {p: stats[p]["count"] for p in PROVIDERS}
+            if all(counts[p] >= want[p] for p in PROVIDERS):
                 return False
             now = time.monotonic()
+            total = sum(counts.values())
             if total != last_total:
                 last_total, last_change = total, now
             if now > deadline or now - last_change > self.args.stall_s or gw.poll() is not None:
-                print(f"  gave up waiting: {stats['apns']['count']} APNs, "
-                      f"{stats['fcm']['count']} FCM", flush=True)
+                print(f"  gave up waiting: {counts['apns']} APNs, {counts['fcm']} FCM",
+                      flush=True)
                 return True
             await asyncio.sleep(0.1)
 
@@ -722,53 +880,60 @@ class Bench:
 
     # --- the ceilings --------------------------------------------------------------------
 
-    async def bare_phase(self, name: str, target: str, n: int,
-                         client: str = "httpx") -> dict[str, Any]:
+    async def bare_phase(self, name: str, target: str, n: int, *, apns_client: str = "h2pool",
+                         fcm_client: str = "aiohttp") -> dict[str, Any]:
         await self.clear()
         cmd = [sys.executable, SCRIPT, "role-bare", "--info",
                str(self.info_file), "--target", target, "--n", str(n), "--concurrency",
-               str(self.args.concurrency), "--client", client, "--apns-connections",
+               str(self.args.concurrency), "--apns-client", apns_client,
+               "--fcm-client", fcm_client, "--apns-connections",
                str(self.args.apns_connections), "--loop", self.args.client_loop]
-        meter = CpuMeter(self.cpu_sources())
-        meter.start()
-        child, whole = await asyncio.to_thread(run_to_end, self.procs, name, cmd,
-                                               120 + n / 20, self.child_env)
-        cpu = meter.stop({"loadgen (whole process)": whole})
-        # process-wide CPU over overlapping windows (both loops at once): the longer one
-        cpu["loadgen_sending_cpu_s"] = round(max(part["cpu_s"] for part in child.values()), 2)
-        stats = await self.stats(distinct=True)
-        out: dict[str, Any] = {"cpu": cpu}
-        t_start = min(part["t_start"] for part in child.values())
+        async with CpuSampler(self.cpu_sources()) as cpu:
+            child, whole = await asyncio.to_thread(run_to_end, self.procs, name, cmd,
+                                                   120 + n / 20, self.child_env)
+        stats = await self.stats()
+        out: dict[str, Any] = {"loadgen_whole_process_cpu_s": r(whole, 2)}
         for provider, part in child.items():
             got = stats[provider]
+            base = TOKEN_BASE[provider]
+            expect = expected_tokens(provider, range(base, base + part["n"]))
             out[provider] = {
                 "client": part["client"], "n": part["n"], "statuses": part["statuses"],
                 "client_elapsed_s": r(part["elapsed_s"], 3),
                 **provider_rate(got, part["t_start"]),
+                "exactly_once": exactly_once(await self.tokens(provider), expect),
+                # the loadgen measured its own CPU over its sending window
+                "cpu": cpu.window(part["t_start"], got["last"] or part["t_end"],
+                                  {"bench-loadgen": part["cpu_s"]}),
             }
-        if target == "apns":
+        if "apns" in child:
             out["apns"]["connections_opened"] = stats["apns"]["connections_opened"]
         if target == "both":
-            last = max(stats[p]["last"] or 0 for p in ("apns", "fcm"))
+            t_start = min(part["t_start"] for part in child.values())
+            last = max(stats[p]["last"] or 0 for p in PROVIDERS)
             total = stats["apns"]["count"] + stats["fcm"]["count"]
             out["rate"] = r(total / (last - t_start)) if last else None
+            out["cpu"] = cpu.window(t_start, last or time.time(), {
+                "bench-loadgen": max(part["cpu_s"] for part in child.values())})
         return out
 
     async def pyfcm_phase(self, n: int) -> dict[str, Any]:
         await self.clear()
         cmd = [sys.executable, SCRIPT, "role-pyfcm", "--info",
                str(self.info_file), "--n", str(n), "--timeout", str(self.args.pyfcm_timeout)]
-        meter = CpuMeter(self.cpu_sources())
-        meter.start()
-        child, whole = await asyncio.to_thread(run_to_end, self.procs, "pyfcm", cmd,
-                                               300 + n / 10, self.child_env)
-        cpu = meter.stop({"loadgen (whole process)": whole})
-        cpu["loadgen_sending_cpu_s"] = round(child["cpu_s"], 2)
-        stats = await self.stats(distinct=True)
-        got = stats["fcm"]
+        async with CpuSampler(self.cpu_sources()) as cpu:
+            child, whole = await asyncio.to_thread(run_to_end, self.procs, "pyfcm", cmd,
+                                                   300 + n / 10, self.child_env)
+        got = (await self.stats())["fcm"]
+        base = TOKEN_BASE["pyfcm"]
         return {"n": n, "ok_answers": child["ok"], "error": child["error"],
                 "timeout_s": child["timeout_s"], "client_elapsed_s": r(child["elapsed_s"], 3),
-                **provider_rate(got, child["t_start"]), "cpu": cpu}
+                **provider_rate(got, child["t_start"]),
+                "exactly_once": exactly_once(await self.tokens("fcm"), expected_tokens(
+                    "fcm", range(base, base + n))),
+                "loadgen_whole_process_cpu_s": r(whole, 2),
+                "cpu": cpu.window(child["t_start"], got["last"] or child["t_end"],
+                                  {"bench-loadgen": child["cpu_s"]})}
 
     # --- the run -------------------------------------------------------------------------
 
@@ -782,23 +947,33 @@ class Bench:
             return {"error": f"{type(exc).__name__}: {exc}"[:3000]}
 
     async def bare_phases(self, half: int) -> dict[str, Any]:
+        """Each provider's candidate loops, one process each; the faster is its ceiling.
+        Then both ceilings at once."""
         args = self.args
         out: dict[str, Any] = {}
-        print(f"[bare-apns] {half} pushes, {args.concurrency} in flight", flush=True)
-        out["bare_apns"] = await self.bare_phase("bare-apns", "apns", half)
-        print_phase("bare-apns", out["bare_apns"])
-        out["bare_fcm"] = {}
-        for client in ("httpx", "aiohttp"):
-            # httpx to a plain-HTTP/1.1 server is slow (pool bookkeeping): fewer pushes
-            count = min(half, args.fcm_httpx_count) if client == "httpx" else half
-            print(f"[bare-fcm/{client}] {count} pushes", flush=True)
-            got = await self.bare_phase(f"bare-fcm-{client}", "fcm", count, client)
-            out["bare_fcm"][client] = got
-            print_phase(f"bare-fcm/{client}", got)
-        best = max(("httpx", "aiohttp"), key=lambda c: out["bare_fcm"][c]["fcm"]["rate"] or 0)
-        out["bare_fcm"]["best"] = best
-        print(f"[bare-both] {half} + {half} pushes at once (FCM client {best})", flush=True)
-        out["bare_both"] = await self.bare_phase("bare-both", "both", half, best)
+        best: dict[str, str] = {}
+        for provider in PROVIDERS:
+            candidates: dict[str, Any] = {}
+            for client in BARE_CLIENTS[provider]:
+                # httpx is slow (see bench/README.md, Push): fewer pushes, still a rate
+                count = min(half, args.httpx_count) if client == "httpx" else half
+                label = f"bare-{provider}/{client}"
+                print(f"[{label}] {count} pushes, {args.concurrency} in flight", flush=True)
+                got = await self.guarded(self.bare_phase(
+                    f"bare-{provider}-{client}", provider, count, **{
+                        f"{provider}_client": client}))
+                candidates[client] = got
+                print_phase(label, got)
+            rates = {c: dig(got, provider, "rate") or 0.0 for c, got in candidates.items()}
+            best[provider] = max(rates, key=lambda c: rates[c])
+            out[f"bare_{provider}"] = {"candidates": candidates, "ceiling": best[provider],
+                                       "rate": rates[best[provider]] or None}
+            print(f"  {provider.upper()} ceiling: {best[provider]} "
+                  f"({rates[best[provider]]} /s)", flush=True)
+        print(f"[bare-both] {half} + {half} pushes at once ({best['apns']} + {best['fcm']})",
+              flush=True)
+        out["bare_both"] = await self.guarded(self.bare_phase(
+            "bare-both", "both", half, apns_client=best["apns"], fcm_client=best["fcm"]))
         print_phase("bare-both", out["bare_both"])
         return out
 
@@ -824,16 +999,13 @@ class Bench:
                 if not split or "error" in got:
                     print_phase("gateway", got)
             if "bare" in phases:
-                bare = await self.guarded(self.bare_phases(half))
-                if "error" in bare:
-                    results["bare"] = bare
-                else:
-                    results.update(bare)
+                results.update(await self.bare_phases(half))
             if "pyfcm" in phases:
                 print(f"[pyfcm] {args.pyfcm_count} pushes", flush=True)
                 results["pyfcm"] = await self.guarded(self.pyfcm_phase(args.pyfcm_count))
                 print_phase("pyfcm", results["pyfcm"])
         results["ratios"] = ratios(results)
+        results["checks"] = checks(results)
         return results
 
 
@@ -849,13 +1021,13 @@ def code_state() -> dict[str, Any]:
 
     return {"head": git("rev-parse", "--short", "HEAD"),
             "modified": git("status", "--short", "--untracked-files=no", "--", "gateway",
-                            "adapters").splitlines()}
+                            "adapters", "fakes", "bench").splitlines()}
 
 
 def provider_rate(got: dict[str, Any], t_start: float) -> dict[str, Any]:
     last = got.get("last")
     return {
-        "received": got["count"], "distinct_tokens": got.get("distinct_tokens"),
+        "received": got["count"],
         "elapsed_s": r(last - t_start, 3) if last else None,
         "rate": r(got["count"] / (last - t_start)) if last and last > t_start else None,
     }
@@ -918,25 +1090,68 @@ async def delivery_summary(dsn: str, event_id: str, n: int, timeout_s: float) ->
 
 
 def ratios(results: dict[str, Any]) -> dict[str, Any]:
-    best = dig(results, "bare_fcm", "best")
-    bare_apns = dig(results, "bare_apns", "apns", "rate")
-    bare_fcm = dig(results, "bare_fcm", best, "fcm", "rate") if best else None
-    gw_apns = dig(results, "gateway", "apns", "rate")
-    gw_fcm = dig(results, "gateway", "fcm", "rate")
+    """Per provider: the gateway's rate over its ceiling (the faster bare loop), for the
+    mixed event (both providers at once) and for the event to that platform alone, and
+    the mixed event over the bare loops run both at once."""
+    out: dict[str, Any] = {}
+    for p in PROVIDERS:
+        bare = dig(results, f"bare_{p}", "rate")
+        both = dig(results, "bare_both", p, "rate")
+        mixed = dig(results, "gateway", p, "rate")
+        alone = dig(results, "gateway", f"{PLATFORM[p]}_alone", p, "rate")
+        out[p] = {
+            "ceiling_client": dig(results, f"bare_{p}", "ceiling"),
+            "bare_rate": bare, "bare_both_rate": both,
+            "gateway_mixed_rate": mixed, "gateway_alone_rate": alone,
+            "mixed_over_bare": ratio(mixed, bare),
+            "alone_over_bare": ratio(alone, bare),
+            "mixed_over_bare_both": ratio(mixed, both),
+        }
+    out["overall"] = {
+        "gateway_rate": dig(results, "gateway", "rate"),
+        "bare_both_rate": dig(results, "bare_both", "rate"),
+        "gateway_over_bare_both": ratio(dig(results, "gateway", "rate"),
+                                        dig(results, "bare_both", "rate")),
+    }
+    out["gateway_fcm_over_pyfcm"] = ratio(dig(results, "gateway", "fcm", "rate"),
+                                          dig(results, "pyfcm", "rate"))
+    out["target_vs_bare"] = TARGET_BARE_RATIO
+    return out
+
+
+def measured_windows(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(label, result) of every rate measured, each with its exactly-once count and CPU."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    gw = results.get("gateway") or {}
+    for label, event in (("gateway", gw), ("gateway-ios", gw.get("ios_alone") or {}),
+                         ("gateway-android", gw.get("android_alone") or {})):
+        found += [(f"{label} {p}", event[p]) for p in PROVIDERS if isinstance(event.get(p), dict)]
+    for p in PROVIDERS:
+        for client, got in (dig(results, f"bare_{p}", "candidates") or {}).items():
+            if isinstance(got.get(p), dict):
+                found.append((f"bare-{p}/{client}", got[p]))
+    found += [(f"bare-both {p}", results["bare_both"][p]) for p in PROVIDERS
+              if isinstance(dig(results, "bare_both", p), dict)]
+    if isinstance(results.get("pyfcm"), dict) and "exactly_once" in results["pyfcm"]:
+        found.append(("pyfcm", results["pyfcm"]))
+    return found
+
+
+def checks(results: dict[str, Any]) -> dict[str, Any]:
+    """Exactly once everywhere; windows where the machine was busy or a fake near a full
+    core (the figure may then say more about the fake or the machine than the client)."""
+    windows = measured_windows(results)
+    once = {label: got["exactly_once"] for label, got in windows if "exactly_once" in got}
+    cpus = [(label, got["cpu"]) for label, got in windows if got.get("cpu")]
     return {
-        "gateway_apns_over_bare_apns": ratio(gw_apns, bare_apns),
-        "gateway_fcm_over_bare_fcm": ratio(gw_fcm, bare_fcm),
-        "gateway_apns_alone_over_bare_apns": ratio(
-            dig(results, "gateway", "ios_alone", "apns", "rate"), bare_apns),
-        "gateway_fcm_alone_over_bare_fcm": ratio(
-            dig(results, "gateway", "android_alone", "fcm", "rate"), bare_fcm),
-        "gateway_fcm_over_pyfcm": ratio(gw_fcm, dig(results, "pyfcm", "rate")),
-        "gateway_overall_over_bare_both": ratio(dig(results, "gateway", "rate"),
-                                                dig(results, "bare_both", "rate")),
-        "gateway_apns_over_bare_both_apns": ratio(gw_apns,
-                                                  dig(results, "bare_both", "apns", "rate")),
-        "gateway_fcm_over_bare_both_fcm": ratio(gw_fcm, dig(results, "bare_both", "fcm", "rate")),
-        "target_vs_bare": TARGET_BARE_RATIO,
+        "exactly_once_everywhere": bool(once) and all(o["ok"] for o in once.values()),
+        "duplicates": sum(o["duplicates"] for o in once.values()),
+        "missing": sum(o["missing"] for o in once.values()),
+        "unexpected": sum(o["unexpected"] for o in once.values()),
+        "busy_windows": [label for label, cpu in cpus if cpu["busy_machine"]],
+        "fake_near_limit": {label: cpu["fake_near_limit"] for label, cpu in cpus
+                            if cpu["fake_near_limit"]},
+        "windows": len(cpus),
     }
 
 
@@ -944,12 +1159,26 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
 # output
 # ======================================================================================
 
-def fmt_cpu(cpu: dict[str, Any]) -> str:
-    parts = [f"{k} {v:.1f}" for k, v in cpu["cpu_s"].items() if v is not None]
-    text = f"wall {cpu['wall_s']:.1f} s; CPU s: " + ", ".join(parts)
-    if "loadgen_sending_cpu_s" in cpu:
-        text += f" (loadgen while sending: {cpu['loadgen_sending_cpu_s']:.1f})"
+def fmt_cpu(cpu: dict[str, Any] | None) -> str:
+    """One window's CPU per process, as a share of one core."""
+    if not cpu:
+        return "CPU: no window"
+    parts = [f"{name} {value:.2f}" for name, value in cpu["cores"].items()
+             if value is not None]
+    text = f"CPU (cores over {cpu['wall_s']:.2f} s): " + ", ".join(parts)
+    if cpu["busy_machine"]:
+        text += "  [BUSY MACHINE]"
+    for name in cpu["fake_near_limit"]:
+        text += f"  [{name} near a full core: may be the limit]"
     return text
+
+
+def fmt_once(once: dict[str, Any] | None) -> str:
+    if not once:
+        return ""
+    verdict = "yes" if once["ok"] else "NO"
+    return (f"exactly once: {verdict} (duplicates {once['duplicates']}, missing "
+            f"{once['missing']}, unexpected {once['unexpected']})")
 
 
 def dig(data: Any, *keys: str) -> Any:
@@ -962,72 +1191,98 @@ def dig(data: Any, *keys: str) -> Any:
 
 
 def print_phase(name: str, res: dict[str, Any]) -> None:
-    if "error" in res and "cpu" not in res:
+    if "error" in res and "cpu" not in res and not any(p in res for p in PROVIDERS):
         print(f"  failed: {res['error'][:1500]}")
         return
     if name.startswith("gateway"):
         print(f"  {res['received']}/{res['devices']} pushes in {res['elapsed_s']} s = "
               f"{res['rate']} /s (202 in {res['post_202_ms']} ms, first push after "
               f"{res['first_push_after_post_ms']} ms)")
-        for p in ("apns", "fcm"):
-            g = res[p]
-            print(f"  {p}: {g['received']} ({g['distinct_tokens']} distinct) in "
-                  f"{g['elapsed_s']} s = {g['rate']} /s")
+        print(f"    {fmt_cpu(res['cpu'])}")
+        for p in PROVIDERS:
+            if p in res:
+                g = res[p]
+                print(f"  {p}: {g['received']} in {g['elapsed_s']} s = {g['rate']} /s; "
+                      f"{fmt_once(g['exactly_once'])}")
+                print(f"    {fmt_cpu(g['cpu'])}")
         db = res["db"]
         print(f"  db: {db.get('succeeded')} succeeded, {db.get('failed')} failed, "
               f"{db.get('retried')} retried; fan-out done at {db.get('fanout_done_s')} s, "
               f"all recorded at {db.get('recorded_s')} s after the event")
         if db.get("errors"):
             print(f"  errors: {db['errors']}")
-        print(f"  {fmt_cpu(res['cpu'])}")
         prof = res.get("profile")
         if prof and prof.get("samples"):
-            print(f"  py-spy ({prof['samples']} busy samples), self time by library:")
+            print(f"  py-spy ({prof['samples']} samples), self time by library:")
             print("    " + ", ".join(f"{k} {v}%" for k, v in prof["self_by_library_pct"]))
+            print("  heaviest functions, self time:")
+            for k, v in prof["self_pct"][:12]:
+                print(f"    {v:5.1f}%  {k}")
             print("  gateway/adapters functions, inclusive:")
             for k, v in prof["gateway_inclusive_pct"][:14]:
                 print(f"    {v:5.1f}%  {k}")
         return
-    for p in ("apns", "fcm"):
+    for p in PROVIDERS:
         if p in res:
             g = res[p]
             print(f"  {p}: {g['received']} in {g['elapsed_s']} s = {g['rate']} /s "
-                  f"[{g.get('client', '')}] statuses {g.get('statuses', {})}")
+                  f"[{g.get('client', '')}] statuses {g.get('statuses', {})}; "
+                  f"{fmt_once(g.get('exactly_once'))}")
+            print(f"    {fmt_cpu(g.get('cpu'))}")
     if name == "pyfcm":
         print(f"  pyfcm: {res['received']}/{res['n']} in {res['elapsed_s']} s = {res['rate']} /s"
-              f" ({res['ok_answers']} ok answers; error: {res['error']})")
-    if "rate" in res and name == "bare-both":
+              f" ({res['ok_answers']} ok answers; error: {res['error']}); "
+              f"{fmt_once(res.get('exactly_once'))}")
+        print(f"    {fmt_cpu(res.get('cpu'))}")
+    if name == "bare-both" and "rate" in res:
         print(f"  both: {res['rate']} /s overall")
-    print(f"  {fmt_cpu(res['cpu'])}")
+        print(f"    {fmt_cpu(res.get('cpu'))}")
 
 
 def print_summary(results: dict[str, Any]) -> None:
     rt = results["ratios"]
+    ck = results["checks"]
     gw = results.get("gateway") or {}
     print("\n=== push summary ===")
-    if dig(gw, "rate") is not None:
-        print(f"gateway: {gw['rate']} /s overall, APNs {dig(gw, 'apns', 'rate')} /s, "
-              f"FCM {dig(gw, 'fcm', 'rate')} /s ({gw['devices']} devices, one event)")
-    if "ios_alone" in gw:
-        print(f"gateway, one platform per event: APNs {dig(gw, 'ios_alone', 'apns', 'rate')} "
-              f"/s, FCM {dig(gw, 'android_alone', 'fcm', 'rate')} /s")
     if "error" in gw:
         print(f"gateway phase: {gw['error'][:300]}")
-    best = dig(results, "bare_fcm", "best")
-    if best:
-        print(f"bare APNs loop {dig(results, 'bare_apns', 'apns', 'rate')} /s; bare FCM loop "
-              f"{dig(results, 'bare_fcm', best, 'fcm', 'rate')} /s ({best}); both at once "
-              f"{dig(results, 'bare_both', 'rate')} /s")
+    print(f"{'':5} {'ceiling (bare loop)':>26} {'gateway mixed':>14} {'alone':>8} "
+          f"{'mixed/bare':>11} {'alone/bare':>11} {'mixed/both':>11}")
+
+    def mark(value: float | None) -> str:
+        if value is None:
+            return f"{'-':>11}"
+        return f"{value:6.3f} {'ok ' if value >= TARGET_BARE_RATIO else 'LOW'}"
+
+    for p in PROVIDERS:
+        row = rt[p]
+        ceiling = f"{row['ceiling_client'] or '-'} {row['bare_rate'] or '-'} /s"
+        print(f"{p.upper():5} {ceiling:>26} {row['gateway_mixed_rate'] or '-':>12} /s "
+              f"{row['gateway_alone_rate'] or '-':>8} {mark(row['mixed_over_bare']):>11} "
+              f"{mark(row['alone_over_bare']):>11} {mark(row['mixed_over_bare_both']):>11}")
+    overall = rt["overall"]
+    print(f"overall: gateway {overall['gateway_rate']} /s, bare loops both at once "
+          f"{overall['bare_both_rate']} /s, ratio {overall['gateway_over_bare_both']} "
+          f"(target {TARGET_BARE_RATIO} per provider)")
     if dig(results, "pyfcm", "rate") is not None:
-        print(f"pyfcm async path {results['pyfcm']['rate']} /s "
-              f"({results['pyfcm']['n']} messages)")
-    for key, value in rt.items():
-        if key == "target_vs_bare" or value is None:
-            continue
-        mark = ""
-        if "over_bare" in key:
-            mark = "  OK" if value >= TARGET_BARE_RATIO else f"  below {TARGET_BARE_RATIO}"
-        print(f"  {key:36s} {value:8.3f}{mark}")
+        print(f"pyfcm async path {results['pyfcm']['rate']} /s ({results['pyfcm']['n']} "
+              f"messages); gateway FCM / pyfcm {rt['gateway_fcm_over_pyfcm']}")
+    print(f"every push exactly once: {'yes' if ck['exactly_once_everywhere'] else 'NO'} "
+          f"(duplicates {ck['duplicates']}, missing {ck['missing']}, unexpected "
+          f"{ck['unexpected']}, over every phase)")
+    for label, got in measured_windows(results):
+        cpu = got.get("cpu")
+        if cpu:
+            cores = ", ".join(f"{k} {v:.2f}" for k, v in cpu["cores"].items() if v)
+            print(f"  {label:22} {got.get('rate') or '-':>9} /s  cores: {cores}")
+    if ck["fake_near_limit"]:
+        print(f"a fake was near a full core in: {ck['fake_near_limit']}")
+    else:
+        print(f"no fake reached {FAKE_LIMIT_CORES} of a core in any window")
+    if ck["busy_windows"]:
+        print(f"BUSY MACHINE: other processes used more than {BUSY_OTHER_CORES} of a core in "
+              f"{len(ck['busy_windows'])} of {ck['windows']} windows; the figures are not "
+              "clean measurements")
 
 
 # ======================================================================================
@@ -1059,7 +1314,8 @@ async def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     sub = p.add_subparsers(dest="role")
-    prov = sub.add_parser("role-providers", help="(internal) the fake providers")
+    prov = sub.add_parser("role-provider", help="(internal) one fake provider")
+    prov.add_argument("--kind", choices=PROVIDERS, required=True)
     prov.add_argument("--folder", required=True)
     prov.add_argument("--loop", default="uvloop", choices=("asyncio", "uvloop"))
     bare = sub.add_parser("role-bare", help="(internal) a bare pooled client loop")
@@ -1067,7 +1323,8 @@ def parser() -> argparse.ArgumentParser:
     bare.add_argument("--target", choices=("apns", "fcm", "both"), required=True)
     bare.add_argument("--n", type=int, required=True)
     bare.add_argument("--concurrency", type=int, default=128)
-    bare.add_argument("--client", choices=("httpx", "aiohttp"), default="httpx")
+    bare.add_argument("--apns-client", choices=BARE_CLIENTS["apns"], default="h2pool")
+    bare.add_argument("--fcm-client", choices=BARE_CLIENTS["fcm"], default="aiohttp")
     bare.add_argument("--apns-connections", type=int, default=4)
     bare.add_argument("--loop", default="uvloop", choices=("asyncio", "uvloop"))
     pyf = sub.add_parser("role-pyfcm", help="(internal) pyfcm's async path")
@@ -1079,15 +1336,16 @@ def parser() -> argparse.ArgumentParser:
                    help="10,000 devices and 1,000 pyfcm messages")
     p.add_argument("--devices", type=int, default=None, help="devices (default 100,000)")
     p.add_argument("--concurrency", type=int, default=128,
-                   help="GATEWAY_PUSH_CONCURRENCY and the bare loops' in-flight bound")
+                   help="GATEWAY_PUSH_CONCURRENCY (the dispatcher's in-flight bound per "
+                        "provider) and the bare loops' in-flight bound")
     p.add_argument("--apns-connections", type=int, default=4,
-                   help="bare APNs loop's HTTP/2 connection pool (the gateway's APNs adapter "
+                   help="bare APNs loops' HTTP/2 connections (the gateway's APNs adapter "
                         "uses 4)")
     p.add_argument("--pyfcm-count", type=int, default=None,
                    help="messages through pyfcm (default 2,000; 1,000 with --quick)")
-    p.add_argument("--fcm-httpx-count", type=int, default=10_000,
-                   help="most pushes for the bare FCM loop on httpx (it is slow; the ceiling "
-                        "is the faster of httpx and aiohttp)")
+    p.add_argument("--httpx-count", type=int, default=5_000,
+                   help="most pushes for each httpx candidate loop (it is slow; the ceiling "
+                        "is the faster candidate)")
     p.add_argument("--pyfcm-timeout", type=float, default=60,
                    help="pyfcm per-request timeout (its default, 5 s, fails under load)")
     p.add_argument("--phases", default="gateway,gateway-split,bare,pyfcm",
@@ -1102,7 +1360,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stall-s", type=float, default=30,
                    help="give up when no push arrives for this long")
     p.add_argument("--profile", action="store_true",
-                   help="sample the gateway with py-spy during its phase (slows it down)")
+                   help="sample the gateway with py-spy during the mixed event (slows it)")
     p.add_argument("--profile-rate", type=int, default=50)
     p.add_argument("--profile-keep", default=None, help="copy the raw py-spy stacks here")
     p.add_argument("--keep-work", action="store_true", help="keep logs and temp files")
