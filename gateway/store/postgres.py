@@ -70,10 +70,16 @@ E = TypeVar("E", bound=Endpoint)
 
 IDEMPOTENCY_WINDOW_S = 24 * 3600
 ROTATION_GRACE_S = 24 * 3600
-#: pg_advisory_lock key that lets one process prune at a time (migrations use 727274).
+# Advisory lock keys, each taken for one thing only: 727274 migrations (queries.sql),
+# 727276 the seed of the per-user device locks (queries.sql), 727277 making day partitions
+# (gateway_make_partitions, migration 0005).
+#: pg_advisory_lock key that lets one process prune at a time.
 RETENTION_LOCK_KEY = 727275
-#: pg_advisory_lock key that lets one process clean up deleted apps at a time.
-CLEANUP_LOCK_KEY = 727277
+#: pg_advisory_lock key that lets one process clean up deleted apps at a time. Not 727277,
+#: which making day partitions takes: a process makes them as it starts, just when its
+#: first cleanup pass runs, and that pass was then skipped (the next one 30 s later), and
+#: making partitions waited for any cleanup pass under way.
+CLEANUP_LOCK_KEY = 727278
 DEFAULT_LIMITS = Limits(max_endpoints=100, max_devices_per_user=20, max_topics_per_device=100)
 
 

@@ -496,6 +496,26 @@ async def test_the_cleanup_resumes_after_a_restart(
     await eventually(gone, timeout_s=20)
 
 
+async def test_making_day_partitions_and_cleaning_up_deleted_apps_never_hold_each_other_up(
+        aiohttp_client: Any, dsn: str, settings: Settings) -> None:
+    client = await aiohttp_client(create_app(settings, dsn, dispatcher=False))
+    store = client.app[appkeys.STORE]
+    conn = await asyncpg.connect(dsn)
+    try:
+        # Another process making day partitions holds its lock until its transaction ends.
+        async with conn.transaction():
+            await conn.fetchval("SELECT gateway_make_partitions(current_date, current_date)")
+            assert (await AppCleanup(store, pause_s=0).run_once()).ran
+        # A cleanup pass under way here; the other process makes partitions meanwhile (a
+        # wait on the cleanup's lock would end in an error, not a pass).
+        async with store.cleaning() as cleaner:
+            assert cleaner is not None
+            await conn.execute("SET lock_timeout = '10s'")
+            await conn.fetchval("SELECT gateway_make_partitions(current_date, current_date)")
+    finally:
+        await conn.close()
+
+
 async def test_the_cleanup_waits_for_a_delivery_being_sent_and_takes_it_after_its_attempt(
         aiohttp_client: Any, dsn: str, settings: Settings, receiver: Receiver) -> None:
     client = await aiohttp_client(create_app(settings, dsn, dispatcher=False))

@@ -39,3 +39,13 @@ def test_a_broken_connection_is_unavailable_but_a_wrong_query_is_a_bug() -> None
         raise asyncpg.InterfaceError("cannot perform operation: connection is closed")
     with pytest.raises(asyncpg.InterfaceError), translated():
         raise asyncpg.InterfaceError("the server expects 6 arguments for this query, 5 were passed")
+
+
+def test_every_advisory_lock_has_a_key_of_its_own() -> None:
+    from gateway.store import postgres
+    from gateway.store.schema import checked_in
+
+    sql = "\n".join([*QUERIES.values(), checked_in()])
+    keys = [int(k) for k in re.findall(r"pg_(?:try_)?advisory_(?:xact_)?lock\((\d+)\)", sql)]
+    keys += [v for name, v in vars(postgres).items() if name.endswith("_LOCK_KEY")]
+    assert len(keys) >= 4 and len(keys) == len(set(keys))
