@@ -27,7 +27,7 @@ from tests.support import (
     create_database,
     drop_database,
     embedded_server,
-    truncate_all,
+    empty_all,
     with_database,
 )
 
@@ -70,7 +70,7 @@ def database_url(server_dsn: str) -> Iterator[str]:
 @pytest.fixture
 async def dsn(database_url: str) -> str:
     """The run's database, emptied before the test."""
-    await truncate_all(database_url)
+    await empty_all(database_url)
     return database_url
 
 

@@ -25,8 +25,14 @@ from gateway.store import embedded
 
 ADMIN_KEY = "test-admin-key"
 ROOT = Path(__file__).resolve().parent.parent
-TABLES = ("attempts", "deliveries", "idempotency_keys", "events", "endpoints", "event_types",
-          "apps")
+#: Every table of the schema by name (partitions come with their parents), but the record of
+#: the migrations applied.
+TABLES_QUERY = """
+SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+  AND c.relname <> 'schema_migrations'
+ORDER BY c.relname
+"""
 
 
 def with_database(dsn: str, name: str) -> str:
@@ -70,10 +76,19 @@ async def drop_database(server_dsn: str, name: str) -> None:
         await conn.close()
 
 
-async def truncate_all(dsn: str) -> None:
+async def empty_all(dsn: str) -> None:
+    """Every row of every table gone, the migrations still applied: the database as a fresh
+    one would be. One DELETE statement over every table, so the foreign keys are checked at
+    its end, when the rows that refer to others are gone too. A test leaves a few rows,
+    which go in a millisecond, where a TRUNCATE makes new files for every partition and
+    index (0.2-0.8 s a test on two cores)."""
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute(f"TRUNCATE {', '.join(TABLES)} CASCADE")
+        tables = [row["relname"] for row in await conn.fetch(TABLES_QUERY)]
+        *first, last = tables
+        deletes = ", ".join(f'gone_{n} AS (DELETE FROM "{table}")'
+                            for n, table in enumerate(first))
+        await conn.execute(f'WITH {deletes} DELETE FROM "{last}"')
     finally:
         await conn.close()
 
