@@ -94,12 +94,14 @@ async def empty_all(dsn: str) -> None:
 
 
 async def serve_on_loopback(handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
-                            port: int = 0) -> tuple[web.AppRunner, int]:
+                            port: int = 0, *, shutdown_timeout_s: float = 60.0
+                            ) -> tuple[web.AppRunner, int]:
     """A real HTTP server on 127.0.0.1 sending every path and method to ``handler``;
-    returns its runner (to clean up) and the port it got."""
+    returns its runner (to clean up) and the port it got. Its cleanup waits up to
+    ``shutdown_timeout_s`` for handlers still running, then cancels them."""
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handler)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout_s)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
@@ -128,6 +130,9 @@ class Receiver:
     delay_s: float = 0.0
     _runner: web.AppRunner | None = None
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set while stopping: answers held back by ``delay_s`` go at once, so stopping does
+    #: not wait them out (a test's teardown would wait up to ``delay_s`` for nothing).
+    _stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     def url(self, path: str = "/hook") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -137,7 +142,8 @@ class Receiver:
         self.requests.append(Received(request.path, dict(request.headers), body, time.time()))
         self._arrived.set()
         if self.delay_s:
-            await asyncio.sleep(self.delay_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.delay_s)
         queue = self.answers.get(request.path)
         answer: tuple[int, dict[str, str]] = (200, {})
         if queue:
@@ -146,10 +152,12 @@ class Receiver:
         return web.Response(status=status, headers=headers, text="ok" if status < 300 else "no")
 
     async def start(self) -> Receiver:
+        self._stopping.clear()
         self._runner, self.port = await serve_on_loopback(self._handle, self.port)
         return self
 
     async def stop(self) -> None:
+        self._stopping.set()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

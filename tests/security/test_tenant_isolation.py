@@ -170,7 +170,8 @@ async def test_an_app_with_hanging_endpoints_never_delays_another_apps_deliverie
         await asyncio.sleep(3600)
         return web.Response()
 
-    runner, port = await serve_on_loopback(hang)
+    # Its handlers never answer: its cleanup has nothing to wait for (60 s by default).
+    runner, port = await serve_on_loopback(hang, shutdown_timeout_s=0.1)
     try:
         api = await launch(delivery_timeout_s=15.0)
         a, _ = await new_app(api, "a")
