@@ -138,9 +138,24 @@ def build(routes: Sequence[Route]) -> dict[str, Any]:
     }
 
 
+#: Documents built, by the identity of the routes in their table (routes hold dicts, so
+#: they do not hash); each entry keeps its routes alive, so no identity is reused.
+_built: dict[tuple[int, ...], tuple[tuple[Route, ...], dict[str, Any]]] = {}
+
+
+def _document(all_routes: Sequence[Route]) -> dict[str, Any]:
+    # Built once per route table and process: pydantic's schema generation takes about
+    # 0.1 s, and a process that makes many apps (the test suite makes over a thousand)
+    # would spend it on each. Only ever read (served as JSON), so sharing it is safe.
+    key = tuple(map(id, all_routes))
+    if key not in _built:
+        _built[key] = (tuple(all_routes), build(all_routes))
+    return _built[key][1]
+
+
 def routes(all_routes: Sequence[Route]) -> list[Route]:
     """``/openapi.json`` and ``/docs`` for a given route table."""
-    document = build(all_routes)
+    document = _document(all_routes)
 
     async def openapi_json(request: web.Request) -> web.Response:
         return web.json_response(document)
