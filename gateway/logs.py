@@ -299,7 +299,9 @@ def annotate(request: web.Request, **fields: str | None) -> None:
     """Add fields (``app``, ``event``...) to this request's log line."""
     found = request.get(LOG_FIELDS)
     if found is not None:
-        found.update({k: v for k, v in fields.items() if v is not None})
+        for name, value in fields.items():
+            if value is not None:
+                found[name] = value
 
 
 def route_of(request: web.Request) -> str:
