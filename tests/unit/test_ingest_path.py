@@ -37,6 +37,15 @@ def test_the_accepted_answer_is_byte_for_byte_what_its_model_renders(
     assert dict(fast.headers) == dict(general.headers)
 
 
+def test_events_of_one_batch_share_a_created_at_text_however_its_time_is_spelt() -> None:
+    first = datetime(2026, 12, 4, 10, 0, 0, 250000, tzinfo=UTC)
+    same = first.astimezone(timezone(timedelta(hours=2)))
+    later = first + timedelta(microseconds=1)
+    for when in (first, same, later, first):
+        accepted = Accepted("evt_0192a0b1c2d3e4f5a6b7c8d9e0f1a2b3", "a", when, created=True)
+        assert accepted_answer(accepted, 202).body == answer(EventAccepted, accepted, 202).body
+
+
 #: Bodies the regular-expression reader takes, and bodies it hands to the careful reader
 #: (escaped keys, odd spacing, broken or refused JSON of every kind).
 BODIES = [
