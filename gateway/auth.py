@@ -142,9 +142,9 @@ class Authenticator:
         self.limiter = limiter
         #: The time a previous key's grace is judged by.
         self.clock = clock
-        #: Key hash -> (its app, until when the key works (None: the current key),
-        #: cached until).
-        self._apps: dict[bytes, tuple[App, datetime | None, float]] = {}
+        #: Key hash -> (who it makes the caller: its app, and until when the key works
+        #: (None: the current key); cached until).
+        self._apps: dict[bytes, tuple[Principal, float]] = {}
         self._user_apps: dict[str, tuple[App, bytes, float]] = {}
         #: Whether this process hears app changes now (see :meth:`hearing`).
         self._hearing = False
@@ -170,7 +170,7 @@ class Authenticator:
         """Drop what is cached of an app that was deleted or given a new key."""
         self._generation += 1
         self._user_apps.pop(app_id, None)
-        for key_hash in [k for k, (app, _, _) in self._apps.items() if app.id == app_id]:
+        for key_hash in [k for k, (who, _) in self._apps.items() if who.app_id == app_id]:
             del self._apps[key_hash]
 
     def _remember(self, cache: dict[K, V], key: K, value: V, generation: int) -> None:
@@ -210,21 +210,20 @@ class Authenticator:
             return Principal("admin")
         now = time.monotonic()
         cached = self._apps.get(presented)
-        if cached is not None and cached[2] > now:
-            app, expires_at, _ = cached
+        if cached is not None and cached[1] > now:
+            who = cached[0]
         else:
             generation = self._generation
             found = await self._store.app_for_key_hash(presented)
             if found is None:
                 raise Unauthorized("Unknown API key.")
-            app, expires_at = found.app, found.key_expires_at
-            self._remember(self._apps, presented, (app, expires_at, now + KEY_CACHE_TTL_S),
-                           generation)
-        if expires_at is not None and expires_at <= self.clock():
+            who = Principal("app", found.app, key_expires_at=found.key_expires_at)
+            self._remember(self._apps, presented, (who, now + KEY_CACHE_TTL_S), generation)
+        if who.key_expires_at is not None and who.key_expires_at <= self.clock():
             # A previous key whose grace ended while it was cached.
             self._apps.pop(presented, None)
             raise Unauthorized("Unknown API key.")
-        return Principal("app", app, key_expires_at=expires_at)
+        return who
 
     async def _user(self, token: str) -> Principal:
         app_id = usertokens.unverified_app_id(token)

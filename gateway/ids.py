@@ -19,6 +19,13 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{int(time.time() * 1000):012x}{secrets.token_hex(10)}"
 
 
+def new_ids(prefix: str, count: int) -> list[str]:
+    """``count`` ids of one millisecond, from one read of the random source."""
+    stamp = f"{prefix}_{int(time.time() * 1000):012x}"
+    random = secrets.token_hex(10 * count)
+    return [stamp + random[i:i + 20] for i in range(0, 20 * count, 20)]
+
+
 def new_api_key() -> str:
     return "gk_" + secrets.token_urlsafe(32)
 

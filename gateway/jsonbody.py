@@ -89,7 +89,7 @@ def parse_object(text: str, limits: Mapping[str, int] | None = None,
     try:
         obj: dict[str, Any] = {}
         raw: dict[str, str] = {}
-        for key, value, source in _members(text):
+        for key, value, source in _plain_members(text) or _members(text):
             if key in obj:
                 raise _Refused(f"the key {key[:40]!r} appears twice in one object", key)
             obj[key] = value
@@ -113,6 +113,42 @@ def parse_object(text: str, limits: Mapping[str, int] | None = None,
         if not storable_json(raw[key], nul=key in RAW_MEMBERS):
             raise _unstorable(_unstorable_path(value, key, raw[key]))
     return obj, raw
+
+
+#: A key spelt without escapes or control characters, and its colon, with the whitespace
+#: around them; then what follows a value: a comma or the closing brace.
+_PLAIN_KEY = re.compile(r'[ \t\n\r]*"([^"\\\x00-\x1f]*)"[ \t\n\r]*:[ \t\n\r]*')
+_AFTER_VALUE = re.compile(r"[ \t\n\r]*([,}])")
+_OPEN = re.compile(r"[ \t\n\r]*\{")
+_END = re.compile(r"[ \t\n\r]*\Z")
+
+
+def _plain_members(text: str) -> list[tuple[str, Any, str]] | None:
+    """What :func:`_members` returns, for the usual body: a non-empty object whose keys
+    have no escapes, read with two regular expressions per member instead of a scan
+    step by step. None for any other text, and for any value that does not parse:
+    :func:`_members` then reads it again and says what is wrong, as it always did."""
+    opened = _OPEN.match(text)
+    if opened is None:
+        return None
+    members: list[tuple[str, Any, str]] = []
+    idx = opened.end()
+    while True:
+        key = _PLAIN_KEY.match(text, idx)
+        if key is None:
+            return None
+        start = key.end()
+        try:
+            value, end = _DECODER.raw_decode(text, start)
+        except (ValueError, RecursionError):
+            return None
+        members.append((key[1], value, text[start:end]))
+        after = _AFTER_VALUE.match(text, end)
+        if after is None:
+            return None
+        idx = after.end()
+        if after[1] == "}":
+            return members if _END.match(text, idx) else None
 
 
 def _members(text: str) -> list[tuple[str, Any, str]]:

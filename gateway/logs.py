@@ -97,16 +97,16 @@ def scrub(text: str) -> str:
 TRUSTED = "_trusted"
 
 
+_NUMBERS = (bool, int, float)
+_NONE_TRUSTED: frozenset[str] = frozenset()
+
+
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
     """The extra fields of a record (``extra=`` and the request id), scrubbed."""
-    trusted: frozenset[str] = getattr(record, TRUSTED, frozenset())
-    out: dict[str, Any] = {}
-    for key, value in vars(record).items():
-        if key in _STANDARD or key.startswith("_") or value is None:
-            continue
-        out[key] = value if isinstance(value, bool | int | float) or key in trusted \
-            else scrub(str(value))
-    return out
+    trusted: frozenset[str] = getattr(record, TRUSTED, _NONE_TRUSTED)
+    return {key: value if key in trusted or isinstance(value, _NUMBERS) else scrub(str(value))
+            for key, value in vars(record).items()
+            if key not in _STANDARD and value is not None and not key.startswith("_")}
 
 
 def _message(record: logging.LogRecord) -> str:
@@ -178,7 +178,12 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = f"{self.formatTime(record)} {record.levelname} {record.name}: " \
             + _escape(_message(record))
-        extras = " ".join(f"{k}={_value(str(v))}" for k, v in _fields(record).items())
+        fields = _fields(record)
+        values = [str(v) for v in fields.values()]
+        # Most lines hold plain words only: one match over them all says so.
+        if not (all(values) and _PLAIN.fullmatch("".join(values))):
+            values = [_value(v) for v in values]
+        extras = " ".join([f"{k}={v}" for k, v in zip(fields, values, strict=True)])
         text = f"{line} {extras}" if extras else line
         trace = self.formatException(record.exc_info) if record.exc_info else record.exc_text
         if trace:
@@ -294,7 +299,9 @@ def annotate(request: web.Request, **fields: str | None) -> None:
     """Add fields (``app``, ``event``...) to this request's log line."""
     found = request.get(LOG_FIELDS)
     if found is not None:
-        found.update({k: v for k, v in fields.items() if v is not None})
+        for name, value in fields.items():
+            if value is not None:
+                found[name] = value
 
 
 def route_of(request: web.Request) -> str:
@@ -355,9 +362,10 @@ async def request_log(request: web.Request, handler: Handler) -> web.StreamRespo
     finally:
         route = route_of(request)
         trusted = line if not fields else line | (fields.keys() & _MINTED)
-        for param, field in _ID_PARAMS.items():
-            if param in request.match_info:
-                fields.setdefault(field, request.match_info[param])
+        if request.match_info:  # most routes have no path parameters
+            for param, field in _ID_PARAMS.items():
+                if param in request.match_info:
+                    fields.setdefault(field, request.match_info[param])
         quiet = route in QUIET_ROUTES and status < 400
         level = logging.DEBUG if quiet else logging.WARNING if status >= 500 else logging.INFO
         if log.isEnabledFor(level):

@@ -180,6 +180,9 @@ class Metrics:
         self.live = _Live()
         r.register(self.live)
         self._types = BoundedValues(EVENT_TYPE_LIMIT)
+        #: Each event type's series of events_ingested (looking one up costs more than the
+        #: count).
+        self._ingested: dict[str, Counter] = {}
         self._codes = BoundedValues(CODE_LIMIT)
         self._reasons = BoundedValues(CODE_LIMIT)
         for kind in KINDS:  # series exist at 0 from the start, so rate() sees the first one
@@ -194,7 +197,13 @@ class Metrics:
     # --- hooks --------------------------------------------------------------------------
 
     def event_ingested(self, event_type: str) -> None:
-        self.events_ingested.labels(self._types(event_type)).inc()
+        counter = self._ingested.get(event_type)
+        if counter is None:
+            label = self._types(event_type)
+            counter = self.events_ingested.labels(label)
+            if label == event_type:  # kept for the types that have a series of their own
+                self._ingested[event_type] = counter
+        counter.inc()
 
     def attempt(self, kind: str, record: AttemptResult, event_created_at: datetime, *,
                 sent: bool) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import secrets
@@ -30,6 +31,12 @@ from gateway_client.models import AppCreated, AppPage, RotatedAppKey
 
 log = logging.getLogger("gateway")
 T = TypeVar("T")
+
+#: Net new container objects before the cyclic collector runs (Python's default: 700).
+#: A request's objects are freed by reference counting, not by the collector, but with
+#: 64 requests in flight the default ran it every few dozen requests, each time walking
+#: every in-flight request's objects: a tenth of the gateway's CPU per request.
+GC_THRESHOLD_OBJECTS = 10_000
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -117,6 +124,10 @@ async def _run_app(app: web.Application, settings: Settings, host: str | None,
     runner = web.AppRunner(app, handle_signals=False, access_log=None,
                            shutdown_timeout=settings.shutdown_grace_s)
     await runner.setup()
+    # What startup made (modules, models, the app) lives as long as the process: the
+    # collector need not walk it again.
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD_OBJECTS)
     if port is not None and host is not None:
         site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
         await site.start()

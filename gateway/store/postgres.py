@@ -29,7 +29,7 @@ from gateway.errors import (
     NotFound,
     RateLimited,
 )
-from gateway.ids import hash_key, new_api_key, new_id, new_webhook_secret
+from gateway.ids import hash_key, new_api_key, new_id, new_ids, new_webhook_secret
 from gateway.store.database import QUERIES, Database
 from gateway.store.endpoint_health import disable_endpoints, enable_endpoints
 from gateway.store.operational import OperationalWebhooks
@@ -464,7 +464,7 @@ class Store:
         answering the rest from it.
         """
         now = datetime.now(UTC)
-        ids = [new_id("evt") for _ in drafts]
+        ids = new_ids("evt", len(drafts))
         results: list[Accepted | BaseException | None] = [None] * len(drafts)
         seen: set[tuple[str, str]] = set()
         first: list[int] = []
@@ -479,7 +479,7 @@ class Store:
         def insert_args(rows: list[int]) -> tuple[Any, ...]:
             return ([ids[i] for i in rows], [drafts[i].app_id for i in rows],
                     [drafts[i].type for i in rows], [drafts[i].payload for i in rows],
-                    [now] * len(rows), [drafts[i].push for i in rows],
+                    now, [drafts[i].push for i in rows],
                     [drafts[i].traceparent for i in rows], [drafts[i].tracestate for i in rows])
 
         if not first:

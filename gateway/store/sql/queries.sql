@@ -297,9 +297,9 @@ JOIN events e ON e.app_id = k.app_id AND e.id = k.event_id
 WHERE k.created_at >= now() - make_interval(secs => $3);
 
 -- name: insert_events
--- $1 ids, $2 app ids, $3 types, $4 raw payloads, $5 created_at, $6 push targets as JSON
--- text ({"user_ids", "topics", "notification"}) or NULL, $7 traceparents and $8
--- tracestates or NULLs (arrays of one length).
+-- $1 ids, $2 app ids, $3 types, $4 raw payloads, $5 created_at (one time for every row),
+-- $6 push targets as JSON text ({"user_ids", "topics", "notification"}) or NULL, $7
+-- traceparents and $8 tracestates or NULLs (arrays of one length but $5).
 -- Creates each event and one pending delivery per active endpoint subscribed to its type
 -- whose filter (if it has one) the payload passes, and wakes the dispatchers (and the
 -- fan-out, for push targets) at commit: one statement, so without idempotency keys it
@@ -313,16 +313,16 @@ WITH filtered AS (
 ), ev AS (
     INSERT INTO events (id, app_id, type, payload, created_at, push_user_ids, push_topics,
                         notification, fanout_status, traceparent, tracestate)
-    SELECT u.id, u.app_id, u.type, u.payload, u.created_at,
+    SELECT u.id, u.app_id, u.type, u.payload, $5::timestamptz,
            CASE WHEN u.push IS NOT NULL THEN
                ARRAY(SELECT jsonb_array_elements_text(u.push::jsonb -> 'user_ids')) END,
            CASE WHEN u.push IS NOT NULL THEN
                ARRAY(SELECT jsonb_array_elements_text(u.push::jsonb -> 'topics')) END,
            u.push::jsonb -> 'notification',
            CASE WHEN u.push IS NOT NULL THEN 'pending' END, u.traceparent, u.tracestate
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[],
-                $7::text[], $8::text[])
-        AS u(id, app_id, type, payload, created_at, push, traceparent, tracestate)
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $6::text[], $7::text[],
+                $8::text[])
+        AS u(id, app_id, type, payload, push, traceparent, tracestate)
     RETURNING id, app_id, type, created_at, fanout_status,
               CASE WHEN app_id IN (SELECT app_id FROM filtered) THEN payload END AS payload
 ), dl AS (
