@@ -8,6 +8,7 @@ bytes signed are exactly the bytes sent.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -35,6 +36,15 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     signed = f"{msg_id}.{timestamp}.".encode() + body
     digest = hmac.new(key, signed, hashlib.sha256).digest()
     return "v1," + base64.b64encode(digest).decode("ascii")
+
+
+@functools.lru_cache(maxsize=4096)
+def _forbidden_literal(url: str) -> str | None:
+    """The host of ``url`` when it is an IP literal no webhook may be sent to, else None
+    (names are checked when they resolve, by GuardedResolver)."""
+    host = urlsplit(url).hostname or ""
+    literal = ip_literal(host)
+    return host if literal is not None and address_forbidden(literal) else None
 
 
 def iso_timestamp(moment: datetime) -> str:
@@ -109,9 +119,8 @@ class WebhookAdapter:
         def elapsed_ms() -> int:
             return int((time.monotonic() - started) * 1000)
 
-        host = urlsplit(job.endpoint.url).hostname or ""
-        literal = ip_literal(host)
-        if not self._allow_private and literal is not None and address_forbidden(literal):
+        host = None if self._allow_private else _forbidden_literal(job.endpoint.url)
+        if host is not None:
             return Outcome(Verdict.FAILED, error=f"endpoint_url_forbidden: {host} is not a "
                            "public address", duration_ms=0)
         headers = self.headers(job, body, int(time.time()))

@@ -61,6 +61,13 @@ _ATTEMPT_LINE = frozenset({"msg", "app", "event", "trace", "delivery", "kind", "
                            "device", "outcome", "status", "error", "next_attempt_at"})
 
 PUSH_KINDS = (DeliveryKind.FCM, DeliveryKind.APNS)
+#: When due work waits for room that only this dispatcher's own deliveries free, the next
+#: claim waits until about 1/GATHER_SHARE of those in flight have finished, or GATHER_S
+#: after the first one did, or new work is announced: a claim then takes several at once
+#: instead of one per finished delivery, and asks for about what can go.
+GATHER_SHARE = 8
+GATHER_S = 0.005
+MIN_CLAIM = 8
 
 #: Runs until cancelled, calling its argument whenever new work may be due.
 WakeSource = Callable[[Callable[[], None]], Coroutine[Any, Any, None]]
@@ -110,7 +117,13 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._stopping = False
+        #: Every delivery task until its result is written, with its claim's lease.
         self._inflight: dict[asyncio.Task[None], uuid.UUID] = {}
+        #: Deliveries being sent: a delivered one holds its slot until its attempt is
+        #: over, not until its result is written (its lease covers that).
+        self._sending = 0
+        #: Deliveries of ours whose attempt is over, ever (see GATHER_SHARE).
+        self._finished = 0
         #: In flight per target (an endpoint id, or a push provider) and per app.
         self._per_target: collections.Counter[str] = collections.Counter()
         self._per_app: collections.Counter[str] = collections.Counter()
@@ -139,7 +152,7 @@ class Dispatcher:
     @property
     def inflight(self) -> int:
         """Deliveries being sent right now."""
-        return len(self._inflight)
+        return self._sending
 
     def healthy(self) -> bool:
         """The loop runs and has moved recently."""
@@ -203,9 +216,15 @@ class Dispatcher:
 
     async def _loop(self) -> None:
         backoff = 0.05
+        #: When the last claim left due work waiting for room: how many of ours had
+        #: finished when it was made.
+        crowded_at: int | None = None
         while not self._stopping:
             self.heartbeat = time.monotonic()
-            free = self.concurrency - len(self._inflight)
+            # Results still being written count too, up to as many again: a database that
+            # writes slower than endpoints answer slows the claims down.
+            free = min(self.concurrency - self._sending,
+                       2 * self.concurrency - len(self._inflight))
             if free <= 0:
                 self._slot_free.clear()
                 with contextlib.suppress(TimeoutError):
@@ -213,6 +232,9 @@ class Dispatcher:
                         await self._slot_free.wait()
                 continue
             want = min(free, self.batch)
+            if crowded_at is not None:
+                want = min(want, max(2 * (self._finished - crowded_at), MIN_CLAIM))
+            finished = self._finished
             self._wake.clear()
             self._slot_free.clear()
             lease_id = uuid.uuid4()
@@ -235,14 +257,17 @@ class Dispatcher:
             for job in jobs:
                 target = _target(job)
                 app_id = job.delivery.app_id
-                task = asyncio.create_task(self._deliver(job))
+                release = self._take_slot(target, app_id)
+                task = asyncio.create_task(self._deliver(job, release))
                 self._inflight[task] = lease_id
-                self._per_target[target] += 1
-                self._per_app[app_id] += 1
-                task.add_done_callback(functools.partial(self._done, target=target,
-                                                         app_id=app_id))
+                task.add_done_callback(functools.partial(self._done, release=release))
+            crowded_at = None
             if len(jobs) == want:
                 await asyncio.sleep(0)
+                continue
+            if jobs.waiting and not jobs.held_back:
+                crowded_at = finished
+                await self._gather(finished)
                 continue
             # Deliveries held back for a rate limit were booked out of the way: what was
             # due behind them can be claimed at once.
@@ -262,7 +287,7 @@ class Dispatcher:
                 return
             # Due work this claim could not take: its rooms are full, or another claimer
             # holds it. Asking again at once would spin against the database.
-            timeout = self.poll_interval_s if self._inflight else min(0.05,
+            timeout = self.poll_interval_s if self._sending else min(0.05,
                                                                        self.poll_interval_s)
         waits = [asyncio.ensure_future(self._wake.wait()),
                  asyncio.ensure_future(self._slot_free.wait())]
@@ -271,6 +296,30 @@ class Dispatcher:
         finally:
             for waiter in waits:
                 waiter.cancel()
+
+    async def _gather(self, finished: int) -> None:
+        """Due work waits for room our own deliveries hold: wait for some of them to
+        finish (see GATHER_SHARE), or for new work, which may have room at once."""
+        loop = asyncio.get_running_loop()
+        enough = finished + max(1, self._sending // GATHER_SHARE)
+        until = loop.time() + self.poll_interval_s
+        gathering = False
+        while not self._wake.is_set() and self._finished < enough:
+            if self._finished > finished and not gathering:
+                gathering = True
+                until = min(until, loop.time() + GATHER_S)
+            timeout = until - loop.time()
+            if timeout <= 0:
+                return
+            self._slot_free.clear()
+            waits = [asyncio.ensure_future(self._wake.wait()),
+                     asyncio.ensure_future(self._slot_free.wait())]
+            try:
+                await asyncio.wait(waits, timeout=timeout,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waits:
+                    waiter.cancel()
 
     def _rooms(self) -> Rooms:
         """What each busy endpoint, provider and app can still take."""
@@ -281,19 +330,39 @@ class Dispatcher:
             apps={a: self.app_concurrency - n for a, n in self._per_app.items() if n},
             endpoint=self.endpoint_concurrency, app=self.app_concurrency)
 
-    def _done(self, task: asyncio.Task[None], *, target: str, app_id: str) -> None:
+    def _take_slot(self, target: str, app_id: str) -> Callable[[], None]:
+        """Count a delivery to ``target`` of ``app_id`` as being sent; the function
+        returned frees its slot (once, however often it is called)."""
+        self._sending += 1
+        self._per_target[target] += 1
+        self._per_app[app_id] += 1
+        freed = False
+
+        def release() -> None:
+            nonlocal freed
+            if freed:
+                return
+            freed = True
+            self._sending -= 1
+            self._finished += 1
+            for counts, key in ((self._per_target, target), (self._per_app, app_id)):
+                counts[key] -= 1
+                if counts[key] <= 0:
+                    del counts[key]
+            self._slot_free.set()
+
+        return release
+
+    def _done(self, task: asyncio.Task[None], *, release: Callable[[], None]) -> None:
         self._inflight.pop(task, None)
-        for counts, key in ((self._per_target, target), (self._per_app, app_id)):
-            counts[key] -= 1
-            if counts[key] <= 0:
-                del counts[key]
+        release()
         self._slot_free.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery task failed", exc_info=task.exception())
 
     # --- one delivery -----------------------------------------------------------------
 
-    async def _deliver(self, claimed: Job) -> None:
+    async def _deliver(self, claimed: Job, release: Callable[[], None]) -> None:
         job = claimed.delivery
         adapter = self.adapters.get(job.kind)
         attempted_at = datetime.now(UTC)
@@ -337,6 +406,11 @@ class Dispatcher:
             credentials_rejected=_clean(outcome.credentials_rejected, 500),
             endpoint_id=job.endpoint.id if reached and job.endpoint else None,
         )
+        if outcome.verdict is Verdict.DELIVERED:
+            # Its slot can take the next delivery while this result is written. A failed
+            # attempt keeps its slot until it is recorded: the endpoint's circuit counts
+            # it before the next attempt goes.
+            release()
         self._observe(claimed, result, sent)
         await self._write(result)
 

@@ -137,6 +137,11 @@ class InMemoryQueue:
                 ranked.append((of_app[job.app_id], entry.due_at, entry))
         chosen = [entry for _, _, entry in sorted(
             ranked, key=lambda r: (r[0], r[1], r[2].job.delivery_id))][:limit]
+        # As claim_due counts it: due rows of targets and apps that had room at all, less
+        # what was taken or booked.
+        seen = sum(1 for entry in due if min(rooms.room(
+            entry.job.app_id, entry.job.kind,
+            entry.job.endpoint.id if entry.job.endpoint else None)) > 0)
         self._move_schedules(now, budgets, chosen, held)
         jobs = []
         for entry in probes + chosen:
@@ -146,7 +151,8 @@ class InMemoryQueue:
             active = device is None or self.devices.get(device.id, (False, now))[0]
             jobs.append(Job(replace(entry.job, attempt=entry.attempt_count + 1), lease_id,
                             entry.schedule_pos, device_active=active))
-        return Claim(jobs, held_back=sum(len(entries) for entries in held.values()))
+        held_back = sum(len(entries) for entries in held.values())
+        return Claim(jobs, held_back=held_back, waiting=max(0, seen - len(chosen) - held_back))
 
     def _move_schedules(self, now: datetime, budgets: dict[str, int], chosen: list[Entry],
                         held: dict[str, list[Entry]]) -> None:

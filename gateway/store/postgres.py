@@ -334,8 +334,10 @@ class Store:
 
     async def delete_endpoint(self, app_id: str, endpoint_id: str) -> None:
         """Delete it; its pending deliveries fail, having nowhere to go."""
-        _found(await self.db.fetchrow("delete_endpoint", app_id, endpoint_id),
-               "endpoint", endpoint_id)
+        async with self.db.transaction() as conn:
+            await conn.execute(QUERIES["lock_pending_of_endpoint"], app_id, endpoint_id)
+            _found(await conn.fetchrow(QUERIES["delete_endpoint"], app_id, endpoint_id),
+                   "endpoint", endpoint_id)
 
     async def rotate_secret(self, app_id: str, endpoint_id: str) -> EndpointSecret:
         secret = new_webhook_secret()

@@ -68,7 +68,7 @@ class PostgresQueue:
     async def claim(self, limit: int, lease_s: float, lease_id: uuid.UUID,
                     rooms: Rooms = UNLIMITED) -> Claim:
         jobs: list[Job] = []
-        held_back = 0
+        held_back = waiting = 0
         for _ in range(CLAIM_ROUNDS):
             want = limit - len(jobs)
             rows = await self.db.fetch(
@@ -81,12 +81,13 @@ class PostgresQueue:
             taken = [self._job(row, lease_id) for row in rows if row["id"] is not None]
             jobs += taken
             held_back += rows[0]["held_back"]
+            waiting = rows[0]["waiting"]
             # Rows parked behind open circuits filled part of the scan: what lies beyond
             # them may be due too.
             if not rows[0]["parked"] or len(jobs) >= limit:
                 break
             rooms = rooms.less(taken)
-        return Claim(jobs, held_back=held_back)
+        return Claim(jobs, held_back=held_back, waiting=waiting)
 
     def _job(self, row: asyncpg.Record, lease_id: uuid.UUID) -> Job:
         """A claimed row as the adapters take it: its secrets opened only now, when used.

@@ -85,13 +85,17 @@ class Job:
 
 
 class Claim(list[Job]):
-    """What a claim took, and how many due deliveries it held back for their endpoints'
-    rate limits: not taken, but booked a later send time (so more may be due behind
-    them, and the claimer should look again at once)."""
+    """What a claim took; how many due deliveries it held back for their endpoints' rate
+    limits (not taken, but booked a later send time, so more may be due behind them and
+    the claimer should look again at once); and how many it saw due but left waiting for
+    room (their target or app had no room left, so the claimer's own deliveries must
+    finish before more of them can go)."""
 
-    def __init__(self, jobs: Iterable[Job] = (), held_back: int = 0) -> None:
+    def __init__(self, jobs: Iterable[Job] = (), held_back: int = 0,
+                 waiting: int = 0) -> None:
         super().__init__(jobs)
         self.held_back = held_back
+        self.waiting = waiting
 
 
 @dataclass(frozen=True, slots=True)

@@ -230,9 +230,13 @@ async def test_patch_sends_endpoint_disabled_with_its_reason_then_endpoint_enabl
     assert (await api.call("PATCH", path, tenant.key, {"status": "active"}))[0] == 200
     [enabled] = await told_of(tenant, receiver, "endpoint.enabled")
     assert enabled == {"endpoint_id": endpoint["id"]}
-    # The description change told nothing; each notice was one delivery, delivered once.
-    stored = await feed(dsn, tenant.id)
-    assert [(f["type"], f["kind"], f["status"]) for f in stored] == [
+    # The description change told nothing; each notice was one delivery, delivered once
+    # (recorded just after the receiver has it).
+    async def recorded() -> list[tuple[str, str, str]] | None:
+        stored = [(f["type"], f["kind"], f["status"]) for f in await feed(dsn, tenant.id)]
+        return stored if all(status != "pending" for _, _, status in stored) else None
+
+    assert await eventually(recorded) == [
         ("endpoint.disabled", "operational", "succeeded"),
         ("endpoint.enabled", "operational", "succeeded")]
     assert len(receiver.on("/ops")) == 2

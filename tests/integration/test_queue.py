@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -18,11 +18,11 @@ from adapters.base import DeliveryJob, EndpointTarget, EventView, Outcome, Verdi
 from gateway.dispatcher import Dispatcher
 from gateway.health import HealthRules
 from gateway.retry import RetryPolicy
-from gateway.store.database import Database
+from gateway.store.database import QUERIES, Database
 from gateway.store.memory_queue import InMemoryQueue
 from gateway.store.postgres import EventDraft, Store
 from gateway.store.postgres_queue import PostgresQueue
-from gateway.store.queue import AttemptResult, Job, Queue, Rooms
+from gateway.store.queue import AttemptResult, Job, Queue, Rooms, Settlement
 from gateway_client.models import AttemptOutcome, DeliveryStatus, DisabledReason, EndpointStatus
 from tests.support import eventually
 
@@ -428,6 +428,76 @@ async def test_a_dispatcher_stopped_mid_send_gives_its_claims_back(harness: Harn
     assert await harness.status(delivery_id) is DeliveryStatus.PENDING
     (job,) = await harness.queue.claim(1, 30, uuid.uuid4())  # due again at once
     assert job.delivery.delivery_id == delivery_id
+
+
+
+async def test_a_claim_says_how_many_due_deliveries_it_left_waiting_for_room(
+        harness: Harness) -> None:
+    for _ in range(5):
+        await harness.add("busy")
+    taken = await harness.queue.claim(10, 30, uuid.uuid4(), Rooms(endpoint=2))
+    assert len(taken) == 2 and taken.waiting == 3 and taken.held_back == 0
+    rest = await harness.queue.claim(10, 30, uuid.uuid4())
+    assert len(rest) == 3 and rest.waiting == 0
+
+
+async def test_a_delivered_attempt_frees_its_slot_before_its_result_is_written(
+        harness: Harness) -> None:
+    ids = [await harness.add() for _ in range(2)]
+    writes = asyncio.Event()
+    queue = harness.queue
+    complete = queue.complete
+
+    async def held_complete(results: Sequence[AttemptResult]) -> Settlement:
+        await writes.wait()  # the database is slow to write results
+        return await complete(results)
+
+    queue.complete = held_complete  # type: ignore[method-assign]
+    adapter = Scripted()
+    worker = Dispatcher(queue, {"webhook": adapter}, RetryPolicy((0.05,), jitter=0),
+                        concurrency=1, poll_interval_s=0.05, lease_s=30)
+    await worker.start()
+    try:
+        # One slot: both deliveries are sent, one after the other, while no result is
+        # written yet.
+        await eventually(lambda: asyncio.sleep(0, len(adapter.sent) == 2), timeout_s=10)
+        assert sorted(adapter.sent) == sorted(ids)
+        writes.set()
+
+        async def all_done() -> bool:
+            return all([await harness.status(i) is DeliveryStatus.SUCCEEDED for i in ids])
+        await eventually(all_done, timeout_s=10)
+    finally:
+        writes.set()
+        await worker.stop(1)
+
+
+
+async def test_a_claim_locks_only_the_deliveries_it_takes_not_every_row_it_looked_at(
+        dsn: str) -> None:
+    db = await Database.connect(dsn, max_size=4)
+    try:
+        harness = PostgresHarness(Store(db), PostgresQueue(db))
+        ids = [await harness.add("busy") for _ in range(6)]
+
+        class InTransaction:
+            """The store's fetch, on one connection whose transaction stays open."""
+
+            def __init__(self, conn: Any) -> None:
+                self.conn = conn
+
+            async def fetch(self, name: str, *args: Any) -> list[Any]:
+                return list(await self.conn.fetch(QUERIES[name], *args))
+
+        async with db.transaction() as conn:
+            slow = PostgresQueue(InTransaction(conn))  # type: ignore[arg-type]
+            first = await slow.claim(10, 30, uuid.uuid4(), Rooms(endpoint=1))
+            assert [j.delivery.delivery_id for j in first] == ids[:1]
+            # The first claim has not committed: it holds only the one it took.
+            rest = await harness.queue.claim(10, 30, uuid.uuid4())
+            assert sorted(j.delivery.delivery_id for j in rest) == sorted(ids[1:])
+    finally:
+        await db.close()
 
 
 # --- endpoint health (gateway/health.py) over either queue ------------------------------

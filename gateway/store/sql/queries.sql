@@ -194,6 +194,14 @@ RETURNING id, app_id, url, description, event_types, status, disabled_reason, di
           created_at, updated_at, failing_since, circuit_open_until, rate_limit, headers,
           filter;
 
+-- name: lock_pending_of_endpoint
+-- $1 app id, $2 endpoint id. Before delete_endpoint: its pending deliveries, locked first,
+-- in the order a settlement locks (a delivery, then its endpoint), so the two never
+-- deadlock.
+SELECT 1 FROM deliveries
+WHERE app_id = $1 AND endpoint_id = $2 AND status = 'pending'
+FOR UPDATE;
+
 -- name: delete_endpoint
 -- $1 app id, $2 endpoint id. Its pending deliveries fail: they have nowhere to go.
 WITH gone AS (
@@ -495,6 +503,9 @@ SELECT requeued.* FROM requeued LEFT JOIN woke ON true;
 -- first), so one app's backlog or hanging endpoints never crowd out another's; extends
 -- their due time by the lease (a crashed claimer's work comes back by itself), and
 -- returns what each needs to be sent.
+-- The scan reads due rows without locking them; only the rows this claim changes (taken,
+-- booked or parked) are locked, skipping any another claimer holds and re-checking that
+-- each is still due, so a claim costs what it takes, not what it looks at.
 -- An endpoint whose circuit is not closed (gateway/health.py) gets nothing from the scan:
 -- the due deliveries it meets there are parked, out of the due index's way until the
 -- circuit closes. A half-open one gets one probe, the oldest of its parked deliveries,
@@ -502,7 +513,9 @@ SELECT requeued.* FROM requeued LEFT JOIN woke ON true;
 -- at a time across all dispatchers. A rate-limited endpoint gives what its send schedule
 -- allows now; its other due deliveries are not taken but booked the next free send
 -- times, oldest first. The first row says how many were parked ("parked") and held back
--- ("held_back"); when nothing was claimed it is the only row, its id NULL.
+-- ("held_back"), and how many it saw due but left for want of room ("waiting": the
+-- claimer's own deliveries must finish first); when nothing was claimed it is the only
+-- row, its id NULL.
 WITH full_targets AS (
     SELECT array_agg(id) FILTER (WHERE room <= 0) AS endpoints
     FROM unnest($4::text[], $5::int[]) AS r(id, room)
@@ -530,7 +543,6 @@ WITH full_targets AS (
     -- A LIMIT the planner cannot read plans like the generic plan does (for a tenth of the
     -- rows): the ordered index walk, stopping after $12, however few rows it expects.
     LIMIT (SELECT $12::bigint)
-    FOR UPDATE OF d SKIP LOCKED
 ), tripped AS (
     SELECT e.id FROM endpoints e
     WHERE e.id IN (SELECT endpoint_id FROM candidates) AND e.circuit_open_until IS NOT NULL
@@ -541,11 +553,6 @@ WITH full_targets AS (
     SELECT e.id FROM endpoints e
     WHERE e.id IN (SELECT id FROM tripped) AND e.circuit_open_until IS NOT NULL
     FOR SHARE SKIP LOCKED
-), parked AS (
-    UPDATE deliveries d SET next_attempt_at = 'infinity', updated_at = now()
-    FROM candidates c
-    WHERE c.endpoint_id IN (SELECT id FROM parkable) AND d.app_id = c.app_id AND d.id = c.id
-    RETURNING 1
 ), half_open AS (
     SELECT e.id, e.app_id FROM endpoints e
     WHERE e.circuit_open_until <= now()
@@ -624,6 +631,33 @@ WITH full_targets AS (
     -- kth of an endpoint gets its kth next free send time.
     SELECT app_id, id, endpoint_id, nth_of_target - budget - 1 AS k FROM ranked
     WHERE nth_of_target > budget
+), locked AS (
+    -- The rows this claim changes, locked; one another claimer holds, or took since the
+    -- scan (no longer due when re-read under the lock), is left alone.
+    SELECT t.app_id, t.id, t.why, t.endpoint_id, t.k
+    FROM (SELECT app_id, id, 'take' AS why, endpoint_id, NULL::bigint AS k FROM chosen
+          UNION ALL
+          SELECT app_id, id, 'book', endpoint_id, k FROM held
+          UNION ALL
+          SELECT c.app_id, c.id, 'park', c.endpoint_id, NULL FROM candidates c
+          WHERE c.endpoint_id IN (SELECT id FROM parkable)) t
+    -- One primary-key lookup per row (a join here may be planned as a scan of every due
+    -- row).
+    CROSS JOIN LATERAL (
+        SELECT 1 FROM deliveries d
+        WHERE d.app_id = t.app_id AND d.id = t.id
+          AND d.status = 'pending' AND d.next_attempt_at <= now()
+        FOR UPDATE SKIP LOCKED
+    ) still_due
+), parked AS (
+    UPDATE deliveries d SET next_attempt_at = 'infinity', updated_at = now()
+    FROM locked l WHERE l.why = 'park' AND d.app_id = l.app_id AND d.id = l.id
+    RETURNING 1
+), booking AS (
+    -- What this claim books, numbered again without the rows another claimer had.
+    SELECT app_id, id, endpoint_id,
+           row_number() OVER (PARTITION BY endpoint_id ORDER BY k) - 1 AS k
+    FROM locked WHERE why = 'book'
 ), schedules AS (
     -- Each schedule after this claim (SendRate.spend and SendRate.booking_start).
     SELECT b.endpoint_id, b.interval_s, s.tat, h.held,
@@ -633,9 +667,9 @@ WITH full_targets AS (
     FROM budgets b
     CROSS JOIN LATERAL (
         SELECT greatest(b.tat, b.at) + make_interval(secs => b.interval_s * count(*)) AS tat
-        FROM chosen c WHERE c.endpoint_id = b.endpoint_id) s
+        FROM locked l WHERE l.why = 'take' AND l.endpoint_id = b.endpoint_id) s
     CROSS JOIN LATERAL (
-        SELECT count(*) AS held FROM held WHERE held.endpoint_id = b.endpoint_id) h
+        SELECT count(*) AS held FROM booking WHERE booking.endpoint_id = b.endpoint_id) h
     CROSS JOIN LATERAL (
         SELECT greatest(b.at, greatest(b.tat, b.at)
                               + make_interval(secs => b.interval_s * b.budget
@@ -650,21 +684,21 @@ WITH full_targets AS (
 ), booked AS (
     UPDATE deliveries d
     SET next_attempt_at = s.first_slot + make_interval(secs => s.interval_s * h.k)
-    FROM held h JOIN schedules s ON s.endpoint_id = h.endpoint_id
+    FROM booking h JOIN schedules s ON s.endpoint_id = h.endpoint_id
     WHERE d.app_id = h.app_id AND d.id = h.id
 ), claimed AS (
     UPDATE deliveries d
     SET next_attempt_at = now() + make_interval(secs => $2), lease_id = $3
-    FROM (SELECT app_id, id FROM chosen
+    FROM (SELECT app_id, id FROM locked WHERE why = 'take'
           UNION ALL
           SELECT app_id, id FROM probes WHERE endpoint_id IN (SELECT id FROM probing)) pick
     WHERE d.app_id = pick.app_id AND d.id = pick.id
     RETURNING d.id, d.app_id, d.event_id, d.endpoint_id, d.device_id, d.kind, d.schedule_pos,
               d.attempt_count
 )
--- One row per claimed delivery, or a single row of NULLs when none was: parked and
--- held_back (how many were booked for later) are on every row.
-SELECT h.held_back, c.id, c.app_id, c.event_id, c.endpoint_id, c.device_id, c.kind,
+-- One row per claimed delivery, or a single row of NULLs when none was: parked,
+-- held_back (how many were booked for later) and waiting are on every row.
+SELECT h.held_back, w.waiting, c.id, c.app_id, c.event_id, c.endpoint_id, c.device_id, c.kind,
        c.schedule_pos, c.attempt_count, ev.type AS event_type, ev.payload,
        ev.created_at AS event_created_at, ev.traceparent, ev.tracestate,
        -- An operational delivery's endpoint is the app's operational webhook.
@@ -675,7 +709,9 @@ SELECT h.held_back, c.id, c.app_id, c.event_id, c.endpoint_id, c.device_id, c.ki
        CASE WHEN c.kind <> 'webhook' THEN ev.notification END AS notification,
        pc.config AS credentials, ep.headers, n.parked
 FROM (SELECT count(*)::int AS parked FROM parked) n
-CROSS JOIN (SELECT count(*)::int AS held_back FROM held) h
+CROSS JOIN (SELECT count(*)::int AS held_back FROM booking) h
+CROSS JOIN (SELECT ((SELECT count(*) FROM ranked) - (SELECT count(*) FROM chosen)
+                    - (SELECT count(*) FROM held))::int AS waiting) w
 LEFT JOIN (claimed c
            JOIN events ev ON ev.app_id = c.app_id AND ev.id = c.event_id
            LEFT JOIN endpoints ep ON ep.id = c.endpoint_id
