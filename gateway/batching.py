@@ -55,15 +55,22 @@ class GroupCommit(Generic[T, R]):
         if len(self._flushers) < self._max_flushers:
             task = asyncio.create_task(self._drain(), name=f"{self._name}-flusher")
             self._flushers.add(task)
+            # Also when it is cancelled before it ever ran.
             task.add_done_callback(self._flushers.discard)
         return future
 
     async def _drain(self) -> None:
-        await asyncio.sleep(0)  # let callers of this loop tick join the first batch
-        while self._queue:
-            batch = self._queue[: self._max_batch]
-            del self._queue[: self._max_batch]
-            await self._write(batch)
+        try:
+            await asyncio.sleep(0)  # let callers of this loop tick join the first batch
+            while self._queue:
+                batch = self._queue[: self._max_batch]
+                del self._queue[: self._max_batch]
+                await self._write(batch)
+        finally:
+            # In the same step as the last look at the queue, not in a done callback: the
+            # callers this flusher answered last run before such a callback, and what they
+            # submit then must find room for a flusher of its own.
+            self._flushers.discard(asyncio.current_task())
 
     async def _write(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         try:

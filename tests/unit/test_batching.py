@@ -58,3 +58,16 @@ async def test_items_submitted_after_close_are_refused() -> None:
     await batcher.close()
     with pytest.raises(RuntimeError):
         await batcher.submit("late")
+
+
+async def test_an_item_submitted_as_the_last_flusher_finishes_is_still_written() -> None:
+    # The caller whose item a flusher wrote last resumes before that flusher's done
+    # callback runs; what it submits then must start a flusher of its own, not wait for a
+    # later submit that may never come (a request that never got its answer).
+    writer = Writer()
+    batcher: GroupCommit[str, str] = GroupCommit(writer.flush, max_flushers=1)
+    for i in range(5):
+        assert await batcher.submit(f"a{i}") == f"A{i}"
+        # Bounded so that a lost item fails the test instead of hanging it.
+        assert await asyncio.wait_for(batcher.submit(f"b{i}"), timeout=10) == f"B{i}"
+    await batcher.close()
