@@ -75,7 +75,7 @@ from gateway.config import Settings
 from gateway.crypto import Sealer
 from gateway.dispatcher import PUSH_KINDS
 from gateway.store.database import QUERIES, Database, migrate
-from gateway.store.postgres_queue import PostgresQueue
+from gateway.store.postgres_queue import PostgresQueue, claim_params
 from gateway.store.queue import AttemptResult, Job, Rooms
 from gateway_client.models import AttemptOutcome, DeliveryStatus
 
@@ -318,10 +318,10 @@ class Soak:
         switches to once the planner finds it no dearer; checks that neither reads a
         deliveries partition that holds rows with a Seq Scan."""
         s = Settings()
-        args = claim_args(s.dispatch_batch, s.effective_lease_s, uuid.uuid4(),
-                          dispatcher_rooms(s))
+        args = claim_params(s.dispatch_batch, s.effective_lease_s, uuid.uuid4(),
+                            dispatcher_rooms(s))
         params = ", ".join(sql_literal(v) for v in args)
-        scan_limit = int(args[-1])
+        scan_limit = int(args[11])
         conn = await self.connect()
         out: dict[str, Any] = {}
         try:
@@ -645,16 +645,6 @@ class Soak:
             "claim_ratio": ratio(full_claim["rate"], empty_claim["rate"]),
             "target_ratio": TARGET_RATIO,
         })
-
-
-def claim_args(limit: int, lease_s: float, lease_id: uuid.UUID, rooms: Rooms) -> list[Any]:
-    """claim_due's parameters, as PostgresQueue.claim passes them."""
-    from gateway.store.postgres_queue import CLAIM_SCAN_FACTOR
-
-    return [limit, lease_s, lease_id, list(rooms.endpoints), list(rooms.endpoints.values()),
-            list(rooms.kinds), list(rooms.kinds.values()), list(rooms.apps),
-            list(rooms.apps.values()), rooms.endpoint, rooms.app,
-            max(limit * CLAIM_SCAN_FACTOR, 100)]
 
 
 def sql_literal(value: Any) -> str:

@@ -15,7 +15,7 @@ import json
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -72,12 +72,7 @@ class PostgresQueue:
         for _ in range(CLAIM_ROUNDS):
             want = limit - len(jobs)
             rows = await self.db.fetch(
-                "claim_due", want, lease_s, lease_id,
-                list(rooms.endpoints), list(rooms.endpoints.values()),
-                list(rooms.kinds), list(rooms.kinds.values()),
-                list(rooms.apps), list(rooms.apps.values()),
-                rooms.endpoint, rooms.app, max(want * CLAIM_SCAN_FACTOR, 100),
-                1.0 + self.rate_margin_s, LAG_TOLERANCE_S)
+                "claim_due", *claim_params(want, lease_s, lease_id, rooms, self.rate_margin_s))
             taken = [self._job(row, lease_id) for row in rows if row["id"] is not None]
             jobs += taken
             held_back += rows[0]["held_back"]
@@ -184,6 +179,17 @@ class PostgresQueue:
                                devices[-1]["id"] if devices else None, len(devices) < batch,
                                event["app_id"])
         return len(devices)
+
+
+def claim_params(limit: int, lease_s: float, lease_id: uuid.UUID, rooms: Rooms,
+                 rate_margin_s: float = DEFAULT_RATE_MARGIN_S) -> list[Any]:
+    """claim_due's parameters, in order (bench/soak.py explains the query with them)."""
+    return [limit, lease_s, lease_id,
+            list(rooms.endpoints), list(rooms.endpoints.values()),
+            list(rooms.kinds), list(rooms.kinds.values()),
+            list(rooms.apps), list(rooms.apps.values()),
+            rooms.endpoint, rooms.app, max(limit * CLAIM_SCAN_FACTOR, 100),
+            1.0 + rate_margin_s, LAG_TOLERANCE_S]
 
 
 async def _log(conn: Connection, results: Sequence[AttemptResult]) -> dict[str, Row]:
