@@ -16,7 +16,9 @@ from datetime import UTC, datetime, timedelta
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}_{int(time.time() * 1000):012x}{secrets.token_hex(10)}"
+    """``<prefix>_`` then the millisecond (12 hex digits, so ids sort by time) and 80
+    random bits."""
+    return new_ids(prefix, 1)[0]
 
 
 def new_ids(prefix: str, count: int) -> list[str]:

@@ -21,7 +21,7 @@ from gateway.retry import RetryPolicy
 from gateway.store.database import QUERIES, Database
 from gateway.store.memory_queue import InMemoryQueue
 from gateway.store.postgres import EventDraft, Store
-from gateway.store.postgres_queue import PostgresQueue
+from gateway.store.postgres_queue import PostgresQueue, claim_params
 from gateway.store.queue import AttemptResult, Job, Queue, Rooms, Settlement
 from gateway_client.models import AttemptOutcome, DeliveryStatus, DisabledReason, EndpointStatus
 from tests.support import eventually
@@ -430,7 +430,6 @@ async def test_a_dispatcher_stopped_mid_send_gives_its_claims_back(harness: Harn
     assert job.delivery.delivery_id == delivery_id
 
 
-
 async def test_a_claim_says_how_many_due_deliveries_it_left_waiting_for_room(
         harness: Harness) -> None:
     for _ in range(5):
@@ -442,7 +441,7 @@ async def test_a_claim_says_how_many_due_deliveries_it_left_waiting_for_room(
 
 
 async def test_a_delivered_attempt_frees_its_slot_before_its_result_is_written(
-        harness: Harness) -> None:
+        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
     ids = [await harness.add() for _ in range(2)]
     writes = asyncio.Event()
     queue = harness.queue
@@ -452,7 +451,7 @@ async def test_a_delivered_attempt_frees_its_slot_before_its_result_is_written(
         await writes.wait()  # the database is slow to write results
         return await complete(results)
 
-    queue.complete = held_complete  # type: ignore[method-assign]
+    monkeypatch.setattr(queue, "complete", held_complete)
     adapter = Scripted()
     worker = Dispatcher(queue, {"webhook": adapter}, RetryPolicy((0.05,), jitter=0),
                         concurrency=1, poll_interval_s=0.05, lease_s=30)
@@ -472,27 +471,17 @@ async def test_a_delivered_attempt_frees_its_slot_before_its_result_is_written(
         await worker.stop(1)
 
 
-
 async def test_a_claim_locks_only_the_deliveries_it_takes_not_every_row_it_looked_at(
         dsn: str) -> None:
     db = await Database.connect(dsn, max_size=4)
     try:
         harness = PostgresHarness(Store(db), PostgresQueue(db))
         ids = [await harness.add("busy") for _ in range(6)]
-
-        class InTransaction:
-            """The store's fetch, on one connection whose transaction stays open."""
-
-            def __init__(self, conn: Any) -> None:
-                self.conn = conn
-
-            async def fetch(self, name: str, *args: Any) -> list[Any]:
-                return list(await self.conn.fetch(QUERIES[name], *args))
-
         async with db.transaction() as conn:
-            slow = PostgresQueue(InTransaction(conn))  # type: ignore[arg-type]
-            first = await slow.claim(10, 30, uuid.uuid4(), Rooms(endpoint=1))
-            assert [j.delivery.delivery_id for j in first] == ids[:1]
+            # A claim as PostgresQueue makes it, in a transaction that stays open.
+            first = await conn.fetch(QUERIES["claim_due"],
+                                     *claim_params(10, 30, uuid.uuid4(), Rooms(endpoint=1)))
+            assert [row["id"] for row in first] == ids[:1]
             # The first claim has not committed: it holds only the one it took.
             rest = await harness.queue.claim(10, 30, uuid.uuid4())
             assert sorted(j.delivery.delivery_id for j in rest) == sorted(ids[1:])

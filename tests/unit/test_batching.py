@@ -71,3 +71,15 @@ async def test_an_item_submitted_as_the_last_flusher_finishes_is_still_written()
         # Bounded so that a lost item fails the test instead of hanging it.
         assert await asyncio.wait_for(batcher.submit(f"b{i}"), timeout=10) == f"B{i}"
     await batcher.close()
+
+
+async def test_a_submitted_item_is_a_future_that_its_batch_settles() -> None:
+    async def flush(items: list[int]) -> list[int | BaseException]:
+        await asyncio.sleep(0)
+        return [i * 2 for i in items]
+
+    batcher: GroupCommit[int, int] = GroupCommit(flush)
+    pending = [batcher.submit(i) for i in range(3)]
+    assert all(isinstance(p, asyncio.Future) for p in pending)
+    assert await asyncio.gather(*pending) == [0, 2, 4]
+    await batcher.close()

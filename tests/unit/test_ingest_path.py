@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -14,7 +13,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway import jsonbody
 from gateway.api.events import accepted_answer
 from gateway.api.http import answer
-from gateway.batching import GroupCommit
 from gateway.errors import GatewayError
 from gateway.ids import new_ids
 from gateway.metrics import EVENT_TYPE_LIMIT, Metrics
@@ -117,14 +115,3 @@ def test_each_ingested_event_is_counted_once_under_its_type_or_other() -> None:
     assert counts["other"] == 10
     assert len(metrics._ingested) == EVENT_TYPE_LIMIT  # the "other" ones are not kept
 
-
-async def test_a_submitted_item_is_a_future_that_its_batch_settles() -> None:
-    async def flush(items: list[int]) -> list[int | BaseException]:
-        await asyncio.sleep(0)
-        return [i * 2 for i in items]
-
-    batcher: GroupCommit[int, int] = GroupCommit(flush)
-    pending = [batcher.submit(i) for i in range(3)]
-    assert all(isinstance(p, asyncio.Future) for p in pending)
-    assert await asyncio.gather(*pending) == [0, 2, 4]
-    await batcher.close()
