@@ -33,9 +33,24 @@ from gateway.sendrate import DEFAULT_RATE_MARGIN_S, LAG_TOLERANCE_S
 from gateway.store.database import QUERIES, Database
 from gateway.store.endpoint_health import settle_health
 from gateway.store.operational import emit_credentials_rejected, emit_operational
-from gateway.store.queue import UNLIMITED, AttemptResult, Claim, Job, Rooms, Settlement
+from gateway.store.queue import (
+    NO_CHANGE,
+    UNLIMITED,
+    AttemptResult,
+    Claim,
+    Job,
+    Rooms,
+    Settlement,
+)
 from gateway.store.records import Row
-from gateway_client.models import DeliveryKind, DeliveryStatus, DeviceStatus, Platform, iso
+from gateway_client.models import (
+    AttemptOutcome,
+    DeliveryKind,
+    DeliveryStatus,
+    DeviceStatus,
+    Platform,
+    iso,
+)
 
 if TYPE_CHECKING:
     from gateway.store.database import Connection
@@ -119,6 +134,12 @@ class PostgresQueue:
                    unsendable=unsendable)
 
     async def complete(self, results: Sequence[AttemptResult]) -> Settlement:
+        if all(_only_delivered(r) for r in results):
+            # The hot path: one statement does all there is to do (settle_delivered).
+            await self.db.fetchrow(
+                "settle_delivered", *_result_columns(results),
+                [iso(r.attempted_at) for r in results], [r.endpoint_id for r in results])
+            return NO_CHANGE
         async with self.db.transaction() as conn:
             changed = await _log(conn, results)
             told: list[OperationalEvent] = []
@@ -195,20 +216,32 @@ def claim_params(limit: int, lease_s: float, lease_id: uuid.UUID, rooms: Rooms,
 async def _log(conn: Connection, results: Sequence[AttemptResult]) -> dict[str, Row]:
     """Log the attempts, move their deliveries on, and tell the live tail on commit;
     the deliveries that moved on (still leased by the caller), by id."""
-    changed = await conn.fetch(
-        QUERIES["record_results"],
+    changed = await conn.fetch(QUERIES["record_results"], *_result_columns(results))
+    moved: dict[str, Row] = {row["id"]: row for row in changed}
+    notes = outcome_notifications(results, moved)
+    if notes:
+        await conn.execute(QUERIES["notify_outcomes"], notes)
+    return moved
+
+
+def _result_columns(results: Sequence[AttemptResult]) -> list[list[Any]]:
+    """record_results' parameters (the first twelve of settle_delivered's)."""
+    return [
         [r.delivery_id for r in results], [r.lease_id for r in results],
         [r.status.value for r in results], [r.next_attempt_at for r in results],
         [r.schedule_pos for r in results], [r.attempted_at for r in results],
         [r.duration_ms for r in results], [r.outcome.value for r in results],
         [r.status_code for r in results], [r.response_snippet for r in results],
         [r.error for r in results], [r.app_id for r in results],
-    )
-    moved: dict[str, Row] = {row["id"]: row for row in changed}
-    notes = outcome_notifications(results, moved)
-    if notes:
-        await conn.execute(QUERIES["notify_outcomes"], notes)
-    return moved
+    ]
+
+
+def _only_delivered(result: AttemptResult) -> bool:
+    """Delivered, and nothing besides the attempt and its endpoint's health to settle."""
+    return (result.outcome is AttemptOutcome.DELIVERED
+            and result.status is DeliveryStatus.SUCCEEDED
+            and result.prune_device_id is None and result.credentials_rejected is None
+            and result.disable_endpoint_id is None)
 
 
 def exhausted(results: Sequence[AttemptResult],

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import operator
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -13,16 +14,17 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+import asyncpg
 import pytest
 
 from adapters.base import DeliveryJob, EndpointTarget, EventView, Outcome, Verdict
 from gateway.dispatcher import Dispatcher
 from gateway.health import HealthRules
 from gateway.retry import RetryPolicy
-from gateway.store.database import QUERIES, Database
+from gateway.store.database import OUTCOMES_CHANNEL, QUERIES, Database
 from gateway.store.memory_queue import InMemoryQueue
 from gateway.store.postgres import EventDraft, Store
-from gateway.store.postgres_queue import PostgresQueue, claim_params
+from gateway.store.postgres_queue import PostgresQueue, claim_params, outcome_notifications
 from gateway.store.queue import AttemptResult, Job, Queue, Rooms, Settlement
 from gateway_client.models import AttemptOutcome, DeliveryStatus, DisabledReason, EndpointStatus
 from tests.support import eventually
@@ -538,6 +540,48 @@ async def test_a_claim_locks_each_row_it_takes_by_its_key_not_by_walking_the_due
         taken = await PostgresQueue(db).claim(8, 30, uuid.uuid4(), Rooms(endpoint=64))
         assert len(taken) == 8
     finally:
+        await db.close()
+
+
+async def test_delivered_attempts_reach_the_live_tail_as_they_always_did_in_notifications_under_the_limit(  # noqa: E501
+        dsn: str) -> None:
+    """Delivered attempts are settled by one statement (settle_delivered) that writes the
+    live tail's notifications itself: the same outcomes outcome_notifications writes,
+    each notification under NOTIFY's 8000 bytes however many there are."""
+    db = await Database.connect(dsn, max_size=4)
+    listener = await asyncpg.connect(dsn)
+    heard: list[str] = []
+    await listener.add_listener(OUTCOMES_CHANNEL, lambda *args: heard.append(args[3]))
+    try:
+        store = Store(db)
+        app = await store.create_app("one")
+        event_type = "order." + "x" * 122
+        endpoint = await store.create_endpoint(app.id, "http://127.0.0.1:9/", "", [event_type])
+        await store.write_events([EventDraft(app.id, event_type, "{}") for _ in range(60)])
+        queue = PostgresQueue(db)
+        jobs = await queue.claim(100, 30, uuid.uuid4())
+        assert len(jobs) == 60
+        results = [replace(delivered(job), status_code=200 + i % 2)
+                   for i, job in enumerate(jobs)]
+        assert await queue.complete(results) == Settlement()
+
+        async def all_heard() -> bool:
+            return sum(len(json.loads(h)) for h in heard) == 60
+
+        await eventually(all_heard)
+        assert len(heard) > 1
+        assert all(len(h.encode()) < 8000 for h in heard)
+        rows = {job.delivery.delivery_id: {
+            "event_id": job.delivery.event.id, "event_type": event_type,
+            "endpoint_id": endpoint.id, "kind": "webhook", "app_id": app.id,
+            "attempt_count": 1} for job in jobs}
+        expected = [item for chunk in outcome_notifications(results, rows)
+                    for item in json.loads(chunk)]
+        got = [item for chunk in heard for item in json.loads(chunk)]
+        key = operator.itemgetter("delivery_id")
+        assert sorted(got, key=key) == sorted(expected, key=key)
+    finally:
+        await listener.close()
         await db.close()
 
 

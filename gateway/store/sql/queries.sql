@@ -756,6 +756,82 @@ SELECT upd.id, upd.event_id, ev.type AS event_type, upd.endpoint_id, upd.kind, u
        upd.attempt_count, upd.device_id
 FROM upd JOIN events ev ON ev.app_id = upd.app_id AND ev.id = upd.event_id;
 
+-- name: settle_delivered
+-- Attempts that were all delivered with nothing else to settle (no device to prune, no
+-- credentials refused, no endpoint gone: PostgresQueue.complete checks): what
+-- record_results, notify_outcomes and endpoint_health do for them, in one statement and
+-- so one transaction and one round trip, the dispatcher's hot path.
+-- $1-$12 as record_results; $13 each attempt's time as the live tail spells it
+-- (gateway_client.models.iso); $14 the endpoint each counts towards, or NULL.
+-- The live tail gets each delivery that moved on, as outcome_notifications writes it, in
+-- notifications under NOTIFY's limit (an item is under 700 bytes: event types are at most
+-- 128 characters). To an endpoint's health a success is what endpoint_health makes of it
+-- (gateway/health.py settle): its failures are forgotten and its circuit closes; only
+-- endpoints with something to forget are written (locked in id order, as there), and one
+-- whose circuit closed gets its parked deliveries back (resume_endpoints).
+WITH r AS (
+    SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::timestamptz[], $5::int[],
+                         $6::timestamptz[], $7::int[], $8::text[], $9::int[], $10::text[],
+                         $11::text[], $12::text[], $13::text[], $14::text[])
+        AS r(delivery_id, lease_id, status, next_attempt_at, schedule_pos, attempted_at,
+             duration_ms, outcome, status_code, response_snippet, error, app_id, at,
+             endpoint_id)
+), upd AS (
+    UPDATE deliveries d SET
+        status = r.status, next_attempt_at = r.next_attempt_at,
+        schedule_pos = r.schedule_pos, attempt_count = d.attempt_count + 1,
+        last_attempt_at = r.attempted_at, last_error = r.error, lease_id = NULL,
+        updated_at = now()
+    FROM r WHERE d.app_id = r.app_id AND d.id = r.delivery_id AND d.lease_id = r.lease_id
+    RETURNING d.id, d.event_id, d.endpoint_id, d.kind, d.app_id, d.attempt_count
+), logged AS (
+    INSERT INTO attempts (delivery_id, app_id, attempted_at, duration_ms, outcome,
+                          status_code, response_snippet, error)
+    SELECT delivery_id, app_id, attempted_at, duration_ms, outcome, status_code,
+           response_snippet, error
+    FROM r
+), items AS (
+    SELECT json_build_object(
+               'delivery_id', u.id, 'event_id', u.event_id, 'event_type', ev.type,
+               'endpoint_id', u.endpoint_id, 'kind', u.kind, 'app_id', u.app_id,
+               'status', r.status, 'outcome', r.outcome, 'status_code', r.status_code,
+               'attempt', u.attempt_count, 'at', r.at)::text AS item,
+           row_number() OVER (ORDER BY u.id) AS n
+    FROM upd u
+    JOIN r ON r.delivery_id = u.id
+    JOIN events ev ON ev.app_id = u.app_id AND ev.id = u.event_id
+), told AS (
+    SELECT pg_notify('gateway_outcomes', '[' || string_agg(item, ',' ORDER BY n) || ']')
+    FROM (SELECT item, n, sum(octet_length(item) + 1) OVER (ORDER BY n) / 7000 AS chunk
+          FROM items) c
+    GROUP BY chunk
+), healed AS (
+    SELECT e.id, e.circuit_open_until IS NOT NULL AS was_open
+    FROM endpoints e
+    WHERE e.id IN (SELECT endpoint_id FROM r WHERE endpoint_id IS NOT NULL)
+      AND (e.consecutive_failures > 0 OR e.failing_since IS NOT NULL
+           OR e.circuit_open_until IS NOT NULL)
+    ORDER BY e.id
+    FOR UPDATE OF e
+), healthy AS (
+    UPDATE endpoints e SET consecutive_failures = 0, failing_since = NULL,
+        circuit_open_until = NULL,
+        circuit_probe_until = CASE WHEN h.was_open THEN NULL ELSE e.circuit_probe_until END
+    FROM healed h
+    WHERE e.id = h.id
+    RETURNING e.id, e.status, e.deleted_at, h.was_open
+), woken AS (
+    UPDATE deliveries d SET next_attempt_at = now(), updated_at = now()
+    FROM healthy e
+    WHERE e.was_open AND e.status = 'active' AND e.deleted_at IS NULL
+      AND d.endpoint_id = e.id AND d.next_attempt_at = 'infinity' AND d.status = 'pending'
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM told) AS notifications,
+       (SELECT count(*) FROM healthy) AS healed,
+       (SELECT pg_notify('gateway_deliveries', '') WHERE EXISTS (SELECT 1 FROM woken))
+           AS woke;
+
 -- name: prune_device
 -- $1 device id, $2 reason, $3 when the provider says the token died (or NULL).
 -- A device registered again after that moment is live and stays so. Returns the device
