@@ -1,0 +1,144 @@
+"""What the dispatcher's two hot statements cost PostgreSQL, exactly: ``claim_due`` and
+``settle_delivered``, each timed by the CPU of the server process that runs it.
+
+    .venv/bin/python bench/statement_cost.py                       # 9 day partitions
+    .venv/bin/python bench/statement_cost.py --days-back 30        # 38: 30 days' retention
+
+A fresh embedded PostgreSQL, one app with one endpoint and ``--events`` pending deliveries
+(all due, in today's partition), then ``--rounds`` times, on one connection in a
+transaction that is rolled back (so every round sees the same rows): a claim of
+``--batch`` as the dispatcher makes it, then the settlement of what it took as delivered.
+The server process's CPU (``/proc/<pid>/stat``) is read around each statement, so the
+figures are PostgreSQL's own work (parse, plan, execute, commit aside) and not the
+bench's. Each ``--plan-cache-mode`` gets a connection of its own; the first rounds of each
+(``--warmup``) are not counted, so ``auto`` shows the plan it settles on. The prepared
+statements' plan counts (``pg_prepared_statements``) are printed after each mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+from common import Postgres
+
+from gateway.store.database import QUERIES, Database, migrate
+from gateway.store.postgres import EventDraft, Store
+from gateway.store.postgres_queue import claim_params
+from gateway.store.queue import Rooms
+from gateway_client.models import iso
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(pid: int) -> float:
+    """User and system CPU seconds of a local process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+async def fill(dsn: str, events: int, days_back: int) -> str:
+    """One app, one endpoint, ``events`` pending deliveries; returns the endpoint's id."""
+    await migrate(dsn)
+    db = await Database.connect(dsn, max_size=2)
+    try:
+        store = Store(db)
+        app = await store.create_app("statement-cost")
+        endpoint = await store.create_endpoint(app.id, "http://127.0.0.1:9/", "", None)
+        for start in range(0, events, 250):
+            await store.write_events([EventDraft(app.id, "order.created", '{"n":1}')
+                                      for _ in range(min(250, events - start))])
+        async with db.connection() as conn:
+            if days_back > 1:
+                await conn.fetchval("SELECT gateway_make_partitions(current_date - $1::int, "
+                                    "current_date + 7)", days_back)
+        return endpoint.id
+    finally:
+        await db.close()
+
+
+async def measure(dsn: str, endpoint_id: str, mode: str, batch: int, rounds: int,
+                  warmup: int) -> None:
+    conn = await asyncpg.connect(dsn, server_settings={"plan_cache_mode": mode})
+    try:
+        pid = await conn.fetchval("SELECT pg_backend_pid()")
+        claim_s = settle_s = 0.0
+        took = 0
+        for i in range(warmup + rounds):
+            tx = conn.transaction()
+            await tx.start()
+            lease = uuid.uuid4()
+            before = process_cpu(pid)
+            rows = await conn.fetch(QUERIES["claim_due"], *claim_params(
+                batch, 45.0, lease, Rooms(endpoints={endpoint_id: 64})))
+            claimed = process_cpu(pid)
+            ids = [row["id"] for row in rows if row["id"] is not None]
+            now = datetime.now(UTC)
+            k = len(ids)
+            await conn.fetchrow(
+                QUERIES["settle_delivered"], ids, [lease] * k, ["succeeded"] * k, [None] * k,
+                [1] * k, [now] * k, [3] * k, ["delivered"] * k, [200] * k, [None] * k,
+                [None] * k, [rows[0]["app_id"]] * k, [iso(now)] * k, [endpoint_id] * k)
+            settled = process_cpu(pid)
+            await tx.rollback()
+            if i >= warmup:
+                claim_s += claimed - before
+                settle_s += settled - claimed
+                took += k
+        print(f"  {mode:20s} claim of {batch}: {claim_s / rounds * 1e6:7.0f} µs   "
+              f"settle_delivered of {took / rounds:.0f}: {settle_s / rounds * 1e6:7.0f} µs"
+              f"   (PostgreSQL CPU per statement, {rounds} rounds)", flush=True)
+        plans = await conn.fetch(
+            "SELECT generic_plans, custom_plans, split_part(ltrim(statement), E'\\n', 1) AS s "
+            "FROM pg_prepared_statements WHERE generic_plans + custom_plans > 1")
+        for plan in plans:
+            print(f"      {plan['generic_plans']} generic, {plan['custom_plans']} custom: "
+                  f"{plan['s'][:60]}")
+    finally:
+        await conn.close()
+
+
+async def main(args: argparse.Namespace, pg: Postgres) -> None:
+    dsn = await pg.fresh_database("statement_cost")
+    endpoint_id = await fill(dsn, args.events, args.days_back)
+    conn = await asyncpg.connect(dsn)
+    partitions = await conn.fetchval(
+        "SELECT count(*) FROM pg_inherits WHERE inhparent = 'deliveries'::regclass")
+    await conn.close()
+    print(f"{args.events} due deliveries in today's partition; {partitions} deliveries "
+          f"partitions", flush=True)
+    for mode in args.plan_cache_mode.split(","):
+        await measure(dsn, endpoint_id, mode, args.batch, args.rounds, args.warmup)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--events", type=int, default=1000, help="pending deliveries (default 1000)")
+    p.add_argument("--batch", type=int, default=8, help="deliveries per claim (default 8)")
+    p.add_argument("--days-back", type=int, default=0,
+                   help="also make day partitions this many days back (default 0: the "
+                        "migration's 9, yesterday to a week ahead)")
+    p.add_argument("--rounds", type=int, default=200)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--plan-cache-mode", default="auto,force_generic_plan",
+                   help="comma list of plan_cache_mode values")
+    return p
+
+
+if __name__ == "__main__":
+    arguments = parser().parse_args()
+    server = Postgres(None, Path(tempfile.mkdtemp(prefix="statement-cost-")) / "data")
+    server.start()
+    try:
+        started = time.monotonic()
+        asyncio.run(main(arguments, server))
+        print(f"done in {time.monotonic() - started:.0f} s")
+    finally:
+        server.stop()
