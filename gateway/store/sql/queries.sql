@@ -642,13 +642,15 @@ WITH full_targets AS (
           SELECT c.app_id, c.id, 'park', c.endpoint_id, NULL FROM candidates c
           WHERE c.endpoint_id IN (SELECT id FROM parkable)) t
     -- One key lookup per row (a join here may be planned as a scan of every due row).
-    -- The due re-check is written so the due index cannot serve it: on a partition with
-    -- no statistics yet (a day's first minute) the planner took that index here and
-    -- walked every due row for each row taken.
+    -- The re-check is written so that no partial index can serve it, only the primary
+    -- key (status and due time are never NULL: the coalesces change no answer): on a
+    -- partition with no statistics yet (a day's first minute) the planner took the due
+    -- index here and walked every due row for each row taken.
     CROSS JOIN LATERAL (
         SELECT 1 FROM deliveries d
         WHERE d.app_id = t.app_id AND d.id = t.id
-          AND d.status = 'pending' AND coalesce(d.next_attempt_at, 'infinity') <= now()
+          AND coalesce(d.status, '') = 'pending'
+          AND coalesce(d.next_attempt_at, 'infinity') <= now()
         FOR UPDATE SKIP LOCKED
     ) still_due
 ), parked AS (
