@@ -522,8 +522,8 @@ async def test_a_claim_locks_each_row_it_takes_by_its_key_not_by_walking_the_due
     """A day's partition full of due rows it has no statistics for yet (the first minute
     after midnight, a fresh database) led the planner to the due index for the row lock:
     each row taken walked every due row, so a claim cost grew with the backlog. The
-    lock's re-check is written so that the due index cannot serve it: whatever the
-    statistics, the lock is a key lookup. (Sequential scans are off here so the planner
+    lock's re-check is written so that no partial index can serve it: whatever the
+    statistics, the lock is a primary-key lookup. (Sequential scans are off here so the planner
     has to choose among the indexes, as it does once a partition is big.)"""
     db = await Database.connect(dsn, max_size=4)
     try:
@@ -562,7 +562,7 @@ async def test_a_claim_locks_each_row_it_takes_by_its_key_not_by_walking_the_due
         await db.close()
 
 
-async def test_delivered_attempts_reach_the_live_tail_as_they_always_did_in_notifications_under_the_limit(  # noqa: E501
+async def test_delivered_attempts_reach_the_live_tail_as_before_in_notifications_under_its_limit(
         dsn: str) -> None:
     """Delivered attempts are settled by one statement (settle_delivered) that writes the
     live tail's notifications itself: the same outcomes outcome_notifications writes,
