@@ -1,13 +1,17 @@
-"""What the dispatcher's two hot statements cost PostgreSQL, exactly: ``claim_due`` and
-``settle_delivered``, each timed by the CPU of the server process that runs it.
+"""What the hot statements cost PostgreSQL, exactly: ingest's ``insert_events`` and the
+dispatcher's ``claim_due`` and ``settle_delivered``, each timed by the CPU of the server
+process that runs it.
 
     .venv/bin/python bench/statement_cost.py                       # 9 day partitions
     .venv/bin/python bench/statement_cost.py --days-back 30        # 38: 30 days' retention
 
 A fresh embedded PostgreSQL, one app with one endpoint and ``--events`` pending deliveries
 (all due, in today's partition), then ``--rounds`` times, on one connection in a
-transaction that is rolled back (so every round sees the same rows): a claim of
-``--batch`` as the dispatcher makes it, then the settlement of what it took as delivered.
+transaction that is rolled back (so every round sees the same rows): ``--batch`` events
+stored as ingest stores them (one delivery each), a claim of ``--batch`` as the dispatcher
+makes it, then the settlement of what it took as delivered. A statement's cost is
+mostly fixed at small batches: ``--batch 1`` shows what a lightly loaded gateway pays
+per event (each ingest batch, claim and settlement then holds one or a few).
 The server process's CPU (``/proc/<pid>/stat``) is read around each statement, so the
 figures are PostgreSQL's own work (parse, plan, execute, commit aside) and not the
 bench's. Each ``--plan-cache-mode`` gets a connection of its own; the first rounds of each
@@ -29,6 +33,7 @@ from pathlib import Path
 import asyncpg
 from common import Postgres
 
+from gateway.ids import new_ids
 from gateway.store.database import QUERIES, Database, migrate
 from gateway.store.postgres import EventDraft, Store
 from gateway.store.postgres_queue import claim_params
@@ -44,8 +49,9 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-async def fill(dsn: str, events: int, days_back: int) -> str:
-    """One app, one endpoint, ``events`` pending deliveries; returns the endpoint's id."""
+async def fill(dsn: str, events: int, days_back: int) -> tuple[str, str]:
+    """One app, one endpoint, ``events`` pending deliveries; returns the app's and the
+    endpoint's ids."""
     await migrate(dsn)
     db = await Database.connect(dsn, max_size=2)
     try:
@@ -59,22 +65,27 @@ async def fill(dsn: str, events: int, days_back: int) -> str:
             if days_back > 1:
                 await conn.fetchval("SELECT gateway_make_partitions(current_date - $1::int, "
                                     "current_date + 7)", days_back)
-        return endpoint.id
+        return app.id, endpoint.id
     finally:
         await db.close()
 
 
-async def measure(dsn: str, endpoint_id: str, mode: str, batch: int, rounds: int,
-                  warmup: int) -> None:
+async def measure(dsn: str, app_id: str, endpoint_id: str, mode: str, batch: int,
+                  rounds: int, warmup: int) -> None:
     conn = await asyncpg.connect(dsn, server_settings={"plan_cache_mode": mode})
     try:
         pid = await conn.fetchval("SELECT pg_backend_pid()")
-        claim_s = settle_s = 0.0
+        insert_s = claim_s = settle_s = 0.0
         took = 0
         for i in range(warmup + rounds):
             tx = conn.transaction()
             await tx.start()
             lease = uuid.uuid4()
+            started = process_cpu(pid)
+            await conn.fetchrow(QUERIES["insert_events"], new_ids("evt", batch),
+                                [app_id] * batch, ["order.created"] * batch,
+                                ['{"n":1}'] * batch, datetime.now(UTC), [None] * batch,
+                                [None] * batch, [None] * batch)
             before = process_cpu(pid)
             rows = await conn.fetch(QUERIES["claim_due"], *claim_params(
                 batch, 45.0, lease, Rooms(endpoints={endpoint_id: 64})))
@@ -89,10 +100,12 @@ async def measure(dsn: str, endpoint_id: str, mode: str, batch: int, rounds: int
             settled = process_cpu(pid)
             await tx.rollback()
             if i >= warmup:
+                insert_s += before - started
                 claim_s += claimed - before
                 settle_s += settled - claimed
                 took += k
-        print(f"  {mode:20s} claim of {batch}: {claim_s / rounds * 1e6:7.0f} µs   "
+        print(f"  {mode:20s} insert_events of {batch}: {insert_s / rounds * 1e6:6.0f} µs   "
+              f"claim of {batch}: {claim_s / rounds * 1e6:6.0f} µs   "
               f"settle_delivered of {took / rounds:.0f}: {settle_s / rounds * 1e6:7.0f} µs"
               f"   (PostgreSQL CPU per statement, {rounds} rounds)", flush=True)
         plans = await conn.fetch(
@@ -107,7 +120,7 @@ async def measure(dsn: str, endpoint_id: str, mode: str, batch: int, rounds: int
 
 async def main(args: argparse.Namespace, pg: Postgres) -> None:
     dsn = await pg.fresh_database("statement_cost")
-    endpoint_id = await fill(dsn, args.events, args.days_back)
+    app_id, endpoint_id = await fill(dsn, args.events, args.days_back)
     conn = await asyncpg.connect(dsn)
     partitions = await conn.fetchval(
         "SELECT count(*) FROM pg_inherits WHERE inhparent = 'deliveries'::regclass")
@@ -115,7 +128,7 @@ async def main(args: argparse.Namespace, pg: Postgres) -> None:
     print(f"{args.events} due deliveries in today's partition; {partitions} deliveries "
           f"partitions", flush=True)
     for mode in args.plan_cache_mode.split(","):
-        await measure(dsn, endpoint_id, mode, args.batch, args.rounds, args.warmup)
+        await measure(dsn, app_id, endpoint_id, mode, args.batch, args.rounds, args.warmup)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import operator
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -21,13 +22,13 @@ from adapters.base import DeliveryJob, EndpointTarget, EventView, Outcome, Verdi
 from gateway.dispatcher import Dispatcher
 from gateway.health import HealthRules
 from gateway.retry import RetryPolicy
-from gateway.store.database import OUTCOMES_CHANNEL, QUERIES, Database
+from gateway.store.database import OUTCOMES_CHANNEL, QUERIES, Database, migrate
 from gateway.store.memory_queue import InMemoryQueue
 from gateway.store.postgres import EventDraft, Store
 from gateway.store.postgres_queue import PostgresQueue, claim_params, outcome_notifications
 from gateway.store.queue import AttemptResult, Job, Queue, Rooms, Settlement
 from gateway_client.models import AttemptOutcome, DeliveryStatus, DisabledReason, EndpointStatus
-from tests.support import eventually
+from tests.support import create_database, drop_database, eventually
 
 
 class Harness(Protocol):
@@ -253,6 +254,15 @@ async def test_a_claim_takes_no_more_than_each_endpoint_and_app_has_room_for(
     assert len(some) == 2  # the busy endpoint's room, though 5 are due
     app = taken[0].delivery.app_id
     assert await harness.queue.claim(10, 30, uuid.uuid4(), Rooms(apps={app: 0})) == []
+
+
+async def test_a_claim_gives_a_named_endpoint_its_room_even_above_the_default(
+        harness: Harness) -> None:
+    for _ in range(5):
+        await harness.add("roomy")
+    roomy = {harness_endpoint(harness, "roomy"): 4}
+    taken = await harness.queue.claim(10, 30, uuid.uuid4(), Rooms(endpoints=roomy, endpoint=2))
+    assert len(taken) == 4  # its own room (no rate limit caps it), not the default of 2
 
 
 async def test_apps_take_turns_in_a_claim_whatever_their_backlog(harness: Harness) -> None:
@@ -703,3 +713,45 @@ async def test_a_success_in_between_restarts_the_disable_window(harness: Harness
     settled = await harness.queue.reschedule([failed(third)])
     assert settled.disabled_failing == ()
     assert await harness.endpoint_status("flaky") is EndpointStatus.ACTIVE
+
+
+async def test_settling_keeps_its_generic_plan_with_a_month_of_day_partitions(
+        server_dsn: str) -> None:
+    """With a month of day partitions (the default retention) a custom plan of a small
+    settlement looked cheaper than the generic plan, so PostgreSQL planned each call
+    again: about 5 ms of its CPU a call where running it takes under 1 ms
+    (bench/statement_cost.py). After the five custom plans it always makes first, both
+    settling statements are run on their generic plan."""
+    name = f"gw_plans_{secrets.token_hex(4)}"
+    dsn = await create_database(server_dsn, name)
+    try:
+        await migrate(dsn)
+        db = await Database.connect(dsn, max_size=1)  # one connection: one plan cache
+        try:
+            async with db.connection() as conn:
+                await conn.fetchval("SELECT gateway_make_partitions(current_date - 30, "
+                                    "current_date + 7)")
+            harness = PostgresHarness(Store(db), PostgresQueue(db))
+            await harness.add()
+            for _ in range(4):  # a backlog, as the bench has
+                await harness.store.write_events([EventDraft(harness.apps["one"], "for.a", "{}")
+                                                  for _ in range(250)])
+            later = datetime.now(UTC) + timedelta(hours=1)
+            for n in range(16):
+                (job,) = await harness.queue.claim(1, 30, uuid.uuid4())
+                if n % 2:
+                    await harness.queue.complete([result(job, DeliveryStatus.SUCCEEDED,
+                                                         AttemptOutcome.DELIVERED)])
+                else:
+                    await harness.queue.reschedule([result(
+                        job, DeliveryStatus.PENDING, AttemptOutcome.RETRY,
+                        next_attempt_at=later)])
+            async with db.connection() as conn:
+                plans = {row["statement"]: row["generic_plans"] for row in await conn.fetch(
+                    "SELECT statement, generic_plans FROM pg_prepared_statements")}
+            for query in ("settle_delivered", "record_results"):
+                assert plans[QUERIES[query]] > 0, f"{query} was planned anew on every call"
+        finally:
+            await db.close()
+    finally:
+        await drop_database(server_dsn, name)
