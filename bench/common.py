@@ -178,7 +178,10 @@ class Postgres:
     def cpu(self) -> float | None:
         return None if self.postmaster_pid is None else tree_cpu(self.postmaster_pid)
 
-    async def fresh_database(self, name: str) -> str:
+    async def fresh_database(self, name: str, days_back: int = 0) -> str:
+        """A new database (or the user's). With ``days_back``, migrated and given day
+        partitions that many days back, as a gateway that has run that long keeps them
+        (30: the default retention): every claim and settlement pays for each one."""
         if self.user_dsn is not None:
             return self.user_dsn
         conn = await asyncpg.connect(self.server.get_uri(database="postgres"))
@@ -188,6 +191,16 @@ class Postgres:
         finally:
             await conn.close()
         dsn: str = self.server.get_uri(database=name)
+        if days_back:
+            from gateway.store.database import migrate
+
+            await migrate(dsn)
+            conn = await asyncpg.connect(dsn)
+            try:
+                await conn.fetchval("SELECT gateway_make_partitions(current_date - $1::int, "
+                                    "current_date + 7)", days_back)
+            finally:
+                await conn.close()
         return dsn
 
     async def drop_database(self, name: str) -> None:

@@ -734,7 +734,7 @@ class Bench:
         # insert_devices: even i iOS, odd i Android.
         ios = expected_tokens("apns", range(0, n, 2))
         android = expected_tokens("fcm", range(1, n, 2))
-        dsn = await self.pg.fresh_database("push_bench")
+        dsn = await self.pg.fresh_database("push_bench", self.args.days_back)
         admin_key = "bench-admin-" + secrets.token_hex(8)
         port = free_port()
         base = f"http://{HOST}:{port}"
@@ -1359,6 +1359,10 @@ def parser() -> argparse.ArgumentParser:
                    help="event loop of the bare loops (the gateway runs uvloop)")
     p.add_argument("--stall-s", type=float, default=30,
                    help="give up when no push arrives for this long")
+    p.add_argument("--days-back", type=int, default=0,
+                   help="give the gateway's database day partitions this many days back, "
+                        "as a gateway that has run that long has (30: the default "
+                        "retention); default 0: a new database's 9")
     p.add_argument("--profile", action="store_true",
                    help="sample the gateway with py-spy during the mixed event (slows it)")
     p.add_argument("--profile-rate", type=int, default=50)

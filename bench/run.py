@@ -585,7 +585,7 @@ class Bench:
         """``gateway serve --no-dispatcher --workers N``, one endpoint subscribed (every
         event also writes its pending delivery; no dispatcher runs, nothing is sent)."""
         db = f"bench_ingest_{workers}"
-        dsn = await self.pg.fresh_database(db)
+        dsn = await self.pg.fresh_database(db, self.args.days_back)
         port = free_port()
         gw = await self.start_gateway(f"gateway-ingest-x{workers}", dsn, "serve",
                                       "--no-dispatcher", "--workers", str(workers), port=port)
@@ -706,7 +706,7 @@ class Bench:
         best = max(raw, key=lambda k: float(raw[k]["rate"]))
 
         db = "bench_drain"
-        dsn = await self.pg.fresh_database(db)
+        dsn = await self.pg.fresh_database(db, self.args.days_back)
         gw_result: dict[str, Any] = {}
         try:
             port = free_port()
@@ -812,7 +812,7 @@ class Bench:
         print(f"\n(c) end-to-end latency: {rate:g} events/s for "
               f"{a.latency_duration:g} s against gateway serve (API + dispatcher)", flush=True)
         db = f"bench_latency_{rate:g}"
-        dsn = await self.pg.fresh_database(db)
+        dsn = await self.pg.fresh_database(db, self.args.days_back)
         port = free_port()
         gw = await self.start_gateway("gateway-latency", dsn, "serve", port=port)
         try:
@@ -1245,6 +1245,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-duration", type=float, default=10.0, help="seconds in (c)")
     p.add_argument("--phases", default="ingest,drain,latency",
                    help="comma-separated subset of ingest,drain,latency")
+    p.add_argument("--days-back", type=int, default=0,
+                   help="give the gateway's databases day partitions this many days back, "
+                        "as a gateway that has run that long has (30: the default "
+                        "retention); default 0: a new database's 9")
     p.add_argument("--profile", action="store_true",
                    help="sample the gateway with py-spy during each measured window "
                         "(perturbs the figures; summaries go into the JSON)")
