@@ -192,6 +192,8 @@ class FCMAdapter:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._max_connections, ssl=self._ssl),
                 timeout=self._timeout, trust_env=False,
+                # Shared by every app's pushes and token requests: no state between them.
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self._session
 

@@ -88,6 +88,10 @@ class WebhookAdapter:
             self._session = aiohttp.ClientSession(
                 connector=connector, timeout=self._timeout, auto_decompress=False,
                 skip_auto_headers=("Accept-Encoding",), trust_env=False,
+                # Every app's webhooks share this session: a cookie one endpoint sets
+                # must never reach another app's endpoint on the same host (nor its own
+                # next delivery: each request stands alone, as Standard Webhooks has it).
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self._session
 

@@ -206,6 +206,38 @@ async def test_an_app_with_hanging_endpoints_never_delays_another_apps_deliverie
         await runner.cleanup()
 
 
+async def test_a_cookie_one_apps_endpoint_sets_is_never_sent_to_another_app_or_back(
+        launch: Launch) -> None:
+    """Two apps' endpoints on one host (a shared relay service, say): what one answers
+    with Set-Cookie is never sent again, neither to the other app's endpoint nor to its
+    own: webhook requests carry no state from one delivery to the next."""
+    seen: list[tuple[str, str | None]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append((request.path, request.headers.get("Cookie")))
+        response = web.Response(text="ok")
+        response.set_cookie("session", f"secret-of-{request.path.strip('/')}", path="/")
+        return response
+
+    runner, port = await serve_on_loopback(handler)
+    try:
+        api = await launch()
+        a, _ = await new_app(api, "a")
+        b, _ = await new_app(api, "b")
+        # A name, not an address: cookie jars keep no cookies of IP addresses.
+        await api.new_endpoint(a, f"http://localhost:{port}/a")
+        await api.new_endpoint(b, f"http://localhost:{port}/b")
+        await api.emit(a, payload={"n": 1})
+        await eventually(lambda: asyncio.sleep(0, len(seen) == 1), timeout_s=10)
+        await api.emit(b, payload={"n": 2})
+        await api.emit(a, payload={"n": 3})
+        await eventually(lambda: asyncio.sleep(0, len(seen) == 3), timeout_s=10)
+        assert sorted(path for path, _ in seen) == ["/a", "/a", "/b"]
+        assert [cookie for _, cookie in seen] == [None, None, None]
+    finally:
+        await runner.cleanup()
+
+
 async def test_repeated_failed_keys_from_one_address_get_429_others_are_unaffected(
         launch: Launch) -> None:
     api = await launch(dispatcher=False, auth_failures=5, auth_failure_window_s=30,
