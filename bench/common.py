@@ -179,9 +179,10 @@ class Postgres:
         return None if self.postmaster_pid is None else tree_cpu(self.postmaster_pid)
 
     async def fresh_database(self, name: str, days_back: int = 0) -> str:
-        """A new database (or the user's). With ``days_back``, migrated and given day
-        partitions that many days back, as a gateway that has run that long keeps them
-        (30: the default retention): every claim and settlement pays for each one."""
+        """A new database (or the user's, used as it is: ``days_back`` does not touch
+        it). With ``days_back``, migrated and given day partitions that many days back,
+        as a gateway that has run that long keeps them (30: the default retention):
+        every claim and settlement pays for each one."""
         if self.user_dsn is not None:
             return self.user_dsn
         conn = await asyncpg.connect(self.server.get_uri(database="postgres"))

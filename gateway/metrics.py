@@ -19,7 +19,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -32,6 +32,8 @@ from gateway.store.records import Backlog
 from gateway_client.models import AttemptOutcome, DeliveryKind, DeliveryStatus
 
 log = logging.getLogger("gateway.metrics")
+
+_Series = TypeVar("_Series", Counter, Histogram)
 
 KINDS = (*(k.value for k in DeliveryKind), OPERATIONAL_KIND)
 VERDICTS = tuple(o.value for o in AttemptOutcome)
@@ -185,6 +187,8 @@ class Metrics:
         self._ingested: dict[str, Counter] = {}
         self._codes = BoundedValues(CODE_LIMIT)
         self._reasons = BoundedValues(CODE_LIMIT)
+        #: The series each attempt moves, by metric and labels (all from small sets).
+        self._children: dict[tuple[Any, ...], Any] = {}
         for kind in KINDS:  # series exist at 0 from the start, so rate() sees the first one
             for verdict in VERDICTS:
                 self.attempts.labels(kind, verdict)
@@ -210,16 +214,16 @@ class Metrics:
         """One attempt as the dispatcher records it; ``sent`` is False when it never left
         the gateway (device pruned or deleted, no adapter)."""
         k = _kind(kind)
-        self.attempts.labels(k, record.outcome.value).inc()
+        self._series(self.attempts, k, record.outcome.value).inc()
         if sent:
-            self.attempt_seconds.labels(k).observe(record.duration_ms / 1000)
+            self._series(self.attempt_seconds, k).observe(record.duration_ms / 1000)
         if record.status is DeliveryStatus.PENDING:
-            self.retries.labels(k).inc()
+            self._series(self.retries, k).inc()
         else:
-            self.completed.labels(k, record.status.value).inc()
+            self._series(self.completed, k, record.status.value).inc()
         if record.status is DeliveryStatus.SUCCEEDED:
             latency = (datetime.now(UTC) - event_created_at).total_seconds()
-            self.latency_seconds.labels(k).observe(max(latency, 0.0))
+            self._series(self.latency_seconds, k).observe(max(latency, 0.0))
         elif sent and record.outcome is not AttemptOutcome.DELIVERED:
             self.provider_errors.labels(
                 k, self._codes(error_code(record.error, record.status_code))).inc()
@@ -227,6 +231,15 @@ class Metrics:
             self.endpoints_disabled.inc()
         if record.prune_device_id is not None:
             self.devices_pruned.labels(k, self._reasons(prune_reason(record.prune_reason))).inc()
+
+    def _series(self, metric: _Series, *labels: str) -> _Series:
+        """``metric.labels(*labels)``, looked up once (prometheus_client's lookup costs
+        more than the count, and every attempt moves four or five series)."""
+        key = (metric, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return cast(_Series, child)
 
     def endpoints_changed(self, circuits_opened: int, disabled_failing: int) -> None:
         """Circuits opened and endpoints disabled for failing, as settling attempts found."""
