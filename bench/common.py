@@ -179,11 +179,14 @@ class Postgres:
         return None if self.postmaster_pid is None else tree_cpu(self.postmaster_pid)
 
     async def fresh_database(self, name: str, days_back: int = 0) -> str:
-        """A new database (or the user's, used as it is: ``days_back`` does not touch
-        it). With ``days_back``, migrated and given day partitions that many days back,
+        """A new database (or the user's, used as it is: then ``days_back`` is refused).
+        With ``days_back``, migrated and given day partitions that many days back,
         as a gateway that has run that long keeps them (30: the default retention):
         every claim and settlement pays for each one."""
         if self.user_dsn is not None:
+            if days_back > 0:
+                raise SystemExit("--days-back makes partitions in a database of its own: "
+                                 "it needs the embedded PostgreSQL, not DATABASE_URL")
             return self.user_dsn
         conn = await asyncpg.connect(self.server.get_uri(database="postgres"))
         try:
@@ -192,7 +195,7 @@ class Postgres:
         finally:
             await conn.close()
         dsn: str = self.server.get_uri(database=name)
-        if days_back:
+        if days_back > 0:
             from gateway.store.database import migrate
 
             await migrate(dsn)

@@ -747,10 +747,12 @@ async def test_settling_keeps_its_generic_plan_with_a_month_of_day_partitions(
                         job, DeliveryStatus.PENDING, AttemptOutcome.RETRY,
                         next_attempt_at=later)])
             async with db.connection() as conn:
-                plans = {row["statement"]: row["generic_plans"] for row in await conn.fetch(
-                    "SELECT statement, generic_plans FROM pg_prepared_statements")}
+                plans = {row["statement"]: (row["custom_plans"], row["generic_plans"])
+                         for row in await conn.fetch("SELECT statement, custom_plans, "
+                                                     "generic_plans FROM pg_prepared_statements")}
             for query in ("settle_delivered", "record_results"):
-                assert plans[QUERIES[query]] > 0, f"{query} was planned anew on every call"
+                # Eight calls each: the five custom plans, then the generic one every time.
+                assert plans[QUERIES[query]] == (5, 3), f"{query}: {plans[QUERIES[query]]}"
         finally:
             await db.close()
     finally:
