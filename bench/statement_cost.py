@@ -49,7 +49,7 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-async def fill(dsn: str, events: int, days_back: int) -> tuple[str, str]:
+async def fill(dsn: str, events: int) -> tuple[str, str]:
     """One app, one endpoint, ``events`` pending deliveries; returns the app's and the
     endpoint's ids."""
     await migrate(dsn)
@@ -61,10 +61,6 @@ async def fill(dsn: str, events: int, days_back: int) -> tuple[str, str]:
         for start in range(0, events, 250):
             await store.write_events([EventDraft(app.id, "order.created", '{"n":1}')
                                       for _ in range(min(250, events - start))])
-        async with db.connection() as conn:
-            if days_back > 1:
-                await conn.fetchval("SELECT gateway_make_partitions(current_date - $1::int, "
-                                    "current_date + 7)", days_back)
         return app.id, endpoint.id
     finally:
         await db.close()
@@ -119,8 +115,8 @@ async def measure(dsn: str, app_id: str, endpoint_id: str, mode: str, batch: int
 
 
 async def main(args: argparse.Namespace, pg: Postgres) -> None:
-    dsn = await pg.fresh_database("statement_cost")
-    app_id, endpoint_id = await fill(dsn, args.events, args.days_back)
+    dsn = await pg.fresh_database("statement_cost", args.days_back)
+    app_id, endpoint_id = await fill(dsn, args.events)
     conn = await asyncpg.connect(dsn)
     partitions = await conn.fetchval(
         "SELECT count(*) FROM pg_inherits WHERE inhparent = 'deliveries'::regclass")

@@ -68,6 +68,18 @@ def database_url(server_dsn: str) -> Iterator[str]:
 
 
 @pytest.fixture
+async def empty_database(server_dsn: str) -> AsyncIterator[str]:
+    """A database of the test's own, not migrated; dropped after it (for a test that
+    changes what every other test would see, such as the schema or its partitions)."""
+    name = f"gw_own_{secrets.token_hex(4)}"
+    dsn = await create_database(server_dsn, name)
+    try:
+        yield dsn
+    finally:
+        await drop_database(server_dsn, name)
+
+
+@pytest.fixture
 async def dsn(database_url: str) -> str:
     """The run's database, emptied before the test."""
     await empty_all(database_url)

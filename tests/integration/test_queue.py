@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import operator
-import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -28,7 +27,7 @@ from gateway.store.postgres import EventDraft, Store
 from gateway.store.postgres_queue import PostgresQueue, claim_params, outcome_notifications
 from gateway.store.queue import AttemptResult, Job, Queue, Rooms, Settlement
 from gateway_client.models import AttemptOutcome, DeliveryStatus, DisabledReason, EndpointStatus
-from tests.support import create_database, drop_database, eventually
+from tests.support import eventually
 
 
 class Harness(Protocol):
@@ -716,44 +715,40 @@ async def test_a_success_in_between_restarts_the_disable_window(harness: Harness
 
 
 async def test_settling_keeps_its_generic_plan_with_a_month_of_day_partitions(
-        server_dsn: str) -> None:
+        empty_database: str) -> None:
     """With a month of day partitions (the default retention) a custom plan of a small
     settlement looked cheaper than the generic plan, so PostgreSQL planned each call
     again: about 5 ms of its CPU a call where running it takes under 1 ms
     (bench/statement_cost.py). After the five custom plans it always makes first, both
     settling statements are run on their generic plan."""
-    name = f"gw_plans_{secrets.token_hex(4)}"
-    dsn = await create_database(server_dsn, name)
+    dsn = empty_database
+    await migrate(dsn)
+    db = await Database.connect(dsn, max_size=1)  # one connection: one plan cache
     try:
-        await migrate(dsn)
-        db = await Database.connect(dsn, max_size=1)  # one connection: one plan cache
-        try:
-            async with db.connection() as conn:
-                await conn.fetchval("SELECT gateway_make_partitions(current_date - 30, "
-                                    "current_date + 7)")
-            harness = PostgresHarness(Store(db), PostgresQueue(db))
-            await harness.add()
-            for _ in range(4):  # a backlog, as the bench has
-                await harness.store.write_events([EventDraft(harness.apps["one"], "for.a", "{}")
-                                                  for _ in range(250)])
-            later = datetime.now(UTC) + timedelta(hours=1)
-            for n in range(16):
-                (job,) = await harness.queue.claim(1, 30, uuid.uuid4())
-                if n % 2:
-                    await harness.queue.complete([result(job, DeliveryStatus.SUCCEEDED,
-                                                         AttemptOutcome.DELIVERED)])
-                else:
-                    await harness.queue.reschedule([result(
-                        job, DeliveryStatus.PENDING, AttemptOutcome.RETRY,
-                        next_attempt_at=later)])
-            async with db.connection() as conn:
-                plans = {row["statement"]: (row["custom_plans"], row["generic_plans"])
-                         for row in await conn.fetch("SELECT statement, custom_plans, "
-                                                     "generic_plans FROM pg_prepared_statements")}
-            for query in ("settle_delivered", "record_results"):
-                # Eight calls each: the five custom plans, then the generic one every time.
-                assert plans[QUERIES[query]] == (5, 3), f"{query}: {plans[QUERIES[query]]}"
-        finally:
-            await db.close()
+        async with db.connection() as conn:
+            await conn.fetchval("SELECT gateway_make_partitions(current_date - 30, "
+                                "current_date + 7)")
+        harness = PostgresHarness(Store(db), PostgresQueue(db))
+        await harness.add()
+        for _ in range(4):  # a backlog, as the bench has
+            await harness.store.write_events([EventDraft(harness.apps["one"], "for.a", "{}")
+                                              for _ in range(250)])
+        later = datetime.now(UTC) + timedelta(hours=1)
+        for n in range(16):
+            (job,) = await harness.queue.claim(1, 30, uuid.uuid4())
+            if n % 2:
+                await harness.queue.complete([result(job, DeliveryStatus.SUCCEEDED,
+                                                     AttemptOutcome.DELIVERED)])
+            else:
+                await harness.queue.reschedule([result(
+                    job, DeliveryStatus.PENDING, AttemptOutcome.RETRY,
+                    next_attempt_at=later)])
+        async with db.connection() as conn:
+            plans = {row["statement"]: (row["custom_plans"], row["generic_plans"])
+                     for row in await conn.fetch("SELECT statement, custom_plans, "
+                                                 "generic_plans FROM pg_prepared_statements")}
+        for query in ("settle_delivered", "record_results"):
+            # Eight calls each: the five custom plans, then the generic one every time.
+            assert plans[QUERIES[query]] == (5, 3), f"{query}: {plans[QUERIES[query]]}"
     finally:
-        await drop_database(server_dsn, name)
+        await db.close()

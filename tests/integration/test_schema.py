@@ -8,27 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
-from collections.abc import AsyncIterator
 from importlib import resources
 from pathlib import Path
 
 import asyncpg
-import pytest
 
 from gateway.store.database import load_migrations, migrate
 from gateway.store.schema import checked_in, describe
-from tests.support import create_database, drop_database
-
-
-@pytest.fixture
-async def empty_database(server_dsn: str) -> AsyncIterator[str]:
-    name = f"gw_schema_{secrets.token_hex(4)}"
-    dsn = await create_database(server_dsn, name)
-    try:
-        yield dsn
-    finally:
-        await drop_database(server_dsn, name)
 
 
 async def test_migrating_an_empty_database_gives_exactly_the_checked_in_schema(
