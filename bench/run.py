@@ -538,6 +538,15 @@ class Bench:
         out = await self.load(name, url, a.duration, auth)
         window = meter.stop({"loadgen": out.pop("loadgen_cpu_s")})
         await self.profile_finish(name, spy)
+        loadgen_cpu = window["cpu_s"].get("loadgen")
+        if loadgen_cpu is not None and loadgen_cpu >= LOADGEN_BOUND * window["wall_s"]:
+            # The load generator is single-threaded: at a full core it, not the server,
+            # set this rate, and a ceiling measured so is no ceiling.
+            LOADGEN_SATURATED.append(name)
+            print(f"  WARNING: {name}: the load generator ({self.loadgen}) used "
+                  f"{loadgen_cpu / window['wall_s']:.0%} of a core: this rate is its limit, "
+                  "not the server's" + ("; install wrk (apt-get install wrk)"
+                                       if self.loadgen == "python" else ""), flush=True)
         if out["status_errors"]:
             print(f"  WARNING: {name}: {out['status_errors']} error answers, e.g. "
                   f"{out['error_sample']}", flush=True)
@@ -1065,6 +1074,12 @@ def summarize_profile(path: Path, top: int = 15) -> dict[str, Any]:
             "gateway_inclusive_pct": pct(inclusive)}
 
 
+#: A load generator at this share of a core (or more) is the limit of what it measures.
+LOADGEN_BOUND = 0.9
+#: The measured windows whose load generator was at that limit.
+LOADGEN_SATURATED: list[str] = []
+
+
 def busy_windows() -> tuple[int, int]:
     """How many measured windows had other work using > 15% of a core, of how many."""
     busy = sum(1 for other, wall in CpuMeter.windows if wall > 0 and other > 0.15 * wall)
@@ -1077,6 +1092,10 @@ def print_summary(results: dict[str, Any]) -> None:
     if busy:
         print(f"NOT VALID: other work used the CPU in {busy} of {total} measured windows "
               "(see 'other' above); rerun on an idle machine (--wait-idle)")
+    if LOADGEN_SATURATED:
+        print("NOT VALID: the load generator was the limit in "
+              f"{', '.join(LOADGEN_SATURATED)} (see the warnings above): those rates, and "
+              "the ratios against them, measure the load generator")
     ing, dr, lat = results.get("ingest"), results.get("drain"), results.get("latency")
     if ing:
         pg = ing["pg_us_per_event"]
@@ -1212,7 +1231,8 @@ def orchestrate(args: argparse.Namespace) -> int:
             "complete": code == 0, "machine_busy_before_start": idle_check,
             "git": git_state(),
             "busy_windows": dict(zip(("busy", "total"), busy_windows(), strict=True)),
-            "valid": code == 0 and busy_windows()[0] == 0,
+            "loadgen_saturated": LOADGEN_SATURATED,
+            "valid": code == 0 and busy_windows()[0] == 0 and not LOADGEN_SATURATED,
         },
         **bench.results,
     }
