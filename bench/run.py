@@ -326,11 +326,13 @@ def run_role(args: argparse.Namespace) -> int:
 CpuSource = Callable[[], float | None]
 
 
-def machine_cpu() -> tuple[float, float]:
-    """Busy and stolen CPU seconds of the whole machine so far (all cores)."""
+def machine_cpu() -> tuple[float, float, float]:
+    """Busy, interrupt and stolen CPU seconds of the whole machine so far (all cores).
+    Interrupt time (irq and softirq: the loopback traffic and the WAL's disk writes of the
+    run itself) is charged to no process, so it is counted apart from "other"."""
     t = psutil.cpu_times()
-    busy = t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
-    return float(busy), float(getattr(t, "steal", 0.0))
+    irq = getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+    return float(t.user + t.nice + t.system), float(irq), float(getattr(t, "steal", 0.0))
 
 
 class CpuMeter:
@@ -345,7 +347,7 @@ class CpuMeter:
         self.sources = sources
         self.before: dict[str, float | None] = {}
         self.t0 = 0.0
-        self.machine0 = (0.0, 0.0)
+        self.machine0 = (0.0, 0.0, 0.0)
         self.self0: float | None = None
 
     def start(self) -> None:
@@ -356,7 +358,7 @@ class CpuMeter:
 
     def stop(self, extra: dict[str, float] | None = None) -> dict[str, Any]:
         wall = time.monotonic() - self.t0
-        busy, steal = machine_cpu()
+        busy, irq, steal = machine_cpu()
         cpu: dict[str, float | None] = {}
         for name, fn in self.sources.items():
             after, before = fn(), self.before.get(name)
@@ -367,10 +369,13 @@ class CpuMeter:
         self_now = own_cpu(os.getpid())
         if "loadgen(bench)" not in cpu and self_now is not None and self.self0 is not None:
             accounted += self_now - self.self0  # the orchestrator's own polling
-        other = busy - self.machine0[0] - accounted
+        # The kernel charges part of the interrupt time to the process it interrupted,
+        # so that part is in a process's figure as well: "other" may come out below zero.
+        other = max(0.0, busy - self.machine0[0] - accounted)
         CpuMeter.windows.append((other, wall))
         return {"wall_s": round(wall, 2), "cpu_s": cpu, "other_cpu_s": round(other, 2),
-                "steal_s": round(steal - self.machine0[1], 2)}
+                "irq_s": round(irq - self.machine0[1], 2),
+                "steal_s": round(steal - self.machine0[2], 2)}
 
 
 # ======================================================================================
@@ -527,16 +532,23 @@ class Bench:
     # --- (a) ingest -------------------------------------------------------------------
 
     async def measure(self, name: str, url: str, auth: str | None,
-                      sources: dict[str, CpuSource], *, profile_pid: int | None = None
-                      ) -> dict[str, Any]:
-        """Warm up, then load ``url`` for ``--duration`` with CPU measured per process."""
+                      sources: dict[str, CpuSource], *, profile_pid: int | None = None,
+                      dsn: str | None = None) -> dict[str, Any]:
+        """Warm up, then load ``url`` for ``--duration`` with CPU measured per process
+        (with ``dsn``: also PostgreSQL's CPU by role and the WAL it wrote)."""
         a = self.args
         await self.load(f"{name}-warmup", url, a.warmup, auth)
         meter = CpuMeter(sources)
         spy = self.profile_start(name, profile_pid, a.duration) if profile_pid else None
+        counters0 = await pg_counters(dsn) if dsn else None
+        roles0 = self.pg.cpu_by_role() if dsn else {}
         meter.start()
         out = await self.load(name, url, a.duration, auth)
         window = meter.stop({"loadgen": out.pop("loadgen_cpu_s")})
+        roles1 = self.pg.cpu_by_role() if dsn else {}
+        if dsn:
+            await asyncio.sleep(1.5)  # every backend has reported its commits
+        counters1 = await pg_counters(dsn) if dsn else None
         await self.profile_finish(name, spy)
         loadgen_cpu = window["cpu_s"].get("loadgen")
         if loadgen_cpu is not None and loadgen_cpu >= LOADGEN_BOUND * window["wall_s"]:
@@ -553,7 +565,17 @@ class Bench:
         good = max(1, out["requests"] - out["status_errors"])
         per = {k: round(v * 1e6 / good, 1) for k, v in window["cpu_s"].items()
                if v is not None and k != "loadgen"}
-        return {**out, **window, "cpu_us_per_request": per}
+        extra: dict[str, Any] = {}
+        if roles0 and roles1:
+            extra["pg_us_per_request_by_role"] = {
+                role: round((roles1[role] - roles0.get(role, 0.0)) * 1e6 / good, 1)
+                for role in sorted(roles1) if roles1[role] - roles0.get(role, 0.0) > 0}
+        if counters0 is not None and counters1 is not None:
+            extra["wal_bytes_per_request"] = round((counters1[0] - counters0[0]) / good)
+            # Less the two connections pg_counters made (one commit each).
+            commits = counters1[1] - counters0[1] - 2
+            extra["requests_per_commit"] = round(good / commits, 1) if commits > 0 else None
+        return {**out, **window, "cpu_us_per_request": per, **extra}
 
     async def raw_servers(self, loop: str, count: int) -> dict[str, Any]:
         """``count`` raw aiohttp processes sharing one port (SO_REUSEPORT)."""
@@ -585,7 +607,7 @@ class Bench:
             await self.wait_ready(f"http://{HOST}:{port}/readyz", proc)
             return await self.measure(
                 "minimal-durable", f"http://{HOST}:{port}/v1/events", None,
-                {"server": lambda: own_cpu(proc.pid), "postgres": self.pg.cpu})
+                {"server": lambda: own_cpu(proc.pid), "postgres": self.pg.cpu}, dsn=dsn)
         finally:
             await self.stop_proc(proc)
             await self.pg.drop_database(db)
@@ -606,7 +628,7 @@ class Bench:
             out = await self.measure(
                 f"ingest-x{workers}", f"{base}/v1/events", key,
                 {"gateway": lambda: tree_cpu(gw.pid), "postgres": self.pg.cpu},
-                profile_pid=gw.pid if workers == 1 else None)
+                profile_pid=gw.pid if workers == 1 else None, dsn=dsn)
             if workers > 1:
                 out["per_worker_cpu_s"] = worker_cpu(gw.pid)
         finally:
@@ -656,6 +678,13 @@ class Bench:
         print(f"  ratio gateway/raw({best}) = {ratio:.2f} (target >= {TARGET_INGEST_RATIO}); "
               f"gateway/minimal durable = {ratio_min:.2f} (target >= {TARGET_MINIMAL_RATIO})",
               flush=True)
+        for label, out in (("minimal", minimal), ("gateway", one)):
+            roles = out.get("pg_us_per_request_by_role")
+            if roles:
+                print(f"  PostgreSQL per event, {label}: "
+                      + ", ".join(f"{r} {us} us" for r, us in roles.items())
+                      + f"; WAL {out.get('wal_bytes_per_request')} bytes; "
+                      f"{out.get('requests_per_commit')} events per commit", flush=True)
         print(f"  CPU per event: PostgreSQL {pg_gw} us (gateway) vs {pg_min} us (minimal) "
               f"= {pg_ratio and round(pg_ratio, 2)}x (target <= {TARGET_PG_RATIO}); "
               f"gateway {one['cpu_us_per_request'].get('gateway')} us per request, "
@@ -1033,6 +1062,20 @@ async def wait_no_pending(dsn: str, timeout_s: float) -> float:
     raise BenchError("deliveries still pending in the database after the drain")
 
 
+async def pg_counters(dsn: str) -> tuple[int, int]:
+    """Where the server's WAL stands (bytes), and how many transactions the database has
+    committed (as its backends last reported: they do so at least once a second)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        row = await conn.fetchrow(
+            "SELECT pg_current_wal_lsn() - '0/0' AS wal, xact_commit FROM pg_stat_database "
+            "WHERE datname = current_database()")
+        assert row is not None
+        return int(row["wal"]), int(row["xact_commit"])
+    finally:
+        await conn.close()
+
+
 def fmt_cpu(window: dict[str, Any]) -> str:
     wall = float(window.get("wall_s") or 0)
     parts = []
@@ -1042,6 +1085,9 @@ def fmt_cpu(window: dict[str, Any]) -> str:
         else:
             pct = f" ({100 * sec / wall:.0f}%)" if wall > 0 else ""
             parts.append(f"{name} {sec:.1f}s{pct}")
+    irq = window.get("irq_s")
+    if irq is not None:
+        parts.append(f"irq {irq:.1f}s")
     other = window.get("other_cpu_s")
     if other is not None:
         parts.append(f"other {other:.1f}s" + (" (BUSY MACHINE)" if other > 0.15 * wall else ""))
@@ -1135,10 +1181,10 @@ def git_state() -> dict[str, Any]:
 
 
 def machine_idle_check(seconds: float = 1.0) -> dict[str, float]:
-    busy0, steal0 = machine_cpu()
+    busy0, irq0, steal0 = machine_cpu()
     time.sleep(seconds)
-    busy1, steal1 = machine_cpu()
-    return {"busy_pct": 100 * (busy1 - busy0) / seconds,
+    busy1, irq1, steal1 = machine_cpu()
+    return {"busy_pct": 100 * (busy1 + irq1 - busy0 - irq0) / seconds,
             "steal_pct": 100 * (steal1 - steal0) / seconds}
 
 

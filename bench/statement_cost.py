@@ -4,6 +4,7 @@ process that runs it.
 
     .venv/bin/python bench/statement_cost.py                       # 9 day partitions
     .venv/bin/python bench/statement_cost.py --days-back 30        # 38: 30 days' retention
+    .venv/bin/python bench/statement_cost.py --committed --batch 13 --rounds 3000
 
 A fresh embedded PostgreSQL, one app with one endpoint and ``--events`` pending deliveries
 (all due, in today's partition), then ``--rounds`` times, on one connection in a
@@ -31,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
+import minimal_server
 from common import Postgres
 
 from gateway.ids import new_ids
@@ -114,7 +116,52 @@ async def measure(dsn: str, app_id: str, endpoint_id: str, mode: str, batch: int
         await conn.close()
 
 
+async def store_batch(conn: asyncpg.Connection, name: str, batch: int, app_id: str) -> None:
+    """One commit of ``batch`` events, as the gateway or the minimal server writes it."""
+    payloads = ['{"n":1}'] * batch
+    if name == "minimal":
+        await conn.execute(minimal_server.INSERT, [uuid.uuid4() for _ in range(batch)],
+                           ["app_1"] * batch, ["order.created"] * batch, payloads,
+                           [datetime.now(UTC)] * batch)
+    else:
+        await conn.fetchrow(QUERIES["insert_events"], new_ids("evt", batch),
+                            [app_id] * batch, ["order.created"] * batch, payloads,
+                            datetime.now(UTC), [None] * batch, [None] * batch, [None] * batch)
+
+
+async def committed_ingest(pg: Postgres, batch: int, rounds: int, warmup: int) -> None:
+    """``--committed``: what storing events costs PostgreSQL with its commit (WAL flush
+    included), ``batch`` events a statement as a group commit's batch, for the gateway's
+    ``insert_events`` (one endpoint subscribed) and for bench/minimal_server.py's INSERT,
+    each on a database of its own: the ratio target (a) compares, without HTTP."""
+    costs: dict[str, float] = {}
+    for name in ("minimal", "gateway"):
+        dsn = await pg.fresh_database(f"committed_{name}")
+        app_id = (await fill(dsn, 0))[0] if name == "gateway" else ""
+        conn = await asyncpg.connect(dsn)
+        try:
+            if name == "minimal":
+                await conn.execute(minimal_server.SCHEMA)
+            pid = await conn.fetchval("SELECT pg_backend_pid()")
+            for _ in range(warmup):
+                await store_batch(conn, name, batch, app_id)
+            started = process_cpu(pid)
+            for _ in range(rounds):
+                await store_batch(conn, name, batch, app_id)
+            costs[name] = (process_cpu(pid) - started) / rounds
+        finally:
+            await conn.close()
+            await pg.drop_database(f"committed_{name}")
+        print(f"  {name:8s} {batch} events a commit: {costs[name] * 1e6:6.0f} µs a commit, "
+              f"{costs[name] / batch * 1e6:5.1f} µs an event (PostgreSQL CPU, {rounds} "
+              "commits)", flush=True)
+    print(f"  gateway / minimal = {costs['gateway'] / costs['minimal']:.2f}", flush=True)
+
+
 async def main(args: argparse.Namespace, pg: Postgres) -> None:
+    if args.committed:
+        await committed_ingest(pg, args.batch, args.rounds, args.warmup)
+        return
     dsn = await pg.fresh_database("statement_cost", args.days_back)
     app_id, endpoint_id = await fill(dsn, args.events)
     conn = await asyncpg.connect(dsn)
@@ -138,6 +185,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--plan-cache-mode", default="auto,force_generic_plan",
                    help="comma list of plan_cache_mode values")
+    p.add_argument("--committed", action="store_true",
+                   help="instead: ingest's statement committed, --batch events each, "
+                        "--rounds times, against the minimal durable server's")
     return p
 
 

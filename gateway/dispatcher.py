@@ -38,7 +38,7 @@ from adapters.base import Adapter, DeliveryJob, Outcome, Verdict
 from gateway import tracing
 from gateway.batching import GroupCommit
 from gateway.errors import DatabaseUnavailable
-from gateway.logs import TRUSTED, scrub
+from gateway.logs import emit, scrub
 from gateway.operational import OPERATIONAL_KIND
 from gateway.retry import RetryPolicy
 from gateway.store.queue import NO_CHANGE, AttemptResult, Job, Queue, Rooms, Settlement
@@ -433,19 +433,22 @@ class Dispatcher:
         job = claimed.delivery
         if self.metrics is not None:
             self.metrics.attempt(job.kind, result, job.event.created_at, sent=sent)
-        log.log(logging.WARNING if result.status is DeliveryStatus.FAILED else logging.INFO,
-                "delivery attempt %s: %s", result.outcome.value, result.status.value,
-                extra={TRUSTED: _ATTEMPT_LINE, "app": job.app_id, "event": job.event.id,
-                       "trace": tracing.trace_id_of(job.event.traceparent),
-                       "delivery": job.delivery_id, "kind": job.kind,
-                       "endpoint": job.endpoint.id if job.endpoint is not None else None,
-                       "device": job.device.id if job.device is not None else None,
-                       "attempt": job.attempt, "outcome": result.outcome.value,
-                       "status": result.status.value, "status_code": result.status_code,
-                       "duration_ms": result.duration_ms,
-                       "error": scrub(result.error) if result.error else None,
-                       "next_attempt_at": iso(result.next_attempt_at)
-                       if result.next_attempt_at is not None else None})
+        level = logging.WARNING if result.status is DeliveryStatus.FAILED else logging.INFO
+        if not log.isEnabledFor(level):
+            return
+        emit(log, level, f"delivery attempt {result.outcome.value}: {result.status.value}",
+             {"app": job.app_id, "event": job.event.id,
+              "trace": tracing.trace_id_of(job.event.traceparent),
+              "delivery": job.delivery_id, "kind": job.kind,
+              "endpoint": job.endpoint.id if job.endpoint is not None else None,
+              "device": job.device.id if job.device is not None else None,
+              "attempt": job.attempt, "outcome": result.outcome.value,
+              "status": result.status.value, "status_code": result.status_code,
+              "duration_ms": result.duration_ms,
+              "error": scrub(result.error) if result.error else None,
+              "next_attempt_at": iso(result.next_attempt_at)
+              if result.next_attempt_at is not None else None},
+             _ATTEMPT_LINE)
 
     async def _write(self, result: AttemptResult) -> None:
         """Keep trying while the database is away; if we die first, the lease brings the

@@ -109,27 +109,46 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
             if key not in _STANDARD and value is not None and not key.startswith("_")}
 
 
+def _scrubbed(fields: dict[str, Any], trusted: frozenset[str]) -> dict[str, Any]:
+    """:func:`_fields` of the fields a record would be given (``extra=``)."""
+    return {key: value if key in trusted or isinstance(value, _NUMBERS) else scrub(str(value))
+            for key, value in fields.items() if value is not None}
+
+
 def _message(record: logging.LogRecord) -> str:
     text = record.getMessage()
     return text if "msg" in getattr(record, TRUSTED, ()) else scrub(text)
 
 
-class JSONFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, msg, the extra fields, exc."""
+class LineFormatter(logging.Formatter):
+    """A formatter that also writes a line from its parts, without a record (:func:`emit`)."""
 
     def format(self, record: logging.LogRecord) -> str:
+        trace = self.formatException(record.exc_info) if record.exc_info else record.exc_text
+        return self.line(record.created, record.levelname, record.name, _message(record),
+                         _fields(record), trace)
+
+    def line(self, created: float, level: str, name: str, message: str,
+             fields: dict[str, Any], trace: str | None = None) -> str:
+        """The line: ``message`` and ``fields`` already scrubbed, ``trace`` not."""
+        raise NotImplementedError
+
+
+class JSONFormatter(LineFormatter):
+    """One JSON object per line: ts, level, logger, msg, the extra fields, exc."""
+
+    def line(self, created: float, level: str, name: str, message: str,
+             fields: dict[str, Any], trace: str | None = None) -> str:
         line: dict[str, Any] = {
-            "ts": iso(datetime.fromtimestamp(record.created, UTC), "milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "msg": _message(record),
+            "ts": iso(datetime.fromtimestamp(created, UTC), "milliseconds"),
+            "level": level,
+            "logger": name,
+            "msg": message,
         }
-        for key, value in _fields(record).items():
+        for key, value in fields.items():
             line.setdefault(key, value)
-        if record.exc_info:
-            line["exc"] = scrub(self.formatException(record.exc_info))
-        elif record.exc_text:
-            line["exc"] = scrub(record.exc_text)
+        if trace:
+            line["exc"] = scrub(trace)
         return json.dumps(line, default=str, ensure_ascii=False)
 
 
@@ -157,7 +176,7 @@ def _value(text: str) -> str:
     return '"' + _escape(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
 
 
-class TextFormatter(logging.Formatter):
+class TextFormatter(LineFormatter):
     """``time LEVEL logger: message key=value ...``, scrubbed, one line per record; a
     traceback follows on lines of its own, each indented."""
 
@@ -167,25 +186,26 @@ class TextFormatter(logging.Formatter):
         self._stamp = ""
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return self._time(record.created)
+
+    def _time(self, created: float) -> str:
         """``YYYY-MM-DD HH:MM:SS,mmm`` (local time, as logging writes it), the part to the
         second formatted once per second."""
-        second = int(record.created)
+        second = int(created)
         if second != self._second:
             self._second, self._stamp = second, time.strftime(
-                "%Y-%m-%d %H:%M:%S", self.converter(record.created))
-        return f"{self._stamp},{int(record.msecs):03d}"
+                "%Y-%m-%d %H:%M:%S", self.converter(created))
+        return f"{self._stamp},{int((created - second) * 1000):03d}"
 
-    def format(self, record: logging.LogRecord) -> str:
-        line = f"{self.formatTime(record)} {record.levelname} {record.name}: " \
-            + _escape(_message(record))
-        fields = _fields(record)
+    def line(self, created: float, level: str, name: str, message: str,
+             fields: dict[str, Any], trace: str | None = None) -> str:
+        line = f"{self._time(created)} {level} {name}: " + _escape(message)
         values = [str(v) for v in fields.values()]
         # Most lines hold plain words only: one match over them all says so.
         if not (all(values) and _PLAIN.fullmatch("".join(values))):
             values = [_value(v) for v in values]
         extras = " ".join([f"{k}={v}" for k, v in zip(fields, values, strict=True)])
         text = f"{line} {extras}" if extras else line
-        trace = self.formatException(record.exc_info) if record.exc_info else record.exc_text
         if trace:
             text += "".join(f"\n    | {_escape(part)}" for part in scrub(trace).splitlines())
         return text
@@ -220,19 +240,24 @@ class BufferedHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self.interval_s = interval_s
         self._lines: list[str] = []
         self._size = 0
-        self._closed = threading.Event()
+        self._stopped = threading.Event()
         threading.Thread(target=self._flusher, name="log-flush", daemon=True).start()
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            line = self.format(record) + "\n"
+            line = self.format(record)
         except Exception:
             self.handleError(record)
             return
+        self.add(line, record.levelno)
+
+    def add(self, line: str, level: int) -> None:
+        """Queue one formatted line (written at once from WARNING up)."""
+        line += "\n"
         with self.lock:  # type: ignore[union-attr]
             self._lines.append(line)
             self._size += len(line)
-            if record.levelno >= logging.WARNING or self._size >= self.limit:
+            if level >= logging.WARNING or self._size >= self.limit:
                 self._write()
 
     def _write(self) -> None:
@@ -249,11 +274,11 @@ class BufferedHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self._write()
 
     def _flusher(self) -> None:
-        while not self._closed.wait(self.interval_s):
+        while not self._stopped.wait(self.interval_s):
             self.flush()
 
     def close(self) -> None:
-        self._closed.set()
+        self._stopped.set()
         self.flush()
         super().close()
 
@@ -288,6 +313,53 @@ def configure(fmt: str = "text", level: str = "INFO", *, stream: TextIO | None =
         logging.getLogger(name).setLevel(floor)
     _handler = handler
     return handler
+
+
+def emit(logger: logging.Logger, level: int, message: str, fields: dict[str, Any],
+         trusted: frozenset[str] = _NONE_TRUSTED) -> None:
+    """The line ``logger.log(level, message, extra={TRUSTED: trusted, **fields})`` writes,
+    for the lines written per request and per attempt. When the server's own handler is the
+    only one that would see it (no other handler or filter on the way: a test capturing
+    logs adds one), the line is formatted and queued directly, without a LogRecord and
+    logging's dispatch, which cost more than the line itself; otherwise it goes through
+    ``logger.log``. ``message`` is complete (no %-arguments); ``fields`` is not kept."""
+    if not logger.isEnabledFor(level):
+        return
+    handler = _handler
+    if not (isinstance(handler, BufferedHandler) and _only_handler(logger, handler, level)):
+        logger.log(level, "%s", message, extra={TRUSTED: trusted, **fields})
+        return
+    if fields.get("request_id") is None:
+        fields["request_id"] = request_id.get()
+    if _worker is not None and fields.get("worker") is None:
+        fields["worker"] = _worker
+    text = message if "msg" in trusted else scrub(message)
+    formatter = handler.formatter
+    assert isinstance(formatter, LineFormatter)
+    try:
+        line = formatter.line(time.time(), logging.getLevelName(level), logger.name, text,
+                              _scrubbed(fields, trusted))
+    except Exception:
+        logger.log(level, "%s", message, extra={TRUSTED: trusted, **fields})
+        return
+    handler.add(line, level)
+
+
+def _only_handler(logger: logging.Logger, handler: logging.Handler, level: int) -> bool:
+    """``handler``, on the root logger, is the only handler a record of ``logger`` at
+    ``level`` would reach, and nothing on the way filters it but the request id filter."""
+    node: logging.Logger | None = logger
+    while node is not None:
+        if node.filters:
+            return False
+        if node.parent is None:  # the root
+            return (node.handlers == [handler] and level >= handler.level
+                    and len(handler.filters) == 1
+                    and isinstance(handler.filters[0], _RequestIdFilter))
+        if node.handlers or not node.propagate:
+            return False
+        node = node.parent
+    return False
 
 
 # --- requests --------------------------------------------------------------------------
@@ -369,9 +441,9 @@ async def request_log(request: web.Request, handler: Handler) -> web.StreamRespo
         quiet = route in QUIET_ROUTES and status < 400
         level = logging.DEBUG if quiet else logging.WARNING if status >= 500 else logging.INFO
         if log.isEnabledFor(level):
-            log.log(level, "%s %s %d", request.method, route, status,
-                    extra={TRUSTED: trusted, "request_id": rid, "method": request.method,
-                           "route": route, "status": status,
-                           "duration_ms": round((time.monotonic() - started) * 1000, 1),
-                           **fields})
+            emit(log, level, f"{request.method} {route} {status}",
+                 {"request_id": rid, "method": request.method, "route": route,
+                  "status": status,
+                  "duration_ms": round((time.monotonic() - started) * 1000, 1), **fields},
+                 trusted)
         request_id.reset(token)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -96,6 +98,100 @@ def test_configured_secrets_are_masked_wherever_they_appear(captured: io.StringI
     logs.configure("json", "DEBUG", stream=captured, secrets=("dev-admin-key-42", None, "x"))
     logging.getLogger("gateway.test").warning("key was dev-admin-key-42, x stays")
     assert lines(captured)[0]["msg"] == "key was [redacted], x stays"
+
+
+class Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def server_logging() -> Iterator[io.StringIO]:
+    """The root logger as ``gateway serve`` sets it up (the buffered handler), text."""
+    root = logging.getLogger()
+    level = root.level
+    buffer = io.StringIO()
+    handler = logs.configure("text", "INFO", stream=buffer, buffered=True)
+    try:
+        yield buffer
+    finally:
+        root.removeHandler(logs._handler or handler)
+        (logs._handler or handler).close()
+        root.setLevel(level)
+        logs._handler = None
+
+
+@contextlib.contextmanager
+def alone() -> Iterator[logging.Handler]:
+    """Only the gateway's handler on the root logger, as in the server (pytest adds its
+    capture handlers for each test's call): the direct path is taken."""
+    root = logging.getLogger()
+    ours = logs._handler
+    assert ours is not None
+    others = [h for h in root.handlers if h is not ours]
+    for other in others:
+        root.removeHandler(other)
+    try:
+        assert logs._only_handler(logging.getLogger("gateway.test"), ours, logging.INFO)
+        yield ours
+    finally:
+        for other in others:
+            root.addHandler(other)
+
+
+def _without_time(line: str, fmt: str) -> Any:
+    if fmt == "json":
+        found = json.loads(line)
+        found.pop("ts")
+        return found
+    return line.split(" ", 2)[2]
+
+
+@pytest.mark.parametrize("fmt", logs.FORMATS)
+def test_a_line_emitted_directly_is_the_line_logging_writes_for_it(
+        server_logging: io.StringIO, fmt: str) -> None:
+    buffer = server_logging
+    logs.configure(fmt, "INFO", stream=buffer, buffered=True)
+    log = logging.getLogger("gateway.test")
+    fields = {"app": "app_1", "attempt": 2, "device": None,
+              "error": "GET https://x.example/?sig=s3cr3t", "note": 'two words "quoted"'}
+    token = logs.request_id.set("rid-1")
+    try:
+        with alone() as handler:
+            for trusted in (frozenset({"app"}), frozenset({"msg", "app"})):
+                message = "attempt delivered to https://h.example/p?q=1"
+                log.warning("%s", message, extra={logs.TRUSTED: trusted, **fields})
+                logs.emit(log, logging.WARNING, message, dict(fields), trusted)
+    finally:
+        logs.request_id.reset(token)
+    handler.flush()
+    via_logging, direct, trusted_via_logging, trusted_direct = buffer.getvalue().splitlines()
+    assert _without_time(direct, fmt) == _without_time(via_logging, fmt)
+    assert _without_time(trusted_direct, fmt) == _without_time(trusted_via_logging, fmt)
+    assert "s3cr3t" not in buffer.getvalue() and "rid-1" in direct
+    assert "q=1" not in direct and "q=1" in trusted_direct  # the message scrubbed unless trusted
+
+
+def test_a_line_goes_through_logging_when_another_handler_would_see_it(
+        server_logging: io.StringIO) -> None:
+    buffer = server_logging
+    other = Collect()
+    seen = other.records
+    with alone() as handler:
+        logging.getLogger().addHandler(other)
+        try:
+            logs.emit(logging.getLogger("gateway.test"), logging.INFO, "sent",
+                      {"delivery": "dlv_1"})
+            logs.emit(logging.getLogger("gateway.test"), logging.DEBUG, "quiet", {})
+        finally:
+            logging.getLogger().removeHandler(other)
+    handler.flush()
+    assert [(r.getMessage(), r.__dict__["delivery"]) for r in seen] == [("sent", "dlv_1")]
+    assert "sent delivery=dlv_1" in buffer.getvalue() and "quiet" not in buffer.getvalue()
 
 
 async def device(request: web.Request) -> web.Response:
