@@ -91,8 +91,14 @@ class Batcher:
             self.flushers -= 1
 
 
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    return None
+
+
 async def serve(dsn: str, port: int) -> None:
-    pool = await asyncpg.create_pool(dsn, min_size=2, max_size=4)
+    # No reset query on release (the gateway's pool skips it too): it is a transaction of
+    # its own per batch, which is no part of storing an event.
+    pool = await asyncpg.create_pool(dsn, min_size=2, max_size=4, reset=_no_reset)
     async with pool.acquire() as conn:
         await conn.execute(SCHEMA)
     batcher = Batcher(pool)

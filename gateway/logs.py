@@ -112,7 +112,7 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
 def _scrubbed(fields: dict[str, Any], trusted: frozenset[str]) -> dict[str, Any]:
     """:func:`_fields` of the fields a record would be given (``extra=``)."""
     return {key: value if key in trusted or isinstance(value, _NUMBERS) else scrub(str(value))
-            for key, value in fields.items() if value is not None}
+            for key, value in fields.items() if value is not None and not key.startswith("_")}
 
 
 def _message(record: logging.LogRecord) -> str:
@@ -182,8 +182,8 @@ class TextFormatter(LineFormatter):
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
-        self._second = -1
-        self._stamp = ""
+        #: (second, its stamp): one attribute, so a thread never pairs one with the other's.
+        self._stamped: tuple[int, str] = (-1, "")
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return self._time(record.created)
@@ -192,10 +192,11 @@ class TextFormatter(LineFormatter):
         """``YYYY-MM-DD HH:MM:SS,mmm`` (local time, as logging writes it), the part to the
         second formatted once per second."""
         second = int(created)
-        if second != self._second:
-            self._second, self._stamp = second, time.strftime(
-                "%Y-%m-%d %H:%M:%S", self.converter(created))
-        return f"{self._stamp},{int((created - second) * 1000):03d}"
+        stamped, stamp = self._stamped
+        if second != stamped:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(created))
+            self._stamped = (second, stamp)
+        return f"{stamp},{int((created - second) * 1000):03d}"
 
     def line(self, created: float, level: str, name: str, message: str,
              fields: dict[str, Any], trace: str | None = None) -> str:
@@ -326,7 +327,9 @@ def emit(logger: logging.Logger, level: int, message: str, fields: dict[str, Any
     if not logger.isEnabledFor(level):
         return
     handler = _handler
-    if not (isinstance(handler, BufferedHandler) and _only_handler(logger, handler, level)):
+    formatter = handler.formatter if handler is not None else None
+    if not (isinstance(handler, BufferedHandler) and isinstance(formatter, LineFormatter)
+            and _only_handler(logger, handler, level)):
         logger.log(level, "%s", message, extra={TRUSTED: trusted, **fields})
         return
     if fields.get("request_id") is None:
@@ -334,8 +337,6 @@ def emit(logger: logging.Logger, level: int, message: str, fields: dict[str, Any
     if _worker is not None and fields.get("worker") is None:
         fields["worker"] = _worker
     text = message if "msg" in trusted else scrub(message)
-    formatter = handler.formatter
-    assert isinstance(formatter, LineFormatter)
     try:
         line = formatter.line(time.time(), logging.getLevelName(level), logger.name, text,
                               _scrubbed(fields, trusted))
