@@ -103,16 +103,16 @@ _NONE_TRUSTED: frozenset[str] = frozenset()
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
     """The extra fields of a record (``extra=`` and the request id), scrubbed."""
-    trusted: frozenset[str] = getattr(record, TRUSTED, _NONE_TRUSTED)
-    return {key: value if key in trusted or isinstance(value, _NUMBERS) else scrub(str(value))
-            for key, value in vars(record).items()
-            if key not in _STANDARD and value is not None and not key.startswith("_")}
+    return _scrubbed(((key, value) for key, value in vars(record).items()
+                      if key not in _STANDARD),
+                     getattr(record, TRUSTED, _NONE_TRUSTED))
 
 
-def _scrubbed(fields: dict[str, Any], trusted: frozenset[str]) -> dict[str, Any]:
-    """:func:`_fields` of the fields a record would be given (``extra=``)."""
+def _scrubbed(fields: Iterable[tuple[str, Any]], trusted: frozenset[str]) -> dict[str, Any]:
+    """The fields a line shows, scrubbed unless trusted or numbers: none that is None or
+    private (a leading ``_``)."""
     return {key: value if key in trusted or isinstance(value, _NUMBERS) else scrub(str(value))
-            for key, value in fields.items() if value is not None and not key.startswith("_")}
+            for key, value in fields if value is not None and not key.startswith("_")}
 
 
 def _message(record: logging.LogRecord) -> str:
@@ -339,7 +339,7 @@ def emit(logger: logging.Logger, level: int, message: str, fields: dict[str, Any
     text = message if "msg" in trusted else scrub(message)
     try:
         line = formatter.line(time.time(), logging.getLevelName(level), logger.name, text,
-                              _scrubbed(fields, trusted))
+                              _scrubbed(fields.items(), trusted))
     except Exception:
         logger.log(level, "%s", message, extra={TRUSTED: trusted, **fields})
         return
