@@ -4,7 +4,8 @@ process that runs it.
 
     .venv/bin/python bench/statement_cost.py                       # 9 day partitions
     .venv/bin/python bench/statement_cost.py --days-back 30        # 38: 30 days' retention
-    .venv/bin/python bench/statement_cost.py --committed --batch 13 --rounds 3000
+    .venv/bin/python bench/statement_cost.py --committed --batch 13 --rounds 150
+    .venv/bin/python bench/statement_cost.py --committed --variants statuschecks,noapiindexes
 
 A fresh embedded PostgreSQL, one app with one endpoint and ``--events`` pending deliveries
 (all due, in today's partition), then ``--rounds`` times, on one connection in a
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import tempfile
 import time
 import uuid
@@ -116,9 +118,41 @@ async def measure(dsn: str, app_id: str, endpoint_id: str, mode: str, batch: int
         await conn.close()
 
 
-async def store_batch(conn: asyncpg.Connection, name: str, batch: int, app_id: str) -> None:
+#: ``--variants``: the gateway's schema with one change, each a database of its own, to
+#: see what a part of the statement costs (the statement is the same).
+VARIANTS: dict[str, list[str]] = {
+    # The status rules as CHECK constraints, as before migration 0013: every statement
+    # reads them back from their stored text for each partition it writes
+    # (ExecConstraints -> stringToNode) and evaluates them on every updated row.
+    "statuschecks": [
+        "ALTER TABLE deliveries ALTER COLUMN status TYPE text",
+        "ALTER TABLE events ALTER COLUMN fanout_status TYPE text",
+        "ALTER TABLE deliveries ADD CONSTRAINT deliveries_status_check"
+        " CHECK (status IN ('pending', 'succeeded', 'failed'))",
+        "ALTER TABLE events ADD CONSTRAINT events_fanout_status_check"
+        " CHECK (fanout_status IN ('pending', 'done'))"],
+    # No status rule at all: what the domains' rules (migration 0013) still cost.
+    "nostatusrules": [
+        "ALTER DOMAIN gateway_delivery_status DROP CONSTRAINT gateway_delivery_status_check",
+        "ALTER DOMAIN gateway_fanout_status DROP CONSTRAINT gateway_fanout_status_check"],
+    # The two indexes the API reads deliveries by (by status, by endpoint).
+    "noapiindexes": ["DROP INDEX deliveries_open", "DROP INDEX deliveries_by_endpoint"],
+}
+
+
+def backend_cpu(pid: int) -> float:
+    """CPU seconds a local process has run, to the nanosecond (``schedstat``), so that
+    short slices can be timed; clock ticks where the kernel does not keep it."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return process_cpu(pid)
+
+
+async def store_batch(conn: asyncpg.Connection, name: str, batch: int, app_id: str,
+                      payload: str) -> None:
     """One commit of ``batch`` events, as the gateway or the minimal server writes it."""
-    payloads = ['{"n":1}'] * batch
+    payloads = [payload] * batch
     if name == "minimal":
         await conn.execute(minimal_server.INSERT, [uuid.uuid4() for _ in range(batch)],
                            ["app_1"] * batch, ["order.created"] * batch, payloads,
@@ -129,38 +163,67 @@ async def store_batch(conn: asyncpg.Connection, name: str, batch: int, app_id: s
                             datetime.now(UTC), [None] * batch, [None] * batch, [None] * batch)
 
 
-async def committed_ingest(pg: Postgres, batch: int, rounds: int, warmup: int) -> None:
+async def committed_ingest(pg: Postgres, args: argparse.Namespace) -> None:
     """``--committed``: what storing events costs PostgreSQL with its commit (WAL flush
-    included), ``batch`` events a statement as a group commit's batch, for the gateway's
+    included), ``--batch`` events a statement as a group commit's batch, for the gateway's
     ``insert_events`` (one endpoint subscribed) and for bench/minimal_server.py's INSERT,
-    each on a database of its own: the ratio target (a) compares, without HTTP."""
-    costs: dict[str, float] = {}
-    for name in ("minimal", "gateway"):
-        dsn = await pg.fresh_database(f"committed_{name}")
-        app_id = (await fill(dsn, 0))[0] if name == "gateway" else ""
-        conn = await asyncpg.connect(dsn)
-        try:
-            if name == "minimal":
+    each on a database of its own (and each ``--variants`` schema on one more): the ratio
+    target (a) compares, without HTTP.
+
+    The sides take turns, ``--rounds`` commits each, ``--slices`` times, and each side's
+    figure is the median of its slices: on a VM whose speed drifts over a minute (this one
+    does, by up to 2x), one long block per side compares two different machines."""
+    batch = args.batch
+    payload = '{"n":1}' if not args.payload_kb else (
+        '{"n":"' + "x" * (args.payload_kb * 1024) + '"}')
+    sides = ["minimal", "gateway"] + [f"gateway+{v}" for v in args.variants.split(",") if v]
+    conns: dict[str, tuple[asyncpg.Connection, int, str]] = {}
+    try:
+        for side in sides:
+            name = side.replace("+", "_")
+            dsn = await pg.fresh_database(f"committed_{name}")
+            app_id = (await fill(dsn, 0))[0] if side != "minimal" else ""
+            conn = await asyncpg.connect(dsn)
+            if side == "minimal":
                 await conn.execute(minimal_server.SCHEMA)
-            pid = await conn.fetchval("SELECT pg_backend_pid()")
-            for _ in range(warmup):
-                await store_batch(conn, name, batch, app_id)
-            started = process_cpu(pid)
-            for _ in range(rounds):
-                await store_batch(conn, name, batch, app_id)
-            costs[name] = (process_cpu(pid) - started) / rounds
-        finally:
+            for ddl in VARIANTS[side.split("+")[1]] if "+" in side else []:
+                await conn.execute(ddl)
+            conns[side] = (conn, await conn.fetchval("SELECT pg_backend_pid()"), app_id)
+            for _ in range(args.warmup):
+                await store_batch(conn, side, batch, app_id, payload)
+        costs: dict[str, list[float]] = {side: [] for side in sides}
+        for _ in range(args.slices):
+            for side in sides:
+                conn, pid, app_id = conns[side]
+                started = backend_cpu(pid)
+                for _ in range(args.rounds):
+                    await store_batch(conn, side, batch, app_id, payload)
+                costs[side].append((backend_cpu(pid) - started) / args.rounds)
+    finally:
+        for side, (conn, _, _) in conns.items():
             await conn.close()
-            await pg.drop_database(f"committed_{name}")
-        print(f"  {name:8s} {batch} events a commit: {costs[name] * 1e6:6.0f} µs a commit, "
-              f"{costs[name] / batch * 1e6:5.1f} µs an event (PostgreSQL CPU, {rounds} "
-              "commits)", flush=True)
-    print(f"  gateway / minimal = {costs['gateway'] / costs['minimal']:.2f}", flush=True)
+            await pg.drop_database(f"committed_{side.replace('+', '_')}")
+    floor = costs["minimal"]
+    print(f"  {batch} events a commit, {len(payload)}-byte payloads, {args.slices} slices of "
+          f"{args.rounds} commits a side (PostgreSQL CPU, median and interquartile range "
+          "of the slices; the ratio is the median of each slice's ratio to the minimal "
+          "server's slice beside it):", flush=True)
+    for side in sides:
+        median = statistics.median(costs[side])
+        low, _, high = statistics.quantiles(costs[side], n=4)
+        ratio = statistics.median(c / f for c, f in zip(costs[side], floor, strict=True))
+        print(f"  {side:22s} {median * 1e6:6.0f} µs a commit ({low * 1e6:.0f}-"
+              f"{high * 1e6:.0f}), {median / batch * 1e6:6.1f} µs an event, "
+              f"{ratio:.2f} x minimal", flush=True)
 
 
 async def main(args: argparse.Namespace, pg: Postgres) -> None:
+    unknown = set(filter(None, args.variants.split(","))) - set(VARIANTS)
+    if unknown:
+        raise SystemExit(f"unknown --variants {', '.join(sorted(unknown))}; "
+                         f"known: {', '.join(VARIANTS)}")
     if args.committed:
-        await committed_ingest(pg, args.batch, args.rounds, args.warmup)
+        await committed_ingest(pg, args)
         return
     dsn = await pg.fresh_database("statement_cost", args.days_back)
     app_id, endpoint_id = await fill(dsn, args.events)
@@ -187,7 +250,15 @@ def parser() -> argparse.ArgumentParser:
                    help="comma list of plan_cache_mode values")
     p.add_argument("--committed", action="store_true",
                    help="instead: ingest's statement committed, --batch events each, "
-                        "--rounds times, against the minimal durable server's")
+                        "against the minimal durable server's, in --slices turns of "
+                        "--rounds commits a side")
+    p.add_argument("--slices", type=int, default=20,
+                   help="--committed: turns each side takes (default 20)")
+    p.add_argument("--variants", default="",
+                   help="--committed: comma list of schema variants of the gateway's "
+                        f"side to measure beside it ({', '.join(VARIANTS)})")
+    p.add_argument("--payload-kb", type=int, default=0,
+                   help="--committed: payloads of this many KiB (default: 7 bytes)")
     return p
 
 
