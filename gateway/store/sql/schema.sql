@@ -1,12 +1,6 @@
 -- The schema the migrations make (gateway/store/schema.py writes this file;
 -- a test checks it). Partitions, made as time passes, are left out.
 
-CREATE DOMAIN gateway_delivery_status AS text;
-ALTER DOMAIN gateway_delivery_status ADD CONSTRAINT gateway_delivery_status_check CHECK ((VALUE = ANY (ARRAY['pending'::text, 'succeeded'::text, 'failed'::text]))) NOT VALID;
-
-CREATE DOMAIN gateway_fanout_status AS text;
-ALTER DOMAIN gateway_fanout_status ADD CONSTRAINT gateway_fanout_status_check CHECK ((VALUE = ANY (ARRAY['pending'::text, 'done'::text]))) NOT VALID;
-
 CREATE TABLE app_rate_windows (
     app_id text NOT NULL,
     second timestamp with time zone NOT NULL,
@@ -71,7 +65,7 @@ CREATE TABLE deliveries (
     endpoint_id text,
     device_id text,
     kind text DEFAULT 'webhook'::text NOT NULL,
-    status gateway_delivery_status DEFAULT 'pending'::text NOT NULL,
+    status text DEFAULT 'pending'::text NOT NULL,
     attempt_count integer DEFAULT 0 NOT NULL,
     schedule_pos integer DEFAULT 0 NOT NULL,
     next_attempt_at timestamp with time zone,
@@ -82,11 +76,12 @@ CREATE TABLE deliveries (
     updated_at timestamp with time zone DEFAULT now() NOT NULL
 ) PARTITION BY RANGE (id);
 ALTER TABLE deliveries ADD CONSTRAINT deliveries_pkey PRIMARY KEY (app_id, id);
+ALTER TABLE deliveries ADD CONSTRAINT deliveries_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'succeeded'::text, 'failed'::text])));
 CREATE INDEX deliveries_by_endpoint ON ONLY public.deliveries USING btree (endpoint_id, id) WHERE (endpoint_id IS NOT NULL);
 CREATE INDEX deliveries_by_event_before_0005 ON ONLY public.deliveries USING btree (event_id) WHERE (substr(id, 5, 12) <> substr(event_id, 5, 12));
-CREATE INDEX deliveries_due ON ONLY public.deliveries USING btree (next_attempt_at) WHERE ((status)::text = 'pending'::text);
-CREATE INDEX deliveries_open ON ONLY public.deliveries USING btree (app_id, status, id) WHERE ((status)::text <> 'succeeded'::text);
-CREATE INDEX deliveries_parked ON ONLY public.deliveries USING btree (endpoint_id, id) WHERE ((next_attempt_at = 'infinity'::timestamp with time zone) AND ((status)::text = 'pending'::text));
+CREATE INDEX deliveries_due ON ONLY public.deliveries USING btree (next_attempt_at) WHERE (status = 'pending'::text);
+CREATE INDEX deliveries_open ON ONLY public.deliveries USING btree (app_id, status, id) WHERE (status <> 'succeeded'::text);
+CREATE INDEX deliveries_parked ON ONLY public.deliveries USING btree (endpoint_id, id) WHERE ((next_attempt_at = 'infinity'::timestamp with time zone) AND (status = 'pending'::text));
 
 CREATE TABLE devices (
     id text NOT NULL,
@@ -174,13 +169,14 @@ CREATE TABLE events (
     push_user_ids text[],
     push_topics text[],
     notification jsonb,
-    fanout_status gateway_fanout_status,
+    fanout_status text,
     fanout_cursor text,
     traceparent text,
     tracestate text
 ) PARTITION BY RANGE (id);
+ALTER TABLE events ADD CONSTRAINT events_fanout_status_check CHECK ((fanout_status = ANY (ARRAY['pending'::text, 'done'::text])));
 ALTER TABLE events ADD CONSTRAINT events_pkey PRIMARY KEY (app_id, id);
-CREATE INDEX events_fanout_pending ON ONLY public.events USING btree (app_id, created_at) WHERE ((fanout_status)::text = 'pending'::text);
+CREATE INDEX events_fanout_pending ON ONLY public.events USING btree (app_id, created_at) WHERE (fanout_status = 'pending'::text);
 
 CREATE TABLE idempotency_keys (
     app_id text NOT NULL,
