@@ -20,15 +20,9 @@ from gateway.store.database import QUERIES
 
 
 async def describe(conn: asyncpg.Connection) -> str:
-    """Every domain, table (columns, constraints, indexes), function and view of the
-    schema."""
+    """Every table (columns, constraints, indexes), function and view of the schema."""
     parts = ["-- The schema the migrations make (gateway/store/schema.py writes this file;",
              "-- a test checks it). Partitions, made as time passes, are left out.", ""]
-    for domain in await conn.fetch(QUERIES["schema_domains"]):
-        parts.append(f"CREATE DOMAIN {domain['name']} AS {domain['base']};")
-        parts += [f"ALTER DOMAIN {domain['name']} ADD CONSTRAINT {rule};"
-                  for rule in domain["rules"]]
-        parts.append("")
     for table in await conn.fetch(QUERIES["schema_tables"]):
         columns = []
         for c in await conn.fetch(QUERIES["schema_columns"], table["oid"]):

@@ -2,15 +2,6 @@
 -- stable text that does not depend on the server's version or on pg_dump. Partitions are
 -- left out (they are made as time passes); their parent tables are in.
 
--- name: schema_domains
--- Each domain: its base type and its rules.
-SELECT t.typname AS name, format_type(t.typbasetype, t.typtypmod) AS base,
-       array(SELECT c.conname || ' ' || pg_get_constraintdef(c.oid) FROM pg_constraint c
-             WHERE c.contypid = t.oid AND c.contype <> 'n' ORDER BY c.conname) AS rules
-FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
-WHERE n.nspname = current_schema() AND t.typtype = 'd'
-ORDER BY t.typname;
-
 -- name: schema_tables
 SELECT c.oid, c.relname AS name, c.relkind = 'p' AS partitioned,
        CASE WHEN c.relkind = 'p' THEN pg_get_partkeydef(c.oid) END AS partition_key
