@@ -43,8 +43,8 @@ from gateway.store.database import (
     FANOUT_CHANNEL,
     TASKS_CHANNEL,
     Database,
-    listen_forever,
 )
+from gateway.store.listening import listen_forever
 from gateway.store.postgres import Store
 from gateway.store.postgres_queue import PostgresQueue
 from gateway.store.records import Limits
@@ -198,6 +198,7 @@ def create_app(
             batch=settings.dispatch_batch,
             lease_s=settings.effective_lease_s,
             poll_interval_s=settings.poll_interval_s,
+            claim_interval_s=settings.claim_interval_s,
             metrics=app[appkeys.METRICS],
             spans=app.get(appkeys.SPANS),
         )

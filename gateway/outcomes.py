@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.errors import RateLimited
-from gateway.store.database import OUTCOMES_CHANNEL, listen_forever
+from gateway.store.database import OUTCOMES_CHANNEL
+from gateway.store.listening import listen_forever
 
 log = logging.getLogger("gateway.stream")
 

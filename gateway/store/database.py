@@ -1,4 +1,4 @@
-"""PostgreSQL plumbing: the pool, SQL loaded by name, migrations, LISTEN, the embedded
+"""PostgreSQL plumbing: the pool, SQL loaded by name, migrations, the embedded
 server, and translation of driver errors into :class:`~gateway.errors.DatabaseUnavailable`.
 
 Only the store (this package) talks to the driver; everything above it gets records.
@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -171,46 +171,6 @@ class Database:
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.pool.close(), 5)
-
-
-async def listen_forever(
-    dsn: str,
-    channels: Mapping[str, Callable[[Any, int, str, object], None]],
-    *,
-    on_connected: Callable[[], None] = lambda: None,
-    on_lost: Callable[[], None] = lambda: None,
-) -> None:
-    """Hold one LISTEN connection for ``channels`` until cancelled, reconnecting with
-    backoff after the database goes away. ``on_connected`` runs after each (re)connect,
-    so the caller can catch up on what it may have missed while away."""
-    delay = 0.1
-    while True:
-        conn: asyncpg.Connection | None = None
-        try:
-            conn = await asyncpg.connect(dsn, timeout=5)
-            lost = asyncio.Event()
-            conn.add_termination_listener(lambda _c, lost=lost: lost.set())
-            for channel, callback in channels.items():
-                await conn.add_listener(channel, callback)
-            on_connected()
-            delay = 0.1
-            while not lost.is_set() and not conn.is_closed():
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(5):
-                        await lost.wait()
-                if not lost.is_set():
-                    await conn.execute(QUERIES["ping"])  # notice a silently dead socket
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("LISTEN %s connection lost (%s); reconnecting", ",".join(channels), exc)
-        finally:
-            on_lost()
-            if conn is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(conn.close(), 2)
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 2.0)
 
 
 async def migrate(dsn: str) -> list[int]:

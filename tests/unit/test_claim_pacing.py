@@ -1,0 +1,114 @@
+"""Claims under a steady trickle: wake-ups that come close together share one claim
+(GATEWAY_CLAIM_INTERVAL_S), a backlog is claimed without pause, and every delivery still
+goes (gateway/dispatcher.py CLAIM_INTERVAL_S)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from adapters.base import DeliveryJob, EndpointTarget, EventView, Outcome, Verdict
+from gateway.dispatcher import Dispatcher
+from gateway.retry import RetryPolicy
+from gateway.store.memory_queue import InMemoryQueue
+from gateway.store.queue import Claim, Rooms
+from gateway_client.models import DeliveryStatus
+from tests.support import eventually
+
+
+class CountingQueue(InMemoryQueue):
+    """The in-memory queue, counting claims and what each took."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.claims: list[int] = []
+
+    async def claim(self, limit: int, lease_s: float, lease_id: uuid.UUID,
+                    rooms: Rooms | None = None) -> Claim:
+        got = await super().claim(limit, lease_s, lease_id, *(() if rooms is None else (rooms,)))
+        self.claims.append(len(got))
+        return got
+
+
+class Delivered:
+    kind = "webhook"
+
+    async def send(self, job: DeliveryJob) -> Outcome:
+        return Outcome(Verdict.DELIVERED, status_code=200)
+
+    async def forget_app(self, app_id: str) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+def job(n: int) -> DeliveryJob:
+    event = EventView(f"evt_{n}", "order.created", "{}", datetime.now(UTC))
+    return DeliveryJob(f"dlv_{n:03d}", "app_1", "webhook", event,
+                       endpoint=EndpointTarget("ep_1", "http://hook/", ("s",)))
+
+
+async def trickle(claim_interval_s: float, events: int) -> CountingQueue:
+    """``events`` deliveries added one at a time, each announced by a wake-up, as ingest
+    commits announce theirs; the dispatcher's claims counted until all are delivered."""
+    queue = CountingQueue()
+    worker = Dispatcher(queue, {"webhook": Delivered()}, RetryPolicy((0.05,), jitter=0),
+                        poll_interval_s=30, claim_interval_s=claim_interval_s, lease_s=30)
+    await worker.start()
+    try:
+        await eventually(_claimed_once(queue))  # the first, empty claim at start
+        await asyncio.sleep(claim_interval_s * 1.2)  # long after it: claim at once
+        for n in range(events):
+            queue.add(job(n))
+            worker.wake()
+            await asyncio.sleep(0.002)  # the loop claims between wake-ups if it may
+
+        async def delivered() -> bool:
+            return all(e.status is DeliveryStatus.SUCCEEDED for e in queue.entries.values())
+        await eventually(delivered, timeout_s=10)
+    finally:
+        await worker.stop(1)
+    return queue
+
+
+def _claimed_once(queue: CountingQueue) -> Any:
+    async def check() -> bool:
+        return bool(queue.claims)
+    return check
+
+
+async def test_wake_ups_close_together_share_one_claim() -> None:
+    queue = await trickle(claim_interval_s=0.5, events=20)
+    # The first wake-up after a quiet claims at once; the others (40 ms) fall within the
+    # interval, and the next claim takes all they announced.
+    taken = [n for n in queue.claims if n]
+    assert taken[0] == 1 and sum(taken) == 20
+    assert len(taken) <= 3
+
+
+async def test_without_an_interval_every_wake_up_claims() -> None:
+    queue = await trickle(claim_interval_s=0.0, events=20)
+    taken = [n for n in queue.claims if n]
+    assert sum(taken) == 20
+    assert len(taken) >= 10
+
+
+async def test_a_backlog_is_claimed_without_pause() -> None:
+    """A claim that took all it asked for is followed at once by the next: 50 due with a
+    batch of 10 take 5 claims in far less than the interval."""
+    queue = CountingQueue()
+    for n in range(50):
+        queue.add(job(n))
+    worker = Dispatcher(queue, {"webhook": Delivered()}, RetryPolicy((0.05,), jitter=0),
+                        poll_interval_s=30, claim_interval_s=30.0, batch=10, lease_s=60)
+    await worker.start()
+    try:
+        async def delivered() -> bool:
+            return all(e.status is DeliveryStatus.SUCCEEDED for e in queue.entries.values())
+        await eventually(delivered, timeout_s=10)
+    finally:
+        await worker.stop(1)
+    assert queue.claims[:5] == [10] * 5
