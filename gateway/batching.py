@@ -33,8 +33,15 @@ class GroupCommit(Generic[T, R]):
     def __init__(
         self, flush: FlushFn[T, R], *, max_batch: int = 500, max_flushers: int = 2,
         name: str = "batch", fails_together: tuple[type[BaseException], ...] = (),
+        min_interval_s: float = 0.0,
     ) -> None:
+        """``min_interval_s``: a batch is taken no sooner than this after the previous one
+        was (0: at once). Where each write costs the database the same however little it
+        holds and nobody waits on it (the dispatcher's results), a trickle of items then
+        shares writes; where a caller waits on its item (ingest's answer), it stays 0."""
         self._flush = flush
+        self._min_interval_s = min_interval_s
+        self._taken_at = -min_interval_s
         self._fails_together = fails_together
         self._max_batch = max_batch
         self._max_flushers = max_flushers
@@ -63,6 +70,13 @@ class GroupCommit(Generic[T, R]):
         try:
             await asyncio.sleep(0)  # let callers of this loop tick join the first batch
             while self._queue:
+                if self._min_interval_s:
+                    loop = asyncio.get_running_loop()
+                    pause = self._taken_at + self._min_interval_s - loop.time()
+                    if pause > 0:
+                        await asyncio.sleep(pause)
+                        continue  # another flusher may have taken the queue meanwhile
+                    self._taken_at = loop.time()
                 batch = self._queue[: self._max_batch]
                 del self._queue[: self._max_batch]
                 await self._write(batch)

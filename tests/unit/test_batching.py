@@ -83,3 +83,31 @@ async def test_a_submitted_item_is_a_future_that_its_batch_settles() -> None:
     assert all(isinstance(p, asyncio.Future) for p in pending)
     assert await asyncio.gather(*pending) == [0, 2, 4]
     await batcher.close()
+
+
+async def test_with_a_minimum_interval_a_trickle_of_items_shares_one_write() -> None:
+    """The dispatcher's results: after a write, the next batch waits out the interval, so
+    items that trickle in meanwhile are written together; every item is still written."""
+    writer = Writer()
+    batcher: GroupCommit[str, str] = GroupCommit(writer.flush, min_interval_s=0.5)
+    assert await batcher.submit("first") == "FIRST"
+    answers = []
+    for n in range(9):
+        answers.append(batcher.submit(f"item{n}"))
+        await asyncio.sleep(0.002)
+    assert await asyncio.gather(*answers) == [f"ITEM{n}" for n in range(9)]
+    assert writer.batches == [["first"], [f"item{n}" for n in range(9)]]
+    await batcher.close()
+
+
+async def test_without_an_interval_a_trickle_of_items_is_written_as_it_comes() -> None:
+    writer = Writer()
+    batcher: GroupCommit[str, str] = GroupCommit(writer.flush)
+    assert await batcher.submit("first") == "FIRST"
+    answers = []
+    for n in range(9):
+        answers.append(batcher.submit(f"item{n}"))
+        await asyncio.sleep(0.002)
+    await asyncio.gather(*answers)
+    assert len(writer.batches) >= 6
+    await batcher.close()
