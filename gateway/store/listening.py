@@ -40,8 +40,6 @@ class _Subscriber:
     callbacks: dict[str, Callback]
     on_connected: Callable[[], None]
     on_lost: Callable[[], None]
-    #: Whether its callbacks are on the current connection.
-    joined: bool = False
 
 
 class _SharedListener:
@@ -60,22 +58,26 @@ class _SharedListener:
         async with self.lock:
             self.subscribers.append(sub)
             if self.conn is not None:
-                await self._join(sub)
+                try:
+                    await self._join(sub)
+                except Exception as exc:  # the connection broke: its reconnect joins sub
+                    log.warning("LISTEN %s failed (%s); joining at the reconnect",
+                                ",".join(sub.callbacks), exc)
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._hold(), name="listen")
 
     async def remove(self, sub: _Subscriber) -> None:
         with contextlib.suppress(ValueError):
             self.subscribers.remove(sub)
-        # Its callbacks off the connection (UNLISTEN where nobody else hears the channel),
-        # once a join in progress is over; a database that does not answer is not waited on.
+        # Its callbacks off the connection (UNLISTEN where nobody else hears the channel;
+        # those never added are passed over), once a join in progress is over; a database
+        # that does not answer is not waited on.
         with contextlib.suppress(Exception):
             async with asyncio.timeout(2), self.lock:
                 conn = self.conn
-                if sub.joined and conn is not None and not conn.is_closed():
+                if conn is not None and not conn.is_closed():
                     for channel, callback in sub.callbacks.items():
                         await conn.remove_listener(channel, callback)
-        sub.joined = False
         if not self.subscribers and self.task is not None:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
@@ -87,7 +89,6 @@ class _SharedListener:
         assert self.conn is not None
         for channel, callback in sub.callbacks.items():
             await self.conn.add_listener(channel, callback)
-        sub.joined = True
         sub.on_connected()
 
     async def _hold(self) -> None:
@@ -120,7 +121,6 @@ class _SharedListener:
             finally:
                 self.conn = None
                 for sub in list(self.subscribers):
-                    sub.joined = False
                     sub.on_lost()
                 if conn is not None:
                     with contextlib.suppress(Exception):

@@ -138,3 +138,18 @@ async def test_a_gateway_process_holds_one_listen_connection_for_all_its_channel
         await eventually(one, timeout_s=5)
         await asyncio.sleep(0.3)  # nobody opens another one later
         assert len(await listen_backends(conn)) == 1
+
+
+async def test_a_caller_cancelled_while_it_joins_leaves_nothing_behind(dsn: str) -> None:
+    a, b = Heard(), Heard()
+    async with observer(dsn) as conn, listening(dsn, a, "test_join"):
+        await until(lambda: a.connected == 1)
+        for steps in range(5):  # cancelled at once, and after each step of its join
+            async with listening(dsn, b, "test_join", "test_gone"):
+                for _ in range(steps):
+                    await asyncio.sleep(0)
+        await conn.execute("SELECT pg_notify('test_gone', 'x')")
+        await conn.execute("SELECT pg_notify('test_join', 'y')")
+        await until(lambda: a.payloads == [("test_join", "y")])
+        assert b.payloads == []
+        assert len(await listen_backends(conn)) == 1
