@@ -295,12 +295,12 @@ class Dispatcher:
                 continue
             # Deliveries held back for a rate limit were booked out of the way: what was
             # due behind them can be claimed at once.
-            await self._idle(claimed=len(jobs) + jobs.held_back)
-            woken = True
+            woken = await self._idle(claimed=len(jobs) + jobs.held_back)
 
-    async def _idle(self, claimed: int) -> None:
+    async def _idle(self, claimed: int) -> bool:
         """Wait for due work, a wake-up or, when what is due is held back by full rooms
-        (or by another claimer's lock), for one of our deliveries to finish."""
+        (or by another claimer's lock), for one of our deliveries to finish; False when
+        due work can be claimed at once (no wait: the next claim is not paced)."""
         timeout = self.poll_interval_s
         with contextlib.suppress(DatabaseUnavailable):
             due = await self.queue.next_due_at()
@@ -309,7 +309,7 @@ class Dispatcher:
                 timeout = max(0.0, min(timeout, until))
         if timeout <= 0:
             if claimed:
-                return
+                return False
             # Due work this claim could not take: its rooms are full, or another claimer
             # holds it. Asking again at once would spin against the database.
             timeout = self.poll_interval_s if self._sending else min(0.05,
@@ -321,6 +321,7 @@ class Dispatcher:
         finally:
             for waiter in waits:
                 waiter.cancel()
+        return True
 
     async def _gather(self, finished: int) -> None:
         """Due work waits for room our own deliveries hold: wait for some of them to

@@ -31,6 +31,8 @@ log = logging.getLogger("gateway.db")
 Callback = Callable[[Any, int, str, object], None]
 #: How often a quiet connection is checked (a silently dead socket is noticed).
 PING_S = 5.0
+#: Longest a LISTEN, UNLISTEN or ping may take before the connection is given up.
+JOIN_TIMEOUT_S = 10.0
 #: The connection's application_name, so that pg_stat_activity tells it apart.
 APPLICATION_NAME = "gateway-listen"
 
@@ -40,6 +42,8 @@ class _Subscriber:
     callbacks: dict[str, Callback]
     on_connected: Callable[[], None]
     on_lost: Callable[[], None]
+    #: The connection its callbacks were last put on.
+    joined: object = None
 
 
 class _SharedListener:
@@ -55,33 +59,57 @@ class _SharedListener:
         self.lock = asyncio.Lock()
 
     async def add(self, sub: _Subscriber) -> None:
-        async with self.lock:
-            self.subscribers.append(sub)
-            if self.conn is not None:
-                try:
-                    await self._join(sub)
-                except Exception as exc:  # the connection broke: its reconnect joins sub
-                    log.warning("LISTEN %s failed (%s); joining at the reconnect",
-                                ",".join(sub.callbacks), exc)
+        self.subscribers.append(sub)
         if self.task is None or self.task.done():
+            # A new connection joins every caller, this one included.
             self.task = asyncio.create_task(self._hold(), name="listen")
+            return
+        # Shielded, as is the leaving: a caller cancelled while its LISTEN is in flight
+        # does not cut the query short (asyncpg would cancel it on the server, and its
+        # older versions leave such a connection unusable and open).
+        await asyncio.shield(self._join_live(sub))
+
+    async def _join_live(self, sub: _Subscriber) -> None:
+        async with self.lock:
+            conn = self.conn
+            if conn is None or sub not in self.subscribers or sub.joined is conn:
+                return  # the next connection joins it; it left; or it is joined
+            try:
+                async with asyncio.timeout(JOIN_TIMEOUT_S):
+                    await self._join(sub)
+            except Exception as exc:
+                # Whatever failed, the reconnect joins it: make sure there is one.
+                log.warning("LISTEN %s failed (%s); reconnecting",
+                            ",".join(sub.callbacks), exc)
+                with contextlib.suppress(Exception):
+                    conn.terminate()
 
     async def remove(self, sub: _Subscriber) -> None:
         with contextlib.suppress(ValueError):
             self.subscribers.remove(sub)
-        # Its callbacks off the connection (UNLISTEN where nobody else hears the channel;
-        # those never added are passed over), once a join in progress is over; a database
-        # that does not answer is not waited on.
+        try:
+            await asyncio.shield(self._unlisten(sub))
+        finally:
+            # Whatever happened there, the last caller to leave ends the connection.
+            if not self.subscribers and self.task is not None:
+                # Forgotten first: a caller joining meanwhile starts a connection of its
+                # own.
+                task, self.task = self.task, None
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    async def _unlisten(self, sub: _Subscriber) -> None:
+        """``sub``'s callbacks off the connection (UNLISTEN where nobody else hears the
+        channel; those never added are passed over), once a join in progress is over; a
+        database that does not answer is not waited on."""
         with contextlib.suppress(Exception):
             async with asyncio.timeout(2), self.lock:
                 conn = self.conn
+                if not self.subscribers:
+                    self.conn = None  # given up: nobody joins it while it closes
                 if conn is not None and not conn.is_closed():
                     for channel, callback in sub.callbacks.items():
                         await conn.remove_listener(channel, callback)
-        if not self.subscribers and self.task is not None:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
-            self.task = None
 
     async def _join(self, sub: _Subscriber) -> None:
         """Put ``sub``'s callbacks on the connection (LISTEN where it is the first), then
@@ -89,7 +117,8 @@ class _SharedListener:
         assert self.conn is not None
         for channel, callback in sub.callbacks.items():
             await self.conn.add_listener(channel, callback)
-        sub.on_connected()
+        sub.joined = self.conn
+        _tell(sub.on_connected)
 
     async def _hold(self) -> None:
         delay = 0.1
@@ -100,7 +129,7 @@ class _SharedListener:
                     self.dsn, timeout=5, server_settings={"application_name": APPLICATION_NAME})
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
-                async with self.lock:
+                async with self.lock, asyncio.timeout(JOIN_TIMEOUT_S):
                     self.conn = conn
                     for sub in list(self.subscribers):
                         if sub in self.subscribers:  # not gone while another joined
@@ -111,7 +140,10 @@ class _SharedListener:
                         async with asyncio.timeout(PING_S):
                             await lost.wait()
                     if not lost.is_set():
-                        await conn.execute(QUERIES["ping"])  # notice a silently dead socket
+                        # Under the lock: one operation at a time on a connection, and a
+                        # LISTEN of a joining caller is one.
+                        async with self.lock, asyncio.timeout(JOIN_TIMEOUT_S):
+                            await conn.execute(QUERIES["ping"])  # a silently dead socket
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -119,12 +151,18 @@ class _SharedListener:
                 log.warning("LISTEN %s connection lost (%s); reconnecting",
                             ",".join(channels), exc)
             finally:
-                self.conn = None
+                if self.conn is conn:
+                    self.conn = None
                 for sub in list(self.subscribers):
-                    sub.on_lost()
+                    _tell(sub.on_lost)
                 if conn is not None:
-                    with contextlib.suppress(Exception):
+                    try:
                         await asyncio.wait_for(conn.close(), 2)
+                    except asyncio.CancelledError:
+                        conn.terminate()
+                        raise
+                    except Exception:  # a connection left mid-operation: cut it
+                        conn.terminate()
             if self.subscribers:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
@@ -156,8 +194,19 @@ async def listen_forever(
         await listener.add(sub)
         await asyncio.get_running_loop().create_future()  # until cancelled
     finally:
-        await listener.remove(sub)
-        on_lost()
+        try:
+            await listener.remove(sub)
+        finally:
+            _tell(on_lost)
+
+
+def _tell(hook: Callable[[], None]) -> None:
+    """Run a caller's on_connected or on_lost: its failure is its own, not the
+    connection's nor the other callers'."""
+    try:
+        hook()
+    except Exception:
+        log.exception("a LISTEN caller's hook failed")
 
 
 def _own(callback: Callback) -> Callback:

@@ -10,7 +10,10 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
+import pytest
 
+from gateway.store import listening as listening_module
+from gateway.store.database import QUERIES
 from gateway.store.listening import APPLICATION_NAME, listen_forever
 from tests.support import Api, eventually
 
@@ -153,3 +156,40 @@ async def test_a_caller_cancelled_while_it_joins_leaves_nothing_behind(dsn: str)
         await until(lambda: a.payloads == [("test_join", "y")])
         assert b.payloads == []
         assert len(await listen_backends(conn)) == 1
+
+
+async def test_a_caller_that_joins_as_the_last_one_leaves_still_hears(dsn: str) -> None:
+    a, b = Heard(), Heard()
+    async with observer(dsn) as conn:
+        first = asyncio.create_task(listen_forever(dsn, {"test_handover": a.callback},
+                                                   on_connected=a.on_connected))
+        await until(lambda: a.connected == 1)
+        first.cancel()  # the connection is being given up...
+        async with listening(dsn, b, "test_handover"):  # ...as another caller joins
+            await asyncio.gather(first, return_exceptions=True)
+            await until(lambda: b.connected >= 1)
+            await conn.execute("SELECT pg_notify('test_handover', 'z')")
+            await until(lambda: b.payloads == [("test_handover", "z")])
+
+            async def one() -> bool:  # the connection given up is gone soon after
+                return len(await listen_backends(conn)) == 1
+            await eventually(one, timeout_s=5)
+        assert a.payloads == []
+
+
+async def test_a_caller_that_joins_during_a_ping_is_served(
+        dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The connection's ping and a joining caller's LISTEN take turns (asyncpg runs one
+    operation at a time on a connection): the joiner neither fails nor waits for a
+    reconnect that never comes."""
+    monkeypatch.setattr(listening_module, "PING_S", 0.05)
+    monkeypatch.setitem(QUERIES, "ping", "SELECT pg_sleep(0.3)")
+    a, b = Heard(), Heard()
+    async with observer(dsn) as conn, listening(dsn, a, "test_ping_a"):
+        await until(lambda: a.connected == 1)
+        await asyncio.sleep(0.1)  # a ping is in flight now
+        async with listening(dsn, b, "test_ping_b"):
+            await until(lambda: b.connected == 1)
+            await conn.execute("SELECT pg_notify('test_ping_b', 'p')")
+            await until(lambda: b.payloads == [("test_ping_b", "p")])
+        assert a.lost == 0  # the connection was never given up
