@@ -139,6 +139,14 @@ def tree_cpu(pid: int) -> float | None:
     return total
 
 
+def process_tree(pid: int) -> list[int]:
+    """A process and its live descendants (a server's postmaster and its backends)."""
+    try:
+        return [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return [pid]
+
+
 #: A PostgreSQL process's title after "postgres: " -> the role it is counted under.
 _PG_ROLES = {"walwriter": "walwriter", "checkpointer": "checkpointer",
              "background writer": "bgwriter", "autovacuum launcher": "autovacuum",

@@ -23,17 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import psutil  # type: ignore[import-untyped, unused-ignore]
-from common import Postgres
+from common import Postgres, process_tree
 from statement_cost import backend_cpu, fill, store_batch
 
 
 def server_cpu(postmaster: int) -> float:
     """CPU seconds of the server's live processes (a listener's backend among them)."""
-    total = backend_cpu(postmaster)
-    for child in psutil.Process(postmaster).children(recursive=True):
-        total += backend_cpu(child.pid)
-    return total
+    return sum(backend_cpu(pid) for pid in process_tree(postmaster))
 
 
 def _ignore(*_: Any) -> None:

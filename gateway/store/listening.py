@@ -2,8 +2,9 @@
 
 PostgreSQL wakes every backend that LISTENs in a database on each NOTIFY there, whatever
 channels it listens to, and each woken backend runs a transaction to read the
-notification queue: about 20-30 µs of the database's CPU per listening connection per
-notifying commit (bench/README.md, "LISTEN: one connection per process"). Ingest notifies
+notification queue: about 10-20 µs of the database's CPU per listening connection per
+notifying commit (bench/notify_cost.py; bench/README.md, "LISTEN connections, claims
+under a trickle, and events per commit"). Ingest notifies
 on every group commit and the dispatcher on every batch of results, so a process that held
 one connection per channel (deliveries, push fan-out, tasks, app changes, the live tail:
 five) made every such commit cost the database five wake-ups per process. Here every
