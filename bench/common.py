@@ -147,6 +147,29 @@ def process_tree(pid: int) -> list[int]:
         return [pid]
 
 
+def waited(pid: int) -> float | None:
+    """Seconds the live threads of a process spent ready to run but waiting for a core
+    (the scheduler's run-queue delay, ``/proc/<pid>/task/*/schedstat``): CPU time it
+    wanted and the machine had no core free for. None where the kernel does not say."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    total = 0
+    for tid in tids:
+        with (contextlib.suppress(OSError, IndexError, ValueError),
+              open(f"/proc/{pid}/task/{tid}/schedstat") as f):
+            total += int(f.read().split()[1])
+    return total / 1e9
+
+
+def tree_waited(pid: int) -> float | None:
+    """:func:`waited` of a process and its live descendants (a server's backends)."""
+    values = [waited(p) for p in process_tree(pid)]
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None
+
+
 #: A PostgreSQL process's title after "postgres: " -> the role it is counted under.
 _PG_ROLES = {"walwriter": "walwriter", "checkpointer": "checkpointer",
              "background writer": "bgwriter", "autovacuum launcher": "autovacuum",
@@ -225,6 +248,10 @@ class Postgres:
 
     def cpu(self) -> float | None:
         return None if self.postmaster_pid is None else tree_cpu(self.postmaster_pid)
+
+    def waited(self) -> float | None:
+        """Seconds the server's processes spent waiting for a core (:func:`waited`)."""
+        return None if self.postmaster_pid is None else tree_waited(self.postmaster_pid)
 
     def cpu_by_role(self) -> dict[str, float]:
         return {} if self.postmaster_pid is None else pg_cpu_by_role(self.postmaster_pid)

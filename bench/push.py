@@ -71,7 +71,7 @@ import asyncpg
 import httpx
 import psutil  # type: ignore[import-untyped, unused-ignore]
 from aiohttp import web
-from common import Postgres, Procs, own_cpu
+from common import Postgres, Procs, own_cpu, waited
 
 T = TypeVar("T")
 
@@ -480,8 +480,14 @@ CpuSource = Callable[[], float | None]
 def cpu_of(pid: int) -> CpuSource:
     return lambda: own_cpu(pid)
 
+
+def wait_of(pid: int) -> CpuSource:
+    return lambda: waited(pid)
+
 #: The machine's busy CPU seconds (all cores), sampled beside the processes.
 MACHINE = "machine"
+#: A sample's key for a process's time waiting for a core: this prefix and its name.
+WAITING = "waiting:"
 
 
 def machine_busy() -> float:
@@ -496,8 +502,11 @@ class CpuSampler:
     be read afterwards: each rate gets the CPU of its own window (its start to its last
     arrival), not of the phase around it (set-up, building requests, waiting)."""
 
-    def __init__(self, sources: dict[str, CpuSource]) -> None:
+    def __init__(self, sources: dict[str, CpuSource],
+                 waits: dict[str, CpuSource] | None = None) -> None:
         self.sources = sources
+        #: Per process, seconds spent ready to run but waiting for a core (common.waited).
+        self.waits = waits or {}
         self.times: list[float] = []
         self.samples: list[dict[str, float | None]] = []
         self._task: asyncio.Task[None] | None = None
@@ -505,6 +514,7 @@ class CpuSampler:
     def sample(self) -> None:
         values: dict[str, float | None] = {name: fn() for name, fn in self.sources.items()}
         values[MACHINE] = machine_busy()
+        values.update({WAITING + name: fn() for name, fn in self.waits.items()})
         self.times.append(time.time())
         self.samples.append(values)
 
@@ -553,11 +563,19 @@ class CpuSampler:
         cores: dict[str, float | None] = {
             name: None if v is None else round(v / wall, 2) for name, v in cpu.items()}
         cores["other processes"] = round(other / wall, 2)
+        waiting: dict[str, float] = {}
+        for name in self.waits:
+            a, b = self.at(WAITING + name, t0), self.at(WAITING + name, t1)
+            if a is not None and b is not None:
+                waiting[name] = round(max(0.0, b - a) / wall, 2)
         return {
             "wall_s": round(wall, 3),
             "cpu_s": {name: r(v, 2) for name, v in cpu.items()} | {"other processes":
                                                                    round(other, 2)},
             "cores": cores,
+            # Ready to run but no core free, as a share of the window: CPU each process
+            # wanted beyond what it got (0 when the machine had a core to spare).
+            "waiting_for_core": waiting,
             "busy_machine": other / wall > BUSY_OTHER_CORES,
             "fake_near_limit": [name for name in ("fake-apns", "fake-fcm")
                                 if (cores.get(name) or 0.0) >= FAKE_LIMIT_CORES],
@@ -681,6 +699,10 @@ class Bench:
         sources = {f"fake-{kind}": cpu_of(proc.pid) for kind, proc in self.fakes.items()}
         return {**sources, "postgres": self.pg.cpu, "bench": cpu_of(os.getpid())}
 
+    def wait_sources(self) -> dict[str, CpuSource]:
+        sources = {f"fake-{kind}": wait_of(proc.pid) for kind, proc in self.fakes.items()}
+        return {**sources, "postgres": self.pg.waited}
+
     # --- the gateway ---------------------------------------------------------------------
 
     def gateway_env(self, dsn: str, admin_key: str) -> dict[str, str]:
@@ -789,7 +811,8 @@ class Bench:
         await self.clear()
         want = {p: len(expect[p]) for p in PROVIDERS}
         profiler = await self.start_profiler(gw.pid) if profile else None
-        async with CpuSampler({"gateway": cpu_of(gw.pid), **self.cpu_sources()}) as cpu:
+        async with CpuSampler({"gateway": cpu_of(gw.pid), **self.cpu_sources()},
+                              {"gateway": wait_of(gw.pid), **self.wait_sources()}) as cpu:
             t_post = time.time()
             status, accepted = await self.call("POST", base + "/v1/events", key, {
                 "type": "promo", "payload": {}, "topics": [topic],
@@ -888,7 +911,7 @@ class Bench:
                str(self.args.concurrency), "--apns-client", apns_client,
                "--fcm-client", fcm_client, "--apns-connections",
                str(self.args.apns_connections), "--loop", self.args.client_loop]
-        async with CpuSampler(self.cpu_sources()) as cpu:
+        async with CpuSampler(self.cpu_sources(), self.wait_sources()) as cpu:
             child, whole = await asyncio.to_thread(run_to_end, self.procs, name, cmd,
                                                    120 + n / 20, self.child_env)
         stats = await self.stats()
@@ -921,7 +944,7 @@ class Bench:
         await self.clear()
         cmd = [sys.executable, SCRIPT, "role-pyfcm", "--info",
                str(self.info_file), "--n", str(n), "--timeout", str(self.args.pyfcm_timeout)]
-        async with CpuSampler(self.cpu_sources()) as cpu:
+        async with CpuSampler(self.cpu_sources(), self.wait_sources()) as cpu:
             child, whole = await asyncio.to_thread(run_to_end, self.procs, "pyfcm", cmd,
                                                    300 + n / 10, self.child_env)
         got = (await self.stats())["fcm"]
@@ -1166,6 +1189,9 @@ def fmt_cpu(cpu: dict[str, Any] | None) -> str:
     parts = [f"{name} {value:.2f}" for name, value in cpu["cores"].items()
              if value is not None]
     text = f"CPU (cores over {cpu['wall_s']:.2f} s): " + ", ".join(parts)
+    waiting = cpu.get("waiting_for_core") or {}
+    if waiting:
+        text += "; waiting for a core: " + ", ".join(f"{k} {v:.2f}" for k, v in waiting.items())
     if cpu["busy_machine"]:
         text += "  [BUSY MACHINE]"
     for name in cpu["fake_near_limit"]:
@@ -1274,7 +1300,10 @@ def print_summary(results: dict[str, Any]) -> None:
         cpu = got.get("cpu")
         if cpu:
             cores = ", ".join(f"{k} {v:.2f}" for k, v in cpu["cores"].items() if v)
-            print(f"  {label:22} {got.get('rate') or '-':>9} /s  cores: {cores}")
+            waiting = ", ".join(f"{k} {v:.2f}" for k, v in
+                                (cpu.get("waiting_for_core") or {}).items() if v)
+            print(f"  {label:22} {got.get('rate') or '-':>9} /s  cores: {cores}"
+                  + (f"; waiting for a core: {waiting}" if waiting else ""))
     if ck["fake_near_limit"]:
         print(f"a fake was near a full core in: {ck['fake_near_limit']}")
     else:

@@ -45,7 +45,7 @@ import aiohttp
 import asyncpg
 import psutil  # type: ignore[import-untyped, unused-ignore]
 from aiohttp import web
-from common import Postgres, Procs, own_cpu, tree_cpu
+from common import Postgres, Procs, own_cpu, tree_cpu, tree_waited, waited
 
 T = TypeVar("T")
 
@@ -133,6 +133,12 @@ class BenchError(RuntimeError):
 
 def sum_cpu(pids: list[int]) -> float | None:
     values = [own_cpu(pid) for pid in pids]
+    return None if None in values else sum(v or 0.0 for v in values)
+
+
+def sum_waited(pids: list[int]) -> float | None:
+    """Seconds these processes spent ready to run with no core free (common.waited)."""
+    values = [waited(pid) for pid in pids]
     return None if None in values else sum(v or 0.0 for v in values)
 
 
@@ -344,15 +350,21 @@ class CpuMeter:
     #: (other CPU s, wall s) of every window measured in this process.
     windows: ClassVar[list[tuple[float, float]]] = []
 
-    def __init__(self, sources: dict[str, CpuSource]) -> None:
+    def __init__(self, sources: dict[str, CpuSource],
+                 waits: dict[str, CpuSource] | None = None) -> None:
         self.sources = sources
+        #: Per process, seconds spent ready to run but waiting for a core (common.waited):
+        #: CPU it wanted beyond what it got.
+        self.waits = waits or {}
         self.before: dict[str, float | None] = {}
+        self.waits_before: dict[str, float | None] = {}
         self.t0 = 0.0
         self.machine0 = (0.0, 0.0, 0.0)
         self.self0: float | None = None
 
     def start(self) -> None:
         self.before = {name: fn() for name, fn in self.sources.items()}
+        self.waits_before = {name: fn() for name, fn in self.waits.items()}
         self.self0 = own_cpu(os.getpid())
         self.machine0 = machine_cpu()
         self.t0 = time.monotonic()
@@ -366,6 +378,11 @@ class CpuMeter:
             cpu[name] = None if after is None or before is None else round(after - before, 2)
         for name, value in (extra or {}).items():
             cpu[name] = round(value, 2)
+        waiting: dict[str, float] = {}
+        for name, fn in self.waits.items():
+            after, before = fn(), self.waits_before.get(name)
+            if after is not None and before is not None:
+                waiting[name] = round(max(0.0, after - before), 2)
         accounted = sum(v for v in cpu.values() if v is not None)
         self_now = own_cpu(os.getpid())
         if "loadgen(bench)" not in cpu and self_now is not None and self.self0 is not None:
@@ -377,7 +394,8 @@ class CpuMeter:
         other_raw = busy - self.machine0[0] - accounted
         other = max(0.0, other_raw)
         CpuMeter.windows.append((other, wall))
-        return {"wall_s": round(wall, 2), "cpu_s": cpu, "other_cpu_s": round(other, 2),
+        return {"wall_s": round(wall, 2), "cpu_s": cpu, "waiting_s": waiting,
+                "other_cpu_s": round(other, 2),
                 "other_raw_cpu_s": round(other_raw, 2),
                 "irq_s": round(irq - self.machine0[1], 2),
                 "steal_s": round(steal - self.machine0[2], 2)}
@@ -538,12 +556,13 @@ class Bench:
 
     async def measure(self, name: str, url: str, auth: str | None,
                       sources: dict[str, CpuSource], *, profile_pid: int | None = None,
-                      dsn: str | None = None) -> dict[str, Any]:
+                      dsn: str | None = None,
+                      waits: dict[str, CpuSource] | None = None) -> dict[str, Any]:
         """Warm up, then load ``url`` for ``--duration`` with CPU measured per process
         (with ``dsn``: also PostgreSQL's CPU by role and the WAL it wrote)."""
         a = self.args
         await self.load(f"{name}-warmup", url, a.warmup, auth)
-        meter = CpuMeter(sources)
+        meter = CpuMeter(sources, waits)
         spy = self.profile_start(name, profile_pid, a.duration) if profile_pid else None
         counters0 = counters1 = None
         if dsn:
@@ -596,7 +615,8 @@ class Bench:
             sources: dict[str, CpuSource] = {
                 "server": functools.partial(sum_cpu, [p.pid for p in procs])}
             return await self.measure(f"raw-{loop}-x{count}", f"http://{HOST}:{port}/v1/events",
-                                      None, sources)
+                                      None, sources, waits={"server": functools.partial(
+                                          sum_waited, [p.pid for p in procs])})
         finally:
             for proc in procs:
                 await self.stop_proc(proc)
@@ -612,7 +632,8 @@ class Bench:
             await self.wait_ready(f"http://{HOST}:{port}/readyz", proc)
             return await self.measure(
                 "minimal-durable", f"http://{HOST}:{port}/v1/events", None,
-                {"server": lambda: own_cpu(proc.pid), "postgres": self.pg.cpu}, dsn=dsn)
+                {"server": lambda: own_cpu(proc.pid), "postgres": self.pg.cpu}, dsn=dsn,
+                waits={"server": lambda: waited(proc.pid), "postgres": self.pg.waited})
         finally:
             await self.stop_proc(proc)
             await self.pg.drop_database(db)
@@ -633,7 +654,8 @@ class Bench:
             out = await self.measure(
                 f"ingest-x{workers}", f"{base}/v1/events", key,
                 {"gateway": lambda: tree_cpu(gw.pid), "postgres": self.pg.cpu},
-                profile_pid=gw.pid if workers == 1 and profile else None, dsn=dsn)
+                profile_pid=gw.pid if workers == 1 and profile else None, dsn=dsn,
+                waits={"gateway": lambda: tree_waited(gw.pid), "postgres": self.pg.waited})
             if workers > 1:
                 out["per_worker_cpu_s"] = worker_cpu(gw.pid)
         finally:
@@ -837,7 +859,10 @@ class Bench:
                     return None if None in values else sum(v or 0.0 for v in values)
 
                 meter = CpuMeter({"gateway": gateway_cpu, "postgres": self.pg.cpu,
-                                  "receiver": lambda: own_cpu(recv_pid)})
+                                  "receiver": lambda: own_cpu(recv_pid)},
+                                 {"gateway": lambda: sum_waited([p.pid for p in disps]),
+                                  "postgres": self.pg.waited,
+                                  "receiver": lambda: waited(recv_pid)})
                 startup_cpu = None
                 deadline = time.monotonic() + max(60.0, n / 100)
                 st: dict[str, Any] = {"unique": 0, "total": 0}
@@ -894,7 +919,9 @@ class Bench:
                 await control.post(f"{recv_base}/reset")
                 meter = CpuMeter({"gateway": lambda: own_cpu(gw.pid), "postgres": self.pg.cpu,
                                   "loadgen(bench)": lambda: own_cpu(os.getpid()),
-                                  "receiver": lambda: own_cpu(recv_pid)})
+                                  "receiver": lambda: own_cpu(recv_pid)},
+                                 {"gateway": lambda: waited(gw.pid), "postgres": self.pg.waited,
+                                  "receiver": lambda: waited(recv_pid)})
                 spy = self.profile_start("latency", gw.pid, a.latency_duration)
                 meter.start()
                 sent = await paced(url, key, rate, a.latency_duration)
@@ -1139,7 +1166,13 @@ def fmt_cpu(window: dict[str, Any]) -> str:
     other = window.get("other_cpu_s")
     if other is not None:
         parts.append(f"other {other:.1f}s" + (" (BUSY MACHINE)" if other > 0.15 * wall else ""))
-    return f"[CPU over {wall:.1f} s: " + ", ".join(parts) + "]"
+    text = f"[CPU over {wall:.1f} s: " + ", ".join(parts) + "]"
+    waiting = window.get("waiting_s") or {}
+    if waiting and wall > 0:
+        text += (" [waiting for a core: "
+                 + ", ".join(f"{name} {sec:.1f}s ({100 * sec / wall:.0f}%)"
+                             for name, sec in waiting.items()) + "]")
+    return text
 
 
 def summarize_profile(path: Path, top: int = 15) -> dict[str, Any]:

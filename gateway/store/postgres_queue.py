@@ -84,11 +84,14 @@ class PostgresQueue:
                     rooms: Rooms = UNLIMITED) -> Claim:
         jobs: list[Job] = []
         held_back = waiting = 0
+        #: What this claim's rows share (a fan-out's rows carry one event's notification
+        #: and one app's credentials each), read once per claim.
+        shared: dict[tuple[str, ...], Any] = {}
         for _ in range(CLAIM_ROUNDS):
             want = limit - len(jobs)
             rows = await self.db.fetch(
                 "claim_due", *claim_params(want, lease_s, lease_id, rooms, self.rate_margin_s))
-            taken = [self._job(row, lease_id) for row in rows if row["id"] is not None]
+            taken = [self._job(row, lease_id, shared) for row in rows if row["id"] is not None]
             jobs += taken
             held_back += rows[0]["held_back"]
             waiting = rows[0]["waiting"]
@@ -99,9 +102,12 @@ class PostgresQueue:
             rooms = rooms.less(taken)
         return Claim(jobs, held_back=held_back, waiting=waiting)
 
-    def _job(self, row: asyncpg.Record, lease_id: uuid.UUID) -> Job:
+    def _job(self, row: asyncpg.Record, lease_id: uuid.UUID,
+             shared: dict[tuple[str, ...], Any]) -> Job:
         """A claimed row as the adapters take it: its secrets opened only now, when used.
-        A secret that does not open makes that one job unsendable, never the claim."""
+        A secret that does not open makes that one job unsendable, never the claim.
+        ``shared``: the credentials and notifications this claim has read already, by app,
+        provider and stored text (jobs share them; nothing changes them)."""
         endpoint = device = None
         credentials = None
         unsendable = None
@@ -115,8 +121,11 @@ class PostgresQueue:
                                           open_headers(self.sealer, row["endpoint_id"],
                                                        row["headers"]))
             if row["credentials"]:
-                credentials = open_credentials(self.sealer, row["app_id"], row["kind"],
-                                               json.loads(row["credentials"]))
+                key = ("credentials", row["app_id"], row["kind"], row["credentials"])
+                credentials = shared.get(key)
+                if credentials is None:
+                    credentials = shared[key] = open_credentials(
+                        self.sealer, row["app_id"], row["kind"], json.loads(row["credentials"]))
         except SecretUnreadable as exc:
             unsendable = exc.message
         if row["device_id"] is not None and row["device_token"] is not None:
@@ -126,7 +135,7 @@ class PostgresQueue:
             event=EventView(row["event_id"], row["event_type"], row["payload"],
                             row["event_created_at"], row["traceparent"], row["tracestate"]),
             endpoint=endpoint, device=device,
-            notification=json.loads(row["notification"]) if row["notification"] else None,
+            notification=_notification(row["notification"], shared),
             credentials=credentials, attempt=row["attempt_count"] + 1,
         )
         return Job(delivery, lease_id, row["schedule_pos"],
@@ -200,6 +209,18 @@ class PostgresQueue:
                                devices[-1]["id"] if devices else None, len(devices) < batch,
                                event["app_id"])
         return len(devices)
+
+
+def _notification(stored: str | None, shared: dict[tuple[str, ...], Any]
+                  ) -> dict[str, Any] | None:
+    """An event's notification, read once per claim (see PostgresQueue._job)."""
+    if not stored:
+        return None
+    key = ("notification", stored)
+    found = shared.get(key)
+    if found is None:
+        found = shared[key] = json.loads(stored)
+    return found  # type: ignore[no-any-return]
 
 
 def claim_params(limit: int, lease_s: float, lease_id: uuid.UUID, rooms: Rooms,

@@ -571,6 +571,38 @@ async def test_a_claim_locks_each_row_it_takes_by_its_key_not_by_walking_the_due
         await db.close()
 
 
+async def test_a_claim_reads_only_its_window_of_due_rows_when_all_share_one_due_time(
+        dsn: str) -> None:
+    """A fan-out batch's deliveries (1,000) are due at one time: the claim's walk of the
+    due index stops after its window, and does not read every row of that time to order
+    them by id as well."""
+    db = await Database.connect(dsn, max_size=4)
+    try:
+        store = Store(db)
+        app = await store.create_app("one")
+        await store.create_endpoint(app.id, "http://127.0.0.1:9/", "", ["order.created"])
+        for _ in range(4):
+            await store.write_events([EventDraft(app.id, "order.created", "{}")
+                                      for _ in range(250)])
+        await db.pool.execute("UPDATE deliveries SET next_attempt_at = now() - interval '1 s'")
+        await db.pool.execute("ANALYZE deliveries")
+        params = claim_params(8, 30, uuid.uuid4(), Rooms(endpoint=64))
+        window = params[11]
+        async with db.transaction() as conn:
+            # (EXPLAIN ANALYZE runs the claim: it takes 8.)
+            (plan,) = json.loads(await conn.fetchval(
+                f"EXPLAIN (ANALYZE, FORMAT JSON) {QUERIES['claim_due']}", *params))
+            candidates = _cte(plan["Plan"], "candidates")
+            assert candidates is not None
+            read = sum(n["Actual Rows"] * n["Actual Loops"] for n in _nodes_under(candidates)
+                       if n.get("Relation Name", "").startswith("deliveries"))
+            assert 0 < read <= window + 1, read
+        taken = await PostgresQueue(db).claim(8, 30, uuid.uuid4(), Rooms(endpoint=64))
+        assert len(taken) == 8
+    finally:
+        await db.close()
+
+
 async def test_delivered_attempts_reach_the_live_tail_as_before_in_notifications_under_its_limit(
         dsn: str) -> None:
     """Delivered attempts are settled by one statement (settle_delivered) that writes the
