@@ -112,3 +112,46 @@ async def test_a_backlog_is_claimed_without_pause() -> None:
     finally:
         await worker.stop(1)
     assert queue.claims[:5] == [10] * 5
+
+
+class BooksAllItSees(CountingQueue):
+    """Its first claim takes nothing and books three deliveries for an endpoint's rate
+    limit, while other due work waits behind them (claim_due's window full of one
+    rate-limited endpoint's deliveries); from then on, the in-memory queue."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.booked = False
+        self.told_due = False
+
+    async def claim(self, limit: int, lease_s: float, lease_id: uuid.UUID,
+                    rooms: Rooms | None = None) -> Claim:
+        if not self.booked:
+            self.booked = True
+            self.claims.append(0)
+            return Claim([], held_back=3, waiting=0)
+        return await super().claim(limit, lease_s, lease_id, rooms)
+
+    async def next_due_at(self) -> datetime | None:
+        if self.booked and not self.told_due:
+            self.told_due = True
+            return datetime.now(UTC)  # what waits behind the booked ones is due now
+        return await super().next_due_at()
+
+
+async def test_due_work_behind_deliveries_booked_for_a_rate_limit_is_claimed_at_once() -> None:
+    """A claim that only booked deliveries for later leaves what is due behind them to the
+    next claim, which goes at once: no wake-up is waited for, so no claim interval."""
+    queue = BooksAllItSees()
+    for n in range(5):
+        queue.add(job(n))
+    worker = Dispatcher(queue, {"webhook": Delivered()}, RetryPolicy((0.05,), jitter=0),
+                        poll_interval_s=30, claim_interval_s=30.0, lease_s=60)
+    await worker.start()
+    try:
+        async def delivered() -> bool:
+            return all(e.status is DeliveryStatus.SUCCEEDED for e in queue.entries.values())
+        await eventually(delivered, timeout_s=10)
+    finally:
+        await worker.stop(1)
+    assert queue.claims[:2] == [0, 5]
