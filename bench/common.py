@@ -150,21 +150,25 @@ def process_tree(pid: int) -> list[int]:
 def waited(pid: int) -> float | None:
     """Seconds the live threads of a process spent ready to run but waiting for a core
     (the scheduler's run-queue delay, ``/proc/<pid>/task/*/schedstat``): CPU time it
-    wanted and the machine had no core free for. None where the kernel does not say."""
+    wanted and did not get at once. None where the kernel does not say (no such file, or
+    a kernel without scheduler statistics, whose counters stay 0)."""
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return None
-    total = 0
+    ran = waiting = 0
     for tid in tids:
         with (contextlib.suppress(OSError, IndexError, ValueError),
               open(f"/proc/{pid}/task/{tid}/schedstat") as f):
-            total += int(f.read().split()[1])
-    return total / 1e9
+            fields = f.read().split()
+            ran, waiting = ran + int(fields[0]), waiting + int(fields[1])
+    return waiting / 1e9 if ran > 0 else None
 
 
 def tree_waited(pid: int) -> float | None:
-    """:func:`waited` of a process and its live descendants (a server's backends)."""
+    """:func:`waited` of a process and its live descendants (a server's backends). A
+    lower bound over a window: a backend that ends within it takes its waiting along
+    (there is no record of a reaped child's waiting, as there is of its CPU)."""
     values = [waited(p) for p in process_tree(pid)]
     known = [v for v in values if v is not None]
     return sum(known) if known else None

@@ -573,8 +573,9 @@ class CpuSampler:
             "cpu_s": {name: r(v, 2) for name, v in cpu.items()} | {"other processes":
                                                                    round(other, 2)},
             "cores": cores,
-            # Ready to run but no core free, as a share of the window: CPU each process
-            # wanted beyond what it got (0 when the machine had a core to spare).
+            # Ready to run but not running yet, as a share of the window: CPU each process
+            # wanted and waited for (PostgreSQL's summed over its backends, so it can pass
+            # 1; a lower bound, see common.tree_waited).
             "waiting_for_core": waiting,
             "busy_machine": other / wall > BUSY_OTHER_CORES,
             "fake_near_limit": [name for name in ("fake-apns", "fake-fcm")

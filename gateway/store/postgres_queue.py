@@ -106,8 +106,9 @@ class PostgresQueue:
              shared: dict[tuple[str, ...], Any]) -> Job:
         """A claimed row as the adapters take it: its secrets opened only now, when used.
         A secret that does not open makes that one job unsendable, never the claim.
-        ``shared``: the credentials and notifications this claim has read already, by app,
-        provider and stored text (jobs share them; nothing changes them)."""
+        ``shared``: the credentials (by app, provider and stored text) and notifications
+        (by app and stored text) this claim has read already: its jobs share them, and
+        nothing changes them."""
         endpoint = device = None
         credentials = None
         unsendable = None
@@ -135,7 +136,7 @@ class PostgresQueue:
             event=EventView(row["event_id"], row["event_type"], row["payload"],
                             row["event_created_at"], row["traceparent"], row["tracestate"]),
             endpoint=endpoint, device=device,
-            notification=_notification(row["notification"], shared),
+            notification=_notification(row["app_id"], row["notification"], shared),
             credentials=credentials, attempt=row["attempt_count"] + 1,
         )
         return Job(delivery, lease_id, row["schedule_pos"],
@@ -211,12 +212,12 @@ class PostgresQueue:
         return len(devices)
 
 
-def _notification(stored: str | None, shared: dict[tuple[str, ...], Any]
+def _notification(app_id: str, stored: str | None, shared: dict[tuple[str, ...], Any]
                   ) -> dict[str, Any] | None:
-    """An event's notification, read once per claim (see PostgresQueue._job)."""
+    """An event's notification, read once per claim and app (see PostgresQueue._job)."""
     if not stored:
         return None
-    key = ("notification", stored)
+    key = ("notification", app_id, stored)
     found = shared.get(key)
     if found is None:
         found = shared[key] = json.loads(stored)

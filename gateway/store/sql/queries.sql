@@ -539,11 +539,11 @@ WITH full_targets AS (
                            WHERE room <= 0)
       -- A deleted app's deliveries are never claimed again (the cleanup removes them).
       AND d.app_id NOT IN (SELECT id FROM apps WHERE deleted_at IS NOT NULL)
-    -- Due time alone, in deliveries_due's own order (equal times in the order they were
-    -- written): ordering ties by id as well made the walk read and sort every row of the
-    -- scan's last due time, all of a fan-out batch's 1,000 (bench/README.md, "Push").
-    -- Which of equally due rows the scan reads changes nothing: ranked orders what it
-    -- read by (due time, id).
+    -- Due time alone, in deliveries_due's own order (equal times in no set order: as the
+    -- index holds them): ordering ties by id as well made the walk read and sort every
+    -- row of the scan's last due time, all of a fan-out batch's 1,000 (bench/README.md,
+    -- "Push"). When more rows share a due time than the scan reads, which of them go
+    -- first is therefore not by id; ranked still orders what was read by (due time, id).
     ORDER BY d.next_attempt_at
     -- A LIMIT the planner cannot read plans like the generic plan does (for a tenth of the
     -- rows): the ordered index walk, stopping after $12, however few rows it expects.
