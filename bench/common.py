@@ -165,13 +165,32 @@ def waited(pid: int) -> float | None:
     return waiting / 1e9 if ran > 0 else None
 
 
-def tree_waited(pid: int) -> float | None:
-    """:func:`waited` of a process and its live descendants (a server's backends). A
-    lower bound over a window: a backend that ends within it takes its waiting along
-    (there is no record of a reaped child's waiting, as there is of its CPU)."""
-    values = [waited(p) for p in process_tree(pid)]
-    known = [v for v in values if v is not None]
-    return sum(known) if known else None
+class TreeWaiting:
+    """Seconds a process and its descendants (a server's backends, which come and go)
+    spent waiting for a core since this counter was made, as a running total: each call
+    adds what every live process waited since the call before (one new since then counts
+    from its start). A process that ends takes along only what it waited since the last
+    call (no record of a reaped child's waiting is kept, as there is of its CPU), so the
+    total is a lower bound by that much; the benches call it every 0.1 s or at a window's
+    ends. A plain sum over the live processes instead would drop by all a backend ever
+    waited when it ends."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.total = 0.0
+        self.last = self._snapshot()
+
+    def _snapshot(self) -> dict[int, float]:
+        found = {p: waited(p) for p in process_tree(self.pid)}
+        return {p: w for p, w in found.items() if w is not None}
+
+    def __call__(self) -> float | None:
+        now = self._snapshot()
+        if not now:
+            return None
+        self.total += sum(max(0.0, w - self.last.get(p, 0.0)) for p, w in now.items())
+        self.last = now
+        return self.total
 
 
 #: A PostgreSQL process's title after "postgres: " -> the role it is counted under.
@@ -224,6 +243,7 @@ class Postgres:
         self.data_dir = data_dir
         self.server: Any = None
         self.postmaster_pid: int | None = None
+        self._waiting: TreeWaiting | None = None
 
     @property
     def embedded(self) -> bool:
@@ -254,8 +274,13 @@ class Postgres:
         return None if self.postmaster_pid is None else tree_cpu(self.postmaster_pid)
 
     def waited(self) -> float | None:
-        """Seconds the server's processes spent waiting for a core (:func:`waited`)."""
-        return None if self.postmaster_pid is None else tree_waited(self.postmaster_pid)
+        """Seconds the server's processes spent waiting for a core so far (a running
+        total: :class:`TreeWaiting`)."""
+        if self.postmaster_pid is None:
+            return None
+        if self._waiting is None or self._waiting.pid != self.postmaster_pid:
+            self._waiting = TreeWaiting(self.postmaster_pid)
+        return self._waiting()
 
     def cpu_by_role(self) -> dict[str, float]:
         return {} if self.postmaster_pid is None else pg_cpu_by_role(self.postmaster_pid)

@@ -575,7 +575,7 @@ class CpuSampler:
             "cores": cores,
             # Ready to run but not running yet, as a share of the window: CPU each process
             # wanted and waited for (PostgreSQL's summed over its backends, so it can pass
-            # 1; a lower bound, see common.tree_waited).
+            # 1; a lower bound, see common.TreeWaiting).
             "waiting_for_core": waiting,
             "busy_machine": other / wall > BUSY_OTHER_CORES,
             "fake_near_limit": [name for name in ("fake-apns", "fake-fcm")

@@ -45,7 +45,7 @@ import aiohttp
 import asyncpg
 import psutil  # type: ignore[import-untyped, unused-ignore]
 from aiohttp import web
-from common import Postgres, Procs, own_cpu, tree_cpu, tree_waited, waited
+from common import Postgres, Procs, TreeWaiting, own_cpu, tree_cpu, waited
 
 T = TypeVar("T")
 
@@ -655,7 +655,7 @@ class Bench:
                 f"ingest-x{workers}", f"{base}/v1/events", key,
                 {"gateway": lambda: tree_cpu(gw.pid), "postgres": self.pg.cpu},
                 profile_pid=gw.pid if workers == 1 and profile else None, dsn=dsn,
-                waits={"gateway": lambda: tree_waited(gw.pid), "postgres": self.pg.waited})
+                waits={"gateway": TreeWaiting(gw.pid), "postgres": self.pg.waited})
             if workers > 1:
                 out["per_worker_cpu_s"] = worker_cpu(gw.pid)
         finally:
