@@ -1,0 +1,142 @@
+"""What the dispatcher's own machinery costs per delivery, with nothing else in the way.
+
+    .venv/bin/python bench/dispatch_overhead.py [--deliveries 20000] [--rounds 3]
+
+`gateway.dispatcher.Dispatcher` runs in this process against a queue that hands out
+prebuilt jobs from a deque (each claim costs what it takes, within the endpoint's room)
+and records nothing, and an adapter that answers "delivered" after one event-loop turn. So
+there is no PostgreSQL, no HTTP and no signing: what is measured is the claim loop, the
+slots, a task per delivery, the retry policy's decision, the attempt's result, metrics
+off, and the attempt's log line (INFO, text, through the server's buffered handler into
+memory) on or off. Rounds alternate with the line and without; each prints this
+process's CPU per delivery (``time.process_time``) and the rate.
+
+Beside `bench/run.py`'s drain (the gateway's CPU per delivery with everything) it says how
+much of that is the dispatcher itself, and how much the HTTP client, the claim's rows, the
+result writes and the database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import io
+import statistics
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import uvloop
+
+from adapters.base import DeliveryJob, EndpointTarget, EventView, Outcome, Verdict
+from gateway import logs
+from gateway.dispatcher import Dispatcher
+from gateway.retry import RetryPolicy
+from gateway.store.queue import NO_CHANGE, UNLIMITED, AttemptResult, Claim, Job, Rooms, Settlement
+
+ENDPOINT = "ep_0123456789abcdef"
+APP = "app_0123456789abcdef"
+
+
+class DequeQueue:
+    """The queue interface over a deque of prebuilt jobs: a claim takes what the
+    endpoint's room allows, in order; settling only counts."""
+
+    def __init__(self, jobs: Sequence[DeliveryJob]) -> None:
+        self.jobs = collections.deque(jobs)
+        self.expected = len(jobs)
+        self.settled = 0
+        self.all_settled = asyncio.Event()
+
+    def _count(self, results: Sequence[AttemptResult]) -> Settlement:
+        self.settled += len(results)
+        if self.settled >= self.expected:
+            self.all_settled.set()
+        return NO_CHANGE
+
+    async def claim(self, limit: int, lease_s: float, lease_id: uuid.UUID,
+                    rooms: Rooms = UNLIMITED) -> Claim:
+        room = min(limit, rooms.room(APP, "webhook", ENDPOINT)[0])
+        taken = [Job(self.jobs.popleft(), lease_id, 0)
+                 for _ in range(max(0, min(room, len(self.jobs))))]
+        left = len(self.jobs) if len(taken) < limit else 0
+        return Claim(taken, held_back=0, waiting=left)
+
+    async def complete(self, results: Sequence[AttemptResult]) -> Settlement:
+        return self._count(results)
+
+    async def reschedule(self, results: Sequence[AttemptResult]) -> Settlement:
+        return self._count(results)
+
+    async def release(self, lease_ids: Sequence[uuid.UUID]) -> None:
+        return None
+
+    async def next_due_at(self) -> datetime | None:
+        return datetime.now(UTC) if self.jobs else None
+
+
+class Delivered:
+    """Answers "delivered" after one turn of the event loop, as a quick receiver would."""
+
+    kind = "webhook"
+
+    async def send(self, job: DeliveryJob) -> Outcome:
+        await asyncio.sleep(0)
+        return Outcome(Verdict.DELIVERED, status_code=200, duration_ms=1)
+
+    async def forget_app(self, app_id: str) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+async def one_round(deliveries: int, endpoint_room: int) -> tuple[float, float]:
+    """CPU seconds per delivery and deliveries per second for one drain of the deque."""
+    event = EventView("evt_0123456789abcdef0123456789abcdef", "order.created", "{}",
+                      datetime.now(UTC))
+    endpoint = EndpointTarget(ENDPOINT, "http://127.0.0.1:9/hook", ("whsec_x",))
+    queue = DequeQueue([DeliveryJob(f"dlv_{n:032x}", APP, "webhook", event, endpoint=endpoint)
+                        for n in range(deliveries)])
+    worker = Dispatcher(queue, {"webhook": Delivered()}, RetryPolicy((1.0,), jitter=0),
+                        poll_interval_s=0.05, lease_s=60, endpoint_concurrency=endpoint_room)
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    await worker.start()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(queue.all_settled.wait(), 120)
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    await worker.stop(1)
+    if queue.settled < deliveries:
+        raise SystemExit(f"only {queue.settled} of {deliveries} settled in 120 s")
+    return cpu / deliveries, deliveries / wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--deliveries", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of each (default 3)")
+    parser.add_argument("--endpoint-room", type=int, default=64,
+                        help="GATEWAY_ENDPOINT_CONCURRENCY (default 64, as bench/run.py)")
+    args = parser.parse_args()
+    sink = io.StringIO()
+    results: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+    for _ in range(args.rounds):
+        for line in (False, True):
+            # The server's handler (buffered, text, INFO), into memory; at WARNING the
+            # attempt line is skipped, as it is when an operator raises the level.
+            logs.configure("text", "INFO" if line else "WARNING", stream=sink, buffered=True)
+            sink.seek(0)
+            sink.truncate()
+            results[line].append(uvloop.run(one_round(args.deliveries, args.endpoint_room)))
+    for line, runs in results.items():
+        cpu = statistics.median(r[0] for r in runs)
+        rate = statistics.median(r[1] for r in runs)
+        print(f"attempt line {'on ' if line else 'off'}: {cpu * 1e6:5.1f} µs CPU per delivery "
+              f"(rounds: {', '.join(f'{r[0] * 1e6:.1f}' for r in runs)}), {rate:,.0f}/s")
+
+
+if __name__ == "__main__":
+    main()
