@@ -131,15 +131,17 @@ class BenchError(RuntimeError):
     pass
 
 
-def sum_cpu(pids: list[int]) -> float | None:
-    values = [own_cpu(pid) for pid in pids]
+def _summed(values: list[float | None]) -> float | None:
     return None if None in values else sum(v or 0.0 for v in values)
+
+
+def sum_cpu(pids: list[int]) -> float | None:
+    return _summed([own_cpu(pid) for pid in pids])
 
 
 def sum_waited(pids: list[int]) -> float | None:
     """Seconds these processes spent ready to run with no core free (common.waited)."""
-    values = [waited(pid) for pid in pids]
-    return None if None in values else sum(v or 0.0 for v in values)
+    return _summed([waited(pid) for pid in pids])
 
 
 def worker_cpu(pid: int) -> list[float]:
@@ -855,8 +857,7 @@ class Bench:
                                                   env=self.gateway_env(dsn)))
 
                 def gateway_cpu() -> float | None:
-                    values = [own_cpu(p.pid) for p in disps]
-                    return None if None in values else sum(v or 0.0 for v in values)
+                    return sum_cpu([p.pid for p in disps])
 
                 meter = CpuMeter({"gateway": gateway_cpu, "postgres": self.pg.cpu,
                                   "receiver": lambda: own_cpu(recv_pid)},

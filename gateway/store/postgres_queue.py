@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
@@ -55,6 +56,9 @@ from gateway_client.models import (
 if TYPE_CHECKING:
     from gateway.store.database import Connection
 
+K = TypeVar("K")
+V = TypeVar("V")
+
 #: A claim looks at this many times as many due rows as it may take, so that rows over a
 #: target's or an app's room do not leave it short.
 CLAIM_SCAN_FACTOR = 4
@@ -84,9 +88,7 @@ class PostgresQueue:
                     rooms: Rooms = UNLIMITED) -> Claim:
         jobs: list[Job] = []
         held_back = waiting = 0
-        #: What this claim's rows share (a fan-out's rows carry one event's notification
-        #: and one app's credentials each), read once per claim.
-        shared: dict[tuple[str, ...], Any] = {}
+        shared = _ClaimReads()
         for _ in range(CLAIM_ROUNDS):
             want = limit - len(jobs)
             rows = await self.db.fetch(
@@ -102,13 +104,11 @@ class PostgresQueue:
             rooms = rooms.less(taken)
         return Claim(jobs, held_back=held_back, waiting=waiting)
 
-    def _job(self, row: asyncpg.Record, lease_id: uuid.UUID,
-             shared: dict[tuple[str, ...], Any]) -> Job:
+    def _job(self, row: asyncpg.Record, lease_id: uuid.UUID, shared: _ClaimReads) -> Job:
         """A claimed row as the adapters take it: its secrets opened only now, when used.
         A secret that does not open makes that one job unsendable, never the claim.
-        ``shared``: the credentials (by app, provider and stored text) and notifications
-        (by app and stored text) this claim has read already: its jobs share them, and
-        nothing changes them."""
+        ``shared``: what this claim has read already (its jobs share it; nothing changes
+        it)."""
         endpoint = device = None
         credentials = None
         unsendable = None
@@ -122,11 +122,10 @@ class PostgresQueue:
                                           open_headers(self.sealer, row["endpoint_id"],
                                                        row["headers"]))
             if row["credentials"]:
-                key = ("credentials", row["app_id"], row["kind"], row["credentials"])
-                credentials = shared.get(key)
-                if credentials is None:
-                    credentials = shared[key] = open_credentials(
-                        self.sealer, row["app_id"], row["kind"], json.loads(row["credentials"]))
+                credentials = _once(
+                    shared.credentials, (row["app_id"], row["kind"], row["credentials"]),
+                    lambda: open_credentials(self.sealer, row["app_id"], row["kind"],
+                                             json.loads(row["credentials"])))
         except SecretUnreadable as exc:
             unsendable = exc.message
         if row["device_id"] is not None and row["device_token"] is not None:
@@ -136,7 +135,9 @@ class PostgresQueue:
             event=EventView(row["event_id"], row["event_type"], row["payload"],
                             row["event_created_at"], row["traceparent"], row["tracestate"]),
             endpoint=endpoint, device=device,
-            notification=_notification(row["app_id"], row["notification"], shared),
+            notification=_once(shared.notifications, (row["app_id"], row["notification"]),
+                               lambda: json.loads(row["notification"]))
+            if row["notification"] else None,
             credentials=credentials, attempt=row["attempt_count"] + 1,
         )
         return Job(delivery, lease_id, row["schedule_pos"],
@@ -212,16 +213,22 @@ class PostgresQueue:
         return len(devices)
 
 
-def _notification(app_id: str, stored: str | None, shared: dict[tuple[str, ...], Any]
-                  ) -> dict[str, Any] | None:
-    """An event's notification, read once per claim and app (see PostgresQueue._job)."""
-    if not stored:
-        return None
-    key = ("notification", app_id, stored)
-    found = shared.get(key)
+@dataclass
+class _ClaimReads:
+    """What the rows of one claim repeat, read once per claim: a fan-out's rows carry one
+    event's notification and one app's credentials each. Keyed by app (and provider) as
+    well as the stored text, so equal text of two apps is still read apart."""
+
+    credentials: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+    notifications: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+
+
+def _once(table: dict[K, V], key: K, read: Callable[[], V]) -> V:
+    """``table[key]``, read first if it is not there."""
+    found = table.get(key)
     if found is None:
-        found = shared[key] = json.loads(stored)
-    return found  # type: ignore[no-any-return]
+        found = table[key] = read()
+    return found
 
 
 def claim_params(limit: int, lease_s: float, lease_id: uuid.UUID, rooms: Rooms,

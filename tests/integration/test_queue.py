@@ -526,6 +526,17 @@ def _cte(node: dict[str, Any], name: str) -> dict[str, Any] | None:
     return None
 
 
+async def _due_deliveries_of_one_endpoint(db: Database, count: int) -> None:
+    """One app, one endpoint, ``count`` events each making a delivery due now (written
+    250 at a time, as ingest's batches write them)."""
+    store = Store(db)
+    app = await store.create_app("one")
+    await store.create_endpoint(app.id, "http://127.0.0.1:9/", "", ["order.created"])
+    for start in range(0, count, 250):
+        await store.write_events([EventDraft(app.id, "order.created", "{}")
+                                  for _ in range(min(250, count - start))])
+
+
 async def test_a_claim_locks_each_row_it_takes_by_its_key_not_by_walking_the_due_index(
         dsn: str) -> None:
     """A day's partition full of due rows it has no statistics for yet (the first minute
@@ -536,12 +547,7 @@ async def test_a_claim_locks_each_row_it_takes_by_its_key_not_by_walking_the_due
     has to choose among the indexes, as it does once a partition is big.)"""
     db = await Database.connect(dsn, max_size=4)
     try:
-        store = Store(db)
-        app = await store.create_app("one")
-        await store.create_endpoint(app.id, "http://127.0.0.1:9/", "", ["order.created"])
-        for _ in range(4):
-            await store.write_events([EventDraft(app.id, "order.created", "{}")
-                                      for _ in range(250)])
+        await _due_deliveries_of_one_endpoint(db, 1000)
         params = claim_params(8, 30, uuid.uuid4(), Rooms(endpoint=64))
         async with db.transaction() as conn:
             await conn.execute("SET LOCAL enable_seqscan = off")
@@ -578,12 +584,7 @@ async def test_a_claim_reads_only_its_window_of_due_rows_when_all_share_one_due_
     them by id as well."""
     db = await Database.connect(dsn, max_size=4)
     try:
-        store = Store(db)
-        app = await store.create_app("one")
-        await store.create_endpoint(app.id, "http://127.0.0.1:9/", "", ["order.created"])
-        for _ in range(4):
-            await store.write_events([EventDraft(app.id, "order.created", "{}")
-                                      for _ in range(250)])
+        await _due_deliveries_of_one_endpoint(db, 1000)
         await db.pool.execute("UPDATE deliveries SET next_attempt_at = now() - interval '1 s'")
         await db.pool.execute("ANALYZE deliveries")
         params = claim_params(8, 30, uuid.uuid4(), Rooms(endpoint=64))

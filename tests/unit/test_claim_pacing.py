@@ -96,14 +96,11 @@ async def test_without_an_interval_every_wake_up_claims() -> None:
     assert len(taken) >= 10
 
 
-async def test_a_backlog_is_claimed_without_pause() -> None:
-    """A claim that took all it asked for is followed at once by the next: 50 due with a
-    batch of 10 take 5 claims in far less than the interval."""
-    queue = CountingQueue()
-    for n in range(50):
-        queue.add(job(n))
+async def deliver_all(queue: CountingQueue, **options: Any) -> None:
+    """A dispatcher whose claim interval (30 s) would show in any claim it paced, until
+    everything in ``queue`` is delivered."""
     worker = Dispatcher(queue, {"webhook": Delivered()}, RetryPolicy((0.05,), jitter=0),
-                        poll_interval_s=30, claim_interval_s=30.0, batch=10, lease_s=60)
+                        poll_interval_s=30, claim_interval_s=30.0, lease_s=60, **options)
     await worker.start()
     try:
         async def delivered() -> bool:
@@ -111,6 +108,15 @@ async def test_a_backlog_is_claimed_without_pause() -> None:
         await eventually(delivered, timeout_s=10)
     finally:
         await worker.stop(1)
+
+
+async def test_a_backlog_is_claimed_without_pause() -> None:
+    """A claim that took all it asked for is followed at once by the next: 50 due with a
+    batch of 10 take 5 claims in far less than the interval."""
+    queue = CountingQueue()
+    for n in range(50):
+        queue.add(job(n))
+    await deliver_all(queue, batch=10)
     assert queue.claims[:5] == [10] * 5
 
 
@@ -145,13 +151,5 @@ async def test_due_work_behind_deliveries_booked_for_a_rate_limit_is_claimed_at_
     queue = BooksAllItSees()
     for n in range(5):
         queue.add(job(n))
-    worker = Dispatcher(queue, {"webhook": Delivered()}, RetryPolicy((0.05,), jitter=0),
-                        poll_interval_s=30, claim_interval_s=30.0, lease_s=60)
-    await worker.start()
-    try:
-        async def delivered() -> bool:
-            return all(e.status is DeliveryStatus.SUCCEEDED for e in queue.entries.values())
-        await eventually(delivered, timeout_s=10)
-    finally:
-        await worker.stop(1)
+    await deliver_all(queue)
     assert queue.claims[:2] == [0, 5]
