@@ -91,17 +91,9 @@ class Batcher:
             self.flushers -= 1
 
 
-async def _no_reset(conn: asyncpg.Connection) -> None:
-    return None
-
-
-async def serve(dsn: str, port: int) -> None:
-    # No reset query on release (the gateway's pool skips it too): it is a transaction of
-    # its own per batch, which is no part of storing an event.
-    pool = await asyncpg.create_pool(dsn, min_size=2, max_size=4, reset=_no_reset)
-    async with pool.acquire() as conn:
-        await conn.execute(SCHEMA)
-    batcher = Batcher(pool)
+def make_app(batcher: Batcher) -> web.Application:
+    """``POST /v1/events`` (the event and its delivery through ``batcher``, then 202 with
+    the event's id) and ``GET /readyz``."""
 
     async def accept(request: web.Request) -> web.Response:
         body = await request.read()
@@ -118,7 +110,20 @@ async def serve(dsn: str, port: int) -> None:
     app = web.Application()
     app.router.add_post("/v1/events", accept)
     app.router.add_get("/readyz", ready)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    return app
+
+
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    return None
+
+
+async def serve(dsn: str, port: int) -> None:
+    # No reset query on release (the gateway's pool skips it too): it is a transaction of
+    # its own per batch, which is no part of storing an event.
+    pool = await asyncpg.create_pool(dsn, min_size=2, max_size=4, reset=_no_reset)
+    async with pool.acquire() as conn:
+        await conn.execute(SCHEMA)
+    runner = web.AppRunner(make_app(Batcher(pool)), access_log=None, handle_signals=False)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port, backlog=1024).start()
     stop = asyncio.Event()

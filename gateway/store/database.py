@@ -60,6 +60,18 @@ def load_queries(text: str | None = None) -> dict[str, str]:
 
 QUERIES = load_queries()
 
+#: The longest statement (in characters) asyncpg keeps prepared on a connection. Its own
+#: default, 15 KiB, sits just above claim_due (14 KiB, most of it comments): a statement
+#: past the limit is parsed, described and planned again on every call, silently. With
+#: claim_due past it (the limit lowered to try), the drain lost a third of its rate and
+#: PostgreSQL spent 2.3 times the CPU a delivery (bench/README.md, "The statement
+#: cache"). Every named query must fit (tests/unit/test_sql_files.py).
+MAX_CACHED_STATEMENT_CHARS = 64 * 1024
+#: How many statements a connection keeps prepared, least recently used dropped first:
+#: room for every named query (asyncpg's default, 100, is fewer than there are), so a
+#: pooled connection that served the API for a while still has the hot path's prepared.
+STATEMENT_CACHE_SIZE = 256
+
 
 @dataclass(frozen=True)
 class Migration:
@@ -133,6 +145,8 @@ class Database:
             pool = await asyncpg.create_pool(
                 dsn, min_size=1, max_size=max_size, command_timeout=30,
                 max_inactive_connection_lifetime=60,
+                max_cacheable_statement_size=MAX_CACHED_STATEMENT_CHARS,
+                statement_cache_size=STATEMENT_CACHE_SIZE,
                 # Pooled sessions never LISTEN, SET or hold advisory locks (the LISTEN and
                 # migration connections are separate), so asyncpg's reset query on every
                 # release is a wasted round trip on the hot path.

@@ -483,6 +483,28 @@ async def test_a_delivered_attempt_frees_its_slot_before_its_result_is_written(
         await worker.stop(1)
 
 
+async def test_the_claim_and_statements_past_asyncpgs_default_limit_stay_prepared(
+        dsn: str) -> None:
+    """asyncpg keeps a statement prepared only up to a length (15 KiB unless told): past it,
+    each call is parsed and planned again. The pool keeps longer ones: claim_due, the
+    longest, and a statement longer than asyncpg's default are prepared once a connection
+    and named there (an unnamed statement is not listed in pg_prepared_statements)."""
+    db = await Database.connect(dsn, max_size=1)
+    try:
+        await migrate(dsn)
+        longer = "SELECT 1 -- " + "x" * 20_000
+        for _ in range(2):
+            await PostgresQueue(db).claim(10, 30, uuid.uuid4())
+            async with db.connection() as conn:
+                await conn.fetchval(longer)
+        async with db.connection() as conn:
+            prepared = await conn.fetch("SELECT statement FROM pg_prepared_statements")
+        assert sum(row["statement"] == QUERIES["claim_due"] for row in prepared) == 1
+        assert sum(row["statement"] == longer for row in prepared) == 1
+    finally:
+        await db.close()
+
+
 async def test_a_claim_locks_only_the_deliveries_it_takes_not_every_row_it_looked_at(
         dsn: str) -> None:
     db = await Database.connect(dsn, max_size=4)

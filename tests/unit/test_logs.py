@@ -176,6 +176,52 @@ def test_a_line_emitted_directly_is_the_line_logging_writes_for_it(
     assert "q=1" not in direct and "q=1" in trusted_direct  # the message scrubbed unless trusted
 
 
+def test_emitted_lines_are_formatted_in_batches_and_written_in_order_with_the_rest(
+        server_logging: io.StringIO) -> None:
+    buffer = server_logging
+    log = logging.getLogger("gateway.test")
+    with alone() as handler:
+        assert isinstance(handler, logs.BufferedHandler)
+        for n in range(handler.batch - 1):
+            logs.emit(log, logging.INFO, f"queued-{n}", {"n": n})
+        assert handler._parts and not handler._lines  # parts only, none formatted yet
+        log.info("through-logging")  # formats what was queued before it, first
+        assert not handler._parts
+        for n in range(handler.batch):
+            logs.emit(log, logging.INFO, f"batched-{n}", {"n": n})
+        assert not handler._parts  # a full batch is formatted at once
+        logs.emit(log, logging.INFO, "last-info", {})
+        written = buffer.getvalue()
+        logs.emit(log, logging.WARNING, "a-warning", {"why": "x"})
+        assert written == "" and "last-info" in buffer.getvalue()  # written with the warning
+    handler.flush()
+    messages = [line.split(": ", 1)[1].split(" ")[0] for line in buffer.getvalue().splitlines()]
+    assert messages == ([f"queued-{n}" for n in range(handler.batch - 1)]
+                        + ["through-logging"]
+                        + [f"batched-{n}" for n in range(handler.batch)]
+                        + ["last-info", "a-warning"])
+
+
+def test_a_queued_line_that_cannot_be_formatted_goes_the_way_logging_would_take_it(
+        server_logging: io.StringIO) -> None:
+    buffer = server_logging
+
+    class Unprintable:
+        def __str__(self) -> str:
+            raise RuntimeError("no text")
+
+    log = logging.getLogger("gateway.test")
+    with alone() as handler:
+        logs.emit(log, logging.INFO, "before", {})
+        with contextlib.redirect_stderr(io.StringIO()) as stderr:
+            logs.emit(log, logging.INFO, "broken", {"value": Unprintable()})
+            logs.emit(log, logging.INFO, "after", {})
+            handler.flush()
+    lines = buffer.getvalue().splitlines()
+    assert [line.split(": ", 1)[1].split(" ")[0] for line in lines] == ["before", "after"]
+    assert "no text" in stderr.getvalue()  # logging's handleError reports it
+
+
 def test_a_line_goes_through_logging_when_another_handler_would_see_it(
         server_logging: io.StringIO) -> None:
     buffer = server_logging

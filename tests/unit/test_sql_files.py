@@ -5,7 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from gateway.store.database import QUERIES, load_migrations, load_queries
+from gateway.store.database import (
+    MAX_CACHED_STATEMENT_CHARS,
+    QUERIES,
+    STATEMENT_CACHE_SIZE,
+    load_migrations,
+    load_queries,
+)
 
 SOURCES = [Path("gateway"), Path("adapters")]
 
@@ -16,6 +22,15 @@ def test_every_query_the_code_names_exists_and_every_query_is_used() -> None:
         re.findall(r'\.(?:fetch|fetchrow|execute)\(\s*"(\w+)"', code))
     assert named - set(QUERIES) == set()
     assert set(QUERIES) - named == set()
+
+
+def test_every_named_query_is_short_enough_for_the_pool_to_keep_it_prepared() -> None:
+    longest = max(QUERIES, key=lambda name: len(QUERIES[name]))
+    assert len(QUERIES[longest]) <= MAX_CACHED_STATEMENT_CHARS, longest
+
+
+def test_a_pooled_connection_has_room_to_keep_every_named_query_prepared() -> None:
+    assert len(QUERIES) <= STATEMENT_CACHE_SIZE
 
 
 def test_a_query_defined_twice_is_refused() -> None:
