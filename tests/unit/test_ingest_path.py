@@ -20,14 +20,18 @@ from gateway.store.postgres import Accepted
 from gateway_client.models import EventAccepted
 
 
-@pytest.mark.parametrize(("status", "created_at"), [
-    (202, datetime(2026, 12, 4, 10, 0, 0, 123456, tzinfo=UTC)),
-    (202, datetime(2026, 12, 4, 10, 0, 0, tzinfo=UTC)),  # no fraction: none is written
-    (200, datetime(2026, 1, 31, 23, 30, 0, 5, tzinfo=timezone(timedelta(hours=-5)))),
+@pytest.mark.parametrize(("status", "created_at", "event_type"), [
+    (202, datetime(2026, 12, 4, 10, 0, 0, 123456, tzinfo=UTC), "order.created_v2-x"),
+    # no fraction: none is written
+    (202, datetime(2026, 12, 4, 10, 0, 0, tzinfo=UTC), "order.created_v2-x"),
+    (200, datetime(2026, 1, 31, 23, 30, 0, 5, tzinfo=timezone(timedelta(hours=-5))),
+     "order.created_v2-x"),
+    # Whatever a type holds, it is escaped as the model's JSON escapes it.
+    (202, datetime(2026, 12, 4, 10, 0, 0, tzinfo=UTC), 'a"b\\c\u00e9\U0001f600\n'),
 ])
 def test_the_accepted_answer_is_byte_for_byte_what_its_model_renders(
-        status: int, created_at: datetime) -> None:
-    accepted = Accepted("evt_0192a0b1c2d3e4f5a6b7c8d9e0f1a2b3", "order.created_v2-x", created_at,
+        status: int, created_at: datetime, event_type: str) -> None:
+    accepted = Accepted("evt_0192a0b1c2d3e4f5a6b7c8d9e0f1a2b3", event_type, created_at,
                         created=status == 202)
     fast, general = accepted_answer(accepted, status), answer(EventAccepted, accepted, status)
     assert fast.body == general.body
