@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import base64
-from datetime import UTC, datetime
+import json
+from datetime import UTC, datetime, timedelta, timezone
 
+import pytest
 import standardwebhooks
 
 from adapters.base import DeliveryJob, EndpointTarget, EventView
@@ -31,6 +33,15 @@ def test_body_splices_the_raw_payload_text_unchanged() -> None:
     assert body.endswith(b', "data": ' + raw.encode() + b"}")
     assert body.startswith(b'{"id": "evt_1", "type": "order.created", '
                            b'"timestamp": "2026-01-02T03:04:05.000Z"')
+
+
+@pytest.mark.parametrize("event_type", ["order.created", 'a"b\\c\u00e9\U0001f600\n\t'])
+def test_the_body_spells_id_type_and_timestamp_as_json_dumps_does(event_type: str) -> None:
+    created_at = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=timezone(timedelta(hours=2)))
+    body = webhook_body("evt_1", event_type, created_at, '{"x": 1}')
+    head = json.dumps({"id": "evt_1", "type": event_type,
+                       "timestamp": "2026-01-02T01:04:05.678Z"})
+    assert body == (head[:-1] + ', "data": {"x": 1}}').encode()
 
 
 def test_headers_verify_with_the_independent_standardwebhooks_library_for_every_secret() -> None:
