@@ -51,11 +51,17 @@ def _forbidden_literal(url: str) -> str | None:
     return host if literal is not None and address_forbidden(literal) else None
 
 
-@functools.lru_cache(maxsize=64)
 def iso_timestamp(moment: datetime) -> str:
     """``moment`` in UTC to the millisecond, ``Z``-suffixed; made once for the deliveries
     of one event and the events of one ingest batch (they share their created_at)."""
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return _iso_utc(moment if moment.tzinfo is UTC else moment.astimezone(UTC))
+
+
+@functools.lru_cache(maxsize=64)
+def _iso_utc(moment: datetime) -> str:
+    # Keyed by a UTC time: two local times one hour apart across a DST fold are equal
+    # as keys (they differ only in fold), their UTC times are not.
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 #: A str as a JSON string, as ``json.dumps`` writes it (the C encoder where there is one).

@@ -918,8 +918,8 @@ class Bench:
                 # From zero: the receiver still counts what an earlier phase sent it, and
                 # the warm-up's wait must see the warm-up's own arrivals.
                 await control.post(f"{recv_base}/reset")
-                await paced(url, key, rate, a.warmup)
-                await self.wait_received(control, recv_base, int(rate * a.warmup))
+                warm = await paced(url, key, rate, a.warmup)
+                await self.wait_received(control, recv_base, len(warm.sent_at))
                 await control.post(f"{recv_base}/reset")
                 meter = CpuMeter({"gateway": lambda: own_cpu(gw.pid), "postgres": self.pg.cpu,
                                   "loadgen(bench)": lambda: own_cpu(os.getpid()),

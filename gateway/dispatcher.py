@@ -490,17 +490,26 @@ class Dispatcher:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    async def _settle(self, results: Sequence[AttemptResult]) -> list[None]:
-        """One batch of attempts: the finished ones completed, the rest rescheduled."""
+    async def _settle(self, results: Sequence[AttemptResult]) -> list[BaseException | None]:
+        """One batch of attempts: the finished ones completed, the rest rescheduled, each
+        part in a transaction of its own. When the completion committed and the
+        rescheduling failed, only the rescheduled attempts get the error (each writer
+        retries its own): the batch written again would log the completed attempts twice."""
         finished = [r for r in results if r.status is not DeliveryStatus.PENDING]
         again = [r for r in results if r.status is DeliveryStatus.PENDING]
         settled = NO_CHANGE
         if finished:
             settled += await self.queue.complete(finished)
+        failed: BaseException | None = None
         if again:
-            settled += await self.queue.reschedule(again)
+            try:
+                settled += await self.queue.reschedule(again)
+            except Exception as exc:
+                if not finished:
+                    raise  # nothing was written: the batch is the writers' to try again
+                failed = exc
         self._endpoints_changed(settled)
-        return [None] * len(results)
+        return [failed if r.status is DeliveryStatus.PENDING else None for r in results]
 
     def _endpoints_changed(self, settled: Settlement) -> None:
         """Circuits that opened and endpoints disabled for failing: a line and a count

@@ -255,7 +255,8 @@ class BufferedHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._parts: list[_Parts] = []
         self._size = 0
         self._stopped = threading.Event()
-        threading.Thread(target=self._flusher, name="log-flush", daemon=True).start()
+        self._thread = threading.Thread(target=self._flusher, name="log-flush", daemon=True)
+        self._thread.start()
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -291,25 +292,43 @@ class BufferedHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._size += len(line)
 
     def _format_parts(self) -> None:
+        # Taken before formatting: what fails half-way, or logs while it is formatted
+        # (a field's str()), never finds these parts queued again.
+        parts, self._parts = self._parts, []
         formatter = self.formatter
-        for created, level, name, message, fields, trusted in self._parts:
-            text = message if "msg" in trusted else scrub(message)
+        for created, level, name, message, fields, trusted in parts:
             try:
-                assert isinstance(formatter, LineFormatter)
+                if not isinstance(formatter, LineFormatter):
+                    raise TypeError(f"{formatter!r} writes no line from its parts")
+                text = message if "msg" in trusted else scrub(message)
                 line = formatter.line(created, logging.getLevelName(level), name, text,
                                       _scrubbed(fields.items(), trusted))
             except Exception:
-                # As logging would have it: the record through format, or handleError.
-                record = logging.LogRecord(name, level, "", 0, "%s", (message,), None)
-                record.__dict__.update({TRUSTED: trusted, **fields})
-                record.created = created
-                try:
-                    line = self.format(record)
-                except Exception:
-                    self.handleError(record)
+                found = self._as_logging_would(created, level, name, message, fields, trusted)
+                if found is None:
                     continue
+                line = found
             self._queue(line)
-        self._parts.clear()
+
+    def _as_logging_would(self, created: float, level: int, name: str, message: str,
+                          fields: dict[str, Any], trusted: frozenset[str]) -> str | None:
+        """A line whose parts did not format: what ``logger.log`` would have written (its
+        record, made at ``created``, through this handler's formatter), or None after
+        :meth:`handleError` reported it."""
+        extra = {TRUSTED: trusted, **fields}
+        try:
+            record = logging.getLogger(name).makeRecord(name, level, "(emit)", 0, "%s",
+                                                        (message,), None, extra=extra)
+        except Exception:  # a field named as a record's own attribute
+            record = logging.LogRecord(name, level, "(emit)", 0, "%s", (message,), None)
+        record.relativeCreated -= (record.created - created) * 1000
+        record.created = created
+        record.msecs = int((created - int(created)) * 1000) + 0.0
+        try:
+            return self.format(record)
+        except Exception:
+            self.handleError(record)
+            return None
 
     def _write(self) -> None:
         if self._lines:
@@ -345,7 +364,6 @@ def configure(fmt: str = "text", level: str = "INFO", *, stream: TextIO | None =
     global _handler, _secrets
     if fmt not in FORMATS:
         raise ValueError(f"log format must be one of {', '.join(FORMATS)}")
-    _secrets = tuple(sorted({s for s in secrets if s and len(s) >= 8}, key=len, reverse=True))
     # No line shows the caller's file and line, thread or process names: not finding them
     # saves a stack walk per record (the request line is the hottest).
     logging._srcfile = None
@@ -354,7 +372,10 @@ def configure(fmt: str = "text", level: str = "INFO", *, stream: TextIO | None =
     if _handler is not None:
         root.removeHandler(_handler)
         if isinstance(_handler, BufferedHandler):
+            # Before the secrets change: the lines it still holds are scrubbed as they
+            # were emitted, against the secrets of their time.
             _handler.close()
+    _secrets = tuple(sorted({s for s in secrets if s and len(s) >= 8}, key=len, reverse=True))
     handler: logging.Handler = BufferedHandler(stream or sys.stderr) if buffered \
         else logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())

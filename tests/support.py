@@ -13,6 +13,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -318,3 +319,18 @@ class Api:
         assert status in (200, 202), body
         result: dict[str, Any] = body
         return result
+
+
+class Folding(tzinfo):
+    """A zone in the hour its clocks go back: a local time there happens twice, UTC+2 the
+    first time (``fold=0``) and UTC+1 the second (``fold=1``). Two such times compare and
+    hash equal (fold is ignored within one zone) although they are an hour apart."""
+
+    def utcoffset(self, dt: datetime | None) -> timedelta:
+        return timedelta(hours=1 if dt is not None and dt.fold else 2)
+
+    def dst(self, dt: datetime | None) -> timedelta:
+        return timedelta(hours=0 if dt is not None and dt.fold else 1)
+
+    def tzname(self, dt: datetime | None) -> str:
+        return "CET" if dt is not None and dt.fold else "CEST"

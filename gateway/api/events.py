@@ -7,7 +7,7 @@ import contextlib
 import functools
 import hashlib
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 
 from aiohttp import web
 
@@ -101,9 +101,15 @@ def accepted_answer(accepted: Accepted, status: int) -> web.Response:
 _quoted = json.encoder.encode_basestring_ascii
 
 
-@functools.lru_cache(maxsize=8)
 def _time_text(when: datetime) -> str:
     """:func:`iso`, made once for every event of a batch (they share one created_at)."""
+    return _iso_utc(when if when.tzinfo is UTC else when.astimezone(UTC))
+
+
+@functools.lru_cache(maxsize=8)
+def _iso_utc(when: datetime) -> str:
+    # Keyed by a UTC time: two local times an hour apart across a DST fold are equal as
+    # keys (they differ only in fold), their UTC times are not.
     return iso(when)
 
 

@@ -112,7 +112,8 @@ _BROKEN_MESSAGES = ("closed", "another operation is in progress", "cannot switch
 
 @contextlib.contextmanager
 def translated() -> Iterator[None]:
-    """Turn a lost or refused database connection into ``DatabaseUnavailable``."""
+    """Turn a lost or refused database connection, or a transaction PostgreSQL rolled back
+    to end a conflict, into ``DatabaseUnavailable``: nothing was written; retry."""
     try:
         yield
     except GatewayError:
@@ -120,6 +121,15 @@ def translated() -> Iterator[None]:
     except _UNAVAILABLE as exc:
         raise DatabaseUnavailable(
             "The database is unavailable; nothing was written. Retry shortly."
+        ) from exc
+    except asyncpg.TransactionRollbackError as exc:
+        # Class 40: PostgreSQL rolled the transaction back to end a deadlock or a
+        # serialization conflict (a partition being made or dropped meanwhile, say).
+        # Nothing was written and the same write may well pass again: its docs ask
+        # applications to retry, and every caller retries what is "unavailable".
+        raise DatabaseUnavailable(
+            "The database rolled the write back to end a conflict with another; nothing "
+            "was written. Retry shortly."
         ) from exc
     except (asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
         if not any(m in str(exc) for m in _BROKEN_MESSAGES):

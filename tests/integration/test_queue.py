@@ -483,24 +483,33 @@ async def test_a_delivered_attempt_frees_its_slot_before_its_result_is_written(
         await worker.stop(1)
 
 
-async def test_the_claim_and_statements_past_asyncpgs_default_limit_stay_prepared(
+async def test_the_claim_and_statements_past_asyncpgs_default_limits_stay_prepared(
         dsn: str) -> None:
-    """asyncpg keeps a statement prepared only up to a length (15 KiB unless told): past it,
-    each call is parsed and planned again. The pool keeps longer ones: claim_due, the
-    longest, and a statement longer than asyncpg's default are prepared once a connection
-    and named there (an unnamed statement is not listed in pg_prepared_statements)."""
+    """asyncpg keeps a statement prepared only up to a length (15 KiB unless told) and
+    only so many of them (100 unless told): past either, a statement is parsed and
+    planned again. The pool keeps longer ones and more: claim_due, the longest named
+    query, a statement longer than asyncpg's default, and as many distinct statements as
+    there are named queries are each prepared once a connection and named there (an
+    unnamed statement is not listed in pg_prepared_statements)."""
     db = await Database.connect(dsn, max_size=1)
     try:
         await migrate(dsn)
         longer = "SELECT 1 -- " + "x" * 20_000
+        # More distinct statements than asyncpg keeps by default (100), fewer than there
+        # is room for (STATEMENT_CACHE_SIZE, every named query): none is dropped.
+        many = [f"SELECT {n}::int" for n in range(len(QUERIES))]
         for _ in range(2):
             await PostgresQueue(db).claim(10, 30, uuid.uuid4())
             async with db.connection() as conn:
                 await conn.fetchval(longer)
+                for statement in many:
+                    await conn.fetchval(statement)
         async with db.connection() as conn:
-            prepared = await conn.fetch("SELECT statement FROM pg_prepared_statements")
-        assert sum(row["statement"] == QUERIES["claim_due"] for row in prepared) == 1
-        assert sum(row["statement"] == longer for row in prepared) == 1
+            prepared = [row["statement"] for row in
+                        await conn.fetch("SELECT statement FROM pg_prepared_statements")]
+        assert prepared.count(QUERIES["claim_due"]) == 1
+        assert prepared.count(longer) == 1
+        assert set(many) <= set(prepared)
     finally:
         await db.close()
 

@@ -18,6 +18,7 @@ from gateway.ids import new_ids
 from gateway.metrics import EVENT_TYPE_LIMIT, Metrics
 from gateway.store.postgres import Accepted
 from gateway_client.models import EventAccepted
+from tests.support import Folding
 
 
 @pytest.mark.parametrize(("status", "created_at", "event_type"), [
@@ -43,7 +44,8 @@ def test_events_of_one_batch_share_a_created_at_text_however_its_time_is_spelt()
     first = datetime(2026, 12, 4, 10, 0, 0, 250000, tzinfo=UTC)
     same = first.astimezone(timezone(timedelta(hours=2)))
     later = first + timedelta(microseconds=1)
-    for when in (first, same, later, first):
+    folded = datetime(2026, 10, 25, 2, 30, tzinfo=Folding())
+    for when in (first, same, later, first, folded, folded.replace(fold=1)):
         accepted = Accepted("evt_0192a0b1c2d3e4f5a6b7c8d9e0f1a2b3", "a", when, created=True)
         assert accepted_answer(accepted, 202).body == answer(EventAccepted, accepted, 202).body
 

@@ -182,6 +182,8 @@ def test_emitted_lines_are_formatted_in_batches_and_written_in_order_with_the_re
     log = logging.getLogger("gateway.test")
     with alone() as handler:
         assert isinstance(handler, logs.BufferedHandler)
+        handler._stopped.set()  # no flusher thread in the way: only this test formats
+        handler._thread.join()
         for n in range(handler.batch - 1):
             logs.emit(log, logging.INFO, f"queued-{n}", {"n": n})
         assert handler._parts and not handler._lines  # parts only, none formatted yet
@@ -220,6 +222,46 @@ def test_a_queued_line_that_cannot_be_formatted_goes_the_way_logging_would_take_
     lines = buffer.getvalue().splitlines()
     assert [line.split(": ", 1)[1].split(" ")[0] for line in lines] == ["before", "after"]
     assert "no text" in stderr.getvalue()  # logging's handleError reports it
+
+
+def test_a_line_formatted_later_is_scrubbed_against_the_secrets_it_was_emitted_under(
+        server_logging: io.StringIO) -> None:
+    buffer = server_logging
+    logs.configure("text", "INFO", stream=buffer, buffered=True,
+                   secrets=["operator-key-123456"])
+    log = logging.getLogger("gateway.test")
+    with alone():
+        logs.emit(log, logging.INFO, "sent to https://h.example/p?sig=s3cr3t",
+                  {"note": "operator-key-123456", "url": "https://h.example/x?token=t0k3n"},
+                  frozenset({"app"}))
+    # Replaced before anything formatted that line: it keeps the secrets of its time.
+    logs.configure("text", "INFO", stream=buffer, buffered=True)
+    assert "sent to https://h.example" in buffer.getvalue()
+    for secret in ("operator-key-123456", "s3cr3t", "t0k3n"):
+        assert secret not in buffer.getvalue()
+
+
+def test_a_line_whose_formatting_is_interrupted_is_never_written_twice(
+        server_logging: io.StringIO) -> None:
+    buffer = server_logging
+
+    class Interrupting:
+        def __str__(self) -> str:
+            raise KeyboardInterrupt
+
+    log = logging.getLogger("gateway.test")
+    with alone() as handler:
+        assert isinstance(handler, logs.BufferedHandler)
+        handler._stopped.set()
+        handler._thread.join()
+        logs.emit(log, logging.INFO, "first", {})
+        logs.emit(log, logging.INFO, "interrupted", {"value": Interrupting()})
+        with pytest.raises(KeyboardInterrupt):
+            handler.flush()
+        logs.emit(log, logging.INFO, "after", {})
+        handler.flush()
+    lines = [line.split(": ", 1)[1].split(" ")[0] for line in buffer.getvalue().splitlines()]
+    assert lines == ["first", "after"]
 
 
 def test_a_line_goes_through_logging_when_another_handler_would_see_it(

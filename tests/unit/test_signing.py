@@ -8,8 +8,9 @@ import pytest
 import standardwebhooks
 
 from adapters.base import DeliveryJob, EndpointTarget, EventView
-from adapters.webhook import WebhookAdapter, sign, webhook_body
+from adapters.webhook import WebhookAdapter, iso_timestamp, sign, webhook_body
 from gateway.ids import new_webhook_secret
+from tests.support import Folding
 
 VECTOR_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -42,6 +43,13 @@ def test_the_body_spells_id_type_and_timestamp_as_json_dumps_does(event_type: st
     head = json.dumps({"id": "evt_1", "type": event_type,
                        "timestamp": "2026-01-02T01:04:05.678Z"})
     assert body == (head[:-1] + ', "data": {"x": 1}}').encode()
+
+
+def test_the_timestamp_of_two_local_times_an_hour_apart_across_a_fold_differs() -> None:
+    first = datetime(2026, 10, 25, 2, 30, tzinfo=Folding())
+    again = first.replace(fold=1)  # equal to first as a key, an hour later
+    assert iso_timestamp(first) == "2026-10-25T00:30:00.000Z"
+    assert iso_timestamp(again) == "2026-10-25T01:30:00.000Z"
 
 
 def test_headers_verify_with_the_independent_standardwebhooks_library_for_every_secret() -> None:

@@ -56,6 +56,20 @@ def test_a_broken_connection_is_unavailable_but_a_wrong_query_is_a_bug() -> None
         raise asyncpg.InterfaceError("the server expects 6 arguments for this query, 5 were passed")
 
 
+def test_a_transaction_rolled_back_to_end_a_conflict_is_one_to_retry() -> None:
+    import asyncpg
+
+    from gateway.errors import DatabaseUnavailable
+    from gateway.store.database import translated
+
+    for rolled_back in (asyncpg.DeadlockDetectedError("deadlock detected"),
+                        asyncpg.SerializationError("could not serialize access")):
+        with pytest.raises(DatabaseUnavailable, match="nothing was written"), translated():
+            raise rolled_back
+    with pytest.raises(asyncpg.UniqueViolationError), translated():
+        raise asyncpg.UniqueViolationError("duplicate key")
+
+
 def test_every_advisory_lock_has_a_key_of_its_own() -> None:
     from gateway.store import postgres
     from gateway.store.schema import checked_in
