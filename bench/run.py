@@ -1197,10 +1197,53 @@ def fmt_cpu(window: dict[str, Any]) -> str:
     return text
 
 
+#: Areas of the gateway's work, by the text of a frame (``function (file:line)``) that
+#: names one: a sample counts in the area of its innermost frame that does (the frames
+#: that start the process and its loop name none). asyncpg's frames and the store's are
+#: split by the call below them on the stack: a claim, a settlement, ingest's insert.
+PROFILE_AREAS = (
+    ("request line and attempt line", "gateway/logs.py"),
+    ("metrics", "gateway/metrics.py"), ("metrics", "prometheus_client/"),
+    ("aiohttp", "aiohttp/"),
+    ("asyncpg", "asyncpg/"),
+    ("store", "gateway/store/"),
+    ("webhook adapter", "adapters/webhook.py"),
+    ("push adapters", "adapters/"),
+    ("JSON", "json/"),
+    ("dispatcher", "gateway/dispatcher.py"),
+    ("group commit", "gateway/batching.py"),
+    ("API handlers and middleware", "gateway/api/"),
+    ("gateway, other", "gateway/"),
+)
+_ENTRY = ("gateway/serve.py", "gateway/cli.py", "(gateway:", "asyncio/runners.py",
+          "uvloop/__init__.py")
+_UNDER = (("PostgresQueue.claim", "the claim"), ("PostgresQueue.complete", "the settlement"),
+          ("Store._write_events", "ingest's insert"))
+
+
+def _area(frames: list[str]) -> str:
+    for frame in reversed(frames):
+        if any(entry in frame for entry in _ENTRY):
+            continue
+        for name, marker in PROFILE_AREAS:
+            if marker in frame:
+                if name in ("asyncpg", "store"):
+                    below = " ".join(frames)
+                    for where, call in _UNDER:
+                        if where in below:
+                            return f"{name}, under {call}"
+                return name
+    # No frame names an area: the event loop's own work, in C (uvloop, the protocols'
+    # callbacks), where py-spy sees no Python frame but the loop's.
+    return "event loop (C)" if frames[-1].startswith("Runner.run") else "other"
+
+
 def summarize_profile(path: Path, top: int = 15) -> dict[str, Any]:
-    """py-spy raw (collapsed) stacks -> the heaviest leaf frames and gateway frames."""
+    """py-spy raw (collapsed) stacks -> the heaviest leaf frames and gateway frames, and
+    the gateway's main thread's samples by area (:data:`PROFILE_AREAS`)."""
     leaf: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
+    areas: Counter[str] = Counter()
     total = 0
     for line in path.read_text("utf-8", "replace").splitlines():
         stack, _, count = line.rpartition(" ")
@@ -1213,14 +1256,19 @@ def summarize_profile(path: Path, top: int = 15) -> dict[str, Any]:
         for frame in set(frames):
             if "gateway/" in frame or "adapters/" in frame:
                 inclusive[frame] += samples
+        if any("gateway/serve.py" in frame for frame in frames):  # the main thread
+            areas[_area(frames)] += samples
     if not total:
         return {"samples": 0}
 
     def pct(counter: Counter[str]) -> list[tuple[str, float]]:
         return [(name, round(100 * c / total, 1)) for name, c in counter.most_common(top)]
 
+    main = sum(areas.values())
     return {"samples": total, "file": str(path), "self_pct": pct(leaf),
-            "gateway_inclusive_pct": pct(inclusive)}
+            "gateway_inclusive_pct": pct(inclusive),
+            "main_thread_areas_pct": [(name, round(100 * c / main, 1))
+                                      for name, c in areas.most_common()] if main else []}
 
 
 #: A load generator at this share of a core (or more) is the limit of what it measures.
