@@ -43,6 +43,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
+from unittest import mock
 
 import asyncpg
 import uvloop
@@ -196,9 +197,11 @@ async def one(server: web.Server, request: bytes) -> tuple[int, dict[str, Any]]:
     return int(head[9:12]), json.loads(body)
 
 
-async def gateway_server(dsn: str, workdir: Path) -> tuple[web.AppRunner, bytes]:
+async def gateway_server(dsn: str, workdir: Path,
+                         patches: contextlib.ExitStack) -> tuple[web.AppRunner, bytes]:
     """The gateway's app as ``gateway serve --no-dispatcher`` builds it, an app with one
-    endpoint subscribed to everything, and the ingest request with its key."""
+    endpoint subscribed to everything, and the ingest request with its key. Its
+    ``insert_events`` statements are timed for as long as ``patches`` holds."""
     from gateway import logs
     from gateway.app import create_app
     from gateway.config import load_settings
@@ -211,7 +214,7 @@ async def gateway_server(dsn: str, workdir: Path) -> tuple[web.AppRunner, bytes]
             return await fetchrow(self, name, *args)
         return await COMMITS["gateway"].timed(len(args[0]), fetchrow(self, name, *args))
 
-    Database.fetchrow = timed_fetchrow  # type: ignore[method-assign]
+    patches.enter_context(mock.patch.object(Database, "fetchrow", timed_fetchrow))
 
     settings = load_settings({"DATABASE_URL": dsn, "GATEWAY_ADMIN_KEY": ADMIN_KEY,
                               "GATEWAY_DATA_DIR": str(workdir / "data"),
@@ -269,14 +272,17 @@ async def minimal_server(dsn: str) -> tuple[web.AppRunner, bytes, asyncpg.Pool]:
     return runner, request, pool
 
 
-def without(parts: list[str]) -> None:
+def without(parts: list[str], patches: contextlib.ExitStack) -> None:
     """Replace each named part of the gateway's request path by the least that stands in
-    for it (module doc); the gateway's modules are patched before its app is made."""
+    for it (module doc), for as long as ``patches`` holds."""
     from gateway import logs
     from gateway.api import events, routing
 
+    def replace(module: Any, name: str, stand_in: Any) -> None:
+        patches.enter_context(mock.patch.object(module, name, stand_in))
+
     if "request-line" in parts:
-        logs.emit = lambda *args, **kwargs: None
+        replace(logs, "emit", lambda *args, **kwargs: None)
     if "auth" in parts:
         authenticate = routing.authenticate
         first: list[Any] = []
@@ -286,25 +292,31 @@ def without(parts: list[str]) -> None:
                 first.append(await authenticate(request, header))
             return first[0]
 
-        routing.authenticate = reused
+        replace(routing, "authenticate", reused)
     if "strict-json" in parts:
         async def read_body(request: web.Request, limits: Any = None) -> Any:
             body = await request.read()
             data = json.loads(body)
             return body, data, {"payload": json.dumps(data["payload"])}
 
-        setattr(events, "read_body", read_body)  # noqa: B010 - not exported; patched
+        replace(events, "read_body", read_body)
     if "answer" in parts:
         answer = b'{"id": "evt_0", "type": "order.created", "created_at": "2026-01-01T00:00:00Z"}'
-        events.accepted_answer = lambda accepted, status: web.Response(
-            status=status, body=answer, content_type="application/json")
+        replace(events, "accepted_answer", lambda accepted, status: web.Response(
+            status=status, body=answer, content_type="application/json"))
 
 
 async def measure(args: argparse.Namespace, pg: Postgres, workdir: Path) -> None:
+    with contextlib.ExitStack() as patches:
+        await _measure(args, pg, workdir, patches)
+
+
+async def _measure(args: argparse.Namespace, pg: Postgres, workdir: Path,
+                   patches: contextlib.ExitStack) -> None:
     gw_runner, gw_request = await gateway_server(
-        await pg.fresh_database("ingest_overhead_gw"), workdir)
+        await pg.fresh_database("ingest_overhead_gw"), workdir, patches)
     # After the setup requests (made by the real parts): the load's requests only.
-    without(args.without)
+    without(args.without, patches)
     min_runner, min_request, pool = await minimal_server(
         await pg.fresh_database("ingest_overhead_min"))
     gw_server, min_server = gw_runner.server, min_runner.server

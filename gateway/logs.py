@@ -250,6 +250,9 @@ class BufferedHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def __init__(self, stream: TextIO, interval_s: float = 0.2) -> None:
         super().__init__(stream)
+        assert self.lock is not None  # made by Handler.__init__ (createLock)
+        #: logging's own handler lock (Handler.acquire takes it too), typed as it is.
+        self._lock: threading.RLock = self.lock
         self.interval_s = interval_s
         self._lines: list[str] = []
         self._parts: list[_Parts] = []
@@ -268,7 +271,7 @@ class BufferedHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def add(self, line: str, level: int) -> None:
         """Queue one formatted line (written at once from WARNING up)."""
-        with self.lock:  # type: ignore[union-attr]
+        with self._lock:
             if self._parts:
                 self._format_parts()
             self._queue(line)
@@ -279,7 +282,7 @@ class BufferedHandler(logging.StreamHandler):  # type: ignore[type-arg]
         """Queue one line as its parts (:func:`emit`; the formatter is a
         :class:`LineFormatter`): formatted with the next :attr:`batch`, at once from
         WARNING up."""
-        with self.lock:  # type: ignore[union-attr]
+        with self._lock:
             self._parts.append(parts)
             if parts[1] >= logging.WARNING or len(self._parts) >= self.batch:
                 self._format_parts()
@@ -340,7 +343,7 @@ class BufferedHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 pass  # a closed or broken stderr must not stop the gateway
 
     def flush(self) -> None:
-        with self.lock:  # type: ignore[union-attr]
+        with self._lock:
             if self._parts:
                 self._format_parts()
             self._write()
