@@ -71,7 +71,7 @@ async def fill(dsn: str, events: int) -> tuple[str, str]:
 
 
 async def measure(dsn: str, app_id: str, endpoint_id: str, mode: str, batch: int,
-                  rounds: int, warmup: int) -> None:
+                  rounds: int, warmup: int, scan: str = "wide") -> None:
     conn = await asyncpg.connect(dsn, server_settings={"plan_cache_mode": mode})
     try:
         pid = await conn.fetchval("SELECT pg_backend_pid()")
@@ -88,7 +88,8 @@ async def measure(dsn: str, app_id: str, endpoint_id: str, mode: str, batch: int
                                 [None] * batch, [None] * batch)
             before = process_cpu(pid)
             rows = await conn.fetch(QUERIES["claim_due"], *claim_params(
-                batch, 45.0, lease, Rooms(endpoints={endpoint_id: 64})))
+                batch, 45.0, lease, Rooms(endpoints={endpoint_id: 64}),
+                narrow=scan == "narrow"))
             claimed = process_cpu(pid)
             ids = [row["id"] for row in rows if row["id"] is not None]
             now = datetime.now(UTC)
@@ -104,7 +105,8 @@ async def measure(dsn: str, app_id: str, endpoint_id: str, mode: str, batch: int
                 claim_s += claimed - before
                 settle_s += settled - claimed
                 took += k
-        print(f"  {mode:20s} insert_events of {batch}: {insert_s / rounds * 1e6:6.0f} µs   "
+        print(f"  {mode:20s} {scan:6s} insert_events of {batch}: "
+              f"{insert_s / rounds * 1e6:6.0f} µs   "
               f"claim of {batch}: {claim_s / rounds * 1e6:6.0f} µs   "
               f"settle_delivered of {took / rounds:.0f}: {settle_s / rounds * 1e6:7.0f} µs"
               f"   (PostgreSQL CPU per statement, {rounds} rounds)", flush=True)
@@ -238,7 +240,9 @@ async def main(args: argparse.Namespace, pg: Postgres) -> None:
     print(f"{args.events} due deliveries in today's partition; {partitions} deliveries "
           f"partitions", flush=True)
     for mode in args.plan_cache_mode.split(","):
-        await measure(dsn, app_id, endpoint_id, mode, args.batch, args.rounds, args.warmup)
+        for scan in args.scans.split(","):
+            await measure(dsn, app_id, endpoint_id, mode, args.batch, args.rounds,
+                          args.warmup, scan)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -252,6 +256,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--plan-cache-mode", default="auto,force_generic_plan",
                    help="comma list of plan_cache_mode values")
+    p.add_argument("--scans", default="wide,narrow",
+                   help="comma list: the claim's scan, 'wide' (what a claim reads after "
+                        "one that passed rows over) and/or 'narrow' (after one that took "
+                        "the head of its scan)")
     p.add_argument("--committed", action="store_true",
                    help="instead: ingest's statement committed, --batch events each, "
                         "against the minimal durable server's, in --slices turns of "

@@ -59,9 +59,20 @@ if TYPE_CHECKING:
 K = TypeVar("K")
 V = TypeVar("V")
 
-#: A claim looks at this many times as many due rows as it may take, so that rows over a
-#: target's or an app's room do not leave it short.
+#: A claim looks at this many times as many due rows as it may take (at least
+#: CLAIM_SCAN_MIN), so that rows over a target's or an app's room do not leave it short,
+#: and apps take turns among all it read.
 CLAIM_SCAN_FACTOR = 4
+CLAIM_SCAN_MIN = 100
+#: A narrow scan: a quarter more than the claim may take (at least NARROW_SCAN_MIN), so
+#: rows over a room at its head leave it less short. Reading and ranking the wide window
+#: is about a third of a claim's cost in PostgreSQL (bench/README.md, "The claim's
+#: window").
+NARROW_SCAN_MIN = 16
+#: After a wide scan whose claim took the head of what it read (nothing passed over, so
+#: a narrow scan would have taken the same), this many claims scan narrow; then one wide
+#: again, so an app or a target with room that lies further on is seen within a few claims.
+NARROW_RUN = 3
 #: PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
 MAX_NOTIFY_BYTES = 7900
 #: A claim that parked deliveries behind open circuits (and so took less than it could)
@@ -83,6 +94,8 @@ class PostgresQueue:
         self.rate_margin_s = rate_margin_s
         #: Fan-outs take apps in turn; the app served last.
         self._last_fanout_app = ""
+        #: How many of the next claims scan narrow (NARROW_RUN).
+        self._narrow_left = 0
 
     async def claim(self, limit: int, lease_s: float, lease_id: uuid.UUID,
                     rooms: Rooms = UNLIMITED) -> Claim:
@@ -91,12 +104,15 @@ class PostgresQueue:
         shared = _ClaimReads()
         for _ in range(CLAIM_ROUNDS):
             want = limit - len(jobs)
-            rows = await self.db.fetch(
-                "claim_due", *claim_params(want, lease_s, lease_id, rooms, self.rate_margin_s))
+            narrow = self._narrow_left > 0
+            rows = await self.db.fetch("claim_due", *claim_params(
+                want, lease_s, lease_id, rooms, self.rate_margin_s, narrow=narrow))
             taken = [self._job(row, lease_id, shared) for row in rows if row["id"] is not None]
             jobs += taken
-            held_back += rows[0]["held_back"]
-            waiting = rows[0]["waiting"]
+            first = rows[0]
+            held_back += first["held_back"]
+            waiting = first["waiting"]
+            self._narrow_left = _narrow_after(self._narrow_left, narrow, bool(taken), first)
             # Rows parked behind open circuits filled part of the scan: what lies beyond
             # them may be due too.
             if not rows[0]["parked"] or len(jobs) >= limit:
@@ -232,14 +248,33 @@ def _once(table: dict[K, V], key: K, read: Callable[[], V]) -> V:
 
 
 def claim_params(limit: int, lease_s: float, lease_id: uuid.UUID, rooms: Rooms,
-                 rate_margin_s: float = DEFAULT_RATE_MARGIN_S) -> list[Any]:
-    """claim_due's parameters, in order (bench/soak.py explains the query with them)."""
+                 rate_margin_s: float = DEFAULT_RATE_MARGIN_S, *,
+                 narrow: bool = False) -> list[Any]:
+    """claim_due's parameters, in order (bench/soak.py explains the query with them).
+    ``narrow``: scan a little more than ``limit`` due rows instead of the wide window."""
+    scan = (max(limit + limit // 4, NARROW_SCAN_MIN) if narrow
+            else max(limit * CLAIM_SCAN_FACTOR, CLAIM_SCAN_MIN))
     return [limit, lease_s, lease_id,
             list(rooms.endpoints), list(rooms.endpoints.values()),
             list(rooms.kinds), list(rooms.kinds.values()),
             list(rooms.apps), list(rooms.apps.values()),
-            rooms.endpoint, rooms.app, max(limit * CLAIM_SCAN_FACTOR, 100),
+            rooms.endpoint, rooms.app, scan,
             1.0 + rate_margin_s, LAG_TOLERANCE_S]
+
+
+def _narrow_after(left: int, narrow: bool, took: bool, first: asyncpg.Record) -> int:
+    """How many of the next claims may scan narrow, after one that scanned narrow or
+    wide, took something or not, and answered ``first`` (claim_due's first row).
+
+    A claim whose scan read nothing before its last taken row that it did not take
+    (``passed_over``), parked nothing and held nothing back took the head of what it
+    read: a scan of a little more than it may take would have taken the same. A wide
+    one like that opens a run of narrow ones; a narrow one uses up one of the run; any
+    other ends the run, so the next scans wide."""
+    quiet = took and not (first["passed_over"] or first["parked"] or first["held_back"])
+    if not quiet:
+        return 0
+    return left - 1 if narrow else NARROW_RUN
 
 
 async def _log(conn: Connection, results: Sequence[AttemptResult]) -> dict[str, Row]:

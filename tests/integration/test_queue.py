@@ -5,6 +5,7 @@ runs once per queue."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import operator
 import time
@@ -13,6 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
+from unittest import mock
 
 import asyncpg
 import pytest
@@ -823,4 +825,134 @@ async def test_settling_keeps_its_generic_plan_with_a_month_of_day_partitions(
             # Eight calls each: the five custom plans, then the generic one every time.
             assert plans[QUERIES[query]] == (5, 3), f"{query}: {plans[QUERIES[query]]}"
     finally:
+        await db.close()
+
+
+class _ScanSpy(PostgresQueue):
+    """A PostgresQueue that notes how many due rows each of its claims scanned."""
+
+    def __init__(self, db: Database, stack: contextlib.ExitStack) -> None:
+        super().__init__(db)
+        self.scans: list[int] = []
+        fetch = db.fetch
+
+        async def spied(name: str, *args: Any) -> list[asyncpg.Record]:
+            if name == "claim_due":
+                self.scans.append(args[11])
+            return await fetch(name, *args)
+
+        stack.enter_context(mock.patch.object(db, "fetch", spied))
+
+
+async def test_claims_after_one_that_took_the_head_of_its_scan_scan_narrow_then_wide_again(
+        dsn: str) -> None:
+    """A claim that took the first rows it read (one endpoint's backlog, in due order)
+    would have taken the same from a scan of a little more than it may take: the next
+    NARROW_RUN claims scan that, then one scans the wide window again. Every claim still
+    takes what it asks for, oldest first."""
+    db = await Database.connect(dsn, max_size=4)
+    spies = contextlib.ExitStack()
+    try:
+        await _due_deliveries_of_one_endpoint(db, 300)
+        queue = _ScanSpy(db, spies)
+        taken: list[str] = []
+        for _ in range(6):
+            claim = await queue.claim(8, 30, uuid.uuid4(), Rooms(endpoint=64))
+            assert len(claim) == 8
+            taken += [job.delivery.delivery_id for job in claim]
+        assert queue.scans == [100, 16, 16, 16, 100, 16]
+        assert len(set(taken)) == 48
+        # Oldest first: nothing that fell due before what was taken is still waiting.
+        times = await db.pool.fetchrow(
+            "SELECT max(created_at) FILTER (WHERE id = ANY($1::text[])) AS last_taken,"
+            "       min(created_at) FILTER (WHERE NOT id = ANY($1::text[])) AS first_left "
+            "FROM deliveries", taken)
+        assert times is not None and times["last_taken"] <= times["first_left"]
+    finally:
+        spies.close()
+        await db.close()
+
+
+async def test_a_claim_that_passed_due_rows_over_keeps_the_wide_scan(dsn: str) -> None:
+    """When a claim passed over rows it read before its last taken one (here an endpoint
+    with room for two among older rows, so a younger endpoint's rows were taken past the
+    rest of them), a narrower scan would have taken less: the next claim scans wide."""
+    db = await Database.connect(dsn, max_size=4)
+    spies = contextlib.ExitStack()
+    try:
+        store = Store(db)
+        app = await store.create_app("one")
+        crowded = await store.create_endpoint(app.id, "http://127.0.0.1:9/", "", ["old.one"])
+        await store.create_endpoint(app.id, "http://127.0.0.1:9/", "", ["new.one"])
+        await store.write_events([EventDraft(app.id, "old.one", "{}") for _ in range(20)])
+        await store.write_events([EventDraft(app.id, "new.one", "{}") for _ in range(5)])
+        queue = _ScanSpy(db, spies)
+        first = await queue.claim(10, 30, uuid.uuid4(), Rooms(endpoints={crowded.id: 2}))
+        assert len(first) == 7  # two of the crowded endpoint's, all five of the other's
+        await queue.claim(10, 30, uuid.uuid4(), Rooms(endpoints={crowded.id: 2}))
+        assert queue.scans == [100, 100]
+    finally:
+        spies.close()
+        await db.close()
+
+
+async def test_a_row_another_claimer_holds_at_the_head_of_a_narrow_scan_makes_the_next_wide(
+        dsn: str) -> None:
+    """A claim that skipped a row another claimer holds (its head row, locked elsewhere)
+    did not take the head of what it read: the next claim scans wide."""
+    db = await Database.connect(dsn, max_size=4)
+    spies = contextlib.ExitStack()
+    try:
+        store = Store(db)
+        app = await store.create_app("one")
+        await store.create_endpoint(app.id, "http://127.0.0.1:9/", "", None)
+        for _ in range(40):  # each due at a time of its own
+            await store.write_events([EventDraft(app.id, "order.created", "{}")])
+        queue = _ScanSpy(db, spies)
+        assert len(await queue.claim(8, 30, uuid.uuid4(), Rooms(endpoint=64))) == 8
+        other = await asyncpg.connect(dsn)
+        try:
+            held = other.transaction()
+            await held.start()
+            await other.execute(
+                "SELECT 1 FROM deliveries WHERE lease_id IS NULL "
+                "ORDER BY next_attempt_at LIMIT 1 FOR UPDATE")
+            # The narrow scan's first row is held: seven of the eight it chose. (A wide
+            # scan chooses the same eight: a held row is skipped, not replaced.)
+            assert len(await queue.claim(8, 30, uuid.uuid4(), Rooms(endpoint=64))) == 7
+            assert len(await queue.claim(8, 30, uuid.uuid4(), Rooms(endpoint=64))) == 7
+            await held.rollback()
+        finally:
+            await other.close()
+        assert queue.scans == [100, 16, 100]
+    finally:
+        spies.close()
+        await db.close()
+
+
+async def test_another_apps_due_rows_past_a_narrow_scan_are_taken_by_the_next_wide_one(
+        dsn: str) -> None:
+    """Apps take turns among what a scan read: an app whose due rows lie past the narrow
+    scans but within the wide window (behind another app's backlog of 60) gets its turn at
+    the next wide scan, within NARROW_RUN + 1 claims."""
+    db = await Database.connect(dsn, max_size=4)
+    spies = contextlib.ExitStack()
+    try:
+        store = Store(db)
+        big = await store.create_app("big")
+        await store.create_endpoint(big.id, "http://127.0.0.1:9/", "", None)
+        await store.write_events([EventDraft(big.id, "order.created", "{}")
+                                  for _ in range(60)])
+        queue = _ScanSpy(db, spies)
+        await queue.claim(8, 30, uuid.uuid4(), Rooms(endpoint=64))
+        small = await store.create_app("small")
+        await store.create_endpoint(small.id, "http://127.0.0.1:9/", "", None)
+        await store.write_events([EventDraft(small.id, "order.created", "{}")])
+        apps = [{job.delivery.app_id for job in
+                 await queue.claim(8, 30, uuid.uuid4(), Rooms(endpoint=64))}
+                for _ in range(4)]
+        assert queue.scans == [100, 16, 16, 16, 100]
+        assert apps[:3] == [{big.id}] * 3 and small.id in apps[3]
+    finally:
+        spies.close()
         await db.close()

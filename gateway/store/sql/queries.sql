@@ -515,7 +515,10 @@ SELECT requeued.* FROM requeued LEFT JOIN woke ON true;
 -- times, oldest first. The first row says how many were parked ("parked") and held back
 -- ("held_back"), and how many it saw due but left for want of room ("waiting": the
 -- claimer's own deliveries must finish first); when nothing was claimed it is the only
--- row, its id NULL.
+-- row, its id NULL. "passed_over" counts the due rows read that come before the last one
+-- taken, in (due time, id) order, and were not taken: 0 means what was taken is the
+-- head of what was read, so a scan of only a little more than the claim may take would
+-- have taken the same (PostgresQueue narrows the next scans then).
 WITH full_targets AS (
     SELECT array_agg(id) FILTER (WHERE room <= 0) AS endpoints
     FROM unnest($4::text[], $5::int[]) AS r(id, room)
@@ -717,11 +720,18 @@ SELECT h.held_back, w.waiting, c.id, c.app_id, c.event_id, c.endpoint_id, c.devi
            AS previous_secret,
        dv.token AS device_token, dv.platform, dv.status AS device_status,
        CASE WHEN c.kind <> 'webhook' THEN ev.notification END AS notification,
-       pc.config AS credentials, ep.headers, n.parked
+       pc.config AS credentials, ep.headers, n.parked, p.passed_over
 FROM (SELECT count(*)::int AS parked FROM parked) n
 CROSS JOIN (SELECT count(*)::int AS held_back FROM booking) h
 CROSS JOIN (SELECT ((SELECT count(*) FROM ranked) - (SELECT count(*) FROM chosen)
                     - (SELECT count(*) FROM held))::int AS waiting) w
+CROSS JOIN (SELECT (count(*) - (SELECT count(*) FROM locked WHERE why = 'take'))::int
+                       AS passed_over
+            FROM ranked r
+            WHERE (r.next_attempt_at, r.id) <= (
+                SELECT k.next_attempt_at, k.id FROM ranked k
+                JOIN locked l ON l.why = 'take' AND l.app_id = k.app_id AND l.id = k.id
+                ORDER BY k.next_attempt_at DESC, k.id DESC LIMIT 1)) p
 LEFT JOIN (claimed c
            JOIN events ev ON ev.app_id = c.app_id AND ev.id = c.event_id
            LEFT JOIN endpoints ep ON ep.id = c.endpoint_id
