@@ -7,6 +7,11 @@ each outcome out to its subscribers through bounded per-subscriber queues: a slo
 consumer loses outcomes and is told how many, it never holds up the listener or anyone
 else. The tail is a live view, not a log: what happens while nobody listens (or while the
 LISTEN connection is down) is only in ``GET /v1/deliveries``.
+
+Only apps someone watches are told: each API process keeps a row per app it streams in
+``live_tails`` (its ``keeper``), renewed every ``KEEP_EVERY_S`` while it has subscribers,
+and a stream opens once its app's row is written. Building a notification for every
+settled attempt cost PostgreSQL about a quarter of settling it, mostly for nobody.
 """
 
 from __future__ import annotations
@@ -15,11 +20,11 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.errors import RateLimited
+from gateway.errors import DatabaseUnavailable, RateLimited
 from gateway.store.database import OUTCOMES_CHANNEL
 from gateway.store.listening import listen_forever
 
@@ -29,6 +34,15 @@ log = logging.getLogger("gateway.stream")
 QUEUE_SIZE = 1000
 #: A comment line this often keeps proxies from closing an idle stream.
 HEARTBEAT_S = 15.0
+#: A process says which apps it streams this often while it streams any; what it said
+#: lasts KEEP_FOR_S (so a process that stops without a word is forgotten by then).
+KEEP_EVERY_S = 20.0
+KEEP_FOR_S = 60.0
+#: After a failed attempt to say so, the next one comes this much later.
+KEEP_RETRY_S = 1.0
+
+#: Says, for the process, which apps it streams now (``Store.keep_live_tails``).
+Keeper = Callable[[Sequence[str]], Awaitable[None]]
 
 Outcome = dict[str, Any]
 
@@ -90,8 +104,12 @@ class OutcomeStream:
     """One LISTEN connection per process, fanned out to this process's subscribers."""
 
     def __init__(self, dsn: str, *, queue_size: int | None = None,
-                 heartbeat_s: float | None = None, max_per_app: int = 10) -> None:
+                 heartbeat_s: float | None = None, max_per_app: int = 10,
+                 keeper: Keeper | None = None, keep_every_s: float = KEEP_EVERY_S) -> None:
         self.dsn = dsn
+        #: None: every app's outcomes reach this process (nothing to say).
+        self.keeper = keeper
+        self.keep_every_s = keep_every_s
         self.max_per_app = max_per_app
         self.queue_size = queue_size if queue_size is not None else QUEUE_SIZE
         self.heartbeat_s = heartbeat_s if heartbeat_s is not None else HEARTBEAT_S
@@ -100,17 +118,64 @@ class OutcomeStream:
         self.dropped_total = 0
         self._subscribers: dict[str, set[Subscription]] = {}
         self._stopping = False
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        #: The apps the last word said; a word is wanted (the apps changed).
+        self._kept: frozenset[str] = frozenset()
+        self._keep_wanted = asyncio.Event()
+        self._kept_changed = asyncio.Condition()
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._listen(), name="outcome-stream-listen")
+        self._tasks = [asyncio.create_task(self._listen(), name="outcome-stream-listen")]
+        if self.keeper is not None:
+            self._tasks.append(asyncio.create_task(self._keep(), name="outcome-stream-keep"))
 
     async def stop(self) -> None:
         self._stopping = True
         self.close_subscribers()
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        async with self._kept_changed:
+            self._kept_changed.notify_all()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.keeper is not None and self._kept:
+            # Forget our rows now rather than when they run out.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2):
+                    await self.keeper(())
+
+    async def watched(self, app_id: str) -> None:
+        """Return once outcomes of ``app_id`` reach this process: its row is written
+        (at once without a keeper)."""
+        if self.keeper is None or app_id in self._kept:
+            return
+        self._keep_wanted.set()
+        async with self._kept_changed:
+            await self._kept_changed.wait_for(lambda: app_id in self._kept or self._stopping)
+
+    async def _keep(self) -> None:
+        """Say which apps this process streams whenever they change, and again before
+        the last word runs out."""
+        assert self.keeper is not None
+        while True:
+            self._keep_wanted.clear()
+            apps = frozenset(self._subscribers)
+            wait = self.keep_every_s
+            if apps or self._kept:
+                try:
+                    await self.keeper(sorted(apps))
+                except DatabaseUnavailable as exc:  # the next word says it all
+                    log.warning("cannot say which apps this process streams live: %s", exc)
+                    wait = min(wait, KEEP_RETRY_S)
+                except Exception:
+                    log.exception("cannot say which apps this process streams live")
+                    wait = min(wait, KEEP_RETRY_S)
+                else:
+                    async with self._kept_changed:
+                        self._kept = apps
+                        self._kept_changed.notify_all()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._keep_wanted.wait()
 
     def close_subscribers(self) -> None:
         for subs in self._subscribers.values():
@@ -132,6 +197,8 @@ class OutcomeStream:
         sub = Subscription(app_id, endpoint_id, event_type, self.queue_size)
         if self._stopping:
             sub.close()
+        if app_id not in self._subscribers:
+            self._keep_wanted.set()
         self._subscribers.setdefault(app_id, set()).add(sub)
         try:
             yield sub
@@ -141,6 +208,7 @@ class OutcomeStream:
                 subs.discard(sub)
                 if not subs:
                     del self._subscribers[app_id]
+                    self._keep_wanted.set()
 
     def subscriber_count(self) -> int:
         return sum(len(s) for s in self._subscribers.values())

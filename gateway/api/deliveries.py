@@ -88,12 +88,15 @@ async def stream_deliveries(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={
         "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
         "X-Accel-Buffering": "no"})
-    with stream.subscribe(app_id(request), endpoint_id=endpoint_id,
-                          event_type=event_type) as sub:
-        # Open the stream only once outcomes can reach it, so a client that sees the
-        # answer's headers knows it misses nothing from then on.
+    app = app_id(request)
+    with stream.subscribe(app, endpoint_id=endpoint_id, event_type=event_type) as sub:
+        # Open the stream only once outcomes can reach it (this process listens, and the
+        # queue knows the app is watched), so a client that sees the answer's headers
+        # knows it misses nothing from then on.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stream.listening.wait(), LISTEN_WAIT_S)
+            async with asyncio.timeout(LISTEN_WAIT_S):
+                await stream.listening.wait()
+                await stream.watched(app)
         await response.prepare(request)
         try:
             await response.write(b": connected\n\n")

@@ -11,6 +11,7 @@ import base64
 import contextlib
 import json
 import secrets
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -706,6 +707,14 @@ class Store:
     async def end_session(self, session_id: str) -> None:
         await self.db.execute("end_session", session_id)
 
+    # --- the live tail ----------------------------------------------------------------
+
+    async def keep_live_tails(self, process_id: uuid.UUID, app_ids: Sequence[str],
+                              ttl_s: float) -> None:
+        """Say which apps' outcomes an API process streams live now (the queue tells
+        the live tail of those apps only), for ``ttl_s`` unless said again."""
+        await self.db.fetchrow("keep_live_tails", process_id, list(app_ids), float(ttl_s))
+
     # --- metrics ----------------------------------------------------------------------
 
     async def backlog(self) -> Backlog:
@@ -831,6 +840,7 @@ class Cleaner:
         "event_types": QUERIES["cleanup_event_types"],
         "operational_webhooks": QUERIES["cleanup_operational_webhooks"],
         "tasks": QUERIES["cleanup_tasks"],
+        "live_tails": QUERIES["cleanup_live_tails"],
     }
     #: What the app's operational notices are made of (filed under ``ops:<app id>``).
     FEED_STEPS = ("deliveries", "events")

@@ -2,11 +2,13 @@
 any number of dispatcher processes share one database, and ``NOTIFY`` wakes them.
 
 Settling attempts also tells the live tail: each transaction that logs attempts sends
-their outcomes on ``gateway_outcomes`` (compact JSON, never a payload, secret or token),
-heard on commit by every API process. In the same transaction it keeps the endpoints'
-health (:mod:`gateway.store.endpoint_health`) and tells the apps' operational webhooks
-(:mod:`gateway.operational`) what the attempts changed: an endpoint disabled, a delivery
-failed for good, a device pruned, credentials refused.
+the outcomes of the apps someone watches (``live_tails``, kept by the API processes that
+stream them: :mod:`gateway.outcomes`) on ``gateway_outcomes`` (compact JSON, never a
+payload, secret or token), heard on commit by every API process. In the same
+transaction it keeps the endpoints' health (:mod:`gateway.store.endpoint_health`) and
+tells the apps' operational webhooks (:mod:`gateway.operational`) what the attempts
+changed: an endpoint disabled, a delivery failed for good, a device pruned, credentials
+refused.
 """
 
 from __future__ import annotations
@@ -278,13 +280,18 @@ def _narrow_after(left: int, narrow: bool, took: bool, first: asyncpg.Record) ->
 
 
 async def _log(conn: Connection, results: Sequence[AttemptResult]) -> dict[str, Row]:
-    """Log the attempts, move their deliveries on, and tell the live tail on commit;
-    the deliveries that moved on (still leased by the caller), by id."""
+    """Log the attempts, move their deliveries on, and tell the live tail on commit (of
+    the apps someone watches); the deliveries that moved on (still leased by the
+    caller), by id."""
     changed = await conn.fetch(QUERIES["record_results"], *_result_columns(results))
     moved: dict[str, Row] = {row["id"]: row for row in changed}
-    notes = outcome_notifications(results, moved)
-    if notes:
-        await conn.execute(QUERIES["notify_outcomes"], notes)
+    if moved:
+        apps = list({row["app_id"] for row in changed})
+        tailed = {row["app_id"] for row in await conn.fetch(QUERIES["tailed_apps"], apps)}
+        notes = outcome_notifications(
+            results, {k: row for k, row in moved.items() if row["app_id"] in tailed})
+        if notes:
+            await conn.execute(QUERIES["notify_outcomes"], notes)
     return moved
 
 

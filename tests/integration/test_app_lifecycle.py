@@ -116,11 +116,15 @@ async def sql(dsn: str, statement: str, *args: Any) -> None:
         await conn.close()
 
 
-async def fill(api: Api, key: str, app_id: str, receiver: Receiver) -> None:
+async def fill(api: Api, key: str, app_id: str, receiver: Receiver, dsn: str) -> None:
     """Something in every table an app owns: endpoints, events with deliveries (attempted,
     where a dispatcher runs), idempotency keys, devices and a push fan-out, push
     credentials, a rate window, a dashboard session, an event type, an operational
-    webhook, a task."""
+    webhook, a task, a live tail."""
+    # A live tail's row left by a process that stopped without a word (it runs out by
+    # itself, or goes with the app).
+    await sql(dsn, "INSERT INTO live_tails (process_id, app_id, expires_at)"
+                   " VALUES ($1, $2, now() + interval '1 hour')", uuid.uuid4(), app_id)
     # First, so it is told of every failure below.
     status, body = await api.call("PUT", "/v1/operational-webhook", key,
                                   {"url": receiver.url(f"/{app_id}/ops")})
@@ -385,7 +389,7 @@ async def test_the_cleanup_removes_every_row_of_a_deleted_app_in_batches_and_no_
     for name in ("doomed", "kept"):
         key, app_id = await new_app(api, name)
         apps[name] = app_id
-        await fill(api, key, app_id, receiver)
+        await fill(api, key, app_id, receiver, dsn)
 
     async def settled() -> bool:
         # Each app: 8 webhooks delivered, 4 pushes failed (no FCM credentials).
@@ -479,7 +483,7 @@ async def test_the_cleanup_resumes_after_a_restart(
     api_only = await aiohttp_client(create_app(settings, dsn, dispatcher=False))
     api = Api(api_only)
     key, app_id = await new_app(api, "doomed")
-    await fill(api, key, app_id, receiver)
+    await fill(api, key, app_id, receiver, dsn)
     ids = await delivery_ids(dsn, app_id)
     assert (await api.call("DELETE", f"/v1/apps/{app_id}", ADMIN_KEY))[0] == 204
     left = await rows_of(dsn, app_id, ids)

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from gateway import outcomes
 from gateway.api.deliveries import sse
+from gateway.errors import DatabaseUnavailable
 from gateway.outcomes import OutcomeStream, Subscription, type_matches
 from gateway.store.postgres_queue import MAX_NOTIFY_BYTES, outcome_notifications
 from gateway.store.queue import AttemptResult
 from gateway_client.models import AttemptOutcome, DeliveryStatus
+from tests.support import eventually
 
 
 def record(n: int) -> AttemptResult:
@@ -82,3 +87,64 @@ def test_subscriptions_filter_by_endpoint_and_type() -> None:
 def test_sse_frames_name_the_event_and_its_id() -> None:
     frame = sse("delivery", {"a": 1}, "dlv_1:2")
     assert frame == b'event: delivery\nid: dlv_1:2\ndata: {"a":1}\n\n'
+
+
+class Keeper:
+    """Records what a stream says it streams; fails the first ``failures`` times."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.said: list[list[str]] = []
+        self.failures = failures
+
+    async def __call__(self, apps: Sequence[str]) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise DatabaseUnavailable("the database is away")
+        self.said.append(list(apps))
+
+
+async def quiet_listen(self: OutcomeStream) -> None:
+    """No LISTEN connection: these tests are about what the stream says."""
+    await asyncio.get_running_loop().create_future()
+
+
+async def test_a_stream_opens_once_its_process_said_it_streams_the_app(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(OutcomeStream, "_listen", quiet_listen)
+    keeper = Keeper()
+    stream = OutcomeStream("postgresql://unused", keeper=keeper, keep_every_s=60)
+    await stream.start()
+    try:
+        assert keeper.said == []  # nothing streamed, nothing said
+        with stream.subscribe("app_1"), stream.subscribe("app_2"):
+            await asyncio.wait_for(stream.watched("app_2"), 5)
+            assert keeper.said[-1] == ["app_1", "app_2"]
+            with stream.subscribe("app_1"):
+                await asyncio.wait_for(stream.watched("app_1"), 5)
+        await eventually(lambda: asyncio.sleep(0, keeper.said[-1] == []))
+    finally:
+        await stream.stop()
+
+
+async def test_a_process_says_it_again_before_it_runs_out_and_again_soon_after_a_failure(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(OutcomeStream, "_listen", quiet_listen)
+    monkeypatch.setattr(outcomes, "KEEP_RETRY_S", 0.01)
+    keeper = Keeper(failures=2)
+    stream = OutcomeStream("postgresql://unused", keeper=keeper, keep_every_s=0.05)
+    await stream.start()
+    try:
+        with stream.subscribe("app_1"):
+            await asyncio.wait_for(stream.watched("app_1"), 5)
+            await eventually(lambda: asyncio.sleep(0, len(keeper.said) >= 3))
+            assert all(said == ["app_1"] for said in keeper.said)
+    finally:
+        await stream.stop()
+    # Stopping forgets what it said rather than leaving it to run out.
+    assert keeper.said[-1] == []
+
+
+async def test_without_a_keeper_a_stream_opens_at_once() -> None:
+    stream = OutcomeStream("postgresql://unused")
+    with stream.subscribe("app_1"):
+        await asyncio.wait_for(stream.watched("app_1"), 1)

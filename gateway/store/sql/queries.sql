@@ -785,7 +785,7 @@ FROM upd JOIN events ev ON ev.app_id = upd.app_id AND ev.id = upd.event_id;
 -- (gateway_client.models.iso); $14 the endpoint each counts towards, or NULL.
 -- The live tail gets each delivery that moved on, as outcome_notifications writes it, in
 -- notifications under NOTIFY's limit (an item is under 700 bytes: event types are at most
--- 128 characters). To an endpoint's health a success is what endpoint_health makes of it
+-- 128 characters), for the apps someone is watching (live_tails) and no other. To an endpoint's health a success is what endpoint_health makes of it
 -- (gateway/health.py settle): its failures are forgotten and its circuit closes; only
 -- endpoints with something to forget are written (locked in id order, as there), and one
 -- whose circuit closed gets its parked deliveries back (resume_endpoints).
@@ -815,6 +815,8 @@ WITH r AS (
     SELECT delivery_id, app_id, attempted_at, duration_ms, outcome, status_code,
            response_snippet, error
     FROM r
+), tailed AS (
+    SELECT DISTINCT app_id FROM live_tails WHERE expires_at > now()
 ), items AS (
     SELECT json_build_object(
                'delivery_id', u.id, 'event_id', u.event_id, 'event_type', ev.type,
@@ -825,6 +827,7 @@ WITH r AS (
     FROM upd u
     JOIN r ON r.delivery_id = u.id
     JOIN events ev ON ev.app_id = u.app_id AND ev.id = u.event_id
+    WHERE u.app_id IN (SELECT app_id FROM tailed)
 ), told AS (
     SELECT pg_notify('gateway_outcomes', '[' || string_agg(item, ',' ORDER BY n) || ']')
     FROM (SELECT item, n, sum(octet_length(item) + 1) OVER (ORDER BY n) / 7000 AS chunk
@@ -865,6 +868,29 @@ UPDATE devices SET status = 'pruned', pruned_reason = $2, pruned_at = now(),
     updated_at = now()
 WHERE id = $1 AND status = 'active' AND ($3::timestamptz IS NULL OR registered_at <= $3)
 RETURNING app_id, id, token, platform, user_id, pruned_reason;
+
+-- name: tailed_apps
+-- $1 app ids: those of them someone is watching live (live_tails), whose outcomes the
+-- live tail is told.
+SELECT DISTINCT app_id FROM live_tails WHERE app_id = ANY($1::text[]) AND expires_at > now();
+
+-- name: keep_live_tails
+-- $1 an API process's id, $2 the apps it serves live streams of now, $3 seconds its rows
+-- last unless renewed. Its rows become exactly those apps', renewed; rows of other
+-- processes past their time go.
+WITH dropped AS (
+    DELETE FROM live_tails
+    WHERE (process_id = $1 AND app_id <> ALL($2::text[]))
+       OR (process_id <> $1 AND expires_at < now())
+    RETURNING 1
+), kept AS (
+    INSERT INTO live_tails (process_id, app_id, expires_at)
+    SELECT $1, a, now() + make_interval(secs => $3)
+    FROM (SELECT DISTINCT a FROM unnest($2::text[]) AS a) apps
+    ON CONFLICT (process_id, app_id) DO UPDATE SET expires_at = EXCLUDED.expires_at
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM kept)::int AS kept, (SELECT count(*) FROM dropped)::int AS dropped;
 
 -- name: notify_outcomes
 -- $1 JSON arrays of outcomes, each under NOTIFY's 8000-byte limit: one notification each
@@ -1354,6 +1380,16 @@ WITH doomed AS (
     WHERE p.app_id = $1 AND p.provider = doomed.provider RETURNING 1
 )
 SELECT count(*)::int AS push_credentials FROM gone;
+
+-- name: cleanup_live_tails
+-- $1 app id, $2 batch size
+WITH gone AS (
+    DELETE FROM live_tails
+    WHERE (process_id, app_id) IN (SELECT process_id, app_id FROM live_tails
+                                   WHERE app_id = $1 LIMIT $2)
+    RETURNING 1
+)
+SELECT count(*)::int AS live_tails FROM gone;
 
 -- name: cleanup_app_rate_windows
 -- $1 app id, $2 batch size (one row at most)

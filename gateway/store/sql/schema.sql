@@ -187,6 +187,14 @@ CREATE TABLE idempotency_keys (
 );
 ALTER TABLE idempotency_keys ADD CONSTRAINT idempotency_keys_pkey PRIMARY KEY (app_id, key);
 
+CREATE TABLE live_tails (
+    process_id uuid NOT NULL,
+    app_id text NOT NULL,
+    expires_at timestamp with time zone NOT NULL
+);
+ALTER TABLE live_tails ADD CONSTRAINT live_tails_pkey PRIMARY KEY (process_id, app_id);
+CREATE INDEX live_tails_by_app ON public.live_tails USING btree (app_id, expires_at);
+
 CREATE TABLE operational_webhooks (
     app_id text NOT NULL,
     id text NOT NULL,
