@@ -32,7 +32,7 @@ from gateway.errors import DatabaseUnavailable
 from gateway.fanout import FanoutRunner
 from gateway.metrics import Metrics
 from gateway.operational import OPERATIONAL_KIND
-from gateway.outcomes import KEEP_FOR_S, OutcomeStream
+from gateway.outcomes import OutcomeStream
 from gateway.retention import Retention, keep_partitions
 from gateway.retry import RetryPolicy
 from gateway.sandbox import Sandbox, SandboxRouter
@@ -176,7 +176,7 @@ def create_app(
     async def live_tail(app: web.Application) -> AsyncIterator[None]:
         stream = OutcomeStream(dsn, max_per_app=settings.max_streams_per_app,
                                keeper=functools.partial(app[appkeys.STORE].keep_live_tails,
-                                                        uuid.uuid4(), ttl_s=KEEP_FOR_S))
+                                                        uuid.uuid4()))
         app[appkeys.OUTCOMES] = stream
         await stream.start()
         yield

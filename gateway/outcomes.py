@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,8 +42,9 @@ KEEP_FOR_S = 60.0
 #: After a failed attempt to say so, the next one comes this much later.
 KEEP_RETRY_S = 1.0
 
-#: Says, for the process, which apps it streams now (``Store.keep_live_tails``).
-Keeper = Callable[[Sequence[str]], Awaitable[None]]
+#: Says, for the process, which apps it streams now, good for so many seconds
+#: (``Store.keep_live_tails``).
+Keeper = Callable[[Sequence[str], float], Awaitable[None]]
 
 Outcome = dict[str, Any]
 
@@ -105,11 +107,13 @@ class OutcomeStream:
 
     def __init__(self, dsn: str, *, queue_size: int | None = None,
                  heartbeat_s: float | None = None, max_per_app: int = 10,
-                 keeper: Keeper | None = None, keep_every_s: float = KEEP_EVERY_S) -> None:
+                 keeper: Keeper | None = None, keep_every_s: float = KEEP_EVERY_S,
+                 keep_for_s: float = KEEP_FOR_S) -> None:
         self.dsn = dsn
         #: None: every app's outcomes reach this process (nothing to say).
         self.keeper = keeper
         self.keep_every_s = keep_every_s
+        self.keep_for_s = keep_for_s
         self.max_per_app = max_per_app
         self.queue_size = queue_size if queue_size is not None else QUEUE_SIZE
         self.heartbeat_s = heartbeat_s if heartbeat_s is not None else HEARTBEAT_S
@@ -119,8 +123,11 @@ class OutcomeStream:
         self._subscribers: dict[str, set[Subscription]] = {}
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
-        #: The apps the last word said; a word is wanted (the apps changed).
+        #: The apps the last word said, and when it was said (loop time); the apps a
+        #: word being said now says (None: none is); a word is wanted (they changed).
         self._kept: frozenset[str] = frozenset()
+        self._kept_at = -math.inf
+        self._saying: frozenset[str] | None = None
         self._keep_wanted = asyncio.Event()
         self._kept_changed = asyncio.Condition()
 
@@ -141,16 +148,23 @@ class OutcomeStream:
             # Forget our rows now rather than when they run out.
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(2):
-                    await self.keeper(())
+                    await self.keeper((), self.keep_for_s)
+
+    def _said(self, app_id: str) -> bool:
+        """``app_id``'s row is written and stays: the last word said it, has not run
+        out, and no word being said leaves it out."""
+        fresh = asyncio.get_running_loop().time() - self._kept_at < self.keep_for_s
+        return (app_id in self._kept and fresh
+                and (self._saying is None or app_id in self._saying))
 
     async def watched(self, app_id: str) -> None:
         """Return once outcomes of ``app_id`` reach this process: its row is written
         (at once without a keeper)."""
-        if self.keeper is None or app_id in self._kept:
+        if self.keeper is None or self._said(app_id):
             return
         self._keep_wanted.set()
         async with self._kept_changed:
-            await self._kept_changed.wait_for(lambda: app_id in self._kept or self._stopping)
+            await self._kept_changed.wait_for(lambda: self._said(app_id) or self._stopping)
 
     async def _keep(self) -> None:
         """Say which apps this process streams whenever they change, and again before
@@ -161,8 +175,10 @@ class OutcomeStream:
             apps = frozenset(self._subscribers)
             wait = self.keep_every_s
             if apps or self._kept:
+                said_at = asyncio.get_running_loop().time()
+                self._saying = apps
                 try:
-                    await self.keeper(sorted(apps))
+                    await self.keeper(sorted(apps), self.keep_for_s)
                 except DatabaseUnavailable as exc:  # the next word says it all
                     log.warning("cannot say which apps this process streams live: %s", exc)
                     wait = min(wait, KEEP_RETRY_S)
@@ -171,8 +187,10 @@ class OutcomeStream:
                     wait = min(wait, KEEP_RETRY_S)
                 else:
                     async with self._kept_changed:
-                        self._kept = apps
+                        self._kept, self._kept_at = apps, said_at
                         self._kept_changed.notify_all()
+                finally:
+                    self._saying = None
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self._keep_wanted.wait()

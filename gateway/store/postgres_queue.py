@@ -72,8 +72,10 @@ CLAIM_SCAN_MIN = 100
 #: window").
 NARROW_SCAN_MIN = 16
 #: After a wide scan whose claim took the head of what it read (nothing passed over, so
-#: a narrow scan would have taken the same), this many claims scan narrow; then one wide
-#: again, so an app or a target with room that lies further on is seen within a few claims.
+#: a narrow scan would have taken the same), up to this many claims scan narrow; then one
+#: wide again, so an app or a target with room that lies further on is seen within a few
+#: claims. A narrow claim that took less than it asked for ends the run: rooms change
+#: between claims, and what lies past its scan may have room now.
 NARROW_RUN = 3
 #: PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
 MAX_NOTIFY_BYTES = 7900
@@ -114,7 +116,8 @@ class PostgresQueue:
             first = rows[0]
             held_back += first["held_back"]
             waiting = first["waiting"]
-            self._narrow_left = _narrow_after(self._narrow_left, narrow, bool(taken), first)
+            self._narrow_left = _narrow_after(self._narrow_left, narrow, len(taken), want,
+                                              first)
             # Rows parked behind open circuits filled part of the scan: what lies beyond
             # them may be due too.
             if not rows[0]["parked"] or len(jobs) >= limit:
@@ -264,17 +267,20 @@ def claim_params(limit: int, lease_s: float, lease_id: uuid.UUID, rooms: Rooms,
             1.0 + rate_margin_s, LAG_TOLERANCE_S]
 
 
-def _narrow_after(left: int, narrow: bool, took: bool, first: asyncpg.Record) -> int:
+def _narrow_after(left: int, narrow: bool, took: int, wanted: int,
+                  first: asyncpg.Record) -> int:
     """How many of the next claims may scan narrow, after one that scanned narrow or
-    wide, took something or not, and answered ``first`` (claim_due's first row).
+    wide, took ``took`` of the ``wanted`` it asked for, and answered ``first`` (claim_due's
+    first row).
 
     A claim whose scan read nothing before its last taken row that it did not take
     (``passed_over``), parked nothing and held nothing back took the head of what it
-    read: a scan of a little more than it may take would have taken the same. A wide
-    one like that opens a run of narrow ones; a narrow one uses up one of the run; any
-    other ends the run, so the next scans wide."""
+    read: a scan of a little more than it may take would have taken the same (or others
+    as due). A wide one like that opens a run of narrow ones; a narrow one that also took
+    all it asked for uses up one of the run; any other ends the run, so the next scans
+    wide."""
     quiet = took and not (first["passed_over"] or first["parked"] or first["held_back"])
-    if not quiet:
+    if not quiet or (narrow and took < wanted):
         return 0
     return left - 1 if narrow else NARROW_RUN
 

@@ -1016,3 +1016,34 @@ async def test_another_apps_due_rows_past_a_narrow_scan_are_taken_by_the_next_wi
     finally:
         spies.close()
         await db.close()
+
+
+async def test_a_narrow_claim_that_took_less_than_it_asked_for_makes_the_next_wide(
+        dsn: str) -> None:
+    """Rooms change between claims: a narrow claim cut short by a target's room now (its
+    scan all of that target's rows) may leave another app's rows past its scan that a
+    wide one would have taken. The next claim scans wide, and takes them."""
+    db = await Database.connect(dsn, max_size=4)
+    spies = contextlib.ExitStack()
+    try:
+        store = Store(db)
+        big = await store.create_app("big")
+        crowded = await store.create_endpoint(big.id, "http://127.0.0.1:9/", "", None)
+        await store.write_events([EventDraft(big.id, "order.created", "{}")
+                                  for _ in range(30)])
+        small = await store.create_app("small")
+        await store.create_endpoint(small.id, "http://127.0.0.1:9/", "", None)
+        await store.write_events([EventDraft(small.id, "order.created", "{}")
+                                  for _ in range(5)])
+        queue = _ScanSpy(db, spies)
+        first = await queue.claim(8, 30, uuid.uuid4(), Rooms(apps={small.id: 0}))
+        assert {job.delivery.app_id for job in first} == {big.id} and len(first) == 8
+        short = await queue.claim(8, 30, uuid.uuid4(), Rooms(endpoints={crowded.id: 3}))
+        assert {job.delivery.app_id for job in short} == {big.id} and len(short) == 3
+        # The same rooms again: a narrow scan would read only the big app's rows.
+        rest = await queue.claim(8, 30, uuid.uuid4(), Rooms(endpoints={crowded.id: 3}))
+        assert sorted(job.delivery.app_id == small.id for job in rest) == [False] * 3 + [True] * 5
+        assert queue.scans == [100, 16, 100]
+    finally:
+        spies.close()
+        await db.close()

@@ -90,13 +90,22 @@ def test_sse_frames_name_the_event_and_its_id() -> None:
 
 
 class Keeper:
-    """Records what a stream says it streams; fails the first ``failures`` times."""
+    """Records what a stream says it streams; fails the first ``failures`` times; holds
+    each word until ``go`` is set, when ``held``."""
 
-    def __init__(self, failures: int = 0) -> None:
+    def __init__(self, failures: int = 0, held: bool = False) -> None:
         self.said: list[list[str]] = []
+        self.ttls: list[float] = []
         self.failures = failures
+        self.go = asyncio.Event()
+        if not held:
+            self.go.set()
+        self.saying = asyncio.Event()
 
-    async def __call__(self, apps: Sequence[str]) -> None:
+    async def __call__(self, apps: Sequence[str], ttl_s: float) -> None:
+        self.ttls.append(ttl_s)
+        self.saying.set()
+        await self.go.wait()
         if self.failures:
             self.failures -= 1
             raise DatabaseUnavailable("the database is away")
@@ -119,6 +128,7 @@ async def test_a_stream_opens_once_its_process_said_it_streams_the_app(
         with stream.subscribe("app_1"), stream.subscribe("app_2"):
             await asyncio.wait_for(stream.watched("app_2"), 5)
             assert keeper.said[-1] == ["app_1", "app_2"]
+            assert set(keeper.ttls) == {outcomes.KEEP_FOR_S}
             with stream.subscribe("app_1"):
                 await asyncio.wait_for(stream.watched("app_1"), 5)
         await eventually(lambda: asyncio.sleep(0, keeper.said[-1] == []))
@@ -126,22 +136,75 @@ async def test_a_stream_opens_once_its_process_said_it_streams_the_app(
         await stream.stop()
 
 
-async def test_a_process_says_it_again_before_it_runs_out_and_again_soon_after_a_failure(
+async def test_a_stream_reopened_while_its_app_is_being_unsaid_waits_for_the_next_word(
         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The app's last stream closed and the word leaving it out is on its way: a stream
+    of it opening now waits for the word after, which says it again."""
     monkeypatch.setattr(OutcomeStream, "_listen", quiet_listen)
-    monkeypatch.setattr(outcomes, "KEEP_RETRY_S", 0.01)
-    keeper = Keeper(failures=2)
-    stream = OutcomeStream("postgresql://unused", keeper=keeper, keep_every_s=0.05)
+    keeper = Keeper()
+    stream = OutcomeStream("postgresql://unused", keeper=keeper, keep_every_s=60)
     await stream.start()
     try:
         with stream.subscribe("app_1"):
             await asyncio.wait_for(stream.watched("app_1"), 5)
-            await eventually(lambda: asyncio.sleep(0, len(keeper.said) >= 3))
-            assert all(said == ["app_1"] for said in keeper.said)
+        keeper.go.clear()
+        keeper.saying.clear()
+        await asyncio.wait_for(keeper.saying.wait(), 5)  # saying [] now, held
+        with stream.subscribe("app_1"):
+            opened = asyncio.ensure_future(stream.watched("app_1"))
+            await asyncio.sleep(0.05)
+            assert not opened.done()
+            keeper.go.set()
+            await asyncio.wait_for(opened, 5)
+            assert keeper.said[-2:] == [[], ["app_1"]]
+    finally:
+        keeper.go.set()
+        await stream.stop()
+
+
+async def test_a_word_that_failed_is_said_again_soon_and_a_stream_waits_for_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(OutcomeStream, "_listen", quiet_listen)
+    monkeypatch.setattr(outcomes, "KEEP_RETRY_S", 0.01)
+    keeper = Keeper(failures=2)
+    # Renewed only every minute: the stream opens this soon only because a failed word is
+    # said again after KEEP_RETRY_S.
+    stream = OutcomeStream("postgresql://unused", keeper=keeper, keep_every_s=60)
+    await stream.start()
+    try:
+        with stream.subscribe("app_1"):
+            await asyncio.wait_for(stream.watched("app_1"), 5)
+            assert keeper.said == [["app_1"]] and keeper.failures == 0
     finally:
         await stream.stop()
     # Stopping forgets what it said rather than leaving it to run out.
     assert keeper.said[-1] == []
+
+
+async def test_a_word_is_said_again_before_it_runs_out_and_trusted_only_until_then(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(OutcomeStream, "_listen", quiet_listen)
+    keeper = Keeper()
+    stream = OutcomeStream("postgresql://unused", keeper=keeper, keep_every_s=0.05)
+    await stream.start()
+    try:
+        with stream.subscribe("app_1"):
+            await eventually(lambda: asyncio.sleep(0, len(keeper.said) >= 3))
+            assert all(said == ["app_1"] for said in keeper.said)
+            # A word older than its time counts for nothing, even while the next one
+            # cannot be said.
+            keeper.go.clear()
+            stream.keep_for_s = 0.01
+            await asyncio.sleep(0.05)
+            opened = asyncio.ensure_future(stream.watched("app_1"))
+            await asyncio.sleep(0.05)
+            assert not opened.done()
+            stream.keep_for_s = outcomes.KEEP_FOR_S
+            keeper.go.set()
+            await asyncio.wait_for(opened, 5)
+    finally:
+        keeper.go.set()
+        await stream.stop()
 
 
 async def test_without_a_keeper_a_stream_opens_at_once() -> None:

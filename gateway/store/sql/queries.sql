@@ -516,9 +516,10 @@ SELECT requeued.* FROM requeued LEFT JOIN woke ON true;
 -- ("held_back"), and how many it saw due but left for want of room ("waiting": the
 -- claimer's own deliveries must finish first); when nothing was claimed it is the only
 -- row, its id NULL. "passed_over" counts the due rows read that come before the last one
--- taken, in (due time, id) order, and were not taken: 0 means what was taken is the
--- head of what was read, so a scan of only a little more than the claim may take would
--- have taken the same (PostgresQueue narrows the next scans then).
+-- taken, in (due time, id) order, and were not taken (every row read, when none was
+-- taken): 0 means what was taken is the head of what was read, so a scan of only a
+-- little more than the claim may take would have taken the same rows, or others as due
+-- (PostgresQueue narrows the next scans then).
 WITH full_targets AS (
     SELECT array_agg(id) FILTER (WHERE room <= 0) AS endpoints
     FROM unnest($4::text[], $5::int[]) AS r(id, room)
@@ -728,10 +729,10 @@ CROSS JOIN (SELECT ((SELECT count(*) FROM ranked) - (SELECT count(*) FROM chosen
 CROSS JOIN (SELECT (count(*) - (SELECT count(*) FROM locked WHERE why = 'take'))::int
                        AS passed_over
             FROM ranked r
-            WHERE (r.next_attempt_at, r.id) <= (
+            WHERE coalesce((r.next_attempt_at, r.id) <= (
                 SELECT k.next_attempt_at, k.id FROM ranked k
                 JOIN locked l ON l.why = 'take' AND l.app_id = k.app_id AND l.id = k.id
-                ORDER BY k.next_attempt_at DESC, k.id DESC LIMIT 1)) p
+                ORDER BY k.next_attempt_at DESC, k.id DESC LIMIT 1), true)) p
 LEFT JOIN (claimed c
            JOIN events ev ON ev.app_id = c.app_id AND ev.id = c.event_id
            LEFT JOIN endpoints ep ON ep.id = c.endpoint_id
@@ -877,11 +878,14 @@ SELECT DISTINCT app_id FROM live_tails WHERE app_id = ANY($1::text[]) AND expire
 -- name: keep_live_tails
 -- $1 an API process's id, $2 the apps it serves live streams of now, $3 seconds its rows
 -- last unless renewed. Its rows become exactly those apps', renewed; rows of other
--- processes past their time go.
+-- processes past their time go, unless another process is removing them right now (two
+-- processes each removing the other's after an outage would wait on each other).
 WITH dropped AS (
     DELETE FROM live_tails
     WHERE (process_id = $1 AND app_id <> ALL($2::text[]))
-       OR (process_id <> $1 AND expires_at < now())
+       OR (process_id, app_id) IN (SELECT process_id, app_id FROM live_tails
+                                   WHERE process_id <> $1 AND expires_at < now()
+                                   FOR UPDATE SKIP LOCKED)
     RETURNING 1
 ), kept AS (
     INSERT INTO live_tails (process_id, app_id, expires_at)
