@@ -291,13 +291,9 @@ async def _log(conn: Connection, results: Sequence[AttemptResult]) -> dict[str, 
     caller), by id."""
     changed = await conn.fetch(QUERIES["record_results"], *_result_columns(results))
     moved: dict[str, Row] = {row["id"]: row for row in changed}
-    if moved:
-        apps = list({row["app_id"] for row in changed})
-        tailed = {row["app_id"] for row in await conn.fetch(QUERIES["tailed_apps"], apps)}
-        notes = outcome_notifications(
-            results, {k: row for k, row in moved.items() if row["app_id"] in tailed})
-        if notes:
-            await conn.execute(QUERIES["notify_outcomes"], notes)
+    notes = outcome_notifications(results, {row["id"]: row for row in changed if row["tailed"]})
+    if notes:
+        await conn.execute(QUERIES["notify_outcomes"], notes)
     return moved
 
 

@@ -644,6 +644,18 @@ async def test_a_claim_reads_only_its_window_of_due_rows_when_all_share_one_due_
         await db.close()
 
 
+@contextlib.asynccontextmanager
+async def _heard_outcomes(dsn: str) -> AsyncIterator[list[str]]:
+    """Every live-tail notification (its payload) from now until the block ends."""
+    listener = await asyncpg.connect(dsn)
+    heard: list[str] = []
+    await listener.add_listener(OUTCOMES_CHANNEL, lambda *args: heard.append(args[3]))
+    try:
+        yield heard
+    finally:
+        await listener.close()
+
+
 async def test_delivered_attempts_reach_the_live_tail_as_before_in_notifications_under_its_limit(
         dsn: str) -> None:
     """Delivered attempts are settled by one statement (settle_delivered) that writes the
@@ -651,45 +663,42 @@ async def test_delivered_attempts_reach_the_live_tail_as_before_in_notifications
     each notification under NOTIFY's 8000 bytes however many there are, for the apps
     someone watches and no other."""
     db = await Database.connect(dsn, max_size=4)
-    listener = await asyncpg.connect(dsn)
-    heard: list[str] = []
-    await listener.add_listener(OUTCOMES_CHANNEL, lambda *args: heard.append(args[3]))
     try:
-        store = Store(db)
-        app = await store.create_app("one")
-        quiet = await store.create_app("unwatched")
-        await store.keep_live_tails(uuid.uuid4(), [app.id], 60)
-        event_type = "order." + "x" * 122
-        endpoint = await store.create_endpoint(app.id, "http://127.0.0.1:9/", "", [event_type])
-        await store.create_endpoint(quiet.id, "http://127.0.0.1:9/", "", None)
-        await store.write_events([EventDraft(app.id, event_type, "{}") for _ in range(60)]
-                                 + [EventDraft(quiet.id, event_type, "{}") for _ in range(5)])
-        queue = PostgresQueue(db)
-        jobs = await queue.claim(100, 30, uuid.uuid4())
-        assert len(jobs) == 65
-        results = [replace(delivered(job), status_code=200 + i % 2)
-                   for i, job in enumerate(jobs)]
-        assert await queue.complete(results) == Settlement()
+        async with _heard_outcomes(dsn) as heard:
+            store = Store(db)
+            app = await store.create_app("one")
+            quiet = await store.create_app("unwatched")
+            await store.keep_live_tails(uuid.uuid4(), [app.id], 60)
+            event_type = "order." + "x" * 122
+            endpoint = await store.create_endpoint(app.id, "http://127.0.0.1:9/", "", [event_type])
+            await store.create_endpoint(quiet.id, "http://127.0.0.1:9/", "", None)
+            await store.write_events([EventDraft(app.id, event_type, "{}") for _ in range(60)]
+                                     + [EventDraft(quiet.id, event_type, "{}") for _ in range(5)])
+            queue = PostgresQueue(db)
+            jobs = await queue.claim(100, 30, uuid.uuid4())
+            assert len(jobs) == 65
+            results = [replace(delivered(job), status_code=200 + i % 2)
+                       for i, job in enumerate(jobs)]
+            assert await queue.complete(results) == Settlement()
 
-        async def all_heard() -> bool:
-            return sum(len(json.loads(h)) for h in heard) >= 60
+            async def all_heard() -> bool:
+                return sum(len(json.loads(h)) for h in heard) >= 60
 
-        await eventually(all_heard)
-        assert len(heard) > 1
-        assert all(len(h.encode()) < 8000 for h in heard)
-        rows = {job.delivery.delivery_id: {
-            "event_id": job.delivery.event.id, "event_type": event_type,
-            "endpoint_id": endpoint.id, "kind": "webhook", "app_id": app.id,
-            "attempt_count": 1} for job in jobs if job.delivery.app_id == app.id}
-        expected = [item for chunk in outcome_notifications(results, rows)
-                    for item in json.loads(chunk)]
-        # One transaction's notifications arrive together: the unwatched app's would be
-        # among these.
-        got = [item for chunk in heard for item in json.loads(chunk)]
-        key = operator.itemgetter("delivery_id")
-        assert sorted(got, key=key) == sorted(expected, key=key)
+            await eventually(all_heard)
+            assert len(heard) > 1
+            assert all(len(h.encode()) < 8000 for h in heard)
+            rows = {job.delivery.delivery_id: {
+                "event_id": job.delivery.event.id, "event_type": event_type,
+                "endpoint_id": endpoint.id, "kind": "webhook", "app_id": app.id,
+                "attempt_count": 1} for job in jobs if job.delivery.app_id == app.id}
+            expected = [item for chunk in outcome_notifications(results, rows)
+                        for item in json.loads(chunk)]
+            # One transaction's notifications arrive together: the unwatched app's would be
+            # among these.
+            got = [item for chunk in heard for item in json.loads(chunk)]
+            key = operator.itemgetter("delivery_id")
+            assert sorted(got, key=key) == sorted(expected, key=key)
     finally:
-        await listener.close()
         await db.close()
 
 
@@ -699,50 +708,47 @@ async def test_the_live_tail_hears_of_retried_attempts_only_of_apps_someone_watc
     of the watched apps only; a process's word lasts its time, and a new word replaces
     the old one (the apps it no longer streams are no longer told)."""
     db = await Database.connect(dsn, max_size=4)
-    listener = await asyncpg.connect(dsn)
-    heard: list[str] = []
-    await listener.add_listener(OUTCOMES_CHANNEL, lambda *args: heard.append(args[3]))
     try:
-        store = Store(db)
-        watched = await store.create_app("watched")
-        other = await store.create_app("other")
-        for app in (watched, other):
-            await store.create_endpoint(app.id, "http://127.0.0.1:9/", "", None)
-        process = uuid.uuid4()
-        await store.keep_live_tails(process, [watched.id, other.id], 60)
-        await store.keep_live_tails(process, [watched.id], 60)  # no longer streams other
-        await store.keep_live_tails(uuid.uuid4(), [other.id], -1)  # a word that ran out
-        queue = PostgresQueue(db)
+        async with _heard_outcomes(dsn) as heard:
+            store = Store(db)
+            watched = await store.create_app("watched")
+            other = await store.create_app("other")
+            for app in (watched, other):
+                await store.create_endpoint(app.id, "http://127.0.0.1:9/", "", None)
+            process = uuid.uuid4()
+            await store.keep_live_tails(process, [watched.id, other.id], 60)
+            await store.keep_live_tails(process, [watched.id], 60)  # no longer streams other
+            await store.keep_live_tails(uuid.uuid4(), [other.id], -1)  # a word that ran out
+            queue = PostgresQueue(db)
 
-        async def settle_one_retry_each() -> list[str]:
-            await store.write_events([EventDraft(app.id, "order.created", "{}")
-                                      for app in (watched, other)])
-            jobs = await queue.claim(10, 30, uuid.uuid4())
-            assert len(jobs) == 2
-            await queue.reschedule([failed(job, at=datetime.now(UTC)) for job in jobs])
-            told = await eventually(lambda: asyncio.sleep(0, [
-                item["app_id"] for chunk in heard for item in json.loads(chunk)]))
-            return [str(app_id) for app_id in told]
+            async def settle_one_retry_each() -> list[str]:
+                await store.write_events([EventDraft(app.id, "order.created", "{}")
+                                          for app in (watched, other)])
+                jobs = await queue.claim(10, 30, uuid.uuid4())
+                assert len(jobs) == 2
+                await queue.reschedule([failed(job, at=datetime.now(UTC)) for job in jobs])
+                told = await eventually(lambda: asyncio.sleep(0, [
+                    item["app_id"] for chunk in heard for item in json.loads(chunk)]))
+                return [str(app_id) for app_id in told]
 
-        assert await settle_one_retry_each() == [watched.id]
-        heard.clear()
+            assert await settle_one_retry_each() == [watched.id]
+            heard.clear()
 
-        await store.keep_live_tails(process, [], 60)  # its last stream closed
-        assert await db.pool.fetchval("SELECT count(*) FROM live_tails") == 0
-        retried = await queue.claim(10, 30, uuid.uuid4())
-        assert len(retried) == 2
-        await queue.complete([delivered(job) for job in retried])  # told to no one
-        await store.keep_live_tails(process, [watched.id], 60)
-        await store.write_events([EventDraft(watched.id, "order.created", "{}")])
-        (third,) = await queue.claim(10, 30, uuid.uuid4())
-        await queue.complete([delivered(third)])
-        # Notifications arrive in commit order: once the third is heard, nothing before
-        # it was told.
-        heard_ids = await eventually(lambda: asyncio.sleep(0, [
-            item["delivery_id"] for chunk in heard for item in json.loads(chunk)]))
-        assert heard_ids == [third.delivery.delivery_id]
+            await store.keep_live_tails(process, [], 60)  # its last stream closed
+            assert await db.pool.fetchval("SELECT count(*) FROM live_tails") == 0
+            retried = await queue.claim(10, 30, uuid.uuid4())
+            assert len(retried) == 2
+            await queue.complete([delivered(job) for job in retried])  # told to no one
+            await store.keep_live_tails(process, [watched.id], 60)
+            await store.write_events([EventDraft(watched.id, "order.created", "{}")])
+            (third,) = await queue.claim(10, 30, uuid.uuid4())
+            await queue.complete([delivered(third)])
+            # Notifications arrive in commit order: once the third is heard, nothing before
+            # it was told.
+            heard_ids = await eventually(lambda: asyncio.sleep(0, [
+                item["delivery_id"] for chunk in heard for item in json.loads(chunk)]))
+            assert heard_ids == [third.delivery.delivery_id]
     finally:
-        await listener.close()
         await db.close()
 
 

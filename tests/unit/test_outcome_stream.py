@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -117,13 +118,25 @@ async def quiet_listen(self: OutcomeStream) -> None:
     await asyncio.get_running_loop().create_future()
 
 
-async def test_a_stream_opens_once_its_process_said_it_streams_the_app(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+@contextlib.asynccontextmanager
+async def saying_to(keeper: Keeper, monkeypatch: pytest.MonkeyPatch,
+                    keep_every_s: float) -> AsyncIterator[OutcomeStream]:
+    """A started stream that says what it streams to ``keeper``; stopped on the way out
+    (whatever the keeper was holding let go first)."""
     monkeypatch.setattr(OutcomeStream, "_listen", quiet_listen)
-    keeper = Keeper()
-    stream = OutcomeStream("postgresql://unused", keeper=keeper, keep_every_s=60)
+    stream = OutcomeStream("postgresql://unused", keeper=keeper, keep_every_s=keep_every_s)
     await stream.start()
     try:
+        yield stream
+    finally:
+        keeper.go.set()
+        await stream.stop()
+
+
+async def test_a_stream_opens_once_its_process_said_it_streams_the_app(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    keeper = Keeper()
+    async with saying_to(keeper, monkeypatch, keep_every_s=60) as stream:
         assert keeper.said == []  # nothing streamed, nothing said
         with stream.subscribe("app_1"), stream.subscribe("app_2"):
             await asyncio.wait_for(stream.watched("app_2"), 5)
@@ -132,19 +145,14 @@ async def test_a_stream_opens_once_its_process_said_it_streams_the_app(
             with stream.subscribe("app_1"):
                 await asyncio.wait_for(stream.watched("app_1"), 5)
         await eventually(lambda: asyncio.sleep(0, keeper.said[-1] == []))
-    finally:
-        await stream.stop()
 
 
 async def test_a_stream_reopened_while_its_app_is_being_unsaid_waits_for_the_next_word(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The app's last stream closed and the word leaving it out is on its way: a stream
     of it opening now waits for the word after, which says it again."""
-    monkeypatch.setattr(OutcomeStream, "_listen", quiet_listen)
     keeper = Keeper()
-    stream = OutcomeStream("postgresql://unused", keeper=keeper, keep_every_s=60)
-    await stream.start()
-    try:
+    async with saying_to(keeper, monkeypatch, keep_every_s=60) as stream:
         with stream.subscribe("app_1"):
             await asyncio.wait_for(stream.watched("app_1"), 5)
         keeper.go.clear()
@@ -157,37 +165,26 @@ async def test_a_stream_reopened_while_its_app_is_being_unsaid_waits_for_the_nex
             keeper.go.set()
             await asyncio.wait_for(opened, 5)
             assert keeper.said[-2:] == [[], ["app_1"]]
-    finally:
-        keeper.go.set()
-        await stream.stop()
 
 
 async def test_a_word_that_failed_is_said_again_soon_and_a_stream_waits_for_it(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(OutcomeStream, "_listen", quiet_listen)
     monkeypatch.setattr(outcomes, "KEEP_RETRY_S", 0.01)
     keeper = Keeper(failures=2)
     # Renewed only every minute: the stream opens this soon only because a failed word is
     # said again after KEEP_RETRY_S.
-    stream = OutcomeStream("postgresql://unused", keeper=keeper, keep_every_s=60)
-    await stream.start()
-    try:
+    async with saying_to(keeper, monkeypatch, keep_every_s=60) as stream:
         with stream.subscribe("app_1"):
             await asyncio.wait_for(stream.watched("app_1"), 5)
             assert keeper.said == [["app_1"]] and keeper.failures == 0
-    finally:
-        await stream.stop()
     # Stopping forgets what it said rather than leaving it to run out.
     assert keeper.said[-1] == []
 
 
 async def test_a_word_is_said_again_before_it_runs_out_and_trusted_only_until_then(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(OutcomeStream, "_listen", quiet_listen)
     keeper = Keeper()
-    stream = OutcomeStream("postgresql://unused", keeper=keeper, keep_every_s=0.05)
-    await stream.start()
-    try:
+    async with saying_to(keeper, monkeypatch, keep_every_s=0.05) as stream:
         with stream.subscribe("app_1"):
             await eventually(lambda: asyncio.sleep(0, len(keeper.said) >= 3))
             assert all(said == ["app_1"] for said in keeper.said)
@@ -202,9 +199,6 @@ async def test_a_word_is_said_again_before_it_runs_out_and_trusted_only_until_th
             stream.keep_for_s = outcomes.KEEP_FOR_S
             keeper.go.set()
             await asyncio.wait_for(opened, 5)
-    finally:
-        keeper.go.set()
-        await stream.stop()
 
 
 async def test_without_a_keeper_a_stream_opens_at_once() -> None:

@@ -748,7 +748,7 @@ LEFT JOIN (claimed c
 -- $8 outcomes, $9 status codes, $10 response snippets, $11 errors, $12 app ids.
 -- Every attempt is logged; a delivery changes only while the caller's lease still holds
 -- it. Returns what the live tail reports of each delivery that changed (attempt_count
--- counts the attempt just logged).
+-- counts the attempt just logged), and whether someone watches its app ("tailed").
 WITH r AS (
     -- The first array through a sub-select, so that the generic plan is kept: see
     -- settle_delivered.
@@ -774,7 +774,9 @@ WITH r AS (
     FROM r
 )
 SELECT upd.id, upd.event_id, ev.type AS event_type, upd.endpoint_id, upd.kind, upd.app_id,
-       upd.attempt_count, upd.device_id
+       upd.attempt_count, upd.device_id,
+       -- Someone watches the app (live_tails): the live tail is to be told.
+       upd.app_id IN (SELECT app_id FROM live_tails WHERE expires_at > now()) AS tailed
 FROM upd JOIN events ev ON ev.app_id = upd.app_id AND ev.id = upd.event_id;
 
 -- name: settle_delivered
@@ -869,11 +871,6 @@ UPDATE devices SET status = 'pruned', pruned_reason = $2, pruned_at = now(),
     updated_at = now()
 WHERE id = $1 AND status = 'active' AND ($3::timestamptz IS NULL OR registered_at <= $3)
 RETURNING app_id, id, token, platform, user_id, pruned_reason;
-
--- name: tailed_apps
--- $1 app ids: those of them someone is watching live (live_tails), whose outcomes the
--- live tail is told.
-SELECT DISTINCT app_id FROM live_tails WHERE app_id = ANY($1::text[]) AND expires_at > now();
 
 -- name: keep_live_tails
 -- $1 an API process's id, $2 the apps it serves live streams of now, $3 seconds its rows
