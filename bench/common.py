@@ -303,13 +303,15 @@ class Postgres:
             await conn.close()
         dsn: str = self.server.get_uri(database=name)
         if days_back > 0:
-            from gateway.store.database import migrate
+            from gateway.retention import MAX_PARTITION_DAYS
+            from gateway.store.database import QUERIES, migrate
 
             await migrate(dsn)
             conn = await asyncpg.connect(dsn)
             try:
-                await conn.fetchval("SELECT gateway_make_partitions(current_date - $1::int, "
-                                    "current_date + 7)", days_back)
+                # As a gateway with the default 30 days' retention makes them.
+                await conn.fetchval(QUERIES["make_partitions"], days_back,
+                                    MAX_PARTITION_DAYS)
             finally:
                 await conn.close()
         return dsn

@@ -74,6 +74,7 @@ from gateway.batching import GroupCommit
 from gateway.config import Settings
 from gateway.crypto import Sealer
 from gateway.dispatcher import PUSH_KINDS
+from gateway.retention import MAX_PARTITION_DAYS
 from gateway.store.database import QUERIES, Database, migrate
 from gateway.store.postgres_queue import PostgresQueue, claim_params
 from gateway.store.queue import AttemptResult, Job, Rooms
@@ -571,9 +572,8 @@ class Soak:
         await migrate(self.dsn)
         conn = await self.connect()
         try:
-            made = await conn.fetchval(
-                "SELECT gateway_make_partitions(current_date - $1::int, current_date + 7)",
-                a.days + 1)
+            made = await conn.fetchval(QUERIES["make_partitions"], a.days + 1,
+                                       MAX_PARTITION_DAYS)
             shared_buffers = await conn.fetchval("SHOW shared_buffers")
         finally:
             await conn.close()

@@ -38,7 +38,13 @@ import minimal_server
 from common import Postgres
 
 from gateway.ids import new_ids
-from gateway.store.database import QUERIES, Database, migrate
+from gateway.store.database import (
+    MAX_CACHED_STATEMENT_CHARS,
+    QUERIES,
+    STATEMENT_CACHE_SIZE,
+    Database,
+    migrate,
+)
 from gateway.store.postgres import EventDraft, Store
 from gateway.store.postgres_queue import claim_params
 from gateway.store.queue import Rooms
@@ -72,7 +78,11 @@ async def fill(dsn: str, events: int) -> tuple[str, str]:
 
 async def measure(dsn: str, app_id: str, endpoint_id: str, mode: str, batch: int,
                   rounds: int, warmup: int, scan: str = "wide") -> None:
-    conn = await asyncpg.connect(dsn, server_settings={"plan_cache_mode": mode})
+    # Prepared as the gateway's pool keeps them (a statement past asyncpg's default size
+    # limit would otherwise be planned again on every call).
+    conn = await asyncpg.connect(dsn, server_settings={"plan_cache_mode": mode},
+                                 max_cacheable_statement_size=MAX_CACHED_STATEMENT_CHARS,
+                                 statement_cache_size=STATEMENT_CACHE_SIZE)
     try:
         pid = await conn.fetchval("SELECT pg_backend_pid()")
         insert_s = claim_s = settle_s = 0.0
@@ -250,8 +260,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--events", type=int, default=1000, help="pending deliveries (default 1000)")
     p.add_argument("--batch", type=int, default=8, help="deliveries per claim (default 8)")
     p.add_argument("--days-back", type=int, default=0,
-                   help="also make day partitions this many days back (default 0: the "
-                        "migration's 9, yesterday to a week ahead)")
+                   help="also make day partitions this many days back (default 0: a new "
+                        "database's 4, yesterday to two days ahead)")
     p.add_argument("--rounds", type=int, default=200)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--plan-cache-mode", default="auto,force_generic_plan",

@@ -33,7 +33,7 @@ from gateway.fanout import FanoutRunner
 from gateway.metrics import Metrics
 from gateway.operational import OPERATIONAL_KIND
 from gateway.outcomes import OutcomeStream
-from gateway.retention import Retention, keep_partitions
+from gateway.retention import Retention, keep_partitions, partition_days
 from gateway.retry import RetryPolicy
 from gateway.sandbox import Sandbox, SandboxRouter
 from gateway.schemas import EventTypeSchemas
@@ -147,7 +147,8 @@ def create_app(
             app[appkeys.STORE], settings.admin_key or "",
             FailureLimiter(settings.auth_failures, settings.auth_failure_window_s,
                            settings.auth_block_s))
-        partitions = asyncio.create_task(keep_partitions(store), name="partitions")
+        partitions = asyncio.create_task(
+            keep_partitions(store, partition_days(settings.retention_days)), name="partitions")
         yield
         partitions.cancel()
         with contextlib.suppress(asyncio.CancelledError):

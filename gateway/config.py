@@ -179,7 +179,9 @@ SETTINGS: tuple[Setting, ...] = (
             "only."),
     Setting("GATEWAY_RETENTION_DAYS", "retention_days", _non_negative_int, "30",
             "Finished deliveries, their attempts and their events are deleted this many days "
-            "after they happened (0: keep everything)."),
+            "after they happened, whole partitions at a time: at most a quarter later, or a "
+            "day under 4 days (a partition holds a quarter of these days, one to seven; 0: "
+            "keep everything)."),
     Setting("GATEWAY_SECRET_KEY", "secret_key", _str, None,
             "Keys (comma-separated, newest first) that seal endpoint secrets and header "
             "values, push credentials' keys and user-token secrets at rest with AES-256-GCM; "

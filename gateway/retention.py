@@ -1,14 +1,18 @@
-"""Retention: drops whole days of finished work older than ``GATEWAY_RETENTION_DAYS``, and
-keeps the day partitions coming.
+"""Retention: drops whole partitions of finished work older than
+``GATEWAY_RETENTION_DAYS``, and keeps the partitions coming.
 
-Events, deliveries and attempts live in one partition per day (UTC; migration 0005): a
-day whose every hour is older than the window goes in one step (its partitions are
-detached concurrently, so ingest and the dispatcher never wait, then dropped), unless
-something of that day is still to do, a pending delivery or a push fan-out. Such a day
-keeps its partitions, and only its finished work is deleted row by row, in small batches,
-each its own short transaction that skips rows someone else holds, with a pause between.
-So finished work stays between N and N+1 days, and pending work, with its event, however
-long it needs. Idempotency keys (their own table) go row by row once past their 24 h.
+Events, deliveries and attempts live in partitions of :func:`partition_days` days each
+(UTC; a week, Monday to Monday, with the default 30 days' retention; migration 0014;
+those made before it hold a day each): partitions whose every hour is older than the
+window go in one step (detached concurrently, so ingest and the dispatcher never wait,
+then dropped), unless something of their days is still to do, a pending delivery or a
+push fan-out. Such partitions stay, and only their finished work past the window is
+deleted row by row, in small batches, each its own short transaction that skips rows
+someone else holds, with a pause between. So finished work stays between N and N +
+partition_days days, and pending work, with its event, however long it needs. Wider than
+a day because every partition costs each claim and settlement when it starts (migration
+0014 says how much). Idempotency keys (their own table) go row by row once past their
+24 h.
 
 Every dispatcher process runs a :class:`Retention`, but a PostgreSQL advisory lock lets
 only one of them prune at a time. Every process (API or dispatcher) runs
@@ -21,26 +25,40 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from gateway.errors import DatabaseUnavailable
 from gateway.metrics import Metrics
-from gateway.store.postgres import Pruner, Store
+from gateway.store.postgres import Partitions, Pruner, Store
 
 log = logging.getLogger("gateway.retention")
+
+#: The widest partition: a week.
+MAX_PARTITION_DAYS = 7
+
+
+def partition_days(retention_days: int) -> int:
+    """How many days a new partition holds: a quarter of the retention window, from one
+    day to a week (a week when everything is kept), so that retention keeps finished work
+    at most a quarter longer than it is set to (a day longer under four days), while a
+    month's retention needs about six partitions, not 38."""
+    if retention_days <= 0:
+        return MAX_PARTITION_DAYS
+    return max(1, min(MAX_PARTITION_DAYS, retention_days // 4))
 
 
 @dataclass
 class Pruned:
-    """Rows one pass deleted (in dropped days and row by row), in how many batches, and
-    how many days it dropped whole."""
+    """Rows one pass deleted (in dropped partitions and row by row), in how many batches,
+    and how many spans of partitions (events, deliveries and attempts of the same days) it
+    dropped whole."""
 
     deliveries: int = 0
     attempts: int = 0
     events: int = 0
     idempotency_keys: int = 0
     batches: int = 0
-    days_dropped: int = 0
+    partitions_dropped: int = 0
     #: False when another process held the lock and this pass did nothing.
     ran: bool = True
 
@@ -93,7 +111,7 @@ class Retention:
                              "%d idempotency keys", pruned.deliveries, pruned.attempts,
                              pruned.events, pruned.idempotency_keys,
                              extra={"batches": pruned.batches,
-                                    "days_dropped": pruned.days_dropped})
+                                    "partitions_dropped": pruned.partitions_dropped})
             except DatabaseUnavailable:
                 log.warning("retention skipped: the database is unavailable")
             except Exception:
@@ -108,17 +126,17 @@ class Retention:
             if pruner is None:
                 pruned.ran = False
                 return pruned
-            for day in await pruner.days():
-                if self._stopping or day.day >= cutoff.date():
-                    break  # days come oldest first; this one is not wholly past the window
-                if not await pruner.held(day.day):
-                    gone = await pruner.drop(day)
+            for span in await pruner.partitions():
+                if self._stopping or span.end_day > cutoff.date():
+                    break  # oldest first; this one is not wholly past the window
+                if not await pruner.held(span):
+                    gone = await pruner.drop(span)
                     pruned.events += gone["events"]
                     pruned.deliveries += gone["deliveries"]
                     pruned.attempts += gone["attempts"]
-                    pruned.days_dropped += 1
+                    pruned.partitions_dropped += 1
                     continue
-                await self._row_by_row(pruner, day.day, cutoff, pruned)
+                await self._row_by_row(pruner, span, cutoff, pruned)
             await pruner.sessions()
             after: tuple[str, str] | None = ("", "")
             while not self._stopping and after is not None:
@@ -132,18 +150,18 @@ class Retention:
                 self.metrics.deleted(table, getattr(pruned, table))
         return pruned
 
-    async def _row_by_row(self, pruner: Pruner, day: date, cutoff: datetime,
+    async def _row_by_row(self, pruner: Pruner, span: Partitions, cutoff: datetime,
                           pruned: Pruned) -> None:
-        """A day something still holds: its finished deliveries, then its events with
-        nothing left to do, in batches."""
+        """Partitions something still holds: their finished deliveries, then their events
+        with nothing left to do, in batches."""
         while not self._stopping:
-            deliveries, attempts = await pruner.deliveries(day, cutoff, self.batch)
+            deliveries, attempts = await pruner.deliveries(span, cutoff, self.batch)
             pruned.deliveries += deliveries
             pruned.attempts += attempts
             if not await self._next(pruned, deliveries):
                 break
         while not self._stopping:
-            count = await pruner.events(day, self.batch)
+            count = await pruner.events(span, self.batch)
             pruned.events += count
             if not await self._next(pruned, count):
                 break
@@ -158,21 +176,22 @@ class Retention:
         return True
 
 
-async def keep_partitions(store: Store, interval_s: float = 3600.0) -> None:
-    """Make the coming days' partitions now and every ``interval_s`` (migrations make them
-    at start too); runs until cancelled."""
+async def keep_partitions(store: Store, width: int = MAX_PARTITION_DAYS,
+                          interval_s: float = 3600.0) -> None:
+    """Make the coming days' partitions, ``width`` days each, now and every ``interval_s``
+    (migrations make them at start too); runs until cancelled."""
     while True:
         try:
-            made = await store.make_partitions()
+            made = await store.make_partitions(width)
             if made:
-                log.info("made %d day partitions", made)
+                log.info("made %d partitions", made)
         except DatabaseUnavailable:
-            log.warning("cannot make day partitions: the database is unavailable; "
+            log.warning("cannot make partitions: the database is unavailable; "
                         "retrying in a minute")
             await asyncio.sleep(60)
             continue
         except Exception:
-            log.exception("making day partitions failed; retrying in a minute")
+            log.exception("making partitions failed; retrying in a minute")
             await asyncio.sleep(60)
             continue
         await asyncio.sleep(interval_s)

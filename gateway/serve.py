@@ -23,6 +23,7 @@ from gateway.api.models import AppKeyRotate
 from gateway.app import create_app, make_store
 from gateway.config import Settings
 from gateway.errors import GatewayError
+from gateway.retention import partition_days
 from gateway.store import embedded
 from gateway.store.database import Database, migrate
 from gateway.store.postgres import Store
@@ -55,14 +56,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if not sealer.enabled:
             print("gateway: set GATEWAY_SECRET_KEY first", file=sys.stderr)
             return 2
-        changed = _run(_reseal(dsn, sealer))
+        changed = _run(_reseal(dsn, sealer, partition_days(settings.retention_days)))
         print("resealed " + ", ".join(f"{n} {table}" for table, n in changed.items()))
         return 0
     if not sealer.enabled:
         log.warning("GATEWAY_SECRET_KEY is not set: endpoint secrets, push credentials' "
                     "keys and user-token secrets are stored in plain text")
     if args.command == "migrate":
-        applied = _run(migrate(dsn))
+        applied = _run(migrate(dsn, partition_days(settings.retention_days)))
         print(f"applied {len(applied)} migration(s)" if applied else "schema up to date")
         return 0
     if args.command == "serve":
@@ -109,7 +110,7 @@ def _supervise(args: argparse.Namespace, settings: Settings, dsn: str, workers: 
     if port == 0:
         print("gateway: --workers needs a fixed --port to share", file=sys.stderr)
         return 2
-    _run(migrate(dsn))
+    _run(migrate(dsn, partition_days(settings.retention_days)))
     argv = [sys.executable, "-m", "gateway", "serve", "--host", host, "--port", str(port),
             "--reuse-port", *(["--no-dispatcher"] if args.no_dispatcher else [])]
     env = {**os.environ, "DATABASE_URL": dsn}
@@ -147,7 +148,7 @@ async def _run_app(app: web.Application, settings: Settings, host: str | None,
 async def _serve(settings: Settings, dsn: str, *, api: bool, dispatcher: bool,
                  host: str | None, port: int | None, sandbox: bool = False,
                  reuse_port: bool = False) -> int:
-    await migrate(dsn)
+    await migrate(dsn, partition_days(settings.retention_days))
     app = create_app(settings, dsn, serve_api=api, dispatcher=dispatcher, sandbox=sandbox)
     return await _run_app(app, settings, host, port, reuse_port=reuse_port)
 
@@ -160,8 +161,8 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     return uvloop.run(coro)
 
 
-async def _reseal(dsn: str, sealer: crypto.Sealer) -> dict[str, int]:
-    await migrate(dsn)
+async def _reseal(dsn: str, sealer: crypto.Sealer, width: int) -> dict[str, int]:
+    await migrate(dsn, width)
     db = await Database.connect(dsn, max_size=1)
     try:
         return await Store(db, sealer=sealer).reseal()
@@ -173,7 +174,7 @@ async def _apps_direct(args: argparse.Namespace, settings: Settings) -> Any:
     """``gateway apps`` on the database itself, as the running gateway would do it."""
     dsn = settings.database_url
     assert dsn is not None
-    await migrate(dsn)
+    await migrate(dsn, partition_days(settings.retention_days))
     db = await Database.connect(dsn, max_size=1)
     try:
         store = make_store(db, settings)

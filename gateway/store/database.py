@@ -197,9 +197,10 @@ class Database:
             await asyncio.wait_for(self.pool.close(), 5)
 
 
-async def migrate(dsn: str) -> list[int]:
-    """Apply pending migrations in order, each in its own transaction, and make the day
-    partitions the coming week needs; returns the migrations applied.
+async def migrate(dsn: str, partition_days: int = 7) -> list[int]:
+    """Apply pending migrations in order, each in its own transaction, and make the
+    partitions from yesterday to two days ahead (``partition_days`` wide: see
+    gateway/retention.py partition_days); returns the migrations applied.
 
     An advisory lock makes concurrent start-ups (API and dispatcher) take turns.
     """
@@ -222,7 +223,7 @@ async def migrate(dsn: str) -> list[int]:
                 log.info("applied migration %04d_%s", migration.version, migration.name)
             # Today's partitions must exist before the first event (see gateway/retention.py
             # for who keeps them coming).
-            await conn.fetchval(QUERIES["make_partitions"])
+            await conn.fetchval(QUERIES["make_partitions"], 1, partition_days)
     finally:
         with contextlib.suppress(Exception):
             await conn.close()

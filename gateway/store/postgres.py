@@ -787,10 +787,10 @@ class Store:
 
     # --- retention and the cleanup of deleted apps ----------------------------------
 
-    async def make_partitions(self) -> int:
-        """Make the day partitions from yesterday to a week ahead that are missing; how
-        many tables were made."""
-        row = await self.db.fetchrow("make_partitions")
+    async def make_partitions(self, width: int = 7) -> int:
+        """Make the partitions that every day from yesterday to two days ahead needs, each
+        to the next boundary of ``width`` days; how many tables were made."""
+        row = await self.db.fetchrow("make_partitions", 1, width)
         return int(row["made"]) if row is not None else 0
 
     @contextlib.asynccontextmanager
@@ -870,10 +870,13 @@ class Cleaner:
 
 
 @dataclass(frozen=True)
-class DayPartitions:
-    """The partitions of one day (UTC) of events, deliveries and attempts."""
+class Partitions:
+    """The partitions of events, deliveries and attempts that hold the same days (UTC):
+    a week (Monday to Monday), or one day for those made before migration 0014."""
 
-    day: date
+    first_day: date
+    #: The day after the last one they hold.
+    end_day: date
     #: Partition table names by parent table.
     tables: dict[str, str]
     #: Parents whose DETACH ... CONCURRENTLY was cut short.
@@ -881,9 +884,9 @@ class DayPartitions:
 
 
 class Pruner:
-    """Drops whole days of events, deliveries and attempts; within a day something still
-    holds (a pending delivery, a fan-out), deletes finished work in small batches, each
-    its own short transaction that skips rows someone else holds."""
+    """Drops whole partitions of events, deliveries and attempts; within partitions
+    something still holds (a pending delivery, a fan-out), deletes finished work in small
+    batches, each its own short transaction that skips rows someone else holds."""
 
     #: Children before parents: attempts, then deliveries, then events.
     DROP_ORDER = ("attempts", "deliveries", "events")
@@ -891,37 +894,34 @@ class Pruner:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
-    async def days(self) -> list[DayPartitions]:
-        """Every day that has partitions, oldest first."""
-        found: dict[date, dict[str, str]] = {}
-        detaching: dict[date, set[str]] = {}
-        for row in await self._conn.fetch(QUERIES["day_partitions"]):
-            name, parent = str(row["name"]), str(row["parent"])
-            try:
-                day = datetime.strptime(name.rsplit("_", 1)[-1], "%Y%m%d").date()
-            except ValueError:
-                continue  # not one of ours
-            found.setdefault(day, {})[parent] = name
+    async def partitions(self) -> list[Partitions]:
+        """Every span of days that has partitions, oldest first."""
+        found: dict[tuple[date, date], dict[str, str]] = {}
+        detaching: dict[tuple[date, date], set[str]] = {}
+        for row in await self._conn.fetch(QUERIES["time_partitions"]):
+            span = (row["first_day"], row["end_day"])
+            found.setdefault(span, {})[str(row["parent"])] = str(row["name"])
             if row["detaching"]:
-                detaching.setdefault(day, set()).add(parent)
-        return [DayPartitions(day, tables, frozenset(detaching.get(day, ())))
-                for day, tables in sorted(found.items())]
+                detaching.setdefault(span, set()).add(str(row["parent"]))
+        return [Partitions(first, end, tables, frozenset(detaching.get((first, end), ())))
+                for (first, end), tables in sorted(found.items())]
 
-    async def held(self, day: date) -> bool:
-        """Whether a pending delivery or fan-out of ``day`` keeps its partitions."""
-        return bool(await self._conn.fetchval(QUERIES["day_held"], day))
+    async def held(self, span: Partitions) -> bool:
+        """Whether a pending delivery or fan-out of these days keeps their partitions."""
+        return bool(await self._conn.fetchval(QUERIES["span_held"], span.first_day,
+                                              span.end_day))
 
-    async def drop(self, partitions: DayPartitions) -> dict[str, int]:
-        """Detach (concurrently: ingest and the dispatcher keep going) and drop a day's
+    async def drop(self, span: Partitions) -> dict[str, int]:
+        """Detach (concurrently: ingest and the dispatcher keep going) and drop the
         partitions; returns the rows each table lost."""
-        row = await self._conn.fetchrow(QUERIES["day_rows"], partitions.day)
+        row = await self._conn.fetchrow(QUERIES["span_rows"], span.first_day, span.end_day)
         assert row is not None
         for parent in self.DROP_ORDER:
-            name = partitions.tables.get(parent)
+            name = span.tables.get(parent)
             if name is None:
                 continue
             table, part = _ident(parent), _ident(name)
-            if parent in partitions.detaching:
+            if parent in span.detaching:
                 await self._conn.execute(f"ALTER TABLE {table} DETACH PARTITION {part} FINALIZE")
             else:
                 await self._conn.execute(
@@ -930,16 +930,19 @@ class Pruner:
         return {"events": int(row["events"]), "deliveries": int(row["deliveries"]),
                 "attempts": int(row["attempts"])}
 
-    async def deliveries(self, day: date, cutoff: datetime, batch: int) -> tuple[int, int]:
-        """Finished deliveries of ``day`` last changed before ``cutoff``, with their
+    async def deliveries(self, span: Partitions, cutoff: datetime,
+                         batch: int) -> tuple[int, int]:
+        """Finished deliveries of these days last changed before ``cutoff``, with their
         attempts: how many of each went."""
-        row = await self._conn.fetchrow(QUERIES["retention_deliveries"], day, batch, cutoff)
+        row = await self._conn.fetchrow(QUERIES["retention_deliveries"], span.first_day,
+                                        span.end_day, batch, cutoff)
         assert row is not None
         return int(row["deliveries"]), int(row["attempts"])
 
-    async def events(self, day: date, batch: int) -> int:
-        """Events of ``day`` with no delivery left and no fan-out to do."""
-        row = await self._conn.fetchrow(QUERIES["retention_events"], day, batch)
+    async def events(self, span: Partitions, batch: int) -> int:
+        """Events of these days with no delivery left and no fan-out to do."""
+        row = await self._conn.fetchrow(QUERIES["retention_events"], span.first_day,
+                                        span.end_day, batch)
         assert row is not None
         return int(row["deleted"])
 

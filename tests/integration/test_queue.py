@@ -866,8 +866,7 @@ async def test_settling_keeps_its_generic_plan_with_a_month_of_day_partitions(
     db = await Database.connect(dsn, max_size=1)  # one connection: one plan cache
     try:
         async with db.connection() as conn:
-            await conn.fetchval("SELECT gateway_make_partitions(current_date - 30, "
-                                "current_date + 7)")
+            await conn.fetchval(QUERIES["make_partitions"], 30, 1)  # day partitions
         harness = PostgresHarness(Store(db), PostgresQueue(db))
         await harness.add()
         for _ in range(4):  # a backlog, as the bench has

@@ -1,12 +1,14 @@
-"""Retention drops whole days of finished work past the window (their partitions, not row
-by row), keeps recent days and days something still holds, deletes only the finished rows
-of a held day, lets one process prune at a time, and keeps the coming days' partitions."""
+"""Retention drops whole partitions of finished work past the window (not row by row),
+keeps recent ones and those something still holds, deletes only the finished rows of a
+held one, lets one process prune at a time, and keeps the coming days' partitions made: a
+week each (to the next Monday), two days ahead."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from dataclasses import replace
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import Any
 
 import asyncpg
@@ -15,7 +17,8 @@ from prometheus_client import generate_latest
 from gateway import appkeys
 from gateway.app import create_app
 from gateway.config import Settings
-from gateway.retention import Retention
+from gateway.retention import Retention, partition_days
+from gateway.store.database import QUERIES, migrate
 from gateway.store.postgres import RETENTION_LOCK_KEY
 from tests.support import Api, Receiver, eventually
 
@@ -87,6 +90,47 @@ async def partitions(dsn: str) -> set[str]:
         await conn.close()
 
 
+async def spans(dsn: str) -> dict[str, tuple[str, date, date]]:
+    """Every partition: its parent, first day and end day (not included)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return {r["name"]: (r["parent"], r["first_day"], r["end_day"])
+                for r in await conn.fetch(QUERIES["time_partitions"])}
+    finally:
+        await conn.close()
+
+
+async def holding(dsn: str, parent: str, days_ago: int) -> str:
+    """The partition of ``parent`` that holds the day ``days_ago`` days ago."""
+    day = await today(dsn) - timedelta(days=days_ago)
+    (name,) = [name for name, (p, first, end) in (await spans(dsn)).items()
+               if p == parent and first <= day < end]
+    return name
+
+
+async def today(dsn: str) -> date:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return date.fromisoformat(str(await conn.fetchval("SELECT current_date")))
+    finally:
+        await conn.close()
+
+
+def covered(spans_: dict[str, tuple[str, date, date]], parent: str) -> list[tuple[date, date]]:
+    """The days ``parent``'s partitions hold, as (first, end) in order."""
+    return sorted((first, end) for p, first, end in spans_.values() if p == parent)
+
+
+def gapless(days: list[tuple[date, date]]) -> bool:
+    """Each span starts where the one before ends: no day without a partition, none in
+    two."""
+    return all(a[1] == b[0] for a, b in itertools.pairwise(days))
+
+
+def next_monday(day: date) -> date:
+    return day + timedelta(days=7 - day.weekday())
+
+
 async def day_name(dsn: str, days_ago: int) -> str:
     conn = await asyncpg.connect(dsn)
     try:
@@ -114,20 +158,21 @@ async def attempted(dsn: str, attempts: int) -> bool:
         await conn.close()
 
 
-async def test_a_finished_day_past_the_window_is_dropped_whole_and_recent_days_stay(
+async def test_finished_partitions_past_the_window_are_dropped_whole_and_recent_ones_stay(
         aiohttp_client: Any, dsn: str, settings: Settings, receiver: Receiver) -> None:
     client = await aiohttp_client(create_app(settings, dsn))
     api = Api(client)
     key = await api.new_app()
     await api.new_endpoint(key, receiver.url())
-    old = [await api.emit(key, "ok.old") for _ in range(5)]
+    emitted = [await api.emit(key, "ok.old") for _ in range(5)]
     await eventually(lambda: settled(dsn, 5))
     await backdate(dsn, 3)
     recent = [await api.emit(key, "ok.new") for _ in range(2)]
     await eventually(lambda: settled(dsn, 7))
-    old_day, yesterday = await day_name(dsn, 3), await day_name(dsn, 1)
-    assert f"events_{old_day}" in await partitions(dsn)
-    status, _ = await api.call("GET", f"/v1/events/{shifted(old[0]['id'], 3)}", key)
+    old = {await holding(dsn, table, 3) for table in ("events", "deliveries", "attempts")}
+    kept = await holding(dsn, "events", 1)
+    assert kept not in old
+    status, _ = await api.call("GET", f"/v1/events/{shifted(emitted[0]['id'], 3)}", key)
     assert status == 200  # backdated, still there
 
     retention = Retention(client.app[appkeys.STORE], max_age_s=DAY_S, batch=2, pause_s=0,
@@ -136,11 +181,11 @@ async def test_a_finished_day_past_the_window_is_dropped_whole_and_recent_days_s
 
     assert (pruned.events, pruned.deliveries, pruned.attempts) == (5, 5, 5)
     assert pruned.batches == 0  # nothing went row by row
-    assert pruned.days_dropped >= 1
+    assert pruned.partitions_dropped >= 1
     left = await partitions(dsn)
-    assert not {f"events_{old_day}", f"deliveries_{old_day}", f"attempts_{old_day}"} & left
-    assert f"events_{yesterday}" in left  # inside the window: kept, though empty
-    for event in old:
+    assert not old & left
+    assert kept in left  # inside the window: kept, though empty
+    for event in emitted:
         status, _ = await api.call("GET", f"/v1/events/{shifted(event['id'], 3)}", key)
         assert status == 404
     for event in recent:
@@ -152,7 +197,7 @@ async def test_a_finished_day_past_the_window_is_dropped_whole_and_recent_days_s
     assert 'gateway_retention_deleted_rows_total{table="events"} 5.0' in exposition
 
 
-async def test_a_day_with_pending_work_keeps_its_partitions_and_loses_only_finished_rows(
+async def test_partitions_with_pending_work_stay_and_lose_only_their_finished_rows(
         aiohttp_client: Any, dsn: str, settings: Settings, receiver: Receiver) -> None:
     # A 503 is retried after a minute: that delivery stays pending through the test.
     client = await aiohttp_client(create_app(replace(settings, retry_schedule=(60.0,)), dsn))
@@ -169,7 +214,7 @@ async def test_a_day_with_pending_work_keeps_its_partitions_and_loses_only_finis
     # flight (its delivery's id changes under it).
     await eventually(lambda: attempted(dsn, 8))
     await backdate(dsn, 3)
-    old_day = await day_name(dsn, 3)
+    held = await holding(dsn, "deliveries", 3)
     status, _ = await api.call("GET", f"/v1/events/{shifted(finished[0]['id'], 3)}", key)
     assert status == 200  # backdated, still there
 
@@ -178,7 +223,7 @@ async def test_a_day_with_pending_work_keeps_its_partitions_and_loses_only_finis
 
     assert (pruned.deliveries, pruned.attempts, pruned.events) == (7, 7, 7)
     assert pruned.batches >= 6  # 7 deliveries and 7 events, 3 at a time
-    assert f"deliveries_{old_day}" in await partitions(dsn)
+    assert held in await partitions(dsn)
     for event in finished:
         status, _ = await api.call("GET", f"/v1/events/{shifted(event['id'], 3)}", key)
         assert status == 404
@@ -230,7 +275,7 @@ async def test_dropping_a_day_while_ingest_and_delivery_run_loses_no_request(
         asyncio.gather(*(api.emit(key, "ok.new", {"i": i}) for i in range(100))),
         retention.run_once())
 
-    assert pruned.events == 20 and pruned.days_dropped >= 1
+    assert pruned.events == 20 and pruned.partitions_dropped >= 1
     await receiver.wait_for(120, timeout_s=30)
     await eventually(lambda: settled(dsn, 100))
     assert {r.headers["webhook-id"] for r in receiver.requests} >= {e["id"] for e in emitted}
@@ -240,21 +285,105 @@ async def test_dropping_a_day_while_ingest_and_delivery_run_loses_no_request(
 async def test_the_coming_days_partitions_are_made_before_their_first_event(
         aiohttp_client: Any, dsn: str, settings: Settings) -> None:
     client = await aiohttp_client(create_app(settings, dsn, dispatcher=False))
-    tomorrow = await day_name(dsn, -1)
+    gone = {table: await holding(dsn, table, -1) for table in ("attempts", "deliveries",
+                                                               "events")}
     conn = await asyncpg.connect(dsn)
     try:
-        for table in ("attempts", "deliveries", "events"):
-            await conn.execute(f"DROP TABLE {table}_{tomorrow}")
+        for name in gone.values():
+            await conn.execute(f"DROP TABLE {name}")
     finally:
         await conn.close()
-    assert f"events_{tomorrow}" not in await partitions(dsn)
+    assert not set(gone.values()) & await partitions(dsn)
 
     made = await client.app[appkeys.STORE].make_partitions()
 
     assert made == 3
-    assert {f"events_{tomorrow}", f"deliveries_{tomorrow}",
-            f"attempts_{tomorrow}"} <= await partitions(dsn)
+    assert {table: await holding(dsn, table, -1) for table in gone} == gone
     assert await client.app[appkeys.STORE].make_partitions() == 0
+
+
+async def test_a_new_database_has_partitions_from_yesterday_to_two_days_ahead_each_to_a_monday(
+        dsn: str) -> None:
+    now, found = await today(dsn), await spans(dsn)
+    for parent in ("events", "deliveries", "attempts"):
+        days = covered(found, parent)
+        assert days[0][0] <= now - timedelta(days=1) and days[-1][1] > now + timedelta(days=2)
+        assert gapless(days)
+        assert days[-1][0] <= now + timedelta(days=2)  # none made further ahead
+        # The ones made since migration 0014 (after today) run to a Monday.
+        assert all(end == next_monday(first) for first, end in days if first > now)
+
+
+async def test_the_upgrade_drops_the_empty_day_partitions_ahead_and_makes_week_ones(
+        aiohttp_client: Any, dsn: str, settings: Settings, receiver: Receiver) -> None:
+    """Migration 0014 on a database an older version kept: day partitions a week ahead,
+    one of them holding a row (a host's clock days ahead)."""
+    now = await today(dsn)
+    conn = await asyncpg.connect(dsn)
+    try:
+        for name, (_, first, _) in (await spans(dsn)).items():
+            if first > now:
+                await conn.execute(f"DROP TABLE {name}")
+        for ahead in range(1, 8):
+            day = now + timedelta(days=ahead)
+            for parent, prefix in (("events", "evt"), ("deliveries", "dlv"),
+                                   ("attempts", "dlv")):
+                await conn.execute(
+                    f"CREATE TABLE {parent}_{day:%Y%m%d} PARTITION OF {parent} FOR VALUES "
+                    f"FROM (gateway_day_bound('{prefix}', '{day}'::date)) "
+                    f"TO (gateway_day_bound('{prefix}', '{day}'::date + 1))")
+        await conn.execute(
+            "INSERT INTO events (app_id, id, type, payload, created_at) VALUES "
+            "('app_x', gateway_day_bound('evt', current_date + 5) || 'x', 't', '{}', now())")
+        used = f"events_{now + timedelta(days=5):%Y%m%d}"
+        days_ahead = {(name, first, end) for name, (_, first, end) in (await spans(dsn)).items()
+                      if first > now}
+        assert len(days_ahead) == 21
+
+        # The upgrade as a starting process runs it: migration 0014, then the partitions.
+        await conn.execute("DELETE FROM schema_migrations WHERE version = 14")
+    finally:
+        await conn.close()
+    assert await migrate(dsn) == [14]
+
+    found = await spans(dsn)
+    # The empty ones went (a week partition may take a name a day partition had).
+    assert {name for name, first, end in days_ahead
+            if found.get(name, ("", None, None))[1:] == (first, end)} == {used}
+    for parent in ("events", "deliveries", "attempts"):
+        days = covered(found, parent)
+        assert gapless(days)
+        assert days[-1][1] > now + timedelta(days=2)
+        # Week partitions took their place: to a Monday, or to the partition still there.
+        made = [(first, end) for name, (p, first, end) in found.items()
+                if p == parent and first > now and name != used]
+        assert made and all(end == next_monday(first) or f"{parent}_{end:%Y%m%d}" == used
+                            for first, end in made)
+    client = await aiohttp_client(create_app(settings, dsn))
+    api = Api(client)
+    key = await api.new_app()
+    await api.new_endpoint(key, receiver.url())
+    await api.emit(key, "ok.after")
+    await receiver.wait_for(1)
+
+
+async def test_a_short_retention_gets_partitions_of_a_day_and_a_long_one_of_a_week(
+        dsn: str) -> None:
+    assert [partition_days(n) for n in (0, 1, 3, 7, 8, 14, 28, 30, 365)] == [
+        7, 1, 1, 1, 2, 3, 7, 7, 7]
+    now = await today(dsn)
+    conn = await asyncpg.connect(dsn)
+    try:
+        for name, (_, first, _) in (await spans(dsn)).items():
+            if first > now:
+                await conn.execute(f"DROP TABLE {name}")
+        await conn.fetchval(QUERIES["make_partitions"], 1, partition_days(3))
+    finally:
+        await conn.close()
+
+    ahead = [(first, end) for first, end in covered(await spans(dsn), "deliveries")
+             if first > now]
+    assert ahead == [(now + timedelta(days=n), now + timedelta(days=n + 1)) for n in (1, 2)]
 
 
 async def test_only_one_process_prunes_at_a_time(aiohttp_client: Any, dsn: str,

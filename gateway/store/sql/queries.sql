@@ -632,7 +632,7 @@ WITH full_targets AS (
     LEFT JOIN budgets b ON b.endpoint_id = c.endpoint_id
     WHERE c.endpoint_id IS NULL OR c.endpoint_id NOT IN (SELECT id FROM tripped)
 ), chosen AS (
-    SELECT app_id, id, endpoint_id FROM ranked
+    SELECT app_id, id, endpoint_id, next_attempt_at FROM ranked
     WHERE nth_of_target <= target_room AND nth_of_app <= app_room
     ORDER BY nth_of_app, next_attempt_at, id
     LIMIT greatest($1 - (SELECT count(*) FROM probes), 0)
@@ -644,12 +644,13 @@ WITH full_targets AS (
 ), locked AS (
     -- The rows this claim changes, locked; one another claimer holds, or took since the
     -- scan (no longer due when re-read under the lock), is left alone.
-    SELECT t.app_id, t.id, t.why, t.endpoint_id, t.k
-    FROM (SELECT app_id, id, 'take' AS why, endpoint_id, NULL::bigint AS k FROM chosen
+    SELECT t.app_id, t.id, t.why, t.endpoint_id, t.k, t.next_attempt_at
+    FROM (SELECT app_id, id, 'take' AS why, endpoint_id, NULL::bigint AS k, next_attempt_at
+          FROM chosen
           UNION ALL
-          SELECT app_id, id, 'book', endpoint_id, k FROM held
+          SELECT app_id, id, 'book', endpoint_id, k, NULL FROM held
           UNION ALL
-          SELECT c.app_id, c.id, 'park', c.endpoint_id, NULL FROM candidates c
+          SELECT c.app_id, c.id, 'park', c.endpoint_id, NULL, NULL FROM candidates c
           WHERE c.endpoint_id IN (SELECT id FROM parkable)) t
     -- One key lookup per row (a join here may be planned as a scan of every due row).
     -- The re-check is written so that no partial index can serve it, only the primary
@@ -663,10 +664,6 @@ WITH full_targets AS (
           AND coalesce(d.next_attempt_at, 'infinity') <= now()
         FOR UPDATE SKIP LOCKED
     ) still_due
-), parked AS (
-    UPDATE deliveries d SET next_attempt_at = 'infinity', updated_at = now()
-    FROM locked l WHERE l.why = 'park' AND d.app_id = l.app_id AND d.id = l.id
-    RETURNING 1
 ), booking AS (
     -- What this claim books, numbered again without the rows another claimer had.
     SELECT app_id, id, endpoint_id,
@@ -695,20 +692,34 @@ WITH full_targets AS (
             THEN s.first_slot + make_interval(secs => s.interval_s * (s.held - 1))
             ELSE r.booked_until END
     FROM schedules s WHERE r.endpoint_id = s.endpoint_id
-), booked AS (
-    UPDATE deliveries d
-    SET next_attempt_at = s.first_slot + make_interval(secs => s.interval_s * h.k)
+), changes AS (
+    -- Every delivery this claim changes, with its new due time: parked (out of the due
+    -- index's way), booked (its send time) or taken (due again when the lease runs out).
+    SELECT app_id, id, 'park' AS why, 'infinity'::timestamptz AS next_attempt_at
+    FROM locked WHERE why = 'park'
+    UNION ALL
+    SELECT h.app_id, h.id, 'book', s.first_slot + make_interval(secs => s.interval_s * h.k)
     FROM booking h JOIN schedules s ON s.endpoint_id = h.endpoint_id
-    WHERE d.app_id = h.app_id AND d.id = h.id
-), claimed AS (
-    UPDATE deliveries d
-    SET next_attempt_at = now() + make_interval(secs => $2), lease_id = $3
+    UNION ALL
+    SELECT app_id, id, 'take', now() + make_interval(secs => $2)
     FROM (SELECT app_id, id FROM locked WHERE why = 'take'
           UNION ALL
           SELECT app_id, id FROM probes WHERE endpoint_id IN (SELECT id FROM probing)) pick
-    WHERE d.app_id = pick.app_id AND d.id = pick.id
-    RETURNING d.id, d.app_id, d.event_id, d.endpoint_id, d.device_id, d.kind, d.schedule_pos,
-              d.attempt_count
+), changed AS (
+    -- One UPDATE for all three: each UPDATE of the partitioned table opens every
+    -- partition and its indexes when the statement starts, whether or not it changes a
+    -- row there, and that start-up was a fifth of a claim's cost (bench/README.md).
+    UPDATE deliveries d SET
+        next_attempt_at = x.next_attempt_at,
+        lease_id = CASE WHEN x.why = 'take' THEN $3 ELSE d.lease_id END,
+        updated_at = CASE WHEN x.why = 'park' THEN now() ELSE d.updated_at END
+    FROM changes x
+    WHERE d.app_id = x.app_id AND d.id = x.id
+    RETURNING x.why, d.id, d.app_id, d.event_id, d.endpoint_id, d.device_id, d.kind,
+              d.schedule_pos, d.attempt_count
+), claimed AS (
+    SELECT id, app_id, event_id, endpoint_id, device_id, kind, schedule_pos, attempt_count
+    FROM changed WHERE why = 'take'
 )
 -- One row per claimed delivery, or a single row of NULLs when none was: parked,
 -- held_back (how many were booked for later) and waiting are on every row.
@@ -722,17 +733,18 @@ SELECT h.held_back, w.waiting, c.id, c.app_id, c.event_id, c.endpoint_id, c.devi
        dv.token AS device_token, dv.platform, dv.status AS device_status,
        CASE WHEN c.kind <> 'webhook' THEN ev.notification END AS notification,
        pc.config AS credentials, ep.headers, n.parked, p.passed_over
-FROM (SELECT count(*)::int AS parked FROM parked) n
+FROM (SELECT count(*)::int AS parked FROM changed WHERE why = 'park') n
 CROSS JOIN (SELECT count(*)::int AS held_back FROM booking) h
 CROSS JOIN (SELECT ((SELECT count(*) FROM ranked) - (SELECT count(*) FROM chosen)
                     - (SELECT count(*) FROM held))::int AS waiting) w
 CROSS JOIN (SELECT (count(*) - (SELECT count(*) FROM locked WHERE why = 'take'))::int
                        AS passed_over
             FROM ranked r
+            -- The last row taken, by the due time it was read with (no join: a join of
+            -- ranked and locked was a nested loop of every pair).
             WHERE coalesce((r.next_attempt_at, r.id) <= (
-                SELECT k.next_attempt_at, k.id FROM ranked k
-                JOIN locked l ON l.why = 'take' AND l.app_id = k.app_id AND l.id = k.id
-                ORDER BY k.next_attempt_at DESC, k.id DESC LIMIT 1), true)) p
+                SELECT l.next_attempt_at, l.id FROM locked l WHERE l.why = 'take'
+                ORDER BY l.next_attempt_at DESC, l.id DESC LIMIT 1), true)) p
 LEFT JOIN (claimed c
            JOIN events ev ON ev.app_id = c.app_id AND ev.id = c.event_id
            LEFT JOIN endpoints ep ON ep.id = c.endpoint_id
@@ -1184,53 +1196,60 @@ SELECT pg_try_advisory_lock($1);
 SELECT pg_advisory_unlock($1);
 
 -- name: make_partitions
--- The day partitions of events, deliveries and attempts from yesterday to a week ahead
--- (UTC) that do not exist yet; returns how many tables were made.
-SELECT gateway_make_partitions(current_date - 1, current_date + 7) AS made;
+-- $1 days back (at least 1), $2 days a partition holds (gateway/retention.py
+-- partition_days). Partitions of events, deliveries and attempts for every day (UTC) from
+-- that many days ago to two days ahead that has none yet, each to the next boundary
+-- (gateway_make_partitions, migration 0014); returns how many tables were made.
+-- Every process makes them at start and every hour (gateway/retention.py
+-- keep_partitions), so two days ahead leave a day's margin. No more are made ahead: every
+-- partition, an empty one too, costs each claim and settlement when it starts.
+SELECT gateway_make_partitions(current_date - greatest($1::int, 1), current_date + 2,
+                               $2::int) AS made;
 
--- name: day_partitions
--- Every day partition of events, deliveries and attempts, oldest first; "detaching" when
--- a DETACH ... CONCURRENTLY was cut short (it needs a FINALIZE).
-SELECT c.relname AS name, p.relname AS parent, i.inhdetachpending AS detaching
-FROM pg_inherits i
-JOIN pg_class c ON c.oid = i.inhrelid
-JOIN pg_class p ON p.oid = i.inhparent
-WHERE p.relnamespace = current_schema()::regnamespace
-  AND p.relname IN ('events', 'deliveries', 'attempts')
-ORDER BY c.relname;
+-- name: time_partitions
+-- Every partition of events, deliveries and attempts with the days it holds (first_day
+-- to end_day, end_day not included: a week, or a day for those made before migration
+-- 0014), oldest first; "detaching" when a DETACH ... CONCURRENTLY was cut short (it
+-- needs a FINALIZE).
+SELECT b.name, v.parent, b.first_day, b.end_day, b.detaching
+FROM (VALUES ('events'), ('deliveries'), ('attempts')) AS v(parent)
+CROSS JOIN LATERAL gateway_partition_bounds(v.parent) b
+ORDER BY b.first_day, b.end_day, v.parent;
 
--- name: day_held
--- $1 a day (UTC). Whether anything of that day is still to do: a pending delivery, a
--- fan-out, or (for events from before migration 0005) a pending delivery filed elsewhere.
+-- name: span_held
+-- $1 first day, $2 end day (not included; UTC). Whether anything of those days is still
+-- to do: a pending delivery, a fan-out, or (for events from before migration 0005) a
+-- pending delivery filed elsewhere.
 SELECT EXISTS (SELECT 1 FROM deliveries WHERE status = 'pending'
-               AND id >= gateway_day_bound('dlv', $1) AND id < gateway_day_bound('dlv', $1 + 1))
+               AND id >= gateway_day_bound('dlv', $1) AND id < gateway_day_bound('dlv', $2))
     OR EXISTS (SELECT 1 FROM events WHERE fanout_status = 'pending'
-               AND id >= gateway_day_bound('evt', $1) AND id < gateway_day_bound('evt', $1 + 1))
+               AND id >= gateway_day_bound('evt', $1) AND id < gateway_day_bound('evt', $2))
     OR EXISTS (SELECT 1 FROM deliveries WHERE status = 'pending'
                AND substr(id, 5, 12) <> substr(event_id, 5, 12)
                AND event_id >= gateway_day_bound('evt', $1)
-               AND event_id < gateway_day_bound('evt', $1 + 1)) AS held;
+               AND event_id < gateway_day_bound('evt', $2)) AS held;
 
--- name: day_rows
--- $1 a day (UTC): how many rows its partitions hold (counted before they are dropped).
+-- name: span_rows
+-- $1 first day, $2 end day (not included; UTC): how many rows the partitions of those days
+-- hold (counted before they are dropped).
 SELECT (SELECT count(*) FROM events WHERE id >= gateway_day_bound('evt', $1)
-                                      AND id < gateway_day_bound('evt', $1 + 1)) AS events,
+                                      AND id < gateway_day_bound('evt', $2)) AS events,
        (SELECT count(*) FROM deliveries WHERE id >= gateway_day_bound('dlv', $1)
-                                          AND id < gateway_day_bound('dlv', $1 + 1))
+                                          AND id < gateway_day_bound('dlv', $2))
            AS deliveries,
        (SELECT count(*) FROM attempts WHERE delivery_id >= gateway_day_bound('dlv', $1)
-                                        AND delivery_id < gateway_day_bound('dlv', $1 + 1))
+                                        AND delivery_id < gateway_day_bound('dlv', $2))
            AS attempts;
 
 -- name: retention_deliveries
--- $1 a day (UTC) a pending delivery holds, $2 batch size, $3 cutoff. Row by row within
--- that day's partitions: deletes up to $2 finished (succeeded or failed) deliveries last
--- changed before $3, with their attempts.
+-- $1 first day, $2 end day (not included; UTC) of partitions a pending delivery holds,
+-- $3 batch size, $4 cutoff. Row by row within those partitions: deletes up to $3 finished
+-- (succeeded or failed) deliveries last changed before $4, with their attempts.
 WITH doomed AS (
     SELECT app_id, id FROM deliveries
-    WHERE id >= gateway_day_bound('dlv', $1) AND id < gateway_day_bound('dlv', $1 + 1)
-      AND status IN ('succeeded', 'failed') AND updated_at < $3
-    LIMIT $2
+    WHERE id >= gateway_day_bound('dlv', $1) AND id < gateway_day_bound('dlv', $2)
+      AND status IN ('succeeded', 'failed') AND updated_at < $4
+    LIMIT $3
     FOR UPDATE SKIP LOCKED
 ), gone_attempts AS (
     DELETE FROM attempts a USING doomed WHERE a.delivery_id = doomed.id RETURNING 1
@@ -1242,12 +1261,13 @@ SELECT (SELECT count(*) FROM gone)::int AS deliveries,
        (SELECT count(*) FROM gone_attempts)::int AS attempts;
 
 -- name: retention_events
--- $1 a day (UTC) a pending delivery holds, $2 batch size. Row by row within that day's
--- partition: deletes up to $2 events with no delivery left (retention_deliveries took the
--- finished ones; pending ones keep their event) and no push fan-out still to do.
+-- $1 first day, $2 end day (not included; UTC) of a partition a pending delivery holds,
+-- $3 batch size. Row by row within it: deletes up to $3 events with no delivery left
+-- (retention_deliveries took the finished ones; pending ones keep their event) and no
+-- push fan-out still to do.
 WITH doomed AS (
     SELECT e.app_id, e.id FROM events e
-    WHERE e.id >= gateway_day_bound('evt', $1) AND e.id < gateway_day_bound('evt', $1 + 1)
+    WHERE e.id >= gateway_day_bound('evt', $1) AND e.id < gateway_day_bound('evt', $2)
       AND (e.fanout_status IS NULL OR e.fanout_status = 'done')
       AND NOT EXISTS (SELECT 1 FROM deliveries d
                       WHERE d.app_id = e.app_id AND d.event_id = e.id
@@ -1256,7 +1276,7 @@ WITH doomed AS (
       AND NOT EXISTS (SELECT 1 FROM deliveries d
                       WHERE d.event_id = e.id
                         AND substr(d.id, 5, 12) <> substr(d.event_id, 5, 12))
-    LIMIT $2
+    LIMIT $3
     FOR UPDATE SKIP LOCKED
 ), gone AS (
     DELETE FROM events e USING doomed

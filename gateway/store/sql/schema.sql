@@ -316,29 +316,69 @@ $function$;
 
 CREATE OR REPLACE FUNCTION public.gateway_make_partitions(first_day date, last_day date)
  RETURNS integer
+ LANGUAGE sql
+AS $function$
+    SELECT gateway_make_partitions(first_day, last_day, 7)
+$function$;
+
+CREATE OR REPLACE FUNCTION public.gateway_make_partitions(first_day date, last_day date, width integer)
+ RETURNS integer
  LANGUAGE plpgsql
 AS $function$
 DECLARE
     day date;
+    span_end date;
+    next_start date;
     made integer := 0;
     part record;
 BEGIN
+    IF width < 1 THEN
+        RAISE EXCEPTION 'a partition holds at least one day, not %', width;
+    END IF;
     PERFORM pg_advisory_xact_lock(727277);
-    FOR day IN SELECT generate_series(first_day, last_day, interval '1 day')::date LOOP
-        FOR part IN SELECT * FROM (VALUES ('events', 'evt'), ('deliveries', 'dlv'),
-                                          ('attempts', 'dlv')) AS v(parent, prefix) LOOP
-            IF to_regclass(format('%I', part.parent || '_' || to_char(day, 'YYYYMMDD')))
-                    IS NULL THEN
-                EXECUTE format('CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)',
-                               part.parent || '_' || to_char(day, 'YYYYMMDD'), part.parent,
-                               gateway_day_bound(part.prefix, day),
-                               gateway_day_bound(part.prefix, day + 1));
-                made := made + 1;
+    FOR part IN SELECT * FROM (VALUES ('events', 'evt'), ('deliveries', 'dlv'),
+                                      ('attempts', 'dlv')) AS v(parent, prefix) LOOP
+        day := first_day;
+        WHILE day <= last_day LOOP
+            SELECT b.end_day INTO span_end FROM gateway_partition_bounds(part.parent) b
+            WHERE b.first_day <= day AND day < b.end_day;
+            IF FOUND THEN
+                day := span_end;
+                CONTINUE;
             END IF;
+            SELECT min(b.first_day) INTO next_start FROM gateway_partition_bounds(part.parent) b
+            WHERE b.first_day > day;
+            span_end := least(day + width - (day - date '1970-01-05') % width,
+                              coalesce(next_start, 'infinity'::date));
+            EXECUTE format('CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)',
+                           part.parent || '_' || to_char(day, 'YYYYMMDD'), part.parent,
+                           gateway_day_bound(part.prefix, day),
+                           gateway_day_bound(part.prefix, span_end));
+            made := made + 1;
+            day := span_end;
         END LOOP;
     END LOOP;
     RETURN made;
 END
+$function$;
+
+CREATE OR REPLACE FUNCTION public.gateway_partition_bounds(parent text)
+ RETURNS TABLE(name text, first_day date, end_day date, detaching boolean)
+ LANGUAGE sql
+ STABLE
+AS $function$
+    -- A partition's bounds are ids of the gateway's shape (prefix, '_', 12 hex digits of
+    -- milliseconds), the first day's and the day after the last one's.
+    SELECT c.relname::text,
+           gateway_id_day((regexp_match(pg_get_expr(c.relpartbound, c.oid),
+                                        $re$FROM \('([^']*)'\)$re$))[1]),
+           gateway_id_day((regexp_match(pg_get_expr(c.relpartbound, c.oid),
+                                        $re$TO \('([^']*)'\)$re$))[1]),
+           i.inhdetachpending
+    FROM pg_inherits i
+    JOIN pg_class c ON c.oid = i.inhrelid
+    JOIN pg_class p ON p.oid = i.inhparent
+    WHERE p.relnamespace = current_schema()::regnamespace AND p.relname = parent
 $function$;
 
 CREATE OR REPLACE FUNCTION public.gateway_payload_jsonb(payload text)
