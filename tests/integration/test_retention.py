@@ -8,10 +8,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 from dataclasses import replace
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import pytest
 from prometheus_client import generate_latest
 
 from gateway import appkeys
@@ -111,7 +112,8 @@ async def holding(dsn: str, parent: str, days_ago: int) -> str:
 async def today(dsn: str) -> date:
     conn = await asyncpg.connect(dsn)
     try:
-        return date.fromisoformat(str(await conn.fetchval("SELECT current_date")))
+        return date.fromisoformat(str(await conn.fetchval(
+            "SELECT (now() AT TIME ZONE 'UTC')::date")))
     finally:
         await conn.close()
 
@@ -303,28 +305,40 @@ async def test_the_coming_days_partitions_are_made_before_their_first_event(
 
 
 async def test_a_new_database_has_partitions_from_yesterday_to_two_days_ahead_each_to_a_monday(
-        dsn: str) -> None:
+        empty_database: str) -> None:
+    dsn = empty_database
+    await migrate(dsn)
     now, found = await today(dsn), await spans(dsn)
     for parent in ("events", "deliveries", "attempts"):
         days = covered(found, parent)
         assert days[0][0] <= now - timedelta(days=1) and days[-1][1] > now + timedelta(days=2)
         assert gapless(days)
         assert days[-1][0] <= now + timedelta(days=2)  # none made further ahead
-        # The ones made since migration 0014 (after today) run to a Monday.
-        assert all(end == next_monday(first) for first, end in days if first > now)
+    # Migration 0005's day partitions ahead went; those made since run to a Monday.
+    ahead = {name: (first, end) for name, (_, first, end) in found.items() if first > now}
+    assert ahead and all(end == next_monday(first) for first, end in ahead.values())
+    # Named so that a process of the version before cannot read a day in the name (it
+    # would drop the partition whole once that day is past the window).
+    for name in ahead:
+        assert "_from" in name
+        with pytest.raises(ValueError):
+            datetime.strptime(name.rsplit("_", 1)[-1], "%Y%m%d")
 
 
-async def test_the_upgrade_drops_the_empty_day_partitions_ahead_and_makes_week_ones(
-        aiohttp_client: Any, dsn: str, settings: Settings, receiver: Receiver) -> None:
-    """Migration 0014 on a database an older version kept: day partitions a week ahead,
-    one of them holding a row (a host's clock days ahead)."""
+async def test_the_upgrade_of_a_database_in_use_keeps_its_day_partitions_ahead(
+        empty_database: str) -> None:
+    """Migration 0014 on a database an older version kept, with rows: its day partitions
+    a week ahead stay (no lock on tables in use) and the days after them get wide ones as
+    they come within two days."""
+    dsn = empty_database
+    await migrate(dsn)
     now = await today(dsn)
     conn = await asyncpg.connect(dsn)
     try:
         for name, (_, first, _) in (await spans(dsn)).items():
             if first > now:
                 await conn.execute(f"DROP TABLE {name}")
-        for ahead in range(1, 8):
+        for ahead in range(1, 8):  # what the version before made
             day = now + timedelta(days=ahead)
             for parent, prefix in (("events", "evt"), ("deliveries", "dlv"),
                                    ("attempts", "dlv")):
@@ -334,53 +348,105 @@ async def test_the_upgrade_drops_the_empty_day_partitions_ahead_and_makes_week_o
                     f"TO (gateway_day_bound('{prefix}', '{day}'::date + 1))")
         await conn.execute(
             "INSERT INTO events (app_id, id, type, payload, created_at) VALUES "
-            "('app_x', gateway_day_bound('evt', current_date + 5) || 'x', 't', '{}', now())")
-        used = f"events_{now + timedelta(days=5):%Y%m%d}"
-        days_ahead = {(name, first, end) for name, (_, first, end) in (await spans(dsn)).items()
-                      if first > now}
-        assert len(days_ahead) == 21
-
+            "('app_x', gateway_day_bound('evt', (now() AT TIME ZONE 'UTC')::date) || 'x',"
+            " 't', '{}', now())")
+        before = await spans(dsn)
         # The upgrade as a starting process runs it: migration 0014, then the partitions.
         await conn.execute("DELETE FROM schema_migrations WHERE version = 14")
     finally:
         await conn.close()
+
     assert await migrate(dsn) == [14]
 
-    found = await spans(dsn)
-    # The empty ones went (a week partition may take a name a day partition had).
-    assert {name for name, first, end in days_ahead
-            if found.get(name, ("", None, None))[1:] == (first, end)} == {used}
+    assert await spans(dsn) == before
+    conn = await asyncpg.connect(dsn)
+    try:  # an old process's hourly call, after the upgrade: day partitions, no overlap
+        made = await conn.fetchval(
+            "SELECT gateway_make_partitions(current_date - 1, current_date + 9)")
+    finally:
+        await conn.close()
+    after = await spans(dsn)
+    assert made == 6  # days 8 and 9 ahead, for each table
     for parent in ("events", "deliveries", "attempts"):
-        days = covered(found, parent)
-        assert gapless(days)
-        assert days[-1][1] > now + timedelta(days=2)
-        # Week partitions took their place: to a Monday, or to the partition still there.
-        made = [(first, end) for name, (p, first, end) in found.items()
-                if p == parent and first > now and name != used]
-        assert made and all(end == next_monday(first) or f"{parent}_{end:%Y%m%d}" == used
-                            for first, end in made)
+        days = covered(after, parent)
+        assert gapless(days) and days[-1][1] == now + timedelta(days=10)
+
+
+async def test_a_partition_is_dropped_only_once_its_last_day_is_past_the_window(
+        aiohttp_client: Any, empty_database: str, settings: Settings,
+        receiver: Receiver) -> None:
+    dsn = empty_database
+    await migrate(dsn)
+    now = await today(dsn)
+    conn = await asyncpg.connect(dsn)
+    try:
+        for name in await spans(dsn):
+            await conn.execute(f"DROP TABLE {name}")
+        # One partition wholly past a day's window, one that starts past it and ends in it.
+        for first, end in ((now - timedelta(days=9), now - timedelta(days=5)),
+                           (now - timedelta(days=5), now + timedelta(days=3))):
+            for parent, prefix in (("events", "evt"), ("deliveries", "dlv"),
+                                   ("attempts", "dlv")):
+                await conn.execute(
+                    f"CREATE TABLE {parent}_from{first:%Y%m%d} PARTITION OF {parent} FOR "
+                    f"VALUES FROM (gateway_day_bound('{prefix}', '{first}'::date)) "
+                    f"TO (gateway_day_bound('{prefix}', '{end}'::date))")
+    finally:
+        await conn.close()
     client = await aiohttp_client(create_app(settings, dsn))
     api = Api(client)
     key = await api.new_app()
     await api.new_endpoint(key, receiver.url())
-    await api.emit(key, "ok.after")
-    await receiver.wait_for(1)
-
-
-async def test_a_short_retention_gets_partitions_of_a_day_and_a_long_one_of_a_week(
-        dsn: str) -> None:
-    assert [partition_days(n) for n in (0, 1, 3, 7, 8, 14, 28, 30, 365)] == [
-        7, 1, 1, 1, 2, 3, 7, 7, 7]
-    now = await today(dsn)
+    for _ in range(3):
+        await api.emit(key, "ok.oldest")
+    await eventually(lambda: settled(dsn, 3))
+    await backdate(dsn, 7)  # into the first partition
+    for _ in range(2):
+        await api.emit(key, "ok.old")
+    await eventually(lambda: settled(dsn, 5))
+    await eventually(lambda: attempted(dsn, 5))
+    ms, ago = 4 * 86_400_000, timedelta(days=4)
     conn = await asyncpg.connect(dsn)
-    try:
-        for name, (_, first, _) in (await spans(dsn)).items():
-            if first > now:
-                await conn.execute(f"DROP TABLE {name}")
-        await conn.fetchval(QUERIES["make_partitions"], 1, partition_days(3))
+    try:  # the two newest 4 days back: in the second partition, past the window
+        async with conn.transaction():
+            await conn.execute(SHIFT)
+            await conn.execute(
+                "UPDATE events SET id = pg_temp.shift(id, $1),"
+                " created_at = created_at - $2::interval"
+                " WHERE created_at > now() - $3::interval", ms, ago, timedelta(days=1))
+            await conn.execute(
+                "UPDATE deliveries SET id = pg_temp.shift(id, $1),"
+                " event_id = pg_temp.shift(event_id, $1),"
+                " created_at = created_at - $2::interval,"
+                " updated_at = updated_at - $2::interval WHERE created_at > now() - $3::interval",
+                ms, ago, timedelta(days=1))
+            await conn.execute(
+                "UPDATE attempts SET delivery_id = pg_temp.shift(delivery_id, $1),"
+                " attempted_at = attempted_at - $2::interval"
+                " WHERE attempted_at > now() - $3::interval", ms, ago, timedelta(days=1))
     finally:
         await conn.close()
 
+    pruned = await Retention(client.app[appkeys.STORE], max_age_s=DAY_S, pause_s=0).run_once()
+
+    assert pruned.partitions_dropped == 1
+    assert (pruned.events, pruned.deliveries, pruned.attempts) == (3, 3, 3)
+    assert pruned.batches == 0  # and nothing row by row: the second is not past the window
+    left = await partitions(dsn)
+    assert f"events_from{now - timedelta(days=5):%Y%m%d}" in left
+    assert f"events_from{now - timedelta(days=9):%Y%m%d}" not in left
+    assert await counts(dsn) == {"events": 2, "deliveries": 2, "attempts": 2,
+                                 "idempotency_keys": 0}
+
+
+async def test_a_short_retention_gets_partitions_of_a_day_and_a_long_one_of_a_week(
+        empty_database: str) -> None:
+    assert [partition_days(n) for n in (0, 1, 3, 7, 8, 14, 28, 30, 365)] == [
+        7, 1, 1, 1, 2, 3, 7, 7, 7]
+    dsn = empty_database
+    await migrate(dsn, partition_days(3))
+
+    now = await today(dsn)
     ahead = [(first, end) for first, end in covered(await spans(dsn), "deliveries")
              if first > now]
     assert ahead == [(now + timedelta(days=n), now + timedelta(days=n + 1)) for n in (1, 2)]

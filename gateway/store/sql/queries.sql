@@ -1203,8 +1203,8 @@ SELECT pg_advisory_unlock($1);
 -- Every process makes them at start and every hour (gateway/retention.py
 -- keep_partitions), so two days ahead leave a day's margin. No more are made ahead: every
 -- partition, an empty one too, costs each claim and settlement when it starts.
-SELECT gateway_make_partitions(current_date - greatest($1::int, 1), current_date + 2,
-                               $2::int) AS made;
+SELECT gateway_make_partitions(today - greatest($1::int, 1), today + 2, $2::int) AS made
+FROM (SELECT (now() AT TIME ZONE 'UTC')::date AS today) t;  -- UTC days, as ids have them
 
 -- name: time_partitions
 -- Every partition of events, deliveries and attempts with the days it holds (first_day

@@ -318,7 +318,7 @@ CREATE OR REPLACE FUNCTION public.gateway_make_partitions(first_day date, last_d
  RETURNS integer
  LANGUAGE sql
 AS $function$
-    SELECT gateway_make_partitions(first_day, last_day, 7)
+    SELECT gateway_make_partitions(first_day, last_day, 1)
 $function$;
 
 CREATE OR REPLACE FUNCTION public.gateway_make_partitions(first_day date, last_day date, width integer)
@@ -331,6 +331,8 @@ DECLARE
     next_start date;
     made integer := 0;
     part record;
+    name text;
+    n integer;
 BEGIN
     IF width < 1 THEN
         RAISE EXCEPTION 'a partition holds at least one day, not %', width;
@@ -350,9 +352,16 @@ BEGIN
             WHERE b.first_day > day;
             span_end := least(day + width - (day - date '1970-01-05') % width,
                               coalesce(next_start, 'infinity'::date));
+            -- A table of that name that is not a partition (one left detached by a drop
+            -- cut short) must not stop partitions being made: the next free name is taken.
+            name := part.parent || '_from' || to_char(day, 'YYYYMMDD');
+            n := 1;
+            WHILE to_regclass(format('%I', name)) IS NOT NULL LOOP
+                n := n + 1;
+                name := part.parent || '_from' || to_char(day, 'YYYYMMDD') || '_' || n;
+            END LOOP;
             EXECUTE format('CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)',
-                           part.parent || '_' || to_char(day, 'YYYYMMDD'), part.parent,
-                           gateway_day_bound(part.prefix, day),
+                           name, part.parent, gateway_day_bound(part.prefix, day),
                            gateway_day_bound(part.prefix, span_end));
             made := made + 1;
             day := span_end;
@@ -368,17 +377,18 @@ CREATE OR REPLACE FUNCTION public.gateway_partition_bounds(parent text)
  STABLE
 AS $function$
     -- A partition's bounds are ids of the gateway's shape (prefix, '_', 12 hex digits of
-    -- milliseconds), the first day's and the day after the last one's.
-    SELECT c.relname::text,
-           gateway_id_day((regexp_match(pg_get_expr(c.relpartbound, c.oid),
-                                        $re$FROM \('([^']*)'\)$re$))[1]),
-           gateway_id_day((regexp_match(pg_get_expr(c.relpartbound, c.oid),
-                                        $re$TO \('([^']*)'\)$re$))[1]),
-           i.inhdetachpending
-    FROM pg_inherits i
-    JOIN pg_class c ON c.oid = i.inhrelid
-    JOIN pg_class p ON p.oid = i.inhparent
-    WHERE p.relnamespace = current_schema()::regnamespace AND p.relname = parent
+    -- milliseconds), the first day's and the day after the last one's. A partition with
+    -- other bounds (a DEFAULT one, MINVALUE, ...) is not one of the gateway's: left out.
+    SELECT b.name, gateway_id_day(b.bounds[1]), gateway_id_day(b.bounds[2]), b.detaching
+    FROM (SELECT c.relname::text AS name, i.inhdetachpending AS detaching,
+                 regexp_match(pg_get_expr(c.relpartbound, c.oid),
+                              '^FOR VALUES FROM \(''([a-z]+_[0-9a-f]{12})''\) '
+                              || 'TO \(''([a-z]+_[0-9a-f]{12})''\)') AS bounds
+          FROM pg_inherits i
+          JOIN pg_class c ON c.oid = i.inhrelid
+          JOIN pg_class p ON p.oid = i.inhparent
+          WHERE p.relnamespace = current_schema()::regnamespace AND p.relname = parent) b
+    WHERE b.bounds IS NOT NULL
 $function$;
 
 CREATE OR REPLACE FUNCTION public.gateway_payload_jsonb(payload text)

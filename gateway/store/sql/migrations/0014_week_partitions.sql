@@ -14,24 +14,31 @@
 --
 -- The day partitions that exist stay what they are, and retention drops them as before;
 -- new ones run from the first day no partition holds to the next boundary (or to the next
--- partition, if that comes first), so the two kinds meet without a gap or an overlap. A
--- partition is named by its first day, as a day partition is. The empty day partitions
--- after today go now (a row in one, from a host whose clock runs days ahead, keeps it).
+-- partition, if that comes first), so the two kinds meet without a gap or an overlap.
+-- A new one is named "<table>_from<first day>": a process of the version before, which
+-- reads a day partition's day from its name and drops it whole when that day is past,
+-- cannot read one and leaves it alone (it would otherwise drop days still in the window).
+-- In a new database (no event, no delivery: no process serves it before its migrations
+-- end) the empty day partitions after today that migration 0005 made go; in a database in
+-- use they stay and fill up as their days come, so that no lock is taken on tables that
+-- claims and ingest are using.
+-- Days are UTC days (ids and partition bounds are), whatever the session's time zone.
 CREATE OR REPLACE FUNCTION gateway_partition_bounds(parent text)
 RETURNS TABLE (name text, first_day date, end_day date, detaching boolean)
 LANGUAGE sql STABLE AS $$
     -- A partition's bounds are ids of the gateway's shape (prefix, '_', 12 hex digits of
-    -- milliseconds), the first day's and the day after the last one's.
-    SELECT c.relname::text,
-           gateway_id_day((regexp_match(pg_get_expr(c.relpartbound, c.oid),
-                                        $re$FROM \('([^']*)'\)$re$))[1]),
-           gateway_id_day((regexp_match(pg_get_expr(c.relpartbound, c.oid),
-                                        $re$TO \('([^']*)'\)$re$))[1]),
-           i.inhdetachpending
-    FROM pg_inherits i
-    JOIN pg_class c ON c.oid = i.inhrelid
-    JOIN pg_class p ON p.oid = i.inhparent
-    WHERE p.relnamespace = current_schema()::regnamespace AND p.relname = parent
+    -- milliseconds), the first day's and the day after the last one's. A partition with
+    -- other bounds (a DEFAULT one, MINVALUE, ...) is not one of the gateway's: left out.
+    SELECT b.name, gateway_id_day(b.bounds[1]), gateway_id_day(b.bounds[2]), b.detaching
+    FROM (SELECT c.relname::text AS name, i.inhdetachpending AS detaching,
+                 regexp_match(pg_get_expr(c.relpartbound, c.oid),
+                              '^FOR VALUES FROM \(''([a-z]+_[0-9a-f]{12})''\) '
+                              || 'TO \(''([a-z]+_[0-9a-f]{12})''\)') AS bounds
+          FROM pg_inherits i
+          JOIN pg_class c ON c.oid = i.inhrelid
+          JOIN pg_class p ON p.oid = i.inhparent
+          WHERE p.relnamespace = current_schema()::regnamespace AND p.relname = parent) b
+    WHERE b.bounds IS NOT NULL
 $$;
 
 -- Makes partitions of events, deliveries and attempts so that every day from first_day to
@@ -48,6 +55,8 @@ DECLARE
     next_start date;
     made integer := 0;
     part record;
+    name text;
+    n integer;
 BEGIN
     IF width < 1 THEN
         RAISE EXCEPTION 'a partition holds at least one day, not %', width;
@@ -67,9 +76,16 @@ BEGIN
             WHERE b.first_day > day;
             span_end := least(day + width - (day - date '1970-01-05') % width,
                               coalesce(next_start, 'infinity'::date));
+            -- A table of that name that is not a partition (one left detached by a drop
+            -- cut short) must not stop partitions being made: the next free name is taken.
+            name := part.parent || '_from' || to_char(day, 'YYYYMMDD');
+            n := 1;
+            WHILE to_regclass(format('%I', name)) IS NOT NULL LOOP
+                n := n + 1;
+                name := part.parent || '_from' || to_char(day, 'YYYYMMDD') || '_' || n;
+            END LOOP;
             EXECUTE format('CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)',
-                           part.parent || '_' || to_char(day, 'YYYYMMDD'), part.parent,
-                           gateway_day_bound(part.prefix, day),
+                           name, part.parent, gateway_day_bound(part.prefix, day),
                            gateway_day_bound(part.prefix, span_end));
             made := made + 1;
             day := span_end;
@@ -79,32 +95,29 @@ BEGIN
 END
 $$;
 
--- What a process of the version before calls every hour: week partitions, so that it
--- fills gaps as this version does and never tries a day another partition holds.
+-- What a process of the version before calls every hour: the day partitions it made
+-- before, but filling gaps as this version does, so it never tries a day another
+-- partition holds.
 CREATE OR REPLACE FUNCTION gateway_make_partitions(first_day date, last_day date)
 RETURNS integer
 LANGUAGE sql AS $$
-    SELECT gateway_make_partitions(first_day, last_day, 7)
+    SELECT gateway_make_partitions(first_day, last_day, 1)
 $$;
 
 DO $migration$
 DECLARE
     part record;
-    used boolean;
 BEGIN
-    PERFORM pg_advisory_xact_lock(727277);
+    IF EXISTS (SELECT 1 FROM events) OR EXISTS (SELECT 1 FROM deliveries) THEN
+        RETURN;  -- a database in use: its day partitions ahead stay (see above)
+    END IF;
     FOR part IN
         SELECT b.name FROM (VALUES ('attempts'), ('deliveries'), ('events')) AS v(parent)
         CROSS JOIN LATERAL gateway_partition_bounds(v.parent) b
-        WHERE b.first_day > current_date AND b.end_day = b.first_day + 1
+        WHERE b.first_day > (now() AT TIME ZONE 'UTC')::date
         ORDER BY b.name
     LOOP
-        -- Locked first: a row that arrives between the look and the drop is not lost.
-        EXECUTE format('LOCK TABLE %I IN ACCESS EXCLUSIVE MODE', part.name);
-        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %I)', part.name) INTO used;
-        IF NOT used THEN
-            EXECUTE format('DROP TABLE %I', part.name);
-        END IF;
+        EXECUTE format('DROP TABLE %I', part.name);
     END LOOP;
 END
 $migration$;
