@@ -199,7 +199,7 @@ class Database:
 
 async def migrate(dsn: str, partition_days: int = 7) -> list[int]:
     """Apply pending migrations in order, each in its own transaction, and make the
-    partitions from yesterday to two days ahead (``partition_days`` wide: see
+    partitions from yesterday to ``partition_days`` (at least two) ahead (that wide: see
     gateway/retention.py partition_days); returns the migrations applied.
 
     An advisory lock makes concurrent start-ups (API and dispatcher) take turns.

@@ -788,8 +788,9 @@ class Store:
     # --- retention and the cleanup of deleted apps ----------------------------------
 
     async def make_partitions(self, width: int = 7) -> int:
-        """Make the partitions that every day from yesterday to two days ahead needs, each
-        to the next boundary of ``width`` days; how many tables were made."""
+        """Make the partitions that every day from yesterday to ``width`` days ahead (at
+        least two) needs, each to the next boundary of ``width`` days; how many tables
+        were made."""
         row = await self.db.fetchrow("make_partitions", 1, width)
         return int(row["made"]) if row is not None else 0
 

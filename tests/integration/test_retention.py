@@ -1,7 +1,7 @@
 """Retention drops whole partitions of finished work past the window (not row by row),
 keeps recent ones and those something still holds, deletes only the finished rows of a
 held one, lets one process prune at a time, and keeps the coming days' partitions made: a
-week each (to the next Monday), two days ahead."""
+week each (to the next Monday), a week ahead."""
 
 from __future__ import annotations
 
@@ -304,16 +304,16 @@ async def test_the_coming_days_partitions_are_made_before_their_first_event(
     assert await client.app[appkeys.STORE].make_partitions() == 0
 
 
-async def test_a_new_database_has_partitions_from_yesterday_to_two_days_ahead_each_to_a_monday(
+async def test_a_new_database_has_partitions_from_yesterday_to_a_week_ahead_each_to_a_monday(
         empty_database: str) -> None:
     dsn = empty_database
     await migrate(dsn)
     now, found = await today(dsn), await spans(dsn)
     for parent in ("events", "deliveries", "attempts"):
         days = covered(found, parent)
-        assert days[0][0] <= now - timedelta(days=1) and days[-1][1] > now + timedelta(days=2)
+        assert days[0][0] <= now - timedelta(days=1) and days[-1][1] > now + timedelta(days=7)
         assert gapless(days)
-        assert days[-1][0] <= now + timedelta(days=2)  # none made further ahead
+        assert days[-1][0] <= now + timedelta(days=7)  # none made further ahead
     # Migration 0005's day partitions ahead went; those made since run to a Monday.
     ahead = {name: (first, end) for name, (_, first, end) in found.items() if first > now}
     assert ahead and all(end == next_monday(first) for first, end in ahead.values())
@@ -329,7 +329,7 @@ async def test_the_upgrade_of_a_database_in_use_keeps_its_day_partitions_ahead(
         empty_database: str) -> None:
     """Migration 0014 on a database an older version kept, with rows: its day partitions
     a week ahead stay (no lock on tables in use) and the days after them get wide ones as
-    they come within two days."""
+    they come within a week."""
     dsn = empty_database
     await migrate(dsn)
     now = await today(dsn)

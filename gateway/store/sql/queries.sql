@@ -1198,12 +1198,14 @@ SELECT pg_advisory_unlock($1);
 -- name: make_partitions
 -- $1 days back (at least 1), $2 days a partition holds (gateway/retention.py
 -- partition_days). Partitions of events, deliveries and attempts for every day (UTC) from
--- that many days ago to two days ahead that has none yet, each to the next boundary
--- (gateway_make_partitions, migration 0014); returns how many tables were made.
--- Every process makes them at start and every hour (gateway/retention.py
--- keep_partitions), so two days ahead leave a day's margin. No more are made ahead: every
+-- that many days ago to as many days ahead as a partition holds (at least two) that has
+-- none yet, each to the next boundary (gateway_make_partitions, migration 0014); returns
+-- how many tables were made. Every process makes them at start and every hour
+-- (gateway/retention.py keep_partitions): a week's margin with week partitions, at most
+-- one of them made ahead of need; no more than two days' with day partitions, as every
 -- partition, an empty one too, costs each claim and settlement when it starts.
-SELECT gateway_make_partitions(today - greatest($1::int, 1), today + 2, $2::int) AS made
+SELECT gateway_make_partitions(today - greatest($1::int, 1), today + greatest($2::int, 2),
+                               $2::int) AS made
 FROM (SELECT (now() AT TIME ZONE 'UTC')::date AS today) t;  -- UTC days, as ids have them
 
 -- name: time_partitions

@@ -1,5 +1,6 @@
 -- Events, deliveries and attempts get a partition for up to a week (Monday to Monday,
--- UTC), no longer one a day, and partitions are made only two days ahead, no longer seven.
+-- UTC), no longer one a day; with day partitions (a short retention) they are made two
+-- days ahead, no longer seven.
 --
 -- Why: every partition, an empty one too, costs each claim and each settlement when the
 -- statement starts: a cached plan names every partition, and the executor opens each one
