@@ -45,7 +45,8 @@ async def backdate(dsn: str, days: int) -> None:
         async with conn.transaction():
             await conn.execute(SHIFT)
             await conn.execute(
-                "SELECT gateway_make_partitions(current_date - $1::int, current_date)", days + 1)
+                "SELECT gateway_make_partitions(today - $1::int, today)"
+                " FROM (SELECT (now() AT TIME ZONE 'UTC')::date AS today) t", days + 1)
             ms, ago = days * 86_400_000, timedelta(days=days)
             await conn.execute(
                 "UPDATE events SET id = pg_temp.shift(id, $1),"
@@ -137,7 +138,8 @@ async def day_name(dsn: str, days_ago: int) -> str:
     conn = await asyncpg.connect(dsn)
     try:
         return str(await conn.fetchval(
-            "SELECT to_char(current_date - $1::int, 'YYYYMMDD')", days_ago))
+            "SELECT to_char((now() AT TIME ZONE 'UTC')::date - $1::int, 'YYYYMMDD')",
+            days_ago))
     finally:
         await conn.close()
 
@@ -361,8 +363,8 @@ async def test_the_upgrade_of_a_database_in_use_keeps_its_day_partitions_ahead(
     assert await spans(dsn) == before
     conn = await asyncpg.connect(dsn)
     try:  # an old process's hourly call, after the upgrade: day partitions, no overlap
-        made = await conn.fetchval(
-            "SELECT gateway_make_partitions(current_date - 1, current_date + 9)")
+        made = await conn.fetchval("SELECT gateway_make_partitions($1::date - 1, $1::date + 9)",
+                                   now)
     finally:
         await conn.close()
     after = await spans(dsn)
@@ -437,6 +439,37 @@ async def test_a_partition_is_dropped_only_once_its_last_day_is_past_the_window(
     assert f"events_from{now - timedelta(days=9):%Y%m%d}" not in left
     assert await counts(dsn) == {"events": 2, "deliveries": 2, "attempts": 2,
                                  "idempotency_keys": 0}
+
+
+async def test_a_table_left_with_a_partitions_name_and_a_foreign_partition_stop_nothing(
+        aiohttp_client: Any, empty_database: str, settings: Settings) -> None:
+    """A table a drop cut short left behind (detached, not dropped) does not stop partitions
+    being made, and a partition that is not the gateway's (MINVALUE) does not stop
+    retention."""
+    dsn = empty_database
+    await migrate(dsn)
+    now = await today(dsn)
+    conn = await asyncpg.connect(dsn)
+    try:
+        for name, (parent, first, _) in (await spans(dsn)).items():
+            if first > now:
+                await conn.execute(f"ALTER TABLE {parent} DETACH PARTITION {name}")
+        await conn.execute(
+            "CREATE TABLE events_before_everything PARTITION OF events"
+            " FOR VALUES FROM (MINVALUE) TO ('evt_000000000001')")
+    finally:
+        await conn.close()
+
+    assert await migrate(dsn) == []  # makes the partitions ahead again, under other names
+
+    found = await spans(dsn)
+    for parent in ("events", "deliveries", "attempts"):
+        assert gapless(covered(found, parent))
+        assert covered(found, parent)[-1][1] > now + timedelta(days=7)
+    assert f"events_from{now + timedelta(days=1):%Y%m%d}_2" in found
+    client = await aiohttp_client(create_app(settings, dsn, dispatcher=False))
+    pruned = await Retention(client.app[appkeys.STORE], max_age_s=DAY_S, pause_s=0).run_once()
+    assert pruned.ran
 
 
 async def test_a_short_retention_gets_partitions_of_a_day_and_a_long_one_of_a_week(

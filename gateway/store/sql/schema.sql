@@ -378,12 +378,12 @@ CREATE OR REPLACE FUNCTION public.gateway_partition_bounds(parent text)
 AS $function$
     -- A partition's bounds are ids of the gateway's shape (prefix, '_', 12 hex digits of
     -- milliseconds), the first day's and the day after the last one's. A partition with
-    -- other bounds (a DEFAULT one, MINVALUE, ...) is not one of the gateway's: left out.
+    -- other bounds (MINVALUE, a DEFAULT one, ...) is not one of the gateway's: left out.
     SELECT b.name, gateway_id_day(b.bounds[1]), gateway_id_day(b.bounds[2]), b.detaching
     FROM (SELECT c.relname::text AS name, i.inhdetachpending AS detaching,
                  regexp_match(pg_get_expr(c.relpartbound, c.oid),
-                              '^FOR VALUES FROM \(''([a-z]+_[0-9a-f]{12})''\) '
-                              || 'TO \(''([a-z]+_[0-9a-f]{12})''\)') AS bounds
+                              '^FOR VALUES FROM [(]''([a-z]+_[0-9a-f]{12})''[)] '
+                              || 'TO [(]''([a-z]+_[0-9a-f]{12})''[)]') AS bounds
           FROM pg_inherits i
           JOIN pg_class c ON c.oid = i.inhrelid
           JOIN pg_class p ON p.oid = i.inhparent

@@ -19,22 +19,22 @@
 -- A new one is named "<table>_from<first day>": a process of the version before, which
 -- reads a day partition's day from its name and drops it whole when that day is past,
 -- cannot read one and leaves it alone (it would otherwise drop days still in the window).
--- In a new database (no event, no delivery: no process serves it before its migrations
--- end) the empty day partitions after today that migration 0005 made go; in a database in
--- use they stay and fill up as their days come, so that no lock is taken on tables that
--- claims and ingest are using.
+-- In a new database (no app, no event, no delivery: nothing can be ingested before an app
+-- exists) the empty day partitions after today that migration 0005 made go; in a database
+-- in use they stay and fill up as their days come, so that no lock is taken on tables
+-- that claims and ingest are using.
 -- Days are UTC days (ids and partition bounds are), whatever the session's time zone.
 CREATE OR REPLACE FUNCTION gateway_partition_bounds(parent text)
 RETURNS TABLE (name text, first_day date, end_day date, detaching boolean)
 LANGUAGE sql STABLE AS $$
     -- A partition's bounds are ids of the gateway's shape (prefix, '_', 12 hex digits of
     -- milliseconds), the first day's and the day after the last one's. A partition with
-    -- other bounds (a DEFAULT one, MINVALUE, ...) is not one of the gateway's: left out.
+    -- other bounds (MINVALUE, a DEFAULT one, ...) is not one of the gateway's: left out.
     SELECT b.name, gateway_id_day(b.bounds[1]), gateway_id_day(b.bounds[2]), b.detaching
     FROM (SELECT c.relname::text AS name, i.inhdetachpending AS detaching,
                  regexp_match(pg_get_expr(c.relpartbound, c.oid),
-                              '^FOR VALUES FROM \(''([a-z]+_[0-9a-f]{12})''\) '
-                              || 'TO \(''([a-z]+_[0-9a-f]{12})''\)') AS bounds
+                              '^FOR VALUES FROM [(]''([a-z]+_[0-9a-f]{12})''[)] '
+                              || 'TO [(]''([a-z]+_[0-9a-f]{12})''[)]') AS bounds
           FROM pg_inherits i
           JOIN pg_class c ON c.oid = i.inhrelid
           JOIN pg_class p ON p.oid = i.inhparent
@@ -109,7 +109,8 @@ DO $migration$
 DECLARE
     part record;
 BEGIN
-    IF EXISTS (SELECT 1 FROM events) OR EXISTS (SELECT 1 FROM deliveries) THEN
+    IF EXISTS (SELECT 1 FROM apps) OR EXISTS (SELECT 1 FROM events)
+            OR EXISTS (SELECT 1 FROM deliveries) THEN
         RETURN;  -- a database in use: its day partitions ahead stay (see above)
     END IF;
     FOR part IN
