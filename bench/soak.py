@@ -577,7 +577,7 @@ class Soak:
             shared_buffers = await conn.fetchval("SHOW shared_buffers")
         finally:
             await conn.close()
-        print(f"database migrated; {made} more day partitions for the last {a.days} days; "
+        print(f"database migrated; {made} more partitions for the last {a.days} days; "
               f"{a.apps} apps with {per_event} endpoint(s) each; shared_buffers "
               f"{shared_buffers}", flush=True)
         self.results["shared_buffers"] = shared_buffers
