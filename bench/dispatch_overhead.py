@@ -14,6 +14,13 @@ process's CPU per delivery (``time.process_time``) and the rate.
 Beside `bench/run.py`'s drain (the gateway's CPU per delivery with everything) it says how
 much of that is the dispatcher itself, and how much the HTTP client, the claim's rows, the
 result writes and the database.
+
+``--queue postgres`` runs the same dispatcher against the gateway's own queue instead
+(`PostgresQueue` on a fresh embedded PostgreSQL, or ``DATABASE_URL``; a new database a
+round, ``--deliveries`` pending deliveries of one endpoint written before the clock
+starts), with the attempt line on and the server's metrics: what the gateway's process
+spends a delivery on everything but HTTP (claims and their rows, settlements, asyncpg's
+client side, the loop's waits on PostgreSQL), printed beside the rate.
 """
 
 from __future__ import annotations
@@ -23,18 +30,27 @@ import asyncio
 import collections
 import contextlib
 import io
+import os
 import statistics
+import tempfile
 import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 import uvloop
+from common import Postgres
 
 from adapters.base import DeliveryJob, EndpointTarget, EventView, Outcome, Verdict
 from gateway import logs
+from gateway.config import Settings
 from gateway.dispatcher import Dispatcher
+from gateway.metrics import Metrics
 from gateway.retry import RetryPolicy
+from gateway.store.database import Database, migrate
+from gateway.store.postgres import EventDraft, Store
+from gateway.store.postgres_queue import PostgresQueue
 from gateway.store.queue import NO_CHANGE, UNLIMITED, AttemptResult, Claim, Job, Rooms, Settlement
 
 ENDPOINT = "ep_0123456789abcdef"
@@ -114,13 +130,82 @@ async def one_round(deliveries: int, endpoint_room: int) -> tuple[float, float]:
     return cpu / deliveries, deliveries / wall
 
 
+async def postgres_round(pg: Postgres, n: int, deliveries: int,
+                         endpoint_room: int) -> tuple[float, float]:
+    """CPU seconds per delivery and deliveries per second for one drain of ``deliveries``
+    pending deliveries through PostgresQueue, each answered "delivered" at once."""
+    dsn = await pg.fresh_database(f"dispatch_overhead_{n}", 0)
+    await migrate(dsn)
+    settings = Settings()
+    db = await Database.connect(dsn, max_size=settings.db_pool_size)
+    try:
+        store = Store(db)
+        app = await store.create_app("dispatch-overhead")
+        await store.create_endpoint(app.id, "http://127.0.0.1:9/hook", "", None)
+        for start in range(0, deliveries, 500):
+            await store.write_events([EventDraft(app.id, "order.created", '{"n":1}')
+                                      for _ in range(min(500, deliveries - start))])
+        queue = PostgresQueue(db, store.sealer, settings.health_rules,
+                              rate_margin_s=settings.endpoint_rate_margin_s)
+        settled = 0
+        all_settled = asyncio.Event()
+        complete = queue.complete
+
+        async def counted(results: Sequence[AttemptResult]) -> Settlement:
+            nonlocal settled
+            settlement = await complete(results)
+            settled += len(results)
+            if settled >= deliveries:
+                all_settled.set()
+            return settlement
+
+        queue.complete = counted  # type: ignore[method-assign]
+        worker = Dispatcher(queue, {"webhook": Delivered()}, RetryPolicy((1.0,), jitter=0),
+                            poll_interval_s=0.05, lease_s=60,
+                            endpoint_concurrency=endpoint_room,
+                            batch=settings.dispatch_batch, metrics=Metrics())
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        await worker.start()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(all_settled.wait(), 300)
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        await worker.stop(1)
+    finally:
+        await db.close()
+    if settled < deliveries:
+        raise SystemExit(f"only {settled} of {deliveries} settled in 300 s")
+    return cpu / deliveries, deliveries / wall
+
+
+def postgres_main(args: argparse.Namespace) -> None:
+    logs.configure("text", "INFO", stream=io.StringIO(), buffered=True)
+    pg = Postgres(os.environ.get("DATABASE_URL"),
+                  Path(tempfile.mkdtemp(prefix="dispatch-overhead-")) / "data")
+    pg.start()
+    try:
+        runs = [uvloop.run(postgres_round(pg, n, args.deliveries, args.endpoint_room))
+                for n in range(args.rounds)]
+    finally:
+        pg.stop()
+    cpu = statistics.median(r[0] for r in runs)
+    rate = statistics.median(r[1] for r in runs)
+    print(f"PostgresQueue, attempt line and metrics on: {cpu * 1e6:5.1f} µs CPU per delivery "
+          f"(rounds: {', '.join(f'{r[0] * 1e6:.1f}' for r in runs)}), {rate:,.0f}/s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--deliveries", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3, help="rounds of each (default 3)")
     parser.add_argument("--endpoint-room", type=int, default=64,
                         help="GATEWAY_ENDPOINT_CONCURRENCY (default 64, as bench/run.py)")
+    parser.add_argument("--queue", choices=("deque", "postgres"), default="deque",
+                        help="deque (default): prebuilt jobs, no database; postgres: the "
+                             "gateway's PostgresQueue on a fresh database a round")
     args = parser.parse_args()
+    if args.queue == "postgres":
+        postgres_main(args)
+        return
     sink = io.StringIO()
     results: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
     for _ in range(args.rounds):

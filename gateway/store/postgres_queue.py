@@ -136,12 +136,11 @@ class PostgresQueue:
         try:
             # An operational delivery's webhook may have been removed since: no url.
             if row["endpoint_id"] is not None and row["url"] is not None:
-                context = f"endpoint:{row['endpoint_id']}"
-                secrets = tuple(self.sealer.open(s, context)
-                                for s in (row["secret"], row["previous_secret"]) if s)
-                endpoint = EndpointTarget(row["endpoint_id"], row["url"], secrets,
-                                          open_headers(self.sealer, row["endpoint_id"],
-                                                       row["headers"]))
+                endpoint = _once(
+                    shared.endpoints,
+                    (row["endpoint_id"], row["url"], row["secret"], row["previous_secret"],
+                     row["headers"]),
+                    lambda: self._endpoint(row))
             if row["credentials"]:
                 credentials = _once(
                     shared.credentials, (row["app_id"], row["kind"], row["credentials"]),
@@ -164,6 +163,15 @@ class PostgresQueue:
         return Job(delivery, lease_id, row["schedule_pos"],
                    device_active=row["device_status"] in (None, DeviceStatus.ACTIVE),
                    unsendable=unsendable)
+
+    def _endpoint(self, row: asyncpg.Record) -> EndpointTarget:
+        """A claimed row's endpoint, its secrets and headers opened (decrypted, when
+        sealed)."""
+        context = f"endpoint:{row['endpoint_id']}"
+        secrets = tuple(self.sealer.open(s, context)
+                        for s in (row["secret"], row["previous_secret"]) if s)
+        return EndpointTarget(row["endpoint_id"], row["url"], secrets,
+                              open_headers(self.sealer, row["endpoint_id"], row["headers"]))
 
     async def complete(self, results: Sequence[AttemptResult]) -> Settlement:
         if all(_only_delivered(r) for r in results):
@@ -237,11 +245,15 @@ class PostgresQueue:
 @dataclass
 class _ClaimReads:
     """What the rows of one claim repeat, read once per claim: a fan-out's rows carry one
-    event's notification and one app's credentials each. Keyed by app (and provider) as
-    well as the stored text, so equal text of two apps is still read apart."""
+    event's notification and one app's credentials each, and a backlog's rows one
+    endpoint's secrets and headers (each opened, a decryption when sealed). Keyed by app
+    (and provider) or endpoint as well as the stored text, so equal text of two apps or
+    endpoints is still read apart, and a change stored between claims is read anew."""
 
     credentials: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
     notifications: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    endpoints: dict[tuple[str, str, str, str | None, str | None], EndpointTarget] = field(
+        default_factory=dict)
 
 
 def _once(table: dict[K, V], key: K, read: Callable[[], V]) -> V:

@@ -20,6 +20,7 @@ import asyncpg
 import pytest
 
 from adapters.base import DeliveryJob, EndpointTarget, EventView, Outcome, Verdict
+from gateway import crypto
 from gateway.dispatcher import Dispatcher
 from gateway.health import HealthRules
 from gateway.retry import RetryPolicy
@@ -1051,4 +1052,39 @@ async def test_a_narrow_claim_that_took_less_than_it_asked_for_makes_the_next_wi
         assert queue.scans == [100, 16, 100]
     finally:
         spies.close()
+        await db.close()
+
+
+async def test_a_claims_jobs_of_one_endpoint_share_its_opened_secrets_and_a_rotation_reaches_the_next_claim(  # noqa: E501
+        dsn: str) -> None:
+    """A backlog's rows repeat their endpoint's sealed secret and headers: one claim opens
+    them once per endpoint, each endpoint's jobs get only its own, and a secret rotated
+    between two claims is what the second one signs with."""
+    sealer = crypto.Sealer(crypto.new_key())
+    db = await Database.connect(dsn, max_size=2)
+    try:
+        store, queue = Store(db, sealer=sealer), PostgresQueue(db, sealer)
+        app = await store.create_app("one")
+        a = await store.create_endpoint(app.id, "http://127.0.0.1:9/a", "", None,
+                                        headers={"X-Token": "tok-a"})
+        b = await store.create_endpoint(app.id, "http://127.0.0.1:9/b", "", None,
+                                        headers={"X-Token": "tok-b"})
+        await store.write_events([EventDraft(app.id, "t", "{}") for _ in range(3)])
+        jobs = list(await queue.claim(10, 30, uuid.uuid4()))
+        assert len(jobs) == 6
+        for endpoint, token in ((a, "tok-a"), (b, "tok-b")):
+            targets = [j.delivery.endpoint for j in jobs
+                       if j.delivery.endpoint is not None
+                       and j.delivery.endpoint.id == endpoint.id]
+            assert len(targets) == 3
+            assert all(t is targets[0] for t in targets)
+            assert targets[0].secrets == (endpoint.secret,)
+            assert targets[0].headers == (("X-Token", token),)
+        rotated = await store.rotate_secret(app.id, a.id)
+        await store.write_events([EventDraft(app.id, "t", "{}")])
+        after = {j.delivery.endpoint.id: j.delivery.endpoint.secrets
+                 for j in await queue.claim(10, 30, uuid.uuid4())
+                 if j.delivery.endpoint is not None}
+        assert after == {a.id: (rotated.secret, a.secret), b.id: (b.secret,)}
+    finally:
         await db.close()

@@ -1,15 +1,25 @@
-"""Metric labels stay few, whatever the traffic."""
+"""Metric labels stay few, whatever the traffic; the hot series read as
+prometheus_client's would."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 
 import pytest
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.metrics import EVENT_TYPE_LIMIT, Metrics, error_code, prune_reason
+from gateway.metrics import (
+    ATTEMPT_BUCKETS_S,
+    EVENT_TYPE_LIMIT,
+    HotCounter,
+    HotHistogram,
+    Metrics,
+    error_code,
+    prune_reason,
+)
 from gateway.store.queue import AttemptResult
 from gateway_client.models import AttemptOutcome, DeliveryStatus
 
@@ -83,3 +93,31 @@ def test_a_kind_the_gateway_does_not_know_is_other() -> None:
     metrics.attempt("carrier-pigeon", record("failed", "failed", "lost"), datetime.now(UTC),
                     sent=False)
     assert "other" in label_values(metrics, "gateway_delivery_attempts", "kind")
+
+
+def _exposed(registry: CollectorRegistry) -> str:
+    """The exposition text with each ``_created`` time blanked (they differ by when)."""
+    return re.sub(r"(_created(\{[^}]*\})?) \S+", r"\1 T", generate_latest(registry).decode())
+
+
+def test_hot_series_expose_exactly_what_prometheus_client_would_for_the_same_moves() -> None:
+    ours, theirs = CollectorRegistry(auto_describe=False), CollectorRegistry()
+    hot_counter = HotCounter("t_moves", "Moves.", ["kind", "outcome"], ours)
+    hot_histogram = HotHistogram("t_seconds", "Seconds.", ["kind"], ATTEMPT_BUCKETS_S, ours)
+    counter = Counter("t_moves", "Moves.", ["kind", "outcome"], registry=theirs)
+    histogram = Histogram("t_seconds", "Seconds.", ["kind"], buckets=ATTEMPT_BUCKETS_S,
+                          registry=theirs)
+    hot_counter.touch(("fcm", "retry"))
+    counter.labels("fcm", "retry")
+    moves = [("webhook", "delivered", 0.003), ("webhook", "delivered", 0.005),
+             ("fcm", "retry", 0.0051), ("webhook", "gone", 1.0), ("apns", "delivered", 31.0),
+             ("webhook", "delivered", 0.0), ("fcm", "retry", 15.0)]
+    for kind, outcome, seconds in moves:
+        hot_counter.inc((kind, outcome))
+        counter.labels(kind, outcome).inc()
+        hot_histogram.observe((kind,), seconds)
+        histogram.labels(kind).observe(seconds)
+    hot_counter.inc(("apns", "delivered"), 2.5)
+    counter.labels("apns", "delivered").inc(2.5)
+    assert _exposed(ours) == _exposed(theirs)
+    assert "t_seconds_bucket{kind=\"fcm\",le=\"0.01\"} 1.0" in _exposed(ours)
