@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import metrics as prometheus_metrics
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -42,6 +43,13 @@ from gateway_client.models import AttemptOutcome, DeliveryKind, DeliveryStatus
 log = logging.getLogger("gateway.metrics")
 #: A bucket's bound as prometheus_client spells it in ``le`` (untyped there).
 _go_float: Callable[[float], str] = floatToGoString
+
+
+def _created_series() -> bool:
+    """Whether prometheus_client writes ``_created`` series now: it leaves them out under
+    ``PROMETHEUS_DISABLE_CREATED_SERIES=true`` or after ``disable_created_metrics()``,
+    and the hot series follow it (its flag, read the way its own series read it)."""
+    return bool(getattr(prometheus_metrics, "_use_created", True))
 
 KINDS = (*(k.value for k in DeliveryKind), OPERATIONAL_KIND)
 VERDICTS = tuple(o.value for o in AttemptOutcome)
@@ -157,10 +165,17 @@ class HotCounter:
         """The series exists from now on, at 0 if it never moved."""
         self.inc(labels, 0.0)
 
+    def describe(self) -> Iterable[Metric]:
+        """The family without samples: the registry records its names (so a second
+        metric of the same name is refused, as it would be for a prometheus_client one)."""
+        yield CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
     def collect(self) -> Iterable[Metric]:
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        created = _created_series()
         for labels, value in self._values.items():
-            family.add_metric(labels, value, created=self._created[labels])
+            family.add_metric(labels, value,
+                              created=self._created[labels] if created else None)
         yield family
 
 
@@ -190,9 +205,14 @@ class HotHistogram:
         series[bisect.bisect_left(self._bounds, amount)] += 1.0
         series[-1] += amount
 
+    def describe(self) -> Iterable[Metric]:
+        """The family without samples (see :meth:`HotCounter.describe`)."""
+        yield HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
     def collect(self) -> Iterable[Metric]:
         family = HistogramMetricFamily(self.name, self.documentation,
                                        labels=self.labelnames)
+        created = _created_series()
         for labels, series in self._series.items():
             buckets: list[tuple[str, float]] = []
             total = 0.0
@@ -200,9 +220,10 @@ class HotHistogram:
                 total += count
                 buckets.append((le, total))
             family.add_metric(labels, buckets, series[-1])
-            family.samples.append(Sample(f"{self.name}_created",
-                                         dict(zip(self.labelnames, labels, strict=True)),
-                                         self._created[labels]))
+            if created:
+                family.samples.append(Sample(f"{self.name}_created",
+                                             dict(zip(self.labelnames, labels, strict=True)),
+                                             self._created[labels]))
         yield family
 
 

@@ -7,6 +7,7 @@ import re
 import uuid
 from datetime import UTC, datetime
 
+import prometheus_client
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -100,7 +101,20 @@ def _exposed(registry: CollectorRegistry) -> str:
     return re.sub(r"(_created(\{[^}]*\})?) \S+", r"\1 T", generate_latest(registry).decode())
 
 
-def test_hot_series_expose_exactly_what_prometheus_client_would_for_the_same_moves() -> None:
+@pytest.mark.parametrize("created", [True, False])
+def test_hot_series_expose_exactly_what_prometheus_client_would_for_the_same_moves(
+        created: bool) -> None:
+    """Series for series, with ``_created`` series or without them (as an operator may
+    set with PROMETHEUS_DISABLE_CREATED_SERIES)."""
+    if not created:
+        prometheus_client.disable_created_metrics()
+    try:
+        _same_moves_both_ways()
+    finally:
+        prometheus_client.enable_created_metrics()
+
+
+def _same_moves_both_ways() -> None:
     ours, theirs = CollectorRegistry(auto_describe=False), CollectorRegistry()
     hot_counter = HotCounter("t_moves", "Moves.", ["kind", "outcome"], ours)
     hot_histogram = HotHistogram("t_seconds", "Seconds.", ["kind"], ATTEMPT_BUCKETS_S, ours)
@@ -121,3 +135,11 @@ def test_hot_series_expose_exactly_what_prometheus_client_would_for_the_same_mov
     counter.labels("apns", "delivered").inc(2.5)
     assert _exposed(ours) == _exposed(theirs)
     assert "t_seconds_bucket{kind=\"fcm\",le=\"0.01\"} 1.0" in _exposed(ours)
+
+
+def test_a_second_metric_of_a_hot_series_name_is_refused_as_prometheus_client_refuses_it(
+        ) -> None:
+    registry = CollectorRegistry(auto_describe=False)
+    HotCounter("t_moves", "Moves.", ["kind"], registry)
+    with pytest.raises(ValueError, match="Duplicated timeseries"):
+        Counter("t_moves", "Moves again.", ["kind"], registry=registry)
