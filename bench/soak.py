@@ -75,7 +75,7 @@ from gateway.config import Settings
 from gateway.crypto import Sealer
 from gateway.dispatcher import PUSH_KINDS
 from gateway.retention import MAX_PARTITION_DAYS
-from gateway.store.database import QUERIES, Database, migrate
+from gateway.store.database import QUERIES, SESSION_SETTINGS, Database, migrate
 from gateway.store.postgres_queue import PostgresQueue, claim_params
 from gateway.store.queue import AttemptResult, Job, Rooms
 from gateway_client.models import AttemptOutcome, DeliveryStatus
@@ -222,8 +222,10 @@ class Soak:
     # --- database ---------------------------------------------------------------------
 
     async def connect(self) -> asyncpg.Connection:
+        # The gateway's planner settings: the claim's plans printed are its sessions'.
         conn: asyncpg.Connection = await asyncpg.connect(self.dsn, timeout=30,
-                                                         command_timeout=self.args.sql_timeout)
+                                                         command_timeout=self.args.sql_timeout,
+                                                         server_settings=SESSION_SETTINGS)
         await conn.execute(f"SET statement_timeout = '{int(self.args.sql_timeout)}s'")
         return conn
 

@@ -41,6 +41,7 @@ from gateway.ids import new_ids
 from gateway.store.database import (
     MAX_CACHED_STATEMENT_CHARS,
     QUERIES,
+    SESSION_SETTINGS,
     STATEMENT_CACHE_SIZE,
     Database,
     migrate,
@@ -78,9 +79,11 @@ async def fill(dsn: str, events: int) -> tuple[str, str]:
 
 async def measure(dsn: str, app_id: str, endpoint_id: str, mode: str, batch: int,
                   rounds: int, warmup: int, scan: str = "wide") -> None:
-    # Prepared as the gateway's pool keeps them (a statement past asyncpg's default size
-    # limit would otherwise be planned again on every call).
-    conn = await asyncpg.connect(dsn, server_settings={"plan_cache_mode": mode},
+    # Prepared and planned as the gateway's pool has them (a statement past asyncpg's
+    # default size limit would otherwise be planned again on every call; the planner
+    # settings of its sessions).
+    conn = await asyncpg.connect(dsn, server_settings={**SESSION_SETTINGS,
+                                                       "plan_cache_mode": mode},
                                  max_cacheable_statement_size=MAX_CACHED_STATEMENT_CHARS,
                                  statement_cache_size=STATEMENT_CACHE_SIZE)
     try:

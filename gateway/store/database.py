@@ -139,6 +139,19 @@ def translated() -> Iterator[None]:
         ) from exc
 
 
+#: Planner settings of the gateway's pooled sessions. A page the hot statements read is
+#: almost always in memory (the newest partition and its indexes), and with the default
+#: random_page_cost (4, a disk's seek) the generic plans of the claim and of the
+#: settlements join the deliveries they change by hashing a scan of every partition
+#: whenever the partitions look small: in a new database, and in every database until
+#: autovacuum first analyzes a new partition, which can take minutes. A connection keeps
+#: its generic plans, so each claim then read the whole partition as it grew (24 million
+#: rows read for 11,000 deliveries in a 20-s run at 500 events/s: bench/README.md,
+#: "Plans made on small partitions"). At 1.1, as for SSDs or cached data, they look each
+#: row up by its key, at any size.
+SESSION_SETTINGS = {"random_page_cost": "1.1"}
+
+
 async def _no_reset(conn: asyncpg.Connection) -> None:
     return None
 
@@ -161,6 +174,7 @@ class Database:
                 # migration connections are separate), so asyncpg's reset query on every
                 # release is a wasted round trip on the hot path.
                 reset=_no_reset,
+                server_settings=SESSION_SETTINGS,
             )
         return cls(pool)
 

@@ -1088,3 +1088,39 @@ async def test_a_claims_jobs_of_one_endpoint_share_its_opened_secrets_and_a_rota
         assert after == {a.id: (rotated.secret, a.secret), b.id: (b.secret,)}
     finally:
         await db.close()
+
+
+async def test_a_new_databases_claim_and_settlement_plans_find_each_delivery_by_its_key(
+        empty_database: str) -> None:
+    """A new database's partitions are empty and not yet analyzed, and the generic plans
+    a connection makes then are kept: they must still find each claimed or settled
+    delivery by its key, not hash a scan of every partition (each claim would then read
+    the whole partition again as it grew: bench/README.md, "Plans made on small
+    partitions")."""
+    await migrate(empty_database)
+    db = await Database.connect(empty_database, max_size=1)
+    try:
+        store = Store(db)
+        app = await store.create_app("one")
+        endpoint = await store.create_endpoint(app.id, "http://127.0.0.1:9/", "", None)
+        now, lease, k = datetime.now(UTC), uuid.uuid4(), 3
+        ids = [f"dlv_{n:032x}" for n in range(k)]
+        results = [ids, [lease] * k, ["succeeded"] * k, [None] * k, [1] * k, [now] * k,
+                   [3] * k, ["delivered"] * k, [200] * k, ["ok"] * k, [None] * k,
+                   [app.id] * k]
+        statements: dict[str, list[Any]] = {
+            "claim_due": claim_params(200, 30, lease, Rooms(endpoints={endpoint.id: 64})),
+            "settle_delivered": [*results, [now.isoformat()] * k, [endpoint.id] * k],
+            "record_results": results,
+        }
+        async with db.connection() as conn, conn.transaction():
+            await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            for name, params in statements.items():
+                (plan,) = json.loads(await conn.fetchval(
+                    f"EXPLAIN (FORMAT JSON) {QUERIES[name]}", *params))
+                scanned = [n["Relation Name"] for n in _nodes_under(plan["Plan"])
+                           if n["Node Type"] == "Seq Scan"
+                           and n["Relation Name"].startswith("deliveries")]
+                assert scanned == [], name
+    finally:
+        await db.close()
