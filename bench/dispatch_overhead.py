@@ -38,6 +38,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import uvloop
 from common import Postgres
@@ -130,6 +131,23 @@ async def one_round(deliveries: int, endpoint_room: int) -> tuple[float, float]:
     return cpu / deliveries, deliveries / wall
 
 
+class CountedQueue(PostgresQueue):
+    """The gateway's queue, counting the deliveries it has settled."""
+
+    def __init__(self, expected: int, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.expected = expected
+        self.settled = 0
+        self.all_settled = asyncio.Event()
+
+    async def complete(self, results: Sequence[AttemptResult]) -> Settlement:
+        settlement = await super().complete(results)
+        self.settled += len(results)
+        if self.settled >= self.expected:
+            self.all_settled.set()
+        return settlement
+
+
 async def postgres_round(pg: Postgres, n: int, deliveries: int,
                          endpoint_room: int) -> tuple[float, float]:
     """CPU seconds per delivery and deliveries per second for one drain of ``deliveries``
@@ -145,21 +163,8 @@ async def postgres_round(pg: Postgres, n: int, deliveries: int,
         for start in range(0, deliveries, 500):
             await store.write_events([EventDraft(app.id, "order.created", '{"n":1}')
                                       for _ in range(min(500, deliveries - start))])
-        queue = PostgresQueue(db, store.sealer, settings.health_rules,
-                              rate_margin_s=settings.endpoint_rate_margin_s)
-        settled = 0
-        all_settled = asyncio.Event()
-        complete = queue.complete
-
-        async def counted(results: Sequence[AttemptResult]) -> Settlement:
-            nonlocal settled
-            settlement = await complete(results)
-            settled += len(results)
-            if settled >= deliveries:
-                all_settled.set()
-            return settlement
-
-        queue.complete = counted  # type: ignore[method-assign]
+        queue = CountedQueue(deliveries, db, store.sealer, settings.health_rules,
+                             rate_margin_s=settings.endpoint_rate_margin_s)
         worker = Dispatcher(queue, {"webhook": Delivered()}, RetryPolicy((1.0,), jitter=0),
                             poll_interval_s=0.05, lease_s=60,
                             endpoint_concurrency=endpoint_room,
@@ -167,13 +172,13 @@ async def postgres_round(pg: Postgres, n: int, deliveries: int,
         cpu0, wall0 = time.process_time(), time.perf_counter()
         await worker.start()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(all_settled.wait(), 300)
+            await asyncio.wait_for(queue.all_settled.wait(), 300)
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
         await worker.stop(1)
     finally:
         await db.close()
-    if settled < deliveries:
-        raise SystemExit(f"only {settled} of {deliveries} settled in 300 s")
+    if queue.settled < deliveries:
+        raise SystemExit(f"only {queue.settled} of {deliveries} settled in 300 s")
     return cpu / deliveries, deliveries / wall
 
 

@@ -165,13 +165,16 @@ class HotCounter:
         """The series exists from now on, at 0 if it never moved."""
         self.inc(labels, 0.0)
 
+    def _family(self) -> CounterMetricFamily:
+        return CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
     def describe(self) -> Iterable[Metric]:
         """The family without samples: the registry records its names (so a second
         metric of the same name is refused, as it would be for a prometheus_client one)."""
-        yield CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        yield self._family()
 
     def collect(self) -> Iterable[Metric]:
-        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        family = self._family()
         created = _created_series()
         for labels, value in self._values.items():
             family.add_metric(labels, value,
@@ -205,13 +208,15 @@ class HotHistogram:
         series[bisect.bisect_left(self._bounds, amount)] += 1.0
         series[-1] += amount
 
+    def _family(self) -> HistogramMetricFamily:
+        return HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
     def describe(self) -> Iterable[Metric]:
         """The family without samples (see :meth:`HotCounter.describe`)."""
-        yield HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        yield self._family()
 
     def collect(self) -> Iterable[Metric]:
-        family = HistogramMetricFamily(self.name, self.documentation,
-                                       labels=self.labelnames)
+        family = self._family()
         created = _created_series()
         for labels, series in self._series.items():
             buckets: list[tuple[str, float]] = []

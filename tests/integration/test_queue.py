@@ -560,15 +560,17 @@ def _cte(node: dict[str, Any], name: str) -> dict[str, Any] | None:
     return None
 
 
-async def _due_deliveries_of_one_endpoint(db: Database, count: int) -> None:
+async def _due_deliveries_of_one_endpoint(db: Database, count: int) -> tuple[str, str]:
     """One app, one endpoint, ``count`` events each making a delivery due now (written
-    250 at a time, as ingest's batches write them)."""
+    250 at a time, as ingest's batches write them); the app's and the endpoint's ids."""
     store = Store(db)
     app = await store.create_app("one")
-    await store.create_endpoint(app.id, "http://127.0.0.1:9/", "", ["order.created"])
+    endpoint = await store.create_endpoint(app.id, "http://127.0.0.1:9/", "",
+                                           ["order.created"])
     for start in range(0, count, 250):
         await store.write_events([EventDraft(app.id, "order.created", "{}")
                                   for _ in range(min(250, count - start))])
+    return app.id, endpoint.id
 
 
 async def test_a_claim_locks_each_row_it_takes_by_its_key_not_by_walking_the_due_index(
@@ -1055,7 +1057,7 @@ async def test_a_narrow_claim_that_took_less_than_it_asked_for_makes_the_next_wi
         await db.close()
 
 
-async def test_a_claims_jobs_of_one_endpoint_share_its_opened_secrets_and_a_rotation_reaches_the_next_claim(  # noqa: E501
+async def test_a_claim_opens_each_endpoints_secrets_once_and_the_next_sees_a_rotation(
         dsn: str) -> None:
     """A backlog's rows repeat their endpoint's sealed secret and headers: one claim opens
     them once per endpoint, each endpoint's jobs get only its own, and a secret rotated
@@ -1100,17 +1102,15 @@ async def test_a_new_databases_claim_and_settlement_plans_find_each_delivery_by_
     await migrate(empty_database)
     db = await Database.connect(empty_database, max_size=1)
     try:
-        store = Store(db)
-        app = await store.create_app("one")
-        endpoint = await store.create_endpoint(app.id, "http://127.0.0.1:9/", "", None)
+        app_id, endpoint_id = await _due_deliveries_of_one_endpoint(db, 0)
         now, lease, k = datetime.now(UTC), uuid.uuid4(), 3
         ids = [f"dlv_{n:032x}" for n in range(k)]
         results = [ids, [lease] * k, ["succeeded"] * k, [None] * k, [1] * k, [now] * k,
                    [3] * k, ["delivered"] * k, [200] * k, ["ok"] * k, [None] * k,
-                   [app.id] * k]
+                   [app_id] * k]
         statements: dict[str, list[Any]] = {
-            "claim_due": claim_params(200, 30, lease, Rooms(endpoints={endpoint.id: 64})),
-            "settle_delivered": [*results, [now.isoformat()] * k, [endpoint.id] * k],
+            "claim_due": claim_params(200, 30, lease, Rooms(endpoints={endpoint_id: 64})),
+            "settle_delivered": [*results, [now.isoformat()] * k, [endpoint_id] * k],
             "record_results": results,
         }
         async with db.connection() as conn, conn.transaction():
