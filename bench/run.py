@@ -903,16 +903,21 @@ class Bench:
 
     # --- (c) latency ------------------------------------------------------------------
 
-    async def phase_latency(self, recv_base: str, recv_pid: int, rate: float) -> None:
+    async def phase_latency(self, recv_base: str, recv_pid: int, rate: float,
+                            workers: int = 1) -> None:
         a = self.args
         target_ms = TARGET_P99_BY_RATE.get(rate, TARGET_P99_MS)
         print(f"\n(c) end-to-end latency: {rate:g} events/s for "
-              f"{a.latency_duration:g} s against gateway serve (API + dispatcher)", flush=True)
-        db = f"bench_latency_{rate:g}"
+              f"{a.latency_duration:g} s against gateway serve --workers {workers} "
+              "(API + dispatcher in each)", flush=True)
+        db = f"bench_latency_{rate:g}_x{workers}"
         dsn = await self.pg.fresh_database(db, self.args.days_back)
         port = free_port()
-        gw = await self.start_gateway("gateway-latency", dsn, "serve", port=port)
+        gw = await self.start_gateway(f"gateway-latency-x{workers}", dsn, "serve",
+                                      "--workers", str(workers), port=port)
         try:
+            if workers > 1:
+                await self.wait_workers(gw.pid, workers, port)
             base = f"http://{HOST}:{port}"
             key = await self.create_app_and_endpoint(base, f"{recv_base}/hook")
             url = f"{base}/v1/events"
@@ -923,16 +928,18 @@ class Bench:
                 warm = await paced(url, key, rate, a.warmup)
                 await self.wait_received(control, recv_base, len(warm.sent_at))
                 await control.post(f"{recv_base}/reset")
-                meter = CpuMeter({"gateway": lambda: own_cpu(gw.pid), "postgres": self.pg.cpu,
+                meter = CpuMeter({"gateway": lambda: tree_cpu(gw.pid), "postgres": self.pg.cpu,
                                   "loadgen(bench)": lambda: own_cpu(os.getpid()),
                                   "receiver": lambda: own_cpu(recv_pid)},
-                                 {"gateway": lambda: waited(gw.pid), "postgres": self.pg.waited,
+                                 {"gateway": TreeWaiting(gw.pid), "postgres": self.pg.waited,
                                   "receiver": lambda: waited(recv_pid)})
-                spy = self.profile_start("latency", gw.pid, a.latency_duration)
+                spy = (self.profile_start("latency", gw.pid, a.latency_duration)
+                       if workers == 1 else None)
                 meter.start()
                 sent = await paced(url, key, rate, a.latency_duration)
                 await self.wait_received(control, recv_base, len(sent.sent_at))
                 window = meter.stop()
+                per_worker = worker_cpu(gw.pid) if workers > 1 else None
                 await self.profile_finish("latency", spy)
                 # The receiver's count can reach the window's before its last event
                 # arrives (a warm-up event delivered again after the reset counts too):
@@ -946,7 +953,7 @@ class Bench:
         inner = [(arrivals[i] - t) * 1000 for i, t in sent.created_at.items() if i in arrivals]
         acks = [x * 1000 for x in sent.ack_s]
         res = {
-            "rate": rate, "duration_s": a.latency_duration,
+            "rate": rate, "workers": workers, "duration_s": a.latency_duration,
             "sent": sent.issued, "accepted": len(sent.sent_at), "failed": sent.failed,
             "received": len(e2e), "achieved_rate": sent.issued / sent.elapsed_s,
             "p50_ms": r(percentile(e2e, 50), 2), "p90_ms": r(percentile(e2e, 90), 2),
@@ -960,7 +967,10 @@ class Bench:
         }
         res["pass"] = res["p99_ms"] is not None and res["p99_ms"] < target_ms \
             and res["received"] == res["accepted"] and sent.failed == 0
-        self.results.setdefault("latency", {})[f"{rate:g}"] = res
+        if per_worker is not None:
+            res["per_worker_cpu_s"] = per_worker
+        label = f"{rate:g}" if workers == 1 else f"{rate:g}x{workers}"
+        self.results.setdefault("latency", {})[label] = res
         print(f"  sent {sent.issued} ({res['achieved_rate']:.0f}/s), accepted {res['accepted']}, "
               f"received {res['received']}; duplicates at receiver {res['duplicates']}, "
               f"arrivals of events not sent in the window {len(res['strays'])}", flush=True)
@@ -1009,8 +1019,9 @@ class Bench:
                 if "drain" in phases:
                     await self.phase_drain(base, recv.pid)
                 if "latency" in phases:
-                    for rate in a.latency_rates:
-                        await self.phase_latency(base, recv.pid, rate)
+                    for workers in a.latency_workers:
+                        for rate in a.latency_rates:
+                            await self.phase_latency(base, recv.pid, rate, workers)
             finally:
                 await self.stop_proc(recv)
 
@@ -1418,7 +1429,8 @@ def print_summary(results: dict[str, Any]) -> None:
               f"(>= {dr['target']}) {'PASS' if dr['pass'] else 'FAIL'}")
     for res in (lat or {}).values():
         print(f"latency  p50 {res['p50_ms']} ms, p99 {res['p99_ms']} ms, max {res['max_ms']} ms "
-              f"at {res['rate']:g}/s (p99 < {res['target_p99_ms']:g}) "
+              f"at {res['rate']:g}/s, --workers {res.get('workers', 1)} "
+              f"(p99 < {res['target_p99_ms']:g}) "
               f"{'PASS' if res['pass'] else 'FAIL'}")
 
 
@@ -1477,6 +1489,7 @@ def orchestrate(args: argparse.Namespace) -> int:
     if args.pairs < 1:
         raise SystemExit("--pairs must be at least 1")
     args.latency_rates = [float(x) for x in str(args.latency_rate).split(",") if x.strip()]
+    args.latency_workers = [int(x) for x in str(args.latency_workers).split(",") if x.strip()]
     if args.quick:
         args.duration, args.warmup = 2.0, 1.0
         args.latency_duration = 2.0
@@ -1573,6 +1586,8 @@ def parser() -> argparse.ArgumentParser:
                    help="gateway --workers counts to measure in (a) besides 1 (comma list)")
     p.add_argument("--latency-rate", default="500,2000", help="events/s in (c), comma list")
     p.add_argument("--latency-duration", type=float, default=10.0, help="seconds in (c)")
+    p.add_argument("--latency-workers", default="1",
+                   help="gateway serve --workers counts in (c), comma list (each dispatches)")
     p.add_argument("--phases", default="ingest,drain,latency",
                    help="comma-separated subset of ingest,drain,latency")
     p.add_argument("--days-back", type=int, default=0,

@@ -17,10 +17,11 @@ One run, one fresh embedded PostgreSQL, one database that grows:
 4. measure (a) again, and (b) twice: on fresh work (past-due deliveries made in the
    last hour, dense in today's partition) and on the fill's old backlog (the oldest due
    deliveries, scattered among finished ones); print the rates, full/empty (target
-   >= 0.9), CPU per process, WAL and buffers per item, and the claim query's plan on
-   both databases (EXPLAIN ANALYZE, BUFFERS, rolled back; custom and generic), which
-   must read deliveries through an index, not a Seq Scan on a partition that holds
-   rows, and should walk deliveries_due in order rather than read every due row.
+   >= 0.9), CPU per process, WAL and buffers per item, and the claim queries' plans
+   (claim_due and claim_due_plain) on both databases (EXPLAIN ANALYZE, BUFFERS, rolled
+   back; custom and generic), which must read deliveries through an index, not a Seq
+   Scan on a partition that holds rows, and should walk deliveries_due in order rather
+   than read every due row.
 
 After each ingest its deliveries are marked delivered (as a dispatcher would have left
 them), so each claim phase finds only the backlog it is meant to find.
@@ -76,7 +77,7 @@ from gateway.crypto import Sealer
 from gateway.dispatcher import PUSH_KINDS
 from gateway.retention import MAX_PARTITION_DAYS
 from gateway.store.database import QUERIES, SESSION_SETTINGS, Database, migrate
-from gateway.store.postgres_queue import PostgresQueue, claim_params
+from gateway.store.postgres_queue import PLAIN_PARAMS, PostgresQueue, claim_params
 from gateway.store.queue import AttemptResult, Job, Rooms
 from gateway_client.models import AttemptOutcome, DeliveryStatus
 
@@ -316,40 +317,45 @@ class Soak:
             await conn.close()
 
     async def explain(self) -> dict[str, Any]:
-        """The claim query's plan on this database, executed and rolled back, both as a
+        """The claim queries' plans on this database (claim_due, and claim_due_plain,
+        the queue's common case, under "plain_"), executed and rolled back, both as a
         custom plan (for these parameters) and as the generic plan a prepared statement
-        switches to once the planner finds it no dearer; checks that neither reads a
+        switches to once the planner finds it no dearer; checks that none reads a
         deliveries partition that holds rows with a Seq Scan."""
         s = Settings()
         args = claim_params(s.dispatch_batch, s.effective_lease_s, uuid.uuid4(),
                             dispatcher_rooms(s))
-        params = ", ".join(sql_literal(v) for v in args)
         scan_limit = int(args[11])
         conn = await self.connect()
         out: dict[str, Any] = {}
         try:
             sizes = {row["name"]: int(row["rows"]) for row in await conn.fetch(PARTITIONS_SQL)}
             due_indexes = {row["name"] for row in await conn.fetch(DUE_INDEXES_SQL)}
-            await conn.execute("PREPARE soak_claim AS " + QUERIES["claim_due"])
-            for mode in ("custom", "generic"):
-                await conn.execute(f"SET plan_cache_mode = force_{mode}_plan")
-                for fmt in ("TEXT", "JSON"):
-                    tr = conn.transaction()
-                    await tr.start()
-                    try:
-                        rows = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT {fmt}) "
-                                                f"EXECUTE soak_claim({params})")
-                    finally:
-                        await tr.rollback()
-                    if fmt == "TEXT":
-                        out[f"{mode}_text"] = [row[0] for row in rows]
-                    else:
-                        out[mode] = check_plan(json.loads(rows[0][0]), sizes, due_indexes,
-                                               scan_limit)
+            for query, prefix, used in (("claim_due", "", args),
+                                        ("claim_due_plain", "plain_", args[:PLAIN_PARAMS])):
+                params = ", ".join(sql_literal(v) for v in used)
+                await conn.execute(f"PREPARE soak_{query} AS " + QUERIES[query])
+                for mode in ("custom", "generic"):
+                    await conn.execute(f"SET plan_cache_mode = force_{mode}_plan")
+                    for fmt in ("TEXT", "JSON"):
+                        tr = conn.transaction()
+                        await tr.start()
+                        try:
+                            rows = await conn.fetch(
+                                f"EXPLAIN (ANALYZE, BUFFERS, FORMAT {fmt}) "
+                                f"EXECUTE soak_{query}({params})")
+                        finally:
+                            await tr.rollback()
+                        if fmt == "TEXT":
+                            out[f"{prefix}{mode}_text"] = [row[0] for row in rows]
+                        else:
+                            out[f"{prefix}{mode}"] = check_plan(
+                                json.loads(rows[0][0]), sizes, due_indexes, scan_limit)
         finally:
             await conn.close()
         out["due"] = await self.due()
-        out["pass"] = out["custom"]["pass"] and out["generic"]["pass"]
+        out["pass"] = all(out[f"{prefix}{mode}"]["pass"] for prefix in ("", "plain_")
+                          for mode in ("custom", "generic"))
         return out
 
     # --- (a) ingest -------------------------------------------------------------------
@@ -709,7 +715,7 @@ def check_plan(plan: Any, sizes: dict[str, int], due_indexes: set[str],
 
 def fmt_plan(plan: dict[str, Any]) -> str:
     parts = []
-    for mode in ("custom", "generic"):
+    for mode in ("custom", "generic", "plain_custom", "plain_generic"):
         p = plan[mode]
         parts.append(
             f"{mode}: {'index' if p['pass'] else 'NOT ON AN INDEX'}, "
@@ -763,13 +769,15 @@ def print_summary(results: dict[str, Any]) -> None:
               f"   [PostgreSQL µs/item {fmt_us(e[us])} -> {fmt_us(f[us])}, WAL bytes/item "
               f"{e['io']['wal_bytes_per']:,} -> {f['io']['wal_bytes_per']:,}]")
     plan = full["claim_plan"]
-    for name in ("custom", "generic"):
+    for name in ("custom", "generic", "plain_custom", "plain_generic"):
         p = plan[name]
         scans = p["index_scans_on_deliveries"]
         due = scans.get("deliveries_due", 0)
         others = ", ".join(f"{k} x{v}" for k, v in scans.items() if k != "deliveries_due")
         seq = p["seq_scans_on_partitions_with_rows"]
-        print(f"claim plan ({name}, full database): deliveries_due on {due} partitions"
+        query = "claim_due_plain" if name.startswith("plain_") else "claim_due"
+        print(f"{query} plan ({name.removeprefix('plain_')}, full database): "
+              f"deliveries_due on {due} partitions"
               f"{f' (and {others})' if others else ''}; Seq Scans on partitions with rows: "
               f"{', '.join(seq) if seq else 'none'}: on an index "
               f"{'PASS' if p['pass'] else 'FAIL'}; {p['due_rows_read']:,} due rows read of "

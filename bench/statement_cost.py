@@ -6,6 +6,7 @@ process that runs it.
     .venv/bin/python bench/statement_cost.py --days-back 30        # 38: 30 days' retention
     .venv/bin/python bench/statement_cost.py --committed --batch 13 --rounds 150
     .venv/bin/python bench/statement_cost.py --committed --variants statusdomain,noapiindexes
+    .venv/bin/python bench/statement_cost.py --batch 1 --claims full,plain   # claim_due_plain
 
 A fresh embedded PostgreSQL, one app with one endpoint and ``--events`` pending deliveries
 (all due, in today's partition), then ``--rounds`` times, on one connection in a
@@ -47,7 +48,7 @@ from gateway.store.database import (
     migrate,
 )
 from gateway.store.postgres import EventDraft, Store
-from gateway.store.postgres_queue import claim_params
+from gateway.store.postgres_queue import PLAIN_PARAMS, claim_params
 from gateway.store.queue import Rooms
 from gateway_client.models import iso
 
@@ -78,7 +79,7 @@ async def fill(dsn: str, events: int) -> tuple[str, str]:
 
 
 async def measure(dsn: str, app_id: str, endpoint_id: str, mode: str, batch: int,
-                  rounds: int, warmup: int, scan: str = "wide") -> None:
+                  rounds: int, warmup: int, scan: str = "wide", claim: str = "full") -> None:
     # Prepared and planned as the gateway's pool has them (a statement past asyncpg's
     # default size limit would otherwise be planned again on every call; the planner
     # settings of its sessions).
@@ -100,9 +101,10 @@ async def measure(dsn: str, app_id: str, endpoint_id: str, mode: str, batch: int
                                 ['{"n":1}'] * batch, datetime.now(UTC), [None] * batch,
                                 [None] * batch, [None] * batch)
             before = process_cpu(pid)
-            rows = await conn.fetch(QUERIES["claim_due"], *claim_params(
-                batch, 45.0, lease, Rooms(endpoints={endpoint_id: 64}),
-                narrow=scan == "narrow"))
+            params = claim_params(batch, 45.0, lease, Rooms(endpoints={endpoint_id: 64}),
+                                  narrow=scan == "narrow")
+            rows = await (conn.fetch(QUERIES["claim_due"], *params) if claim == "full" else
+                          conn.fetch(QUERIES["claim_due_plain"], *params[:PLAIN_PARAMS]))
             claimed = process_cpu(pid)
             ids = [row["id"] for row in rows if row["id"] is not None]
             now = datetime.now(UTC)
@@ -118,7 +120,7 @@ async def measure(dsn: str, app_id: str, endpoint_id: str, mode: str, batch: int
                 claim_s += claimed - before
                 settle_s += settled - claimed
                 took += k
-        print(f"  {mode:20s} {scan:6s} insert_events of {batch}: "
+        print(f"  {mode:20s} {scan:6s} {claim:5s} insert_events of {batch}: "
               f"{insert_s / rounds * 1e6:6.0f} µs   "
               f"claim of {batch}: {claim_s / rounds * 1e6:6.0f} µs   "
               f"settle_delivered of {took / rounds:.0f}: {settle_s / rounds * 1e6:7.0f} µs"
@@ -254,8 +256,9 @@ async def main(args: argparse.Namespace, pg: Postgres) -> None:
           f"partitions", flush=True)
     for mode in args.plan_cache_mode.split(","):
         for scan in args.scans.split(","):
-            await measure(dsn, app_id, endpoint_id, mode, args.batch, args.rounds,
-                          args.warmup, scan)
+            for claim in args.claims.split(","):
+                await measure(dsn, app_id, endpoint_id, mode, args.batch, args.rounds,
+                              args.warmup, scan, claim)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -273,6 +276,10 @@ def parser() -> argparse.ArgumentParser:
                    help="comma list: the claim's scan, 'wide' (what a claim reads after "
                         "one that passed rows over) and/or 'narrow' (after one that took "
                         "the head of its scan)")
+    p.add_argument("--claims", default="full,plain",
+                   help="comma list: claim_due ('full') and/or claim_due_plain ('plain', "
+                        "what a claim costs when no circuit is open and no rate limit "
+                        "applies)")
     p.add_argument("--committed", action="store_true",
                    help="instead: ingest's statement committed, --batch events each, "
                         "against the minimal durable server's, in --slices turns of "

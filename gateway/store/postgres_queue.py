@@ -77,6 +77,14 @@ NARROW_SCAN_MIN = 16
 #: claims. A narrow claim that took less than it asked for ends the run: rooms change
 #: between claims, and what lies past its scan may have room now.
 NARROW_RUN = 3
+#: claim_due_plain takes claim_due's first parameters (claim_params), not the rate
+#: limit's two.
+PLAIN_PARAMS = 12
+#: After a plain claim that found work for claim_due (an open circuit, a rate limit or a
+#: probe among what it read), this many claims go to claim_due straight away; then a
+#: plain one tries again. A gateway with a busy rate-limited endpoint so pays for one
+#: plain claim in FULL_RUN + 1, not one a claim.
+FULL_RUN = 8
 #: PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
 MAX_NOTIFY_BYTES = 7900
 #: A claim that parked deliveries behind open circuits (and so took less than it could)
@@ -100,6 +108,8 @@ class PostgresQueue:
         self._last_fanout_app = ""
         #: How many of the next claims scan narrow (NARROW_RUN).
         self._narrow_left = 0
+        #: How many of the next claims skip claim_due_plain (FULL_RUN).
+        self._full_left = 0
 
     async def claim(self, limit: int, lease_s: float, lease_id: uuid.UUID,
                     rooms: Rooms = UNLIMITED) -> Claim:
@@ -109,7 +119,7 @@ class PostgresQueue:
         for _ in range(CLAIM_ROUNDS):
             want = limit - len(jobs)
             narrow = self._narrow_left > 0
-            rows = await self.db.fetch("claim_due", *claim_params(
+            rows = await self._claim_rows(claim_params(
                 want, lease_s, lease_id, rooms, self.rate_margin_s, narrow=narrow))
             taken = [self._job(row, lease_id, shared) for row in rows if row["id"] is not None]
             jobs += taken
@@ -124,6 +134,18 @@ class PostgresQueue:
                 break
             rooms = rooms.less(taken)
         return Claim(jobs, held_back=held_back, waiting=waiting)
+
+    async def _claim_rows(self, params: list[Any]) -> list[asyncpg.Record]:
+        """One claim's rows: claim_due_plain's when what it read needs nothing more (the
+        common case, 0.2-0.4 ms of PostgreSQL's CPU less), else claim_due's."""
+        if self._full_left:
+            self._full_left -= 1
+        else:
+            rows = await self.db.fetch("claim_due_plain", *params[:PLAIN_PARAMS])
+            if not rows[0]["unusual"]:
+                return rows
+            self._full_left = FULL_RUN
+        return await self.db.fetch("claim_due", *params)
 
     def _job(self, row: asyncpg.Record, lease_id: uuid.UUID, shared: _ClaimReads) -> Job:
         """A claimed row as the adapters take it: its secrets opened only now, when used.

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import operator
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -27,8 +28,14 @@ from gateway.retry import RetryPolicy
 from gateway.store.database import OUTCOMES_CHANNEL, QUERIES, Database, migrate
 from gateway.store.memory_queue import InMemoryQueue
 from gateway.store.postgres import EventDraft, Store
-from gateway.store.postgres_queue import PostgresQueue, claim_params, outcome_notifications
-from gateway.store.queue import AttemptResult, Job, Queue, Rooms, Settlement
+from gateway.store.postgres_queue import (
+    FULL_RUN,
+    PLAIN_PARAMS,
+    PostgresQueue,
+    claim_params,
+    outcome_notifications,
+)
+from gateway.store.queue import UNLIMITED, AttemptResult, Job, Queue, Rooms, Settlement
 from gateway_client.models import AttemptOutcome, DeliveryStatus, DisabledReason, EndpointStatus
 from tests.support import eventually
 
@@ -504,6 +511,9 @@ async def test_the_claim_and_statements_past_asyncpgs_default_limits_stay_prepar
         for _ in range(2):
             await PostgresQueue(db).claim(10, 30, uuid.uuid4())
             async with db.connection() as conn:
+                # claim_due itself (the queue's common case is claim_due_plain).
+                await conn.fetch(QUERIES["claim_due"], *claim_params(10, 30, uuid.uuid4(),
+                                                                      Rooms(endpoint=1)))
                 await conn.fetchval(longer)
                 for statement in many:
                     await conn.fetchval(statement)
@@ -511,6 +521,7 @@ async def test_the_claim_and_statements_past_asyncpgs_default_limits_stay_prepar
             prepared = [row["statement"] for row in
                         await conn.fetch("SELECT statement FROM pg_prepared_statements")]
         assert prepared.count(QUERIES["claim_due"]) == 1
+        assert prepared.count(QUERIES["claim_due_plain"]) == 1
         assert prepared.count(longer) == 1
         assert set(many) <= set(prepared)
     finally:
@@ -573,8 +584,9 @@ async def _due_deliveries_of_one_endpoint(db: Database, count: int) -> tuple[str
     return app.id, endpoint.id
 
 
+@pytest.mark.parametrize("query", ["claim_due", "claim_due_plain"])
 async def test_a_claim_locks_each_row_it_takes_by_its_key_not_by_walking_the_due_index(
-        dsn: str) -> None:
+        dsn: str, query: str) -> None:
     """A day's partition full of due rows it has no statistics for yet (the first minute
     after midnight, a fresh database) led the planner to the due index for the row lock:
     each row taken walked every due row, so a claim cost grew with the backlog. The
@@ -585,12 +597,14 @@ async def test_a_claim_locks_each_row_it_takes_by_its_key_not_by_walking_the_due
     try:
         await _due_deliveries_of_one_endpoint(db, 1000)
         params = claim_params(8, 30, uuid.uuid4(), Rooms(endpoint=64))
+        if query == "claim_due_plain":
+            params = params[:PLAIN_PARAMS]
         async with db.transaction() as conn:
             await conn.execute("SET LOCAL enable_seqscan = off")
             # The plan a long-lived prepared statement settles on (EXPLAIN (GENERIC_PLAN)
             # needs PostgreSQL 16; this works on every version the gateway supports).
             await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-            await conn.execute(f"PREPARE claim AS {QUERIES['claim_due']}")
+            await conn.execute(f"PREPARE claim AS {QUERIES[query]}")
             (plan,) = json.loads(await conn.fetchval(
                 f"EXPLAIN (FORMAT JSON) EXECUTE claim({', '.join(map(_literal, params))})"))
             await conn.execute("DEALLOCATE claim")
@@ -613,8 +627,9 @@ async def test_a_claim_locks_each_row_it_takes_by_its_key_not_by_walking_the_due
         await db.close()
 
 
+@pytest.mark.parametrize("query", ["claim_due", "claim_due_plain"])
 async def test_a_claim_reads_only_its_window_of_due_rows_when_all_share_one_due_time(
-        dsn: str) -> None:
+        dsn: str, query: str) -> None:
     """A fan-out batch's deliveries (1,000) are due at one time: the claim's walk of the
     due index stops after its window, and does not read every row of that time to order
     them by id as well."""
@@ -625,13 +640,15 @@ async def test_a_claim_reads_only_its_window_of_due_rows_when_all_share_one_due_
         await db.pool.execute("ANALYZE deliveries")
         params = claim_params(8, 30, uuid.uuid4(), Rooms(endpoint=64))
         window = params[11]
+        if query == "claim_due_plain":
+            params = params[:PLAIN_PARAMS]
         async with db.pool.acquire() as conn:
             # EXPLAIN ANALYZE runs the claim: rolled back, it takes nothing.
             rollback = conn.transaction()
             await rollback.start()
             try:
                 (plan,) = json.loads(await conn.fetchval(
-                    f"EXPLAIN (ANALYZE, FORMAT JSON) {QUERIES['claim_due']}", *params))
+                    f"EXPLAIN (ANALYZE, FORMAT JSON) {QUERIES[query]}", *params))
             finally:
                 await rollback.rollback()
         candidates = _cte(plan["Plan"], "candidates")
@@ -905,7 +922,7 @@ class _ScanSpy(PostgresQueue):
         fetch = db.fetch
 
         async def spied(name: str, *args: Any) -> list[asyncpg.Record]:
-            if name == "claim_due":
+            if name in ("claim_due", "claim_due_plain"):
                 self.scans.append(args[11])
             return await fetch(name, *args)
 
@@ -1110,6 +1127,8 @@ async def test_a_new_databases_claim_and_settlement_plans_find_each_delivery_by_
                    [app_id] * k]
         statements: dict[str, list[Any]] = {
             "claim_due": claim_params(200, 30, lease, Rooms(endpoints={endpoint_id: 64})),
+            "claim_due_plain": claim_params(200, 30, lease,
+                                            Rooms(endpoints={endpoint_id: 64}))[:PLAIN_PARAMS],
             "settle_delivered": [*results, [now.isoformat()] * k, [endpoint_id] * k],
             "record_results": results,
         }
@@ -1123,4 +1142,157 @@ async def test_a_new_databases_claim_and_settlement_plans_find_each_delivery_by_
                            and n["Relation Name"].startswith("deliveries")]
                 assert scanned == [], name
     finally:
+        await db.close()
+
+
+_CLAIM_ANSWER = ("held_back", "waiting", "id", "app_id", "event_id", "endpoint_id", "kind",
+                 "schedule_pos", "attempt_count", "event_type", "payload", "url", "secret",
+                 "headers", "parked", "passed_over")
+
+
+async def _claim_answer(db: Database, query: str, params: list[Any]) -> list[tuple[Any, ...]]:
+    """What ``query`` answers to ``params``, rolled back: the database stays as it was."""
+    if query == "claim_due_plain":
+        params = params[:PLAIN_PARAMS]
+    async with db.connection() as conn:
+        rollback = conn.transaction()
+        await rollback.start()
+        try:
+            rows = await conn.fetch(QUERIES[query], *params)
+        finally:
+            await rollback.rollback()
+    if query == "claim_due_plain":
+        assert not rows[0]["unusual"]
+    return [tuple(row[name] for name in _CLAIM_ANSWER) for row in rows]
+
+
+def _cte_text(query: str, name: str) -> str:
+    """The text of one CTE of a named query, its comments and layout left out."""
+    text = re.sub(r"--[^\n]*", "", QUERIES[query])
+    start = text.index(f"{name} AS (")
+    depth, end = 0, start
+    for end in range(text.index("(", start), len(text)):
+        depth += {"(": 1, ")": -1}.get(text[end], 0)
+        if depth == 0:
+            break
+    return " ".join(text[start:end + 1].split())
+
+
+def test_the_plain_claim_reads_its_candidates_as_claim_due_does_word_for_word() -> None:
+    """The two claims must pass over the same due rows (inactive endpoints, rooms,
+    deleted apps, the scan's order and limit): one text, kept in two places."""
+    for cte in ("full_targets", "candidates"):
+        assert _cte_text("claim_due_plain", cte) == _cte_text("claim_due", cte)
+
+
+async def test_a_plain_claim_answers_as_claim_due_does_when_no_circuit_limit_or_probe_is_involved(
+        dsn: str) -> None:
+    """claim_due_plain leaves out only what open circuits and rate limits need: with
+    neither among the due deliveries it takes the same rows, in the same order, with the
+    same counts, under every kind of room, wide and narrow."""
+    db = await Database.connect(dsn, max_size=2)
+    try:
+        harness = PostgresHarness(Store(db), PostgresQueue(db))
+        for n in range(30):
+            await harness.add(endpoint="abc"[n % 3], app="one" if n % 3 else "two")
+        a, b = harness.endpoints["a"][1], harness.endpoints["b"][1]
+        lease = uuid.uuid4()
+        for limit, rooms in [(10, UNLIMITED), (5, Rooms(endpoint=2)), (20, Rooms(app=3)),
+                             (20, Rooms(endpoints={a: 0, b: 1}, endpoint=4)),
+                             (20, Rooms(apps={harness.apps["one"]: 0})), (1, UNLIMITED)]:
+            for narrow in (False, True):
+                params = claim_params(limit, 30, lease, rooms, narrow=narrow)
+                plain = await _claim_answer(db, "claim_due_plain", params)
+                assert plain == await _claim_answer(db, "claim_due", params), (limit, rooms)
+                assert plain[0][2] is not None  # each took something
+    finally:
+        await db.close()
+
+
+async def test_a_plain_claim_takes_nothing_where_claim_due_would_park_book_or_probe(
+        dsn: str) -> None:
+    """When a due delivery's endpoint has a circuit not closed or a rate limit, or an
+    endpoint waits for its probe, claim_due_plain takes nothing and says so, and the
+    queue claims with claim_due: it parks, books or probes as before."""
+    db = await Database.connect(dsn, max_size=2)
+    try:
+        harness = PostgresHarness(Store(db), PostgresQueue(db))
+        for endpoint in "ab":
+            for _ in range(3):
+                await harness.add(endpoint=endpoint)
+        a = harness.endpoints["a"][1]
+        params = claim_params(10, 30, uuid.uuid4(), UNLIMITED)
+
+        async def plain_says_unusual() -> bool:
+            """claim_due_plain's answer, rolled back."""
+            async with db.connection() as conn:
+                rollback = conn.transaction()
+                await rollback.start()
+                try:
+                    rows = await conn.fetch(QUERIES["claim_due_plain"], *params[:PLAIN_PARAMS])
+                finally:
+                    await rollback.rollback()
+            took = [row["id"] for row in rows if row["id"] is not None]
+            assert not (took and rows[0]["unusual"]), rows
+            return bool(rows[0]["unusual"])
+
+        assert not await plain_says_unusual()
+        # An open circuit on a due delivery's endpoint: claim_due parks its deliveries.
+        await db.pool.execute("UPDATE endpoints SET circuit_open_until = now() + "
+                              "interval '1 hour' WHERE id = $1", a)
+        assert await plain_says_unusual()
+        claim = await PostgresQueue(db).claim(10, 30, uuid.uuid4())
+        assert {job.delivery.endpoint.id for job in claim
+                if job.delivery.endpoint} == {harness.endpoints["b"][1]}
+        parked = await db.pool.fetchval("SELECT count(*) FROM deliveries WHERE "
+                                        "endpoint_id = $1 AND next_attempt_at = 'infinity'", a)
+        assert parked == 3
+        assert not await plain_says_unusual()  # nothing is due; a's circuit is still open
+        # Its cool-down over: a's probe is due, and only claim_due takes it.
+        await db.pool.execute("UPDATE endpoints SET circuit_open_until = now() - "
+                              "interval '1 s' WHERE id = $1", a)
+        assert await plain_says_unusual()
+        (probe,) = await PostgresQueue(db).claim(10, 30, uuid.uuid4())
+        assert probe.delivery.endpoint is not None and probe.delivery.endpoint.id == a
+        assert not await plain_says_unusual()  # the probe is out
+        # A rate limit on a due delivery's endpoint: claim_due books what it cannot send.
+        await harness.add(endpoint="b")
+        await harness.set_rate_limit("b", 1)
+        assert await plain_says_unusual()
+    finally:
+        await db.close()
+
+
+async def test_the_queue_claims_plain_and_after_an_unusual_claim_goes_to_claim_due_for_a_run(
+        dsn: str) -> None:
+    db = await Database.connect(dsn, max_size=2)
+    spies = contextlib.ExitStack()
+    try:
+        harness = PostgresHarness(Store(db), PostgresQueue(db))
+        for _ in range(3):
+            await harness.add(endpoint="a")
+        used: list[str] = []
+        fetch = db.fetch
+
+        async def spied(name: str, *args: Any) -> list[asyncpg.Record]:
+            used.append(name)
+            return await fetch(name, *args)
+
+        spies.enter_context(mock.patch.object(db, "fetch", spied))
+        queue = PostgresQueue(db)
+        assert len(await queue.claim(1, 30, uuid.uuid4())) == 1
+        assert used == ["claim_due_plain"]
+        await harness.set_rate_limit("a", 1000)
+        used.clear()
+        assert len(await queue.claim(1, 30, uuid.uuid4())) == 1
+        assert used == ["claim_due_plain", "claim_due"]
+        used.clear()
+        for _ in range(FULL_RUN):
+            await queue.claim(1, 30, uuid.uuid4())
+        assert used == ["claim_due"] * FULL_RUN
+        used.clear()
+        await queue.claim(1, 30, uuid.uuid4())
+        assert used[0] == "claim_due_plain"
+    finally:
+        spies.close()
         await db.close()
