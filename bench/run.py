@@ -933,6 +933,8 @@ class Bench:
                                   "receiver": lambda: own_cpu(recv_pid)},
                                  {"gateway": TreeWaiting(gw.pid), "postgres": self.pg.waited,
                                   "receiver": lambda: waited(recv_pid)})
+                if a.profile and workers > 1:
+                    print("  (--profile: one worker's phase only)", flush=True)
                 spy = (self.profile_start("latency", gw.pid, a.latency_duration)
                        if workers == 1 else None)
                 meter.start()
@@ -1490,6 +1492,8 @@ def orchestrate(args: argparse.Namespace) -> int:
         raise SystemExit("--pairs must be at least 1")
     args.latency_rates = [float(x) for x in str(args.latency_rate).split(",") if x.strip()]
     args.latency_workers = [int(x) for x in str(args.latency_workers).split(",") if x.strip()]
+    if not args.latency_workers or min(args.latency_workers) < 1:
+        raise SystemExit("--latency-workers: counts of 1 or more, e.g. 1,2")
     if args.quick:
         args.duration, args.warmup = 2.0, 1.0
         args.latency_duration = 2.0

@@ -105,6 +105,8 @@ async def measure(dsn: str, app_id: str, endpoint_id: str, mode: str, batch: int
                                   narrow=scan == "narrow")
             rows = await (conn.fetch(QUERIES["claim_due"], *params) if claim == "full" else
                           conn.fetch(QUERIES["claim_due_plain"], *params[:PLAIN_PARAMS]))
+            if claim == "plain" and rows[0]["unusual"]:
+                raise SystemExit("claim_due_plain stood aside for claim_due: not measured")
             claimed = process_cpu(pid)
             ids = [row["id"] for row in rows if row["id"] is not None]
             now = datetime.now(UTC)
@@ -239,6 +241,8 @@ async def committed_ingest(pg: Postgres, args: argparse.Namespace) -> None:
 
 
 async def main(args: argparse.Namespace, pg: Postgres) -> None:
+    if set(args.claims.split(",")) - {"full", "plain"}:
+        raise SystemExit(f"--claims: full and/or plain, not {args.claims}")
     unknown = set(filter(None, args.variants.split(","))) - set(VARIANTS)
     if unknown:
         raise SystemExit(f"unknown --variants {', '.join(sorted(unknown))}; "

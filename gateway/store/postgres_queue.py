@@ -81,9 +81,10 @@ NARROW_RUN = 3
 #: limit's two.
 PLAIN_PARAMS = 12
 #: After a plain claim that found work for claim_due (an open circuit, a rate limit or a
-#: probe among what it read), this many claims go to claim_due straight away; then a
-#: plain one tries again. A gateway with a busy rate-limited endpoint so pays for one
-#: plain claim in FULL_RUN + 1, not one a claim.
+#: probe among what it read), this many claim statements go to claim_due straight away
+#: (a claim that parks makes several); then a plain one tries again. A gateway with a
+#: busy rate-limited endpoint so pays for one plain statement in FULL_RUN + 1, not one a
+#: claim.
 FULL_RUN = 8
 #: PostgreSQL refuses NOTIFY payloads of 8000 bytes or more.
 MAX_NOTIFY_BYTES = 7900

@@ -547,6 +547,36 @@ async def test_the_cleanup_waits_for_a_delivery_being_sent_and_takes_it_after_it
     assert set((await rows_of(dsn, app_id, [job.delivery.delivery_id])).values()) == {0}
 
 
+async def test_the_cleanup_takes_a_parked_delivery_that_kept_a_lapsed_claimers_lease(
+        aiohttp_client: Any, dsn: str, settings: Settings, receiver: Receiver) -> None:
+    """A claimer's lease lapsed (it died), and the next claim parked the delivery behind
+    its endpoint's open circuit: it keeps that lease, due at 'infinity', sent by no one.
+    The cleanup takes it like any other."""
+    client = await aiohttp_client(create_app(settings, dsn, dispatcher=False))
+    api = Api(client)
+    key, app_id = await new_app(api, "doomed")
+    await api.new_endpoint(key, receiver.url())
+    await api.emit(key)
+    queue = client.app[appkeys.QUEUE]
+    [job] = await queue.claim(10, 0.2, uuid.uuid4())
+    await asyncio.sleep(0.3)  # the claimer is gone; its lease lapses
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("UPDATE endpoints SET circuit_open_until = now() + "
+                           "interval '1 hour' WHERE app_id = $1", app_id)
+        assert await queue.claim(10, 60.0, uuid.uuid4()) == []  # it parks the delivery
+        parked = await conn.fetchrow(
+            "SELECT lease_id, next_attempt_at = 'infinity' AS parked FROM deliveries "
+            "WHERE id = $1", job.delivery.delivery_id)
+    finally:
+        await conn.close()
+    assert parked is not None and parked["parked"] and parked["lease_id"] == job.lease_id
+    assert (await api.call("DELETE", f"/v1/apps/{app_id}", ADMIN_KEY))[0] == 204
+    cleaned = await AppCleanup(client.app[appkeys.STORE], pause_s=0, settle_s=0).run_once()
+    assert cleaned.apps == [app_id] and cleaned.rows["deliveries"] == 1
+    assert set((await rows_of(dsn, app_id, [job.delivery.delivery_id])).values()) == {0}
+
+
 async def test_the_app_row_stays_until_its_deletion_settles(
         aiohttp_client: Any, dsn: str, settings: Settings) -> None:
     client = await aiohttp_client(create_app(settings, dsn, dispatcher=False))

@@ -1151,7 +1151,8 @@ _CLAIM_ANSWER = ("held_back", "waiting", "id", "app_id", "event_id", "endpoint_i
 
 
 async def _claim_answer(db: Database, query: str, params: list[Any]) -> list[tuple[Any, ...]]:
-    """What ``query`` answers to ``params``, rolled back: the database stays as it was."""
+    """What ``query`` answers to ``params``, rolled back (the database stays as it was),
+    in id order (neither statement orders its answer)."""
     if query == "claim_due_plain":
         params = params[:PLAIN_PARAMS]
     async with db.connection() as conn:
@@ -1163,39 +1164,58 @@ async def _claim_answer(db: Database, query: str, params: list[Any]) -> list[tup
             await rollback.rollback()
     if query == "claim_due_plain":
         assert not rows[0]["unusual"]
-    return [tuple(row[name] for name in _CLAIM_ANSWER) for row in rows]
+    return sorted((tuple(row[name] for name in _CLAIM_ANSWER) for row in rows),
+                  key=lambda answer: answer[2] or "")
 
 
-def _cte_text(query: str, name: str) -> str:
-    """The text of one CTE of a named query, its comments and layout left out."""
-    text = re.sub(r"--[^\n]*", "", QUERIES[query])
-    start = text.index(f"{name} AS (")
+def _cte_text(query: str, part: str) -> str:
+    """The text of one CTE of a named query (``part AS (...)``), or of the parenthesized
+    text that follows ``part`` in it, with its comments left out and its spacing made one
+    space."""
+    text = " ".join(re.sub(r"--[^\n]*", "", QUERIES[query]).split())
+    start = text.index(f"{part} AS (") if f"{part} AS (" in text else text.index(part)
     depth, end = 0, start
     for end in range(text.index("(", start), len(text)):
         depth += {"(": 1, ")": -1}.get(text[end], 0)
         if depth == 0:
             break
-    return " ".join(text[start:end + 1].split())
+    return text[start:end + 1]
+
+
+#: The lock's re-check of each row a claim changes.
+_RECHECK = "CROSS JOIN LATERAL ( SELECT 1 FROM deliveries d WHERE d.app_id = t.app_id"
 
 
 def test_the_plain_claim_reads_its_candidates_as_claim_due_does_word_for_word() -> None:
     """The two claims must pass over the same due rows (inactive endpoints, rooms,
-    deleted apps, the scan's order and limit): one text, kept in two places."""
-    for cte in ("full_targets", "candidates"):
-        assert _cte_text("claim_due_plain", cte) == _cte_text("claim_due", cte)
+    deleted apps, the scan's order and limit) and lock what they take the same way (each
+    row by its key, re-checked, skipping what another claimer holds): one text, kept in
+    two places."""
+    for part in ("full_targets", "candidates", _RECHECK):
+        assert _cte_text("claim_due_plain", part) == _cte_text("claim_due", part)
+    assert _cte_text("claim_due", _RECHECK).endswith("FOR UPDATE SKIP LOCKED )")
 
 
 async def test_a_plain_claim_answers_as_claim_due_does_when_no_circuit_limit_or_probe_is_involved(
         dsn: str) -> None:
     """claim_due_plain leaves out only what open circuits and rate limits need: with
-    neither among the due deliveries it takes the same rows, in the same order, with the
-    same counts, under every kind of room, wide and narrow."""
+    neither among the due deliveries it takes the same rows with the same counts, under
+    every kind of room, wide and narrow, passing over the same ones (an endpoint disabled
+    after its deliveries fell due, a deleted app's) and taking an endpoint's whose rate
+    limit was lifted."""
     db = await Database.connect(dsn, max_size=2)
     try:
         harness = PostgresHarness(Store(db), PostgresQueue(db))
         for n in range(30):
             await harness.add(endpoint="abc"[n % 3], app="one" if n % 3 else "two")
+        for _ in range(4):
+            await harness.add(endpoint="d", app="three")
         a, b = harness.endpoints["a"][1], harness.endpoints["b"][1]
+        await harness.set_rate_limit("b", 5)
+        await harness.set_rate_limit("b", None)  # its send schedule stays, unlimited
+        await db.pool.execute("UPDATE endpoints SET status = 'disabled' WHERE id = $1",
+                              harness.endpoints["c"][1])
+        await harness.store.delete_app(harness.apps["three"])
         lease = uuid.uuid4()
         for limit, rooms in [(10, UNLIMITED), (5, Rooms(endpoint=2)), (20, Rooms(app=3)),
                              (20, Rooms(endpoints={a: 0, b: 1}, endpoint=4)),
@@ -1204,7 +1224,7 @@ async def test_a_plain_claim_answers_as_claim_due_does_when_no_circuit_limit_or_
                 params = claim_params(limit, 30, lease, rooms, narrow=narrow)
                 plain = await _claim_answer(db, "claim_due_plain", params)
                 assert plain == await _claim_answer(db, "claim_due", params), (limit, rooms)
-                assert plain[0][2] is not None  # each took something
+                assert plain[-1][2] is not None  # each took something
     finally:
         await db.close()
 
@@ -1223,42 +1243,29 @@ async def test_a_plain_claim_takes_nothing_where_claim_due_would_park_book_or_pr
         a = harness.endpoints["a"][1]
         params = claim_params(10, 30, uuid.uuid4(), UNLIMITED)
 
-        async def plain_says_unusual() -> bool:
-            """claim_due_plain's answer, rolled back."""
-            async with db.connection() as conn:
-                rollback = conn.transaction()
-                await rollback.start()
-                try:
-                    rows = await conn.fetch(QUERIES["claim_due_plain"], *params[:PLAIN_PARAMS])
-                finally:
-                    await rollback.rollback()
-            took = [row["id"] for row in rows if row["id"] is not None]
-            assert not (took and rows[0]["unusual"]), rows
-            return bool(rows[0]["unusual"])
-
-        assert not await plain_says_unusual()
+        assert not await _plain_is_unusual(db, params)
         # An open circuit on a due delivery's endpoint: claim_due parks its deliveries.
         await db.pool.execute("UPDATE endpoints SET circuit_open_until = now() + "
                               "interval '1 hour' WHERE id = $1", a)
-        assert await plain_says_unusual()
+        assert await _plain_is_unusual(db, params)
         claim = await PostgresQueue(db).claim(10, 30, uuid.uuid4())
         assert {job.delivery.endpoint.id for job in claim
                 if job.delivery.endpoint} == {harness.endpoints["b"][1]}
         parked = await db.pool.fetchval("SELECT count(*) FROM deliveries WHERE "
                                         "endpoint_id = $1 AND next_attempt_at = 'infinity'", a)
         assert parked == 3
-        assert not await plain_says_unusual()  # nothing is due; a's circuit is still open
+        assert not await _plain_is_unusual(db, params)  # nothing is due; a's circuit is still open
         # Its cool-down over: a's probe is due, and only claim_due takes it.
         await db.pool.execute("UPDATE endpoints SET circuit_open_until = now() - "
                               "interval '1 s' WHERE id = $1", a)
-        assert await plain_says_unusual()
+        assert await _plain_is_unusual(db, params)
         (probe,) = await PostgresQueue(db).claim(10, 30, uuid.uuid4())
         assert probe.delivery.endpoint is not None and probe.delivery.endpoint.id == a
-        assert not await plain_says_unusual()  # the probe is out
+        assert not await _plain_is_unusual(db, params)  # the probe is out
         # A rate limit on a due delivery's endpoint: claim_due books what it cannot send.
         await harness.add(endpoint="b")
         await harness.set_rate_limit("b", 1)
-        assert await plain_says_unusual()
+        assert await _plain_is_unusual(db, params)
     finally:
         await db.close()
 
@@ -1295,4 +1302,42 @@ async def test_the_queue_claims_plain_and_after_an_unusual_claim_goes_to_claim_d
         assert used[0] == "claim_due_plain"
     finally:
         spies.close()
+        await db.close()
+
+
+async def _plain_is_unusual(db: Database, params: list[Any]) -> bool:
+    """Whether claim_due_plain stands aside for claim_due (rolled back)."""
+    async with db.connection() as conn:
+        rollback = conn.transaction()
+        await rollback.start()
+        try:
+            rows = await conn.fetch(QUERIES["claim_due_plain"], *params[:PLAIN_PARAMS])
+        finally:
+            await rollback.rollback()
+    return bool(rows[0]["unusual"])
+
+
+async def test_a_half_open_endpoint_claim_due_would_not_probe_leaves_the_plain_claim_be(
+        dsn: str) -> None:
+    """claim_due probes no endpoint of an app with no room left or of a deleted app, so
+    the plain claim does not stand aside for one: else every claim would cost two
+    statements until the app has room, or for good."""
+    db = await Database.connect(dsn, max_size=2)
+    try:
+        harness = PostgresHarness(Store(db), PostgresQueue(db))
+        for _ in range(2):
+            await harness.add(endpoint="a", app="one")
+        app_id, a = harness.endpoints["a"]
+        # a's deliveries parked behind its circuit, whose cool-down is over: half-open.
+        await db.pool.execute("UPDATE deliveries SET next_attempt_at = 'infinity' "
+                              "WHERE endpoint_id = $1", a)
+        await db.pool.execute("UPDATE endpoints SET circuit_open_until = now() - "
+                              "interval '1 s' WHERE id = $1", a)
+        lease = uuid.uuid4()
+        assert await _plain_is_unusual(db, claim_params(10, 30, lease, UNLIMITED))
+        assert not await _plain_is_unusual(db, claim_params(10, 30, lease,
+                                                            Rooms(apps={app_id: 0})))
+        await harness.store.delete_app(app_id)
+        assert not await _plain_is_unusual(db, claim_params(10, 30, lease, UNLIMITED))
+    finally:
         await db.close()

@@ -784,9 +784,9 @@ WITH full_targets AS (
     ORDER BY d.next_attempt_at
     LIMIT (SELECT $12::bigint)
 ), unusual AS (
-    -- Would claim_due park, probe or book? (Its tripped, half_open and rates, unlocked;
-    -- the probe's test without the apps' rooms, so it may say yes where claim_due then
-    -- finds no probe to take, never the other way.)
+    -- Would claim_due park, probe or book? (Its tripped, half_open and rates, unlocked
+    -- and unlimited: it may say yes where claim_due then finds nothing to lock, never the
+    -- other way.)
     SELECT EXISTS (SELECT 1 FROM endpoints e
                    WHERE e.id IN (SELECT endpoint_id FROM candidates)
                      AND e.circuit_open_until IS NOT NULL)
@@ -797,6 +797,11 @@ WITH full_targets AS (
                    WHERE e.circuit_open_until <= now()
                      AND (e.circuit_probe_until IS NULL OR e.circuit_probe_until <= now())
                      AND e.status = 'active' AND e.deleted_at IS NULL
+                     -- As half_open: an app with no room, or deleted, gets no probe (else
+                     -- this would send every claim to claim_due for nothing).
+                     AND e.app_id NOT IN (SELECT a FROM unnest($8::text[], $9::int[])
+                                              AS r(a, room) WHERE room <= 0)
+                     AND e.app_id NOT IN (SELECT id FROM apps WHERE deleted_at IS NOT NULL)
                      AND EXISTS (SELECT 1 FROM deliveries d
                                  WHERE d.endpoint_id = e.id
                                    AND d.next_attempt_at = 'infinity'
@@ -1436,9 +1441,12 @@ ORDER BY deleted_at, id;
 -- name: cleanup_deliveries
 -- $1 app id, $2 batch size. Deliveries with their attempts; one a dispatcher is sending
 -- right now (its lease still runs) waits until the attempt is logged or the lease is over.
+-- A parked delivery ('infinity') is sent by no one, though it may keep the lease of a
+-- claimer that lapsed before the claim that parked it.
 WITH doomed AS (
     SELECT id FROM deliveries
-    WHERE app_id = $1 AND (lease_id IS NULL OR next_attempt_at <= now())
+    WHERE app_id = $1
+      AND (lease_id IS NULL OR next_attempt_at <= now() OR next_attempt_at = 'infinity')
     ORDER BY id LIMIT $2
     FOR UPDATE SKIP LOCKED
 ), gone_attempts AS (
