@@ -75,6 +75,15 @@ MIN_CLAIM = 8
 #: long quiet starts at once, and a backlog (a claim that took all it asked for) is
 #: claimed without pause.
 CLAIM_INTERVAL_S = 0.01
+#: Every dispatcher hears every wake-up and claims, and once one has taken what it
+#: announced the others find nothing (bench/README.md, "A plain claim": two workers at
+#: 500 events/s made half again as many claims as one, a quarter of them empty). After a
+#: woken claim that took nothing, the pause before the next woken claim doubles, up to
+#: this many intervals; a claim that takes anything ends it. So one dispatcher answers
+#: each wake-up within the interval, the others look less often, and they take their
+#: share again as soon as work is left for them. A claim after a long quiet still starts
+#: at once.
+EMPTY_CLAIM_STRETCH = 4
 #: Results are written at most this often (each write costs PostgreSQL about 0.4 ms however
 #: few it holds): a delivered attempt frees its slot before its result is written, and
 #: its lease covers the wait.
@@ -105,6 +114,7 @@ class Dispatcher:
         lease_s: float = 45.0,
         poll_interval_s: float = 1.0,
         claim_interval_s: float = CLAIM_INTERVAL_S,
+        empty_claim_stretch: int = EMPTY_CLAIM_STRETCH,
         stall_after_s: float = 30.0,
         metrics: Metrics | None = None,
         spans: Spans | None = None,
@@ -121,6 +131,7 @@ class Dispatcher:
         self.lease_s = lease_s
         self.poll_interval_s = poll_interval_s
         self.claim_interval_s = claim_interval_s
+        self.empty_claim_stretch = empty_claim_stretch
         self.stall_after_s = stall_after_s
         self.metrics = metrics
         self.spans = spans
@@ -236,11 +247,16 @@ class Dispatcher:
         #: When the last claim began (loop time), and whether the next one was woken.
         claimed_at = -self.claim_interval_s
         woken = False
+        #: The next woken claim's pause, in claim intervals (EMPTY_CLAIM_STRETCH), and
+        #: whether the coming claim is a woken one.
+        stretch = 1
+        paced = False
         while not self._stopping:
             self.heartbeat = time.monotonic()
             if woken:
                 woken = False
-                pause = claimed_at + self.claim_interval_s - loop.time()
+                paced = True
+                pause = claimed_at + self.claim_interval_s * stretch - loop.time()
                 if pause > 0:
                     await asyncio.sleep(pause)
                 continue
@@ -276,6 +292,11 @@ class Dispatcher:
                 backoff = min(backoff * 2, self.poll_interval_s)
                 continue
             backoff = 0.05
+            if jobs or jobs.held_back or jobs.waiting:
+                stretch = 1
+            elif paced:
+                stretch = min(2 * stretch, self.empty_claim_stretch)
+            paced = False
             if jobs.held_back and self.metrics is not None:
                 self.metrics.rate_limited.inc(jobs.held_back)
             for job in jobs:

@@ -153,3 +153,82 @@ async def test_due_work_behind_deliveries_booked_for_a_rate_limit_is_claimed_at_
         queue.add(job(n))
     await deliver_all(queue)
     assert queue.claims[:2] == [0, 5]
+
+
+class NothingLeft(CountingQueue):
+    """A queue another dispatcher always empties first: every claim here takes nothing."""
+
+    async def claim(self, limit: int, lease_s: float, lease_id: uuid.UUID,
+                    rooms: Rooms | None = None) -> Claim:
+        self.claims.append(0)
+        return Claim([])
+
+
+async def claims_over_wake_ups(stretch: int) -> int:
+    """Claims a dispatcher makes while woken every 2 ms for 0.6 s, its claims always
+    empty, with an interval of 50 ms: about one an interval without the stretch."""
+    queue = NothingLeft()
+    worker = Dispatcher(queue, {"webhook": Delivered()}, RetryPolicy((0.05,), jitter=0),
+                        poll_interval_s=30, claim_interval_s=0.05, lease_s=30,
+                        empty_claim_stretch=stretch)
+    await worker.start()
+    try:
+        await eventually(_claimed_once(queue))
+        before = len(queue.claims)
+        for _ in range(300):
+            worker.wake()
+            await asyncio.sleep(0.002)
+        return len(queue.claims) - before
+    finally:
+        await worker.stop(1)
+
+
+async def test_a_dispatcher_whose_woken_claims_find_nothing_claims_less_often() -> None:
+    """Another dispatcher takes what each wake-up announces: after each empty claim the
+    pause doubles, up to EMPTY_CLAIM_STRETCH intervals, instead of claiming again every
+    interval for nothing."""
+    paced = await claims_over_wake_ups(stretch=1)
+    stretched = await claims_over_wake_ups(stretch=4)
+    assert paced >= 6  # about 12: one an interval
+    assert stretched * 2 <= paced, (stretched, paced)
+
+
+class EmptyAtFirst(CountingQueue):
+    """Another dispatcher empties it for the first ``empty`` claims; then the in-memory
+    queue."""
+
+    def __init__(self, empty: int) -> None:
+        super().__init__()
+        self.empty = empty
+
+    async def claim(self, limit: int, lease_s: float, lease_id: uuid.UUID,
+                    rooms: Rooms | None = None) -> Claim:
+        if len(self.claims) < self.empty:
+            self.claims.append(0)
+            return Claim([])
+        return await super().claim(limit, lease_s, lease_id, rooms)
+
+
+async def test_a_claim_that_takes_something_ends_the_stretch() -> None:
+    """After woken claims that found nothing (the stretch at its most), the first that
+    takes something puts the pause back to one interval: a trickle announced every 2 ms
+    for 0.6 s is then claimed about once an interval (50 ms), not once every four."""
+    queue = EmptyAtFirst(empty=6)
+    worker = Dispatcher(queue, {"webhook": Delivered()}, RetryPolicy((0.05,), jitter=0),
+                        poll_interval_s=30, claim_interval_s=0.05, lease_s=30)
+    await worker.start()
+    try:
+        for _ in range(100):  # the empty claims, each woken
+            worker.wake()
+            await asyncio.sleep(0.01)
+            if len(queue.claims) >= queue.empty:
+                break
+        assert len(queue.claims) >= queue.empty
+        for n in range(300):
+            queue.add(job(n))
+            worker.wake()
+            await asyncio.sleep(0.002)
+    finally:
+        await worker.stop(1)
+    taken = [n for n in queue.claims[queue.empty:] if n]
+    assert len(taken) >= 8, queue.claims  # about 12; stretched, about 3
