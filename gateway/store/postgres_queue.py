@@ -109,7 +109,7 @@ class PostgresQueue:
         self._last_fanout_app = ""
         #: How many of the next claims scan narrow (NARROW_RUN).
         self._narrow_left = 0
-        #: How many of the next claims skip claim_due_plain (FULL_RUN).
+        #: How many of the next claim statements skip claim_due_plain (FULL_RUN).
         self._full_left = 0
 
     async def claim(self, limit: int, lease_s: float, lease_id: uuid.UUID,

@@ -520,13 +520,21 @@ async def test_making_day_partitions_and_cleaning_up_deleted_apps_never_hold_eac
         await conn.close()
 
 
-async def test_the_cleanup_waits_for_a_delivery_being_sent_and_takes_it_after_its_attempt(
-        aiohttp_client: Any, dsn: str, settings: Settings, receiver: Receiver) -> None:
+async def one_pending_delivery(aiohttp_client: Any, dsn: str, settings: Settings,
+                               receiver: Receiver) -> tuple[TestClient[Any, Any], Api, str]:
+    """A gateway with no dispatcher and an app "doomed" whose one endpoint has one
+    pending delivery; the client, its API and the app's id."""
     client = await aiohttp_client(create_app(settings, dsn, dispatcher=False))
     api = Api(client)
     key, app_id = await new_app(api, "doomed")
     await api.new_endpoint(key, receiver.url())
     await api.emit(key)
+    return client, api, app_id
+
+
+async def test_the_cleanup_waits_for_a_delivery_being_sent_and_takes_it_after_its_attempt(
+        aiohttp_client: Any, dsn: str, settings: Settings, receiver: Receiver) -> None:
+    client, api, app_id = await one_pending_delivery(aiohttp_client, dsn, settings, receiver)
     queue = client.app[appkeys.QUEUE]
     lease = uuid.uuid4()
     [job] = await queue.claim(10, 60.0, lease)  # a dispatcher is sending it
@@ -552,11 +560,7 @@ async def test_the_cleanup_takes_a_parked_delivery_that_kept_a_lapsed_claimers_l
     """A claimer's lease lapsed (it died), and the next claim parked the delivery behind
     its endpoint's open circuit: it keeps that lease, due at 'infinity', sent by no one.
     The cleanup takes it like any other."""
-    client = await aiohttp_client(create_app(settings, dsn, dispatcher=False))
-    api = Api(client)
-    key, app_id = await new_app(api, "doomed")
-    await api.new_endpoint(key, receiver.url())
-    await api.emit(key)
+    client, api, app_id = await one_pending_delivery(aiohttp_client, dsn, settings, receiver)
     queue = client.app[appkeys.QUEUE]
     [job] = await queue.claim(10, 0.2, uuid.uuid4())
     await asyncio.sleep(0.3)  # the claimer is gone; its lease lapses

@@ -1150,18 +1150,25 @@ _CLAIM_ANSWER = ("held_back", "waiting", "id", "app_id", "event_id", "endpoint_i
                  "headers", "parked", "passed_over")
 
 
-async def _claim_answer(db: Database, query: str, params: list[Any]) -> list[tuple[Any, ...]]:
-    """What ``query`` answers to ``params``, rolled back (the database stays as it was),
-    in id order (neither statement orders its answer)."""
+async def _claim_rolled_back(db: Database, query: str,
+                             params: list[Any]) -> list[asyncpg.Record]:
+    """The rows a claim statement (``claim_due`` or ``claim_due_plain``, given
+    claim_params) answers, rolled back: the database stays as it was."""
     if query == "claim_due_plain":
         params = params[:PLAIN_PARAMS]
     async with db.connection() as conn:
         rollback = conn.transaction()
         await rollback.start()
         try:
-            rows = await conn.fetch(QUERIES[query], *params)
+            return list(await conn.fetch(QUERIES[query], *params))
         finally:
             await rollback.rollback()
+
+
+async def _claim_answer(db: Database, query: str, params: list[Any]) -> list[tuple[Any, ...]]:
+    """What ``query`` answers to ``params``, rolled back, in id order (neither statement
+    orders its answer)."""
+    rows = await _claim_rolled_back(db, query, params)
     if query == "claim_due_plain":
         assert not rows[0]["unusual"]
     return sorted((tuple(row[name] for name in _CLAIM_ANSWER) for row in rows),
@@ -1307,13 +1314,7 @@ async def test_the_queue_claims_plain_and_after_an_unusual_claim_goes_to_claim_d
 
 async def _plain_is_unusual(db: Database, params: list[Any]) -> bool:
     """Whether claim_due_plain stands aside for claim_due (rolled back)."""
-    async with db.connection() as conn:
-        rollback = conn.transaction()
-        await rollback.start()
-        try:
-            rows = await conn.fetch(QUERIES["claim_due_plain"], *params[:PLAIN_PARAMS])
-        finally:
-            await rollback.rollback()
+    rows = await _claim_rolled_back(db, "claim_due_plain", params)
     return bool(rows[0]["unusual"])
 
 
