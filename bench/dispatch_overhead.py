@@ -91,6 +91,9 @@ class DequeQueue:
     async def release(self, lease_ids: Sequence[uuid.UUID]) -> None:
         return None
 
+    async def release_jobs(self, jobs: Sequence[Job]) -> None:
+        return None
+
     async def next_due_at(self) -> datetime | None:
         return datetime.now(UTC) if self.jobs else None
 

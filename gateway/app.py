@@ -203,11 +203,16 @@ def create_app(
             lease_s=settings.effective_lease_s,
             poll_interval_s=settings.poll_interval_s,
             claim_interval_s=settings.claim_interval_s,
+            # A handed-over push starts with its lease still covering the longest push
+            # attempt (an access token fetched, then the push, each up to the delivery
+            # timeout) and half the spare a claimed one has.
+            handoff_wait_s=max(0.0, (settings.effective_lease_s
+                                     - 2 * settings.delivery_timeout_s) / 2),
             metrics=app[appkeys.METRICS],
             spans=app.get(appkeys.SPANS),
         )
         fanout = FanoutRunner(queue, wake_source=functools.partial(_listen, dsn, FANOUT_CHANNEL),
-                              poll_interval_s=settings.poll_interval_s)
+                              poll_interval_s=settings.poll_interval_s, dispatcher=worker)
         app[appkeys.DISPATCHER] = worker
         await worker.start()
         fanout.start()

@@ -88,6 +88,10 @@ EMPTY_CLAIM_STRETCH = 4
 #: few it holds): a delivered attempt frees its slot before its result is written, and
 #: its lease covers the wait.
 RESULT_INTERVAL_S = 0.01
+#: A fan-out in this process hands its deliveries over already leased (hand_over): at
+#: most this many wait here for room (the fan-out waits while it is full), and each
+#: starts within ``handoff_wait_s`` or goes back to the queue.
+HANDOFF_CAPACITY = 2000
 
 #: Runs until cancelled, calling its argument whenever new work may be due.
 WakeSource = Callable[[Callable[[], None]], Coroutine[Any, Any, None]]
@@ -116,6 +120,8 @@ class Dispatcher:
         claim_interval_s: float = CLAIM_INTERVAL_S,
         empty_claim_stretch: int = EMPTY_CLAIM_STRETCH,
         stall_after_s: float = 30.0,
+        handoff_capacity: int = HANDOFF_CAPACITY,
+        handoff_wait_s: float | None = None,
         metrics: Metrics | None = None,
         spans: Spans | None = None,
     ) -> None:
@@ -133,6 +139,10 @@ class Dispatcher:
         self.claim_interval_s = claim_interval_s
         self.empty_claim_stretch = empty_claim_stretch
         self.stall_after_s = stall_after_s
+        self.handoff_capacity = handoff_capacity
+        #: How long a handed-over delivery may wait to start (its lease must still
+        #: cover its attempt): a quarter of the lease unless told.
+        self.handoff_wait_s = lease_s / 4 if handoff_wait_s is None else handoff_wait_s
         self.metrics = metrics
         self.spans = spans
 
@@ -153,6 +163,15 @@ class Dispatcher:
         self._per_app: collections.Counter[str] = collections.Counter()
         #: Claims whose answer was lost with the connection: they may have committed.
         self._uncertain_leases: list[uuid.UUID] = []
+        #: Deliveries handed over leased by this process's fan-out, waiting for room, by
+        #: (provider, app), each with the loop time it must start by (hand_over).
+        self._ready: dict[tuple[str, str], collections.deque[tuple[Job, float]]] = {}
+        self._ready_count = 0
+        self._ready_room = asyncio.Event()
+        #: The last claim left due work waiting for room: handed-over deliveries then
+        #: start only after a claim, so the claim (oldest due first) has the room first.
+        self._claims_waiting = False
+        self._handing_back: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._side_tasks: list[asyncio.Task[None]] = []
         self._results: GroupCommit[AttemptResult, None] = GroupCommit(
@@ -185,7 +204,14 @@ class Dispatcher:
 
     async def forget_app(self, app_id: str) -> None:
         """The app was deleted: its adapters' tokens and connections go (a delivery of it
-        still in flight may fail for want of them, which no longer matters)."""
+        still in flight may fail for want of them, which no longer matters), and so do
+        its handed-over deliveries that have not started."""
+        dropped = [job for key in [k for k in self._ready if k[1] == app_id]
+                   for job, _ in self._ready.pop(key)]
+        if dropped:
+            self._ready_count -= len(dropped)
+            self._ready_room.set()
+            self._hand_back(dropped)
         for adapter in self.adapters.values():
             try:
                 await adapter.forget_app(app_id)
@@ -193,9 +219,16 @@ class Dispatcher:
                 log.exception("%s adapter failed to forget app %s", adapter.kind, app_id)
 
     async def stop(self, grace_s: float) -> None:
-        """Stop claiming, give in-flight deliveries ``grace_s`` to finish, release the rest."""
+        """Stop claiming, give in-flight deliveries ``grace_s`` to finish, release the rest
+        (and what was handed over and never started)."""
         self._stopping = True
         self._wake.set()
+        self._ready_room.set()
+        waiting = [job for queue in self._ready.values() for job, _ in queue]
+        self._ready.clear()
+        self._ready_count = 0
+        if waiting:
+            self._hand_back(waiting)
         for task in self._side_tasks:
             task.cancel()
         if self._loop_task is not None:
@@ -211,7 +244,7 @@ class Dispatcher:
             await asyncio.gather(*still, return_exceptions=True)
             with contextlib.suppress(DatabaseUnavailable):
                 await self.queue.release(list(leases))
-        await asyncio.gather(*self._side_tasks, return_exceptions=True)
+        await asyncio.gather(*self._side_tasks, *self._handing_back, return_exceptions=True)
         await self._results.close()
 
     async def _supervise(self) -> None:
@@ -260,10 +293,7 @@ class Dispatcher:
                 if pause > 0:
                     await asyncio.sleep(pause)
                 continue
-            # Results still being written count too, up to as many again: a database that
-            # writes slower than endpoints answer slows the claims down.
-            free = min(self.concurrency - self._sending,
-                       2 * self.concurrency - len(self._inflight))
+            free = self._free()
             if free <= 0:
                 self._slot_free.clear()
                 with contextlib.suppress(TimeoutError):
@@ -300,12 +330,9 @@ class Dispatcher:
             if jobs.held_back and self.metrics is not None:
                 self.metrics.rate_limited.inc(jobs.held_back)
             for job in jobs:
-                target = _target(job)
-                app_id = job.delivery.app_id
-                release = self._take_slot(target, app_id)
-                task = asyncio.create_task(self._deliver(job, release))
-                self._inflight[task] = lease_id
-                task.add_done_callback(functools.partial(self._done, release=release))
+                self._start(job)
+            self._claims_waiting = jobs.waiting > 0
+            self._start_ready()
             crowded_at = None
             if len(jobs) == want:
                 await asyncio.sleep(0)
@@ -332,11 +359,15 @@ class Dispatcher:
             if claimed:
                 return False
             # Due work this claim could not take: its rooms are full, or another claimer
-            # holds it. Asking again at once would spin against the database.
+            # holds it. Asking again at once would spin against the database. A freed
+            # slot is its to claim before a handed-over delivery takes it.
+            self._claims_waiting = True
             timeout = self.poll_interval_s if self._sending else min(0.05,
                                                                        self.poll_interval_s)
-        waits = [asyncio.ensure_future(self._wake.wait()),
-                 asyncio.ensure_future(self._slot_free.wait())]
+        waits = [asyncio.ensure_future(self._wake.wait())]
+        if not self._ready_count or self._claims_waiting:
+            # (Else a freed slot goes to a handed-over delivery at once: no claim needed.)
+            waits.append(asyncio.ensure_future(self._slot_free.wait()))
         try:
             await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -368,6 +399,111 @@ class Dispatcher:
                 for waiter in waits:
                     waiter.cancel()
 
+    def _free(self) -> int:
+        """How many more deliveries may start now. Results still being written count too,
+        up to as many again: a database that writes slower than endpoints answer slows
+        the claims down."""
+        return min(self.concurrency - self._sending, 2 * self.concurrency - len(self._inflight))
+
+    def _start(self, job: Job) -> None:
+        """Send a claimed (or handed-over) delivery in a slot of its own."""
+        release = self._take_slot(_target(job), job.delivery.app_id)
+        task = asyncio.create_task(self._deliver(job, release))
+        self._inflight[task] = job.lease_id
+        task.add_done_callback(functools.partial(self._done, release=release))
+
+    # --- deliveries handed over by a fan-out -------------------------------------------
+
+    def hand_over(self, jobs: Sequence[Job], leased_at: float) -> None:
+        """Take push deliveries made leased to this dispatcher (a fan-out batch,
+        :meth:`~gateway.store.queue.Fanout.expand_leased`, asked for at ``leased_at``,
+        loop time): they start as room frees within the same bounds as claimed ones,
+        providers and apps in turn, and none later than ``handoff_wait_s`` after
+        ``leased_at``: those go back to the queue, as do any handed over while
+        stopping."""
+        if self._stopping:
+            self._hand_back(list(jobs))
+            return
+        start_by = leased_at + self.handoff_wait_s
+        for job in jobs:
+            key = (job.delivery.kind, job.delivery.app_id)
+            self._ready.setdefault(key, collections.deque()).append((job, start_by))
+        self._ready_count += len(jobs)
+        if not self._claims_waiting:
+            self._start_ready()
+
+    async def room_to_hand_over(self, want: int, timeout_s: float) -> int:
+        """How many deliveries :meth:`hand_over` takes now, at most ``want``, after waiting
+        up to ``timeout_s`` for room for ``want`` (0 once stopping, or when none could wait
+        to start)."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + timeout_s
+        while not self._stopping and self.handoff_capacity - self._ready_count < want:
+            left = until - loop.time()
+            if left <= 0:
+                break
+            self._ready_room.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await self._ready_room.wait()
+        if self._stopping or self.handoff_wait_s <= 0:
+            return 0
+        return max(0, min(want, self.handoff_capacity - self._ready_count))
+
+    def lease_lost(self, lease_id: uuid.UUID) -> None:
+        """A lease whose deliveries may have been made but never reached us (the answer
+        was lost with the connection): handed back before the next claim."""
+        self._uncertain_leases.append(lease_id)
+
+    def _start_ready(self) -> None:
+        """Start handed-over deliveries while there is room, one per (provider, app) in
+        turn; hand back those past their start-by time."""
+        if not self._ready_count:
+            return
+        now = asyncio.get_running_loop().time()
+        free = self._free()
+        late: list[Job] = []
+        started = 0
+        moved = True
+        while moved and self._ready:
+            moved = False
+            for key in list(self._ready):
+                queue = self._ready[key]
+                while queue and queue[0][1] < now:
+                    late.append(queue.popleft()[0])
+                kind, app_id = key
+                if (queue and free > 0 and self._per_target[kind] < self.push_concurrency
+                        and self._per_app[app_id] < self.app_concurrency):
+                    self._start(queue.popleft()[0])
+                    started += 1
+                    free -= 1
+                    moved = True
+                if not queue:
+                    del self._ready[key]
+        if started or late:
+            self._ready_count -= started + len(late)
+            self._ready_room.set()
+        if late:
+            log.warning("%d handed-over deliveries found no room within %.1f s; they go "
+                        "back to the queue", len(late), self.handoff_wait_s)
+            self._hand_back(late)
+
+    def _hand_back(self, jobs: list[Job]) -> None:
+        """Unstarted handed-over deliveries go back to the queue now (else their leases
+        would hold them until they lapse)."""
+        task = asyncio.create_task(self._release_jobs(jobs))
+        self._handing_back.add(task)
+        task.add_done_callback(self._handing_back.discard)
+
+    async def _release_jobs(self, jobs: list[Job]) -> None:
+        try:
+            await self.queue.release_jobs(jobs)
+        except Exception as exc:  # their leases bring them back
+            log.warning("could not hand back %d deliveries (%s); they come back when their "
+                        "leases lapse", len(jobs), exc)
+        else:
+            self._wake.set()  # due now: claim them
+
     def _rooms(self) -> Rooms:
         """What each busy endpoint, provider and app can still take."""
         return Rooms(
@@ -397,6 +533,8 @@ class Dispatcher:
                 if counts[key] <= 0:
                     del counts[key]
             self._slot_free.set()
+            if self._ready_count and not self._claims_waiting:
+                self._start_ready()
 
         return release
 

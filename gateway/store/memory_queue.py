@@ -73,6 +73,12 @@ class InMemoryQueue:
             self.devices.setdefault(job.device.id, (True, self.clock()))
         self.entries[job.delivery_id] = Entry(job, due_at or self.clock())
 
+    def add_leased(self, job: DeliveryJob, lease_s: float, lease_id: uuid.UUID) -> Job:
+        """A delivery made already leased (as a leased fan-out makes them), and its job."""
+        self.add(job, self.clock() + timedelta(seconds=lease_s))
+        self.entries[job.delivery_id].lease_id = lease_id
+        return Job(job, lease_id, 0)
+
     def set_rate_limit(self, endpoint_id: str, limit: int | None) -> None:
         """Sends per second for an endpoint (None: no limit). As the store does on a
         changed limit, deliveries booked under the old one come due at once."""
@@ -284,6 +290,15 @@ class InMemoryQueue:
         now = self.clock()
         for entry in self.entries.values():
             if entry.lease_id in lease_ids and entry.status is DeliveryStatus.PENDING:
+                entry.lease_id = None
+                entry.due_at = now
+
+    async def release_jobs(self, jobs: Sequence[Job]) -> None:
+        now = self.clock()
+        for job in jobs:
+            entry = self.entries.get(job.delivery.delivery_id)
+            if (entry is not None and entry.lease_id == job.lease_id
+                    and entry.status is DeliveryStatus.PENDING):
                 entry.lease_id = None
                 entry.due_at = now
 

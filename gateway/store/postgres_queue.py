@@ -41,6 +41,7 @@ from gateway.store.queue import (
     UNLIMITED,
     AttemptResult,
     Claim,
+    Expanded,
     Job,
     Rooms,
     Settlement,
@@ -231,6 +232,12 @@ class PostgresQueue:
         if lease_ids:
             await self.db.execute("release_leases", list(lease_ids))
 
+    async def release_jobs(self, jobs: Sequence[Job]) -> None:
+        if jobs:
+            await self.db.execute(
+                "release_deliveries", [j.delivery.app_id for j in jobs],
+                [j.delivery.delivery_id for j in jobs], [j.lease_id for j in jobs])
+
     async def next_due_at(self) -> datetime | None:
         row = await self.db.fetchrow("next_due_at")
         return None if row is None else row["due"]
@@ -241,6 +248,15 @@ class PostgresQueue:
         Each batch commits with its cursor, so a crash resumes where it stopped and a
         replayed batch creates nothing twice.
         """
+        expanded = await self._expand(batch, None)
+        return None if expanded is None else expanded.devices
+
+    async def expand_leased(self, batch: int, lease_s: float,
+                            lease_id: uuid.UUID) -> Expanded | None:
+        return await self._expand(batch, (lease_s, lease_id))
+
+    async def _expand(self, batch: int,
+                      lease: tuple[float, uuid.UUID] | None) -> Expanded | None:
         async with self.db.transaction() as conn:
             event = await conn.fetchrow(QUERIES["claim_fanout"], self._last_fanout_app)
             if event is None:
@@ -252,17 +268,57 @@ class PostgresQueue:
                 QUERIES["fanout_devices"], event["app_id"], event["fanout_cursor"],
                 event["push_user_ids"], event["push_topics"], batch,
             )
+            jobs: list[Job] = []
             if devices:
-                await conn.execute(
-                    QUERIES["insert_device_deliveries"], event["id"], event["app_id"],
-                    [d["id"] for d in devices],
-                    [DeliveryKind.APNS if d["platform"] == Platform.IOS else DeliveryKind.FCM
-                     for d in devices],
-                )
+                kinds = [DeliveryKind.APNS if d["platform"] == Platform.IOS
+                         else DeliveryKind.FCM for d in devices]
+                ids = [d["id"] for d in devices]
+                if lease is None:
+                    await conn.execute(QUERIES["insert_device_deliveries"], event["id"],
+                                       event["app_id"], ids, kinds)
+                else:
+                    made = await conn.fetch(
+                        QUERIES["insert_leased_device_deliveries"], event["id"],
+                        event["app_id"], ids, kinds, lease[1], lease[0])
+                    if made:
+                        view = await conn.fetchrow(QUERIES["fanout_event"],
+                                                   event["app_id"], event["id"])
+                        assert view is not None  # locked by claim_fanout
+                        jobs = self._fanout_jobs(event["id"], event["app_id"], view, made,
+                                                 {d["id"]: d for d in devices}, lease[1])
             await conn.execute(QUERIES["advance_fanout"], event["id"],
                                devices[-1]["id"] if devices else None, len(devices) < batch,
                                event["app_id"])
-        return len(devices)
+        return Expanded(len(devices), jobs)
+
+    def _fanout_jobs(self, event_id: str, app_id: str, view: asyncpg.Record,
+                     made: Sequence[asyncpg.Record], devices: Mapping[str, asyncpg.Record],
+                     lease_id: uuid.UUID) -> list[Job]:
+        """The deliveries a leased fan-out batch made, as a claim would answer them: first
+        attempts of live devices, the event, its notification and the app's credentials
+        read and opened once for the batch."""
+        event = EventView(event_id, view["type"], view["payload"], view["created_at"],
+                          view["traceparent"], view["tracestate"])
+        notification = json.loads(view["notification"]) if view["notification"] else None
+        opened: dict[str, tuple[dict[str, Any] | None, str | None]] = {}
+        for kind in {row["kind"] for row in made}:
+            stored = view[f"{kind}_credentials"]
+            try:
+                opened[kind] = (open_credentials(self.sealer, app_id, kind, json.loads(stored))
+                                if stored else None, None)
+            except SecretUnreadable as exc:
+                opened[kind] = (None, exc.message)
+        jobs = []
+        for row in made:
+            device = devices[row["device_id"]]
+            credentials, unsendable = opened[row["kind"]]
+            delivery = DeliveryJob(
+                delivery_id=row["id"], app_id=app_id, kind=row["kind"], event=event,
+                endpoint=None,
+                device=DeviceTarget(device["id"], device["platform"], device["token"]),
+                notification=notification, credentials=credentials, attempt=1)
+            jobs.append(Job(delivery, lease_id, 0, unsendable=unsendable))
+        return jobs
 
 
 @dataclass

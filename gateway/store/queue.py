@@ -177,15 +177,39 @@ class Queue(Protocol):
         """Hand back unattempted claims at once: they are due now."""
         ...
 
+    async def release_jobs(self, jobs: Sequence[Job]) -> None:
+        """Hand back these unattempted jobs at once (due now); what else their leases
+        hold stays claimed."""
+        ...
+
     async def next_due_at(self) -> datetime | None:
         """When the next waiting delivery falls due, or the next open circuit half-opens
         (None: nothing waits)."""
         ...
 
 
+@dataclass(frozen=True)
+class Expanded:
+    """One batch of a fan-out whose deliveries were made leased to the expander."""
+
+    #: Devices the batch covered.
+    devices: int
+    #: The deliveries it made, claimed by the caller's lease: the caller sends them (or
+    #: releases them) as it would a claim's. A batch replayed after a crash makes none.
+    jobs: list[Job]
+
+
 class Fanout(Protocol):
     """Expands events' push targets into one delivery per device."""
 
     async def expand(self, batch: int) -> int | None:
-        """One batch of one event's devices; how many it covered, None when none waits."""
+        """One batch of one event's devices; how many it covered, None when none waits.
+        The deliveries are due at once, for any claimer (their dispatchers are woken)."""
+        ...
+
+    async def expand_leased(self, batch: int, lease_s: float,
+                            lease_id: uuid.UUID) -> Expanded | None:
+        """As :meth:`expand`, but the deliveries are made leased to the caller for
+        ``lease_s`` seconds and handed back as jobs, so that no claim has to take them:
+        the expander sends what it expanded. None when no fan-out waits."""
         ...

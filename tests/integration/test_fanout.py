@@ -1,18 +1,27 @@
-"""Push fan-out against PostgreSQL: batches, and apps taking turns."""
+"""Push fan-out against PostgreSQL: batches, apps taking turns, and batches handed over
+leased to the expanding process's dispatcher."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
+import asyncpg
 import pytest
 
-from adapters.base import DeliveryJob
+from adapters.base import DeliveryJob, Outcome, Verdict
+from gateway.dispatcher import Dispatcher
+from gateway.fanout import FanoutRunner
+from gateway.retry import RetryPolicy
 from gateway.store.database import Database
 from gateway.store.postgres import EventDraft, Store
 from gateway.store.postgres_queue import PostgresQueue
+from gateway.store.queue import Claim
 from gateway_client.models import Provider
+from tests.support import eventually
 
 PUSH = json.dumps({"user_ids": ["nobody"], "topics": [],
                    "notification": {"title": "t", "priority": "high", "data": {}}})
@@ -90,3 +99,169 @@ async def test_a_claims_push_jobs_read_each_apps_credentials_and_notification_on
     credentials = [v[0].credentials for v in by_app.values()]
     # Equal text, still one object per app: nothing read for one app reaches another's.
     assert len({id(c) for c in credentials}) == 3
+
+
+# --- a fan-out batch made leased to its expander (expand_leased) ----------------------
+
+FCM_CONFIG = {"type": "service_account", "project_id": "p", "client_email": "a@b.c",
+              "private_key_id": "k", "private_key": "-----BEGIN PRIVATE KEY-----\nx\n"}
+APNS_CONFIG = {"key_id": "ABC123DEFG", "team_id": "TEAM123456", "bundle_id": "com.example",
+               "key_p8": "-----BEGIN PRIVATE KEY-----\ny\n", "environment": "sandbox"}
+
+
+async def _push_app(store: Store, devices: int) -> tuple[str, str]:
+    """An app with both providers' credentials and ``devices`` devices (alternately
+    Android and iOS) on topic "all", and one event pushed to them: (app id, event id)."""
+    app = await store.create_app("push")
+    await store.put_credentials(app.id, Provider.FCM, FCM_CONFIG)
+    await store.put_credentials(app.id, Provider.APNS, APNS_CONFIG)
+    for n in range(devices):
+        await store.upsert_device(app, platform=("android", "ios")[n % 2],
+                                  token=f"{n:064x}", user_id=f"user-{n}", topics=["all"],
+                                  locale=None, app_version=None)
+    push = json.dumps({"user_ids": [], "topics": ["all"],
+                       "notification": {"title": "hello", "data": {"k": "v"}}})
+    (event,) = await store.write_events([EventDraft(
+        app.id, "order.created", '{"order": 1}', push=push,
+        traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")])
+    assert not isinstance(event, BaseException)
+    return app.id, event.id
+
+
+async def test_a_leased_batch_hands_over_what_a_claim_of_its_deliveries_would_answer(
+        db: Database) -> None:
+    """Its deliveries are claimed by the caller's lease (no claim takes them), and each
+    job is the one a claim of the same delivery answers: event, device, notification,
+    credentials opened, first attempt."""
+    store, queue = Store(db), PostgresQueue(db)
+    _, event_id = await _push_app(store, 6)
+    lease_id = uuid.uuid4()
+    expanded = await queue.expand_leased(100, 30, lease_id)
+    assert expanded is not None and expanded.devices == 6 and len(expanded.jobs) == 6
+    assert {j.delivery.kind for j in expanded.jobs} == {"fcm", "apns"}
+    assert all(j.lease_id == lease_id for j in expanded.jobs)
+    assert not await queue.claim(50, 30, uuid.uuid4())
+    leases = await db.pool.fetch("SELECT lease_id, next_attempt_at > now() AS later "
+                                 "FROM deliveries WHERE event_id = $1", event_id)
+    assert len(leases) == 6 and all(r["lease_id"] == lease_id and r["later"] for r in leases)
+
+    await queue.release_jobs(expanded.jobs)
+    claimed = {j.delivery.delivery_id: j for j in await queue.claim(50, 30, uuid.uuid4())}
+    assert len(claimed) == 6
+    for handed in expanded.jobs:
+        job = claimed[handed.delivery.delivery_id]
+        assert handed.delivery == job.delivery
+        assert (handed.schedule_pos, handed.device_active, handed.unsendable) == (
+            job.schedule_pos, job.device_active, job.unsendable)
+    first = expanded.jobs[0].delivery
+    assert first.credentials is not None and first.notification == {"title": "hello",
+                                                                    "data": {"k": "v"}}
+    assert first.event.payload == '{"order": 1}' and first.attempt == 1
+
+
+async def test_a_replayed_leased_batch_makes_and_hands_over_nothing_twice(
+        db: Database) -> None:
+    store, queue = Store(db), PostgresQueue(db)
+    _, event_id = await _push_app(store, 4)
+    first = await queue.expand_leased(100, 30, uuid.uuid4())
+    assert first is not None and len(first.jobs) == 4
+    # As if the process died after the commit and before the cursor was seen.
+    await db.pool.execute("UPDATE events SET fanout_status = 'pending', fanout_cursor = NULL "
+                          "WHERE id = $1", event_id)
+    again = await queue.expand_leased(100, 30, uuid.uuid4())
+    assert again is not None and again.devices == 4 and again.jobs == []
+    assert await db.pool.fetchval("SELECT count(*) FROM deliveries WHERE event_id = $1",
+                                  event_id) == 4
+
+
+async def test_handing_back_part_of_a_leased_batch_leaves_the_rest_claimed(
+        db: Database) -> None:
+    store, queue = Store(db), PostgresQueue(db)
+    await _push_app(store, 5)
+    expanded = await queue.expand_leased(100, 30, uuid.uuid4())
+    assert expanded is not None
+    await queue.release_jobs(expanded.jobs[:2])
+    claimed = await queue.claim(50, 30, uuid.uuid4())
+    assert sorted(j.delivery.delivery_id for j in claimed) == sorted(
+        j.delivery.delivery_id for j in expanded.jobs[:2])
+
+
+async def test_a_leased_batch_wakes_no_dispatcher(db: Database, dsn: str) -> None:
+    """Its deliveries have their sender: only a batch made due for any claimer
+    notifies."""
+    store, queue = Store(db), PostgresQueue(db)
+    await _push_app(store, 3)
+    await _push_app(store, 3)
+    heard: list[str] = []
+    listener = await asyncpg.connect(dsn)
+    try:
+        await listener.add_listener("gateway_deliveries",
+                                    lambda *args: heard.append(args[2]))
+        leased = await queue.expand_leased(100, 30, uuid.uuid4())
+        assert leased is not None and len(leased.jobs) == 3
+        assert await queue.expand(100) == 3  # the other app's, made due
+        await eventually(lambda: asyncio.sleep(0, bool(heard)))
+        await listener.execute("SELECT 1")  # notifications arrive in commit order
+    finally:
+        await listener.close()
+    assert heard == ["gateway_deliveries"]
+
+
+class Recording:
+    """A push provider that records every device it is asked to push to."""
+
+    def __init__(self, kind: str, pushed: list[str]) -> None:
+        self.kind = kind
+        self.pushed = pushed
+
+    async def send(self, job: DeliveryJob) -> Outcome:
+        assert job.device is not None and job.credentials is not None
+        self.pushed.append(job.device.token)
+        await asyncio.sleep(0.001)
+        return Outcome(Verdict.DELIVERED, status_code=200)
+
+    async def forget_app(self, app_id: str) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_a_fan_out_is_sent_by_its_own_process_once_per_device_without_claims(
+        db: Database) -> None:
+    """Fan-out and dispatcher of one process on PostgreSQL: batches are handed over
+    within the dispatcher's room for them, every device gets the push once, every
+    delivery succeeds, and no claim takes any of them."""
+    store, queue = Store(db), PostgresQueue(db)
+    _, event_id = await _push_app(store, 300)
+    claimed: list[int] = []
+    real_claim = queue.claim
+
+    async def counted(*args: Any, **kwargs: Any) -> Claim:
+        got = await real_claim(*args, **kwargs)
+        claimed.append(len(got))
+        return got
+
+    queue.claim = counted  # type: ignore[method-assign]
+    pushed: list[str] = []
+    worker = Dispatcher(queue, {k: Recording(k, pushed) for k in ("fcm", "apns")},
+                        RetryPolicy((1.0,), jitter=0), push_concurrency=8,
+                        handoff_capacity=60, poll_interval_s=0.2)
+    fanout = FanoutRunner(queue, batch=40, poll_interval_s=0.2, dispatcher=worker)
+    await worker.start()
+    fanout.start()
+    try:
+        async def all_succeeded() -> bool:
+            done: int = await db.pool.fetchval(
+                "SELECT count(*) FROM deliveries WHERE event_id = $1 AND status = "
+                "'succeeded'", event_id)
+            return done == 300
+        await eventually(all_succeeded, timeout_s=30)
+    finally:
+        await fanout.stop()
+        await worker.stop(1)
+    assert len(pushed) == 300 and len(set(pushed)) == 300
+    assert sum(claimed) == 0
+    assert await db.pool.fetchval("SELECT count(*) FROM attempts a JOIN deliveries d "
+                                  "ON d.id = a.delivery_id WHERE d.event_id = $1",
+                                  event_id) == 300

@@ -1032,6 +1032,15 @@ SELECT pg_notify('gateway_outcomes', p) FROM unnest($1::text[]) AS p;
 UPDATE deliveries SET next_attempt_at = now(), lease_id = NULL, updated_at = now()
 WHERE lease_id = ANY($1::uuid[]) AND status = 'pending';
 
+-- name: release_deliveries
+-- $1 app ids, $2 delivery ids, $3 their lease ids (arrays of one length): these
+-- deliveries, leased but not attempted, go back to the queue at once (others of their
+-- leases stay where they are).
+UPDATE deliveries d SET next_attempt_at = now(), lease_id = NULL, updated_at = now()
+FROM unnest($1::text[], $2::text[], $3::uuid[]) AS r(app_id, id, lease_id)
+WHERE d.app_id = r.app_id AND d.id = r.id AND d.lease_id = r.lease_id
+  AND d.status = 'pending';
+
 -- name: next_due_at
 -- When the next delivery falls due, or the next open circuit turns half-open (its parked
 -- deliveries then have a probe to send).
@@ -1078,7 +1087,7 @@ FOR UPDATE SKIP LOCKED;
 -- name: fanout_devices
 -- $1 app id, $2 cursor (device id, exclusive, or NULL), $3 user ids, $4 topics, $5 limit.
 -- The next batch of live devices the event targets, in id order (a stable cursor).
-SELECT id, platform FROM devices
+SELECT id, platform, token FROM devices
 WHERE app_id = $1 AND status = 'active' AND ($2::text IS NULL OR id > $2)
   AND (user_id = ANY(coalesce($3::text[], '{}')) OR topics && coalesce($4::text[], '{}'))
 ORDER BY id LIMIT $5;
@@ -1095,6 +1104,30 @@ WITH made AS (
     RETURNING 1
 )
 SELECT pg_notify('gateway_deliveries', '') WHERE EXISTS (SELECT 1 FROM made);
+
+-- name: fanout_event
+-- $1 app id, $2 event id: what the deliveries of an event's fan-out send, for deliveries
+-- made leased (insert_leased_device_deliveries): the event as claim_due answers it, and
+-- the app's credentials for each provider (NULL when it has none).
+SELECT ev.type, ev.payload, ev.created_at, ev.traceparent, ev.tracestate,
+       ev.notification,
+       (SELECT config FROM push_credentials WHERE app_id = $1 AND provider = 'apns')
+           AS apns_credentials,
+       (SELECT config FROM push_credentials WHERE app_id = $1 AND provider = 'fcm')
+           AS fcm_credentials
+FROM events ev WHERE ev.app_id = $1 AND ev.id = $2;
+
+-- name: insert_leased_device_deliveries
+-- As insert_device_deliveries, but each delivery made is leased to the caller as a claim
+-- leases it ($5 lease id, due again when $6 seconds have passed: if the caller dies, the
+-- lease brings it back), so no claim needs to take it and no dispatcher is woken. Returns
+-- the deliveries made (a batch replayed after a crash makes none twice).
+INSERT INTO deliveries (id, app_id, event_id, device_id, kind, next_attempt_at, lease_id)
+SELECT gateway_delivery_id($1, u.device_id), $2, $1, u.device_id, u.kind,
+       now() + make_interval(secs => $6), $5
+FROM unnest($3::text[], $4::text[]) AS u(device_id, kind)
+ON CONFLICT DO NOTHING
+RETURNING id, device_id, kind;
 
 -- name: advance_fanout
 -- $1 event id, $2 last device id expanded, $3 finished?, $4 app id

@@ -1,0 +1,217 @@
+"""Deliveries a fan-out hands its own dispatcher, made leased (Dispatcher.hand_over): they
+go within the provider's and the app's rooms, each once, after any claimable work that
+waits for the same room, and none is kept past half its lease or through a stop."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from adapters.base import DeliveryJob, DeviceTarget, EventView, Outcome, Verdict
+from gateway.dispatcher import Dispatcher
+from gateway.retry import RetryPolicy
+from gateway.store.memory_queue import InMemoryQueue
+from gateway.store.queue import Job
+from gateway_client.models import DeliveryStatus
+from tests.support import eventually
+
+LEASE_S = 30.0
+
+
+class Provider:
+    """A push provider that records each push and holds it until let go (``gate``)."""
+
+    kind = "fcm"
+
+    def __init__(self, *, held: bool = False) -> None:
+        self.sent: list[str] = []
+        self.in_flight = 0
+        self.peak = 0
+        self.gate = asyncio.Event()
+        if not held:
+            self.gate.set()
+
+    async def send(self, job: DeliveryJob) -> Outcome:
+        self.sent.append(job.delivery_id)
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        try:
+            await self.gate.wait()
+        finally:
+            self.in_flight -= 1
+        return Outcome(Verdict.DELIVERED, status_code=200)
+
+    async def forget_app(self, app_id: str) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+def push(n: int, app_id: str = "app_a") -> DeliveryJob:
+    event = EventView(f"evt_{app_id}", "order.created", "{}", datetime.now(UTC))
+    return DeliveryJob(f"dlv_{app_id}_{n:03d}", app_id, "fcm", event,
+                       device=DeviceTarget(f"dev_{n}", "android", f"token-{n}"),
+                       credentials={"project_id": "p"})
+
+
+def leased(queue: InMemoryQueue, count: int, app_id: str = "app_a") -> list[Job]:
+    """``count`` pushes made leased to one lease, as a leased fan-out batch makes them."""
+    lease_id = uuid.uuid4()
+    return [queue.add_leased(push(n, app_id), LEASE_S, lease_id) for n in range(count)]
+
+
+def dispatcher(queue: InMemoryQueue, provider: Provider, **options: Any) -> Dispatcher:
+    settings: dict[str, Any] = {"poll_interval_s": 30, "lease_s": LEASE_S,
+                                "push_concurrency": 4, "app_concurrency": 100, **options}
+    return Dispatcher(queue, {"fcm": provider}, RetryPolicy((0.05,), jitter=0), **settings)
+
+
+def now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+async def test_handed_over_pushes_go_once_each_within_the_providers_room() -> None:
+    queue = InMemoryQueue()
+    provider = Provider()
+    worker = dispatcher(queue, provider)
+    await worker.start()
+    try:
+        worker.hand_over(leased(queue, 40), now())
+
+        async def all_settled() -> bool:
+            return all(e.status is DeliveryStatus.SUCCEEDED for e in queue.entries.values())
+        await eventually(all_settled, timeout_s=10)
+    finally:
+        await worker.stop(1)
+    assert sorted(provider.sent) == sorted(queue.entries)
+    assert len(provider.sent) == 40
+    assert provider.peak <= 4
+
+
+async def test_a_claimable_push_waiting_for_room_goes_before_the_handed_over_rest() -> None:
+    """Handed-over pushes fill the provider's room only after a claim had its turn: a
+    due push of another app that found the room full is sent as soon as it frees, not
+    after all that was handed over."""
+    queue = InMemoryQueue()
+    provider = Provider(held=True)
+    worker = dispatcher(queue, provider, push_concurrency=2, claim_interval_s=0)
+    await worker.start()
+    try:
+        worker.hand_over(leased(queue, 30), now())
+        await eventually(lambda: asyncio.sleep(0, len(provider.sent) == 2))
+        other = push(0, app_id="app_b")
+        queue.add(other)
+        worker.wake()
+        await asyncio.sleep(0.05)  # its claim finds the room full: it waits
+        assert other.delivery_id not in provider.sent
+        provider.gate.set()
+
+        async def all_settled() -> bool:
+            return all(e.status is DeliveryStatus.SUCCEEDED for e in queue.entries.values())
+        await eventually(all_settled, timeout_s=10)
+    finally:
+        await worker.stop(1)
+    assert len(provider.sent) == 31 and len(set(provider.sent)) == 31
+    assert provider.sent.index(other.delivery_id) < 6, provider.sent
+
+
+async def test_apps_handed_over_together_take_turns() -> None:
+    queue = InMemoryQueue()
+    provider = Provider(held=True)
+    worker = dispatcher(queue, provider, push_concurrency=4)
+    await worker.start()
+    try:
+        worker.hand_over(leased(queue, 20, "app_a") + leased(queue, 20, "app_b"), now())
+        await eventually(lambda: asyncio.sleep(0, len(provider.sent) == 4))
+        assert collections.Counter(s.split("_")[2] for s in provider.sent) == {"a": 2, "b": 2}
+        provider.gate.set()
+    finally:
+        await worker.stop(5)
+
+
+async def test_pushes_that_waited_too_long_to_start_go_back_and_are_claimed_once() -> None:
+    queue = InMemoryQueue()
+    provider = Provider()
+    worker = dispatcher(queue, provider)
+    await worker.start()
+    try:
+        jobs = leased(queue, 5)
+        worker.hand_over(jobs, now() - LEASE_S)  # leased long ago: too late to start
+        worker.wake()
+
+        async def all_settled() -> bool:
+            return all(e.status is DeliveryStatus.SUCCEEDED for e in queue.entries.values())
+        await eventually(all_settled, timeout_s=10)
+    finally:
+        await worker.stop(1)
+    assert sorted(provider.sent) == sorted(j.delivery.delivery_id for j in jobs)
+    # Sent under a claim's lease, not the handed-over one.
+    assert all(e.attempts[0].lease_id != jobs[0].lease_id for e in queue.entries.values())
+
+
+async def test_stopping_hands_back_what_never_started() -> None:
+    queue = InMemoryQueue()
+    provider = Provider(held=True)
+    worker = dispatcher(queue, provider, push_concurrency=2)
+    await worker.start()
+    jobs = leased(queue, 10)
+    worker.hand_over(jobs, now())
+    await eventually(lambda: asyncio.sleep(0, len(provider.sent) == 2))
+    stopping = asyncio.create_task(worker.stop(0.05))
+    await stopping
+    unsent = [e for e in queue.entries.values() if e.job.delivery_id not in provider.sent]
+    assert len(unsent) == 8
+    # Due now for any claimer, not held until their lease lapses.
+    assert all(e.lease_id is None and e.due_at <= datetime.now(UTC) for e in unsent)
+    assert not provider.gate.is_set()
+
+
+async def test_a_deleted_apps_handed_over_pushes_are_handed_back_not_sent() -> None:
+    """Handed back, a deleted app's deliveries are for its cleanup (claims skip deleted
+    apps), not held under a lease until it lapses."""
+    queue = InMemoryQueue()
+    provider = Provider(held=True)
+    worker = dispatcher(queue, provider, push_concurrency=1)
+    await worker.start()
+    try:
+        worker.hand_over(leased(queue, 5, "app_a") + leased(queue, 5, "app_b"), now())
+        await eventually(lambda: asyncio.sleep(0, len(provider.sent) == 1))
+        await worker.forget_app("app_b")
+        unsent_b = [e for e in queue.entries.values()
+                    if e.job.app_id == "app_b" and e.job.delivery_id not in provider.sent]
+
+        async def handed_back() -> bool:
+            return all(e.lease_id is None for e in unsent_b)
+        await eventually(handed_back)
+        assert len(unsent_b) >= 4
+        assert worker._ready_count == 5 - (len(provider.sent))
+    finally:
+        await worker.stop(0.05)
+
+
+async def test_the_fan_out_waits_for_room_to_hand_over_and_is_told_what_fits() -> None:
+    queue = InMemoryQueue()
+    provider = Provider(held=True)
+    worker = dispatcher(queue, provider, push_concurrency=2, handoff_capacity=10)
+    await worker.start()
+    try:
+        assert await worker.room_to_hand_over(8, 0.01) == 8
+        worker.hand_over(leased(queue, 8), now())  # 2 start, 6 wait
+        assert await worker.room_to_hand_over(8, 0.05) == 4  # waited, then what fits
+        provider.gate.set()
+        assert await worker.room_to_hand_over(8, 5) == 8
+    finally:
+        await worker.stop(1)
+    stopped = await worker.room_to_hand_over(8, 5)
+    assert stopped == 0
+
+
+async def test_nothing_is_handed_over_when_no_wait_would_leave_an_attempt_its_lease() -> None:
+    """A lease too short for a push attempt to wait at all (handoff_wait_s 0): the
+    fan-out is told there is no room, and makes its deliveries due for any claimer."""
+    worker = dispatcher(InMemoryQueue(), Provider(), handoff_wait_s=0)
+    assert await worker.room_to_hand_over(8, 0.01) == 0
