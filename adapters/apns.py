@@ -41,7 +41,14 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
 
-from adapters.base import DeliveryJob, Outcome, Verdict, parse_retry_after, snippet
+from adapters.base import (
+    DeliveryJob,
+    Outcome,
+    PerObject,
+    Verdict,
+    parse_retry_after,
+    snippet,
+)
 from adapters.http2 import (
     ConnectError,
     ConnectionLost,
@@ -151,8 +158,9 @@ class _ProviderToken:
         self._tokens: dict[tuple[str, str], tuple[str, float]] = {}
         self._keys: dict[str, EllipticCurvePrivateKey] = {}
 
-    def get(self, app_id: str, creds: Mapping[str, Any], *, force: bool = False) -> str:
-        printed = fingerprint(creds)
+    def get(self, app_id: str, creds: Mapping[str, Any], printed: str, *,
+            force: bool = False) -> str:
+        """``printed``: the credentials' fingerprint."""
         scope = (app_id, printed)
         now = time.time()
         cached = self._tokens.get(scope)
@@ -210,6 +218,9 @@ class APNsAdapter:
     ) -> None:
         self._base_url = base_url.rstrip("/") if base_url else None
         self._tokens = _ProviderToken()
+        #: Worked out once per credentials and notification a batch of jobs shares.
+        self._fingerprint = PerObject(fingerprint)
+        self._payload = PerObject(encode_apns_payload)
         self._new_ssl_context = new_ssl_context
         self._token_ssl: ssl.SSLContext | None = None
         self._timeout_s = timeout_s
@@ -281,7 +292,7 @@ class APNsAdapter:
             return Outcome(Verdict.FAILED, error="no APNs credentials for this app")
         started = time.monotonic()
         origin = self._origin(creds)
-        printed = fingerprint(creds)
+        printed = self._fingerprint(creds)
         certificate = uses_certificate(creds)
         refused = self._refused.get((job.app_id, origin, printed))
         if refused is not None:
@@ -296,7 +307,8 @@ class APNsAdapter:
                            duration_ms=_ms(started))
         pool.in_flight += 1
         try:
-            outcome = await self._send(job, creds, pool.connections, certificate, started)
+            outcome = await self._send(job, creds, printed, pool.connections, certificate,
+                                       started)
         finally:
             pool.in_flight -= 1
             if pool.retired and pool.in_flight == 0:
@@ -306,10 +318,10 @@ class APNsAdapter:
                 time.monotonic() + REFUSED_CERTIFICATE_HOLD_S, outcome.error)
         return outcome
 
-    async def _send(self, job: DeliveryJob, creds: Mapping[str, Any], pool: HTTP2Pool,
-                    certificate: bool, started: float) -> Outcome:
+    async def _send(self, job: DeliveryJob, creds: Mapping[str, Any], printed: str,
+                    pool: HTTP2Pool, certificate: bool, started: float) -> Outcome:
         assert job.device is not None and job.notification is not None
-        body = encode_apns_payload(job.notification)
+        body = self._payload(job.notification)
         fixed = [*apns_headers(job.notification, creds["topic"], time.time()).items(),
                  ("apns-id", str(uuid.uuid5(uuid.NAMESPACE_URL, job.delivery_id)))]
         path = f"/3/device/{job.device.token}"
@@ -318,7 +330,7 @@ class APNsAdapter:
             headers = fixed
             if not certificate:  # a certificate connection is authenticated by its TLS
                 try:
-                    token = self._tokens.get(job.app_id, creds, force=refreshed)
+                    token = self._tokens.get(job.app_id, creds, printed, force=refreshed)
                 except ValueError as exc:
                     return Outcome(Verdict.FAILED, error=f"APNs key: {exc}",
                                    duration_ms=_ms(started))
@@ -376,6 +388,8 @@ class APNsAdapter:
     async def forget_app(self, app_id: str) -> None:
         """Close the app's connections and drop its provider tokens."""
         self._tokens.forget_app(app_id)
+        self._fingerprint.clear()
+        self._payload.clear()
         for origin in [o for a, o in self._pools if a == app_id]:
             await self._pools.pop((app_id, origin)).connections.close()
 

@@ -11,10 +11,13 @@ from __future__ import annotations
 import email.utils
 import enum
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class Verdict(enum.Enum):
@@ -130,3 +133,29 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     except (TypeError, ValueError):
         return None
     return max(0.0, moment.timestamp() - (time.time() if now is None else now))
+
+
+class PerObject(Generic[T, R]):
+    """``compute(obj)``, worked out once per object (by identity) for the jobs that share
+    it: the jobs of one fan-out batch or one claim share one notification and one app's
+    credentials (the store reads each once), so what an adapter derives from them is not
+    derived again for every push. Only for objects nothing changes. Keeps at most
+    ``size`` objects, each held so that its id is not reused while it is kept."""
+
+    def __init__(self, compute: Callable[[T], R], size: int = 256) -> None:
+        self._compute = compute
+        self._size = size
+        self._kept: dict[int, tuple[T, R]] = {}
+
+    def __call__(self, obj: T) -> R:
+        kept = self._kept.get(id(obj))
+        if kept is not None and kept[0] is obj:
+            return kept[1]
+        value = self._compute(obj)
+        if len(self._kept) >= self._size:
+            self._kept.clear()
+        self._kept[id(obj)] = (obj, value)
+        return value
+
+    def clear(self) -> None:
+        self._kept.clear()

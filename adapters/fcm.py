@@ -39,7 +39,14 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from google.oauth2.credentials import Credentials
 from pyfcm import FCMNotification
 
-from adapters.base import DeliveryJob, Outcome, Verdict, parse_retry_after, snippet
+from adapters.base import (
+    DeliveryJob,
+    Outcome,
+    PerObject,
+    Verdict,
+    parse_retry_after,
+    snippet,
+)
 from adapters.payloads import fcm_android_config
 
 FCM_URL = "https://fcm.googleapis.com"
@@ -54,6 +61,8 @@ QUOTA_MIN_DELAY_S = 60.0
 #: pyfcm's builder needs credentials and a project id to exist (older google-auth credentials
 #: carry no project id); it uses neither to build a message.
 _UNUSED = Credentials(token=None)
+#: The stand-in device token a notification's message is built around once (message).
+_TOKEN_MARK = "gateway-device-token-stand-in-4c1f9e"
 
 
 class AccessTokenError(Exception):
@@ -91,12 +100,14 @@ class AccessTokens:
         self._tokens: dict[tuple[str, str], _Token] = {}
         self._keys: dict[str, RSAPrivateKey] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        #: Worked out once per credentials a batch of jobs shares.
+        self._fingerprint = PerObject(fingerprint)
 
     async def get(self, app_id: str, account: Mapping[str, Any], *,
                   stale: str | None = None) -> str:
         """A token fresh for at least :data:`REFRESH_MARGIN_S`; ``stale`` is one FCM just
         refused, to be replaced even if it looks fresh."""
-        scope = (app_id, fingerprint(account))
+        scope = (app_id, self._fingerprint(account))
         async with self._locks.setdefault(scope, asyncio.Lock()):
             cached = self._tokens.get(scope)
             if cached is None or cached.value == stale \
@@ -107,6 +118,7 @@ class AccessTokens:
 
     def forget_app(self, app_id: str) -> None:
         """Drop the app's tokens, and the keys no other app's token was made with."""
+        self._fingerprint.clear()
         for scope in [s for s in self._tokens if s[0] == app_id]:
             del self._tokens[scope]
         for scope in [s for s in self._locks if s[0] == app_id]:
@@ -182,6 +194,8 @@ class FCMAdapter:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._max_connections = max_connections
         self._builder = FCMNotification(credentials=_UNUSED, project_id="unused")
+        #: Each notification's message, built once around a stand-in token (_around).
+        self._around = PerObject(self._split)
         self._session: aiohttp.ClientSession | None = None
         self._tokens: AccessTokens | None = None
 
@@ -203,13 +217,29 @@ class FCMAdapter:
         return self._tokens
 
     def message(self, job: DeliveryJob, info: Mapping[str, Any]) -> bytes:
-        """The v1 request body, built by pyfcm's payload builder."""
+        """The v1 request body, built by pyfcm's payload builder: once per notification
+        (the jobs of a fan-out share one), with each device's token put in its place, the
+        same bytes as building it for that token."""
         assert job.device is not None and job.notification is not None
-        n = job.notification
+        around = self._around(job.notification)
+        if around is None:
+            return self._build(job.notification, job.device.token)
+        # pyfcm writes strings as json.dumps(..., ensure_ascii=False) does.
+        token = json.dumps(job.device.token, ensure_ascii=False)[1:-1].encode()
+        return around[0] + token + around[1]
+
+    def _split(self, n: Mapping[str, Any]) -> tuple[bytes, bytes] | None:
+        """The notification's message in two around its token, or None when the stand-in
+        token is not found exactly once (the notification's own text holds it)."""
+        body = self._build(n, _TOKEN_MARK)
+        head, mark, tail = body.partition(_TOKEN_MARK.encode())
+        return (head, tail) if mark and _TOKEN_MARK.encode() not in tail else None
+
+    def _build(self, n: Mapping[str, Any], device_token: str) -> bytes:
         overrides = n.get("fcm") or {}
         data = {**(n.get("data") or {}), **(overrides.get("data") or {})}
         body: bytes = self._builder.parse_payload(
-            fcm_token=job.device.token,
+            fcm_token=device_token,
             notification_title=n.get("title"),
             notification_body=n.get("body"),
             notification_image=n.get("image"),

@@ -790,7 +790,7 @@ class Bench:
                           "alone", flush=True)
                     expect = {p: tokens if p == provider else set() for p in PROVIDERS}
                     alone = await self.measure_event(gw, dsn, base, key, topic, expect,
-                                                     profile=False)
+                                                     profile=self.args.profile)
                     result[f"{topic}_alone"] = alone
                     print_phase(f"gateway-{topic}", alone)
                     if gw.poll() is not None:
@@ -811,7 +811,7 @@ class Bench:
         """POST one event to ``topic``; time until the fakes hold every expected push."""
         await self.clear()
         want = {p: len(expect[p]) for p in PROVIDERS}
-        profiler = await self.start_profiler(gw.pid) if profile else None
+        profiler = await self.start_profiler(gw.pid, topic) if profile else None
         async with CpuSampler({"gateway": cpu_of(gw.pid), **self.cpu_sources()},
                               {"gateway": wait_of(gw.pid), **self.wait_sources()}) as cpu:
             t_post = time.time()
@@ -874,9 +874,9 @@ class Bench:
                 return True
             await asyncio.sleep(0.1)
 
-    async def start_profiler(self, pid: int) -> tuple[subprocess.Popen[bytes], Path]:
+    async def start_profiler(self, pid: int, topic: str) -> tuple[subprocess.Popen[bytes], Path]:
         pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-        out = self.work / "gateway-profile.txt"
+        out = self.work / f"gateway-profile-{topic}.txt"
         proc = self.procs.start("py-spy", [pyspy, "record", "--pid", str(pid), "--format", "raw",
                                            "--rate", str(self.args.profile_rate), "--nolineno",
                                            "--nonblocking", "--output", str(out)])
@@ -899,7 +899,10 @@ class Bench:
         if not out.exists():
             return {"error": "py-spy wrote nothing: " + self.procs.log_tail(proc, 500)}
         if self.args.profile_keep:
-            shutil.copy(out, self.args.profile_keep)
+            # The mixed event's stacks as named; each one-platform event's beside them.
+            topic = out.stem.removeprefix("gateway-profile-")
+            shutil.copy(out, self.args.profile_keep if topic == "all"
+                        else f"{self.args.profile_keep}.{topic}")
         return summarize_profile(out)
 
     # --- the ceilings --------------------------------------------------------------------
@@ -1394,7 +1397,7 @@ def parser() -> argparse.ArgumentParser:
                         "as a gateway that has run that long has (30: the default "
                         "retention); default 0: a new database's 9")
     p.add_argument("--profile", action="store_true",
-                   help="sample the gateway with py-spy during the mixed event (slows it)")
+                   help="sample the gateway with py-spy during each gateway event (slows it)")
     p.add_argument("--profile-rate", type=int, default=50)
     p.add_argument("--profile-keep", default=None, help="copy the raw py-spy stacks here")
     p.add_argument("--keep-work", action="store_true", help="keep logs and temp files")

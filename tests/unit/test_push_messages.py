@@ -1,0 +1,70 @@
+"""What the push adapters derive from a notification or credentials shared by many jobs
+(a fan-out batch's) is worked out once, and every push still gets exactly the bytes it
+would get built on its own."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from adapters.base import DeliveryJob, DeviceTarget, EventView, PerObject
+from adapters.fcm import _TOKEN_MARK, FCMAdapter
+
+NOTIFICATIONS: list[dict[str, Any]] = [
+    {"title": "Order shipped", "body": "Your order is on its way", "priority": "high",
+     "data": {"order": "42"}},
+    {"title": "Ünïcödé ✓", "body": 'quotes " and \\ backslash', "data": {"k": "v"},
+     "collapse_key": "orders", "ttl_seconds": 60},
+    {"data": {"silent": "1"}, "priority": "normal"},  # a background push: no notification
+    {"title": "t", "fcm": {"android": {"notification": {"tag": "x"}},
+                           "data": {"extra": "y"}}},
+    # The notification's own text holds the stand-in: built per push instead.
+    {"title": _TOKEN_MARK, "data": {}},
+]
+TOKENS = ["fcm-token:APA91b" + "x" * 140, 'odd"token\\with/escapes', "tökén-ü"]
+
+
+def job(notification: dict[str, Any], token: str) -> DeliveryJob:
+    event = EventView("evt_1", "t", "{}", datetime.now(UTC))
+    return DeliveryJob("dlv_1", "app_1", "fcm", event,
+                       device=DeviceTarget("dev_1", "android", token),
+                       notification=notification, credentials={"project_id": "p"})
+
+
+@pytest.mark.parametrize("notification", NOTIFICATIONS)
+def test_an_fcm_message_built_once_per_notification_is_the_one_built_for_each_token(
+        notification: dict[str, Any]) -> None:
+    shared = FCMAdapter(base_url="http://127.0.0.1:9")
+    built = 0
+    parse = shared._builder.parse_payload
+
+    def counted(**kwargs: Any) -> bytes:
+        nonlocal built
+        built += 1
+        body: bytes = parse(**kwargs)
+        return body
+
+    shared._builder.parse_payload = counted
+    for token in TOKENS:
+        alone = FCMAdapter(base_url="http://127.0.0.1:9")._build(notification, token)
+        assert shared.message(job(notification, token), {}) == alone
+        assert json.loads(alone)["message"]["token"] == token
+    assert built == (1 if _TOKEN_MARK not in json.dumps(notification) else 1 + len(TOKENS))
+
+
+def test_per_object_works_each_out_once_and_tells_equal_objects_apart() -> None:
+    calls: list[dict[str, str]] = []
+
+    def compute(obj: dict[str, str]) -> str:
+        calls.append(obj)
+        return obj["v"]
+
+    derived = PerObject(compute, size=2)
+    one, same_text = {"v": "a"}, {"v": "a"}
+    assert [derived(one), derived(one), derived(same_text)] == ["a", "a", "a"]
+    assert calls == [one, same_text] and calls[0] is one and calls[1] is same_text
+    derived({"v": "b"})  # over its size: starts afresh
+    assert derived(one) == "a" and len(calls) == 4
