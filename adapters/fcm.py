@@ -108,6 +108,10 @@ class AccessTokens:
         """A token fresh for at least :data:`REFRESH_MARGIN_S`; ``stale`` is one FCM just
         refused, to be replaced even if it looks fresh."""
         scope = (app_id, self._fingerprint(account))
+        cached = self._tokens.get(scope)
+        if cached is not None and cached.value != stale \
+                and cached.expires_at - time.time() >= REFRESH_MARGIN_S:
+            return cached.value  # the common case: no lock to take
         async with self._locks.setdefault(scope, asyncio.Lock()):
             cached = self._tokens.get(scope)
             if cached is None or cached.value == stale \
