@@ -71,7 +71,7 @@ import asyncpg
 import httpx
 import psutil  # type: ignore[import-untyped, unused-ignore]
 from aiohttp import web
-from common import Postgres, Procs, own_cpu, waited
+from common import Postgres, Procs, TreeWaiting, own_cpu, tree_cpu, waited
 
 T = TypeVar("T")
 
@@ -725,6 +725,19 @@ class Bench:
             env[key] = value
         return env
 
+    async def wait_workers(self, pid: int) -> None:
+        """With --workers N: until the supervisor has N workers, and they have had time
+        to start their dispatchers (the API answers as soon as one serves)."""
+        if self.args.workers == 1:
+            return
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if len(psutil.Process(pid).children()) >= self.args.workers:
+                await asyncio.sleep(3.0)
+                return
+            await asyncio.sleep(0.1)
+        raise BenchError(f"gateway --workers {self.args.workers} did not start its workers")
+
     async def wait_ready(self, proc: subprocess.Popen[bytes], base: str) -> None:
         assert self.http is not None
         deadline = time.monotonic() + 60
@@ -761,11 +774,13 @@ class Bench:
         admin_key = "bench-admin-" + secrets.token_hex(8)
         port = free_port()
         base = f"http://{HOST}:{port}"
-        cmd = [*shlex.split(self.args.gateway_cmd), "serve", "--port", str(port)]
+        cmd = [*shlex.split(self.args.gateway_cmd), "serve", "--port", str(port),
+               "--workers", str(self.args.workers)]
         gw = self.procs.start("gateway", cmd, env=self.gateway_env(dsn, admin_key))
         result: dict[str, Any] = {}
         try:
             await self.wait_ready(gw, base)
+            await self.wait_workers(gw.pid)
             _, app = await self.call("POST", base + "/v1/apps", admin_key, {"name": "bench"})
             key = app["api_key"]
             await self.call("PUT", f"{base}/v1/apps/{app['id']}/push/fcm", key,
@@ -811,9 +826,12 @@ class Bench:
         """POST one event to ``topic``; time until the fakes hold every expected push."""
         await self.clear()
         want = {p: len(expect[p]) for p in PROVIDERS}
+        # (With --workers, py-spy would sample the supervisor: no profile.)
+        profile = profile and self.args.workers == 1
         profiler = await self.start_profiler(gw.pid, topic) if profile else None
-        async with CpuSampler({"gateway": cpu_of(gw.pid), **self.cpu_sources()},
-                              {"gateway": wait_of(gw.pid), **self.wait_sources()}) as cpu:
+        # The process tree: with --workers, the supervisor and its workers.
+        async with CpuSampler({"gateway": lambda: tree_cpu(gw.pid), **self.cpu_sources()},
+                              {"gateway": TreeWaiting(gw.pid), **self.wait_sources()}) as cpu:
             t_post = time.time()
             status, accepted = await self.call("POST", base + "/v1/events", key, {
                 "type": "promo", "payload": {}, "topics": [topic],
@@ -1371,6 +1389,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=128,
                    help="GATEWAY_PUSH_CONCURRENCY (the dispatcher's in-flight bound per "
                         "provider) and the bare loops' in-flight bound")
+    p.add_argument("--workers", type=int, default=1,
+                   help="gateway serve --workers N (its CPU is the process tree's)")
     p.add_argument("--apns-connections", type=int, default=4,
                    help="bare APNs loops' HTTP/2 connections (the gateway's APNs adapter "
                         "uses 4)")

@@ -146,14 +146,22 @@ def sum_waited(pids: list[int]) -> float | None:
     return _summed([waited(pid) for pid in pids])
 
 
-def worker_cpu(pid: int) -> list[float]:
-    """CPU seconds of each live child of ``pid`` (the workers under the supervisor)."""
-    out = []
+def worker_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds so far of each live child of ``pid`` (the workers under the
+    supervisor), by process id."""
+    out = {}
     for child in psutil.Process(pid).children():
         with contextlib.suppress(psutil.NoSuchProcess):
             t = child.cpu_times()
-            out.append(round(float(t.user + t.system), 2))
+            out[child.pid] = float(t.user + t.system)
     return out
+
+
+def worker_cpu_since(pid: int, before: dict[int, float]) -> list[float]:
+    """CPU seconds of each worker since ``before`` (worker_cpu at the window's start): a
+    worker started within the window counts from its start."""
+    return [round(cpu - before.get(child, 0.0), 2)
+            for child, cpu in sorted(worker_cpu(pid).items())]
 
 
 async def serve_until_signal(app: web.Application, port: int,
@@ -560,10 +568,11 @@ class Bench:
 
     async def measure(self, name: str, url: str, auth: str | None,
                       sources: dict[str, CpuSource], *, profile_pid: int | None = None,
-                      dsn: str | None = None,
-                      waits: dict[str, CpuSource] | None = None) -> dict[str, Any]:
+                      dsn: str | None = None, waits: dict[str, CpuSource] | None = None,
+                      supervisor: int | None = None) -> dict[str, Any]:
         """Warm up, then load ``url`` for ``--duration`` with CPU measured per process
-        (with ``dsn``: also PostgreSQL's CPU by role and the WAL it wrote)."""
+        (with ``dsn``: also PostgreSQL's CPU by role and the WAL it wrote; with
+        ``supervisor``, a pid: each of its workers' CPU over the window)."""
         a = self.args
         await self.load(f"{name}-warmup", url, a.warmup, auth)
         meter = CpuMeter(sources, waits)
@@ -572,9 +581,12 @@ class Bench:
         if dsn:
             counters0 = await pg_counters(dsn)
         roles0 = self.pg.cpu_by_role() if dsn else {}
+        workers0 = worker_cpu(supervisor) if supervisor is not None else {}
         meter.start()
         out = await self.load(name, url, a.duration, auth)
         window = meter.stop({"loadgen": out.pop("loadgen_cpu_s")})
+        if supervisor is not None:
+            out["per_worker_cpu_s"] = worker_cpu_since(supervisor, workers0)
         roles1 = self.pg.cpu_by_role() if dsn else {}
         if dsn:
             counters1 = await pg_counters(dsn)  # the run's own, nothing after
@@ -659,9 +671,8 @@ class Bench:
                 f"ingest-x{workers}", f"{base}/v1/events", key,
                 {"gateway": lambda: tree_cpu(gw.pid), "postgres": self.pg.cpu},
                 profile_pid=gw.pid if workers == 1 and profile else None, dsn=dsn,
-                waits={"gateway": TreeWaiting(gw.pid), "postgres": self.pg.waited})
-            if workers > 1:
-                out["per_worker_cpu_s"] = worker_cpu(gw.pid)
+                waits={"gateway": TreeWaiting(gw.pid), "postgres": self.pg.waited},
+                supervisor=gw.pid if workers > 1 else None)
         finally:
             await self.stop_proc(gw)
             await self.pg.drop_database(db)
@@ -937,11 +948,12 @@ class Bench:
                     print("  (--profile: one worker's phase only)", flush=True)
                 spy = (self.profile_start("latency", gw.pid, a.latency_duration)
                        if workers == 1 else None)
+                workers0 = worker_cpu(gw.pid) if workers > 1 else {}
                 meter.start()
                 sent = await paced(url, key, rate, a.latency_duration)
                 await self.wait_received(control, recv_base, len(sent.sent_at))
                 window = meter.stop()
-                per_worker = worker_cpu(gw.pid) if workers > 1 else None
+                per_worker = worker_cpu_since(gw.pid, workers0) if workers > 1 else None
                 await self.profile_finish("latency", spy)
                 # The receiver's count can reach the window's before its last event
                 # arrives (a warm-up event delivered again after the reset counts too):

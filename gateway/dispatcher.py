@@ -244,6 +244,10 @@ class Dispatcher:
             await asyncio.gather(*still, return_exceptions=True)
             with contextlib.suppress(DatabaseUnavailable):
                 await self.queue.release(list(leases))
+        if self._uncertain_leases:
+            with contextlib.suppress(DatabaseUnavailable):
+                await self.queue.release(self._uncertain_leases)
+                self._uncertain_leases.clear()
         await asyncio.gather(*self._side_tasks, *self._handing_back, return_exceptions=True)
         await self._results.close()
 
@@ -452,7 +456,8 @@ class Dispatcher:
 
     def lease_lost(self, lease_id: uuid.UUID) -> None:
         """A lease whose deliveries may have been made but never reached us (the answer
-        was lost with the connection): handed back before the next claim."""
+        was lost with the connection, or the fan-out was stopped waiting for it): handed
+        back before the next claim, or when the dispatcher stops."""
         self._uncertain_leases.append(lease_id)
 
     def _start_ready(self) -> None:

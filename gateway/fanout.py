@@ -88,8 +88,10 @@ class FanoutRunner:
                 try:
                     expanded = await self.fanout.expand_leased(room, dispatcher.lease_s,
                                                                lease_id)
-                except DatabaseUnavailable:
-                    dispatcher.lease_lost(lease_id)  # it may have committed
+                except BaseException:
+                    # It may have committed (an answer lost, or a stop cancelling it):
+                    # its deliveries go back before the next claim, or at the stop.
+                    dispatcher.lease_lost(lease_id)
                     raise
                 if expanded is None:
                     return None

@@ -265,3 +265,36 @@ async def test_a_fan_out_is_sent_by_its_own_process_once_per_device_without_clai
     assert await db.pool.fetchval("SELECT count(*) FROM attempts a JOIN deliveries d "
                                   "ON d.id = a.delivery_id WHERE d.event_id = $1",
                                   event_id) == 300
+
+
+async def test_a_fan_out_stopped_after_its_batch_committed_leaves_none_of_it_leased(
+        db: Database) -> None:
+    """A stop that cancels the fan-out between its batch's commit and the hand-over: the
+    dispatcher's stop puts those deliveries back in the queue, due at once for any
+    dispatcher, instead of leaving them to their lease."""
+    store, queue = Store(db), PostgresQueue(db)
+    _, event_id = await _push_app(store, 5)
+    committed = asyncio.Event()
+    real_expand = queue.expand_leased
+
+    async def commits_then_hangs(*args: Any) -> Any:
+        await real_expand(*args)
+        committed.set()
+        await asyncio.Event().wait()
+
+    queue.expand_leased = commits_then_hangs  # type: ignore[method-assign,assignment]
+    pushed: list[str] = []
+    worker = Dispatcher(queue, {k: Recording(k, pushed) for k in ("fcm", "apns")},
+                        RetryPolicy((1.0,), jitter=0), poll_interval_s=0.2)
+    fanout = FanoutRunner(queue, poll_interval_s=0.2, dispatcher=worker)
+    await worker.start()
+    fanout.start()
+    try:
+        await asyncio.wait_for(committed.wait(), 10)
+    finally:
+        await fanout.stop()
+        await worker.stop(1)
+    rows = await db.pool.fetch("SELECT lease_id, next_attempt_at <= now() AS due "
+                               "FROM deliveries WHERE event_id = $1", event_id)
+    assert len(rows) == 5 and all(r["lease_id"] is None and r["due"] for r in rows)
+    assert pushed == []
