@@ -254,10 +254,11 @@ class FCMAdapter:
             fcm_options=overrides.get("fcm_options"),
         )
         if not (n.get("title") or n.get("body")) and not data:
-            # pyfcm leaves an empty "notification" on a data-less background push
+            # pyfcm leaves an empty "notification" on a data-less background push;
+            # written again as pyfcm writes (so a token reads the same in every message)
             message = json.loads(body)
             message["message"].pop("notification", None)
-            body = json.dumps(message).encode()
+            body = self._builder.json_dumps(message)
         return body
 
     async def send(self, job: DeliveryJob) -> Outcome:

@@ -203,9 +203,10 @@ def create_app(
             lease_s=settings.effective_lease_s,
             poll_interval_s=settings.poll_interval_s,
             claim_interval_s=settings.claim_interval_s,
-            # A handed-over push starts with its lease still covering the longest push
-            # attempt (an access token fetched, then the push, each up to the delivery
-            # timeout) and half the spare a claimed one has.
+            # A handed-over push starts with its lease still covering an attempt that
+            # fetches an access token and then pushes (each up to the delivery timeout),
+            # with half the spare a claimed one has. (An attempt that refreshes a token
+            # the provider refused and sends again can take longer, claimed or not.)
             handoff_wait_s=max(0.0, (settings.effective_lease_s
                                      - 2 * settings.delivery_timeout_s) / 2),
             metrics=app[appkeys.METRICS],

@@ -41,7 +41,15 @@ from gateway.errors import DatabaseUnavailable
 from gateway.logs import emit, scrub
 from gateway.operational import OPERATIONAL_KIND
 from gateway.retry import RetryPolicy
-from gateway.store.queue import NO_CHANGE, AttemptResult, Job, Queue, Rooms, Settlement
+from gateway.store.queue import (
+    NO_CHANGE,
+    AttemptResult,
+    Claim,
+    Job,
+    Queue,
+    Rooms,
+    Settlement,
+)
 from gateway_client.models import (
     AttemptOutcome,
     DeliveryKind,
@@ -168,8 +176,9 @@ class Dispatcher:
         self._ready: dict[tuple[str, str], collections.deque[tuple[Job, float]]] = {}
         self._ready_count = 0
         self._ready_room = asyncio.Event()
-        #: The last claim left due work waiting for room: handed-over deliveries then
-        #: start only after a claim, so the claim (oldest due first) has the room first.
+        #: The last claim may have left due pushes waiting for the room handed-over
+        #: deliveries take (_competing): those then start only after a claim, so the
+        #: claim (oldest due first) has the room first.
         self._claims_waiting = False
         self._handing_back: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
@@ -246,8 +255,7 @@ class Dispatcher:
                 await self.queue.release(list(leases))
         if self._uncertain_leases:
             with contextlib.suppress(DatabaseUnavailable):
-                await self.queue.release(self._uncertain_leases)
-                self._uncertain_leases.clear()
+                await self._release_uncertain()
         await asyncio.gather(*self._side_tasks, *self._handing_back, return_exceptions=True)
         await self._results.close()
 
@@ -312,13 +320,13 @@ class Dispatcher:
             self._slot_free.clear()
             lease_id = uuid.uuid4()
             claimed_at = loop.time()
+            rooms = self._rooms()
             try:
                 if self._uncertain_leases:
                     # Hand back what a claim cut off mid-answer may have taken, instead of
                     # leaving it reserved until its lease runs out.
-                    await self.queue.release(self._uncertain_leases)
-                    self._uncertain_leases.clear()
-                jobs = await self.queue.claim(want, self.lease_s, lease_id, self._rooms())
+                    await self._release_uncertain()
+                jobs = await self.queue.claim(want, self.lease_s, lease_id, rooms)
             except DatabaseUnavailable as exc:
                 self._uncertain_leases.append(lease_id)
                 log.warning("cannot claim deliveries: %s; retrying in %.2f s", exc, backoff)
@@ -335,7 +343,7 @@ class Dispatcher:
                 self.metrics.rate_limited.inc(jobs.held_back)
             for job in jobs:
                 self._start(job)
-            self._claims_waiting = jobs.waiting > 0
+            self._claims_waiting = self._competing(rooms, jobs)
             self._start_ready()
             crowded_at = None
             if len(jobs) == want:
@@ -359,18 +367,18 @@ class Dispatcher:
             if due is not None:
                 until = (due - datetime.now(UTC)).total_seconds()
                 timeout = max(0.0, min(timeout, until))
-        if timeout <= 0:
+        due_now = timeout <= 0
+        if due_now:
             if claimed:
                 return False
             # Due work this claim could not take: its rooms are full, or another claimer
-            # holds it. Asking again at once would spin against the database. A freed
-            # slot is its to claim before a handed-over delivery takes it.
-            self._claims_waiting = True
+            # holds it. Asking again at once would spin against the database.
             timeout = self.poll_interval_s if self._sending else min(0.05,
                                                                        self.poll_interval_s)
         waits = [asyncio.ensure_future(self._wake.wait())]
-        if not self._ready_count or self._claims_waiting:
-            # (Else a freed slot goes to a handed-over delivery at once: no claim needed.)
+        if due_now or not self._ready_count or self._claims_waiting:
+            # A freed slot may let due work go. (With nothing due, a freed slot goes to a
+            # handed-over delivery at once: no claim needed.)
             waits.append(asyncio.ensure_future(self._slot_free.wait()))
         try:
             await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
@@ -453,6 +461,27 @@ class Dispatcher:
         if self._stopping or self.handoff_wait_s <= 0:
             return 0
         return max(0, min(want, self.handoff_capacity - self._ready_count))
+
+    def _competing(self, rooms: Rooms, jobs: Claim) -> bool:
+        """Whether due pushes may be waiting for the room handed-over deliveries take: a
+        provider they go to had no room left at this claim (the claim then sees none of
+        its due pushes), or the claim took all the room it had. (Webhooks compete only
+        for the overall bound, which a claim serves first anyway.)"""
+        if not self._ready_count:
+            return False
+        taken = collections.Counter(job.delivery.kind for job in jobs)
+        return any(taken[kind] >= rooms.kinds.get(kind, self.push_concurrency)
+                   for kind in {kind for kind, _ in self._ready})
+
+    async def _release_uncertain(self) -> None:
+        """Hand back the leases that may have been taken unseen (lease_lost and claims
+        cut off mid-answer). One lost while this runs waits for the next call."""
+        leases, self._uncertain_leases = self._uncertain_leases, []
+        try:
+            await self.queue.release(leases)
+        except BaseException:
+            self._uncertain_leases[:0] = leases
+            raise
 
     def lease_lost(self, lease_id: uuid.UUID) -> None:
         """A lease whose deliveries may have been made but never reached us (the answer

@@ -7,14 +7,22 @@ from __future__ import annotations
 import asyncio
 import collections
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from adapters.base import DeliveryJob, DeviceTarget, EventView, Outcome, Verdict
+from adapters.base import (
+    DeliveryJob,
+    DeviceTarget,
+    EndpointTarget,
+    EventView,
+    Outcome,
+    Verdict,
+)
 from gateway.dispatcher import Dispatcher
 from gateway.retry import RetryPolicy
 from gateway.store.memory_queue import InMemoryQueue
-from gateway.store.queue import Job
+from gateway.store.queue import Claim, Job
 from gateway_client.models import DeliveryStatus
 from tests.support import eventually
 
@@ -215,3 +223,88 @@ async def test_nothing_is_handed_over_when_no_wait_would_leave_an_attempt_its_le
     fan-out is told there is no room, and makes its deliveries due for any claimer."""
     worker = dispatcher(InMemoryQueue(), Provider(), handoff_wait_s=0)
     assert await worker.room_to_hand_over(8, 0.01) == 0
+
+
+class Hook:
+    """A webhook receiver that holds every request until let go."""
+
+    kind = "webhook"
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.sent: list[str] = []
+
+    async def send(self, job: DeliveryJob) -> Outcome:
+        self.sent.append(job.delivery_id)
+        await self.gate.wait()
+        return Outcome(Verdict.DELIVERED, status_code=200)
+
+    async def forget_app(self, app_id: str) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_another_apps_endpoint_at_its_room_does_not_hold_back_handed_over_pushes(
+) -> None:
+    """Due webhooks waiting for their endpoint's room compete for nothing a push takes:
+    handed-over pushes start as push room frees, not one claim at a time."""
+    queue = InMemoryQueue()
+    provider, hook = Provider(), Hook()
+    event = EventView("evt_c", "t", "{}", datetime.now(UTC))
+    endpoint = EndpointTarget("ep_1", "http://hook/", ("s",))
+    for n in range(3):
+        queue.add(DeliveryJob(f"dlv_c_{n}", "app_c", "webhook", event, endpoint=endpoint))
+    claims = 0
+    claim = queue.claim
+
+    async def counted(*args: Any, **kwargs: Any) -> Claim:
+        nonlocal claims
+        claims += 1
+        return await claim(*args, **kwargs)
+
+    queue.claim = counted  # type: ignore[method-assign]
+    worker = Dispatcher(queue, {"fcm": provider, "webhook": hook},
+                        RetryPolicy((0.05,), jitter=0), poll_interval_s=30, lease_s=LEASE_S,
+                        endpoint_concurrency=1, push_concurrency=4)
+    await worker.start()
+    try:
+        await eventually(lambda: asyncio.sleep(0, len(hook.sent) == 1))
+        before = claims
+        worker.hand_over(leased(queue, 200), now())
+        await eventually(lambda: asyncio.sleep(0, len(provider.sent) == 200))
+        assert claims - before <= 5, claims - before
+    finally:
+        hook.gate.set()
+        await worker.stop(1)
+
+
+class SlowRelease(InMemoryQueue):
+    """Releasing leases takes a while (a database under load)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.released: list[uuid.UUID] = []
+        self.releasing = asyncio.Event()
+
+    async def release(self, lease_ids: Sequence[uuid.UUID]) -> None:
+        ids = list(lease_ids)
+        self.releasing.set()
+        await asyncio.sleep(0.05)
+        self.released += ids
+
+
+async def test_a_lease_lost_while_others_are_released_is_released_too() -> None:
+    queue = SlowRelease()
+    worker = dispatcher(queue, Provider(), poll_interval_s=0.02)
+    first, second = uuid.uuid4(), uuid.uuid4()
+    worker.lease_lost(first)
+    await worker.start()
+    try:
+        await asyncio.wait_for(queue.releasing.wait(), 10)
+        worker.lease_lost(second)  # while the loop is releasing the first
+        await eventually(lambda: asyncio.sleep(0, second in queue.released))
+    finally:
+        await worker.stop(1)
+    assert queue.released.count(first) == 1 and queue.released.count(second) == 1

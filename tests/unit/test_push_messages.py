@@ -18,7 +18,8 @@ NOTIFICATIONS: list[dict[str, Any]] = [
      "data": {"order": "42"}},
     {"title": "Ünïcödé ✓", "body": 'quotes " and \\ backslash', "data": {"k": "v"},
      "collapse_key": "orders", "ttl_seconds": 60},
-    {"data": {"silent": "1"}, "priority": "normal"},  # a background push: no notification
+    {"data": {"silent": "1"}, "priority": "normal"},  # data only: no notification
+    {"content_available": True},  # a background push, nothing but the wake-up
     {"title": "t", "fcm": {"android": {"notification": {"tag": "x"}},
                            "data": {"extra": "y"}}},
     # The notification's own text holds the stand-in: built per push instead.
