@@ -254,8 +254,12 @@ class Dispatcher:
             with contextlib.suppress(DatabaseUnavailable):
                 await self.queue.release(list(leases))
         if self._uncertain_leases:
-            with contextlib.suppress(DatabaseUnavailable):
+            try:
                 await self._release_uncertain()
+            except Exception as exc:  # their leases bring them back; a stop goes on
+                log.warning("could not hand back %d leases at stop (%s); their deliveries "
+                            "come back when the leases lapse", len(self._uncertain_leases),
+                            exc)
         await asyncio.gather(*self._side_tasks, *self._handing_back, return_exceptions=True)
         await self._results.close()
 

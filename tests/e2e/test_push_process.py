@@ -3,6 +3,9 @@ certificate auth, and the sandbox a newcomer starts with ``gateway serve --sandb
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -76,6 +79,97 @@ async def test_gateway_killed_mid_fanout_delivers_to_every_device_after_restart(
                                         | {p.token for p in providers.fcm.received}) >= 6000),
                      timeout_s=120, interval_s=0.5)
     assert again.terminate() == 0
+
+
+async def _app_with_devices(api: Api, dsn: str, providers: Providers, devices: int) -> str:
+    """An app with both providers' credentials and ``devices`` devices on topic "all"
+    (alternately iOS and Android); its API key."""
+    _, app = await api.call("POST", "/v1/apps", ADMIN_KEY, {"name": "shop"})
+    key: str = app["api_key"]
+    await api.call("PUT", f"/v1/apps/{app['id']}/push/fcm", key,
+                   {"service_account": providers.service_account})
+    await api.call("PUT", f"/v1/apps/{app['id']}/push/apns", key, providers.apns_credentials)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            "INSERT INTO devices (id, app_id, platform, token, user_id, topics) "
+            "SELECT 'dev_' || lpad(i::text, 8, '0'), $1, "
+            "  CASE WHEN i % 2 = 0 THEN 'ios' ELSE 'android' END, "
+            "  CASE WHEN i % 2 = 0 THEN lpad(to_hex(i), 64, '0') ELSE 'tok-' || i END, "
+            "  'user-' || i, ARRAY['all'] FROM generate_series(1, $2) AS i",
+            app["id"], devices)
+    finally:
+        await conn.close()
+    return key
+
+
+def _tokens(providers: Providers) -> list[str]:
+    return [p.token for p in providers.apns.received] + [p.token for p in providers.fcm.received]
+
+
+async def test_a_process_killed_while_sending_the_pushes_it_expanded_loses_none(
+    dsn: str, procs: list[GatewayProcess], http: aiohttp.ClientSession, providers: Providers
+) -> None:
+    """With a lease long enough for the hand-over (a delivery timeout of 1 s), the killed
+    process leaves deliveries leased to itself and batches not yet expanded: after a
+    restart the leases lapse and every device gets its push."""
+    env = {**provider_env(providers), "GATEWAY_LEASE_S": "4", "GATEWAY_DELIVERY_TIMEOUT_S": "1"}
+    gw = GatewayProcess(dsn, env=env).start()
+    procs.append(gw)
+    await gw.wait_ready()
+    api = Api(http, gw.base)
+    key = await _app_with_devices(api, dsn, providers, 6000)
+    status, _ = await api.call("POST", "/v1/events", key, {
+        "type": "promo", "payload": {}, "topics": ["all"],
+        "notification": {"title": "Sale", "body": "Today only"}})
+    assert status == 202
+    await eventually(lambda: _ready(len(_tokens(providers)) >= 300), timeout_s=60)
+    gw.kill()
+    assert len(_tokens(providers)) < 6000, "the kill must land mid-fan-out"
+    conn = await asyncpg.connect(dsn)
+    try:
+        leased = await conn.fetchval("SELECT count(*) FROM deliveries WHERE lease_id IS NOT "
+                                     "NULL AND status = 'pending'")
+    finally:
+        await conn.close()
+    assert leased > 0, "the killed process held handed-over deliveries"
+    again = GatewayProcess(dsn, env=env).start()
+    procs.append(again)
+    await again.wait_ready()
+    await eventually(lambda: _ready(len(set(_tokens(providers))) >= 6000),
+                     timeout_s=120, interval_s=0.5)
+    assert again.terminate() == 0
+
+
+async def test_two_workers_fan_out_one_event_and_push_every_device_exactly_once(
+    dsn: str, procs: list[GatewayProcess], http: aiohttp.ClientSession, providers: Providers
+) -> None:
+    """Each worker expands batches of the same event and sends what it expanded: every
+    device gets the push once, and both workers sent some."""
+    env = {**provider_env(providers), "GATEWAY_LEASE_S": "45"}
+    gw = GatewayProcess(dsn, "serve", "--workers", "2", env=env).start()
+    procs.append(gw)
+    await gw.wait_ready(timeout_s=40)
+
+    async def both_ready() -> bool:
+        return gw.log().count("gateway ready worker=") == 2
+
+    await eventually(both_ready, timeout_s=40)
+    api = Api(http, gw.base)
+    key = await _app_with_devices(api, dsn, providers, 8000)
+    status, _ = await api.call("POST", "/v1/events", key, {
+        "type": "promo", "payload": {}, "topics": ["all"],
+        "notification": {"title": "Sale", "body": "Today only"}})
+    assert status == 202
+    await eventually(lambda: _ready(len(_tokens(providers)) >= 8000), timeout_s=120,
+                     interval_s=0.5)
+    await asyncio.sleep(0.5)  # time for a duplicate to show up
+    tokens = _tokens(providers)
+    assert len(tokens) == 8000 and len(set(tokens)) == 8000
+    assert gw.terminate() == 0
+    attempts = collections.Counter(re.findall(r"delivery attempt delivered: succeeded .*?"
+                                              r"worker=(\d+)", gw.log()))
+    assert set(attempts) == {"1", "2"} and sum(attempts.values()) == 8000, attempts
 
 
 async def test_gateway_pushes_with_an_uploaded_certificate_to_apns_that_requires_one(

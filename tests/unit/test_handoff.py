@@ -308,3 +308,18 @@ async def test_a_lease_lost_while_others_are_released_is_released_too() -> None:
     finally:
         await worker.stop(1)
     assert queue.released.count(first) == 1 and queue.released.count(second) == 1
+
+
+class Gone(InMemoryQueue):
+    """A database that is no longer there: releasing fails with whatever the driver says."""
+
+    async def release(self, lease_ids: Sequence[uuid.UUID]) -> None:
+        raise RuntimeError('database "gw_x" does not exist')
+
+
+async def test_a_stop_goes_on_when_lost_leases_cannot_be_handed_back() -> None:
+    worker = dispatcher(Gone(), Provider())
+    await worker.start()
+    worker.lease_lost(uuid.uuid4())
+    worker._stopping = True  # the loop must not hand it back first
+    await worker.stop(0.1)  # no exception: the lease lapses by itself
