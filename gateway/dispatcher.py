@@ -215,12 +215,7 @@ class Dispatcher:
         """The app was deleted: its adapters' tokens and connections go (a delivery of it
         still in flight may fail for want of them, which no longer matters), and so do
         its handed-over deliveries that have not started."""
-        dropped = [job for key in [k for k in self._ready if k[1] == app_id]
-                   for job, _ in self._ready.pop(key)]
-        if dropped:
-            self._ready_count -= len(dropped)
-            self._ready_room.set()
-            self._hand_back(dropped)
+        self._drop_ready([key for key in self._ready if key[1] == app_id])
         for adapter in self.adapters.values():
             try:
                 await adapter.forget_app(app_id)
@@ -233,11 +228,7 @@ class Dispatcher:
         self._stopping = True
         self._wake.set()
         self._ready_room.set()
-        waiting = [job for queue in self._ready.values() for job, _ in queue]
-        self._ready.clear()
-        self._ready_count = 0
-        if waiting:
-            self._hand_back(waiting)
+        self._drop_ready(list(self._ready))
         for task in self._side_tasks:
             task.cancel()
         if self._loop_task is not None:
@@ -452,6 +443,8 @@ class Dispatcher:
         """How many deliveries :meth:`hand_over` takes now, at most ``want``, after waiting
         up to ``timeout_s`` for room for ``want`` (0 once stopping, or when none could wait
         to start)."""
+        if self.handoff_wait_s <= 0:
+            return 0
         loop = asyncio.get_running_loop()
         until = loop.time() + timeout_s
         while not self._stopping and self.handoff_capacity - self._ready_count < want:
@@ -462,7 +455,7 @@ class Dispatcher:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(left):
                     await self._ready_room.wait()
-        if self._stopping or self.handoff_wait_s <= 0:
+        if self._stopping:
             return 0
         return max(0, min(want, self.handoff_capacity - self._ready_count))
 
@@ -525,6 +518,14 @@ class Dispatcher:
             log.warning("%d handed-over deliveries found no room within %.1f s; they go "
                         "back to the queue", len(late), self.handoff_wait_s)
             self._hand_back(late)
+
+    def _drop_ready(self, keys: list[tuple[str, str]]) -> None:
+        """Hand back the handed-over deliveries waiting under ``keys`` (provider, app)."""
+        dropped = [job for key in keys for job, _ in self._ready.pop(key)]
+        if dropped:
+            self._ready_count -= len(dropped)
+            self._ready_room.set()
+            self._hand_back(dropped)
 
     def _hand_back(self, jobs: list[Job]) -> None:
         """Unstarted handed-over deliveries go back to the queue now (else their leases

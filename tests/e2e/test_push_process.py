@@ -38,49 +38,6 @@ def provider_env(providers: Providers) -> dict[str, str]:
     }
 
 
-async def test_gateway_killed_mid_fanout_delivers_to_every_device_after_restart(
-    dsn: str, procs: list[GatewayProcess], http: aiohttp.ClientSession, providers: Providers
-) -> None:
-    env = provider_env(providers)
-    gw = GatewayProcess(dsn, env=env).start()
-    procs.append(gw)
-    await gw.wait_ready()
-    api = Api(http, gw.base)
-    status, app = await api.call("POST", "/v1/apps", ADMIN_KEY, {"name": "shop"})
-    key = app["api_key"]
-    await api.call("PUT", f"/v1/apps/{app['id']}/push/fcm", key,
-                   {"service_account": providers.service_account})
-    await api.call("PUT", f"/v1/apps/{app['id']}/push/apns", key, providers.apns_credentials)
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(
-            "INSERT INTO devices (id, app_id, platform, token, user_id, topics) "
-            "SELECT 'dev_' || lpad(i::text, 8, '0'), $1, "
-            "  CASE WHEN i % 2 = 0 THEN 'ios' ELSE 'android' END, "
-            "  CASE WHEN i % 2 = 0 THEN lpad(to_hex(i), 64, '0') ELSE 'tok-' || i END, "
-            "  'user-' || i, ARRAY['all'] FROM generate_series(1, 6000) AS i", app["id"])
-    finally:
-        await conn.close()
-    status, _ = await api.call("POST", "/v1/events", key, {
-        "type": "promo", "payload": {}, "topics": ["all"],
-        "notification": {"title": "Sale", "body": "Today only"}})
-    assert status == 202
-
-    def received() -> int:
-        return len(providers.apns.received) + len(providers.fcm.received)
-
-    await eventually(lambda: _ready(received() >= 300), timeout_s=60)
-    gw.kill()
-    assert received() < 6000, "the kill must land mid-fan-out"
-    again = GatewayProcess(dsn, env=env).start()
-    procs.append(again)
-    await again.wait_ready()
-    await eventually(lambda: _ready(len({p.token for p in providers.apns.received}
-                                        | {p.token for p in providers.fcm.received}) >= 6000),
-                     timeout_s=120, interval_s=0.5)
-    assert again.terminate() == 0
-
-
 async def _app_with_devices(api: Api, dsn: str, providers: Providers, devices: int) -> str:
     """An app with both providers' credentials and ``devices`` devices on topic "all"
     (alternately iOS and Android); its API key."""
@@ -107,13 +64,9 @@ def _tokens(providers: Providers) -> list[str]:
     return [p.token for p in providers.apns.received] + [p.token for p in providers.fcm.received]
 
 
-async def test_a_process_killed_while_sending_the_pushes_it_expanded_loses_none(
-    dsn: str, procs: list[GatewayProcess], http: aiohttp.ClientSession, providers: Providers
-) -> None:
-    """With a lease long enough for the hand-over (a delivery timeout of 1 s), the killed
-    process leaves deliveries leased to itself and batches not yet expanded: after a
-    restart the leases lapse and every device gets its push."""
-    env = {**provider_env(providers), "GATEWAY_LEASE_S": "4", "GATEWAY_DELIVERY_TIMEOUT_S": "1"}
+async def _kill_mid_fanout(dsn: str, procs: list[GatewayProcess], http: aiohttp.ClientSession,
+                           providers: Providers, env: dict[str, str]) -> None:
+    """A gateway pushes one event to 6,000 devices and is killed once 300 have arrived."""
     gw = GatewayProcess(dsn, env=env).start()
     procs.append(gw)
     await gw.wait_ready()
@@ -126,6 +79,35 @@ async def test_a_process_killed_while_sending_the_pushes_it_expanded_loses_none(
     await eventually(lambda: _ready(len(_tokens(providers)) >= 300), timeout_s=60)
     gw.kill()
     assert len(_tokens(providers)) < 6000, "the kill must land mid-fan-out"
+
+
+async def _restart_until_every_device_is_pushed(dsn: str, procs: list[GatewayProcess],
+                                                providers: Providers,
+                                                env: dict[str, str]) -> None:
+    again = GatewayProcess(dsn, env=env).start()
+    procs.append(again)
+    await again.wait_ready()
+    await eventually(lambda: _ready(len(set(_tokens(providers))) >= 6000),
+                     timeout_s=120, interval_s=0.5)
+    assert again.terminate() == 0
+
+
+async def test_gateway_killed_mid_fanout_delivers_to_every_device_after_restart(
+    dsn: str, procs: list[GatewayProcess], http: aiohttp.ClientSession, providers: Providers
+) -> None:
+    env = provider_env(providers)
+    await _kill_mid_fanout(dsn, procs, http, providers, env)
+    await _restart_until_every_device_is_pushed(dsn, procs, providers, env)
+
+
+async def test_a_process_killed_while_sending_the_pushes_it_expanded_loses_none(
+    dsn: str, procs: list[GatewayProcess], http: aiohttp.ClientSession, providers: Providers
+) -> None:
+    """With a lease long enough for the hand-over (a delivery timeout of 1 s), the killed
+    process leaves deliveries leased to itself and batches not yet expanded: after a
+    restart the leases lapse and every device gets its push."""
+    env = {**provider_env(providers), "GATEWAY_LEASE_S": "4", "GATEWAY_DELIVERY_TIMEOUT_S": "1"}
+    await _kill_mid_fanout(dsn, procs, http, providers, env)
     conn = await asyncpg.connect(dsn)
     try:
         leased = await conn.fetchval("SELECT count(*) FROM deliveries WHERE lease_id IS NOT "
@@ -133,12 +115,7 @@ async def test_a_process_killed_while_sending_the_pushes_it_expanded_loses_none(
     finally:
         await conn.close()
     assert leased > 0, "the killed process held handed-over deliveries"
-    again = GatewayProcess(dsn, env=env).start()
-    procs.append(again)
-    await again.wait_ready()
-    await eventually(lambda: _ready(len(set(_tokens(providers))) >= 6000),
-                     timeout_s=120, interval_s=0.5)
-    assert again.terminate() == 0
+    await _restart_until_every_device_is_pushed(dsn, procs, providers, env)
 
 
 async def test_two_workers_fan_out_one_event_and_push_every_device_exactly_once(

@@ -7,7 +7,6 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 import asyncpg
 import pytest
@@ -19,7 +18,7 @@ from gateway.retry import RetryPolicy
 from gateway.store.database import Database
 from gateway.store.postgres import EventDraft, Store
 from gateway.store.postgres_queue import PostgresQueue
-from gateway.store.queue import Claim
+from gateway.store.queue import UNLIMITED, Claim, Expanded, Rooms
 from gateway_client.models import Provider
 from tests.support import eventually
 
@@ -227,22 +226,42 @@ class Recording:
         return None
 
 
+class CountingQueue(PostgresQueue):
+    """The gateway's queue, counting what each claim took."""
+
+    def __init__(self, db: Database) -> None:
+        super().__init__(db)
+        self.claimed: list[int] = []
+
+    async def claim(self, limit: int, lease_s: float, lease_id: uuid.UUID,
+                    rooms: Rooms = UNLIMITED) -> Claim:
+        got = await super().claim(limit, lease_s, lease_id, rooms)
+        self.claimed.append(len(got))
+        return got
+
+
+class CommitsThenHangs(PostgresQueue):
+    """Its leased expansions commit and then never answer (as if cut off mid-answer)."""
+
+    def __init__(self, db: Database) -> None:
+        super().__init__(db)
+        self.committed = asyncio.Event()
+
+    async def expand_leased(self, batch: int, lease_s: float,
+                            lease_id: uuid.UUID) -> Expanded | None:
+        await super().expand_leased(batch, lease_s, lease_id)
+        self.committed.set()
+        await asyncio.Event().wait()
+        return None
+
+
 async def test_a_fan_out_is_sent_by_its_own_process_once_per_device_without_claims(
         db: Database) -> None:
     """Fan-out and dispatcher of one process on PostgreSQL: batches are handed over
     within the dispatcher's room for them, every device gets the push once, every
     delivery succeeds, and no claim takes any of them."""
-    store, queue = Store(db), PostgresQueue(db)
+    store, queue = Store(db), CountingQueue(db)
     _, event_id = await _push_app(store, 300)
-    claimed: list[int] = []
-    real_claim = queue.claim
-
-    async def counted(*args: Any, **kwargs: Any) -> Claim:
-        got = await real_claim(*args, **kwargs)
-        claimed.append(len(got))
-        return got
-
-    queue.claim = counted  # type: ignore[method-assign]
     pushed: list[str] = []
     worker = Dispatcher(queue, {k: Recording(k, pushed) for k in ("fcm", "apns")},
                         RetryPolicy((1.0,), jitter=0), push_concurrency=8,
@@ -261,7 +280,7 @@ async def test_a_fan_out_is_sent_by_its_own_process_once_per_device_without_clai
         await fanout.stop()
         await worker.stop(1)
     assert len(pushed) == 300 and len(set(pushed)) == 300
-    assert sum(claimed) == 0
+    assert sum(queue.claimed) == 0
     assert await db.pool.fetchval("SELECT count(*) FROM attempts a JOIN deliveries d "
                                   "ON d.id = a.delivery_id WHERE d.event_id = $1",
                                   event_id) == 300
@@ -272,17 +291,8 @@ async def test_a_fan_out_stopped_after_its_batch_committed_leaves_none_of_it_lea
     """A stop that cancels the fan-out between its batch's commit and the hand-over: the
     dispatcher's stop puts those deliveries back in the queue, due at once for any
     dispatcher, instead of leaving them to their lease."""
-    store, queue = Store(db), PostgresQueue(db)
+    store, queue = Store(db), CommitsThenHangs(db)
     _, event_id = await _push_app(store, 5)
-    committed = asyncio.Event()
-    real_expand = queue.expand_leased
-
-    async def commits_then_hangs(*args: Any) -> Any:
-        await real_expand(*args)
-        committed.set()
-        await asyncio.Event().wait()
-
-    queue.expand_leased = commits_then_hangs  # type: ignore[method-assign,assignment]
     pushed: list[str] = []
     worker = Dispatcher(queue, {k: Recording(k, pushed) for k in ("fcm", "apns")},
                         RetryPolicy((1.0,), jitter=0), poll_interval_s=0.2)
@@ -290,7 +300,7 @@ async def test_a_fan_out_stopped_after_its_batch_committed_leaves_none_of_it_lea
     await worker.start()
     fanout.start()
     try:
-        await asyncio.wait_for(committed.wait(), 10)
+        await asyncio.wait_for(queue.committed.wait(), 10)
     finally:
         await fanout.stop()
         await worker.stop(1)

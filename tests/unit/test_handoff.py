@@ -22,9 +22,10 @@ from adapters.base import (
 from gateway.dispatcher import Dispatcher
 from gateway.retry import RetryPolicy
 from gateway.store.memory_queue import InMemoryQueue
-from gateway.store.queue import Claim, Job
+from gateway.store.queue import Job
 from gateway_client.models import DeliveryStatus
 from tests.support import eventually
+from tests.unit.test_claim_pacing import CountingQueue
 
 LEASE_S = 30.0
 
@@ -250,31 +251,22 @@ async def test_another_apps_endpoint_at_its_room_does_not_hold_back_handed_over_
 ) -> None:
     """Due webhooks waiting for their endpoint's room compete for nothing a push takes:
     handed-over pushes start as push room frees, not one claim at a time."""
-    queue = InMemoryQueue()
+    queue = CountingQueue()
     provider, hook = Provider(), Hook()
     event = EventView("evt_c", "t", "{}", datetime.now(UTC))
     endpoint = EndpointTarget("ep_1", "http://hook/", ("s",))
     for n in range(3):
         queue.add(DeliveryJob(f"dlv_c_{n}", "app_c", "webhook", event, endpoint=endpoint))
-    claims = 0
-    claim = queue.claim
-
-    async def counted(*args: Any, **kwargs: Any) -> Claim:
-        nonlocal claims
-        claims += 1
-        return await claim(*args, **kwargs)
-
-    queue.claim = counted  # type: ignore[method-assign]
     worker = Dispatcher(queue, {"fcm": provider, "webhook": hook},
                         RetryPolicy((0.05,), jitter=0), poll_interval_s=30, lease_s=LEASE_S,
                         endpoint_concurrency=1, push_concurrency=4)
     await worker.start()
     try:
         await eventually(lambda: asyncio.sleep(0, len(hook.sent) == 1))
-        before = claims
+        before = len(queue.claims)
         worker.hand_over(leased(queue, 200), now())
         await eventually(lambda: asyncio.sleep(0, len(provider.sent) == 200))
-        assert claims - before <= 5, claims - before
+        assert len(queue.claims) - before <= 5, len(queue.claims) - before
     finally:
         hook.gate.set()
         await worker.stop(1)
