@@ -21,6 +21,13 @@ round, ``--deliveries`` pending deliveries of one endpoint written before the cl
 starts), with the attempt line on and the server's metrics: what the gateway's process
 spends a delivery on everything but HTTP (claims and their rows, settlements, asyncpg's
 client side, the loop's waits on PostgreSQL), printed beside the rate.
+
+``--queue postgres --push`` measures a push fan-out the same way: ``--deliveries``
+Android devices of one app (FCM credentials), one event to them, and this process's
+`FanoutRunner` and dispatcher as ``gateway serve`` runs them (the batches written leased
+and handed over, the attempt line and metrics on), each push answered "delivered" at
+once: the gateway's CPU per push besides the provider's client (`bench/push.py` measures
+the client).
 """
 
 from __future__ import annotations
@@ -185,16 +192,84 @@ async def postgres_round(pg: Postgres, n: int, deliveries: int,
     return cpu / deliveries, deliveries / wall
 
 
+class PushDelivered(Delivered):
+    kind = "fcm"
+
+
+FCM_CONFIG = {"type": "service_account", "project_id": "p", "client_email": "a@b.c",
+              "private_key_id": "k", "private_key": "-----BEGIN PRIVATE KEY-----\nx\n"}
+
+
+async def push_round(pg: Postgres, n: int, devices: int) -> tuple[float, float]:
+    """CPU seconds per push and pushes per second for one event fanned out to
+    ``devices`` devices, expanded and sent by this process, each answered "delivered"."""
+    from gateway.fanout import FanoutRunner
+    from gateway_client.models import Provider
+
+    dsn = await pg.fresh_database(f"dispatch_overhead_push_{n}", 0)
+    await migrate(dsn)
+    settings = Settings()
+    db = await Database.connect(dsn, max_size=settings.db_pool_size)
+    try:
+        store = Store(db)
+        app = await store.create_app("dispatch-overhead")
+        await store.put_credentials(app.id, Provider.FCM, FCM_CONFIG)
+        await db.pool.execute(
+            "INSERT INTO devices (id, app_id, platform, token, user_id, topics) "
+            "SELECT 'dev_' || lpad(i::text, 9, '0'), $1, 'android', "
+            "  'fcm-token-' || lpad(i::text, 8, '0') || ':APA91b' || repeat('x', 100), "
+            "  'user-' || i, ARRAY['all'] FROM generate_series(0, $2 - 1) AS i",
+            app.id, devices)
+        await db.pool.execute("ANALYZE devices")
+        queue = CountedQueue(devices, db, store.sealer, settings.health_rules,
+                             rate_margin_s=settings.endpoint_rate_margin_s)
+        worker = Dispatcher(queue, {"fcm": PushDelivered()}, RetryPolicy((1.0,), jitter=0),
+                            poll_interval_s=settings.poll_interval_s,
+                            lease_s=settings.effective_lease_s,
+                            concurrency=settings.dispatch_concurrency,
+                            push_concurrency=settings.push_concurrency,
+                            app_concurrency=settings.app_concurrency,
+                            batch=settings.dispatch_batch, metrics=Metrics(),
+                            handoff_wait_s=max(0.0, (settings.effective_lease_s
+                                                     - 2 * settings.delivery_timeout_s) / 2))
+        fanout = FanoutRunner(queue, poll_interval_s=settings.poll_interval_s,
+                              dispatcher=worker)
+        push = ('{"user_ids": [], "topics": ["all"], '
+                '"notification": {"title": "hello", "body": "a push", "data": {"k": "v"}}}')
+        await worker.start()
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        await store.write_events([EventDraft(app.id, "order.created", '{"n":1}', push=push)])
+        fanout.start()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(queue.all_settled.wait(), 300)
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        await fanout.stop()
+        await worker.stop(1)
+        claimed = await db.pool.fetchval("SELECT count(*) FROM deliveries")
+    finally:
+        await db.close()
+    if queue.settled < devices or claimed != devices:
+        raise SystemExit(f"only {queue.settled} of {devices} settled in 300 s")
+    return cpu / devices, devices / wall
+
+
 def postgres_main(args: argparse.Namespace) -> None:
     logs.configure("text", "INFO", stream=io.StringIO(), buffered=True)
     pg = Postgres(os.environ.get("DATABASE_URL"),
                   Path(tempfile.mkdtemp(prefix="dispatch-overhead-")) / "data")
     pg.start()
     try:
-        runs = [uvloop.run(postgres_round(pg, n, args.deliveries, args.endpoint_room))
+        runs = [uvloop.run(push_round(pg, n, args.deliveries) if args.push else
+                           postgres_round(pg, n, args.deliveries, args.endpoint_room))
                 for n in range(args.rounds)]
     finally:
         pg.stop()
+    if args.push:
+        print(f"push fan-out on PostgresQueue, handed over, attempt line and metrics on: "
+              f"{statistics.median(r[0] for r in runs) * 1e6:5.1f} µs CPU per push (rounds: "
+              f"{', '.join(f'{r[0] * 1e6:.1f}' for r in runs)}), "
+              f"{statistics.median(r[1] for r in runs):,.0f}/s")
+        return
     cpu = statistics.median(r[0] for r in runs)
     rate = statistics.median(r[1] for r in runs)
     print(f"PostgresQueue, attempt line and metrics on: {cpu * 1e6:5.1f} µs CPU per delivery "
@@ -210,7 +285,12 @@ def main() -> None:
     parser.add_argument("--queue", choices=("deque", "postgres"), default="deque",
                         help="deque (default): prebuilt jobs, no database; postgres: the "
                              "gateway's PostgresQueue on a fresh database a round")
+    parser.add_argument("--push", action="store_true",
+                        help="with --queue postgres: one event fanned out to --deliveries "
+                             "devices, expanded and sent by this process")
     args = parser.parse_args()
+    if args.push and args.queue != "postgres":
+        parser.error("--push runs on --queue postgres")
     if args.queue == "postgres":
         postgres_main(args)
         return

@@ -581,6 +581,9 @@ class Dispatcher:
         self._inflight.pop(task, None)
         release()
         self._slot_free.set()
+        if self._ready_count and not self._claims_waiting:
+            # A written result is room too (_free): handed-over deliveries may start.
+            self._start_ready()
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery task failed", exc_info=task.exception())
 

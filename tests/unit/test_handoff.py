@@ -22,7 +22,7 @@ from adapters.base import (
 from gateway.dispatcher import Dispatcher
 from gateway.retry import RetryPolicy
 from gateway.store.memory_queue import InMemoryQueue
-from gateway.store.queue import Job
+from gateway.store.queue import AttemptResult, Job, Settlement
 from gateway_client.models import DeliveryStatus
 from tests.support import eventually
 from tests.unit.test_claim_pacing import CountingQueue
@@ -315,3 +315,39 @@ async def test_a_stop_goes_on_when_lost_leases_cannot_be_handed_back() -> None:
     worker.lease_lost(uuid.uuid4())
     worker._stopping = True  # the loop must not hand it back first
     await worker.stop(0.1)  # no exception: the lease lapses by itself
+
+
+class SlowWrites(InMemoryQueue):
+    """Results are written only while ``open`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open = asyncio.Event()
+
+    async def complete(self, results: Sequence[AttemptResult]) -> Settlement:
+        await self.open.wait()
+        return await super().complete(results)
+
+
+async def test_handed_over_pushes_go_on_as_soon_as_results_waiting_to_be_written_are() -> None:
+    """Results being written count against the dispatcher's room (twice its concurrency):
+    when that room is full, a written result is what frees it, and the handed-over
+    deliveries still waiting start then, not at the next poll (30 s here)."""
+    queue = SlowWrites()
+    provider = Provider()
+    worker = dispatcher(queue, provider, concurrency=2)
+    await worker.start()
+    try:
+        worker.hand_over(leased(queue, 12), now())
+        # Two sent, two more sent while the first two wait to be written: room full.
+        await eventually(lambda: asyncio.sleep(0, len(provider.sent) == 4))
+        await asyncio.sleep(0.05)
+        assert len(provider.sent) == 4
+        queue.open.set()
+
+        async def all_settled() -> bool:
+            return all(e.status is DeliveryStatus.SUCCEEDED for e in queue.entries.values())
+        await eventually(all_settled, timeout_s=5)
+    finally:
+        await worker.stop(1)
+    assert sorted(provider.sent) == sorted(queue.entries)
