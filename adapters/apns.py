@@ -99,6 +99,21 @@ CERTIFICATE_ALERTS = frozenset({
 REFUSED_CERTIFICATE_HOLD_S = 60.0
 
 
+_URL_NAMESPACE = uuid.NAMESPACE_URL.bytes
+
+
+def apns_id(delivery_id: str) -> str:
+    """The push's ``apns-id``: ``str(uuid.uuid5(uuid.NAMESPACE_URL, delivery_id))``, the same
+    for every attempt of a delivery (Apple reports a push by it), written out directly:
+    half the CPU of going through :class:`uuid.UUID`, once a push."""
+    digest = bytearray(hashlib.sha1(_URL_NAMESPACE + delivery_id.encode(),
+                                      usedforsecurity=False).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    x = digest.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+
+
 def uses_certificate(creds: Mapping[str, Any]) -> bool:
     """Certificate-based credentials (a TLS client certificate), not token-based."""
     return "certificate_pem" in creds
@@ -323,7 +338,7 @@ class APNsAdapter:
         assert job.device is not None and job.notification is not None
         body = self._payload(job.notification)
         fixed = [*apns_headers(job.notification, creds["topic"], time.time()).items(),
-                 ("apns-id", str(uuid.uuid5(uuid.NAMESPACE_URL, job.delivery_id)))]
+                 ("apns-id", apns_id(job.delivery_id))]
         path = f"/3/device/{job.device.token}"
         refreshed = False
         while True:

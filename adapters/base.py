@@ -14,10 +14,28 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+if TYPE_CHECKING:
+    from typing_extensions import dataclass_transform
+
+    @dataclass_transform(frozen_default=True)
+    def record(cls: type[T]) -> type[T]:
+        """A value made per delivery: frozen to the type checker, a plain slotted
+        dataclass at run time (see below)."""
+        ...
+else:
+    def record(cls):
+        """A dataclass for the values made per delivery and per attempt (jobs, outcomes,
+        results): the type checker holds them frozen (no assignment to a field passes
+        ``mypy``), and at run time they are plain slotted dataclasses, because a frozen
+        dataclass's ``__init__`` sets every field through ``object.__setattr__``: ten
+        times the cost (3.2 against 0.3 µs for 19 fields), several times a push. Like
+        any dataclass with ``eq`` and without ``frozen``, they are not hashable."""
+        return dataclass(slots=True)(cls)
 
 
 class Verdict(enum.Enum):
@@ -30,7 +48,7 @@ class Verdict(enum.Enum):
     GONE = "gone"
 
 
-@dataclass(frozen=True)
+@record
 class EventView:
     id: str
     type: str
@@ -43,7 +61,7 @@ class EventView:
     tracestate: str | None = None
 
 
-@dataclass(frozen=True)
+@record
 class EndpointTarget:
     id: str
     url: str
@@ -53,14 +71,14 @@ class EndpointTarget:
     headers: tuple[tuple[str, str], ...] = ()
 
 
-@dataclass(frozen=True)
+@record
 class DeviceTarget:
     id: str
     platform: str  # "ios" | "android"
     token: str
 
 
-@dataclass(frozen=True)
+@record
 class DeliveryJob:
     delivery_id: str
     app_id: str
@@ -80,7 +98,7 @@ class DeliveryJob:
     traceparent: str | None = None
 
 
-@dataclass(frozen=True)
+@record
 class Outcome:
     verdict: Verdict
     duration_ms: int = 0

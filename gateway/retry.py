@@ -6,11 +6,11 @@ import random
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from adapters.base import Outcome, Verdict
+from adapters.base import Outcome, Verdict, record
 from gateway_client.models import DeliveryStatus
 
 
-@dataclass(frozen=True)
+@record
 class Decision:
     status: DeliveryStatus
     next_attempt_at: datetime | None

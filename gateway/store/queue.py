@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Protocol
 
-from adapters.base import DeliveryJob
+from adapters.base import DeliveryJob, record
 from gateway_client.models import AttemptOutcome, DeliveryStatus, DisabledReason
 
 
@@ -70,7 +70,7 @@ class Rooms:
 UNLIMITED = Rooms()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Job:
     """A claimed delivery: what to send, and the queue's bookkeeping."""
 
@@ -98,7 +98,7 @@ class Claim(list[Job]):
         self.waiting = waiting
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AttemptResult:
     """One attempt's outcome and the delivery's next state."""
 

@@ -441,12 +441,40 @@ async def test_invalid_headers_are_rejected_before_anything_is_sent(tls: TLS) ->
         serving(tls) as server,
         make_pool(tls, server) as pool,
     ):
-        for bad in [(":path", "/x"), ("x-injected", "a\r\nb: c")]:
+        # What HTTP/2 forbids in a request's fields (RFC 9113 8.2): the pool checks
+        # these itself (h2's own outbound checks are off, see adapters/http2.py).
+        for bad in [(":path", "/x"), ("x-injected", "a\r\nb: c"), ("x-nul", "a\0b"),
+                    ("X-Upper", "v"), ("", "v"), ("x name", "v"), ("x:colon", "v"),
+                    ("connection", "close"), ("keep-alive", "5"), ("upgrade", "h2c"),
+                    ("transfer-encoding", "chunked"), ("te", "gzip"),
+                    ("x-padded", " v"), ("x-padded", "v\t")]:
             with pytest.raises(ValueError, match="invalid request header"):
                 await pool.request("POST", "/", [bad], b"", timeout_s=WAIT_S)
+        with pytest.raises(ValueError, match="invalid request path"):
+            await pool.request("POST", "no-slash", [], b"", timeout_s=WAIT_S)
         assert_ok(["fine"], [await send(pool, "fine")])
         assert_exactly_once(server, ["fine"])
         assert len(server.connections) == 1
+
+
+async def test_credentials_are_never_indexed_and_allowed_fields_reach_the_server(
+        tls: TLS) -> None:
+    """A request's ``authorization`` stays out of the HPACK table (a never-indexed
+    literal, RFC 7541 7.1.3), as h2's own normalizing would have sent it; ``te:
+    trailers`` and empty values pass the pool's checks and the server's."""
+    async with (
+        serving(tls) as server,
+        make_pool(tls, server) as pool,
+    ):
+        for i in range(3):
+            response = await pool.request(
+                "POST", "/", [("x-req-id", f"a{i}"), ("authorization", "bearer secret"),
+                              ("te", "trailers"), ("x-empty", "")], b"", timeout_s=WAIT_S)
+            assert response.status == 200
+        assert_exactly_once(server, ["a0", "a1", "a2"])
+        table = pool._conns[0].h2.encoder.header_table.dynamic_entries
+        assert not any(name == b"authorization" for name, _ in table)
+        assert any(name == b"te" for name, _ in table)
 
 
 async def test_close_sends_goaway_fails_in_flight_and_waiting_requests(tls: TLS) -> None:

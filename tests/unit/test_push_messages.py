@@ -5,11 +5,13 @@ would get built on its own."""
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from adapters.apns import apns_id
 from adapters.base import DeliveryJob, DeviceTarget, EventView, PerObject
 from adapters.fcm import _TOKEN_MARK, FCMAdapter
 
@@ -69,3 +71,9 @@ def test_per_object_works_each_out_once_and_tells_equal_objects_apart() -> None:
     assert calls == [one, same_text] and calls[0] is one and calls[1] is same_text
     derived({"v": "b"})  # over its size: starts afresh
     assert derived(one) == "a" and len(calls) == 4
+
+
+@pytest.mark.parametrize("delivery_id", ["dlv_0123456789abcdef0123456789abcdef", "", "dlv_ü✓",
+                                         "x" * 300])
+def test_an_apns_id_is_the_uuid5_of_its_delivery_id(delivery_id: str) -> None:
+    assert apns_id(delivery_id) == str(uuid.uuid5(uuid.NAMESPACE_URL, delivery_id))
