@@ -201,8 +201,11 @@ class PostgresQueue:
         if all(_only_delivered(r) for r in results):
             # The hot path: one statement does all there is to do (settle_delivered).
             await self.db.fetchrow(
-                "settle_delivered", *_result_columns(results),
-                [iso(r.attempted_at) for r in results], [r.endpoint_id for r in results])
+                "settle_delivered", [r.delivery_id for r in results],
+                [r.lease_id for r in results], [r.schedule_pos for r in results],
+                [iso(r.attempted_at) for r in results], [r.duration_ms for r in results],
+                [r.status_code for r in results], [r.response_snippet for r in results],
+                [r.app_id for r in results], [r.endpoint_id for r in results])
             return NO_CHANGE
         async with self.db.transaction() as conn:
             changed = await _log(conn, results)
@@ -389,7 +392,7 @@ async def _log(conn: Connection, results: Sequence[AttemptResult]) -> dict[str, 
 
 
 def _result_columns(results: Sequence[AttemptResult]) -> list[list[Any]]:
-    """record_results' parameters (the first twelve of settle_delivered's)."""
+    """record_results' parameters."""
     return [
         [r.delivery_id for r in results], [r.lease_id for r in results],
         [r.status.value for r in results], [r.next_attempt_at for r in results],
@@ -401,9 +404,11 @@ def _result_columns(results: Sequence[AttemptResult]) -> list[list[Any]]:
 
 
 def _only_delivered(result: AttemptResult) -> bool:
-    """Delivered, and nothing besides the attempt and its endpoint's health to settle."""
+    """Delivered, and nothing besides the attempt and its endpoint's health to settle
+    (settle_delivered writes the rest as constants)."""
     return (result.outcome is AttemptOutcome.DELIVERED
             and result.status is DeliveryStatus.SUCCEEDED
+            and result.next_attempt_at is None and result.error is None
             and result.prune_device_id is None and result.credentials_rejected is None
             and result.disable_endpoint_id is None)
 

@@ -36,7 +36,13 @@ from gateway.store.postgres_queue import (
     outcome_notifications,
 )
 from gateway.store.queue import UNLIMITED, AttemptResult, Job, Queue, Rooms, Settlement
-from gateway_client.models import AttemptOutcome, DeliveryStatus, DisabledReason, EndpointStatus
+from gateway_client.models import (
+    AttemptOutcome,
+    DeliveryStatus,
+    DisabledReason,
+    EndpointStatus,
+    iso,
+)
 from tests.support import eventually
 
 
@@ -1129,7 +1135,8 @@ async def test_a_new_databases_claim_and_settlement_plans_find_each_delivery_by_
             "claim_due": claim_params(200, 30, lease, Rooms(endpoints={endpoint_id: 64})),
             "claim_due_plain": claim_params(200, 30, lease,
                                             Rooms(endpoints={endpoint_id: 64}))[:PLAIN_PARAMS],
-            "settle_delivered": [*results, [now.isoformat()] * k, [endpoint_id] * k],
+            "settle_delivered": [ids, [lease] * k, [1] * k, [iso(now)] * k, [3] * k,
+                                 [200] * k, ["ok"] * k, [app_id] * k, [endpoint_id] * k],
             "record_results": results,
         }
         async with db.connection() as conn, conn.transaction():
@@ -1340,5 +1347,43 @@ async def test_a_half_open_endpoint_claim_due_would_not_probe_leaves_the_plain_c
                                                             Rooms(apps={app_id: 0})))
         await harness.store.delete_app(app_id)
         assert not await _plain_is_unusual(db, claim_params(10, 30, lease, UNLIMITED))
+    finally:
+        await db.close()
+
+
+async def test_a_delivered_attempt_is_written_alike_by_the_hot_path_and_the_general_one(
+        dsn: str) -> None:
+    """settle_delivered takes the attempt's time as text and writes the columns every
+    delivered attempt shares as constants: what it writes, to the microsecond, is what
+    the general path (an attempt with an error goes there) writes for the same attempt."""
+    db = await Database.connect(dsn, max_size=2)
+    try:
+        app_id, _ = await _due_deliveries_of_one_endpoint(db, 4)
+        queue = PostgresQueue(db)
+        jobs = await queue.claim(4, 30, uuid.uuid4())
+        at = [datetime(2026, 12, 7, 1, 2, 3, 456789, UTC), datetime(2026, 12, 7, 1, 2, 4, 0, UTC)]
+        hot = [replace(delivered(job), attempted_at=at[i % 2], response_snippet="ok ü")
+               for i, job in enumerate(jobs[:2])]
+        general = [replace(delivered(job), attempted_at=at[i % 2], response_snippet="ok ü",
+                           error="noted") for i, job in enumerate(jobs[2:])]
+        assert await queue.complete(hot) == Settlement()
+        await queue.complete(general)
+        rows = {row["delivery_id"]: row for row in await db.pool.fetch(
+            "SELECT a.delivery_id, a.attempted_at, a.duration_ms, a.outcome, a.status_code, "
+            "a.response_snippet, a.error, d.status, d.next_attempt_at, d.last_attempt_at, "
+            "d.schedule_pos, d.attempt_count, d.lease_id, d.last_error "
+            "FROM attempts a JOIN deliveries d ON d.id = a.delivery_id WHERE d.app_id = $1",
+            app_id)}
+        assert len(rows) == 4
+        for one, other in zip(hot, general, strict=True):
+            a, b = dict(rows[one.delivery_id]), dict(rows[other.delivery_id])
+            assert a.pop("attempted_at") == b.pop("attempted_at") == one.attempted_at
+            assert a.pop("last_attempt_at") == b.pop("last_attempt_at") == one.attempted_at
+            assert (a.pop("error"), a.pop("last_error")) == (None, None)
+            assert (b.pop("error"), b.pop("last_error")) == ("noted", "noted")
+            a.pop("delivery_id"), b.pop("delivery_id")
+            assert a == b
+            assert a["status"] == "succeeded" and a["outcome"] == "delivered"
+            assert a["next_attempt_at"] is None and a["lease_id"] is None
     finally:
         await db.close()
