@@ -268,30 +268,46 @@ class FCMAdapter:
         started = time.monotonic()
         body = self.message(job, info)
         url = f"{self._base_url}/v1/projects/{info['project_id']}/messages:send"
-        stale: str | None = None
-        while True:
-            try:
-                token = await self._access_tokens().get(job.app_id, info, stale=stale)
-            except AccessTokenError as exc:
-                return Outcome(Verdict.RETRY, error=f"FCM access token: {exc}",
-                               duration_ms=_ms(started),
-                               credentials_rejected=str(exc) if exc.rejected else None)
-            try:
-                async with self._client().post(url, data=body, headers={
-                    "authorization": f"Bearer {token}", "content-type": "application/json",
-                }) as resp:
-                    content = await resp.read()
-                    status, headers = resp.status, resp.headers
-            except TimeoutError:
-                return Outcome(Verdict.RETRY, error="FCM timed out", duration_ms=_ms(started))
-            except (aiohttp.ClientError, OSError) as exc:
-                return Outcome(Verdict.RETRY, error=f"FCM connection failed: {exc!r}"[:500],
-                               duration_ms=_ms(started))
-            outcome = judge(status, headers, content, _ms(started))
-            if outcome.error == "UNAUTHENTICATED" and stale is None:
-                stale = token  # the access token expired early: refresh once and retry
-                continue
+        outcome, token = await self._push(job, info, url, body, started, None)
+        if outcome.error != "UNAUTHENTICATED":
             return outcome
+        # The access token expired early: refresh it once and send again, within what is
+        # left of two delivery timeouts (a token fetch and a push, the most an attempt may
+        # take: the dispatcher's lease is sized for that), so an attempt never outlasts
+        # its lease. Each step alone is bounded by the timeout already.
+        left = started + 2 * self._timeout_s - time.monotonic()
+        if left <= 0:
+            return outcome
+        try:
+            async with asyncio.timeout(left):
+                outcome, _ = await self._push(job, info, url, body, started, token)
+        except TimeoutError:
+            return Outcome(Verdict.RETRY, error="FCM timed out", duration_ms=_ms(started))
+        return outcome
+
+    async def _push(self, job: DeliveryJob, info: Mapping[str, Any], url: str, body: bytes,
+                    started: float, stale: str | None) -> tuple[Outcome, str | None]:
+        """One send with an access token (a new one when ``stale`` was refused): the
+        outcome, and the token it used."""
+        try:
+            token = await self._access_tokens().get(job.app_id, info, stale=stale)
+        except AccessTokenError as exc:
+            return Outcome(Verdict.RETRY, error=f"FCM access token: {exc}",
+                           duration_ms=_ms(started),
+                           credentials_rejected=str(exc) if exc.rejected else None), None
+        try:
+            async with self._client().post(url, data=body, headers={
+                "authorization": f"Bearer {token}", "content-type": "application/json",
+            }) as resp:
+                content = await resp.read()
+                status, headers = resp.status, resp.headers
+        except TimeoutError:
+            return Outcome(Verdict.RETRY, error="FCM timed out",
+                           duration_ms=_ms(started)), token
+        except (aiohttp.ClientError, OSError) as exc:
+            return Outcome(Verdict.RETRY, error=f"FCM connection failed: {exc!r}"[:500],
+                           duration_ms=_ms(started)), token
+        return judge(status, headers, content, _ms(started)), token
 
     async def forget_app(self, app_id: str) -> None:
         if self._tokens is not None:

@@ -205,8 +205,8 @@ def create_app(
             claim_interval_s=settings.claim_interval_s,
             # A handed-over push starts with its lease still covering an attempt that
             # fetches an access token and then pushes (each up to the delivery timeout),
-            # with half the spare a claimed one has. (An attempt that refreshes a token
-            # the provider refused and sends again can take longer, claimed or not.)
+            # with half the spare a claimed one has. (One that refreshes a token the
+            # provider refused and sends again is held to those two timeouts too.)
             handoff_wait_s=max(0.0, (settings.effective_lease_s
                                      - 2 * settings.delivery_timeout_s) / 2),
             metrics=app[appkeys.METRICS],
