@@ -355,6 +355,11 @@ class APNsAdapter:
                                           timeout_s=self._timeout_s)
             except RequestTimeout:
                 return Outcome(Verdict.RETRY, error="APNs timed out", duration_ms=_ms(started))
+            except ValueError as exc:
+                # A header HTTP/2 cannot carry (a control character in a collapse id, say):
+                # refused before anything was sent, and no retry would send it.
+                return Outcome(Verdict.FAILED, error=f"APNs request not sent: {exc}",
+                               duration_ms=_ms(started))
             except ConnectError as exc:
                 if certificate and exc.tls_alert in CERTIFICATE_ALERTS:
                     return Outcome(Verdict.FAILED, duration_ms=_ms(started), error=(

@@ -65,6 +65,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import h2.utilities
 import hpack
 
 __all__ = [
@@ -107,10 +108,11 @@ _CANCEL = h2.errors.ErrorCodes.CANCEL
 _SENSITIVE = frozenset({b"authorization", b"proxy-authorization"})
 #: A field name as HTTP/2 sends it: an RFC 9110 token in lower case (RFC 9113 8.2.1).
 _FIELD_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
-#: Connection-specific fields, which HTTP/2 forbids (RFC 9113 8.2.2); ``te`` may only
-#: say ``trailers``.
-_CONNECTION_FIELDS = frozenset({"connection", "proxy-connection", "keep-alive",
-                                "transfer-encoding", "upgrade"})
+#: Fields h2's outbound passes treat specially: connection-specific ones (dropped; RFC
+#: 9113 8.2.2), ``te`` (only ``trailers``), ``host`` (must agree with ``:authority``) and
+#: ``cookie`` (a short one never indexed). A request naming one goes through those passes.
+_SPECIAL_FIELDS = frozenset({"connection", "proxy-connection", "keep-alive",
+                             "transfer-encoding", "upgrade", "te", "host", "cookie"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,21 +210,48 @@ def _text(value: bytes | str) -> str:
     return value if isinstance(value, str) else value.decode("utf-8", "replace")
 
 
-def check_headers(path: str, headers: Sequence[tuple[str, str]]) -> None:
-    """Raise ValueError unless HTTP/2 allows sending ``headers`` (besides the
-    pseudo-headers, which the pool adds) to ``path``: lower-case token names, no
-    connection-specific field, values without NUL, CR, LF or surrounding whitespace (RFC
-    9113 8.2). A server answers a malformed request with a stream or connection error,
-    which may take every stream in flight down with it; h2, which would have checked,
-    is told not to (``_H2Connection``)."""
+def check_headers(method: str, authority: str, path: str,
+                  headers: Sequence[tuple[str, str]]) -> Sequence[tuple[str, str]]:
+    """The headers to send (besides the pseudo-headers, which the pool adds), as h2's own
+    outbound passes would send them; ValueError for what HTTP/2 forbids (RFC 9113 8.2). A
+    server answers a malformed request with a stream or connection error, which may take
+    every stream in flight down with it. h2 is told not to check (``_H2Connection``): the
+    common request (lower-case token names, no field HTTP/2 treats specially, values
+    without surrounding whitespace) is returned as it is, after one look at each header;
+    anything else goes through h2's passes here (:func:`_normalized`)."""
     if path[:1] != "/":
         raise ValueError(f"invalid request path {path!r}")
+    plain = True
     for name, value in headers:
-        if (not _FIELD_NAME.fullmatch(name) or name in _CONNECTION_FIELDS
-                or (name == "te" and value != "trailers")
-                or "\n" in value or "\r" in value or "\0" in value
-                or value != value.strip(" \t")):
+        if not name or name[:1] == ":" or "\n" in value or "\r" in value or "\0" in value:
             raise ValueError(f"invalid request header {name!r}: {value!r}")
+        if plain and (not _FIELD_NAME.fullmatch(name) or name in _SPECIAL_FIELDS
+                      or value != value.strip()):
+            plain = False
+    return headers if plain else _normalized(method, authority, path, headers)
+
+
+def _normalized(method: str, authority: str, path: str,
+                headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """What h2's outbound passes make of ``headers``: names lower-cased, names and values
+    stripped, connection-specific fields dropped; then a ``te`` other than ``trailers``, a
+    ``host`` other than the authority or a pseudo-header among them refused, as is a name
+    that is no token (h2 would have sent it, and the server refused the stream)."""
+    flags = h2.utilities.HeaderValidationFlags(
+        is_client=True, is_trailer=False, is_response_header=False, is_push_promise=False)
+    request = [(":method", method), (":scheme", "https"), (":authority", authority),
+               (":path", path), *headers]
+    try:
+        sent = list(h2.utilities.validate_outbound_headers(
+            h2.utilities.normalize_outbound_headers(
+                h2.utilities.utf8_encode_headers(request), flags), flags))
+    except h2.exceptions.ProtocolError as exc:
+        raise ValueError(f"invalid request header: {exc}") from None
+    kept = [(_text(name), _text(value)) for name, value in sent[4:]]
+    for name, value in kept:
+        if not _FIELD_NAME.fullmatch(name):
+            raise ValueError(f"invalid request header {name!r}: {value!r}")
+    return kept
 
 
 class _PlainEncoder(hpack.Encoder):
@@ -250,7 +279,8 @@ class _PlainEncoder(hpack.Encoder):
         if not isinstance(headers, dict):
             unique = self._unique
             headers = [
-                hpack.NeverIndexedHeaderTuple(h[0], h[1]) if h[0] in unique else h
+                hpack.NeverIndexedHeaderTuple(h[0], h[1])
+                if h[0] in unique or (h[0] == b"cookie" and len(h[1]) < 20) else h
                 for h in headers
             ]
         return super().encode(headers, huffman=False)
@@ -759,7 +789,7 @@ class HTTP2Pool:
         """Send one request and return its response. ``timeout_s`` covers everything:
         waiting for a slot or a connection, transparent re-sends, the response.
         Pseudo-headers are added here (h2 lower-cases the names given)."""
-        check_headers(path, headers)
+        headers = check_headers(method, self.authority, path, headers)
         sent = False
         try:
             async with asyncio.timeout(timeout_s):

@@ -112,9 +112,8 @@ async def measure(dsn: str, app_id: str, endpoint_id: str, mode: str, batch: int
             now = datetime.now(UTC)
             k = len(ids)
             await conn.fetchrow(
-                QUERIES["settle_delivered"], ids, [lease] * k, ["succeeded"] * k, [None] * k,
-                [1] * k, [now] * k, [3] * k, ["delivered"] * k, [200] * k, [None] * k,
-                [None] * k, [rows[0]["app_id"]] * k, [iso(now)] * k, [endpoint_id] * k)
+                QUERIES["settle_delivered"], ids, [lease] * k, [1] * k, [iso(now)] * k,
+                [3] * k, [200] * k, [None] * k, [rows[0]["app_id"]] * k, [endpoint_id] * k)
             settled = process_cpu(pid)
             await tx.rollback()
             if i >= warmup:

@@ -443,11 +443,9 @@ async def test_invalid_headers_are_rejected_before_anything_is_sent(tls: TLS) ->
     ):
         # What HTTP/2 forbids in a request's fields (RFC 9113 8.2): the pool checks
         # these itself (h2's own outbound checks are off, see adapters/http2.py).
-        for bad in [(":path", "/x"), ("x-injected", "a\r\nb: c"), ("x-nul", "a\0b"),
-                    ("X-Upper", "v"), ("", "v"), ("x name", "v"), ("x:colon", "v"),
-                    ("connection", "close"), ("keep-alive", "5"), ("upgrade", "h2c"),
-                    ("transfer-encoding", "chunked"), ("te", "gzip"),
-                    ("x-padded", " v"), ("x-padded", "v\t")]:
+        for bad in [(":path", "/x"), (":other", "x"), ("x-injected", "a\r\nb: c"),
+                    ("x-nul", "a\0b"), ("", "v"), ("x name", "v"), ("x:colon", "v"),
+                    ("te", "gzip"), ("host", "elsewhere.example")]:
             with pytest.raises(ValueError, match="invalid request header"):
                 await pool.request("POST", "/", [bad], b"", timeout_s=WAIT_S)
         with pytest.raises(ValueError, match="invalid request path"):
@@ -455,6 +453,23 @@ async def test_invalid_headers_are_rejected_before_anything_is_sent(tls: TLS) ->
         assert_ok(["fine"], [await send(pool, "fine")])
         assert_exactly_once(server, ["fine"])
         assert len(server.connections) == 1
+
+
+async def test_unusual_headers_are_sent_as_h2_would_normalize_them(tls: TLS) -> None:
+    """Names in upper case, values with surrounding whitespace and connection-specific
+    fields are sent lower-cased, stripped and dropped, as h2's own outbound passes sent
+    them before the pool took over its checks: a value an app stored with a trailing
+    space still reaches the server."""
+    async with (
+        serving(tls) as server,
+        make_pool(tls, server) as pool,
+    ):
+        response = await pool.request(
+            "POST", "/", [("X-Req-Id", " padded\t"), ("connection", "close"),
+                          ("te", "Trailers"), ("host", pool.authority)], b"",
+            timeout_s=WAIT_S)
+        assert response.status == 200
+        assert_exactly_once(server, ["padded"])
 
 
 async def test_credentials_are_never_indexed_and_allowed_fields_reach_the_server(

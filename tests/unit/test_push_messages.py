@@ -10,9 +10,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
-from adapters.apns import apns_id
-from adapters.base import DeliveryJob, DeviceTarget, EventView, PerObject
+from adapters.apns import APNsAdapter, apns_id
+from adapters.base import DeliveryJob, DeviceTarget, EventView, PerObject, Verdict
 from adapters.fcm import _TOKEN_MARK, FCMAdapter
 
 NOTIFICATIONS: list[dict[str, Any]] = [
@@ -77,3 +79,24 @@ def test_per_object_works_each_out_once_and_tells_equal_objects_apart() -> None:
                                          "x" * 300])
 def test_an_apns_id_is_the_uuid5_of_its_delivery_id(delivery_id: str) -> None:
     assert apns_id(delivery_id) == str(uuid.uuid5(uuid.NAMESPACE_URL, delivery_id))
+
+
+async def test_an_apns_push_whose_header_http2_cannot_carry_fails_at_once_unsent() -> None:
+    """A collapse id with a line break (ingest lets it through) cannot be an HTTP/2 header:
+    the attempt fails for good, with the reason, before anything is sent, instead of
+    raising out of the adapter and being retried as an internal error for days."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()).decode()
+    adapter = APNsAdapter(base_url="https://127.0.0.1:9")
+    try:
+        outcome = await adapter.send(DeliveryJob(
+            "dlv_1", "app_1", "apns", EventView("evt_1", "t", "{}", datetime.now(UTC)),
+            device=DeviceTarget("dev_1", "ios", "ab" * 32),
+            notification={"title": "t", "collapse_key": "line\nbreak"},
+            credentials={"key_p8": pem, "key_id": "KEY1234567", "team_id": "TEAM123456",
+                         "topic": "com.example.app", "environment": "sandbox"}))
+    finally:
+        await adapter.close()
+    assert outcome.verdict is Verdict.FAILED
+    assert outcome.error is not None and outcome.error.startswith("APNs request not sent")
