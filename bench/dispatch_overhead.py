@@ -158,14 +158,19 @@ class CountedQueue(PostgresQueue):
         return settlement
 
 
+async def _fresh_database(pg: Postgres, name: str, settings: Settings) -> Database:
+    """A new, migrated database, connected as the gateway connects."""
+    dsn = await pg.fresh_database(name, 0)
+    await migrate(dsn)
+    return await Database.connect(dsn, max_size=settings.db_pool_size)
+
+
 async def postgres_round(pg: Postgres, n: int, deliveries: int,
                          endpoint_room: int) -> tuple[float, float]:
     """CPU seconds per delivery and deliveries per second for one drain of ``deliveries``
     pending deliveries through PostgresQueue, each answered "delivered" at once."""
-    dsn = await pg.fresh_database(f"dispatch_overhead_{n}", 0)
-    await migrate(dsn)
     settings = Settings()
-    db = await Database.connect(dsn, max_size=settings.db_pool_size)
+    db = await _fresh_database(pg, f"dispatch_overhead_{n}", settings)
     try:
         store = Store(db)
         app = await store.create_app("dispatch-overhead")
@@ -206,10 +211,8 @@ async def push_round(pg: Postgres, n: int, devices: int) -> tuple[float, float]:
     from gateway.fanout import FanoutRunner
     from gateway_client.models import Provider
 
-    dsn = await pg.fresh_database(f"dispatch_overhead_push_{n}", 0)
-    await migrate(dsn)
     settings = Settings()
-    db = await Database.connect(dsn, max_size=settings.db_pool_size)
+    db = await _fresh_database(pg, f"dispatch_overhead_push_{n}", settings)
     try:
         store = Store(db)
         app = await store.create_app("dispatch-overhead")
@@ -230,8 +233,7 @@ async def push_round(pg: Postgres, n: int, devices: int) -> tuple[float, float]:
                             push_concurrency=settings.push_concurrency,
                             app_concurrency=settings.app_concurrency,
                             batch=settings.dispatch_batch, metrics=Metrics(),
-                            handoff_wait_s=max(0.0, (settings.effective_lease_s
-                                                     - 2 * settings.delivery_timeout_s) / 2))
+                            handoff_wait_s=settings.handoff_wait_s)
         fanout = FanoutRunner(queue, poll_interval_s=settings.poll_interval_s,
                               dispatcher=worker)
         push = ('{"user_ids": [], "topics": ["all"], '

@@ -203,12 +203,7 @@ def create_app(
             lease_s=settings.effective_lease_s,
             poll_interval_s=settings.poll_interval_s,
             claim_interval_s=settings.claim_interval_s,
-            # A handed-over push starts with its lease still covering an attempt that
-            # fetches an access token and then pushes (each up to the delivery timeout),
-            # with half the spare a claimed one has. (One that refreshes a token the
-            # provider refused and sends again is held to those two timeouts too.)
-            handoff_wait_s=max(0.0, (settings.effective_lease_s
-                                     - 2 * settings.delivery_timeout_s) / 2),
+            handoff_wait_s=settings.handoff_wait_s,
             metrics=app[appkeys.METRICS],
             spans=app.get(appkeys.SPANS),
         )

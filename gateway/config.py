@@ -289,6 +289,14 @@ class Settings:
         return self.lease_s if self.lease_s is not None else self.delivery_timeout_s + 30.0
 
     @property
+    def handoff_wait_s(self) -> float:
+        """How long a push a fan-out handed its own dispatcher may wait to start: its lease
+        must still cover an attempt that fetches an access token and then pushes (each up
+        to the delivery timeout; one that refreshes a refused token and sends again is
+        held to those two as well), and it keeps half the spare a claimed one has."""
+        return max(0.0, (self.effective_lease_s - 2 * self.delivery_timeout_s) / 2)
+
+    @property
     def health_rules(self) -> HealthRules:
         return HealthRules(self.circuit_failures, self.circuit_cooldown_s,
                            self.disable_after_s)

@@ -554,7 +554,8 @@ class Dispatcher:
 
     def _take_slot(self, target: str, app_id: str) -> Callable[[], None]:
         """Count a delivery to ``target`` of ``app_id`` as being sent; the function
-        returned frees its slot (once, however often it is called)."""
+        returned frees its slot (once, however often it is called; the caller then says
+        so with :meth:`_room_freed`)."""
         self._sending += 1
         self._per_target[target] += 1
         self._per_app[app_id] += 1
@@ -571,19 +572,21 @@ class Dispatcher:
                 counts[key] -= 1
                 if counts[key] <= 0:
                     del counts[key]
-            self._slot_free.set()
-            if self._ready_count and not self._claims_waiting:
-                self._start_ready()
 
         return release
+
+    def _room_freed(self) -> None:
+        """A slot came free, or a delivery ended (results being written count against the
+        room too, see :meth:`_free`): the claim loop may go on, and handed-over deliveries
+        may start."""
+        self._slot_free.set()
+        if self._ready_count and not self._claims_waiting:
+            self._start_ready()
 
     def _done(self, task: asyncio.Task[None], *, release: Callable[[], None]) -> None:
         self._inflight.pop(task, None)
         release()
-        self._slot_free.set()
-        if self._ready_count and not self._claims_waiting:
-            # A written result is room too (_free): handed-over deliveries may start.
-            self._start_ready()
+        self._room_freed()
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery task failed", exc_info=task.exception())
 
@@ -638,6 +641,7 @@ class Dispatcher:
             # attempt keeps its slot until it is recorded: the endpoint's circuit counts
             # it before the next attempt goes.
             release()
+            self._room_freed()
         self._observe(claimed, result, sent)
         await self._write(result)
 

@@ -10,11 +10,11 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from adapters.base import DeliveryJob, DeviceTarget, EventView, Verdict
 from adapters.fcm import FCMAdapter
+from gateway.sandbox import pem_private
 
 TIMEOUT_S = 1.0
 #: Each step takes three quarters of a timeout: alone within it, three in a row beyond two.
@@ -23,8 +23,7 @@ STEP_S = 0.75 * TIMEOUT_S
 
 def _account() -> dict[str, Any]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption()).decode()
+    pem = pem_private(key)
     return {"type": "service_account", "project_id": "p", "client_email": "a@p.iam",
             "private_key_id": "k", "private_key": pem}
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -79,6 +79,13 @@ def dispatcher(queue: InMemoryQueue, provider: Provider, **options: Any) -> Disp
     return Dispatcher(queue, {"fcm": provider}, RetryPolicy((0.05,), jitter=0), **settings)
 
 
+def all_succeeded(queue: InMemoryQueue) -> Callable[[], Awaitable[bool]]:
+    """For :func:`eventually`: every delivery in ``queue`` succeeded."""
+    async def check() -> bool:
+        return all(e.status is DeliveryStatus.SUCCEEDED for e in queue.entries.values())
+    return check
+
+
 def now() -> float:
     return asyncio.get_running_loop().time()
 
@@ -91,9 +98,7 @@ async def test_handed_over_pushes_go_once_each_within_the_providers_room() -> No
     try:
         worker.hand_over(leased(queue, 40), now())
 
-        async def all_settled() -> bool:
-            return all(e.status is DeliveryStatus.SUCCEEDED for e in queue.entries.values())
-        await eventually(all_settled, timeout_s=10)
+        await eventually(all_succeeded(queue), timeout_s=10)
     finally:
         await worker.stop(1)
     assert sorted(provider.sent) == sorted(queue.entries)
@@ -119,9 +124,7 @@ async def test_a_claimable_push_waiting_for_room_goes_before_the_handed_over_res
         assert other.delivery_id not in provider.sent
         provider.gate.set()
 
-        async def all_settled() -> bool:
-            return all(e.status is DeliveryStatus.SUCCEEDED for e in queue.entries.values())
-        await eventually(all_settled, timeout_s=10)
+        await eventually(all_succeeded(queue), timeout_s=10)
     finally:
         await worker.stop(1)
     assert len(provider.sent) == 31 and len(set(provider.sent)) == 31
@@ -152,9 +155,7 @@ async def test_pushes_that_waited_too_long_to_start_go_back_and_are_claimed_once
         worker.hand_over(jobs, now() - LEASE_S)  # leased long ago: too late to start
         worker.wake()
 
-        async def all_settled() -> bool:
-            return all(e.status is DeliveryStatus.SUCCEEDED for e in queue.entries.values())
-        await eventually(all_settled, timeout_s=10)
+        await eventually(all_succeeded(queue), timeout_s=10)
     finally:
         await worker.stop(1)
     assert sorted(provider.sent) == sorted(j.delivery.delivery_id for j in jobs)
@@ -345,9 +346,7 @@ async def test_handed_over_pushes_go_on_as_soon_as_results_waiting_to_be_written
         assert len(provider.sent) == 4
         queue.open.set()
 
-        async def all_settled() -> bool:
-            return all(e.status is DeliveryStatus.SUCCEEDED for e in queue.entries.values())
-        await eventually(all_settled, timeout_s=5)
+        await eventually(all_succeeded(queue), timeout_s=5)
     finally:
         await worker.stop(1)
     assert sorted(provider.sent) == sorted(queue.entries)

@@ -10,12 +10,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from adapters.apns import APNsAdapter, apns_id
 from adapters.base import DeliveryJob, DeviceTarget, EventView, PerObject, Verdict
 from adapters.fcm import _TOKEN_MARK, FCMAdapter
+from gateway.sandbox import pem_private
 
 NOTIFICATIONS: list[dict[str, Any]] = [
     {"title": "Order shipped", "body": "Your order is on its way", "priority": "high",
@@ -86,8 +86,7 @@ async def test_an_apns_push_whose_header_http2_cannot_carry_fails_at_once_unsent
     the attempt fails for good, with the reason, before anything is sent, instead of
     raising out of the adapter and being retried as an internal error for days."""
     key = ec.generate_private_key(ec.SECP256R1())
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption()).decode()
+    pem = pem_private(key)
     adapter = APNsAdapter(base_url="https://127.0.0.1:9")
     try:
         outcome = await adapter.send(DeliveryJob(
