@@ -207,14 +207,14 @@ async def gateway_server(dsn: str, workdir: Path,
     from gateway.config import load_settings
     from gateway.store.database import Database, migrate
 
-    fetchrow = Database.fetchrow
+    fetch = Database.fetch
 
-    async def timed_fetchrow(self: Database, name: str, *args: Any) -> Any:
+    async def timed_fetch(self: Database, name: str, *args: Any) -> Any:
         if name != "insert_events":
-            return await fetchrow(self, name, *args)
-        return await COMMITS["gateway"].timed(len(args[0]), fetchrow(self, name, *args))
+            return await fetch(self, name, *args)
+        return await COMMITS["gateway"].timed(len(args[0]), fetch(self, name, *args))
 
-    patches.enter_context(mock.patch.object(Database, "fetchrow", timed_fetchrow))
+    patches.enter_context(mock.patch.object(Database, "fetch", timed_fetch))
 
     settings = load_settings({"DATABASE_URL": dsn, "GATEWAY_ADMIN_KEY": ADMIN_KEY,
                               "GATEWAY_DATA_DIR": str(workdir / "data"),

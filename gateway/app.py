@@ -46,7 +46,7 @@ from gateway.store.database import (
     Database,
 )
 from gateway.store.listening import listen_forever
-from gateway.store.postgres import Store
+from gateway.store.postgres import Accepted, EventDraft, Store
 from gateway.store.postgres_queue import PostgresQueue
 from gateway.store.records import Limits
 from gateway.store.tasks import TaskStore
@@ -156,7 +156,28 @@ def create_app(
         await db.close()
 
     async def ingest(app: web.Application) -> AsyncIterator[None]:
-        batcher = GroupCommit(app[appkeys.STORE].write_events, max_batch=500, max_flushers=2,
+        store = app[appkeys.STORE]
+
+        async def write(drafts: list[EventDraft]) -> list[Accepted | BaseException]:
+            # With a dispatcher in this process, it sends what this commit makes for the
+            # endpoints a claim would take as they come, handed over leased: no claim,
+            # no wake-up (Dispatcher.handoff).
+            worker = app.get(appkeys.DISPATCHER)
+            handoff = worker.handoff() if worker is not None else None
+            if worker is None or handoff is None:
+                return await store.write_events(drafts)
+            try:
+                written = await store.write_events(drafts, handoff)
+            except BaseException:
+                # It may have committed (an answer lost, or a stop cancelling it): what it
+                # leased goes back before the next claim, or at the stop.
+                worker.lease_lost(handoff.lease_id)
+                raise
+            if handoff.jobs:
+                worker.hand_over(handoff.jobs, handoff.leased_at)
+            return written
+
+        batcher = GroupCommit(write, max_batch=500, max_flushers=2,
                               name="ingest", fails_together=(DatabaseUnavailable,))
         app[appkeys.INGEST] = batcher
         app[appkeys.SCHEMAS] = schemas = EventTypeSchemas(app[appkeys.STORE],

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import functools
 import logging
 import time
@@ -45,6 +46,7 @@ from gateway.store.queue import (
     NO_CHANGE,
     AttemptResult,
     Claim,
+    Handoff,
     Job,
     Queue,
     Rooms,
@@ -96,8 +98,9 @@ EMPTY_CLAIM_STRETCH = 4
 #: few it holds): a delivered attempt frees its slot before its result is written, and
 #: its lease covers the wait.
 RESULT_INTERVAL_S = 0.01
-#: A fan-out in this process hands its deliveries over already leased (hand_over): at
-#: most this many wait here for room (the fan-out waits while it is full), and each
+#: A fan-out or an ingest commit in this process hands its deliveries over already leased
+#: (hand_over): about this many at most wait here for room (the fan-out waits while it is
+#: full, ingest leases nothing then; an ingest commit may bring a batch more), and each
 #: starts within ``handoff_wait_s`` or goes back to the queue.
 HANDOFF_CAPACITY = 2000
 
@@ -171,16 +174,20 @@ class Dispatcher:
         self._per_app: collections.Counter[str] = collections.Counter()
         #: Claims whose answer was lost with the connection: they may have committed.
         self._uncertain_leases: list[uuid.UUID] = []
-        #: Deliveries handed over leased by this process's fan-out, waiting for room, by
-        #: (provider, app), each with the loop time it must start by (hand_over).
+        #: Deliveries handed over leased by this process's fan-out or ingest, waiting for
+        #: room, by (target, app), each with the loop time it must start by (hand_over).
         self._ready: dict[tuple[str, str], collections.deque[tuple[Job, float]]] = {}
         self._ready_count = 0
         self._ready_room = asyncio.Event()
-        #: The last claim may have left due pushes waiting for the room handed-over
-        #: deliveries take (_competing): those then start only after a claim, so the
-        #: claim (oldest due first) has the room first.
+        #: The last claim may have left due deliveries waiting for the room handed-over
+        #: ones take (_competing): those then start only after a claim, so the claim
+        #: (oldest due first) has the room first.
         self._claims_waiting = False
         self._handing_back: set[asyncio.Task[None]] = set()
+        #: What each delivery runs in (a copy each): the dispatcher's own context, not
+        #: that of whoever handed it over (an ingest commit runs in a request's, whose
+        #: request id would otherwise be on the attempt's line).
+        self._context = contextvars.Context()
         self._loop_task: asyncio.Task[None] | None = None
         self._side_tasks: list[asyncio.Task[None]] = []
         self._results: GroupCommit[AttemptResult, None] = GroupCommit(
@@ -190,6 +197,7 @@ class Dispatcher:
     # --- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._context = contextvars.copy_context()
         self._loop_task = asyncio.create_task(self._loop(), name="dispatcher-loop")
         self._side_tasks = [asyncio.create_task(self._supervise(),
                                                 name="dispatcher-supervisor")]
@@ -415,29 +423,39 @@ class Dispatcher:
     def _start(self, job: Job) -> None:
         """Send a claimed (or handed-over) delivery in a slot of its own."""
         release = self._take_slot(_target(job), job.delivery.app_id)
-        task = asyncio.create_task(self._deliver(job, release))
+        task = asyncio.create_task(self._deliver(job, release), context=self._context.copy())
         self._inflight[task] = job.lease_id
-        task.add_done_callback(functools.partial(self._done, release=release))
+        task.add_done_callback(functools.partial(self._done, release=release),
+                               context=self._context.copy())
 
     # --- deliveries handed over by a fan-out -------------------------------------------
 
     def hand_over(self, jobs: Sequence[Job], leased_at: float) -> None:
-        """Take push deliveries made leased to this dispatcher (a fan-out batch,
-        :meth:`~gateway.store.queue.Fanout.expand_leased`, asked for at ``leased_at``,
-        loop time): they start as room frees within the same bounds as claimed ones,
-        providers and apps in turn, and none later than ``handoff_wait_s`` after
-        ``leased_at``: those go back to the queue, as do any handed over while
-        stopping."""
+        """Take deliveries made leased to this dispatcher (a fan-out batch,
+        :meth:`~gateway.store.queue.Fanout.expand_leased`, or an ingest commit's webhooks,
+        :meth:`handoff`; asked for at ``leased_at``, loop time): they start as room frees
+        within the same bounds as claimed ones, targets and apps in turn, and none later
+        than ``handoff_wait_s`` after ``leased_at``: those go back to the queue, as do any
+        handed over while stopping."""
         if self._stopping:
             self._hand_back(list(jobs))
             return
         start_by = leased_at + self.handoff_wait_s
         for job in jobs:
-            key = (job.delivery.kind, job.delivery.app_id)
+            key = (_target(job), job.delivery.app_id)
             self._ready.setdefault(key, collections.deque()).append((job, start_by))
         self._ready_count += len(jobs)
         if not self._claims_waiting:
             self._start_ready()
+
+    def handoff(self) -> Handoff | None:
+        """A lease for an ingest commit's webhook deliveries, which this dispatcher then
+        sends (:meth:`hand_over`) instead of claiming them; None when it takes none now
+        (stopping, or as many wait for room as it holds)."""
+        if (self._stopping or self.handoff_wait_s <= 0
+                or self._ready_count >= self.handoff_capacity):
+            return None
+        return Handoff(uuid.uuid4(), self.lease_s, asyncio.get_running_loop().time())
 
     async def room_to_hand_over(self, want: int, timeout_s: float) -> int:
         """How many deliveries :meth:`hand_over` takes now, at most ``want``, after waiting
@@ -460,15 +478,17 @@ class Dispatcher:
         return max(0, min(want, self.handoff_capacity - self._ready_count))
 
     def _competing(self, rooms: Rooms, jobs: Claim) -> bool:
-        """Whether due pushes may be waiting for the room handed-over deliveries take: a
-        provider they go to had no room left at this claim (the claim then sees none of
-        its due pushes), or the claim took all the room it had. (Webhooks compete only
-        for the overall bound, which a claim serves first anyway.)"""
+        """Whether due deliveries may be waiting for the room handed-over ones take: a
+        target (endpoint or provider) they go to had no room left at this claim (the
+        claim then sees none of its due deliveries), or the claim took all the room it
+        had."""
         if not self._ready_count:
             return False
-        taken = collections.Counter(job.delivery.kind for job in jobs)
-        return any(taken[kind] >= rooms.kinds.get(kind, self.push_concurrency)
-                   for kind in {kind for kind, _ in self._ready})
+        taken = collections.Counter(_target(job) for job in jobs)
+        return any(taken[target] >= (rooms.kinds.get(target, self.push_concurrency)
+                                     if target in PUSH_KINDS else
+                                     rooms.endpoints.get(target, self.endpoint_concurrency))
+                   for target in {target for target, _ in self._ready})
 
     async def _release_uncertain(self) -> None:
         """Hand back the leases that may have been taken unseen (lease_lost and claims
@@ -487,7 +507,7 @@ class Dispatcher:
         self._uncertain_leases.append(lease_id)
 
     def _start_ready(self) -> None:
-        """Start handed-over deliveries while there is room, one per (provider, app) in
+        """Start handed-over deliveries while there is room, one per (target, app) in
         turn; hand back those past their start-by time."""
         if not self._ready_count:
             return
@@ -502,8 +522,10 @@ class Dispatcher:
                 queue = self._ready[key]
                 while queue and queue[0][1] < now:
                     late.append(queue.popleft()[0])
-                kind, app_id = key
-                if (queue and free > 0 and self._per_target[kind] < self.push_concurrency
+                target, app_id = key
+                room = (self.push_concurrency if target in PUSH_KINDS
+                        else self.endpoint_concurrency)
+                if (queue and free > 0 and self._per_target[target] < room
                         and self._per_app[app_id] < self.app_concurrency):
                     self._start(queue.popleft()[0])
                     started += 1
@@ -520,7 +542,7 @@ class Dispatcher:
             self._hand_back(late)
 
     def _drop_ready(self, keys: list[tuple[str, str]]) -> None:
-        """Hand back the handed-over deliveries waiting under ``keys`` (provider, app)."""
+        """Hand back the handed-over deliveries waiting under ``keys`` (target, app)."""
         dropped = [job for key in keys for job, _ in self._ready.pop(key)]
         if dropped:
             self._ready_count -= len(dropped)
@@ -714,7 +736,19 @@ class Dispatcher:
                     raise  # nothing was written: the batch is the writers' to try again
                 failed = exc
         self._endpoints_changed(settled)
+        self._stop_handed_over(settled, results)
         return [failed if r.status is DeliveryStatus.PENDING else None for r in results]
+
+    def _stop_handed_over(self, settled: Settlement, results: Sequence[AttemptResult]) -> None:
+        """Endpoints these attempts opened the circuit of, or disabled (failing, or gone):
+        their handed-over deliveries that have not started go back to the queue, which
+        parks or holds them as it would have, instead of being sent here."""
+        if not self._ready_count:
+            return
+        stopped = set(settled.circuits_opened) | set(settled.disabled_failing) | {
+            (r.app_id, r.disable_endpoint_id) for r in results if r.disable_endpoint_id}
+        if stopped:
+            self._drop_ready([key for key in self._ready if (key[1], key[0]) in stopped])
 
     def _endpoints_changed(self, settled: Settlement) -> None:
         """Circuits that opened and endpoints disabled for failing: a line and a count

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
+from adapters.base import EventView
 from gateway.crypto import SECRET_FIELDS, Sealer, open_credentials, seal_credentials
 from gateway.endpoint_headers import open_headers, seal_headers
 from gateway.errors import (
@@ -34,6 +35,8 @@ from gateway.ids import hash_key, new_api_key, new_id, new_ids, new_webhook_secr
 from gateway.store.database import QUERIES, Database
 from gateway.store.endpoint_health import disable_endpoints, enable_endpoints
 from gateway.store.operational import OperationalWebhooks
+from gateway.store.postgres_queue import ingested_jobs
+from gateway.store.queue import Handoff
 from gateway.store.records import (
     App,
     Attempt,
@@ -397,13 +400,18 @@ class Store:
 
     # --- events -----------------------------------------------------------------------
 
-    async def write_events(self, drafts: list[EventDraft]) -> list[Accepted | BaseException]:
+    async def write_events(self, drafts: list[EventDraft],
+                           handoff: Handoff | None = None) -> list[Accepted | BaseException]:
         """Make each draft durable with its deliveries (see :meth:`_write_events`), after
         counting drafts of rate-limited apps against their current second: those past an
         app's ``rate_limit`` are refused (429) and write nothing. A replay of an
-        Idempotency-Key used within the window is answered, never counted."""
+        Idempotency-Key used within the window is answered, never counted.
+
+        With ``handoff``, the deliveries a claim would take as they come are made leased
+        to it and put in its ``jobs`` for the caller's dispatcher to send, once this
+        returns (committed)."""
         if all(d.rate_limit is None for d in drafts):
-            return await self._write_events(drafts)
+            return await self._write_events(drafts, handoff)
         counted = await self._rate_counted(drafts)
         wanted: dict[str, tuple[int, int]] = {}
         for d, counts in zip(drafts, counted, strict=True):
@@ -433,8 +441,8 @@ class Store:
                 granted[d.app_id] = granted.get(d.app_id, d.rate_limit or 0) - 1
             kept.append(i)
         if kept:
-            for i, written in zip(kept, await self._write_events([drafts[i] for i in kept]),
-                                  strict=True):
+            written_all = await self._write_events([drafts[i] for i in kept], handoff)
+            for i, written in zip(kept, written_all, strict=True):
                 results[i] = written
         return [r if r is not None else RuntimeError("unsettled") for r in results]
 
@@ -458,7 +466,8 @@ class Store:
                 used.add(scope)
         return counted
 
-    async def _write_events(self, drafts: list[EventDraft]) -> list[Accepted | BaseException]:
+    async def _write_events(self, drafts: list[EventDraft],
+                            handoff: Handoff | None) -> list[Accepted | BaseException]:
         """Make each draft durable with its deliveries, all in one transaction.
 
         A draft whose Idempotency-Key was already used within 24 h makes nothing: it
@@ -483,11 +492,21 @@ class Store:
             return ([ids[i] for i in rows], [drafts[i].app_id for i in rows],
                     [drafts[i].type for i in rows], [drafts[i].payload for i in rows],
                     now, [drafts[i].push for i in rows],
-                    [drafts[i].traceparent for i in rows], [drafts[i].tracestate for i in rows])
+                    [drafts[i].traceparent for i in rows], [drafts[i].tracestate for i in rows],
+                    handoff.lease_id if handoff is not None else None,
+                    handoff.lease_s if handoff is not None else None)
+
+        def hand_over(rows: list[int], leased: list[asyncpg.Record]) -> None:
+            if handoff is not None and leased[0]["id"] is not None:
+                events = {ids[i]: EventView(ids[i], drafts[i].type, drafts[i].payload, now,
+                                            drafts[i].traceparent, drafts[i].tracestate)
+                          for i in rows}
+                handoff.jobs += ingested_jobs(self.sealer, leased, events, handoff.lease_id)
 
         if not first:
             # The common case: one statement, its own transaction, no BEGIN/COMMIT trips.
-            await self.db.fetchrow("insert_events", *insert_args(list(range(len(drafts)))))
+            every = list(range(len(drafts)))
+            hand_over(every, await self.db.fetch("insert_events", *insert_args(every)))
             return [Accepted(ids[i], d.type, now, created=True) for i, d in enumerate(drafts)]
 
         async with self.db.transaction() as conn:
@@ -504,7 +523,8 @@ class Store:
                 or (i in first and (d.app_id, d.idempotency_key) in owned)
             ]
             if fresh:
-                await conn.fetchrow(QUERIES["insert_events"], *insert_args(fresh))
+                hand_over(fresh, await conn.fetch(QUERIES["insert_events"],
+                                                  *insert_args(fresh)))
             for i in fresh:
                 results[i] = Accepted(ids[i], drafts[i].type, now, created=True)
             replay = [i for i, r in enumerate(results) if r is None]

@@ -13,6 +13,7 @@ refused.
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -189,13 +190,7 @@ class PostgresQueue:
                    unsendable=unsendable)
 
     def _endpoint(self, row: asyncpg.Record) -> EndpointTarget:
-        """A claimed row's endpoint, its secrets and headers opened (decrypted, when
-        sealed)."""
-        context = f"endpoint:{row['endpoint_id']}"
-        secrets = tuple(self.sealer.open(s, context)
-                        for s in (row["secret"], row["previous_secret"]) if s)
-        return EndpointTarget(row["endpoint_id"], row["url"], secrets,
-                              open_headers(self.sealer, row["endpoint_id"], row["headers"]))
+        return endpoint_target(self.sealer, row)
 
     async def complete(self, results: Sequence[AttemptResult]) -> Settlement:
         if all(_only_delivered(r) for r in results):
@@ -336,6 +331,41 @@ class _ClaimReads:
     notifications: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     endpoints: dict[tuple[str, str, str, str | None, str | None], EndpointTarget] = field(
         default_factory=dict)
+
+
+def endpoint_target(sealer: Sealer, row: asyncpg.Record) -> EndpointTarget:
+    """A claimed (or ingested and leased) row's endpoint, its secrets and headers opened
+    (decrypted, when sealed)."""
+    context = f"endpoint:{row['endpoint_id']}"
+    secrets = tuple(sealer.open(s, context) for s in (row["secret"], row["previous_secret"])
+                    if s)
+    return EndpointTarget(row["endpoint_id"], row["url"], secrets,
+                          open_headers(sealer, row["endpoint_id"], row["headers"]))
+
+
+def ingested_jobs(sealer: Sealer, rows: Sequence[asyncpg.Record],
+                  events: Mapping[str, EventView], lease_id: uuid.UUID) -> list[Job]:
+    """insert_events' leased deliveries (rows of a NULL id are none) as jobs: each one's
+    first attempt, its event as ingest holds it, its endpoint opened once per statement
+    (:class:`_ClaimReads`). A secret that does not open makes that one job unsendable."""
+    endpoints: dict[tuple[str, str, str, str | None, str | None], EndpointTarget] = {}
+    jobs: list[Job] = []
+    for row in rows:
+        if row["id"] is None:
+            continue
+        endpoint = None
+        unsendable = None
+        try:
+            endpoint = _once(endpoints, (row["endpoint_id"], row["url"], row["secret"],
+                                         row["previous_secret"], row["headers"]),
+                             functools.partial(endpoint_target, sealer, row))
+        except SecretUnreadable as exc:
+            unsendable = exc.message
+        delivery = DeliveryJob(delivery_id=row["id"], app_id=row["app_id"],
+                               kind=DeliveryKind.WEBHOOK, event=events[row["event_id"]],
+                               endpoint=endpoint)
+        jobs.append(Job(delivery, lease_id, 0, unsendable=unsendable))
+    return jobs
 
 
 def _once(table: dict[K, V], key: K, read: Callable[[], V]) -> V:

@@ -199,6 +199,23 @@ class Expanded:
     jobs: list[Job]
 
 
+@dataclass
+class Handoff:
+    """An ingest commit's deliveries made leased to the ingesting process's own
+    dispatcher, which sends them as it sends a fan-out's (``Dispatcher.hand_over``): no
+    claim has to find them. Only deliveries a claim would take as they come are leased
+    (endpoints with no rate limit and a closed circuit); the rest are due for any claimer.
+    """
+
+    lease_id: uuid.UUID
+    lease_s: float
+    #: When the lease was asked for (loop time): the deliveries start within the
+    #: dispatcher's hand-over wait of it, or go back to the queue.
+    leased_at: float
+    #: The deliveries the commit made leased, as jobs (filled in by the store).
+    jobs: list[Job] = field(default_factory=list)
+
+
 class Fanout(Protocol):
     """Expands events' push targets into one delivery per device."""
 

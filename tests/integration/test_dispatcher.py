@@ -29,6 +29,9 @@ async def test_a_dispatcher_loop_that_dies_is_restarted_and_delivers(
 ) -> None:
     client = await _client(aiohttp_client, dsn, settings)
     dispatcher = client.app[appkeys.DISPATCHER]
+    # The event goes through a claim, not handed over by ingest: only a loop that is
+    # back can send it.
+    dispatcher.handoff_wait_s = 0
     real_claim = dispatcher.queue.claim
     calls = 0
 
@@ -57,6 +60,9 @@ async def test_a_stalled_dispatcher_fails_readiness_and_is_restarted(
 ) -> None:
     client = await _client(aiohttp_client, dsn, settings)
     dispatcher = client.app[appkeys.DISPATCHER]
+    # The event goes through a claim, not handed over by ingest: only a loop that is
+    # back can send it.
+    dispatcher.handoff_wait_s = 0
     dispatcher.stall_after_s = 0.6
     real_claim = dispatcher.queue.claim
     hang = asyncio.Event()

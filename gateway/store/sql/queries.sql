@@ -307,12 +307,18 @@ WHERE k.created_at >= now() - make_interval(secs => $3);
 -- name: insert_events
 -- $1 ids, $2 app ids, $3 types, $4 raw payloads, $5 created_at (one time for every row),
 -- $6 push targets as JSON text ({"user_ids", "topics", "notification"}) or NULL, $7
--- traceparents and $8 tracestates or NULLs (arrays of one length but $5).
+-- traceparents and $8 tracestates or NULLs (arrays of one length but $5), $9 a lease id
+-- and $10 its length in seconds, or NULLs.
 -- Creates each event and one pending delivery per active endpoint subscribed to its type
 -- whose filter (if it has one) the payload passes, and wakes the dispatchers (and the
 -- fan-out, for push targets) at commit: one statement, so without idempotency keys it
--- needs no explicit transaction. Push targets are expanded later by the fan-out. Returns
--- how many webhook deliveries were created.
+-- needs no explicit transaction. Push targets are expanded later by the fan-out.
+-- With a lease ($9), the deliveries to endpoints a claim would take as they come (no
+-- rate limit, circuit closed: claim_due_plain's "unusual") are made leased to the caller,
+-- who sends them itself (a handed-over delivery, Dispatcher.hand_over): no claim has to
+-- find them, and only the others wake the dispatchers. Answers one row per leased
+-- delivery, with what sending it needs of its endpoint (as claim_due answers it), or one
+-- row of NULLs when none was leased.
 WITH filtered AS (
     -- Apps of this batch with an endpoint that filters: only their events' payloads are
     -- read again below, as jsonb.
@@ -335,9 +341,11 @@ WITH filtered AS (
               CASE WHEN app_id IN (SELECT app_id FROM filtered) THEN payload END AS payload
 ), dl AS (
     INSERT INTO deliveries (id, app_id, event_id, endpoint_id, kind, next_attempt_at,
-                            created_at, updated_at)
+                            lease_id, created_at, updated_at)
     SELECT gateway_delivery_id(ev.id, ep.id), ev.app_id, ev.id, ep.id, 'webhook',
-           ev.created_at, ev.created_at, ev.created_at
+           CASE WHEN l.leased THEN now() + make_interval(secs => $10::float8)
+                ELSE ev.created_at END,
+           CASE WHEN l.leased THEN $9::uuid END, ev.created_at, ev.created_at
     FROM ev
     JOIN endpoints ep ON ep.app_id = ev.app_id
         AND ep.status = 'active' AND ep.deleted_at IS NULL
@@ -349,12 +357,23 @@ WITH filtered AS (
         -- The payload is read as jsonb only for endpoints with a filter (migration 0009).
         AND (ep.filter IS NULL
              OR gateway_filter_matches(ep.filter, gateway_payload_jsonb(ev.payload)))
-    RETURNING 1
+    CROSS JOIN LATERAL (
+        SELECT $9::uuid IS NOT NULL AND ep.circuit_open_until IS NULL
+               AND NOT EXISTS (SELECT 1 FROM endpoint_send_rates r
+                               WHERE r.endpoint_id = ep.id AND r.rate_limit IS NOT NULL)
+            AS leased
+    ) l
+    RETURNING id, app_id, event_id, endpoint_id, lease_id IS NOT NULL AS leased
 )
-SELECT (SELECT count(*) FROM dl) AS deliveries,
-       (SELECT pg_notify('gateway_deliveries', '') WHERE EXISTS (SELECT 1 FROM dl)) AS woke,
-       (SELECT pg_notify('gateway_fanout', '')
-        WHERE EXISTS (SELECT 1 FROM ev WHERE fanout_status = 'pending')) AS fanout;
+SELECT n.woke, n.fanout, d.id, d.app_id, d.event_id, d.endpoint_id, ep.url, ep.secret,
+       CASE WHEN ep.previous_secret_expires_at > now() THEN ep.previous_secret END
+           AS previous_secret,
+       ep.headers
+FROM (SELECT (SELECT pg_notify('gateway_deliveries', '')
+              WHERE EXISTS (SELECT 1 FROM dl WHERE NOT dl.leased)) AS woke,
+             (SELECT pg_notify('gateway_fanout', '')
+              WHERE EXISTS (SELECT 1 FROM ev WHERE fanout_status = 'pending')) AS fanout) n
+LEFT JOIN (dl d JOIN endpoints ep ON ep.id = d.endpoint_id) ON d.leased;
 
 -- name: get_event
 -- $1 app id, $2 event id

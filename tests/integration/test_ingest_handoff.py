@@ -1,0 +1,187 @@
+"""Ingest hands its own dispatcher the webhook deliveries it makes (issue 11, latency):
+a commit makes the deliveries a claim would take as they come leased to the ingesting
+process, which sends them without a claim and without waking any dispatcher. What a
+claim would treat otherwise (a rate-limited endpoint, an open circuit) stays due for the
+queue, and a handed-over delivery is the job a claim would have made of it."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from gateway import appkeys
+from gateway.app import create_app
+from gateway.config import Settings
+from gateway.store.database import DELIVERIES_CHANNEL, Database
+from gateway.store.postgres import EventDraft, Store
+from gateway.store.postgres_queue import PostgresQueue
+from gateway.store.queue import UNLIMITED, Claim, Handoff, Rooms
+from tests.support import Api, Receiver, eventually
+
+LEASE_S = 30.0
+
+
+@pytest.fixture
+async def store(dsn: str) -> AsyncIterator[Store]:
+    db = await Database.connect(dsn, max_size=4)
+    try:
+        yield Store(db)
+    finally:
+        await db.close()
+
+
+async def _endpoint(store: Store, app_id: str, **options: Any) -> str:
+    made = await store.create_endpoint(app_id, "http://127.0.0.1:9/", "", None)
+    if options:
+        await store.update_endpoint(app_id, made.id, options)
+    return made.id
+
+
+async def _sql(db: Database, sql: str, *args: Any) -> asyncpg.Record:
+    async with db.connection() as conn:
+        row = await conn.fetchrow(sql, *args)
+    assert row is not None
+    return row
+
+
+async def _row(store: Store, delivery_id: str) -> asyncpg.Record:
+    return await _sql(store.db, "SELECT lease_id, next_attempt_at > now() AS later "
+                                "FROM deliveries WHERE id = $1", delivery_id)
+
+
+async def test_a_commit_leases_its_caller_the_deliveries_a_claim_would_take_as_they_come(
+        store: Store) -> None:
+    app = await store.create_app("shop")
+    plain = await _endpoint(store, app.id)
+    limited = await _endpoint(store, app.id, rate_limit=5)
+    tripped = await _endpoint(store, app.id)
+    await _sql(store.db, "UPDATE endpoints SET circuit_open_until = now() + interval "
+                         "'1 minute', consecutive_failures = 5 WHERE id = $1 RETURNING id",
+               tripped)
+    handoff = Handoff(uuid.uuid4(), LEASE_S, 0.0)
+    (accepted,) = await store.write_events(
+        [EventDraft(app.id, "order.created", '{"n": 1}', traceparent=None)], handoff)
+    assert not isinstance(accepted, BaseException)
+    event = await store.get_event(app.id, accepted.id)
+    by_endpoint = {d.endpoint_id: d.id for d in await store.deliveries_of(app.id, event)}
+    assert set(by_endpoint) == {plain, limited, tripped}
+    (job,) = handoff.jobs
+    assert job.delivery.delivery_id == by_endpoint[plain]
+    assert job.lease_id == handoff.lease_id and job.schedule_pos == 0
+    leased = await _row(store, by_endpoint[plain])
+    assert leased["lease_id"] == handoff.lease_id and leased["later"]
+    for other in (limited, tripped):  # due for the queue, which books or parks them
+        row = await _row(store, by_endpoint[other])
+        assert row["lease_id"] is None and not row["later"]
+    # The job is what a claim would have made of the delivery once it was due.
+    queue = PostgresQueue(store.db)
+    await queue.release([handoff.lease_id])
+    claimed = [j for j in await queue.claim(10, LEASE_S, uuid.uuid4())
+               if j.delivery.delivery_id == job.delivery.delivery_id]
+    assert [j.delivery for j in claimed] == [job.delivery]
+
+
+async def test_a_commit_with_nothing_left_due_wakes_no_dispatcher(
+        store: Store, dsn: str) -> None:
+    app = await store.create_app("shop")
+    await _endpoint(store, app.id)
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    listener = await asyncpg.connect(dsn)
+    await listener.add_listener(DELIVERIES_CHANNEL,
+                                lambda *args: heard.put_nowait(str(args[2])))
+    try:
+        handoff = Handoff(uuid.uuid4(), LEASE_S, 0.0)
+        await store.write_events([EventDraft(app.id, "order.created", "{}")], handoff)
+        assert len(handoff.jobs) == 1
+        await store.write_events([EventDraft(app.id, "order.created", "{}")])
+        # Notifications arrive in commit order: the first one heard is the second
+        # commit's, so the first commit sent none.
+        assert await asyncio.wait_for(heard.get(), 5) == DELIVERIES_CHANNEL
+        await asyncio.sleep(0.2)
+        assert heard.empty()
+    finally:
+        await listener.close()
+
+
+async def test_a_replayed_idempotency_key_hands_over_nothing_and_a_fresh_one_its_deliveries(
+        store: Store) -> None:
+    app = await store.create_app("shop")
+    await _endpoint(store, app.id)
+    draft = EventDraft(app.id, "order.created", "{}", idempotency_key="k1",
+                       body_sha256=b"x" * 32)
+    first = Handoff(uuid.uuid4(), LEASE_S, 0.0)
+    await store.write_events([draft], first)
+    again = Handoff(uuid.uuid4(), LEASE_S, 0.0)
+    (replayed,) = await store.write_events([draft], again)
+    assert not isinstance(replayed, BaseException) and not replayed.created
+    assert len(first.jobs) == 1 and again.jobs == []
+
+
+async def test_events_ingested_by_a_process_are_sent_by_it_exactly_once_without_a_claim(
+        aiohttp_client: Any, dsn: str, settings: Settings, receiver: Receiver) -> None:
+    client = await aiohttp_client(create_app(settings, dsn))
+    dispatcher = client.app[appkeys.DISPATCHER]
+    assert isinstance(dispatcher.queue, PostgresQueue)
+    claimed: list[str] = []
+    real_claim = dispatcher.queue.claim
+
+    async def counting(limit: int, lease_s: float, lease_id: uuid.UUID,
+                       rooms: Rooms = UNLIMITED) -> Claim:
+        jobs = await real_claim(limit, lease_s, lease_id, rooms)
+        claimed.extend(j.delivery.delivery_id for j in jobs)
+        return jobs
+
+    dispatcher.queue.claim = counting  # type: ignore[method-assign]
+    api = Api(client)
+    key = await api.new_app()
+    await api.new_endpoint(key, receiver.url())
+    sent = await asyncio.gather(*[api.emit(key, payload={"i": i}) for i in range(50)])
+    await receiver.wait_for(50, timeout_s=20)
+    assert sorted(r.headers["webhook-id"] for r in receiver.requests) == sorted(
+        e["id"] for e in sent)
+    assert claimed == []
+    await asyncio.sleep(0.3)  # nothing comes twice
+    assert len(receiver.requests) == 50
+
+
+async def test_a_gateway_without_a_dispatcher_leaves_its_deliveries_due_for_one(
+        aiohttp_client: Any, dsn: str, settings: Settings) -> None:
+    client = await aiohttp_client(create_app(settings, dsn, dispatcher=False))
+    api = Api(client)
+    key = await api.new_app()
+    await api.new_endpoint(key, "http://127.0.0.1:9/hook")
+    await api.emit(key)
+    db = await Database.connect(dsn, max_size=1)
+    try:
+        row = await _sql(db, "SELECT count(*) AS due FROM deliveries "
+                             "WHERE lease_id IS NULL AND next_attempt_at <= now()")
+        assert row["due"] == 1
+    finally:
+        await db.close()
+
+
+async def test_a_handed_over_deliverys_attempt_line_carries_no_request_id(
+        aiohttp_client: Any, dsn: str, settings: Settings, receiver: Receiver,
+        captured: io.StringIO) -> None:
+    client = await aiohttp_client(create_app(settings, dsn))
+    api = Api(client)
+    key = await api.new_app()
+    await api.new_endpoint(key, receiver.url())
+    await asyncio.gather(*[api.emit(key) for _ in range(5)])
+    await receiver.wait_for(5)
+
+    def attempts() -> list[dict[str, Any]]:
+        records = [json.loads(line) for line in captured.getvalue().splitlines()]
+        return [r for r in records if r["msg"].startswith("delivery attempt")]
+
+    await eventually(lambda: asyncio.sleep(0, len(attempts()) == 5))
+    # The deliveries ran in the dispatcher's context, not in the request's whose ingest
+    # commit handed them over.
+    assert [r.get("request_id") for r in attempts()] == [None] * 5
