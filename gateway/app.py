@@ -173,8 +173,16 @@ def create_app(
                 # leased goes back before the next claim, or at the stop.
                 worker.lease_lost(handoff.lease_id)
                 raise
-            if handoff.jobs:
-                worker.hand_over(handoff.jobs, handoff.leased_at)
+            # Committed: nothing from here on may fail the batch, which would have it
+            # written again.
+            if handoff.lost:
+                worker.lease_lost(handoff.lease_id)
+            elif handoff.jobs:
+                try:
+                    worker.hand_over(handoff.jobs, handoff.leased_at)
+                except Exception:  # a bug: their leases bring them back
+                    log.exception("could not hand %d deliveries to the dispatcher",
+                                  len(handoff.jobs))
             return written
 
         batcher = GroupCommit(write, max_batch=500, max_flushers=2,

@@ -31,7 +31,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -175,14 +175,15 @@ class Dispatcher:
         #: Claims whose answer was lost with the connection: they may have committed.
         self._uncertain_leases: list[uuid.UUID] = []
         #: Deliveries handed over leased by this process's fan-out or ingest, waiting for
-        #: room, by (target, app), each with the loop time it must start by (hand_over).
-        self._ready: dict[tuple[str, str], collections.deque[tuple[Job, float]]] = {}
+        #: room, by app and then target (endpoint or provider), each with the loop time it
+        #: must start by (hand_over). Apps take turns, and each app's targets.
+        self._ready: dict[str, dict[str, collections.deque[tuple[Job, float]]]] = {}
         self._ready_count = 0
         self._ready_room = asyncio.Event()
-        #: The last claim may have left due deliveries waiting for the room handed-over
-        #: ones take (_competing): those then start only after a claim, so the claim
-        #: (oldest due first) has the room first.
-        self._claims_waiting = False
+        #: Where the last claim may have left due deliveries waiting for the room
+        #: handed-over ones would take (_competing): there they start only after the next
+        #: claim, so the claim (oldest due first) has the room first.
+        self._claims_waiting = _NOT_WAITING
         self._handing_back: set[asyncio.Task[None]] = set()
         #: What each delivery runs in (a copy each): the dispatcher's own context, not
         #: that of whoever handed it over (an ingest commit runs in a request's, whose
@@ -223,7 +224,7 @@ class Dispatcher:
         """The app was deleted: its adapters' tokens and connections go (a delivery of it
         still in flight may fail for want of them, which no longer matters), and so do
         its handed-over deliveries that have not started."""
-        self._drop_ready([key for key in self._ready if key[1] == app_id])
+        self._drop_ready(lambda app, target: app == app_id)
         for adapter in self.adapters.values():
             try:
                 await adapter.forget_app(app_id)
@@ -236,7 +237,7 @@ class Dispatcher:
         self._stopping = True
         self._wake.set()
         self._ready_room.set()
-        self._drop_ready(list(self._ready))
+        self._drop_ready(lambda app, target: True)
         for task in self._side_tasks:
             task.cancel()
         if self._loop_task is not None:
@@ -310,6 +311,10 @@ class Dispatcher:
                 continue
             free = self._free()
             if free <= 0:
+                if self._ready_count:
+                    # This loop is about to claim: the next freed slot is its, not a
+                    # handed-over delivery's (due work first, oldest first).
+                    self._claims_waiting = _Competing(everywhere=True)
                 self._slot_free.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.poll_interval_s):
@@ -346,7 +351,7 @@ class Dispatcher:
                 self.metrics.rate_limited.inc(jobs.held_back)
             for job in jobs:
                 self._start(job)
-            self._claims_waiting = self._competing(rooms, jobs)
+            self._claims_waiting = self._competing(rooms, jobs, want)
             self._start_ready()
             crowded_at = None
             if len(jobs) == want:
@@ -379,7 +384,7 @@ class Dispatcher:
             timeout = self.poll_interval_s if self._sending else min(0.05,
                                                                        self.poll_interval_s)
         waits = [asyncio.ensure_future(self._wake.wait())]
-        if due_now or not self._ready_count or self._claims_waiting:
+        if due_now or not self._ready_count or self._claims_waiting.anywhere:
             # A freed slot may let due work go. (With nothing due, a freed slot goes to a
             # handed-over delivery at once: no claim needed.)
             waits.append(asyncio.ensure_future(self._slot_free.wait()))
@@ -442,20 +447,32 @@ class Dispatcher:
             return
         start_by = leased_at + self.handoff_wait_s
         for job in jobs:
-            key = (_target(job), job.delivery.app_id)
-            self._ready.setdefault(key, collections.deque()).append((job, start_by))
+            targets = self._ready.setdefault(job.delivery.app_id, {})
+            targets.setdefault(_target(job), collections.deque()).append((job, start_by))
         self._ready_count += len(jobs)
-        if not self._claims_waiting:
-            self._start_ready()
+        self._start_ready()
 
     def handoff(self) -> Handoff | None:
         """A lease for an ingest commit's webhook deliveries, which this dispatcher then
-        sends (:meth:`hand_over`) instead of claiming them; None when it takes none now
-        (stopping, or as many wait for room as it holds)."""
-        if (self._stopping or self.handoff_wait_s <= 0
-                or self._ready_count >= self.handoff_capacity):
+        sends (:meth:`hand_over`) instead of claiming them: for the endpoints and apps it
+        has room for now (counting what already waits for room), as a claim would take
+        them. None when it has none (or is stopping): they are then due for any
+        dispatcher, which is woken."""
+        waiting = self._ready_count
+        if (self._stopping or self.handoff_wait_s <= 0 or waiting >= self.handoff_capacity
+                or self._free() - waiting <= 0):
             return None
-        return Handoff(uuid.uuid4(), self.lease_s, asyncio.get_running_loop().time())
+        targets = collections.Counter(self._per_target)
+        apps = collections.Counter(self._per_app)
+        for app_id, queues in self._ready.items():
+            for target, queue in queues.items():
+                targets[target] += len(queue)
+                apps[app_id] += len(queue)
+        return Handoff(uuid.uuid4(), self.lease_s, asyncio.get_running_loop().time(),
+                       full_endpoints=[t for t, n in targets.items()
+                                       if t not in PUSH_KINDS
+                                       and n >= self.endpoint_concurrency],
+                       full_apps=[a for a, n in apps.items() if n >= self.app_concurrency])
 
     async def room_to_hand_over(self, want: int, timeout_s: float) -> int:
         """How many deliveries :meth:`hand_over` takes now, at most ``want``, after waiting
@@ -477,18 +494,26 @@ class Dispatcher:
             return 0
         return max(0, min(want, self.handoff_capacity - self._ready_count))
 
-    def _competing(self, rooms: Rooms, jobs: Claim) -> bool:
-        """Whether due deliveries may be waiting for the room handed-over ones take: a
-        target (endpoint or provider) they go to had no room left at this claim (the
-        claim then sees none of its due deliveries), or the claim took all the room it
-        had."""
+    def _competing(self, rooms: Rooms, jobs: Claim, want: int) -> _Competing:
+        """Where due deliveries may be waiting for the room handed-over ones would take:
+        everywhere when the claim took all it asked for (more may be due); else at each
+        target (endpoint or provider) and each app that had no room left at this claim
+        (the claim then saw none of their due deliveries) or whose room it filled."""
         if not self._ready_count:
-            return False
+            return _NOT_WAITING
+        if len(jobs) >= want:
+            return _Competing(everywhere=True)
         taken = collections.Counter(_target(job) for job in jobs)
-        return any(taken[target] >= (rooms.kinds.get(target, self.push_concurrency)
+        per_app = collections.Counter(job.delivery.app_id for job in jobs)
+        targets = {target for queues in self._ready.values() for target in queues}
+        return _Competing(
+            targets=frozenset(
+                target for target in targets
+                if taken[target] >= (rooms.kinds.get(target, self.push_concurrency)
                                      if target in PUSH_KINDS else
-                                     rooms.endpoints.get(target, self.endpoint_concurrency))
-                   for target in {target for target, _ in self._ready})
+                                     rooms.endpoints.get(target, self.endpoint_concurrency))),
+            apps=frozenset(app for app in self._ready
+                           if per_app[app] >= rooms.apps.get(app, self.app_concurrency)))
 
     async def _release_uncertain(self) -> None:
         """Hand back the leases that may have been taken unseen (lease_lost and claims
@@ -503,36 +528,54 @@ class Dispatcher:
     def lease_lost(self, lease_id: uuid.UUID) -> None:
         """A lease whose deliveries may have been made but never reached us (the answer
         was lost with the connection, or the fan-out was stopped waiting for it): handed
-        back before the next claim, or when the dispatcher stops."""
+        back before the next claim (which this wakes), or when the dispatcher stops."""
         self._uncertain_leases.append(lease_id)
+        self._wake.set()
 
     def _start_ready(self) -> None:
-        """Start handed-over deliveries while there is room, one per (target, app) in
-        turn; hand back those past their start-by time."""
+        """Start handed-over deliveries while there is room, apps in turn and each app's
+        targets in turn (one each a round, the one served last going last), except where
+        the last claim left due ones waiting for the same room; hand back those past their
+        start-by time."""
         if not self._ready_count:
             return
         now = asyncio.get_running_loop().time()
-        free = self._free()
-        late: list[Job] = []
+        late = [job for queues in self._ready.values() for queue in queues.values()
+                for job in _past(queue, now)]
+        competing = self._claims_waiting
+        free = 0 if competing.everywhere else self._free()
         started = 0
         moved = True
-        while moved and self._ready:
+        while moved and free > 0:
             moved = False
-            for key in list(self._ready):
-                queue = self._ready[key]
-                while queue and queue[0][1] < now:
-                    late.append(queue.popleft()[0])
-                target, app_id = key
-                room = (self.push_concurrency if target in PUSH_KINDS
-                        else self.endpoint_concurrency)
-                if (queue and free > 0 and self._per_target[target] < room
-                        and self._per_app[app_id] < self.app_concurrency):
+            for app_id in list(self._ready):
+                if free <= 0:
+                    break
+                if (app_id in competing.apps
+                        or self._per_app[app_id] >= self.app_concurrency):
+                    continue
+                queues = self._ready[app_id]
+                for target in list(queues):
+                    room = (self.push_concurrency if target in PUSH_KINDS
+                            else self.endpoint_concurrency)
+                    if (not queues[target] or target in competing.targets
+                            or self._per_target[target] >= room):
+                        continue
+                    queue = queues.pop(target)
                     self._start(queue.popleft()[0])
+                    if queue:
+                        queues[target] = queue  # its next one waits for the others
                     started += 1
                     free -= 1
                     moved = True
-                if not queue:
-                    del self._ready[key]
+                    # The app's next turn comes after every other app's.
+                    self._ready[app_id] = self._ready.pop(app_id)
+                    break
+        for app_id, queues in list(self._ready.items()):
+            for target in [target for target, queue in queues.items() if not queue]:
+                del queues[target]
+            if not queues:
+                del self._ready[app_id]
         if started or late:
             self._ready_count -= started + len(late)
             self._ready_room.set()
@@ -541,9 +584,14 @@ class Dispatcher:
                         "back to the queue", len(late), self.handoff_wait_s)
             self._hand_back(late)
 
-    def _drop_ready(self, keys: list[tuple[str, str]]) -> None:
-        """Hand back the handed-over deliveries waiting under ``keys`` (target, app)."""
-        dropped = [job for key in keys for job, _ in self._ready.pop(key)]
+    def _drop_ready(self, which: Callable[[str, str], bool]) -> None:
+        """Hand back the handed-over deliveries waiting for (app, target) ``which`` says."""
+        dropped: list[Job] = []
+        for app_id, queues in list(self._ready.items()):
+            for target in [t for t in queues if which(app_id, t)]:
+                dropped += [job for job, _ in queues.pop(target)]
+            if not queues:
+                del self._ready[app_id]
         if dropped:
             self._ready_count -= len(dropped)
             self._ready_room.set()
@@ -552,7 +600,7 @@ class Dispatcher:
     def _hand_back(self, jobs: list[Job]) -> None:
         """Unstarted handed-over deliveries go back to the queue now (else their leases
         would hold them until they lapse)."""
-        task = asyncio.create_task(self._release_jobs(jobs))
+        task = asyncio.create_task(self._release_jobs(jobs), context=self._context.copy())
         self._handing_back.add(task)
         task.add_done_callback(self._handing_back.discard)
 
@@ -602,7 +650,7 @@ class Dispatcher:
         room too, see :meth:`_free`): the claim loop may go on, and handed-over deliveries
         may start."""
         self._slot_free.set()
-        if self._ready_count and not self._claims_waiting:
+        if self._ready_count:
             self._start_ready()
 
     def _done(self, task: asyncio.Task[None], *, release: Callable[[], None]) -> None:
@@ -748,7 +796,7 @@ class Dispatcher:
         stopped = set(settled.circuits_opened) | set(settled.disabled_failing) | {
             (r.app_id, r.disable_endpoint_id) for r in results if r.disable_endpoint_id}
         if stopped:
-            self._drop_ready([key for key in self._ready if (key[1], key[0]) in stopped])
+            self._drop_ready(lambda app, target: (app, target) in stopped)
 
     def _endpoints_changed(self, settled: Settlement) -> None:
         """Circuits that opened and endpoints disabled for failing: a line and a count
@@ -781,3 +829,27 @@ def _target(job: Job) -> str:
     """What a delivery's concurrency is bounded by: its endpoint, or its push provider."""
     endpoint = job.delivery.endpoint
     return endpoint.id if endpoint is not None else job.delivery.kind
+
+
+@dataclass(frozen=True)
+class _Competing:
+    """Where handed-over deliveries wait for the next claim (Dispatcher._competing)."""
+
+    everywhere: bool = False
+    targets: frozenset[str] = frozenset()
+    apps: frozenset[str] = frozenset()
+
+    @property
+    def anywhere(self) -> bool:
+        return self.everywhere or bool(self.targets) or bool(self.apps)
+
+
+_NOT_WAITING = _Competing()
+
+
+def _past(queue: collections.deque[tuple[Job, float]], now: float) -> list[Job]:
+    """Take the jobs at the head of ``queue`` whose start-by time has passed."""
+    late: list[Job] = []
+    while queue and queue[0][1] < now:
+        late.append(queue.popleft()[0])
+    return late

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import logging
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -67,6 +68,8 @@ from gateway_client.models import DeliveryStatus, DisabledReason, EndpointStatus
 
 if TYPE_CHECKING:
     from gateway.store.database import Connection
+
+log = logging.getLogger("gateway.store")
 
 R = TypeVar("R")
 A = TypeVar("A", bound=App)
@@ -494,14 +497,25 @@ class Store:
                     now, [drafts[i].push for i in rows],
                     [drafts[i].traceparent for i in rows], [drafts[i].tracestate for i in rows],
                     handoff.lease_id if handoff is not None else None,
-                    handoff.lease_s if handoff is not None else None)
+                    handoff.lease_s if handoff is not None else None,
+                    handoff.full_endpoints if handoff is not None else None,
+                    handoff.full_apps if handoff is not None else None)
 
         def hand_over(rows: list[int], leased: list[asyncpg.Record]) -> None:
-            if handoff is not None and leased[0]["id"] is not None:
-                events = {ids[i]: EventView(ids[i], drafts[i].type, drafts[i].payload, now,
-                                            drafts[i].traceparent, drafts[i].tracestate)
-                          for i in rows}
+            if handoff is None or leased[0]["id"] is None:
+                return
+            events = {ids[i]: EventView(ids[i], drafts[i].type, drafts[i].payload, now,
+                                        drafts[i].traceparent, drafts[i].tracestate)
+                      for i in rows}
+            try:
                 handoff.jobs += ingested_jobs(self.sealer, leased, events, handoff.lease_id)
+            except Exception:
+                # The events are written (or about to be): failing here would have the
+                # batch written again. Their deliveries go back to the queue instead.
+                log.exception("could not hand over an ingest commit's deliveries; they go "
+                              "back to the queue")
+                handoff.jobs = []
+                handoff.lost = True
 
         if not first:
             # The common case: one statement, its own transaction, no BEGIN/COMMIT trips.

@@ -212,8 +212,15 @@ class Handoff:
     #: When the lease was asked for (loop time): the deliveries start within the
     #: dispatcher's hand-over wait of it, or go back to the queue.
     leased_at: float
+    #: Endpoints and apps the dispatcher has no room for now: their deliveries are left
+    #: due, for any dispatcher, as a claim would leave them.
+    full_endpoints: list[str] = field(default_factory=list)
+    full_apps: list[str] = field(default_factory=list)
     #: The deliveries the commit made leased, as jobs (filled in by the store).
     jobs: list[Job] = field(default_factory=list)
+    #: The commit's leased deliveries could not be made into jobs (a bug): the caller
+    #: gives the lease back instead of sending them.
+    lost: bool = False
 
 
 class Fanout(Protocol):

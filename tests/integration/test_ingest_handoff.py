@@ -12,6 +12,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
+from unittest import mock
 
 import asyncpg
 import pytest
@@ -185,3 +186,43 @@ async def test_a_handed_over_deliverys_attempt_line_carries_no_request_id(
     # The deliveries ran in the dispatcher's context, not in the request's whose ingest
     # commit handed them over.
     assert [r.get("request_id") for r in attempts()] == [None] * 5
+
+
+async def test_endpoints_and_apps_the_caller_has_no_room_for_are_left_due(
+        store: Store) -> None:
+    app = await store.create_app("shop")
+    busy_app = await store.create_app("busy")
+    roomy = await _endpoint(store, app.id)
+    full = await _endpoint(store, app.id)
+    elsewhere = await _endpoint(store, busy_app.id)
+    handoff = Handoff(uuid.uuid4(), LEASE_S, 0.0, full_endpoints=[full],
+                      full_apps=[busy_app.id])
+    written = await store.write_events([EventDraft(app.id, "order.created", "{}"),
+                                        EventDraft(busy_app.id, "order.created", "{}")],
+                                       handoff)
+    assert [j.delivery.endpoint.id for j in handoff.jobs if j.delivery.endpoint] == [roomy]
+    for accepted, app_id, left in zip(written, (app.id, busy_app.id), ([full], [elsewhere]),
+                                      strict=True):
+        assert not isinstance(accepted, BaseException)
+        event = await store.get_event(app_id, accepted.id)
+        for delivery in await store.deliveries_of(app_id, event):
+            row = await _row(store, delivery.id)
+            assert (row["lease_id"] is None) is (delivery.endpoint_id in left)
+
+
+async def test_deliveries_that_cannot_be_handed_over_go_back_and_the_events_are_written_once(
+        aiohttp_client: Any, dsn: str, settings: Settings, receiver: Receiver) -> None:
+    """A failure after ingest's commit (turning the leased rows into jobs) must not fail
+    the batch, which would be written again: the events are answered as written, their
+    leases handed back, and each is delivered once by a claim."""
+    client = await aiohttp_client(create_app(settings, dsn))
+    api = Api(client)
+    key = await api.new_app()
+    await api.new_endpoint(key, receiver.url())
+    with mock.patch("gateway.store.postgres.ingested_jobs", side_effect=RuntimeError("bug")):
+        sent = await asyncio.gather(*[api.emit(key, payload={"i": i}) for i in range(5)])
+    await receiver.wait_for(5, timeout_s=20)
+    assert sorted(r.headers["webhook-id"] for r in receiver.requests) == sorted(
+        e["id"] for e in sent)
+    status, events = await api.call("GET", "/v1/events?limit=50", key)
+    assert status == 200 and len(events["data"]) == 5

@@ -1,6 +1,7 @@
-"""Deliveries a fan-out hands its own dispatcher, made leased (Dispatcher.hand_over): they
-go within the provider's and the app's rooms, each once, after any claimable work that
-waits for the same room, and none is kept past half its lease or through a stop."""
+"""Deliveries a fan-out or an ingest commit hands its own dispatcher, made leased
+(Dispatcher.hand_over): they go within the target's and the app's rooms, apps in turn,
+each once, after any claimable work that waits for the same room, and none is kept past
+half its lease or through a stop."""
 
 from __future__ import annotations
 
@@ -350,3 +351,115 @@ async def test_handed_over_pushes_go_on_as_soon_as_results_waiting_to_be_written
     finally:
         await worker.stop(1)
     assert sorted(provider.sent) == sorted(queue.entries)
+
+
+# --- webhooks an ingest commit hands over ------------------------------------------------
+
+def webhook(n: int, app_id: str, endpoint_id: str) -> DeliveryJob:
+    event = EventView(f"evt_{app_id}_{n:03d}", "order.created", "{}", datetime.now(UTC))
+    return DeliveryJob(f"dlv_{app_id}_{n:03d}", app_id, "webhook", event,
+                       endpoint=EndpointTarget(endpoint_id, "http://x/", ("s",)))
+
+
+def hooks(queue: InMemoryQueue, hook: Hook, **options: Any) -> Dispatcher:
+    settings: dict[str, Any] = {"poll_interval_s": 30, "lease_s": LEASE_S,
+                                "claim_interval_s": 0, **options}
+    return Dispatcher(queue, {"webhook": hook}, RetryPolicy((0.05,), jitter=0), **settings)
+
+
+async def test_a_due_delivery_goes_before_a_handed_over_backlog_that_fills_the_overall_room(
+) -> None:
+    """The overall bound, not only a target's: a due delivery of another app waiting for
+    any free slot takes the next one, not the 29th."""
+    queue = InMemoryQueue()
+    hook = Hook()
+    worker = hooks(queue, hook, concurrency=2)
+    await worker.start()
+    try:
+        lease = uuid.uuid4()
+        worker.hand_over([queue.add_leased(webhook(n, "app_a", f"ep_a{n % 5}"), LEASE_S,
+                                           lease) for n in range(30)], now())
+        await eventually(lambda: asyncio.sleep(0, len(hook.sent) == 2))
+        other = webhook(0, "app_b", "ep_b")
+        queue.add(other)
+        worker.wake()
+        await asyncio.sleep(0.05)  # its claim finds no room: it waits
+        hook.gate.set()
+
+        await eventually(all_succeeded(queue), timeout_s=10)
+    finally:
+        await worker.stop(1)
+    assert len(hook.sent) == 31 and len(set(hook.sent)) == 31
+    assert hook.sent.index(other.delivery_id) < 5, hook.sent
+
+
+async def test_apps_take_turns_with_handed_over_webhooks_whatever_their_endpoints() -> None:
+    """Turns go to apps, then to each app's endpoints, and carry over from one freed slot
+    to the next: an app with ten endpoints does not go ten times for another's once, and
+    the first app handed over does not go first every time."""
+    queue = InMemoryQueue()
+    hook = Hook()
+    hook.gate.set()
+    worker = hooks(queue, hook, concurrency=2, app_concurrency=100)
+    await worker.start()
+    try:
+        lease = uuid.uuid4()
+        jobs = [queue.add_leased(webhook(n, "app_a", f"ep_a{n % 10}"), LEASE_S, lease)
+                for n in range(40)]
+        jobs += [queue.add_leased(webhook(n, "app_b", "ep_b"), LEASE_S, lease)
+                 for n in range(20)]
+        jobs += [queue.add_leased(webhook(n, "app_c", "ep_c"), LEASE_S, lease)
+                 for n in range(20)]
+        worker.hand_over(jobs, now())
+        await eventually(all_succeeded(queue), timeout_s=10)
+    finally:
+        await worker.stop(1)
+    first = collections.Counter(s.split("_")[2] for s in hook.sent[:30])
+    assert all(first[app] >= 8 for app in "abc"), "".join(s.split("_")[2] for s in hook.sent)
+
+
+async def test_an_ingest_lease_leaves_out_endpoints_and_apps_without_room_here() -> None:
+    queue = InMemoryQueue()
+    hook = Hook()
+    worker = hooks(queue, hook, concurrency=4, endpoint_concurrency=2, app_concurrency=3)
+    await worker.start()
+    try:
+        offer = worker.handoff()
+        assert offer is not None
+        assert (offer.full_endpoints, offer.full_apps) == ([], [])
+        lease = uuid.uuid4()
+        # ep_1 full (2 sending), app_a full (2 sending + 1 waiting for ep_1's room).
+        worker.hand_over([queue.add_leased(webhook(n, "app_a", "ep_1"), LEASE_S, lease)
+                          for n in range(3)], now())
+        await eventually(lambda: asyncio.sleep(0, len(hook.sent) == 2))
+        offer = worker.handoff()
+        assert offer is not None
+        assert (offer.full_endpoints, offer.full_apps) == (["ep_1"], ["app_a"])
+        worker.hand_over([queue.add_leased(webhook(n, "app_b", f"ep_b{n}"), LEASE_S, lease)
+                          for n in range(2)], now())
+        await eventually(lambda: asyncio.sleep(0, len(hook.sent) == 4))
+        assert worker.handoff() is None  # no room left here at all
+        hook.gate.set()
+        await eventually(all_succeeded(queue), timeout_s=10)
+    finally:
+        await worker.stop(1)
+
+
+async def test_an_app_at_its_room_does_not_lose_its_turn_to_the_apps_handed_over_first(
+) -> None:
+    """Slots free one at a time: each goes to the next app in turn, so the third app
+    handed over does not wait for the first two to finish."""
+    queue = InMemoryQueue()
+    hook = Hook()
+    hook.gate.set()
+    worker = hooks(queue, hook, concurrency=4, app_concurrency=2)
+    await worker.start()
+    try:
+        lease = uuid.uuid4()
+        worker.hand_over([queue.add_leased(webhook(n, app, f"ep_{app}"), LEASE_S, lease)
+                          for app in ("app_a", "app_b", "app_c") for n in range(20)], now())
+        await eventually(all_succeeded(queue), timeout_s=10)
+    finally:
+        await worker.stop(1)
+    first = collections.Counter(s.split("_")[2] for s in hook.sent[:15])
+    assert all(first[app] >= 4 for app in "abc"), "".join(s.split("_")[2] for s in hook.sent)

@@ -308,13 +308,15 @@ WHERE k.created_at >= now() - make_interval(secs => $3);
 -- $1 ids, $2 app ids, $3 types, $4 raw payloads, $5 created_at (one time for every row),
 -- $6 push targets as JSON text ({"user_ids", "topics", "notification"}) or NULL, $7
 -- traceparents and $8 tracestates or NULLs (arrays of one length but $5), $9 a lease id
--- and $10 its length in seconds, or NULLs.
+-- and $10 its length in seconds, or NULLs, $11 endpoint ids and $12 app ids the caller
+-- has no room for (their deliveries are not leased), or NULLs.
 -- Creates each event and one pending delivery per active endpoint subscribed to its type
 -- whose filter (if it has one) the payload passes, and wakes the dispatchers (and the
 -- fan-out, for push targets) at commit: one statement, so without idempotency keys it
 -- needs no explicit transaction. Push targets are expanded later by the fan-out.
 -- With a lease ($9), the deliveries to endpoints a claim would take as they come (no
--- rate limit, circuit closed: claim_due_plain's "unusual") are made leased to the caller,
+-- rate limit, circuit closed: claim_due_plain's "unusual"), of endpoints and apps the
+-- caller has room for, are made leased to the caller,
 -- who sends them itself (a handed-over delivery, Dispatcher.hand_over): no claim has to
 -- find them, and only the others wake the dispatchers. Answers one row per leased
 -- delivery, with what sending it needs of its endpoint (as claim_due answers it), or one
@@ -359,6 +361,8 @@ WITH filtered AS (
              OR gateway_filter_matches(ep.filter, gateway_payload_jsonb(ev.payload)))
     CROSS JOIN LATERAL (
         SELECT $9::uuid IS NOT NULL AND ep.circuit_open_until IS NULL
+               AND ep.id <> ALL(coalesce($11::text[], '{}'))
+               AND ev.app_id <> ALL(coalesce($12::text[], '{}'))
                AND NOT EXISTS (SELECT 1 FROM endpoint_send_rates r
                                WHERE r.endpoint_id = ep.id AND r.rate_limit IS NOT NULL)
             AS leased
@@ -1055,18 +1059,27 @@ SELECT (SELECT count(*) FROM kept)::int AS kept, (SELECT count(*) FROM dropped):
 SELECT pg_notify('gateway_outcomes', p) FROM unnest($1::text[]) AS p;
 
 -- name: release_leases
--- $1 lease ids: deliveries claimed but not attempted go back to the queue at once.
-UPDATE deliveries SET next_attempt_at = now(), lease_id = NULL, updated_at = now()
-WHERE lease_id = ANY($1::uuid[]) AND status = 'pending';
+-- $1 lease ids: deliveries claimed but not attempted go back to the queue at once, and
+-- the dispatchers hear of it.
+WITH released AS (
+    UPDATE deliveries SET next_attempt_at = now(), lease_id = NULL, updated_at = now()
+    WHERE lease_id = ANY($1::uuid[]) AND status = 'pending'
+    RETURNING 1
+)
+SELECT pg_notify('gateway_deliveries', '') WHERE EXISTS (SELECT 1 FROM released);
 
 -- name: release_deliveries
 -- $1 app ids, $2 delivery ids, $3 their lease ids (arrays of one length): these
 -- deliveries, leased but not attempted, go back to the queue at once (others of their
--- leases stay where they are).
-UPDATE deliveries d SET next_attempt_at = now(), lease_id = NULL, updated_at = now()
-FROM unnest($1::text[], $2::text[], $3::uuid[]) AS r(app_id, id, lease_id)
-WHERE d.app_id = r.app_id AND d.id = r.id AND d.lease_id = r.lease_id
-  AND d.status = 'pending';
+-- leases stay where they are), and the dispatchers hear of it.
+WITH released AS (
+    UPDATE deliveries d SET next_attempt_at = now(), lease_id = NULL, updated_at = now()
+    FROM unnest($1::text[], $2::text[], $3::uuid[]) AS r(app_id, id, lease_id)
+    WHERE d.app_id = r.app_id AND d.id = r.id AND d.lease_id = r.lease_id
+      AND d.status = 'pending'
+    RETURNING 1
+)
+SELECT pg_notify('gateway_deliveries', '') WHERE EXISTS (SELECT 1 FROM released);
 
 -- name: next_due_at
 -- When the next delivery falls due, or the next open circuit turns half-open (its parked
