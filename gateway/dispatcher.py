@@ -470,8 +470,7 @@ class Dispatcher:
                 apps[app_id] += len(queue)
         return Handoff(uuid.uuid4(), self.lease_s, asyncio.get_running_loop().time(),
                        full_endpoints=[t for t, n in targets.items()
-                                       if t not in PUSH_KINDS
-                                       and n >= self.endpoint_concurrency],
+                                       if t not in PUSH_KINDS and n >= self._room_of(t)],
                        full_apps=[a for a, n in apps.items() if n >= self.app_concurrency])
 
     async def room_to_hand_over(self, want: int, timeout_s: float) -> int:
@@ -509,9 +508,8 @@ class Dispatcher:
         return _Competing(
             targets=frozenset(
                 target for target in targets
-                if taken[target] >= (rooms.kinds.get(target, self.push_concurrency)
-                                     if target in PUSH_KINDS else
-                                     rooms.endpoints.get(target, self.endpoint_concurrency))),
+                if taken[target] >= (rooms.kinds if target in PUSH_KINDS else
+                                     rooms.endpoints).get(target, self._room_of(target))),
             apps=frozenset(app for app in self._ready
                            if per_app[app] >= rooms.apps.get(app, self.app_concurrency)))
 
@@ -556,10 +554,8 @@ class Dispatcher:
                     continue
                 queues = self._ready[app_id]
                 for target in list(queues):
-                    room = (self.push_concurrency if target in PUSH_KINDS
-                            else self.endpoint_concurrency)
                     if (not queues[target] or target in competing.targets
-                            or self._per_target[target] >= room):
+                            or self._per_target[target] >= self._room_of(target)):
                         continue
                     queue = queues.pop(target)
                     self._start(queue.popleft()[0])
@@ -612,6 +608,11 @@ class Dispatcher:
                         "leases lapse", len(jobs), exc)
         else:
             self._wake.set()  # due now: claim them
+
+    def _room_of(self, target: str) -> int:
+        """How many deliveries to ``target`` (an endpoint, or a push provider) may be in
+        flight here."""
+        return self.push_concurrency if target in PUSH_KINDS else self.endpoint_concurrency
 
     def _rooms(self) -> Rooms:
         """What each busy endpoint, provider and app can still take."""

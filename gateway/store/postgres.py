@@ -491,15 +491,15 @@ class Store:
                 first.append(i)
             seen.add(scope)
 
+        lease = ((handoff.lease_id, handoff.lease_s, handoff.full_endpoints,
+                  handoff.full_apps) if handoff is not None else (None, None, None, None))
+
         def insert_args(rows: list[int]) -> tuple[Any, ...]:
             return ([ids[i] for i in rows], [drafts[i].app_id for i in rows],
                     [drafts[i].type for i in rows], [drafts[i].payload for i in rows],
                     now, [drafts[i].push for i in rows],
                     [drafts[i].traceparent for i in rows], [drafts[i].tracestate for i in rows],
-                    handoff.lease_id if handoff is not None else None,
-                    handoff.lease_s if handoff is not None else None,
-                    handoff.full_endpoints if handoff is not None else None,
-                    handoff.full_apps if handoff is not None else None)
+                    *lease)
 
         def hand_over(rows: list[int], leased: list[asyncpg.Record]) -> None:
             if handoff is None or leased[0]["id"] is None:

@@ -161,11 +161,7 @@ class PostgresQueue:
         try:
             # An operational delivery's webhook may have been removed since: no url.
             if row["endpoint_id"] is not None and row["url"] is not None:
-                endpoint = _once(
-                    shared.endpoints,
-                    (row["endpoint_id"], row["url"], row["secret"], row["previous_secret"],
-                     row["headers"]),
-                    lambda: self._endpoint(row))
+                endpoint = _endpoint_once(self.sealer, row, shared)
             if row["credentials"]:
                 credentials = _once(
                     shared.credentials, (row["app_id"], row["kind"], row["credentials"]),
@@ -188,9 +184,6 @@ class PostgresQueue:
         return Job(delivery, lease_id, row["schedule_pos"],
                    device_active=row["device_status"] in (None, DeviceStatus.ACTIVE),
                    unsendable=unsendable)
-
-    def _endpoint(self, row: asyncpg.Record) -> EndpointTarget:
-        return endpoint_target(self.sealer, row)
 
     async def complete(self, results: Sequence[AttemptResult]) -> Settlement:
         if all(_only_delivered(r) for r in results):
@@ -333,9 +326,15 @@ class _ClaimReads:
         default_factory=dict)
 
 
-def endpoint_target(sealer: Sealer, row: asyncpg.Record) -> EndpointTarget:
+def _endpoint_once(sealer: Sealer, row: asyncpg.Record, shared: _ClaimReads) -> EndpointTarget:
     """A claimed (or ingested and leased) row's endpoint, its secrets and headers opened
-    (decrypted, when sealed)."""
+    (decrypted, when sealed): once per statement's rows (``shared``)."""
+    return _once(shared.endpoints, (row["endpoint_id"], row["url"], row["secret"],
+                                    row["previous_secret"], row["headers"]),
+                 functools.partial(_endpoint_target, sealer, row))
+
+
+def _endpoint_target(sealer: Sealer, row: asyncpg.Record) -> EndpointTarget:
     context = f"endpoint:{row['endpoint_id']}"
     secrets = tuple(sealer.open(s, context) for s in (row["secret"], row["previous_secret"])
                     if s)
@@ -348,7 +347,7 @@ def ingested_jobs(sealer: Sealer, rows: Sequence[asyncpg.Record],
     """insert_events' leased deliveries (rows of a NULL id are none) as jobs: each one's
     first attempt, its event as ingest holds it, its endpoint opened once per statement
     (:class:`_ClaimReads`). A secret that does not open makes that one job unsendable."""
-    endpoints: dict[tuple[str, str, str, str | None, str | None], EndpointTarget] = {}
+    shared = _ClaimReads()
     jobs: list[Job] = []
     for row in rows:
         if row["id"] is None:
@@ -356,9 +355,7 @@ def ingested_jobs(sealer: Sealer, rows: Sequence[asyncpg.Record],
         endpoint = None
         unsendable = None
         try:
-            endpoint = _once(endpoints, (row["endpoint_id"], row["url"], row["secret"],
-                                         row["previous_secret"], row["headers"]),
-                             functools.partial(endpoint_target, sealer, row))
+            endpoint = _endpoint_once(sealer, row, shared)
         except SecretUnreadable as exc:
             unsendable = exc.message
         delivery = DeliveryJob(delivery_id=row["id"], app_id=row["app_id"],

@@ -74,10 +74,11 @@ def leased(queue: InMemoryQueue, count: int, app_id: str = "app_a") -> list[Job]
     return [queue.add_leased(push(n, app_id), LEASE_S, lease_id) for n in range(count)]
 
 
-def dispatcher(queue: InMemoryQueue, provider: Provider, **options: Any) -> Dispatcher:
+def dispatcher(queue: InMemoryQueue, adapter: Provider | Hook, **options: Any) -> Dispatcher:
     settings: dict[str, Any] = {"poll_interval_s": 30, "lease_s": LEASE_S,
                                 "push_concurrency": 4, "app_concurrency": 100, **options}
-    return Dispatcher(queue, {"fcm": provider}, RetryPolicy((0.05,), jitter=0), **settings)
+    return Dispatcher(queue, {adapter.kind: adapter}, RetryPolicy((0.05,), jitter=0),
+                      **settings)
 
 
 def all_succeeded(queue: InMemoryQueue) -> Callable[[], Awaitable[bool]]:
@@ -107,27 +108,39 @@ async def test_handed_over_pushes_go_once_each_within_the_providers_room() -> No
     assert provider.peak <= 4
 
 
+async def sent_behind_a_backlog(queue: InMemoryQueue, worker: Dispatcher,
+                                adapter: Provider | Hook, backlog: list[Job],
+                                other: DeliveryJob) -> list[str]:
+    """Hand ``backlog`` over to ``worker`` with ``adapter`` held; once two are in flight,
+    make ``other`` due and let its claim find no room; then let everything go. Answers
+    what was sent before the adapter was let go."""
+    await worker.start()
+    try:
+        worker.hand_over(backlog, now())
+        await eventually(lambda: asyncio.sleep(0, len(adapter.sent) == 2))
+        queue.add(other)
+        worker.wake()
+        await asyncio.sleep(0.05)  # its claim finds no room: it waits
+        before = list(adapter.sent)
+        adapter.gate.set()
+
+        await eventually(all_succeeded(queue), timeout_s=10)
+    finally:
+        await worker.stop(1)
+    return before
+
+
 async def test_a_claimable_push_waiting_for_room_goes_before_the_handed_over_rest() -> None:
     """Handed-over pushes fill the provider's room only after a claim had its turn: a
     due push of another app that found the room full is sent as soon as it frees, not
     after all that was handed over."""
     queue = InMemoryQueue()
     provider = Provider(held=True)
-    worker = dispatcher(queue, provider, push_concurrency=2, claim_interval_s=0)
-    await worker.start()
-    try:
-        worker.hand_over(leased(queue, 30), now())
-        await eventually(lambda: asyncio.sleep(0, len(provider.sent) == 2))
-        other = push(0, app_id="app_b")
-        queue.add(other)
-        worker.wake()
-        await asyncio.sleep(0.05)  # its claim finds the room full: it waits
-        assert other.delivery_id not in provider.sent
-        provider.gate.set()
-
-        await eventually(all_succeeded(queue), timeout_s=10)
-    finally:
-        await worker.stop(1)
+    other = push(0, app_id="app_b")
+    before = await sent_behind_a_backlog(
+        queue, dispatcher(queue, provider, push_concurrency=2, claim_interval_s=0), provider,
+        leased(queue, 30), other)
+    assert other.delivery_id not in before
     assert len(provider.sent) == 31 and len(set(provider.sent)) == 31
     assert provider.sent.index(other.delivery_id) < 6, provider.sent
 
@@ -361,34 +374,18 @@ def webhook(n: int, app_id: str, endpoint_id: str) -> DeliveryJob:
                        endpoint=EndpointTarget(endpoint_id, "http://x/", ("s",)))
 
 
-def hooks(queue: InMemoryQueue, hook: Hook, **options: Any) -> Dispatcher:
-    settings: dict[str, Any] = {"poll_interval_s": 30, "lease_s": LEASE_S,
-                                "claim_interval_s": 0, **options}
-    return Dispatcher(queue, {"webhook": hook}, RetryPolicy((0.05,), jitter=0), **settings)
-
-
 async def test_a_due_delivery_goes_before_a_handed_over_backlog_that_fills_the_overall_room(
 ) -> None:
     """The overall bound, not only a target's: a due delivery of another app waiting for
     any free slot takes the next one, not the 29th."""
     queue = InMemoryQueue()
     hook = Hook()
-    worker = hooks(queue, hook, concurrency=2)
-    await worker.start()
-    try:
-        lease = uuid.uuid4()
-        worker.hand_over([queue.add_leased(webhook(n, "app_a", f"ep_a{n % 5}"), LEASE_S,
-                                           lease) for n in range(30)], now())
-        await eventually(lambda: asyncio.sleep(0, len(hook.sent) == 2))
-        other = webhook(0, "app_b", "ep_b")
-        queue.add(other)
-        worker.wake()
-        await asyncio.sleep(0.05)  # its claim finds no room: it waits
-        hook.gate.set()
-
-        await eventually(all_succeeded(queue), timeout_s=10)
-    finally:
-        await worker.stop(1)
+    lease = uuid.uuid4()
+    other = webhook(0, "app_b", "ep_b")
+    await sent_behind_a_backlog(
+        queue, dispatcher(queue, hook, claim_interval_s=0, concurrency=2), hook,
+        [queue.add_leased(webhook(n, "app_a", f"ep_a{n % 5}"), LEASE_S, lease)
+         for n in range(30)], other)
     assert len(hook.sent) == 31 and len(set(hook.sent)) == 31
     assert hook.sent.index(other.delivery_id) < 5, hook.sent
 
@@ -400,7 +397,7 @@ async def test_apps_take_turns_with_handed_over_webhooks_whatever_their_endpoint
     queue = InMemoryQueue()
     hook = Hook()
     hook.gate.set()
-    worker = hooks(queue, hook, concurrency=2, app_concurrency=100)
+    worker = dispatcher(queue, hook, claim_interval_s=0, concurrency=2, app_concurrency=100)
     await worker.start()
     try:
         lease = uuid.uuid4()
@@ -421,7 +418,8 @@ async def test_apps_take_turns_with_handed_over_webhooks_whatever_their_endpoint
 async def test_an_ingest_lease_leaves_out_endpoints_and_apps_without_room_here() -> None:
     queue = InMemoryQueue()
     hook = Hook()
-    worker = hooks(queue, hook, concurrency=4, endpoint_concurrency=2, app_concurrency=3)
+    worker = dispatcher(queue, hook, claim_interval_s=0, concurrency=4,
+                        endpoint_concurrency=2, app_concurrency=3)
     await worker.start()
     try:
         offer = worker.handoff()
@@ -452,7 +450,7 @@ async def test_an_app_at_its_room_does_not_lose_its_turn_to_the_apps_handed_over
     queue = InMemoryQueue()
     hook = Hook()
     hook.gate.set()
-    worker = hooks(queue, hook, concurrency=4, app_concurrency=2)
+    worker = dispatcher(queue, hook, claim_interval_s=0, concurrency=4, app_concurrency=2)
     await worker.start()
     try:
         lease = uuid.uuid4()
