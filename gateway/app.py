@@ -243,6 +243,12 @@ def create_app(
         fanout.start()
         yield
         await fanout.stop()
+        # Ingest's commits still in flight (their requests gone at the server's shutdown
+        # timeout) finish first: what they lease to this dispatcher reaches it while it
+        # runs, to be sent within the grace or handed back by its stop.
+        ingest = app.get(appkeys.INGEST)
+        if ingest is not None:
+            await ingest.close()
         await worker.stop(settings.shutdown_grace_s)
         for adapter in adapters.values():
             await adapter.close()

@@ -260,7 +260,9 @@ class Dispatcher:
                 log.warning("could not hand back %d leases at stop (%s); their deliveries "
                             "come back when the leases lapse", len(self._uncertain_leases),
                             exc)
-        await asyncio.gather(*self._side_tasks, *self._handing_back, return_exceptions=True)
+        await asyncio.gather(*self._side_tasks, return_exceptions=True)
+        while self._handing_back:  # including any begun while these were awaited
+            await asyncio.gather(*self._handing_back, return_exceptions=True)
         await self._results.close()
 
     async def _supervise(self) -> None:

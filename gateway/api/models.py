@@ -133,6 +133,21 @@ class FcmOverrides(_Body):
     data: dict[str, Text] | None = None
 
 
+#: What an HTTP field value may not hold (RFC 9110 5.5): control characters but the tab.
+_NOT_IN_A_HEADER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _header_value_problem(value: str) -> str | None:
+    """Why ``value`` cannot be sent as an HTTP header's value as it is, or None: HTTP/2
+    refuses a request with a line break or a NUL in a header (the push would fail unsent),
+    and strips whitespace around a value (the provider would get another value)."""
+    if _NOT_IN_A_HEADER.search(value):
+        return "must hold no control characters"
+    if value != value.strip(" \t"):
+        return "must not begin or end with whitespace"
+    return None
+
+
 class Notification(_Body):
     """What a push says; the adapters turn it into an APNs payload and an FCM message."""
 
@@ -169,6 +184,9 @@ class Notification(_Body):
         if (self.collapse_key
                 and len(self.collapse_key.encode()) > payloads.APNS_MAX_COLLAPSE_ID_BYTES):
             problems.append(("collapse_key", "must be at most 64 bytes (APNs apns-collapse-id)"))
+        if self.collapse_key and (problem := _header_value_problem(self.collapse_key)):
+            problems.append(("collapse_key", f"{problem} (it is sent as the APNs "
+                             "apns-collapse-id header)"))
         if not problems:
             size = len(payloads.encode_apns_payload(self.model_dump()))
             if size > payloads.APNS_MAX_PAYLOAD_BYTES:

@@ -226,3 +226,34 @@ async def test_deliveries_that_cannot_be_handed_over_go_back_and_the_events_are_
         e["id"] for e in sent)
     status, events = await api.call("GET", "/v1/events?limit=50", key)
     assert status == 200 and len(events["data"]) == 5
+
+
+async def test_a_commit_still_in_flight_at_shutdown_is_sent_by_its_running_dispatcher(
+        aiohttp_client: Any, dsn: str, settings: Settings, receiver: Receiver) -> None:
+    """At shutdown ingest's last commits finish before the dispatcher stops: what they
+    leased to it reaches a running dispatcher, not one that has already stopped (which
+    handed it back unawaited, or left it leased until the lease lapsed)."""
+    client = await aiohttp_client(create_app(settings, dsn))
+    store = client.app[appkeys.STORE]
+    app = await store.create_app("shop")
+    await store.create_endpoint(app.id, receiver.url(), "", None)
+    gate = asyncio.Event()
+    writing = asyncio.Event()
+    real_write = store.write_events
+
+    async def held(drafts: list[EventDraft], handoff: Handoff | None = None) -> Any:
+        writing.set()
+        await gate.wait()
+        return await real_write(drafts, handoff)
+
+    with mock.patch.object(store, "write_events", held):
+        submitted = client.app[appkeys.INGEST].submit(
+            EventDraft(app.id, "order.created", '{"n": 1}'))
+        await writing.wait()
+        closing = asyncio.create_task(client.close())
+        await asyncio.sleep(0.2)  # the shutdown is under way, the commit still held
+        gate.set()
+        accepted = await submitted
+        await closing
+    assert not isinstance(accepted, BaseException)
+    assert [r.headers["webhook-id"] for r in receiver.requests] == [accepted.id]

@@ -337,6 +337,12 @@ BAD_NOTIFICATIONS = [
     ("too big for APNs", {"title": "t", "body": "x" * 4000, "data": {"k": "y" * 1000}},
      "4096"),
     ("long collapse key", {"title": "t", "collapse_key": "c" * 65}, "collapse_key"),
+    ("collapse key with a line break", {"title": "t", "collapse_key": "order\n7"},
+     "control characters"),
+    ("collapse key with a control character", {"title": "t", "collapse_key": "order\x017"},
+     "control characters"),
+    ("collapse key with a trailing space", {"title": "t", "collapse_key": "order-7 "},
+     "whitespace"),
     ("bad priority", {"title": "t", "priority": "urgent"}, "priority"),
 ]
 

@@ -9,12 +9,14 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import pydantic
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from adapters.apns import APNsAdapter, apns_id
 from adapters.base import DeliveryJob, DeviceTarget, EventView, PerObject, Verdict
 from adapters.fcm import _TOKEN_MARK, FCMAdapter
+from gateway.api.models import Notification
 from gateway.sandbox import pem_private
 
 NOTIFICATIONS: list[dict[str, Any]] = [
@@ -82,9 +84,10 @@ def test_an_apns_id_is_the_uuid5_of_its_delivery_id(delivery_id: str) -> None:
 
 
 async def test_an_apns_push_whose_header_http2_cannot_carry_fails_at_once_unsent() -> None:
-    """A collapse id with a line break (ingest lets it through) cannot be an HTTP/2 header:
-    the attempt fails for good, with the reason, before anything is sent, instead of
-    raising out of the adapter and being retried as an internal error for days."""
+    """A collapse id with a line break (stored before ingest refused one) cannot be an
+    HTTP/2 header: the attempt fails for good, with the reason, before anything is sent,
+    instead of raising out of the adapter and being retried as an internal error for
+    days."""
     key = ec.generate_private_key(ec.SECP256R1())
     pem = pem_private(key)
     adapter = APNsAdapter(base_url="https://127.0.0.1:9")
@@ -99,3 +102,15 @@ async def test_an_apns_push_whose_header_http2_cannot_carry_fails_at_once_unsent
         await adapter.close()
     assert outcome.verdict is Verdict.FAILED
     assert outcome.error is not None and outcome.error.startswith("APNs request not sent")
+
+
+@pytest.mark.parametrize("key", ["order-7", "order 7", "order\t7", "zamówienie-7"])
+def test_a_collapse_key_a_header_carries_as_it_is_is_accepted(key: str) -> None:
+    notification = Notification.model_validate({"title": "t", "collapse_key": key})
+    assert notification.collapse_key == key
+
+
+@pytest.mark.parametrize("key", ["a\nb", "a\rb", "a\x7fb", "a\x1bb", " a", "a\t"])
+def test_a_collapse_key_a_header_cannot_carry_as_it_is_is_refused(key: str) -> None:
+    with pytest.raises(pydantic.ValidationError, match="collapse_key"):
+        Notification.model_validate({"title": "t", "collapse_key": key})
