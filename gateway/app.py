@@ -283,7 +283,8 @@ def create_app(
         # One LISTEN on gateway_apps: a deleted app or a rotated key leaves this process's
         # key cache at once (which caches only while it hears them), and a deletion ends
         # the app's live tails here, drops what is kept in memory for it (provider tokens
-        # and connections, its sandbox identity and inbox) and wakes the cleanup.
+        # and connections, its sandbox identity and inbox) and wakes the cleanup. Changed
+        # endpoints get back the deliveries to them the dispatcher holds unstarted.
         auth, cleanup = app[appkeys.AUTH], app.get(appkeys.CLEANUP)
         outcomes, worker = app.get(appkeys.OUTCOMES), app.get(appkeys.DISPATCHER)
         fakes = app.get(appkeys.SANDBOX)
@@ -291,6 +292,10 @@ def create_app(
 
         def changed(_conn: object, _pid: int, _channel: str, payload: object) -> None:
             change, _, app_id = str(payload).partition(" ")
+            if change == "endpoints":
+                if worker is not None:
+                    worker.forget_endpoints(app_id.split())
+                return
             auth.forget(app_id)
             if change == "deleted":
                 if outcomes is not None:

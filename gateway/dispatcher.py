@@ -28,9 +28,10 @@ import contextlib
 import contextvars
 import functools
 import logging
+import math
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -185,6 +186,9 @@ class Dispatcher:
         #: claim, so the claim (oldest due first) has the room first.
         self._claims_waiting = _NOT_WAITING
         self._handing_back: set[asyncio.Task[None]] = set()
+        #: Endpoints whose sending changed (forget_endpoints), with the loop time this
+        #: process heard it: a commit leased before then may carry them as they were.
+        self._changed_at: dict[str, float] = {}
         #: What each delivery runs in (a copy each): the dispatcher's own context, not
         #: that of whoever handed it over (an ingest commit runs in a request's, whose
         #: request id would otherwise be on the attempt's line).
@@ -447,6 +451,15 @@ class Dispatcher:
         if self._stopping:
             self._hand_back(list(jobs))
             return
+        if self._changed_at:
+            kept: list[Job] = []
+            stale: list[Job] = []
+            for job in jobs:
+                changed_at = self._changed_at.get(_target(job), -math.inf)
+                (stale if changed_at >= leased_at else kept).append(job)
+            if stale:
+                self._hand_back(stale)
+                jobs = kept
         start_by = leased_at + self.handoff_wait_s
         for job in jobs:
             targets = self._ready.setdefault(job.delivery.app_id, {})
@@ -531,6 +544,21 @@ class Dispatcher:
         back before the next claim (which this wakes), or when the dispatcher stops."""
         self._uncertain_leases.append(lease_id)
         self._wake.set()
+
+    def forget_endpoints(self, endpoint_ids: Collection[str]) -> None:
+        """These endpoints' sending changed, in this process or another (a PATCH, a
+        deletion, a circuit opened, an endpoint disabled: ``endpoints_changed``): the
+        deliveries to them handed over and not started go back to the queue, to be
+        claimed as the endpoints now are, and so do those a commit leased before this
+        was heard, when they arrive (that commit may have read the endpoints as they
+        were). Deliveries already being sent go on."""
+        now = asyncio.get_running_loop().time()
+        # A commit leased longer ago than a lease has lapsed, and its hand-over with it.
+        self._changed_at = {e: t for e, t in self._changed_at.items()
+                            if t > now - self.lease_s}
+        changed = set(endpoint_ids)
+        self._changed_at.update(dict.fromkeys(changed, now))
+        self._drop_ready(lambda app, target: target in changed)
 
     def _start_ready(self) -> None:
         """Start handed-over deliveries while there is room, apps in turn and each app's

@@ -28,6 +28,20 @@ if TYPE_CHECKING:
     from gateway.store.database import Connection
 
 
+#: Endpoint ids a notification carries at most (a payload is under 8,000 bytes).
+_ANNOUNCED_AT_ONCE = 100
+
+
+async def announce_changed(conn: Connection, endpoint_ids: Sequence[str]) -> None:
+    """Tell every process, at commit, that these endpoints' sending changed: deliveries
+    to them handed over and waiting for room go back to the queue, to be claimed as the
+    endpoints now are (not sent to a URL since changed, or past an open circuit)."""
+    ids = sorted(set(endpoint_ids))
+    for start in range(0, len(ids), _ANNOUNCED_AT_ONCE):
+        await conn.execute(QUERIES["endpoints_changed"],
+                           ids[start:start + _ANNOUNCED_AT_ONCE])
+
+
 async def disable_endpoints(conn: Connection, endpoint_ids: Sequence[str],
                             reason: DisabledReason) -> list[tuple[str, str]]:
     """Disable the active ones among ``endpoint_ids`` for ``reason`` and park their
@@ -40,6 +54,7 @@ async def disable_endpoints(conn: Connection, endpoint_ids: Sequence[str],
     disabled = [(r["app_id"], r["id"]) for r in rows]
     if disabled:
         await conn.execute(QUERIES["park_deliveries"], [e for _, e in disabled])
+        await announce_changed(conn, [e for _, e in disabled])
         await emit_operational(conn, [endpoint_disabled(app_id, endpoint_id, reason.value)
                                       for app_id, endpoint_id in disabled])
     return disabled
@@ -71,6 +86,9 @@ async def settle_health(conn: Connection, results: Sequence[AttemptResult],
         rules.circuit_failures, float(rules.circuit_cooldown_s),
         float(rules.disable_after_s)) if sent else []
     closed = [r["id"] for r in rows if r["closed"]]
+    opened = [r["id"] for r in rows if r["opened"]]
+    if opened:
+        await announce_changed(conn, opened)
     if closed:
         await conn.execute(QUERIES["resume_endpoints"], closed)
     await disable_endpoints(conn, [r.disable_endpoint_id for r in results

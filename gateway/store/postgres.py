@@ -34,7 +34,11 @@ from gateway.errors import (
 )
 from gateway.ids import hash_key, new_api_key, new_id, new_ids, new_webhook_secret
 from gateway.store.database import QUERIES, Database
-from gateway.store.endpoint_health import disable_endpoints, enable_endpoints
+from gateway.store.endpoint_health import (
+    announce_changed,
+    disable_endpoints,
+    enable_endpoints,
+)
 from gateway.store.operational import OperationalWebhooks
 from gateway.store.postgres_queue import ingested_jobs
 from gateway.store.queue import Handoff
@@ -303,7 +307,8 @@ class Store:
         ``status`` active (enabling, or on an active endpoint) starts it afresh, not
         failing and its circuit closed, and resumes them. A change of status tells the
         app's operational webhook (gateway/store/endpoint_health.py); a new rate limit
-        books held-back deliveries again under it."""
+        books held-back deliveries again under it. Every process hears of the change at
+        commit (``announce_changed``)."""
         async with self.db.transaction() as conn:
             found = _found(
                 await conn.fetchrow(QUERIES["get_endpoint_for_update"], app_id, endpoint_id),
@@ -327,6 +332,7 @@ class Store:
                 QUERIES["update_endpoint"], app_id, endpoint_id, merged["url"],
                 merged["description"], merged["event_types"], merged["rate_limit"], headers,
                 _json_or_null(merged["filter"]))
+            await announce_changed(conn, [endpoint_id])
             booked_until = None
             if merged["rate_limit"] != current.rate_limit or enabled:
                 booked_until = await conn.fetchval(QUERIES["reset_send_rate"], endpoint_id,
@@ -340,11 +346,13 @@ class Store:
         return self._endpoint(Endpoint, row)
 
     async def delete_endpoint(self, app_id: str, endpoint_id: str) -> None:
-        """Delete it; its pending deliveries fail, having nowhere to go."""
+        """Delete it; its pending deliveries fail, having nowhere to go (and every process
+        hears of it at commit: ``announce_changed``)."""
         async with self.db.transaction() as conn:
             await conn.execute(QUERIES["lock_pending_of_endpoint"], app_id, endpoint_id)
             _found(await conn.fetchrow(QUERIES["delete_endpoint"], app_id, endpoint_id),
                    "endpoint", endpoint_id)
+            await announce_changed(conn, [endpoint_id])
 
     async def rotate_secret(self, app_id: str, endpoint_id: str) -> EndpointSecret:
         secret = new_webhook_secret()

@@ -7,6 +7,7 @@ queue, and a handed-over delivery is the job a claim would have made of it."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import uuid
@@ -257,3 +258,31 @@ async def test_a_commit_still_in_flight_at_shutdown_is_sent_by_its_running_dispa
         await closing
     assert not isinstance(accepted, BaseException)
     assert [r.headers["webhook-id"] for r in receiver.requests] == [accepted.id]
+
+
+@pytest.mark.parametrize("change", ["url", "deleted"])
+async def test_handed_over_deliveries_waiting_for_room_go_as_their_endpoint_now_is(
+        aiohttp_client: Any, dsn: str, settings: Settings, receiver: Receiver,
+        store: Store, change: str) -> None:
+    """An endpoint changed by another process (here a store of its own) while deliveries
+    to it wait in this dispatcher for room: they go back to the queue and are claimed
+    as the endpoint now is, not sent where it no longer points (before, they went for up
+    to the hand-over wait, 7.5 s by default)."""
+    client = await aiohttp_client(create_app(
+        dataclasses.replace(settings, endpoint_concurrency=1), dsn))
+    app = await store.create_app("shop")
+    endpoint = await store.create_endpoint(app.id, receiver.url("/old"), "", None)
+    receiver.delay_s = 1.0  # the first holds the endpoint's one slot; four wait behind it
+    ingest = client.app[appkeys.INGEST]
+    sent = await asyncio.gather(*[ingest.submit(EventDraft(app.id, "order.created", "{}"))
+                                  for _ in range(5)])
+    await receiver.wait_for(1, "/old")
+    if change == "url":
+        await store.update_endpoint(app.id, endpoint.id, {"url": receiver.url("/new")})
+        await receiver.wait_for(4, "/new", timeout_s=20)
+        assert sorted(r.headers["webhook-id"] for r in receiver.requests) == sorted(
+            e.id for e in sent if not isinstance(e, BaseException))
+    else:
+        await store.delete_endpoint(app.id, endpoint.id)
+        await asyncio.sleep(1.5)  # past the first's answer, when the next would start
+    assert len(receiver.on("/old")) == 1

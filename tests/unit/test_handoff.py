@@ -461,3 +461,38 @@ async def test_an_app_at_its_room_does_not_lose_its_turn_to_the_apps_handed_over
         await worker.stop(1)
     first = collections.Counter(s.split("_")[2] for s in hook.sent[:15])
     assert all(first[app] >= 4 for app in "abc"), "".join(s.split("_")[2] for s in hook.sent)
+
+
+async def test_a_changed_endpoints_unstarted_webhooks_go_back_and_so_do_later_ones_leased_before(
+) -> None:
+    """forget_endpoints (an endpoint changed, heard on gateway_apps): what waits for it
+    goes back to the queue, and so does what a commit leased before the change was heard
+    and hands over after, which may carry the endpoint as it was; a lease taken after
+    the change is heard is kept, as are other endpoints' deliveries."""
+    queue = InMemoryQueue()
+    hook = Hook()
+    worker = dispatcher(queue, hook, claim_interval_s=0, endpoint_concurrency=1)
+    await worker.start()
+    try:
+        lease = uuid.uuid4()
+        waiting = [queue.add_leased(webhook(n, "app_a", "ep_1"), LEASE_S, lease)
+                   for n in range(3)]
+        worker.hand_over(waiting, now())  # one starts, two wait for ep_1's room
+        await eventually(lambda: asyncio.sleep(0, len(hook.sent) == 1))
+        leased_before = now()
+        worker.forget_endpoints(["ep_1"])
+        late = [queue.add_leased(webhook(n, "app_b", endpoint), LEASE_S, uuid.uuid4())
+                for n, endpoint in ((10, "ep_1"), (11, "ep_2"))]
+        worker.hand_over(late, leased_before)
+        fresh = queue.add_leased(webhook(12, "app_c", "ep_3"), LEASE_S, uuid.uuid4())
+        worker.hand_over([fresh], now())
+        back = [waiting[1], waiting[2], late[0]]
+
+        async def handed_back() -> bool:
+            return all(queue.entries[j.delivery.delivery_id].lease_id is None for j in back)
+        await eventually(handed_back)
+        await eventually(lambda: asyncio.sleep(0, len(hook.sent) == 3))
+        assert hook.sent[1:] == [late[1].delivery.delivery_id, fresh.delivery.delivery_id]
+    finally:
+        hook.gate.set()
+        await worker.stop(1)

@@ -194,6 +194,13 @@ RETURNING id, app_id, url, description, event_types, status, disabled_reason, di
           created_at, updated_at, failing_since, circuit_open_until, rate_limit, headers,
           filter;
 
+-- name: endpoints_changed
+-- $1 ids of endpoints whose sending changed (a PATCH, a deletion, a circuit opened, an
+-- endpoint disabled). Every process hears it on gateway_apps at commit and hands back
+-- the deliveries to them that it holds handed over and not yet started
+-- (Dispatcher.forget_endpoints): claimed again, they go as the endpoint now is.
+SELECT pg_notify('gateway_apps', 'endpoints ' || array_to_string($1::text[], ' '));
+
 -- name: lock_pending_of_endpoint
 -- $1 app id, $2 endpoint id. Before delete_endpoint: its pending deliveries, locked first,
 -- in the order a settlement locks (a delivery, then its endpoint), so the two never
