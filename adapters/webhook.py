@@ -12,16 +12,15 @@ import functools
 import hmac
 import json
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
-from urllib.parse import urlsplit
 
-import aiohttp
 from aiohttp.abc import AbstractResolver
 from aiohttp.resolver import DefaultResolver
 
-from adapters.addresses import ForbiddenAddress, GuardedResolver, address_forbidden, ip_literal
+from adapters.addresses import ForbiddenAddress, GuardedResolver, address_forbidden
 from adapters.base import DeliveryJob, Outcome, Verdict, parse_retry_after
+from adapters.http1 import ConnectError, HTTP1Pool, ProtocolError
 
 USER_AGENT = "event-gateway/0.1 (+standard-webhooks)"
 SNIPPET_BYTES = 1024
@@ -40,15 +39,6 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
 def _key(secret: str) -> bytes:
     """A ``whsec_`` secret's key bytes, decoded once per secret, not once per delivery."""
     return base64.b64decode(secret.removeprefix("whsec_"))
-
-
-@functools.lru_cache(maxsize=4096)
-def _forbidden_literal(url: str) -> str | None:
-    """The host of ``url`` when it is an IP literal no webhook may be sent to, else None
-    (names are checked when they resolve, by GuardedResolver)."""
-    host = urlsplit(url).hostname or ""
-    literal = ip_literal(host)
-    return host if literal is not None and address_forbidden(literal) else None
 
 
 def iso_timestamp(moment: datetime) -> str:
@@ -77,7 +67,8 @@ def webhook_body(event_id: str, event_type: str, created_at: datetime, payload: 
 
 
 class WebhookAdapter:
-    """Sends webhooks over one pooled aiohttp session shared by every delivery."""
+    """Sends webhooks over one pool of keep-alive connections shared by every delivery
+    (:mod:`adapters.http1`)."""
 
     kind = "webhook"
 
@@ -89,31 +80,25 @@ class WebhookAdapter:
         max_connections: int = 256,
         user_agent: str = USER_AGENT,
     ) -> None:
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._timeout_s = timeout_s
         self._allow_private = allow_private
         self._max_connections = max_connections
         self._user_agent = user_agent
-        self._session: aiohttp.ClientSession | None = None
+        self._http: HTTP1Pool | None = None
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
+    def _client(self) -> HTTP1Pool:
+        if self._http is None:
             resolver: AbstractResolver = (
                 DefaultResolver() if self._allow_private else GuardedResolver()
             )
-            connector = aiohttp.TCPConnector(
-                limit=self._max_connections, limit_per_host=0, resolver=resolver,
-                ttl_dns_cache=10, enable_cleanup_closed=False,
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector, timeout=self._timeout, auto_decompress=False,
-                skip_auto_headers=("Accept-Encoding",), trust_env=False,
-                # Every app's webhooks share this session: a cookie one endpoint sets
-                # must never reach another app's endpoint on the same host (nor its own
-                # next delivery: each request stands alone, as Standard Webhooks has it).
-                cookie_jar=aiohttp.DummyCookieJar(),
-            )
-        return self._session
+            # Every app's webhooks share these connections; nothing is kept between
+            # requests but the connection (no cookies: each request stands alone, as
+            # Standard Webhooks has it).
+            self._http = HTTP1Pool(
+                max_connections=self._max_connections, resolver=resolver, dns_ttl_s=10.0,
+                # Checked on every address it connects to, however the URL spells it.
+                forbidden=None if self._allow_private else address_forbidden)
+        return self._http
 
     def headers(self, job: DeliveryJob, body: bytes, timestamp: int) -> dict[str, str]:
         assert job.endpoint is not None
@@ -143,31 +128,27 @@ class WebhookAdapter:
         def elapsed_ms() -> int:
             return int((time.monotonic() - started) * 1000)
 
-        host = None if self._allow_private else _forbidden_literal(job.endpoint.url)
-        if host is not None:
-            return Outcome(Verdict.FAILED, error=f"endpoint_url_forbidden: {host} is not a "
-                           "public address", duration_ms=0)
         headers = self.headers(job, body, int(time.time()))
         try:
-            async with self._client().post(
-                job.endpoint.url, data=body, headers=headers, allow_redirects=False
-            ) as resp:
-                snippet = await _read_snippet(resp)
-                return self._judge(resp.status, resp.headers, snippet, elapsed_ms())
-        except aiohttp.ClientConnectorError as exc:
-            if isinstance(exc.os_error, ForbiddenAddress):
-                return Outcome(Verdict.FAILED, error=f"endpoint_url_forbidden: {exc.os_error}",
-                               duration_ms=elapsed_ms())
+            answer = await self._client().post(job.endpoint.url, headers, body,
+                                               timeout_s=self._timeout_s, keep=SNIPPET_BYTES)
+        except ForbiddenAddress as exc:
+            return Outcome(Verdict.FAILED, error=f"endpoint_url_forbidden: {exc}",
+                           duration_ms=elapsed_ms())
+        except ConnectError as exc:
             return Outcome(Verdict.RETRY, error=f"connection failed: {exc}",
                            duration_ms=elapsed_ms())
         except TimeoutError:
             return Outcome(Verdict.RETRY, error=f"timed out after {self._timeout_s:g} s",
                            duration_ms=elapsed_ms())
-        except (aiohttp.ClientError, OSError, ValueError) as exc:
+        except (ProtocolError, OSError, ValueError) as exc:
             return Outcome(Verdict.RETRY, error=f"{type(exc).__name__}: {exc}"[:500],
                            duration_ms=elapsed_ms())
+        return self._judge(answer.status, answer.headers,
+                           answer.body.decode("utf-8", "replace"), elapsed_ms())
 
-    def _judge(self, status: int, headers: Any, snippet: str, duration_ms: int) -> Outcome:
+    def _judge(self, status: int, headers: Mapping[str, str], snippet: str,
+               duration_ms: int) -> Outcome:
         if 200 <= status < 300:
             return Outcome(Verdict.DELIVERED, status_code=status, response_snippet=snippet,
                            duration_ms=duration_ms)
@@ -186,18 +167,6 @@ class WebhookAdapter:
         return None  # nothing is kept per app: connections are per host, shared
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-
-async def _read_snippet(resp: aiohttp.ClientResponse) -> str:
-    chunks: list[bytes] = []
-    size = 0
-    while size < SNIPPET_BYTES:
-        chunk = await resp.content.read(SNIPPET_BYTES - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks).decode("utf-8", "replace")
+        if self._http is not None:
+            await self._http.close()
+            self._http = None

@@ -254,9 +254,13 @@ def receiver_app() -> web.Application:
     return app
 
 
-async def raw_client(url: str, n: int, concurrency: int) -> dict[str, Any]:
+async def raw_client(url: str, n: int, concurrency: int, client: str = "aiohttp"
+                     ) -> dict[str, Any]:
     """The delivery ceiling: ``n`` webhook-shaped POSTs, ``concurrency`` in flight, over
-    one pooled session configured like the gateway's webhook adapter."""
+    one pooled aiohttp session (``client`` "aiohttp") or the gateway's own webhook client
+    (``http1``: adapters.http1.HTTP1Pool, which the webhook adapter sends with)."""
+    if client == "http1":
+        return await raw_http1_client(url, n, concurrency)
     connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=0)
     counts: Counter[str] = Counter()
     todo = iter(range(n))
@@ -282,6 +286,36 @@ async def raw_client(url: str, n: int, concurrency: int) -> dict[str, Any]:
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
+    return {"requests": n, "elapsed_s": elapsed, **counts}
+
+
+async def raw_http1_client(url: str, n: int, concurrency: int) -> dict[str, Any]:
+    """:func:`raw_client` over the gateway's own HTTP/1.1 client, bare."""
+    from adapters.http1 import HTTP1Pool, ProtocolError
+
+    pool = HTTP1Pool(max_connections=concurrency)
+    counts: Counter[str] = Counter()
+    todo = iter(range(n))
+
+    async def worker() -> None:
+        for i in todo:
+            headers = {
+                "content-type": "application/json", "webhook-id": f"msg_{i}",
+                "webhook-timestamp": str(int(time.time())),
+                "webhook-signature": "v1,K5oZfzN95Z9UVu1EsfQmfVNQhnkZ2pj9o9NDN/H/pI4=",
+            }
+            try:
+                answer = await pool.post(url, headers, WEBHOOK_BODY, timeout_s=15)
+                counts["ok" if 200 <= answer.status < 300 else "non_2xx"] += 1
+            except (OSError, ProtocolError, TimeoutError):
+                counts["errors"] += 1
+
+    try:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    finally:
+        await pool.close()
     return {"requests": n, "elapsed_s": elapsed, **counts}
 
 
@@ -328,7 +362,8 @@ def run_role(args: argparse.Namespace) -> int:
     elif args.role == "role-receiver":
         run_loop(serve_until_signal(receiver_app(), args.port), args.loop)
     elif args.role == "role-raw-client":
-        emit(run_loop(raw_client(args.url, args.n, args.concurrency), args.loop))
+        emit(run_loop(raw_client(args.url, args.n, args.concurrency, args.client),
+                      args.loop))
     elif args.role == "role-loadgen":
         headers = {"Content-Type": "application/json"}
         if args.auth:
@@ -783,20 +818,23 @@ class Bench:
         a = self.args
         n = a.drain_events
         print(f"\n(b) delivery drain: {n} deliveries, 64 in flight, receiver in its own "
-              f"process; raw client: best of {a.raw_client_runs} run(s) per loop", flush=True)
+              f"process; raw client: best of {a.raw_client_runs} run(s) per client and "
+              "loop (aiohttp's, and the gateway's own HTTP/1.1 client bare)", flush=True)
         hook = f"{recv_base}/hook"
         raw: dict[str, Any] = {}
         async with aiohttp.ClientSession() as session:
-            runs = [(loop, k) for k in range(max(1, a.raw_client_runs))
-                    for loop in ("asyncio", "uvloop")]
-            for loop, k in runs:
+            runs = [(f"{client}/{loop}", client, loop, k)
+                    for k in range(max(1, a.raw_client_runs))
+                    for client in ("aiohttp", "http1") for loop in ("asyncio", "uvloop")]
+            for name, client, loop, k in runs:
                 await session.post(f"{recv_base}/reset")
                 meter = CpuMeter({"receiver": lambda: own_cpu(recv_pid)})
                 meter.start()
                 text, code, cpu = await asyncio.to_thread(
-                    self.procs.run_measured, f"raw-client-{loop}",
+                    self.procs.run_measured, f"raw-client-{client}-{loop}",
                     self.py("role-raw-client", "--url", hook, "--n", str(n),
-                            "--concurrency", "64", "--loop", loop), 120 + n / 500)
+                            "--concurrency", "64", "--loop", loop, "--client", client),
+                    120 + n / 500)
                 window = meter.stop({"client": cpu})
                 if code != 0:
                     raise BenchError(f"raw client exited with {code}:\n{text[-2000:]}")
@@ -804,9 +842,9 @@ class Bench:
                 st = await self.receiver_stats(session, recv_base)
                 span = (st["t_last"] or 0) - (st["t_first"] or 0)
                 rate = st["unique"] / span if span > 0 else 0.0
-                if loop not in raw or rate > raw[loop]["rate"]:
-                    raw[loop] = {**out, "received": st["unique"], "rate": rate, **window}
-                print(f"  raw client ({loop:7}) #{k + 1} {rate:6.0f} deliveries/s  "
+                if name not in raw or rate > raw[name]["rate"]:
+                    raw[name] = {**out, "received": st["unique"], "rate": rate, **window}
+                print(f"  raw client ({name:15}) #{k + 1} {rate:6.0f} deliveries/s  "
                       f"(client's own clock {n / out['elapsed_s']:.0f}/s)  {fmt_cpu(window)}",
                       flush=True)
         best = max(raw, key=lambda k: float(raw[k]["rate"]))
@@ -1635,6 +1673,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, required=True)
     s.add_argument("--concurrency", type=int, default=64)
     s.add_argument("--loop", choices=("asyncio", "uvloop"), default="uvloop")
+    s.add_argument("--client", choices=("aiohttp", "http1"), default="aiohttp")
     s = sub.add_parser("role-loadgen")
     s.add_argument("--url", required=True)
     s.add_argument("--connections", type=int, default=64)

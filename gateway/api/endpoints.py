@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from yarl import URL
 
 from adapters.addresses import resolve_forbidden
 from gateway import appkeys, endpoint_headers, filters
@@ -32,6 +33,10 @@ async def check_endpoint_url(request: web.Request, url: str, path: str = "url") 
         scheme, hostname, _ = parts.scheme, parts.hostname, parts.port
         if hostname and "[" in parts.netloc:
             ipaddress.IPv6Address(hostname)  # not "[v1.x]" (IPvFuture) nor a name
+        if hostname:
+            # The host as the webhook client reads the URL and connects (yarl maps
+            # Unicode through IDNA, where digits of other scripts may become an address).
+            hostname = URL(url).raw_host or None
     except ValueError:  # "https://[::1/", a port out of range
         hostname = None
     if scheme not in {"http", "https"} or not hostname or not url.isprintable() \

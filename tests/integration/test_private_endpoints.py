@@ -29,6 +29,7 @@ async def strict_api(aiohttp_client: object, dsn: str, settings: Settings
 @pytest.mark.parametrize("url", [
     "http://127.0.0.1/hook", "http://localhost:8080/x", "http://10.0.0.5/",
     "http://169.254.169.254/latest/meta-data", "http://[::1]:9000/", "https://192.168.1.20/",
+    "http://2130706433/", "http://169.254.169.\U0001fbf2\U0001fbf5\U0001fbf4/",
 ])
 async def test_non_public_endpoint_urls_are_refused(strict_api: Api, url: str) -> None:
     key = await strict_api.new_app()
@@ -52,7 +53,11 @@ async def test_patching_to_a_private_url_is_refused(strict_api: Api) -> None:
     assert status == 422 and body["error"]["code"] == "endpoint_url_forbidden"
 
 
-@pytest.mark.parametrize("host", ["localhost", "127.0.0.1"])
+@pytest.mark.parametrize("host", [
+    "localhost", "127.0.0.1", "[::ffff:127.0.0.1]", "2130706433",
+    "\U0001fbf1\U0001fbf2\U0001fbf7.\U0001fbf0.\U0001fbf0.\U0001fbf1",  # digits of another
+    "\uff11\uff12\uff17.\uff10.\uff10.\uff11",  # script that IDNA makes an address
+])
 async def test_delivery_checks_the_resolved_address_again(
     receiver: Receiver, host: str
 ) -> None:
