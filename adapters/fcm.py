@@ -47,6 +47,7 @@ from adapters.base import (
     parse_retry_after,
     snippet,
 )
+from adapters.http1 import MAX_DRAINED, HTTP1Pool, ProtocolError
 from adapters.payloads import fcm_android_config
 
 FCM_URL = "https://fcm.googleapis.com"
@@ -201,11 +202,12 @@ class FCMAdapter:
         #: Each notification's message, built once around a stand-in token (_around).
         self._around = PerObject(self._split)
         self._session: aiohttp.ClientSession | None = None
+        self._http: HTTP1Pool | None = None
         self._tokens: AccessTokens | None = None
 
     def _client(self) -> aiohttp.ClientSession:
-        # aiohttp's keep-alive pool, not httpx: httpcore's pool rescans every connection
-        # for every queued request and cost ~3 ms of CPU per push (bench/README.md, Push).
+        # For the token exchanges. (Not httpx: httpcore's pool rescans every connection
+        # for every queued request and cost ~3 ms of CPU per push: bench/README.md, Push.)
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._max_connections, ssl=self._ssl),
@@ -214,6 +216,15 @@ class FCMAdapter:
                 cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self._session
+
+    def _pushes(self) -> HTTP1Pool:
+        # The sends go over the gateway's own keep-alive HTTP/1.1 client, as webhooks do
+        # (adapters/http1.py: a quarter of aiohttp's CPU a request); token exchanges,
+        # a few an hour, over aiohttp's.
+        if self._http is None:
+            self._http = HTTP1Pool(max_connections=self._max_connections,
+                                   ssl_context=self._ssl)
+        return self._http
 
     def _access_tokens(self) -> AccessTokens:
         if self._tokens is None:
@@ -296,24 +307,25 @@ class FCMAdapter:
                            duration_ms=_ms(started),
                            credentials_rejected=str(exc) if exc.rejected else None), None
         try:
-            async with self._client().post(url, data=body, headers={
+            answer = await self._pushes().post(url, {
                 "authorization": f"Bearer {token}", "content-type": "application/json",
-            }) as resp:
-                content = await resp.read()
-                status, headers = resp.status, resp.headers
+            }, body, timeout_s=self._timeout_s, keep=MAX_DRAINED)
         except TimeoutError:
             return Outcome(Verdict.RETRY, error="FCM timed out",
                            duration_ms=_ms(started)), token
-        except (aiohttp.ClientError, OSError) as exc:
+        except (ProtocolError, OSError) as exc:
             return Outcome(Verdict.RETRY, error=f"FCM connection failed: {exc!r}"[:500],
                            duration_ms=_ms(started)), token
-        return judge(status, headers, content, _ms(started)), token
+        return judge(answer.status, answer.headers, answer.body, _ms(started)), token
 
     async def forget_app(self, app_id: str) -> None:
         if self._tokens is not None:
             self._tokens.forget_app(app_id)
 
     async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
         if self._session is not None:
             await self._session.close()
             self._session = None

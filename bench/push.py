@@ -24,8 +24,9 @@ Phases, in this order:
                  APNs ceiling.
 4. bare-fcm      N/2 pre-built v1 messages (pyfcm's ``parse_payload``, as the gateway
                  builds them) with one access token minted once, C in flight, through
-                 aiohttp with the FCM adapter's pool settings and through httpx. The faster
-                 is the FCM ceiling.
+                 ``adapters.http1``'s HTTP1Pool (the gateway's own, since 2026-12-07),
+                 aiohttp with the FCM adapter's former pool settings, and httpx. The
+                 fastest is the FCM ceiling.
 5. bare-both     both ceilings at once in one process (the gateway also sends both at
                  once): the ceiling for the mixed event.
 6. pyfcm         ``FCMNotification(service_account_file=...).async_notify_multiple_devices``
@@ -94,7 +95,7 @@ PROVIDERS = ("apns", "fcm")
 #: Offsets so the tokens of different phases never collide.
 TOKEN_BASE = {"gateway": 0, "apns": 10_000_000, "fcm": 20_000_000, "pyfcm": 30_000_000}
 #: Candidate clients of each bare loop; the faster one is the provider's ceiling.
-BARE_CLIENTS = {"apns": ("h2pool", "httpx"), "fcm": ("aiohttp", "httpx")}
+BARE_CLIENTS = {"apns": ("h2pool", "httpx"), "fcm": ("http1", "aiohttp", "httpx")}
 
 
 # ======================================================================================
@@ -370,6 +371,21 @@ async def bare_apns(info: dict[str, Any], n: int, concurrency: int, connections:
 async def bare_fcm(info: dict[str, Any], n: int, concurrency: int,
                    client: str) -> dict[str, Any]:
     url, headers, bodies = fcm_requests(info, n)
+    if client == "http1":
+        # The gateway's own client, as the FCM adapter sends with it (FCMAdapter._pushes).
+        from adapters.http1 import HTTP1Pool
+        pool = HTTP1Pool(max_connections=concurrency)
+        try:
+
+            async def send_http1(i: int) -> int:
+                return (await pool.post(url, headers, bodies[i], timeout_s=15,
+                                        keep=65_536)).status
+
+            result = await drive(n, concurrency, send_http1)
+        finally:
+            await pool.close()
+        return {"client": f"adapters.http1.HTTP1Pool, max_connections={concurrency}",
+                **result}
     if client == "aiohttp":
         # As the FCM adapter makes its session (adapters/fcm.py, FCMAdapter._client).
         async with aiohttp.ClientSession(
@@ -926,7 +942,7 @@ class Bench:
     # --- the ceilings --------------------------------------------------------------------
 
     async def bare_phase(self, name: str, target: str, n: int, *, apns_client: str = "h2pool",
-                         fcm_client: str = "aiohttp") -> dict[str, Any]:
+                         fcm_client: str = "http1") -> dict[str, Any]:
         await self.clear()
         cmd = [sys.executable, SCRIPT, "role-bare", "--info",
                str(self.info_file), "--target", target, "--n", str(n), "--concurrency",
@@ -1375,7 +1391,7 @@ def parser() -> argparse.ArgumentParser:
     bare.add_argument("--n", type=int, required=True)
     bare.add_argument("--concurrency", type=int, default=128)
     bare.add_argument("--apns-client", choices=BARE_CLIENTS["apns"], default="h2pool")
-    bare.add_argument("--fcm-client", choices=BARE_CLIENTS["fcm"], default="aiohttp")
+    bare.add_argument("--fcm-client", choices=BARE_CLIENTS["fcm"], default="http1")
     bare.add_argument("--apns-connections", type=int, default=4)
     bare.add_argument("--loop", default="uvloop", choices=("asyncio", "uvloop"))
     pyf = sub.add_parser("role-pyfcm", help="(internal) pyfcm's async path")
