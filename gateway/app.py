@@ -248,7 +248,9 @@ def create_app(
         # runs, to be sent within the grace or handed back by its stop.
         ingest = app.get(appkeys.INGEST)
         if ingest is not None:
-            await ingest.close()
+            with contextlib.suppress(TimeoutError):  # a commit that hangs: the stop goes on
+                async with asyncio.timeout(settings.shutdown_grace_s):
+                    await ingest.close()
         await worker.stop(settings.shutdown_grace_s)
         for adapter in adapters.values():
             await adapter.close()
@@ -312,12 +314,20 @@ def create_app(
 
         def connected() -> None:
             auth.hearing(True)
+            if worker is not None:  # an endpoint may have changed unheard meanwhile
+                worker.hearing(True)
             if cleanup is not None:  # a deletion may have gone unheard meanwhile
                 cleanup.wake()
 
+        def lost() -> None:
+            auth.hearing(False)
+            if worker is not None:
+                worker.hearing(False)
+
+        lost()  # until the LISTEN connection is up
         listener = asyncio.create_task(listen_forever(
-            dsn, {APPS_CHANNEL: changed}, on_connected=connected,
-            on_lost=lambda: auth.hearing(False)), name="app-changes")
+            dsn, {APPS_CHANNEL: changed}, on_connected=connected, on_lost=lost),
+            name="app-changes")
         yield
         listener.cancel()
         await asyncio.gather(listener, *forgetting, return_exceptions=True)

@@ -189,6 +189,10 @@ class Dispatcher:
         #: Endpoints whose sending changed (forget_endpoints), with the loop time this
         #: process heard it: a commit leased before then may carry them as they were.
         self._changed_at: dict[str, float] = {}
+        #: Whether endpoint changes are heard (hearing); when hearing began, for every
+        #: endpoint at once (what changed unheard before then may be anywhere).
+        self._hearing = True
+        self._all_changed_at = -math.inf
         #: What each delivery runs in (a copy each): the dispatcher's own context, not
         #: that of whoever handed it over (an ingest commit runs in a request's, whose
         #: request id would otherwise be on the attempt's line).
@@ -448,19 +452,22 @@ class Dispatcher:
         within the same bounds as claimed ones, targets and apps in turn, and none later
         than ``handoff_wait_s`` after ``leased_at``: those go back to the queue, as do any
         handed over while stopping."""
-        if self._stopping:
-            self._hand_back(list(jobs))
+        start_by = leased_at + self.handoff_wait_s
+        if self._stopping or start_by <= asyncio.get_running_loop().time():
+            self._hand_back(list(jobs))  # (one that can no longer start in time, too)
             return
-        if self._changed_at:
+        if self._changed_at or self._all_changed_at >= leased_at:
             kept: list[Job] = []
             stale: list[Job] = []
             for job in jobs:
-                changed_at = self._changed_at.get(_target(job), -math.inf)
+                target = _target(job)
+                changed_at = (-math.inf if target in PUSH_KINDS else
+                              max(self._changed_at.get(target, -math.inf),
+                                  self._all_changed_at))
                 (stale if changed_at >= leased_at else kept).append(job)
             if stale:
                 self._hand_back(stale)
                 jobs = kept
-        start_by = leased_at + self.handoff_wait_s
         for job in jobs:
             targets = self._ready.setdefault(job.delivery.app_id, {})
             targets.setdefault(_target(job), collections.deque()).append((job, start_by))
@@ -474,8 +481,8 @@ class Dispatcher:
         them. None when it has none (or is stopping): they are then due for any
         dispatcher, which is woken."""
         waiting = self._ready_count
-        if (self._stopping or self.handoff_wait_s <= 0 or waiting >= self.handoff_capacity
-                or self._free() - waiting <= 0):
+        if (self._stopping or not self._hearing or self.handoff_wait_s <= 0
+                or waiting >= self.handoff_capacity or self._free() - waiting <= 0):
             return None
         targets = collections.Counter(self._per_target)
         apps = collections.Counter(self._per_app)
@@ -547,7 +554,8 @@ class Dispatcher:
 
     def forget_endpoints(self, endpoint_ids: Collection[str]) -> None:
         """These endpoints' sending changed, in this process or another (a PATCH, a
-        deletion, a circuit opened, an endpoint disabled: ``endpoints_changed``): the
+        deletion, a secret rotated, a circuit opened, an endpoint disabled:
+        ``endpoints_changed``): the
         deliveries to them handed over and not started go back to the queue, to be
         claimed as the endpoints now are, and so do those a commit leased before this
         was heard, when they arrive (that commit may have read the endpoints as they
@@ -559,6 +567,17 @@ class Dispatcher:
         changed = set(endpoint_ids)
         self._changed_at.update(dict.fromkeys(changed, now))
         self._drop_ready(lambda app, target: target in changed)
+
+    def hearing(self, heard: bool) -> None:
+        """Whether endpoint changes reach this process now (its ``LISTEN gateway_apps``
+        connection is up): while they do not, ingest leases it nothing (handoff), since
+        a change would go unheard; when they do again, any endpoint may have changed
+        meanwhile, so what waits for room and what a commit leased before goes back to
+        the queue, as for a change heard (forget_endpoints)."""
+        if heard and not self._hearing:
+            self._all_changed_at = asyncio.get_running_loop().time()
+            self._drop_ready(lambda app, target: target not in PUSH_KINDS)
+        self._hearing = heard
 
     def _start_ready(self) -> None:
         """Start handed-over deliveries while there is room, apps in turn and each app's

@@ -157,6 +157,10 @@ class Receiver:
         self._runner, self.port = await serve_on_loopback(self._handle, self.port)
         return self
 
+    def release_held(self) -> None:
+        """Answers held back by ``delay_s`` go now, and later ones are not held."""
+        self._stopping.set()
+
     async def stop(self) -> None:
         self._stopping.set()
         if self._runner is not None:

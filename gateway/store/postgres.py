@@ -356,10 +356,15 @@ class Store:
 
     async def rotate_secret(self, app_id: str, endpoint_id: str) -> EndpointSecret:
         secret = new_webhook_secret()
-        row = await self.db.fetchrow(
-            "rotate_secret", app_id, endpoint_id,
-            self.sealer.seal(secret, f"endpoint:{endpoint_id}"), float(ROTATION_GRACE_S))
-        return make(EndpointSecret, _found(row, "endpoint", endpoint_id), secret=secret)
+        async with self.db.transaction() as conn:
+            row = await conn.fetchrow(
+                QUERIES["rotate_secret"], app_id, endpoint_id,
+                self.sealer.seal(secret, f"endpoint:{endpoint_id}"), float(ROTATION_GRACE_S))
+            found = _found(row, "endpoint", endpoint_id)
+            # Deliveries handed over before it would carry the old secret's signature
+            # alone: every process hands them back, to be signed with both.
+            await announce_changed(conn, [endpoint_id])
+        return make(EndpointSecret, found, secret=secret)
 
     # --- event types ------------------------------------------------------------------
 

@@ -260,29 +260,44 @@ async def test_a_commit_still_in_flight_at_shutdown_is_sent_by_its_running_dispa
     assert [r.headers["webhook-id"] for r in receiver.requests] == [accepted.id]
 
 
-@pytest.mark.parametrize("change", ["url", "deleted"])
+@pytest.mark.parametrize("change", ["url", "deleted", "secret rotated"])
 async def test_handed_over_deliveries_waiting_for_room_go_as_their_endpoint_now_is(
         aiohttp_client: Any, dsn: str, settings: Settings, receiver: Receiver,
         store: Store, change: str) -> None:
     """An endpoint changed by another process (here a store of its own) while deliveries
     to it wait in this dispatcher for room: they go back to the queue and are claimed
-    as the endpoint now is, not sent where it no longer points (before, they went for up
-    to the hand-over wait, 7.5 s by default)."""
+    as the endpoint now is, not sent where it no longer points, or signed with the
+    previous secret alone (before, they went for up to the hand-over wait, 7.5 s)."""
     client = await aiohttp_client(create_app(
         dataclasses.replace(settings, endpoint_concurrency=1), dsn))
+    dispatcher = client.app[appkeys.DISPATCHER]
+    auth = client.app[appkeys.AUTH]
+    await eventually(lambda: asyncio.sleep(0, auth.caching))  # gateway_apps is heard
     app = await store.create_app("shop")
     endpoint = await store.create_endpoint(app.id, receiver.url("/old"), "", None)
-    receiver.delay_s = 1.0  # the first holds the endpoint's one slot; four wait behind it
+    receiver.delay_s = 30  # the first holds the endpoint's one slot; four wait behind it
     ingest = client.app[appkeys.INGEST]
     sent = await asyncio.gather(*[ingest.submit(EventDraft(app.id, "order.created", "{}"))
                                   for _ in range(5)])
     await receiver.wait_for(1, "/old")
+    assert dispatcher._ready_count == 4
     if change == "url":
         await store.update_endpoint(app.id, endpoint.id, {"url": receiver.url("/new")})
+    elif change == "deleted":
+        await store.delete_endpoint(app.id, endpoint.id)
+    else:
+        await store.rotate_secret(app.id, endpoint.id)
+    await eventually(lambda: asyncio.sleep(0, dispatcher._ready_count == 0))
+    receiver.release_held()
+    if change == "url":
         await receiver.wait_for(4, "/new", timeout_s=20)
         assert sorted(r.headers["webhook-id"] for r in receiver.requests) == sorted(
             e.id for e in sent if not isinstance(e, BaseException))
+    elif change == "secret rotated":
+        await receiver.wait_for(5, "/old", timeout_s=20)
+        later = receiver.on("/old")[1:]
+        assert all(len(r.headers["webhook-signature"].split(" ")) == 2 for r in later)
     else:
-        await store.delete_endpoint(app.id, endpoint.id)
-        await asyncio.sleep(1.5)  # past the first's answer, when the next would start
-    assert len(receiver.on("/old")) == 1
+        await asyncio.sleep(0.5)  # past the first's answer, when the next would start
+    assert len(receiver.on("/old")) == (5 if change == "secret rotated" else 1)
+

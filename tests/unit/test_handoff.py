@@ -496,3 +496,60 @@ async def test_a_changed_endpoints_unstarted_webhooks_go_back_and_so_do_later_on
     finally:
         hook.gate.set()
         await worker.stop(1)
+
+
+async def test_while_endpoint_changes_go_unheard_ingest_leases_nothing_and_then_hands_back(
+) -> None:
+    """Hearing lost (the LISTEN connection down): a commit is leased nothing, for a change
+    then would go unheard; heard again, what waits for an endpoint and what was leased
+    before goes back to the queue, any endpoint having possibly changed meanwhile."""
+    queue = InMemoryQueue()
+    hook = Hook()
+    worker = dispatcher(queue, hook, claim_interval_s=0, endpoint_concurrency=1)
+    await worker.start()
+    try:
+        assert worker.handoff() is not None
+        lease = uuid.uuid4()
+        jobs = [queue.add_leased(webhook(n, "app_a", "ep_1"), LEASE_S, lease)
+                for n in range(3)]
+        worker.hand_over(jobs, now())
+        await eventually(lambda: asyncio.sleep(0, len(hook.sent) == 1))
+        leased_before = now()
+        worker.hearing(False)
+        assert worker.handoff() is None
+        worker.hearing(True)
+        assert worker.handoff() is not None
+        late = queue.add_leased(webhook(9, "app_b", "ep_2"), LEASE_S, uuid.uuid4())
+        worker.hand_over([late], leased_before)
+        back = [jobs[1], jobs[2], late]
+
+        async def handed_back() -> bool:  # (and maybe claimed again since, under a new lease)
+            return all(queue.entries[j.delivery.delivery_id].lease_id != j.lease_id
+                       for j in back)
+        await eventually(handed_back)
+    finally:
+        hook.gate.set()
+        await worker.stop(1)
+
+
+async def test_a_hand_over_that_can_no_longer_start_in_time_goes_straight_back() -> None:
+    """Not kept waiting behind deliveries handed over in time (only the head of a
+    target's queue is checked for lateness as room frees)."""
+    queue = InMemoryQueue()
+    hook = Hook()
+    worker = dispatcher(queue, hook, claim_interval_s=0, endpoint_concurrency=1)
+    await worker.start()
+    try:
+        lease = uuid.uuid4()
+        worker.hand_over([queue.add_leased(webhook(n, "app_a", "ep_1"), LEASE_S, lease)
+                          for n in range(2)], now())  # one starts, one waits
+        await eventually(lambda: asyncio.sleep(0, len(hook.sent) == 1))
+        job = queue.add_leased(webhook(7, "app_a", "ep_1"), LEASE_S, uuid.uuid4())
+        worker.hand_over([job], now() - worker.handoff_wait_s - 1)
+
+        async def handed_back() -> bool:  # (and maybe claimed again since, under a new lease)
+            return queue.entries[job.delivery.delivery_id].lease_id != job.lease_id
+        await eventually(handed_back)
+    finally:
+        hook.gate.set()
+        await worker.stop(1)

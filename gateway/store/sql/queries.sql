@@ -195,8 +195,8 @@ RETURNING id, app_id, url, description, event_types, status, disabled_reason, di
           filter;
 
 -- name: endpoints_changed
--- $1 ids of endpoints whose sending changed (a PATCH, a deletion, a circuit opened, an
--- endpoint disabled). Every process hears it on gateway_apps at commit and hands back
+-- $1 ids of endpoints whose sending changed (a PATCH, a deletion, a secret rotated, a
+-- circuit opened, an endpoint disabled). Every process hears it on gateway_apps at commit and hands back
 -- the deliveries to them that it holds handed over and not yet started
 -- (Dispatcher.forget_endpoints): claimed again, they go as the endpoint now is.
 SELECT pg_notify('gateway_apps', 'endpoints ' || array_to_string($1::text[], ' '));
