@@ -254,6 +254,15 @@ def receiver_app() -> web.Application:
     return app
 
 
+def webhook_headers(i: int) -> dict[str, str]:
+    """The headers of the raw clients' ``i``-th webhook, shaped as the gateway's."""
+    return {
+        "content-type": "application/json", "webhook-id": f"msg_{i}",
+        "webhook-timestamp": str(int(time.time())),
+        "webhook-signature": "v1,K5oZfzN95Z9UVu1EsfQmfVNQhnkZ2pj9o9NDN/H/pI4=",
+    }
+
+
 async def raw_client(url: str, n: int, concurrency: int, client: str = "aiohttp"
                      ) -> dict[str, Any]:
     """The delivery ceiling: ``n`` webhook-shaped POSTs, ``concurrency`` in flight, over
@@ -271,11 +280,7 @@ async def raw_client(url: str, n: int, concurrency: int, client: str = "aiohttp"
 
         async def worker() -> None:
             for i in todo:
-                headers = {
-                    "content-type": "application/json", "webhook-id": f"msg_{i}",
-                    "webhook-timestamp": str(int(time.time())),
-                    "webhook-signature": "v1,K5oZfzN95Z9UVu1EsfQmfVNQhnkZ2pj9o9NDN/H/pI4=",
-                }
+                headers = webhook_headers(i)
                 try:
                     async with session.post(url, data=WEBHOOK_BODY, headers=headers) as resp:
                         await resp.read()
@@ -299,11 +304,7 @@ async def raw_http1_client(url: str, n: int, concurrency: int) -> dict[str, Any]
 
     async def worker() -> None:
         for i in todo:
-            headers = {
-                "content-type": "application/json", "webhook-id": f"msg_{i}",
-                "webhook-timestamp": str(int(time.time())),
-                "webhook-signature": "v1,K5oZfzN95Z9UVu1EsfQmfVNQhnkZ2pj9o9NDN/H/pI4=",
-            }
+            headers = webhook_headers(i)
             try:
                 answer = await pool.post(url, headers, WEBHOOK_BODY, timeout_s=15)
                 counts["ok" if 200 <= answer.status < 300 else "non_2xx"] += 1

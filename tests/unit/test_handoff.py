@@ -463,22 +463,30 @@ async def test_an_app_at_its_room_does_not_lose_its_turn_to_the_apps_handed_over
     assert all(first[app] >= 4 for app in "abc"), "".join(s.split("_")[2] for s in hook.sent)
 
 
+async def one_sent_others_waiting(count: int) -> tuple[InMemoryQueue, Hook, Dispatcher,
+                                                         list[Job]]:
+    """A started dispatcher with ``count`` webhooks to ``ep_1`` handed over: one sent
+    and held, the rest waiting for the endpoint's one slot."""
+    queue = InMemoryQueue()
+    hook = Hook()
+    worker = dispatcher(queue, hook, claim_interval_s=0, endpoint_concurrency=1)
+    await worker.start()
+    lease = uuid.uuid4()
+    jobs = [queue.add_leased(webhook(n, "app_a", "ep_1"), LEASE_S, lease)
+            for n in range(count)]
+    worker.hand_over(jobs, now())
+    await eventually(lambda: asyncio.sleep(0, len(hook.sent) == 1))
+    return queue, hook, worker, jobs
+
+
 async def test_a_changed_endpoints_unstarted_webhooks_go_back_and_so_do_later_ones_leased_before(
 ) -> None:
     """forget_endpoints (an endpoint changed, heard on gateway_apps): what waits for it
     goes back to the queue, and so does what a commit leased before the change was heard
     and hands over after, which may carry the endpoint as it was; a lease taken after
     the change is heard is kept, as are other endpoints' deliveries."""
-    queue = InMemoryQueue()
-    hook = Hook()
-    worker = dispatcher(queue, hook, claim_interval_s=0, endpoint_concurrency=1)
-    await worker.start()
+    queue, hook, worker, waiting = await one_sent_others_waiting(3)
     try:
-        lease = uuid.uuid4()
-        waiting = [queue.add_leased(webhook(n, "app_a", "ep_1"), LEASE_S, lease)
-                   for n in range(3)]
-        worker.hand_over(waiting, now())  # one starts, two wait for ep_1's room
-        await eventually(lambda: asyncio.sleep(0, len(hook.sent) == 1))
         leased_before = now()
         worker.forget_endpoints(["ep_1"])
         late = [queue.add_leased(webhook(n, "app_b", endpoint), LEASE_S, uuid.uuid4())
@@ -503,17 +511,9 @@ async def test_while_endpoint_changes_go_unheard_ingest_leases_nothing_and_then_
     """Hearing lost (the LISTEN connection down): a commit is leased nothing, for a change
     then would go unheard; heard again, what waits for an endpoint and what was leased
     before goes back to the queue, any endpoint having possibly changed meanwhile."""
-    queue = InMemoryQueue()
-    hook = Hook()
-    worker = dispatcher(queue, hook, claim_interval_s=0, endpoint_concurrency=1)
-    await worker.start()
+    queue, hook, worker, jobs = await one_sent_others_waiting(3)
     try:
         assert worker.handoff() is not None
-        lease = uuid.uuid4()
-        jobs = [queue.add_leased(webhook(n, "app_a", "ep_1"), LEASE_S, lease)
-                for n in range(3)]
-        worker.hand_over(jobs, now())
-        await eventually(lambda: asyncio.sleep(0, len(hook.sent) == 1))
         leased_before = now()
         worker.hearing(False)
         assert worker.handoff() is None
@@ -535,15 +535,8 @@ async def test_while_endpoint_changes_go_unheard_ingest_leases_nothing_and_then_
 async def test_a_hand_over_that_can_no_longer_start_in_time_goes_straight_back() -> None:
     """Not kept waiting behind deliveries handed over in time (only the head of a
     target's queue is checked for lateness as room frees)."""
-    queue = InMemoryQueue()
-    hook = Hook()
-    worker = dispatcher(queue, hook, claim_interval_s=0, endpoint_concurrency=1)
-    await worker.start()
+    queue, hook, worker, _ = await one_sent_others_waiting(2)
     try:
-        lease = uuid.uuid4()
-        worker.hand_over([queue.add_leased(webhook(n, "app_a", "ep_1"), LEASE_S, lease)
-                          for n in range(2)], now())  # one starts, one waits
-        await eventually(lambda: asyncio.sleep(0, len(hook.sent) == 1))
         job = queue.add_leased(webhook(7, "app_a", "ep_1"), LEASE_S, uuid.uuid4())
         worker.hand_over([job], now() - worker.handoff_wait_s - 1)
 
