@@ -379,6 +379,8 @@ class HTTP1Pool:
             await self._room()
             connection = None
             try:
+                if self._closed:  # (closed while waiting for room)
+                    raise ProtocolError("the client is closed")
                 connection = await self._connection(target)
                 answer = await connection.send(request, keep)
             except BaseException:

@@ -319,9 +319,13 @@ def create_app(
             if cleanup is not None:  # a deletion may have gone unheard meanwhile
                 cleanup.wake()
 
+        stopping = False
+
         def lost() -> None:
             auth.hearing(False)
-            if worker is not None:
+            # (Not for the listener's own stop: what the last commits hand over at
+            # shutdown is sent within the grace, as deliveries in flight are.)
+            if worker is not None and not stopping:
                 worker.hearing(False)
 
         lost()  # until the LISTEN connection is up
@@ -329,6 +333,7 @@ def create_app(
             dsn, {APPS_CHANNEL: changed}, on_connected=connected, on_lost=lost),
             name="app-changes")
         yield
+        stopping = True
         listener.cancel()
         await asyncio.gather(listener, *forgetting, return_exceptions=True)
 

@@ -456,14 +456,16 @@ class Dispatcher:
         if self._stopping or start_by <= asyncio.get_running_loop().time():
             self._hand_back(list(jobs))  # (one that can no longer start in time, too)
             return
-        if self._changed_at or self._all_changed_at >= leased_at:
+        if not self._hearing or self._changed_at or self._all_changed_at >= leased_at:
+            # (Unheard, any endpoint may be changing: as if each had just changed.)
+            unheard = math.inf if not self._hearing else -math.inf
             kept: list[Job] = []
             stale: list[Job] = []
             for job in jobs:
                 target = _target(job)
                 changed_at = (-math.inf if target in PUSH_KINDS else
                               max(self._changed_at.get(target, -math.inf),
-                                  self._all_changed_at))
+                                  self._all_changed_at, unheard))
                 (stale if changed_at >= leased_at else kept).append(job)
             if stale:
                 self._hand_back(stale)
@@ -570,12 +572,14 @@ class Dispatcher:
 
     def hearing(self, heard: bool) -> None:
         """Whether endpoint changes reach this process now (its ``LISTEN gateway_apps``
-        connection is up): while they do not, ingest leases it nothing (handoff), since
-        a change would go unheard; when they do again, any endpoint may have changed
-        meanwhile, so what waits for room and what a commit leased before goes back to
-        the queue, as for a change heard (forget_endpoints)."""
+        connection is up). While they do not, a change would go unheard: the webhooks
+        waiting for room go back to the queue (claims read endpoints as they are), so do
+        any handed over meanwhile, and ingest leases this process nothing (handoff). When
+        they do again, what a commit leased before goes back too, as for a change heard
+        (forget_endpoints)."""
         if heard and not self._hearing:
             self._all_changed_at = asyncio.get_running_loop().time()
+        if not heard and self._hearing:
             self._drop_ready(lambda app, target: target not in PUSH_KINDS)
         self._hearing = heard
 

@@ -17,6 +17,7 @@ from unittest import mock
 
 import asyncpg
 import pytest
+from aiohttp import web
 
 from gateway import appkeys
 from gateway.app import create_app
@@ -51,6 +52,12 @@ async def _sql(db: Database, sql: str, *args: Any) -> asyncpg.Record:
         row = await conn.fetchrow(sql, *args)
     assert row is not None
     return row
+
+
+async def hearing(app: web.Application) -> None:
+    """Until its LISTEN gateway_apps connection is up, a process leases its ingest
+    nothing (Dispatcher.hearing): wait for it."""
+    await eventually(lambda: asyncio.sleep(0, app[appkeys.AUTH].caching))
 
 
 async def _row(store: Store, delivery_id: str) -> asyncpg.Record:
@@ -129,6 +136,7 @@ async def test_a_replayed_idempotency_key_hands_over_nothing_and_a_fresh_one_its
 async def test_events_ingested_by_a_process_are_sent_by_it_exactly_once_without_a_claim(
         aiohttp_client: Any, dsn: str, settings: Settings, receiver: Receiver) -> None:
     client = await aiohttp_client(create_app(settings, dsn))
+    await hearing(client.app)
     dispatcher = client.app[appkeys.DISPATCHER]
     assert isinstance(dispatcher.queue, PostgresQueue)
     claimed: list[str] = []
@@ -235,6 +243,7 @@ async def test_a_commit_still_in_flight_at_shutdown_is_sent_by_its_running_dispa
     leased to it reaches a running dispatcher, not one that has already stopped (which
     handed it back unawaited, or left it leased until the lease lapsed)."""
     client = await aiohttp_client(create_app(settings, dsn))
+    await hearing(client.app)
     store = client.app[appkeys.STORE]
     app = await store.create_app("shop")
     await store.create_endpoint(app.id, receiver.url(), "", None)
@@ -271,8 +280,7 @@ async def test_handed_over_deliveries_waiting_for_room_go_as_their_endpoint_now_
     client = await aiohttp_client(create_app(
         dataclasses.replace(settings, endpoint_concurrency=1), dsn))
     dispatcher = client.app[appkeys.DISPATCHER]
-    auth = client.app[appkeys.AUTH]
-    await eventually(lambda: asyncio.sleep(0, auth.caching))  # gateway_apps is heard
+    await hearing(client.app)
     app = await store.create_app("shop")
     endpoint = await store.create_endpoint(app.id, receiver.url("/old"), "", None)
     receiver.delay_s = 30  # the first holds the endpoint's one slot; four wait behind it

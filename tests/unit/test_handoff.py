@@ -463,6 +463,16 @@ async def test_an_app_at_its_room_does_not_lose_its_turn_to_the_apps_handed_over
     assert all(first[app] >= 4 for app in "abc"), "".join(s.split("_")[2] for s in hook.sent)
 
 
+def handed_back_of(queue: InMemoryQueue, jobs: Sequence[Job]
+                   ) -> Callable[[], Awaitable[bool]]:
+    """For :func:`eventually`: each of ``jobs`` went back to the queue (and may have been
+    claimed again since, under a new lease)."""
+    async def check() -> bool:
+        return all(queue.entries[j.delivery.delivery_id].lease_id != j.lease_id
+                   for j in jobs)
+    return check
+
+
 async def one_sent_others_waiting(count: int) -> tuple[InMemoryQueue, Hook, Dispatcher,
                                                          list[Job]]:
     """A started dispatcher with ``count`` webhooks to ``ep_1`` handed over: one sent
@@ -517,6 +527,10 @@ async def test_while_endpoint_changes_go_unheard_ingest_leases_nothing_and_then_
         leased_before = now()
         worker.hearing(False)
         assert worker.handoff() is None
+        await eventually(handed_back_of(queue, jobs[1:]))  # waiting: back at once
+        unheard = queue.add_leased(webhook(8, "app_b", "ep_3"), LEASE_S, uuid.uuid4())
+        worker.hand_over([unheard], now())
+        await eventually(handed_back_of(queue, [unheard]))
         worker.hearing(True)
         assert worker.handoff() is not None
         late = queue.add_leased(webhook(9, "app_b", "ep_2"), LEASE_S, uuid.uuid4())
