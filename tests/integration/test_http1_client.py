@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import socket
 import ssl
 from collections.abc import AsyncIterator, Callable
@@ -49,6 +50,7 @@ class RawServer:
         self.connections = 0
         self.server: asyncio.Server | None = None
         self.writers: list[asyncio.StreamWriter] = []
+        self.handlers: set[asyncio.Task[Any]] = set()
 
     async def start(self, host: str = "127.0.0.1",
                     ssl_context: ssl.SSLContext | None = None) -> int:
@@ -57,6 +59,9 @@ class RawServer:
         return port
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handler = asyncio.current_task()
+        assert handler is not None
+        self.handlers.add(handler)
         self.connections += 1
         self.writers.append(writer)
         try:
@@ -77,12 +82,18 @@ class RawServer:
             pass
         finally:
             writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
 
     async def stop(self) -> None:
+        """Stop listening, close every connection and wait for their handlers to end
+        (Python 3.11's wait_closed does not wait for them)."""
         assert self.server is not None
         self.server.close()
+        await asyncio.sleep(0.05)  # a connection accepted just now starts its handler
         for writer in self.writers:
             writer.close()
+        await asyncio.gather(*self.handlers, return_exceptions=True)
         await self.server.wait_closed()
 
 
