@@ -189,8 +189,8 @@ class Dispatcher:
         #: Endpoints whose sending changed (forget_endpoints), with the loop time this
         #: process heard it: a commit leased before then may carry them as they were.
         self._changed_at: dict[str, float] = {}
-        #: Whether endpoint changes are heard (hearing); when hearing began, for every
-        #: endpoint at once (what changed unheard before then may be anywhere).
+        #: Whether endpoint changes are heard (hearing); since when every endpoint counts
+        #: as changed (when hearing began again; infinity while unheard).
         self._hearing = True
         self._all_changed_at = -math.inf
         #: What each delivery runs in (a copy each): the dispatcher's own context, not
@@ -456,16 +456,14 @@ class Dispatcher:
         if self._stopping or start_by <= asyncio.get_running_loop().time():
             self._hand_back(list(jobs))  # (one that can no longer start in time, too)
             return
-        if not self._hearing or self._changed_at or self._all_changed_at >= leased_at:
-            # (Unheard, any endpoint may be changing: as if each had just changed.)
-            unheard = math.inf if not self._hearing else -math.inf
+        if self._changed_at or self._all_changed_at >= leased_at:
             kept: list[Job] = []
             stale: list[Job] = []
             for job in jobs:
                 target = _target(job)
                 changed_at = (-math.inf if target in PUSH_KINDS else
                               max(self._changed_at.get(target, -math.inf),
-                                  self._all_changed_at, unheard))
+                                  self._all_changed_at))
                 (stale if changed_at >= leased_at else kept).append(job)
             if stale:
                 self._hand_back(stale)
@@ -557,11 +555,10 @@ class Dispatcher:
     def forget_endpoints(self, endpoint_ids: Collection[str]) -> None:
         """These endpoints' sending changed, in this process or another (a PATCH, a
         deletion, a secret rotated, a circuit opened, an endpoint disabled:
-        ``endpoints_changed``): the
-        deliveries to them handed over and not started go back to the queue, to be
-        claimed as the endpoints now are, and so do those a commit leased before this
-        was heard, when they arrive (that commit may have read the endpoints as they
-        were). Deliveries already being sent go on."""
+        ``endpoints_changed``): the deliveries to them handed over and not started go
+        back to the queue, to be claimed as the endpoints now are, and so do those a
+        commit leased before this was heard, when they arrive (that commit may have read
+        the endpoints as they were). Deliveries already being sent go on."""
         now = asyncio.get_running_loop().time()
         # A commit leased longer ago than a lease has lapsed, and its hand-over with it.
         self._changed_at = {e: t for e, t in self._changed_at.items()
@@ -580,6 +577,8 @@ class Dispatcher:
         if heard and not self._hearing:
             self._all_changed_at = asyncio.get_running_loop().time()
         if not heard and self._hearing:
+            # Unheard, any endpoint may be changing: as if each changed at every moment.
+            self._all_changed_at = math.inf
             self._drop_ready(lambda app, target: target not in PUSH_KINDS)
         self._hearing = heard
 

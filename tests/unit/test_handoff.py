@@ -535,12 +535,7 @@ async def test_while_endpoint_changes_go_unheard_ingest_leases_nothing_and_then_
         assert worker.handoff() is not None
         late = queue.add_leased(webhook(9, "app_b", "ep_2"), LEASE_S, uuid.uuid4())
         worker.hand_over([late], leased_before)
-        back = [jobs[1], jobs[2], late]
-
-        async def handed_back() -> bool:  # (and maybe claimed again since, under a new lease)
-            return all(queue.entries[j.delivery.delivery_id].lease_id != j.lease_id
-                       for j in back)
-        await eventually(handed_back)
+        await eventually(handed_back_of(queue, [jobs[1], jobs[2], late]))
     finally:
         hook.gate.set()
         await worker.stop(1)
@@ -553,10 +548,7 @@ async def test_a_hand_over_that_can_no_longer_start_in_time_goes_straight_back()
     try:
         job = queue.add_leased(webhook(7, "app_a", "ep_1"), LEASE_S, uuid.uuid4())
         worker.hand_over([job], now() - worker.handoff_wait_s - 1)
-
-        async def handed_back() -> bool:  # (and maybe claimed again since, under a new lease)
-            return queue.entries[job.delivery.delivery_id].lease_id != job.lease_id
-        await eventually(handed_back)
+        await eventually(handed_back_of(queue, [job]))
     finally:
         hook.gate.set()
         await worker.stop(1)
