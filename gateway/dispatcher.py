@@ -371,8 +371,16 @@ class Dispatcher:
                 await asyncio.sleep(0)
                 continue
             if jobs.waiting and not jobs.held_back:
-                crowded_at = finished
-                await self._gather(finished)
+                if self._sending:
+                    crowded_at = finished
+                    await self._gather(finished)
+                    continue
+                # With nothing of ours in flight, what waits is not waiting for room we
+                # hold: another claimer locked what this claim chose (a second dispatcher
+                # draining the same backlog). Claim again after an interval, as after a
+                # woken claim (it stretches while claims find nothing), not after the
+                # poll interval that waiting for our own deliveries would take.
+                woken = True
                 continue
             # Deliveries held back for a rate limit were booked out of the way: what was
             # due behind them can be claimed at once.

@@ -232,3 +232,39 @@ async def test_a_claim_that_takes_something_ends_the_stretch() -> None:
         await worker.stop(1)
     taken = [n for n in queue.claims[queue.empty:] if n]
     assert len(taken) >= 8, queue.claims  # about 12; stretched, about 3
+
+
+class HeldByAnotherAtFirst(CountingQueue):
+    """Another dispatcher's claim holds the head of the backlog for the first ``held``
+    claims here: each takes nothing, and says due work waits beyond what it chose."""
+
+    def __init__(self, held: int) -> None:
+        super().__init__()
+        self.held = held
+
+    async def claim(self, limit: int, lease_s: float, lease_id: uuid.UUID,
+                    rooms: Rooms | None = None) -> Claim:
+        if len(self.claims) < self.held:
+            self.claims.append(0)
+            return Claim([], waiting=len(self.entries))
+        return await super().claim(limit, lease_s, lease_id, rooms)
+
+
+async def test_an_idle_dispatcher_claims_again_soon_when_another_holds_the_backlog() -> None:
+    """A claim that took nothing because another claimer locked what it chose, while due
+    work waits beyond it, is followed by another within a few claim intervals: with
+    nothing of its own in flight there is no room of its own to wait for (this dispatcher
+    waited the poll interval, here 30 s, and a second dispatcher took 2 % of a drain)."""
+    queue = HeldByAnotherAtFirst(held=3)
+    for n in range(5):
+        queue.add(job(n))
+    worker = Dispatcher(queue, {"webhook": Delivered()}, RetryPolicy((0.05,), jitter=0),
+                        poll_interval_s=30, claim_interval_s=0.01, lease_s=30)
+    await worker.start()
+    try:
+        async def delivered() -> bool:
+            return all(e.status is DeliveryStatus.SUCCEEDED for e in queue.entries.values())
+        await eventually(delivered, timeout_s=10)
+    finally:
+        await worker.stop(1)
+    assert queue.claims[:4] == [0, 0, 0, 5]
