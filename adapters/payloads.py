@@ -10,6 +10,7 @@ never disagree.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,6 +20,19 @@ APNS_MAX_COLLAPSE_ID_BYTES = 64
 #: FCM reserves these data keys, and any that start with the prefixes.
 FCM_RESERVED_DATA_KEYS = ("from", "message_type")
 FCM_RESERVED_DATA_PREFIXES = ("google", "gcm")
+#: What an HTTP field value may not hold (RFC 9110 5.5): control characters but the tab.
+_NOT_IN_A_HEADER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def header_value_problem(value: str) -> str | None:
+    """Why ``value`` cannot be sent as an HTTP header's value as it is, or None: HTTP/2
+    refuses a request with a line break or a NUL in a header (the push would fail unsent),
+    and strips whitespace around a value (the provider would get another value)."""
+    if _NOT_IN_A_HEADER.search(value):
+        return "must hold no control characters"
+    if value != value.strip(" \t"):
+        return "must not begin or end with whitespace"
+    return None
 
 
 def is_background(notification: Mapping[str, Any]) -> bool:

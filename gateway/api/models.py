@@ -96,7 +96,8 @@ APNS_HEADERS = {
                                  r"|mdm|liveactivity|pushtotalk|widgets"),
     "apns-priority": re.compile(r"1|5|10"),
     "apns-expiration": re.compile(r"0|[1-9][0-9]{0,10}"),
-    "apns-collapse-id": re.compile(r"[\x20-\x7e]{1,64}"),
+    # As collapse_key, which it overrides: at most 64 bytes, anything a header carries.
+    "apns-collapse-id": re.compile(r".{1,64}", re.DOTALL),
 }
 
 
@@ -108,8 +109,11 @@ def _apns_headers(headers: dict[str, str | int]) -> dict[str, str]:
         if pattern is None:
             raise ValueError(f"{name!r} is not a header a notification may set (one of "
                              f"{', '.join(sorted(APNS_HEADERS))})")
-        if isinstance(value, bool) or not pattern.fullmatch(str(value)):
-            raise ValueError(f"{name!r} does not take {str(value)[:40]!r}")
+        text = str(value)
+        if (isinstance(value, bool) or not pattern.fullmatch(text)
+                or len(text.encode()) > payloads.APNS_MAX_COLLAPSE_ID_BYTES
+                or payloads.header_value_problem(text)):
+            raise ValueError(f"{name!r} does not take {text[:40]!r}")
         checked[key] = str(value)
     return checked
 
@@ -131,21 +135,6 @@ class FcmOverrides(_Body):
     webpush: dict[str, Any] | None = None
     fcm_options: dict[str, Any] | None = None
     data: dict[str, Text] | None = None
-
-
-#: What an HTTP field value may not hold (RFC 9110 5.5): control characters but the tab.
-_NOT_IN_A_HEADER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-
-
-def _header_value_problem(value: str) -> str | None:
-    """Why ``value`` cannot be sent as an HTTP header's value as it is, or None: HTTP/2
-    refuses a request with a line break or a NUL in a header (the push would fail unsent),
-    and strips whitespace around a value (the provider would get another value)."""
-    if _NOT_IN_A_HEADER.search(value):
-        return "must hold no control characters"
-    if value != value.strip(" \t"):
-        return "must not begin or end with whitespace"
-    return None
 
 
 class Notification(_Body):
@@ -184,7 +173,7 @@ class Notification(_Body):
         if (self.collapse_key
                 and len(self.collapse_key.encode()) > payloads.APNS_MAX_COLLAPSE_ID_BYTES):
             problems.append(("collapse_key", "must be at most 64 bytes (APNs apns-collapse-id)"))
-        if self.collapse_key and (problem := _header_value_problem(self.collapse_key)):
+        if self.collapse_key and (problem := payloads.header_value_problem(self.collapse_key)):
             problems.append(("collapse_key", f"{problem} (it is sent as the APNs "
                              "apns-collapse-id header)"))
         if not problems:
@@ -248,7 +237,16 @@ class FCMCredentials(_Body):
     service_account: dict[str, Any]
 
 
-BundleId = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+def _header_value(value: str) -> str:
+    if problem := payloads.header_value_problem(value):
+        raise ValueError(f"{problem} (it is sent as the APNs apns-topic header)")
+    return value
+
+
+#: An APNs topic: sent as a header with every push, so what a header cannot carry as it
+#: is (a line break fails every push unsent) is refused when the credentials are stored.
+BundleId = Annotated[str, StringConstraints(min_length=1, max_length=255),
+                     AfterValidator(_header_value)]
 APNsEnvironment = Literal["production", "sandbox"]
 
 

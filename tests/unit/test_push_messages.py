@@ -114,3 +114,18 @@ def test_a_collapse_key_a_header_carries_as_it_is_is_accepted(key: str) -> None:
 def test_a_collapse_key_a_header_cannot_carry_as_it_is_is_refused(key: str) -> None:
     with pytest.raises(pydantic.ValidationError, match="collapse_key"):
         Notification.model_validate({"title": "t", "collapse_key": key})
+
+
+@pytest.mark.parametrize("key", ["order-7", "order 7", "zamówienie-7", "z" * 64])
+def test_an_apns_collapse_id_override_takes_what_collapse_key_takes(key: str) -> None:
+    notification = Notification.model_validate(
+        {"title": "t", "apns": {"headers": {"apns-collapse-id": key}}})
+    assert notification.apns is not None
+    assert notification.apns.headers == {"apns-collapse-id": key}
+
+
+@pytest.mark.parametrize("key", ["a\nb", "a\x7fb", " a", "a ", "a\t", "z" * 65, "ż" * 33, ""])
+def test_an_apns_collapse_id_override_a_header_cannot_carry_is_refused(key: str) -> None:
+    with pytest.raises(pydantic.ValidationError, match="apns-collapse-id"):
+        Notification.model_validate(
+            {"title": "t", "apns": {"headers": {"apns-collapse-id": key}}})
