@@ -183,6 +183,10 @@ class Dispatcher:
         #: must start by (hand_over). Apps take turns, and each app's targets.
         self._ready: dict[str, dict[str, collections.deque[tuple[Job, float]]]] = {}
         self._ready_count = 0
+        #: No handed-over delivery must start before this (loop time): a lower bound of
+        #: their start-by times, so that most calls of _start_ready skip looking for
+        #: late ones (it runs each time a slot frees).
+        self._ready_late_at = math.inf
         self._ready_room = asyncio.Event()
         #: Where the last claim may have left due deliveries waiting for the room
         #: handed-over ones would take (_competing): there they start only after the next
@@ -483,6 +487,7 @@ class Dispatcher:
             targets = self._ready.setdefault(job.delivery.app_id, {})
             targets.setdefault(_target(job), collections.deque()).append((job, start_by))
         self._ready_count += len(jobs)
+        self._ready_late_at = min(self._ready_late_at, start_by)
         self._start_ready()
 
     def handoff(self) -> Handoff | None:
@@ -600,9 +605,14 @@ class Dispatcher:
         start-by time."""
         if not self._ready_count:
             return
+        late: list[Job] = []
         now = asyncio.get_running_loop().time()
-        late = [job for queues in self._ready.values() for queue in queues.values()
-                for job in _past(queue, now)]
+        if now > self._ready_late_at:
+            late = [job for queues in self._ready.values() for queue in queues.values()
+                    for job in _past(queue, now)]
+            self._ready_late_at = min((queue[0][1] for queues in self._ready.values()
+                                       for queue in queues.values() if queue),
+                                      default=math.inf)
         competing = self._claims_waiting
         free = 0 if competing.everywhere else self._free()
         started = 0
@@ -686,19 +696,19 @@ class Dispatcher:
             apps={a: self.app_concurrency - n for a, n in self._per_app.items() if n},
             endpoint=self.endpoint_concurrency, app=self.app_concurrency)
 
-    def _take_slot(self, target: str, app_id: str) -> Callable[[], None]:
+    def _take_slot(self, target: str, app_id: str) -> Callable[[], bool]:
         """Count a delivery to ``target`` of ``app_id`` as being sent; the function
-        returned frees its slot (once, however often it is called; the caller then says
-        so with :meth:`_room_freed`)."""
+        returned frees its slot (once, however often it is called: True the time it
+        does; the caller then says so with :meth:`_room_freed`)."""
         self._sending += 1
         self._per_target[target] += 1
         self._per_app[app_id] += 1
         freed = False
 
-        def release() -> None:
+        def release() -> bool:
             nonlocal freed
             if freed:
-                return
+                return False
             freed = True
             self._sending -= 1
             self._finished += 1
@@ -706,6 +716,7 @@ class Dispatcher:
                 counts[key] -= 1
                 if counts[key] <= 0:
                     del counts[key]
+            return True
 
         return release
 
@@ -717,16 +728,19 @@ class Dispatcher:
         if self._ready_count:
             self._start_ready()
 
-    def _done(self, task: asyncio.Task[None], *, release: Callable[[], None]) -> None:
+    def _done(self, task: asyncio.Task[None], *, release: Callable[[], bool]) -> None:
+        # A delivered attempt's slot was freed, and said so, when it was answered; its
+        # written result frees room only where results bound it (_free).
+        bound = 2 * self.concurrency - len(self._inflight) < self.concurrency - self._sending
         self._inflight.pop(task, None)
-        release()
-        self._room_freed()
+        if release() or bound:
+            self._room_freed()
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery task failed", exc_info=task.exception())
 
     # --- one delivery -----------------------------------------------------------------
 
-    async def _deliver(self, claimed: Job, release: Callable[[], None]) -> None:
+    async def _deliver(self, claimed: Job, release: Callable[[], bool]) -> None:
         job = claimed.delivery
         adapter = self.adapters.get(job.kind)
         attempted_at = datetime.now(UTC)
