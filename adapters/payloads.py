@@ -24,13 +24,14 @@ FCM_RESERVED_DATA_PREFIXES = ("google", "gcm")
 _NOT_IN_A_HEADER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
-def header_value_problem(value: str) -> str | None:
+def header_value_problem(value: str, *, trimmed: bool = False) -> str | None:
     """Why ``value`` cannot be sent as an HTTP header's value as it is, or None: HTTP/2
     refuses a request with a line break or a NUL in a header (the push would fail unsent),
-    and strips whitespace around a value (the provider would get another value)."""
+    and strips whitespace around a value (the provider would get another value; allowed
+    with ``trimmed``, where the trimmed value is the one meant)."""
     if _NOT_IN_A_HEADER.search(value):
         return "must hold no control characters"
-    if value != value.strip(" \t"):
+    if not trimmed and value != value.strip(" \t"):
         return "must not begin or end with whitespace"
     return None
 

@@ -225,7 +225,7 @@ async def check_apns_certificate(fields: dict[str, Any]) -> dict[str, Any]:
     if topic is None:
         raise _invalid("topic", "is required: the certificate names no bundle id (subject "
                        "UID)")
-    if problem := header_value_problem(topic):
+    if problem := header_value_problem(topic, trimmed=True):
         raise _invalid("topic", f"{problem} (it is sent as the APNs apns-topic header)")
     if uid is not None and topic not in {uid, *(uid + s for s in CERTIFICATE_TOPIC_SUFFIXES)}:
         raise _invalid("topic", f"must be the certificate's bundle id {uid!r} (or its "

@@ -183,9 +183,9 @@ class Dispatcher:
         #: must start by (hand_over). Apps take turns, and each app's targets.
         self._ready: dict[str, dict[str, collections.deque[tuple[Job, float]]]] = {}
         self._ready_count = 0
-        #: No handed-over delivery must start before this (loop time): a lower bound of
-        #: their start-by times, so that most calls of _start_ready skip looking for
-        #: late ones (it runs each time a slot frees).
+        #: No handed-over delivery at the head of its queue is late before this (loop
+        #: time): a lower bound of the heads' start-by times, so that most calls of
+        #: _start_ready skip looking for late ones (it runs each time a slot frees).
         self._ready_late_at = math.inf
         self._ready_room = asyncio.Event()
         #: Where the last claim may have left due deliveries waiting for the room
@@ -359,9 +359,13 @@ class Dispatcher:
                 backoff = min(backoff * 2, self.poll_interval_s)
                 continue
             backoff = 0.05
-            if jobs or jobs.held_back or jobs.waiting:
+            #: Nothing taken, due work waiting, nothing of ours in flight: what it chose
+            #: is another's (see below), an empty claim as much as a woken one's.
+            others_hold = (not jobs and jobs.waiting and not jobs.held_back
+                           and not self._sending)
+            if (jobs or jobs.held_back or jobs.waiting) and not others_hold:
                 stretch = 1
-            elif paced:
+            elif paced or others_hold:
                 stretch = min(2 * stretch, self.empty_claim_stretch)
             paced = False
             if jobs.held_back and self.metrics is not None:
@@ -374,17 +378,17 @@ class Dispatcher:
             if len(jobs) == want:
                 await asyncio.sleep(0)
                 continue
-            if jobs.waiting and not jobs.held_back:
-                if self._sending:
-                    crowded_at = finished
-                    await self._gather(finished)
-                    continue
-                # With nothing of ours in flight, what waits is not waiting for room we
-                # hold: another claimer locked what this claim chose (a second dispatcher
-                # draining the same backlog). Claim again after an interval, as after a
-                # woken claim (it stretches while claims find nothing), not after the
-                # poll interval that waiting for our own deliveries would take.
+            if others_hold:
+                # What waits is not waiting for room we hold: another claimer (a second
+                # dispatcher draining the same backlog, an endpoint's deletion) locked
+                # what this claim chose. Claim again after an interval, stretched while
+                # claims keep finding nothing, not after the poll interval that waiting
+                # for our own deliveries would take.
                 woken = True
+                continue
+            if jobs.waiting and not jobs.held_back:
+                crowded_at = finished
+                await self._gather(finished)
                 continue
             # Deliveries held back for a rate limit were booked out of the way: what was
             # due behind them can be claimed at once.
@@ -634,6 +638,10 @@ class Dispatcher:
                     self._start(queue.popleft()[0])
                     if queue:
                         queues[target] = queue  # its next one waits for the others
+                        # Start-by times within a queue are not always in order (two
+                        # commits' hand-overs may arrive in either order): the new head
+                        # keeps the bound a bound.
+                        self._ready_late_at = min(self._ready_late_at, queue[0][1])
                     started += 1
                     free -= 1
                     moved = True

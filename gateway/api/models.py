@@ -96,7 +96,7 @@ APNS_HEADERS = {
                                  r"|mdm|liveactivity|pushtotalk|widgets"),
     "apns-priority": re.compile(r"1|5|10"),
     "apns-expiration": re.compile(r"0|[1-9][0-9]{0,10}"),
-    # As collapse_key, which it overrides: at most 64 bytes, anything a header carries.
+    # At most 64 bytes of what a header carries (sent trimmed, as it always was).
     "apns-collapse-id": re.compile(r".{1,64}", re.DOTALL),
 }
 
@@ -112,7 +112,7 @@ def _apns_headers(headers: dict[str, str | int]) -> dict[str, str]:
         text = str(value)
         if (isinstance(value, bool) or not pattern.fullmatch(text)
                 or len(text.encode()) > payloads.APNS_MAX_COLLAPSE_ID_BYTES
-                or payloads.header_value_problem(text)):
+                or payloads.header_value_problem(text, trimmed=True)):
             raise ValueError(f"{name!r} does not take {text[:40]!r}")
         checked[key] = str(value)
     return checked
@@ -238,13 +238,14 @@ class FCMCredentials(_Body):
 
 
 def _header_value(value: str) -> str:
-    if problem := payloads.header_value_problem(value):
+    if problem := payloads.header_value_problem(value, trimmed=True):
         raise ValueError(f"{problem} (it is sent as the APNs apns-topic header)")
     return value
 
 
-#: An APNs topic: sent as a header with every push, so what a header cannot carry as it
-#: is (a line break fails every push unsent) is refused when the credentials are stored.
+#: An APNs topic: sent as a header with every push, so what a header cannot carry (a line
+#: break fails every push unsent) is refused when the credentials are stored. Whitespace
+#: around it is sent trimmed, as it always was.
 BundleId = Annotated[str, StringConstraints(min_length=1, max_length=255),
                      AfterValidator(_header_value)]
 APNsEnvironment = Literal["production", "sandbox"]

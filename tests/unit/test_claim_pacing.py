@@ -268,3 +268,38 @@ async def test_an_idle_dispatcher_claims_again_soon_when_another_holds_the_backl
     finally:
         await worker.stop(1)
     assert queue.claims[:4] == [0, 0, 0, 5]
+
+
+class HeldByAnother(CountingQueue):
+    """Another transaction (a claim, an endpoint's deletion) holds the head rows for
+    good: every claim here takes nothing and says due work waits beyond it."""
+
+    async def claim(self, limit: int, lease_s: float, lease_id: uuid.UUID,
+                    rooms: Rooms | None = None) -> Claim:
+        self.claims.append(0)
+        return Claim([], waiting=500)
+
+
+async def claims_while_held(stretch: int) -> int:
+    """Claims an idle dispatcher makes in 0.5 s while another holds what it chooses, with
+    an interval of 10 ms: about one an interval without the stretch."""
+    queue = HeldByAnother()
+    worker = Dispatcher(queue, {"webhook": Delivered()}, RetryPolicy((0.05,), jitter=0),
+                        poll_interval_s=30, claim_interval_s=0.01, lease_s=30,
+                        empty_claim_stretch=stretch)
+    await worker.start()
+    try:
+        await asyncio.sleep(0.5)
+    finally:
+        await worker.stop(1)
+    return len(queue.claims)
+
+
+async def test_an_idle_dispatchers_claims_stretch_while_another_holds_what_they_choose() -> None:
+    """The claims of a dispatcher with nothing in flight, each finding what it chose held by
+    another claimer, come less often while they keep finding nothing, as woken claims do:
+    not one every interval for as long as the other holds the rows."""
+    paced = await claims_while_held(stretch=1)
+    stretched = await claims_while_held(stretch=4)
+    assert paced >= 10  # about 40: one an interval
+    assert stretched * 2 <= paced, (stretched, paced)

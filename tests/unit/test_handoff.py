@@ -552,3 +552,34 @@ async def test_a_hand_over_that_can_no_longer_start_in_time_goes_straight_back()
     finally:
         hook.gate.set()
         await worker.stop(1)
+
+
+async def test_a_late_hand_over_queued_behind_a_later_one_goes_back_when_it_comes_up() -> None:
+    """Two commits' hand-overs may arrive in either order: one leased earlier waits
+    behind one leased later. Past its start-by it goes back to the queue when it reaches
+    the head, even when a look for late ones ran while the later one was the head: it
+    is claimed again, not sent under the lease it waited out."""
+    queue = InMemoryQueue()
+    provider = Provider(held=True)
+    worker = dispatcher(queue, provider, push_concurrency=1, handoff_wait_s=0.2)
+    await worker.start()
+    try:
+        first, later, earlier = (queue.add_leased(push(n), LEASE_S, uuid.uuid4())
+                                 for n in range(3))
+        worker.hand_over([first], now())  # takes the provider's only slot
+        await eventually(lambda: _sent(provider, 1))
+        leased_at = now()
+        worker.hand_over([later], leased_at)  # start by leased_at + 0.2
+        worker.hand_over([earlier], leased_at - 0.1)  # start by leased_at + 0.1, behind it
+        await asyncio.sleep(0.12)  # the earlier one is late, the later one not yet
+        worker.hand_over([], now())  # a look for late ones, the later one at the head
+        provider.gate.set()  # the first finishes, the later one starts
+        await eventually(all_succeeded(queue), timeout_s=10)
+    finally:
+        await worker.stop(1)
+    (attempt,) = queue.entries[earlier.delivery.delivery_id].attempts
+    assert attempt.lease_id != earlier.lease_id
+
+
+async def _sent(provider: Provider, count: int) -> bool:
+    return len(provider.sent) >= count
