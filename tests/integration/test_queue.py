@@ -987,10 +987,12 @@ async def test_a_claim_that_passed_due_rows_over_keeps_the_wide_scan(dsn: str) -
         await db.close()
 
 
-async def test_a_row_another_claimer_holds_at_the_head_of_a_narrow_scan_makes_the_next_wide(
+async def test_a_row_another_claimer_holds_at_the_head_is_skipped_by_the_scan_which_stays_narrow(
         dsn: str) -> None:
-    """A claim that skipped a row another claimer holds (its head row, locked elsewhere)
-    did not take the head of what it read: the next claim scans wide."""
+    """The plain claim's scan locks what it reads, skipping what another claimer holds: a
+    held row at the head of the due rows is passed over by the scan itself, the claim
+    takes as many as it asked for from the rows after it, and what it read was all there
+    was to take (the next scans stay narrow)."""
     db = await Database.connect(dsn, max_size=4)
     spies = contextlib.ExitStack()
     try:
@@ -1005,19 +1007,48 @@ async def test_a_row_another_claimer_holds_at_the_head_of_a_narrow_scan_makes_th
         try:
             held = other.transaction()
             await held.start()
-            await other.execute(
-                "SELECT 1 FROM deliveries WHERE lease_id IS NULL "
+            head = await other.fetchval(
+                "SELECT id FROM deliveries WHERE lease_id IS NULL "
                 "ORDER BY next_attempt_at LIMIT 1 FOR UPDATE")
-            # The narrow scan's first row is held: seven of the eight it chose. (A wide
-            # scan chooses the same eight: a held row is skipped, not replaced.)
-            assert len(await queue.claim(8, 30, uuid.uuid4(), Rooms(endpoint=64))) == 7
-            assert len(await queue.claim(8, 30, uuid.uuid4(), Rooms(endpoint=64))) == 7
+            taken = [job.delivery.delivery_id for _ in range(2)
+                     for job in await queue.claim(8, 30, uuid.uuid4(), Rooms(endpoint=64))]
             await held.rollback()
         finally:
             await other.close()
-        assert queue.scans == [100, 16, 100]
+        assert len(taken) == 16 and head not in taken
+        assert queue.scans == [100, 16, 16]
     finally:
         spies.close()
+        await db.close()
+
+
+async def test_two_claimers_at_once_take_different_rows_as_many_as_they_ask(dsn: str) -> None:
+    """Two claims in flight together over one backlog (two dispatchers draining it): the
+    second's scan passes over the rows the first holds and takes the next ones, instead
+    of choosing the same head and taking only what the first had not locked."""
+    db = await Database.connect(dsn, max_size=4)
+    try:
+        store = Store(db)
+        app = await store.create_app("one")
+        await store.create_endpoint(app.id, "http://127.0.0.1:9/", "", None)
+        await store.write_events([EventDraft(app.id, "order.created", "{}")
+                                  for _ in range(40)])
+        queue = PostgresQueue(db)
+        other = await asyncpg.connect(dsn)
+        try:
+            first = other.transaction()
+            await first.start()
+            # The first claimer's statement, held open mid-transaction: its rows locked.
+            held = await other.fetch(
+                "SELECT id FROM deliveries WHERE status = 'pending' "
+                "ORDER BY next_attempt_at LIMIT 16 FOR UPDATE")
+            second = await queue.claim(16, 30, uuid.uuid4(), Rooms(endpoint=64))
+            await first.rollback()
+        finally:
+            await other.close()
+        assert len(second) == 16
+        assert not {row["id"] for row in held} & {job.delivery.delivery_id for job in second}
+    finally:
         await db.close()
 
 
@@ -1204,9 +1235,11 @@ def test_the_plain_claim_reads_its_candidates_as_claim_due_does_word_for_word() 
     """The two claims must pass over the same due rows (inactive endpoints, rooms,
     deleted apps, the scan's order and limit) and lock what they take the same way (each
     row by its key, re-checked, skipping what another claimer holds): one text, kept in
-    two places."""
-    for part in ("full_targets", "candidates", _RECHECK):
+    two places. The plain claim's scan also locks what it reads."""
+    for part in ("full_targets", _RECHECK):
         assert _cte_text("claim_due_plain", part) == _cte_text("claim_due", part)
+    assert _cte_text("claim_due_plain", "candidates") == \
+        _cte_text("claim_due", "candidates")[:-1] + "FOR UPDATE OF d SKIP LOCKED )"
     assert _cte_text("claim_due", _RECHECK).endswith("FOR UPDATE SKIP LOCKED )")
 
 
