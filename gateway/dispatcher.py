@@ -379,11 +379,12 @@ class Dispatcher:
                 await asyncio.sleep(0)
                 continue
             if others_hold:
-                # What waits is not waiting for room we hold: another claimer (a second
-                # dispatcher draining the same backlog, an endpoint's deletion) locked
-                # what this claim chose. Claim again after an interval, stretched while
-                # claims keep finding nothing, not after the poll interval that waiting
-                # for our own deliveries would take.
+                # What waits is not waiting for room we hold: another transaction (a
+                # claim, an endpoint's deletion) locked what this claim chose (claim_due
+                # chooses, then locks; the plain claim's scan passes over held rows).
+                # Claim again after an interval, stretched while claims keep finding
+                # nothing, not after the poll interval that waiting for our own
+                # deliveries would take.
                 woken = True
                 continue
             if jobs.waiting and not jobs.held_back:

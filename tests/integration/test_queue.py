@@ -534,14 +534,17 @@ async def test_the_claim_and_statements_past_asyncpgs_default_limits_stay_prepar
         await db.close()
 
 
-async def test_a_claim_locks_only_the_deliveries_it_takes_not_every_row_it_looked_at(
+async def test_claim_due_locks_only_the_deliveries_it_takes_not_every_row_it_looked_at(
         dsn: str) -> None:
+    """The full claim (open circuits, rate limits) chooses, then locks what it takes: the
+    rows it read over the room stay free for another claimer. (The plain claim locks what
+    its scan reads: test_two_claimers_at_once_take_different_rows_as_many_as_they_ask.)"""
     db = await Database.connect(dsn, max_size=4)
     try:
         harness = PostgresHarness(Store(db), PostgresQueue(db))
         ids = [await harness.add("busy") for _ in range(6)]
         async with db.transaction() as conn:
-            # A claim as PostgresQueue makes it, in a transaction that stays open.
+            # claim_due, in a transaction that stays open.
             first = await conn.fetch(QUERIES["claim_due"],
                                      *claim_params(10, 30, uuid.uuid4(), Rooms(endpoint=1)))
             assert [row["id"] for row in first] == ids[:1]
@@ -1022,6 +1025,35 @@ async def test_a_row_another_claimer_holds_at_the_head_is_skipped_by_the_scan_wh
         await db.close()
 
 
+async def test_claim_due_skips_a_held_row_at_the_head_and_counts_it_passed_over(
+        dsn: str) -> None:
+    """claim_due chooses, then locks: a row another claimer holds at the head of what it
+    read is skipped, not replaced, and counted as passed over (PostgresQueue then scans
+    wide next, _narrow_after)."""
+    db = await Database.connect(dsn, max_size=4)
+    try:
+        store = Store(db)
+        app = await store.create_app("one")
+        await store.create_endpoint(app.id, "http://127.0.0.1:9/", "", None)
+        for _ in range(40):  # each due at a time of its own
+            await store.write_events([EventDraft(app.id, "order.created", "{}")])
+        other = await asyncpg.connect(dsn)
+        try:
+            held = other.transaction()
+            await held.start()
+            head = await other.fetchval(
+                "SELECT id FROM deliveries ORDER BY next_attempt_at LIMIT 1 FOR UPDATE")
+            rows = await db.fetch("claim_due", *claim_params(
+                8, 30, uuid.uuid4(), Rooms(endpoint=64), narrow=True))
+            await held.rollback()
+        finally:
+            await other.close()
+        assert len(rows) == 7 and head not in {row["id"] for row in rows}
+        assert rows[0]["passed_over"] == 1
+    finally:
+        await db.close()
+
+
 async def test_two_claimers_at_once_take_different_rows_as_many_as_they_ask(dsn: str) -> None:
     """Two claims in flight together over one backlog (two dispatchers draining it): the
     second's scan passes over the rows the first holds and takes the next ones, instead
@@ -1231,7 +1263,7 @@ def _cte_text(query: str, part: str) -> str:
 _RECHECK = "CROSS JOIN LATERAL ( SELECT 1 FROM deliveries d WHERE d.app_id = t.app_id"
 
 
-def test_the_plain_claim_reads_its_candidates_as_claim_due_does_word_for_word() -> None:
+def test_the_plain_claim_reads_its_candidates_as_claim_due_does_and_locks_them() -> None:
     """The two claims must pass over the same due rows (inactive endpoints, rooms,
     deleted apps, the scan's order and limit) and lock what they take the same way (each
     row by its key, re-checked, skipping what another claimer holds): one text, kept in
