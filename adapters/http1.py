@@ -204,7 +204,8 @@ class _Connection(asyncio.Protocol):
 
     def _line_end(self, marker: bytes, limit: int, what: str) -> int:
         """Where ``marker`` starts in the buffer, or -1 (searching only bytes not searched
-        before, so a server sending a byte at a time costs no more than one sending all)."""
+        before, so a server sending a byte at a time costs no more than one sending all);
+        a line longer than ``limit`` is a protocol error however it arrived."""
         end = self._buffer.find(marker, max(0, self._scanned - len(marker) + 1))
         if end < 0:
             self._scanned = len(self._buffer)
@@ -212,6 +213,8 @@ class _Connection(asyncio.Protocol):
                 raise ProtocolError(f"{what} is too long")
         else:
             self._scanned = 0
+            if end > limit:  # all of it in one read
+                raise ProtocolError(f"{what} is too long")
         return end
 
     def _parse(self) -> None:

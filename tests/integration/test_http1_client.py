@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from adapters.addresses import ForbiddenAddress, GuardedResolver, address_forbidden
-from adapters.http1 import ConnectError, HTTP1Pool, ProtocolError
+from adapters.http1 import MAX_HEAD, ConnectError, HTTP1Pool, ProtocolError
 from tests.h2_support import TLS
 from tests.support import serve_on_loopback
 
@@ -216,6 +216,17 @@ async def test_what_is_not_an_http_answer_is_a_protocol_error(
     server, port = await serving(always(answer))
     try:
         with pytest.raises(ProtocolError):
+            await pool.post(f"http://127.0.0.1:{port}/", {}, b"x", timeout_s=5)
+    finally:
+        await server.stop()
+
+
+async def test_an_answer_head_over_the_bound_is_a_protocol_error_even_in_one_read(
+        pool: HTTP1Pool) -> None:
+    head = b"HTTP/1.1 200 OK\r\n" + b"x-filler: " + b"a" * MAX_HEAD + b"\r\n\r\n"
+    server, port = await serving(always(head))
+    try:
+        with pytest.raises(ProtocolError, match="too long"):
             await pool.post(f"http://127.0.0.1:{port}/", {}, b"x", timeout_s=5)
     finally:
         await server.stop()
