@@ -46,6 +46,12 @@ async def check_endpoint_url(request: web.Request, url: str, path: str = "url") 
             details=[{"path": path, "message": "must be an http(s) URL with a host"}],
         )
     if request.app[appkeys.SETTINGS].allow_private_endpoints:
+        if "%" in hostname:
+            # RFC 6874: a link of the gateway's own host, which no resolver or Host
+            # header takes (without private endpoints it is refused as link-local).
+            raise ValidationError(
+                "The endpoint URL names an IPv6 zone (%); give the address without it.",
+                details=[{"path": path, "message": "must not name an IPv6 zone"}])
         return
     forbidden = await resolve_forbidden(hostname)
     if forbidden:

@@ -30,12 +30,22 @@ async def strict_api(aiohttp_client: object, dsn: str, settings: Settings
     "http://127.0.0.1/hook", "http://localhost:8080/x", "http://10.0.0.5/",
     "http://169.254.169.254/latest/meta-data", "http://[::1]:9000/", "https://192.168.1.20/",
     "http://2130706433/", "http://169.254.169.\U0001fbf2\U0001fbf5\U0001fbf4/",
+    "http://[fe80::1%25eth0]:8080/",
 ])
 async def test_non_public_endpoint_urls_are_refused(strict_api: Api, url: str) -> None:
     key = await strict_api.new_app()
     status, body = await strict_api.call("POST", "/v1/endpoints", key, {"url": url})
     assert status == 422 and body["error"]["code"] == "endpoint_url_forbidden"
     assert "GATEWAY_ALLOW_PRIVATE_ENDPOINTS" in body["error"]["message"]
+
+
+async def test_an_ipv6_zone_is_refused_even_where_private_endpoints_are_allowed(
+        api: Api) -> None:
+    key = await api.new_app()
+    status, body = await api.call("POST", "/v1/endpoints", key,
+                                  {"url": "http://[fe80::1%25eth0]:8080/hook"})
+    assert status == 422 and body["error"]["code"] == "validation_error", body
+    assert body["error"]["details"][0]["path"] == "url"
 
 
 async def test_a_host_that_does_not_resolve_yet_is_accepted(strict_api: Api) -> None:
