@@ -46,7 +46,7 @@ async def check_endpoint_url(request: web.Request, url: str, path: str = "url") 
             details=[{"path": path, "message": "must be an http(s) URL with a host"}],
         )
     if request.app[appkeys.SETTINGS].allow_private_endpoints:
-        if "%" in hostname:
+        if "%" in hostname and ":" in hostname:  # an IPv6 literal's zone
             # RFC 6874: a link of the gateway's own host, which no resolver or Host
             # header takes (without private endpoints it is refused as link-local).
             raise ValidationError(
