@@ -207,14 +207,9 @@ class _Connection(asyncio.Protocol):
         before, so a server sending a byte at a time costs no more than one sending all);
         a line longer than ``limit`` is a protocol error however it arrived."""
         end = self._buffer.find(marker, max(0, self._scanned - len(marker) + 1))
-        if end < 0:
-            self._scanned = len(self._buffer)
-            if len(self._buffer) > limit:
-                raise ProtocolError(f"{what} is too long")
-        else:
-            self._scanned = 0
-            if end > limit:  # all of it in one read
-                raise ProtocolError(f"{what} is too long")
+        self._scanned = len(self._buffer) if end < 0 else 0
+        if (len(self._buffer) if end < 0 else end) > limit:
+            raise ProtocolError(f"{what} is too long")
         return end
 
     def _parse(self) -> None:

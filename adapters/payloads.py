@@ -36,6 +36,14 @@ def header_value_problem(value: str, *, trimmed: bool = False) -> str | None:
     return None
 
 
+def apns_topic_problem(topic: str) -> str | None:
+    """Why APNs could never be sent ``topic`` as its ``apns-topic`` header (a line break
+    fails every push unsent), or None; whitespace around it goes trimmed, as it always
+    did."""
+    problem = header_value_problem(topic, trimmed=True)
+    return None if problem is None else f"{problem} (it is sent as the APNs apns-topic header)"
+
+
 def is_background(notification: Mapping[str, Any]) -> bool:
     """A silent push: ``content_available`` and nothing to show."""
     return bool(notification.get("content_available")) and not (

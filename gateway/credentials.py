@@ -39,7 +39,7 @@ from adapters.apns import (
     uses_certificate,
 )
 from adapters.fcm import GOOGLE_TOKEN_URL
-from adapters.payloads import header_value_problem
+from adapters.payloads import apns_topic_problem
 from gateway.errors import ValidationError
 from gateway_client.models import Provider, iso
 
@@ -225,8 +225,8 @@ async def check_apns_certificate(fields: dict[str, Any]) -> dict[str, Any]:
     if topic is None:
         raise _invalid("topic", "is required: the certificate names no bundle id (subject "
                        "UID)")
-    if problem := header_value_problem(topic, trimmed=True):
-        raise _invalid("topic", f"{problem} (it is sent as the APNs apns-topic header)")
+    if problem := apns_topic_problem(topic):
+        raise _invalid("topic", problem)
     if uid is not None and topic not in {uid, *(uid + s for s in CERTIFICATE_TOPIC_SUFFIXES)}:
         raise _invalid("topic", f"must be the certificate's bundle id {uid!r} (or its "
                        f"{' or '.join(CERTIFICATE_TOPIC_SUFFIXES)} topic)")

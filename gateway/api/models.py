@@ -110,11 +110,13 @@ def _apns_headers(headers: dict[str, str | int]) -> dict[str, str]:
             raise ValueError(f"{name!r} is not a header a notification may set (one of "
                              f"{', '.join(sorted(APNS_HEADERS))})")
         text = str(value)
+        # Every one of these values is short (apns-collapse-id's 64 bytes the longest)
+        # and goes as a header, trimmed.
         if (isinstance(value, bool) or not pattern.fullmatch(text)
                 or len(text.encode()) > payloads.APNS_MAX_COLLAPSE_ID_BYTES
                 or payloads.header_value_problem(text, trimmed=True)):
             raise ValueError(f"{name!r} does not take {text[:40]!r}")
-        checked[key] = str(value)
+        checked[key] = text
     return checked
 
 
@@ -237,17 +239,15 @@ class FCMCredentials(_Body):
     service_account: dict[str, Any]
 
 
-def _header_value(value: str) -> str:
-    if problem := payloads.header_value_problem(value, trimmed=True):
-        raise ValueError(f"{problem} (it is sent as the APNs apns-topic header)")
+def _apns_topic(value: str) -> str:
+    if problem := payloads.apns_topic_problem(value):
+        raise ValueError(problem)
     return value
 
 
-#: An APNs topic: sent as a header with every push, so what a header cannot carry (a line
-#: break fails every push unsent) is refused when the credentials are stored. Whitespace
-#: around it is sent trimmed, as it always was.
+#: An APNs topic, refused when the credentials are stored if APNs could never be sent it.
 BundleId = Annotated[str, StringConstraints(min_length=1, max_length=255),
-                     AfterValidator(_header_value)]
+                     AfterValidator(_apns_topic)]
 APNsEnvironment = Literal["production", "sandbox"]
 
 

@@ -580,17 +580,36 @@ def _cte(node: dict[str, Any], name: str) -> dict[str, Any] | None:
     return None
 
 
-async def _due_deliveries_of_one_endpoint(db: Database, count: int) -> tuple[str, str]:
+async def _due_deliveries_of_one_endpoint(db: Database, count: int, *, apart: bool = False
+                                          ) -> tuple[str, str]:
     """One app, one endpoint, ``count`` events each making a delivery due now (written
-    250 at a time, as ingest's batches write them); the app's and the endpoint's ids."""
+    250 at a time, as ingest's batches write them, or with ``apart`` one at a time, each
+    due at a time of its own); the app's and the endpoint's ids."""
     store = Store(db)
     app = await store.create_app("one")
     endpoint = await store.create_endpoint(app.id, "http://127.0.0.1:9/", "",
                                            ["order.created"])
-    for start in range(0, count, 250):
+    batch = 1 if apart else 250
+    for start in range(0, count, batch):
         await store.write_events([EventDraft(app.id, "order.created", "{}")
-                                  for _ in range(min(250, count - start))])
+                                  for _ in range(min(batch, count - start))])
     return app.id, endpoint.id
+
+
+@contextlib.asynccontextmanager
+async def _held_by_another(dsn: str, query: str) -> AsyncIterator[list[asyncpg.Record]]:
+    """What ``query`` (a ``SELECT ... FOR UPDATE``) answers in another connection's open
+    transaction: its rows locked there until the block ends (rolled back)."""
+    other = await asyncpg.connect(dsn)
+    try:
+        held = other.transaction()
+        await held.start()
+        try:
+            yield await other.fetch(query)
+        finally:
+            await held.rollback()
+    finally:
+        await other.close()
 
 
 @pytest.mark.parametrize("query", ["claim_due", "claim_due_plain"])
@@ -999,26 +1018,15 @@ async def test_a_row_another_claimer_holds_at_the_head_is_skipped_by_the_scan_wh
     db = await Database.connect(dsn, max_size=4)
     spies = contextlib.ExitStack()
     try:
-        store = Store(db)
-        app = await store.create_app("one")
-        await store.create_endpoint(app.id, "http://127.0.0.1:9/", "", None)
-        for _ in range(40):  # each due at a time of its own
-            await store.write_events([EventDraft(app.id, "order.created", "{}")])
+        await _due_deliveries_of_one_endpoint(db, 40, apart=True)
         queue = _ScanSpy(db, spies)
         assert len(await queue.claim(8, 30, uuid.uuid4(), Rooms(endpoint=64))) == 8
-        other = await asyncpg.connect(dsn)
-        try:
-            held = other.transaction()
-            await held.start()
-            head = await other.fetchval(
-                "SELECT id FROM deliveries WHERE lease_id IS NULL "
-                "ORDER BY next_attempt_at LIMIT 1 FOR UPDATE")
+        async with _held_by_another(dsn, "SELECT id FROM deliveries WHERE lease_id IS NULL "
+                                         "ORDER BY next_attempt_at LIMIT 1 FOR UPDATE"
+                                    ) as (head,):
             taken = [job.delivery.delivery_id for _ in range(2)
                      for job in await queue.claim(8, 30, uuid.uuid4(), Rooms(endpoint=64))]
-            await held.rollback()
-        finally:
-            await other.close()
-        assert len(taken) == 16 and head not in taken
+        assert len(taken) == 16 and head["id"] not in taken
         assert queue.scans == [100, 16, 16]
     finally:
         spies.close()
@@ -1032,23 +1040,13 @@ async def test_claim_due_skips_a_held_row_at_the_head_and_counts_it_passed_over(
     wide next, _narrow_after)."""
     db = await Database.connect(dsn, max_size=4)
     try:
-        store = Store(db)
-        app = await store.create_app("one")
-        await store.create_endpoint(app.id, "http://127.0.0.1:9/", "", None)
-        for _ in range(40):  # each due at a time of its own
-            await store.write_events([EventDraft(app.id, "order.created", "{}")])
-        other = await asyncpg.connect(dsn)
-        try:
-            held = other.transaction()
-            await held.start()
-            head = await other.fetchval(
-                "SELECT id FROM deliveries ORDER BY next_attempt_at LIMIT 1 FOR UPDATE")
+        await _due_deliveries_of_one_endpoint(db, 40, apart=True)
+        async with _held_by_another(
+                dsn, "SELECT id FROM deliveries ORDER BY next_attempt_at LIMIT 1 FOR UPDATE"
+        ) as (head,):
             rows = await db.fetch("claim_due", *claim_params(
                 8, 30, uuid.uuid4(), Rooms(endpoint=64), narrow=True))
-            await held.rollback()
-        finally:
-            await other.close()
-        assert len(rows) == 7 and head not in {row["id"] for row in rows}
+        assert len(rows) == 7 and head["id"] not in {row["id"] for row in rows}
         assert rows[0]["passed_over"] == 1
     finally:
         await db.close()
@@ -1060,24 +1058,13 @@ async def test_two_claimers_at_once_take_different_rows_as_many_as_they_ask(dsn:
     of choosing the same head and taking only what the first had not locked."""
     db = await Database.connect(dsn, max_size=4)
     try:
-        store = Store(db)
-        app = await store.create_app("one")
-        await store.create_endpoint(app.id, "http://127.0.0.1:9/", "", None)
-        await store.write_events([EventDraft(app.id, "order.created", "{}")
-                                  for _ in range(40)])
+        await _due_deliveries_of_one_endpoint(db, 40)
         queue = PostgresQueue(db)
-        other = await asyncpg.connect(dsn)
-        try:
-            first = other.transaction()
-            await first.start()
-            # The first claimer's statement, held open mid-transaction: its rows locked.
-            held = await other.fetch(
-                "SELECT id FROM deliveries WHERE status = 'pending' "
-                "ORDER BY next_attempt_at LIMIT 16 FOR UPDATE")
+        # The first claimer's statement, held open mid-transaction: its rows locked.
+        async with _held_by_another(dsn, "SELECT id FROM deliveries WHERE status = 'pending' "
+                                         "ORDER BY next_attempt_at LIMIT 16 FOR UPDATE"
+                                    ) as held:
             second = await queue.claim(16, 30, uuid.uuid4(), Rooms(endpoint=64))
-            await first.rollback()
-        finally:
-            await other.close()
         assert len(second) == 16
         assert not {row["id"] for row in held} & {job.delivery.delivery_id for job in second}
     finally:

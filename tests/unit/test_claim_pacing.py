@@ -45,6 +45,14 @@ class Delivered:
         return None
 
 
+def dispatcher(queue: CountingQueue, **options: Any) -> Dispatcher:
+    """A dispatcher on ``queue`` whose deliveries all succeed at once; a poll interval
+    (30 s) that would show in any wait for it."""
+    settings: dict[str, Any] = {"poll_interval_s": 30, "lease_s": 30, **options}
+    return Dispatcher(queue, {"webhook": Delivered()}, RetryPolicy((0.05,), jitter=0),
+                      **settings)
+
+
 def job(n: int) -> DeliveryJob:
     event = EventView(f"evt_{n}", "order.created", "{}", datetime.now(UTC))
     return DeliveryJob(f"dlv_{n:03d}", "app_1", "webhook", event,
@@ -55,8 +63,7 @@ async def trickle(claim_interval_s: float, events: int) -> CountingQueue:
     """``events`` deliveries added one at a time, each announced by a wake-up, as ingest
     commits announce theirs; the dispatcher's claims counted until all are delivered."""
     queue = CountingQueue()
-    worker = Dispatcher(queue, {"webhook": Delivered()}, RetryPolicy((0.05,), jitter=0),
-                        poll_interval_s=30, claim_interval_s=claim_interval_s, lease_s=30)
+    worker = dispatcher(queue, claim_interval_s=claim_interval_s)
     await worker.start()
     try:
         await eventually(_claimed_once(queue))  # the first, empty claim at start
@@ -97,10 +104,9 @@ async def test_without_an_interval_every_wake_up_claims() -> None:
 
 
 async def deliver_all(queue: CountingQueue, **options: Any) -> None:
-    """A dispatcher whose claim interval (30 s) would show in any claim it paced, until
-    everything in ``queue`` is delivered."""
-    worker = Dispatcher(queue, {"webhook": Delivered()}, RetryPolicy((0.05,), jitter=0),
-                        poll_interval_s=30, claim_interval_s=30.0, lease_s=60, **options)
+    """A dispatcher whose claim interval (30 s unless told) would show in any claim it
+    paced, until everything in ``queue`` is delivered."""
+    worker = dispatcher(queue, **{"claim_interval_s": 30.0, "lease_s": 60, **options})
     await worker.start()
     try:
         async def delivered() -> bool:
@@ -155,22 +161,30 @@ async def test_due_work_behind_deliveries_booked_for_a_rate_limit_is_claimed_at_
     assert queue.claims[:2] == [0, 5]
 
 
-class NothingLeft(CountingQueue):
-    """A queue another dispatcher always empties first: every claim here takes nothing."""
+class OthersFirst(CountingQueue):
+    """Another claimer gets there first for the first ``empty`` claims here (all of them
+    unless told): each takes nothing, and says ``waiting`` due deliveries wait beyond what
+    it chose (0: another took what there was; more: another holds what this one chose).
+    Then the in-memory queue."""
+
+    def __init__(self, empty: int | None = None, waiting: int = 0) -> None:
+        super().__init__()
+        self.empty = empty
+        self.waiting = waiting
 
     async def claim(self, limit: int, lease_s: float, lease_id: uuid.UUID,
                     rooms: Rooms | None = None) -> Claim:
-        self.claims.append(0)
-        return Claim([])
+        if self.empty is None or len(self.claims) < self.empty:
+            self.claims.append(0)
+            return Claim([], waiting=self.waiting)
+        return await super().claim(limit, lease_s, lease_id, rooms)
 
 
 async def claims_over_wake_ups(stretch: int) -> int:
     """Claims a dispatcher makes while woken every 2 ms for 0.6 s, its claims always
     empty, with an interval of 50 ms: about one an interval without the stretch."""
-    queue = NothingLeft()
-    worker = Dispatcher(queue, {"webhook": Delivered()}, RetryPolicy((0.05,), jitter=0),
-                        poll_interval_s=30, claim_interval_s=0.05, lease_s=30,
-                        empty_claim_stretch=stretch)
+    queue = OthersFirst()
+    worker = dispatcher(queue, claim_interval_s=0.05, empty_claim_stretch=stretch)
     await worker.start()
     try:
         await eventually(_claimed_once(queue))
@@ -193,61 +207,29 @@ async def test_a_dispatcher_whose_woken_claims_find_nothing_claims_less_often() 
     assert stretched * 2 <= paced, (stretched, paced)
 
 
-class EmptyAtFirst(CountingQueue):
-    """Another dispatcher empties it for the first ``empty`` claims; then the in-memory
-    queue."""
-
-    def __init__(self, empty: int) -> None:
-        super().__init__()
-        self.empty = empty
-
-    async def claim(self, limit: int, lease_s: float, lease_id: uuid.UUID,
-                    rooms: Rooms | None = None) -> Claim:
-        if len(self.claims) < self.empty:
-            self.claims.append(0)
-            return Claim([])
-        return await super().claim(limit, lease_s, lease_id, rooms)
-
-
 async def test_a_claim_that_takes_something_ends_the_stretch() -> None:
     """After woken claims that found nothing (the stretch at its most), the first that
     takes something puts the pause back to one interval: a trickle announced every 2 ms
     for 0.6 s is then claimed about once an interval (50 ms), not once every four."""
-    queue = EmptyAtFirst(empty=6)
-    worker = Dispatcher(queue, {"webhook": Delivered()}, RetryPolicy((0.05,), jitter=0),
-                        poll_interval_s=30, claim_interval_s=0.05, lease_s=30)
+    empty = 6
+    queue = OthersFirst(empty=empty)
+    worker = dispatcher(queue, claim_interval_s=0.05)
     await worker.start()
     try:
         for _ in range(100):  # the empty claims, each woken
             worker.wake()
             await asyncio.sleep(0.01)
-            if len(queue.claims) >= queue.empty:
+            if len(queue.claims) >= empty:
                 break
-        assert len(queue.claims) >= queue.empty
+        assert len(queue.claims) >= empty
         for n in range(300):
             queue.add(job(n))
             worker.wake()
             await asyncio.sleep(0.002)
     finally:
         await worker.stop(1)
-    taken = [n for n in queue.claims[queue.empty:] if n]
+    taken = [n for n in queue.claims[empty:] if n]
     assert len(taken) >= 8, queue.claims  # about 12; stretched, about 3
-
-
-class HeldByAnotherAtFirst(CountingQueue):
-    """Another dispatcher's claim holds the head of the backlog for the first ``held``
-    claims here: each takes nothing, and says due work waits beyond what it chose."""
-
-    def __init__(self, held: int) -> None:
-        super().__init__()
-        self.held = held
-
-    async def claim(self, limit: int, lease_s: float, lease_id: uuid.UUID,
-                    rooms: Rooms | None = None) -> Claim:
-        if len(self.claims) < self.held:
-            self.claims.append(0)
-            return Claim([], waiting=len(self.entries))
-        return await super().claim(limit, lease_s, lease_id, rooms)
 
 
 async def test_an_idle_dispatcher_claims_again_soon_when_another_holds_the_backlog() -> None:
@@ -255,38 +237,18 @@ async def test_an_idle_dispatcher_claims_again_soon_when_another_holds_the_backl
     work waits beyond it, is followed by another within a few claim intervals: with
     nothing of its own in flight there is no room of its own to wait for (this dispatcher
     waited the poll interval, here 30 s, and a second dispatcher took 2 % of a drain)."""
-    queue = HeldByAnotherAtFirst(held=3)
+    queue = OthersFirst(empty=3, waiting=5)  # another's claim holds the head of the five
     for n in range(5):
         queue.add(job(n))
-    worker = Dispatcher(queue, {"webhook": Delivered()}, RetryPolicy((0.05,), jitter=0),
-                        poll_interval_s=30, claim_interval_s=0.01, lease_s=30)
-    await worker.start()
-    try:
-        async def delivered() -> bool:
-            return all(e.status is DeliveryStatus.SUCCEEDED for e in queue.entries.values())
-        await eventually(delivered, timeout_s=10)
-    finally:
-        await worker.stop(1)
+    await deliver_all(queue, claim_interval_s=0.01, lease_s=30)
     assert queue.claims[:4] == [0, 0, 0, 5]
-
-
-class HeldByAnother(CountingQueue):
-    """Another transaction (a claim, an endpoint's deletion) holds the head rows for
-    good: every claim here takes nothing and says due work waits beyond it."""
-
-    async def claim(self, limit: int, lease_s: float, lease_id: uuid.UUID,
-                    rooms: Rooms | None = None) -> Claim:
-        self.claims.append(0)
-        return Claim([], waiting=500)
 
 
 async def claims_while_held(stretch: int) -> int:
     """Claims an idle dispatcher makes in 0.5 s while another holds what it chooses, with
     an interval of 10 ms: about one an interval without the stretch."""
-    queue = HeldByAnother()
-    worker = Dispatcher(queue, {"webhook": Delivered()}, RetryPolicy((0.05,), jitter=0),
-                        poll_interval_s=30, claim_interval_s=0.01, lease_s=30,
-                        empty_claim_stretch=stretch)
+    queue = OthersFirst(waiting=500)  # another transaction holds the head rows for good
+    worker = dispatcher(queue, claim_interval_s=0.01, empty_claim_stretch=stretch)
     await worker.start()
     try:
         await asyncio.sleep(0.5)
