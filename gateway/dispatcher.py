@@ -178,6 +178,9 @@ class Dispatcher:
         self._per_app: collections.Counter[str] = collections.Counter()
         #: Claims whose answer was lost with the connection: they may have committed.
         self._uncertain_leases: list[uuid.UUID] = []
+        #: Handed-over deliveries whose hand-back failed (the database was away): handed
+        #: back again before the next claim, not left held until their leases lapse.
+        self._unreturned: list[Job] = []
         #: Deliveries handed over leased by this process's fan-out or ingest, waiting for
         #: room, by app and then target (endpoint or provider), each with the loop time it
         #: must start by (hand_over). Apps take turns, and each app's targets.
@@ -268,16 +271,16 @@ class Dispatcher:
             await asyncio.gather(*still, return_exceptions=True)
             with contextlib.suppress(DatabaseUnavailable):
                 await self.queue.release(list(leases))
-        if self._uncertain_leases:
-            try:
-                await self._release_uncertain()
-            except Exception as exc:  # their leases bring them back; a stop goes on
-                log.warning("could not hand back %d leases at stop (%s); their deliveries "
-                            "come back when the leases lapse", len(self._uncertain_leases),
-                            exc)
         await asyncio.gather(*self._side_tasks, return_exceptions=True)
         while self._handing_back:  # including any begun while these were awaited
             await asyncio.gather(*self._handing_back, return_exceptions=True)
+        if self._uncertain_leases or self._unreturned:
+            try:
+                await self._release_uncertain()
+            except Exception as exc:  # their leases bring them back; a stop goes on
+                log.warning("could not hand back %d leases and %d deliveries at stop (%s); "
+                            "they come back when the leases lapse",
+                            len(self._uncertain_leases), len(self._unreturned), exc)
         await self._results.close()
 
     async def _supervise(self) -> None:
@@ -347,9 +350,10 @@ class Dispatcher:
             claimed_at = loop.time()
             rooms = self._rooms()
             try:
-                if self._uncertain_leases:
-                    # Hand back what a claim cut off mid-answer may have taken, instead of
-                    # leaving it reserved until its lease runs out.
+                if self._uncertain_leases or self._unreturned:
+                    # Hand back what a claim cut off mid-answer may have taken, and what a
+                    # hand-back failed to return, instead of leaving it reserved until its
+                    # lease runs out.
                     await self._release_uncertain()
                 jobs = await self.queue.claim(want, self.lease_s, lease_id, rooms)
             except DatabaseUnavailable as exc:
@@ -558,12 +562,20 @@ class Dispatcher:
 
     async def _release_uncertain(self) -> None:
         """Hand back the leases that may have been taken unseen (lease_lost and claims
-        cut off mid-answer). One lost while this runs waits for the next call."""
+        cut off mid-answer), and the handed-over deliveries a hand-back failed to return
+        (by delivery: their leases' other deliveries may be in flight). One lost or failed
+        while this runs waits for the next call."""
         leases, self._uncertain_leases = self._uncertain_leases, []
+        jobs, self._unreturned = self._unreturned, []
         try:
-            await self.queue.release(leases)
+            if leases:
+                await self.queue.release(leases)
+                leases = []
+            if jobs:
+                await self.queue.release_jobs(jobs)
         except BaseException:
             self._uncertain_leases[:0] = leases
+            self._unreturned[:0] = jobs
             raise
 
     def lease_lost(self, lease_id: uuid.UUID) -> None:
@@ -685,11 +697,13 @@ class Dispatcher:
     async def _release_jobs(self, jobs: list[Job]) -> None:
         try:
             await self.queue.release_jobs(jobs)
-        except Exception as exc:  # their leases bring them back
-            log.warning("could not hand back %d deliveries (%s); they come back when their "
-                        "leases lapse", len(jobs), exc)
-        else:
-            self._wake.set()  # due now: claim them
+        except Exception as exc:
+            # The loop tries again before its next claim (a stop, once more): releasing
+            # is by delivery and lease, so a hand-back that did land makes that a no-op.
+            log.warning("could not hand back %d deliveries (%s); trying again before the "
+                        "next claim", len(jobs), exc)
+            self._unreturned += jobs
+        self._wake.set()  # due now: claim them (or hand them back first)
 
     def _room_of(self, target: str) -> int:
         """How many deliveries to ``target`` (an endpoint, or a push provider) may be in

@@ -21,9 +21,10 @@ from adapters.base import (
     Verdict,
 )
 from gateway.dispatcher import Dispatcher
+from gateway.errors import DatabaseUnavailable
 from gateway.retry import RetryPolicy
 from gateway.store.memory_queue import InMemoryQueue
-from gateway.store.queue import AttemptResult, Job, Settlement
+from gateway.store.queue import UNLIMITED, AttemptResult, Claim, Job, Rooms, Settlement
 from gateway_client.models import DeliveryStatus
 from tests.support import eventually
 from tests.unit.test_claim_pacing import CountingQueue
@@ -473,11 +474,11 @@ def handed_back_of(queue: InMemoryQueue, jobs: Sequence[Job]
     return check
 
 
-async def one_sent_others_waiting(count: int) -> tuple[InMemoryQueue, Hook, Dispatcher,
-                                                         list[Job]]:
+async def one_sent_others_waiting(count: int, queue: InMemoryQueue | None = None
+                                  ) -> tuple[InMemoryQueue, Hook, Dispatcher, list[Job]]:
     """A started dispatcher with ``count`` webhooks to ``ep_1`` handed over: one sent
     and held, the rest waiting for the endpoint's one slot."""
-    queue = InMemoryQueue()
+    queue = InMemoryQueue() if queue is None else queue
     hook = Hook()
     worker = dispatcher(queue, hook, claim_interval_s=0, endpoint_concurrency=1)
     await worker.start()
@@ -539,6 +540,51 @@ async def test_while_endpoint_changes_go_unheard_ingest_leases_nothing_and_then_
     finally:
         hook.gate.set()
         await worker.stop(1)
+
+
+class Outage(InMemoryQueue):
+    """A database that is away while ``down``: claims and hand-backs fail as the store
+    says they do then (DatabaseUnavailable), and each failed hand-back is counted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+        self.failed_hand_backs = 0
+
+    async def claim(self, limit: int, lease_s: float, lease_id: uuid.UUID,
+                    rooms: Rooms = UNLIMITED) -> Claim:
+        if self.down:
+            raise DatabaseUnavailable("the database is away")
+        return await super().claim(limit, lease_s, lease_id, rooms)
+
+    async def release_jobs(self, jobs: Sequence[Job]) -> None:
+        if self.down:
+            self.failed_hand_backs += 1
+            raise DatabaseUnavailable("the database is away")
+        await super().release_jobs(jobs)
+
+
+async def test_webhooks_a_hand_back_failed_to_return_go_back_once_the_database_is_back(
+) -> None:
+    """The database goes away, and with it the LISTEN connection: the waiting webhooks'
+    hand-back fails. They go back to the queue when the database is back (before the
+    next claim), not when their leases lapse (30 s here), and are sent once each."""
+    queue, hook, worker, jobs = await one_sent_others_waiting(3, Outage())
+    assert isinstance(queue, Outage)
+    try:
+        queue.down = True
+        worker.hearing(False)
+        await eventually(lambda: asyncio.sleep(0, queue.failed_hand_backs >= 1))
+        worker.hearing(True)
+        queue.down = False
+
+        await eventually(handed_back_of(queue, jobs[1:]), timeout_s=5)
+        hook.gate.set()
+        await eventually(all_succeeded(queue), timeout_s=5)
+    finally:
+        hook.gate.set()
+        await worker.stop(1)
+    assert sorted(hook.sent) == sorted(j.delivery.delivery_id for j in jobs)
 
 
 async def test_a_hand_over_that_can_no_longer_start_in_time_goes_straight_back() -> None:
