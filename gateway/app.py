@@ -129,6 +129,26 @@ def create_app(
     if serve_api:
         dashboard.setup(app)
 
+    #: GATEWAY_SHUTDOWN_GRACE_S counts from when the stop began (on_shutdown runs before
+    #: the server waits for the requests in flight): the loop time by which ingest's last
+    #: commits and the deliveries in flight must be done too. The dispatcher claims
+    #: nothing from then on, so its deliveries (and what the last commits hand it) finish
+    #: while the requests do.
+    stop_by: list[float] = []
+
+    async def stop_began(app: web.Application) -> None:
+        stop_by.append(asyncio.get_running_loop().time() + settings.shutdown_grace_s)
+        worker = app.get(appkeys.DISPATCHER)
+        if worker is not None:
+            worker.stop_claiming()
+
+    def grace_left() -> float:
+        if not stop_by:  # a cleanup without a shutdown (a failed start)
+            return settings.shutdown_grace_s
+        return max(0.0, stop_by[0] - asyncio.get_running_loop().time())
+
+    app.on_shutdown.append(stop_began)
+
     async def trace(app: web.Application) -> AsyncIterator[None]:
         made = spans if spans is not None else setup_spans()
         if made is not None:
@@ -249,9 +269,9 @@ def create_app(
         ingest = app.get(appkeys.INGEST)
         if ingest is not None:
             with contextlib.suppress(TimeoutError):  # a commit that hangs: the stop goes on
-                async with asyncio.timeout(settings.shutdown_grace_s):
+                async with asyncio.timeout(grace_left()):
                     await ingest.close()
-        await worker.stop(settings.shutdown_grace_s)
+        await worker.stop(grace_left())
         for adapter in adapters.values():
             await adapter.close()
 

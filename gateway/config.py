@@ -136,7 +136,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GATEWAY_RETRY_AFTER_MAX_S", "retry_after_max_s", _positive_float, "3600",
             "Longest Retry-After (on 429/503) the gateway honours, in seconds."),
     Setting("GATEWAY_SHUTDOWN_GRACE_S", "shutdown_grace_s", _positive_float, "10",
-            "On SIGTERM, seconds to finish in-flight deliveries before releasing them."),
+            "On SIGTERM, seconds (counted from the signal) to finish in-flight requests "
+            "and deliveries before releasing the rest."),
     Setting("GATEWAY_ALLOW_PRIVATE_ENDPOINTS", "allow_private_endpoints", _bool, "false",
             "Allow endpoint URLs that resolve to loopback, private, link-local or "
             "metadata addresses."),

@@ -166,6 +166,8 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._slot_free = asyncio.Event()
         self._stopping = False
+        #: Set by stop_claiming (and stop): the claim loop ends.
+        self._claims_stopped = False
         #: Every delivery task until its result is written, with its claim's lease.
         self._inflight: dict[asyncio.Task[None], uuid.UUID] = {}
         #: Deliveries being sent: a delivered one holds its slot until its attempt is
@@ -249,9 +251,17 @@ class Dispatcher:
             except Exception:
                 log.exception("%s adapter failed to forget app %s", adapter.kind, app_id)
 
+    def stop_claiming(self) -> None:
+        """Claim nothing more: the process is about to stop (:meth:`stop`). Deliveries in
+        flight go on, and so do those this process's last ingest commits hand over."""
+        self._claims_stopped = True
+        self._wake.set()
+        self._slot_free.set()
+
     async def stop(self, grace_s: float) -> None:
         """Stop claiming, give in-flight deliveries ``grace_s`` to finish, release the rest
         (and what was handed over and never started)."""
+        self._claims_stopped = True
         self._stopping = True
         self._wake.set()
         self._ready_room.set()
@@ -288,7 +298,7 @@ class Dispatcher:
         while not self._stopping:
             await asyncio.sleep(min(1.0, self.stall_after_s / 4))
             task = self._loop_task
-            if task is None or self._stopping:
+            if task is None or self._claims_stopped:
                 continue
             if task.done():
                 exc = None if task.cancelled() else task.exception()
@@ -320,7 +330,7 @@ class Dispatcher:
         #: whether the coming claim is a woken one.
         stretch = 1
         paced = False
-        while not self._stopping:
+        while not self._claims_stopped:
             self.heartbeat = time.monotonic()
             if woken:
                 woken = False
@@ -398,6 +408,9 @@ class Dispatcher:
             # Deliveries held back for a rate limit were booked out of the way: what was
             # due behind them can be claimed at once.
             woken = await self._idle(claimed=len(jobs) + jobs.held_back)
+        # No claim waits for room any more: what is handed over takes it as it frees.
+        self._claims_waiting = _NOT_WAITING
+        self._start_ready()
 
     async def _idle(self, claimed: int) -> bool:
         """Wait for due work, a wake-up or, when what is due is held back by full rooms
@@ -573,10 +586,12 @@ class Dispatcher:
                 leases = []
             if jobs:
                 await self.queue.release_jobs(jobs)
-        except BaseException:
+        except (DatabaseUnavailable, asyncio.CancelledError):
             self._uncertain_leases[:0] = leases
             self._unreturned[:0] = jobs
             raise
+        # Anything else is no outage: it fails the loop, which is restarted, and their
+        # leases bring these back (tried again, it would fail every claim that follows).
 
     def lease_lost(self, lease_id: uuid.UUID) -> None:
         """A lease whose deliveries may have been made but never reached us (the answer
@@ -697,12 +712,16 @@ class Dispatcher:
     async def _release_jobs(self, jobs: list[Job]) -> None:
         try:
             await self.queue.release_jobs(jobs)
-        except Exception as exc:
+        except DatabaseUnavailable as exc:
             # The loop tries again before its next claim (a stop, once more): releasing
             # is by delivery and lease, so a hand-back that did land makes that a no-op.
             log.warning("could not hand back %d deliveries (%s); trying again before the "
                         "next claim", len(jobs), exc)
             self._unreturned += jobs
+        except Exception as exc:  # no outage (tried again, it would fail again)
+            log.error("could not hand back %d deliveries (%r); they come back when their "
+                      "leases lapse", len(jobs), exc)
+            return
         self._wake.set()  # due now: claim them (or hand them back first)
 
     def _room_of(self, target: str) -> int:

@@ -147,6 +147,49 @@ async def test_sigterm_past_the_grace_releases_unfinished_deliveries(
     assert row == "(pending,t,t)"  # back in the queue, due now, for the next dispatcher
 
 
+async def test_the_grace_counts_from_the_signal_and_nothing_new_is_claimed_once_it_came(
+    dsn: str, procs: list[GatewayProcess], http: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    """A request that never finishes (its body sent in part) holds the server's wait for
+    requests in flight for the whole grace. Meanwhile the dispatcher claims nothing new (a
+    retry falling due then waits in the queue for the next process), and the delivery in
+    flight gets what is left of the grace (nothing here), not a grace of its own: it goes
+    back to the queue."""
+    receiver.delay_s = 30.0
+    retrying = await Receiver(answers={"/hook": [(503, {"Retry-After": "2"}), (200, {})]}
+                              ).start()
+    try:
+        env = {"GATEWAY_SHUTDOWN_GRACE_S": "4", "GATEWAY_DELIVERY_TIMEOUT_S": "60"}
+        gw = await start(procs, dsn, env=env)
+        api = Api(http, gw.base)
+        key = await api.new_app()
+        await api.new_endpoint(key, receiver.url())
+        await api.new_endpoint(key, retrying.url())
+        await api.emit(key)
+        await receiver.wait_for(1)
+        await retrying.wait_for(1)
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(b"POST /v1/events HTTP/1.1\r\nHost: gw\r\nExpect: 100-continue\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 100\r\n"
+                     b"Authorization: Bearer " + key.encode() + b"\r\n\r\n")
+        # Sent from within the request's handler: the request is in flight.
+        assert await reader.readline() == b"HTTP/1.1 100 Continue\r\n"
+        writer.write(b'{"type": ')
+        try:
+            code = await asyncio.to_thread(gw.terminate, 30)
+        finally:
+            writer.close()
+        assert code == 0, gw.log()
+        waited = [line for line in gw.log().splitlines() if "in-flight deliveries" in line]
+        assert len(waited) == 1 and "waiting up to 0.0 s for 1 " in waited[0], gw.log()
+        assert len(retrying.requests) == 1, gw.log()
+        rows = await db_fetchval(
+            dsn, "SELECT array_agg(row(status, lease_id IS NULL)::text) FROM deliveries")
+        assert rows == ["(pending,t)", "(pending,t)"]
+    finally:
+        await retrying.stop()
+
+
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "gateway", *args], env={**os.environ, **env},
                           capture_output=True, text=True, timeout=60, cwd=ROOT)

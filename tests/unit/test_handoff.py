@@ -318,6 +318,28 @@ async def test_a_lease_lost_while_others_are_released_is_released_too() -> None:
     assert queue.released.count(first) == 1 and queue.released.count(second) == 1
 
 
+async def test_once_claiming_stopped_nothing_is_claimed_but_what_is_handed_over_is_sent(
+) -> None:
+    """The process is stopping (its server waits for the requests in flight): due work is
+    left to the next process, while what its last ingest commits hand over goes."""
+    queue = InMemoryQueue()
+    provider = Provider()
+    worker = dispatcher(queue, provider, poll_interval_s=0.05)
+    await worker.start()
+    try:
+        worker.stop_claiming()
+        queue.add(push(1))
+        handed = leased(queue, 2, "app_b")
+        worker.hand_over(handed, now())
+
+        await eventually(lambda: asyncio.sleep(0, len(provider.sent) == 2))
+        await asyncio.sleep(0.2)  # a claim, were there one, would have come
+    finally:
+        await worker.stop(1)
+    assert sorted(provider.sent) == sorted(j.delivery.delivery_id for j in handed)
+    assert worker.restarts == 0
+
+
 class Gone(InMemoryQueue):
     """A database that is no longer there: releasing fails with whatever the driver says."""
 
@@ -585,6 +607,41 @@ async def test_webhooks_a_hand_back_failed_to_return_go_back_once_the_database_i
         hook.gate.set()
         await worker.stop(1)
     assert sorted(hook.sent) == sorted(j.delivery.delivery_id for j in jobs)
+
+
+class Broken(InMemoryQueue):
+    """Hand-backs fail with an error that is no outage (a bug, a driver's complaint)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = 0
+
+    async def release_jobs(self, jobs: Sequence[Job]) -> None:
+        self.failed += 1
+        raise RuntimeError("invalid input syntax for type uuid")
+
+
+async def test_a_hand_back_failing_for_another_reason_than_an_outage_holds_up_no_claim(
+) -> None:
+    """Tried again, it would fail before every claim: it is left to its lease."""
+    queue = Broken()
+    hook = Hook()
+    hook.gate.set()
+    worker = dispatcher(queue, hook, poll_interval_s=0.05)
+    await worker.start()
+    try:
+        late = queue.add_leased(webhook(1, "app_a", "ep_1"), LEASE_S, uuid.uuid4())
+        worker.hand_over([late], now() - worker.handoff_wait_s - 1)
+        await eventually(lambda: asyncio.sleep(0, queue.failed >= 1))
+        await asyncio.sleep(0.2)  # claims go on meanwhile
+        queue.add(webhook(2, "app_a", "ep_1"))
+
+        await eventually(lambda: asyncio.sleep(0, hook.sent == ["dlv_app_a_002"]),
+                         timeout_s=5)
+    finally:
+        await worker.stop(1)
+    assert worker.restarts == 0
+    assert queue.entries["dlv_app_a_001"].lease_id == late.lease_id  # left to its lease
 
 
 async def test_a_hand_over_that_can_no_longer_start_in_time_goes_straight_back() -> None:
