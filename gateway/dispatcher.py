@@ -252,11 +252,13 @@ class Dispatcher:
                 log.exception("%s adapter failed to forget app %s", adapter.kind, app_id)
 
     def stop_claiming(self) -> None:
-        """Claim nothing more: the process is about to stop (:meth:`stop`). Deliveries in
-        flight go on, and so do those this process's last ingest commits hand over."""
+        """Claim nothing more, and take no more fan-out batches (room_to_hand_over): the
+        process is about to stop (:meth:`stop`). Deliveries in flight go on, and so do
+        those this process's last ingest commits hand over."""
         self._claims_stopped = True
         self._wake.set()
         self._slot_free.set()
+        self._ready_room.set()
 
     async def stop(self, grace_s: float) -> None:
         """Stop claiming, give in-flight deliveries ``grace_s`` to finish, release the rest
@@ -535,13 +537,15 @@ class Dispatcher:
 
     async def room_to_hand_over(self, want: int, timeout_s: float) -> int:
         """How many deliveries :meth:`hand_over` takes now, at most ``want``, after waiting
-        up to ``timeout_s`` for room for ``want`` (0 once stopping, or when none could wait
-        to start)."""
+        up to ``timeout_s`` for room for ``want`` (0 once claiming stopped: a fan-out then
+        makes its deliveries due for any claimer, as it does when none could wait to
+        start)."""
         if self.handoff_wait_s <= 0:
             return 0
         loop = asyncio.get_running_loop()
         until = loop.time() + timeout_s
-        while not self._stopping and self.handoff_capacity - self._ready_count < want:
+        while (not self._claims_stopped
+               and self.handoff_capacity - self._ready_count < want):
             left = until - loop.time()
             if left <= 0:
                 break
@@ -549,7 +553,7 @@ class Dispatcher:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(left):
                     await self._ready_room.wait()
-        if self._stopping:
+        if self._claims_stopped:
             return 0
         return max(0, min(want, self.handoff_capacity - self._ready_count))
 

@@ -321,22 +321,29 @@ async def test_a_lease_lost_while_others_are_released_is_released_too() -> None:
 async def test_once_claiming_stopped_nothing_is_claimed_but_what_is_handed_over_is_sent(
 ) -> None:
     """The process is stopping (its server waits for the requests in flight): due work is
-    left to the next process, while what its last ingest commits hand over goes."""
+    left to the next process, and so are fan-out batches (no room to hand them over: they
+    are made due), while what its last ingest commits hand over goes."""
     queue = InMemoryQueue()
     provider = Provider()
-    worker = dispatcher(queue, provider, poll_interval_s=0.05)
+    worker = dispatcher(queue, provider, poll_interval_s=0.05, handoff_capacity=4)
     await worker.start()
     try:
+        worker.hand_over(leased(queue, 4, "app_c"), now())  # no room: a fan-out waits
+        fan_out = asyncio.create_task(worker.room_to_hand_over(8, 30))
+        await asyncio.sleep(0)
         worker.stop_claiming()
+        assert await asyncio.wait_for(fan_out, 5) == 0
+        assert await worker.room_to_hand_over(8, 30) == 0
         queue.add(push(1))
         handed = leased(queue, 2, "app_b")
         worker.hand_over(handed, now())
 
-        await eventually(lambda: asyncio.sleep(0, len(provider.sent) == 2))
+        await eventually(lambda: asyncio.sleep(0, len(provider.sent) == 6))
         await asyncio.sleep(0.2)  # a claim, were there one, would have come
     finally:
         await worker.stop(1)
-    assert sorted(provider.sent) == sorted(j.delivery.delivery_id for j in handed)
+    assert "dlv_app_a_001" not in provider.sent
+    assert set(j.delivery.delivery_id for j in handed) <= set(provider.sent)
     assert worker.restarts == 0
 
 
