@@ -259,14 +259,20 @@ class Dispatcher:
         self._wake.set()
         self._slot_free.set()
         self._ready_room.set()
+        if self._loop_task is None or self._loop_task.done():  # (a dead one is not restarted)
+            self._no_claim_waits()
+
+    def _no_claim_waits(self) -> None:
+        """The claim loop is over: no claim waits for room any more, so what is handed
+        over takes it as it frees."""
+        self._claims_waiting = _NOT_WAITING
+        self._start_ready()
 
     async def stop(self, grace_s: float) -> None:
         """Stop claiming, give in-flight deliveries ``grace_s`` to finish, release the rest
         (and what was handed over and never started)."""
-        self._claims_stopped = True
         self._stopping = True
-        self._wake.set()
-        self._ready_room.set()
+        self.stop_claiming()
         self._drop_ready(lambda app, target: True)
         for task in self._side_tasks:
             task.cancel()
@@ -320,6 +326,13 @@ class Dispatcher:
     # --- the loop ---------------------------------------------------------------------
 
     async def _loop(self) -> None:
+        try:
+            await self._claim_until_stopped()
+        finally:
+            if self._claims_stopped:  # (also when it ends by an error)
+                self._no_claim_waits()
+
+    async def _claim_until_stopped(self) -> None:
         backoff = 0.05
         #: When the last claim left due work waiting for room: how many of ours had
         #: finished when it was made.
@@ -410,9 +423,6 @@ class Dispatcher:
             # Deliveries held back for a rate limit were booked out of the way: what was
             # due behind them can be claimed at once.
             woken = await self._idle(claimed=len(jobs) + jobs.held_back)
-        # No claim waits for room any more: what is handed over takes it as it frees.
-        self._claims_waiting = _NOT_WAITING
-        self._start_ready()
 
     async def _idle(self, claimed: int) -> bool:
         """Wait for due work, a wake-up or, when what is due is held back by full rooms

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import aiohttp
@@ -156,10 +157,10 @@ async def test_the_grace_counts_from_the_signal_and_nothing_new_is_claimed_once_
     flight gets what is left of the grace (nothing here), not a grace of its own: it goes
     back to the queue."""
     receiver.delay_s = 30.0
-    retrying = await Receiver(answers={"/hook": [(503, {"Retry-After": "2"}), (200, {})]}
+    retrying = await Receiver(answers={"/hook": [(503, {"Retry-After": "3"}), (200, {})]}
                               ).start()
     try:
-        env = {"GATEWAY_SHUTDOWN_GRACE_S": "4", "GATEWAY_DELIVERY_TIMEOUT_S": "60"}
+        env = {"GATEWAY_SHUTDOWN_GRACE_S": "4.5", "GATEWAY_DELIVERY_TIMEOUT_S": "60"}
         gw = await start(procs, dsn, env=env)
         api = Api(http, gw.base)
         key = await api.new_app()
@@ -175,6 +176,7 @@ async def test_the_grace_counts_from_the_signal_and_nothing_new_is_claimed_once_
         # Sent from within the request's handler: the request is in flight.
         assert await reader.readline() == b"HTTP/1.1 100 Continue\r\n"
         writer.write(b'{"type": ')
+        signalled = time.time()
         try:
             code = await asyncio.to_thread(gw.terminate, 30)
         finally:
@@ -182,10 +184,12 @@ async def test_the_grace_counts_from_the_signal_and_nothing_new_is_claimed_once_
         assert code == 0, gw.log()
         waited = [line for line in gw.log().splitlines() if "in-flight deliveries" in line]
         assert len(waited) == 1 and "waiting up to 0.0 s for 1 " in waited[0], gw.log()
-        assert len(retrying.requests) == 1, gw.log()
+        # (On a machine slow enough, the retry fell due before the signal and went.)
+        assert all(r.at < signalled for r in retrying.requests), gw.log()
         rows = await db_fetchval(
-            dsn, "SELECT array_agg(row(status, lease_id IS NULL)::text) FROM deliveries")
-        assert rows == ["(pending,t)", "(pending,t)"]
+            dsn, "SELECT array_agg(status::text || (lease_id IS NULL)::text ORDER BY "
+                 "status::text) FROM deliveries")
+        assert rows in (["pendingtrue", "pendingtrue"], ["pendingtrue", "succeededtrue"])
     finally:
         await retrying.stop()
 

@@ -20,7 +20,7 @@ from adapters.base import (
     Outcome,
     Verdict,
 )
-from gateway.dispatcher import Dispatcher
+from gateway.dispatcher import Dispatcher, _Competing
 from gateway.errors import DatabaseUnavailable
 from gateway.retry import RetryPolicy
 from gateway.store.memory_queue import InMemoryQueue
@@ -347,6 +347,30 @@ async def test_once_claiming_stopped_nothing_is_claimed_but_what_is_handed_over_
     assert worker.restarts == 0
 
 
+async def test_when_claiming_stops_with_the_claim_loop_dead_handed_over_deliveries_go(
+) -> None:
+    """A loop that died (a bug; it is not restarted once claiming stopped) after a claim
+    that took all it asked for, which left every room to the next claim: that claim
+    never comes, and what the last commits hand over takes the room instead."""
+    queue = InMemoryQueue()
+    provider = Provider()
+    worker = dispatcher(queue, provider)
+    await worker.start()
+    try:
+        assert worker._loop_task is not None
+        worker._loop_task.cancel()
+        await asyncio.gather(worker._loop_task, return_exceptions=True)
+        worker._claims_waiting = _Competing(everywhere=True)
+        handed = leased(queue, 2)
+        worker.hand_over(handed, now())
+        assert provider.sent == []
+
+        worker.stop_claiming()
+        await eventually(lambda: asyncio.sleep(0, len(provider.sent) == 2))
+    finally:
+        await worker.stop(1)
+
+
 class Gone(InMemoryQueue):
     """A database that is no longer there: releasing fails with whatever the driver says."""
 
@@ -358,7 +382,7 @@ async def test_a_stop_goes_on_when_lost_leases_cannot_be_handed_back() -> None:
     worker = dispatcher(Gone(), Provider())
     await worker.start()
     worker.lease_lost(uuid.uuid4())
-    worker._stopping = True  # the loop must not hand it back first
+    worker.stop_claiming()  # the loop must not hand it back first
     await worker.stop(0.1)  # no exception: the lease lapses by itself
 
 
