@@ -59,11 +59,46 @@ def address_forbidden(address: str | IPAddress) -> bool:
 
 
 def ip_literal(host: str) -> IPAddress | None:
-    """The address when ``host`` is an IP literal (``[::1]`` brackets allowed), else None."""
+    """The address when ``host`` is an IP literal (``[::1]`` brackets allowed; an IPv4
+    address in any form a browser or curl reads as one, :func:`ipv4_any_form`), else
+    None."""
     try:
         return ipaddress.ip_address(host.strip("[]"))
     except ValueError:
+        return ipv4_any_form(host)
+
+
+_RADIX_DIGITS = {8: frozenset("01234567"), 10: frozenset("0123456789"),
+                 16: frozenset("0123456789abcdefABCDEF")}
+
+
+def ipv4_any_form(host: str) -> ipaddress.IPv4Address | None:
+    """``host`` read as the WHATWG URL standard's IPv4 parser reads it (as browsers do,
+    and curl and the C library's ``inet_aton``): one to four numbers, each decimal, octal
+    (``0177``) or hex (``0x7f``), the last filling the bytes left (``127.1``,
+    ``2130706433``), one trailing dot allowed. None when it is not such an address."""
+    parts = host.split(".")
+    if len(parts) > 1 and parts[-1] == "":
+        parts.pop()
+    if not 1 <= len(parts) <= 4:
         return None
+    numbers: list[int] = []
+    for part in parts:
+        radix = 10
+        if part[:2] in ("0x", "0X"):
+            part, radix = part[2:], 16
+        elif len(part) > 1 and part[0] == "0":
+            part, radix = part[1:], 8
+        elif not part:
+            return None
+        if not set(part) <= _RADIX_DIGITS[radix]:
+            return None
+        numbers.append(int(part, radix) if part else 0)  # ("0x" alone is 0)
+    *leading, last = numbers
+    if any(n > 255 for n in leading) or last >= 256 ** (5 - len(numbers)):
+        return None
+    return ipaddress.IPv4Address(
+        sum(n << 8 * (3 - i) for i, n in enumerate(leading)) + last)
 
 
 class ForbiddenAddress(OSError):

@@ -88,7 +88,8 @@ class _Target:
     host: str
     port: int
     tls: bool
-    literal: bool
+    #: The address when the host is an IP literal (in any form: ipv4_any_form), else None.
+    literal: str | None
     head: str
     #: ``Basic ...`` for user info in the URL (unless the request sets its own).
     authorization: str | None
@@ -107,8 +108,9 @@ def _target(url: str) -> _Target:
         # As aiohttp encoded it: latin-1 (a name outside it cannot be sent this way).
         credentials = f"{parsed.user or ''}:{parsed.password or ''}".encode("latin-1")
         authorization = "Basic " + base64.b64encode(credentials).decode("ascii")
+    literal = ip_literal(host)
     return _Target((parsed.scheme, host, port), host, port, parsed.scheme == "https",
-                   ip_literal(host) is not None, head, authorization)
+                   None if literal is None else str(literal), head, authorization)
 
 
 class _Connection(asyncio.Protocol):
@@ -475,9 +477,10 @@ class HTTP1Pool:
     async def _connect(self, target: _Target) -> _Connection:
         loop = asyncio.get_running_loop()
         infos: Sequence[aiohappyeyeballs.AddrInfoType]
-        if target.literal:
-            self._refuse(target.host, target.host)
-            infos = await loop.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM,
+        if target.literal is not None:
+            self._refuse(target.host, target.literal)
+            infos = await loop.getaddrinfo(target.literal, target.port,
+                                           type=socket.SOCK_STREAM,
                                            flags=socket.AI_NUMERICHOST)
         else:
             infos = [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "",
@@ -496,7 +499,9 @@ class HTTP1Pool:
             self._refuse(target.host, str(sock.getpeername()[0]))
             _, connection = await loop.create_connection(
                 functools.partial(_Connection, target.origin), sock=sock, ssl=context,
-                server_hostname=target.host.rstrip(".") if target.tls else None)
+                # An address is checked as one and sent no SNI name (RFC 6066).
+                server_hostname=(None if not target.tls else target.literal
+                                 or target.host.rstrip(".")))
         except OSError as exc:  # (ssl.SSLError is one; so is ForbiddenAddress)
             sock.close()
             if isinstance(exc, ForbiddenAddress):

@@ -407,6 +407,25 @@ async def test_a_trailing_dot_in_an_https_host_still_verifies_its_name() -> None
     assert answer.status == 200
 
 
+@pytest.mark.parametrize("host", ["127.1", "2130706433", "0x7f.0.0.1", "0177.0.0.1"])
+async def test_an_ipv4_address_in_short_or_numeric_form_is_an_address_for_tls_too(
+        host: str) -> None:
+    """As browsers and curl read such a URL (WHATWG's IPv4 parser): the address
+    127.0.0.1, whose certificate is checked for that address and which is sent no SNI
+    name, not a host named "127.1" (whose check then failed against any certificate)."""
+    tls = TLS()
+    server = RawServer(always(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"))
+    port = await server.start(ssl_context=tls.server_context(alpn=("http/1.1",)))
+    client = HTTP1Pool(ssl_context=tls.client_context())
+    try:
+        answer = await client.post(f"https://{host}:{port}/", {}, b"x", timeout_s=5)
+    finally:
+        await client.close()
+        await server.stop()
+    assert answer.status == 200
+    assert f"host: {host}:{port}\r\n".encode() in server.requests[0]
+
+
 @pytest.mark.parametrize("host", [
     "127.0.0.1", "[::1]", "[::ffff:127.0.0.1]", "2130706433", "0177.0.0.1", "127.1",
     "\uff11\uff12\uff17.\uff10.\uff10.\uff11",  # fullwidth digits

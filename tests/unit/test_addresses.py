@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from adapters.addresses import address_forbidden
+from adapters.addresses import address_forbidden, ip_literal
 from adapters.base import parse_retry_after
 
 
@@ -29,6 +29,26 @@ def test_ipv6_spellings_of_refused_ipv4_addresses_are_forbidden_too(address: str
 ])
 def test_public_addresses_are_allowed(address: str) -> None:
     assert not address_forbidden(address)
+
+
+@pytest.mark.parametrize(("host", "address"), [
+    ("127.1", "127.0.0.1"), ("127.0.1", "127.0.0.1"), ("2130706433", "127.0.0.1"),
+    ("0x7f.1", "127.0.0.1"), ("0X7F.0.0.1", "127.0.0.1"), ("0177.0.0.1", "127.0.0.1"),
+    ("0x7f000001", "127.0.0.1"), ("10.0.0.1.", "10.0.0.1"), ("0", "0.0.0.0"),
+    ("0x", "0.0.0.0"), ("169.254.43518", "169.254.169.254"), ("8.8.8.8", "8.8.8.8"),
+    ("[::1]", "::1"),
+])
+def test_an_ip_address_in_any_form_a_browser_reads_is_an_address(host: str,
+                                                                  address: str) -> None:
+    assert str(ip_literal(host)) == address
+
+
+@pytest.mark.parametrize("host", [
+    "example.com", "127.0.0.1.1", "256.0.0.1", "127.16777216", "4294967296", "08.0.0.1",
+    "0x7g.0.0.1", "127..1", ".127.0.0.1", "127.0.0.1..", "", "1e3", "١٢٧.0.0.1",
+])
+def test_what_no_browser_reads_as_an_ipv4_address_is_a_name(host: str) -> None:
+    assert ip_literal(host) is None
 
 
 def test_retry_after_reads_seconds_and_http_dates() -> None:
