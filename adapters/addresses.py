@@ -77,6 +77,8 @@ def ipv4_any_form(host: str) -> ipaddress.IPv4Address | None:
     and curl and the C library's ``inet_aton``): one to four numbers, each decimal, octal
     (``0177``) or hex (``0x7f``), the last filling the bytes left (``127.1``,
     ``2130706433``), one trailing dot allowed. None when it is not such an address."""
+    if len(host) > 253:  # no name is longer (and int() refuses 4,300 digits)
+        return None
     parts = host.split(".")
     if len(parts) > 1 and parts[-1] == "":
         parts.pop()

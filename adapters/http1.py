@@ -12,8 +12,10 @@ What it does: connections per origin (scheme, host, port), reused while the serv
 keeps them open and for at most :attr:`HTTP1Pool.idle_s` idle; at most
 ``max_connections`` in use at once; names resolved through the given resolver (the
 gateway's :class:`~adapters.addresses.GuardedResolver` refuses non-public addresses)
-and cached for ``dns_ttl_s``, IP literals used as they are; TLS with the system's
-trust store and the URL's host name; an answer framed by ``Content-Length``, chunked,
+and cached for ``dns_ttl_s``, IP literals (in any form a browser reads as one:
+:func:`~adapters.addresses.ipv4_any_form`) used as the address they are; TLS with the
+system's trust store, checking the URL's host name (an address as an address, with no
+SNI name); an answer framed by ``Content-Length``, chunked,
 or ending with the connection, informational (1xx) answers skipped. It never follows a
 redirect, sends no cookie and reads no proxy settings. A request whose head would hold a
 line break or a NUL is refused before anything is sent.

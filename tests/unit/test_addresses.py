@@ -46,6 +46,7 @@ def test_an_ip_address_in_any_form_a_browser_reads_is_an_address(host: str,
 @pytest.mark.parametrize("host", [
     "example.com", "127.0.0.1.1", "256.0.0.1", "127.16777216", "4294967296", "08.0.0.1",
     "0x7g.0.0.1", "127..1", ".127.0.0.1", "127.0.0.1..", "", "1e3", "١٢٧.0.0.1",
+    "1_0.0.0.1", "9" * 5000,
 ])
 def test_what_no_browser_reads_as_an_ipv4_address_is_a_name(host: str) -> None:
     assert ip_literal(host) is None
