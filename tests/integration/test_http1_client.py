@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from adapters.addresses import ForbiddenAddress, GuardedResolver, address_forbidden
-from adapters.http1 import MAX_HEAD, ConnectError, HTTP1Pool, ProtocolError
+from adapters.http1 import MAX_HEAD, Answer, ConnectError, HTTP1Pool, ProtocolError
 from tests.h2_support import TLS
 from tests.support import serve_on_loopback
 
@@ -394,16 +394,24 @@ async def test_a_content_length_that_is_no_plain_number_is_a_protocol_error(
         await server.stop()
 
 
-async def test_a_trailing_dot_in_an_https_host_still_verifies_its_name() -> None:
+async def post_over_tls(host: str, resolver: Fixed | None = None
+                        ) -> tuple[Answer, bytes, int]:
+    """One POST to ``https://{host}:{port}/``, a server on 127.0.0.1 whose certificate
+    is for 127.0.0.1 and localhost: the answer, the request as it arrived, the port."""
     tls = TLS()
     server = RawServer(always(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"))
     port = await server.start(ssl_context=tls.server_context(alpn=("http/1.1",)))
-    client = HTTP1Pool(ssl_context=tls.client_context(), resolver=Fixed("127.0.0.1"))
+    client = HTTP1Pool(ssl_context=tls.client_context(), resolver=resolver)
     try:
-        answer = await client.post(f"https://localhost.:{port}/", {}, b"x", timeout_s=5)
+        answer = await client.post(f"https://{host}:{port}/", {}, b"x", timeout_s=5)
     finally:
         await client.close()
         await server.stop()
+    return answer, server.requests[0], port
+
+
+async def test_a_trailing_dot_in_an_https_host_still_verifies_its_name() -> None:
+    answer, _, _ = await post_over_tls("localhost.", Fixed("127.0.0.1"))
     assert answer.status == 200
 
 
@@ -413,17 +421,9 @@ async def test_an_ipv4_address_in_short_or_numeric_form_is_an_address_for_tls_to
     """As browsers and curl read such a URL (WHATWG's IPv4 parser): the address
     127.0.0.1, whose certificate is checked for that address and which is sent no SNI
     name, not a host named "127.1" (whose check then failed against any certificate)."""
-    tls = TLS()
-    server = RawServer(always(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"))
-    port = await server.start(ssl_context=tls.server_context(alpn=("http/1.1",)))
-    client = HTTP1Pool(ssl_context=tls.client_context())
-    try:
-        answer = await client.post(f"https://{host}:{port}/", {}, b"x", timeout_s=5)
-    finally:
-        await client.close()
-        await server.stop()
+    answer, request, port = await post_over_tls(host)
     assert answer.status == 200
-    assert f"host: {host}:{port}\r\n".encode() in server.requests[0]
+    assert f"host: {host}:{port}\r\n".encode() in request
 
 
 @pytest.mark.parametrize("host", [
