@@ -272,8 +272,9 @@ class Dispatcher:
         """Stop claiming, give in-flight deliveries ``grace_s`` to finish, release the rest
         (and what was handed over and never started)."""
         self._stopping = True
-        self.stop_claiming()
+        # What waits goes back first: claiming stopped, nothing handed over starts now.
         self._drop_ready(lambda app, target: True)
+        self.stop_claiming()
         for task in self._side_tasks:
             task.cancel()
         if self._loop_task is not None:
