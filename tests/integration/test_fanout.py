@@ -206,6 +206,27 @@ async def test_a_leased_batch_wakes_no_dispatcher(db: Database, dsn: str) -> Non
     assert heard == ["gateway_deliveries"]
 
 
+async def test_a_batch_that_leaves_more_to_expand_wakes_the_fan_outs_and_the_last_does_not(
+        db: Database, dsn: str) -> None:
+    """Another process's fan-out, idle because the event was locked, races for the next
+    batch at once instead of at its next poll."""
+    store, queue = Store(db), PostgresQueue(db)
+    await _push_app(store, 5)
+    heard: list[str] = []
+    listener = await asyncpg.connect(dsn)
+    try:
+        await listener.add_listener("gateway_fanout", lambda *args: heard.append(args[2]))
+        assert await queue.expand(2) == 2
+        leased = await queue.expand_leased(2, 30, uuid.uuid4())
+        assert leased is not None and leased.devices == 2
+        assert await queue.expand(2) == 1  # the last batch: the event is done
+        await eventually(lambda: asyncio.sleep(0, len(heard) >= 2))
+        await listener.execute("SELECT 1")  # notifications arrive in commit order
+    finally:
+        await listener.close()
+    assert heard == ["gateway_fanout"] * 2
+
+
 class Recording:
     """A push provider that records every device it is asked to push to."""
 

@@ -1187,10 +1187,17 @@ ON CONFLICT DO NOTHING
 RETURNING id, device_id, kind;
 
 -- name: advance_fanout
--- $1 event id, $2 last device id expanded, $3 finished?, $4 app id
-UPDATE events SET fanout_cursor = coalesce($2, fanout_cursor),
-    fanout_status = CASE WHEN $3 THEN 'done' ELSE 'pending' END
-WHERE app_id = $4 AND id = $1;
+-- $1 event id, $2 last device id expanded, $3 finished?, $4 app id. An event with more to
+-- expand notifies the fan-outs on commit, so an idle process races for its next batch
+-- (the event is locked during each batch; without this another process would get in
+-- only at its next poll, through the gap between two batches).
+WITH moved AS (
+    UPDATE events SET fanout_cursor = coalesce($2, fanout_cursor),
+        fanout_status = CASE WHEN $3 THEN 'done' ELSE 'pending' END
+    WHERE app_id = $4 AND id = $1
+    RETURNING fanout_status
+)
+SELECT pg_notify('gateway_fanout', '') FROM moved WHERE fanout_status = 'pending';
 
 -- --- devices ---------------------------------------------------------------------------
 
