@@ -5,6 +5,15 @@ dispatcher's result writes queue their rows here and a flusher writes whatever h
 gathered while the previous flush was in flight. Under no load a batch is one row and
 adds no wait; under load batches grow by themselves.
 
+Where callers wait on their items (ingest's answers), a flusher that finds another
+flusher free may take only its share of a large queue and leave the rest to that one,
+so two commits are in flight (``min_share``). Otherwise a burst of callers (every
+client's request at once) is written in one batch, answered at once, and comes back at
+once: the process then handles the whole burst, waits idle for its one commit, and so on
+in lock-step, about a third of its time waiting (``bench/ingest_overhead.py``). Shared,
+the callers one commit answers are handled while the other commit is in flight, and the
+process stays busy.
+
 A batch shares one write, so one bad item must not fail the others (they are other
 callers' requests, other tenants' too): a batch whose write fails is split in halves and
 each half written on its own, down to the one item that fails, which alone gets the
@@ -33,13 +42,20 @@ class GroupCommit(Generic[T, R]):
     def __init__(
         self, flush: FlushFn[T, R], *, max_batch: int = 500, max_flushers: int = 2,
         name: str = "batch", fails_together: tuple[type[BaseException], ...] = (),
-        min_interval_s: float = 0.0,
+        min_interval_s: float = 0.0, min_share: int | None = None,
     ) -> None:
         """``min_interval_s``: a batch is taken no sooner than this after the previous one
         was (0: at once). Where each write costs the database the same however little it
         holds and nobody waits on it (the dispatcher's results), a trickle of items then
-        shares writes; where a caller waits on its item (ingest's answer), it stays 0."""
+        shares writes; where a caller waits on its item (ingest's answer), it stays 0.
+
+        ``min_share``: what is queued is shared between the free flushers when each share
+        holds at least this many items (None: a flusher takes all it may). Below that,
+        the statements' own cost outweighs the overlap: where the process has no idle
+        time to fill, smaller statements only cost the database more a row."""
         self._flush = flush
+        self._min_share = min_share
+        self._writing = 0
         self._min_interval_s = min_interval_s
         self._taken_at = -min_interval_s
         self._fails_together = fails_together
@@ -57,6 +73,10 @@ class GroupCommit(Generic[T, R]):
             raise RuntimeError(f"{self._name} is closed")
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))
+        self._start_flusher()
+        return future
+
+    def _start_flusher(self) -> None:
         # A second flusher starts while the first is busy, so a commit is always being
         # prepared while another is in flight.
         if len(self._flushers) < self._max_flushers:
@@ -64,7 +84,6 @@ class GroupCommit(Generic[T, R]):
             self._flushers.add(task)
             # Also when it is cancelled before it ever ran.
             task.add_done_callback(self._flushers.discard)
-        return future
 
     async def _drain(self) -> None:
         try:
@@ -77,9 +96,21 @@ class GroupCommit(Generic[T, R]):
                         await asyncio.sleep(pause)
                         continue  # another flusher may have taken the queue meanwhile
                     self._taken_at = loop.time()
-                batch = self._queue[: self._max_batch]
-                del self._queue[: self._max_batch]
-                await self._write(batch)
+                take = self._max_batch
+                free = self._max_flushers - self._writing
+                if (self._min_share is not None and free > 1
+                        and len(self._queue) >= free * self._min_share):
+                    # This flusher's share; a free one takes the rest at once.
+                    take = min(take, -(-len(self._queue) // free))
+                batch = self._queue[:take]
+                del self._queue[:take]
+                if self._queue:
+                    self._start_flusher()
+                self._writing += 1
+                try:
+                    await self._write(batch)
+                finally:
+                    self._writing -= 1
         finally:
             # In the same step as the last look at the queue, not in a done callback: the
             # callers this flusher answered last run before such a callback, and what they

@@ -111,3 +111,72 @@ async def test_without_an_interval_a_trickle_of_items_is_written_as_it_comes() -
     await asyncio.gather(*answers)
     assert len(writer.batches) >= 6
     await batcher.close()
+
+
+class Gated:
+    """A writer whose writes wait until let go, counting how many are in flight."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.gate = asyncio.Event()
+
+    async def flush(self, items: list[int]) -> list[int | BaseException]:
+        self.batches.append(items)
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        await self.gate.wait()
+        self.in_flight -= 1
+        return items
+
+
+async def test_a_burst_callers_wait_on_is_shared_so_two_commits_are_in_flight() -> None:
+    """Written in one batch, a burst would be answered at once and come back at once,
+    and the process would wait idle on each commit in turn (lock-step)."""
+    writer = Gated()
+    batcher: GroupCommit[int, int] = GroupCommit(writer.flush, max_flushers=2, min_share=32)
+    answers = [batcher.submit(i) for i in range(64)]
+    await asyncio.sleep(0.01)
+    assert writer.batches == [list(range(32)), list(range(32, 64))]
+    assert writer.most_in_flight == 2
+    writer.gate.set()
+    assert await asyncio.gather(*answers) == list(range(64))
+    await batcher.close()
+
+
+async def test_with_one_commit_in_flight_the_other_flusher_takes_all_that_waits() -> None:
+    writer = Gated()
+    batcher: GroupCommit[int, int] = GroupCommit(writer.flush, max_flushers=2, min_share=5)
+    first = [batcher.submit(i) for i in range(10)]
+    await asyncio.sleep(0.01)
+    later = [batcher.submit(i) for i in range(10, 16)]
+    await asyncio.sleep(0.01)
+    assert writer.batches == [list(range(5)), list(range(5, 10))]  # both busy: it waits
+    writer.gate.set()
+    assert await asyncio.gather(*first, *later) == list(range(16))
+    assert writer.batches[2:] == [list(range(10, 16))]
+    await batcher.close()
+
+
+async def test_a_burst_whose_shares_would_be_small_is_written_in_one_batch() -> None:
+    writer = Gated()
+    batcher: GroupCommit[int, int] = GroupCommit(writer.flush, max_flushers=2, min_share=32)
+    answers = [batcher.submit(i) for i in range(63)]
+    await asyncio.sleep(0.01)
+    assert writer.batches == [list(range(63))]
+    writer.gate.set()
+    assert await asyncio.gather(*answers) == list(range(63))
+    await batcher.close()
+
+
+async def test_without_a_share_a_burst_is_written_in_one_batch() -> None:
+    """The dispatcher's results: nobody waits on them, and fewer writes cost less."""
+    writer = Gated()
+    batcher: GroupCommit[int, int] = GroupCommit(writer.flush, max_flushers=2)
+    answers = [batcher.submit(i) for i in range(64)]
+    await asyncio.sleep(0.01)
+    assert writer.batches == [list(range(64))]
+    writer.gate.set()
+    assert await asyncio.gather(*answers) == list(range(64))
+    await batcher.close()
