@@ -3,9 +3,9 @@
 A bare aiohttp handler and asyncpg: it reads the event's type, stores the event and one
 pending delivery row per subscribed endpoint, and answers 202 with the event's id after
 the commit, with the gateway's batching (concurrent requests share one statement: the
-first waits a loop tick, at most two flushes in flight, at most 500 rows each, and a
+first waits a loop tick, at most two flushes in flight, at most 500 rows each; a
 flusher that finds the other free takes half of 64 or more waiting and leaves it the
-rest). No
+rest, and beside a flush in flight a second starts only for 32 or more). No
 authentication, no validation, no logging, no idempotency keys, no push targets: the
 gap between this and the gateway is the gateway's own overhead, and what PostgreSQL
 spends per event here is the least the durable contract costs it.
@@ -71,7 +71,7 @@ class Batcher:
         return await future
 
     def start_flusher(self) -> None:
-        if self.flushers < 2:
+        if self.flushers < 2 and not (self.flushers and len(self.queue) < 32):
             self.flushers += 1
             asyncio.get_running_loop().create_task(self.drain())
 
@@ -80,6 +80,8 @@ class Batcher:
             await asyncio.sleep(0)
             while self.queue:
                 take = 500
+                if self.writing and len(self.queue) < 32:
+                    break  # the flush in flight takes them when it is done
                 if not self.writing and len(self.queue) >= 64:  # halves of 32 or more
                     take = min(500, -(-len(self.queue) // 2))
                 batch, self.queue = self.queue[:take], self.queue[take:]

@@ -5,14 +5,17 @@ dispatcher's result writes queue their rows here and a flusher writes whatever h
 gathered while the previous flush was in flight. Under no load a batch is one row and
 adds no wait; under load batches grow by themselves.
 
-Where callers wait on their items (ingest's answers), a flusher that finds another
-flusher free may take only its share of a large queue and leave the rest to that one,
-so two commits are in flight (``min_share``). Otherwise a burst of callers (every
-client's request at once) is written in one batch, answered at once, and comes back at
-once: the process then handles the whole burst, waits idle for its one commit, and so on
-in lock-step, about a third of its time waiting (``bench/ingest_overhead.py``). Shared,
-the callers one commit answers are handled while the other commit is in flight, and the
-process stays busy.
+Where callers wait on their items (ingest's answers), commits are made of shares
+(``min_share``): a flusher that finds another flusher free takes only its share of a
+large queue and leaves the rest to that one, so two commits are in flight; and while one
+commit is in flight, a second starts only for a share's worth, fewer items waiting for
+the first to finish. Otherwise a burst of callers (every client's request at once) is
+written in one batch, answered at once, and comes back at once: the process then handles
+the whole burst, waits idle for its one commit, and so on in lock-step, about a third of
+its time waiting (``bench/ingest_overhead.py``). Shared, the callers one commit answers
+are handled while the other commit is in flight, and the process stays busy. A second
+commit of a few items only costs the database a statement (several processes' trickles
+of them made `gateway serve --workers 2` slower than one worker).
 
 A batch shares one write, so one bad item must not fail the others (they are other
 callers' requests, other tenants' too): a batch whose write fails is split in halves and
@@ -50,9 +53,11 @@ class GroupCommit(Generic[T, R]):
         shares writes; where a caller waits on its item (ingest's answer), it stays 0.
 
         ``min_share``: what is queued is shared between the free flushers when each share
-        holds at least this many items (None: a flusher takes all it may). Below that,
-        the statements' own cost outweighs the overlap: where the process has no idle
-        time to fill, smaller statements only cost the database more a row."""
+        holds at least this many items, and a commit starts beside one in flight only
+        for at least this many (None: a flusher takes all it may, whenever one is
+        free). Below that, the statements' own cost outweighs the overlap: where the
+        process has no idle time to fill, smaller statements only cost the database more
+        a row."""
         self._flush = flush
         self._min_share = min_share
         self._writing = 0
@@ -78,8 +83,10 @@ class GroupCommit(Generic[T, R]):
 
     def _start_flusher(self) -> None:
         # A second flusher starts while the first is busy, so a commit is always being
-        # prepared while another is in flight.
-        if len(self._flushers) < self._max_flushers:
+        # prepared while another is in flight (with shares: once a share waits).
+        if len(self._flushers) < self._max_flushers and not (
+                self._flushers and self._min_share is not None
+                and len(self._queue) < self._min_share):
             task = asyncio.create_task(self._drain(), name=f"{self._name}-flusher")
             self._flushers.add(task)
             # Also when it is cancelled before it ever ran.
@@ -98,10 +105,12 @@ class GroupCommit(Generic[T, R]):
                     self._taken_at = loop.time()
                 take = self._max_batch
                 free = self._max_flushers - self._writing
-                if (self._min_share is not None and free > 1
-                        and len(self._queue) >= free * self._min_share):
-                    # This flusher's share; a free one takes the rest at once.
-                    take = min(take, -(-len(self._queue) // free))
+                if self._min_share is not None:
+                    if self._writing and len(self._queue) < self._min_share:
+                        break  # the commit in flight takes them when it is done
+                    if free > 1 and len(self._queue) >= free * self._min_share:
+                        # This flusher's share; a free one takes the rest at once.
+                        take = min(take, -(-len(self._queue) // free))
                 batch = self._queue[:take]
                 del self._queue[:take]
                 if self._queue:

@@ -122,7 +122,7 @@ class Gated:
         self.most_in_flight = 0
         self.gate = asyncio.Event()
 
-    async def flush(self, items: list[int]) -> list[int | BaseException]:
+    async def flush(self, items: list[int]) -> Sequence[int | BaseException]:
         self.batches.append(items)
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
@@ -179,4 +179,34 @@ async def test_without_a_share_a_burst_is_written_in_one_batch() -> None:
     assert writer.batches == [list(range(64))]
     writer.gate.set()
     assert await asyncio.gather(*answers) == list(range(64))
+    await batcher.close()
+
+
+async def test_while_a_commit_is_in_flight_fewer_than_a_share_wait_for_it() -> None:
+    """A second statement of a few items would only cost the database: they go with the
+    next commit, when the one in flight is done."""
+    writer = Gated()
+    batcher: GroupCommit[int, int] = GroupCommit(writer.flush, max_flushers=2, min_share=32)
+    first = batcher.submit(0)
+    await asyncio.sleep(0.01)
+    trickle = [batcher.submit(i) for i in range(1, 32)]
+    await asyncio.sleep(0.01)
+    assert writer.batches == [[0]]
+    writer.gate.set()
+    assert await asyncio.gather(first, *trickle) == list(range(32))
+    assert writer.batches == [[0], list(range(1, 32))]
+    await batcher.close()
+
+
+async def test_while_a_commit_is_in_flight_a_share_starts_a_second() -> None:
+    writer = Gated()
+    batcher: GroupCommit[int, int] = GroupCommit(writer.flush, max_flushers=2, min_share=32)
+    first = batcher.submit(0)
+    await asyncio.sleep(0.01)
+    share = [batcher.submit(i) for i in range(1, 33)]
+    await asyncio.sleep(0.01)
+    assert writer.batches == [[0], list(range(1, 33))]
+    assert writer.most_in_flight == 2
+    writer.gate.set()
+    assert await asyncio.gather(first, *share) == list(range(33))
     await batcher.close()
