@@ -105,6 +105,8 @@ class Batcher:
                     future.set_result(now)
         finally:
             self.flushers -= 1
+            if self.queue:  # left by a flush that ended abnormally
+                self.start_flusher()
 
 
 def make_app(batcher: Batcher) -> web.Application:

@@ -21,7 +21,8 @@ A batch shares one write, so one bad item must not fail the others (they are oth
 callers' requests, other tenants' too): a batch whose write fails is split in halves and
 each half written on its own, down to the one item that fails, which alone gets the
 error. Only a failure that would fail any write (``fails_together``: the database is
-away) fails the whole batch at once.
+away) fails the whole batch at once. Writing the halves takes several round trips, so
+with shares nothing waits for them: another flusher takes what comes meanwhile.
 """
 
 from __future__ import annotations
@@ -60,7 +61,10 @@ class GroupCommit(Generic[T, R]):
         a row."""
         self._flush = flush
         self._min_share = min_share
+        #: Flushers in a write, and of those, how many are writing a failed batch's
+        #: halves (several round trips: nothing waits on them, see _waits_for_commit).
         self._writing = 0
+        self._splitting = 0
         self._min_interval_s = min_interval_s
         self._taken_at = -min_interval_s
         self._fails_together = fails_together
@@ -84,13 +88,27 @@ class GroupCommit(Generic[T, R]):
     def _start_flusher(self) -> None:
         # A second flusher starts while the first is busy, so a commit is always being
         # prepared while another is in flight (with shares: once a share waits).
-        if len(self._flushers) < self._max_flushers and not (
-                self._flushers and self._min_share is not None
-                and len(self._queue) < self._min_share):
+        if len(self._flushers) < self._max_flushers and not self._waits_for_commit():
             task = asyncio.create_task(self._drain(), name=f"{self._name}-flusher")
             self._flushers.add(task)
-            # Also when it is cancelled before it ever ran.
-            task.add_done_callback(self._flushers.discard)
+            task.add_done_callback(self._done)
+
+    def _waits_for_commit(self) -> bool:
+        """Fewer than a share wait, beside a commit in flight whose flusher takes them
+        when it is done (one statement's round trip: not a failed batch's halves)."""
+        return (self._min_share is not None and self._writing > self._splitting
+                and len(self._queue) < self._min_share)
+
+    def _done(self, flusher: asyncio.Task[None]) -> None:
+        if flusher in self._flushers:  # cancelled before it ever ran: no finally ran
+            self._forget(flusher)
+
+    def _forget(self, flusher: asyncio.Task[None]) -> None:
+        """A flusher is done. If it ended abnormally (cancelled, or its flush broke
+        its contract) with items left that waited for it, another takes them."""
+        self._flushers.discard(flusher)
+        if self._queue and not self._closed:
+            self._start_flusher()
 
     async def _drain(self) -> None:
         try:
@@ -106,8 +124,8 @@ class GroupCommit(Generic[T, R]):
                 take = self._max_batch
                 free = self._max_flushers - self._writing
                 if self._min_share is not None:
-                    if self._writing and len(self._queue) < self._min_share:
-                        break  # the commit in flight takes them when it is done
+                    if self._waits_for_commit():
+                        break
                     if free > 1 and len(self._queue) >= free * self._min_share:
                         # This flusher's share; a free one takes the rest at once.
                         take = min(take, -(-len(self._queue) // free))
@@ -124,9 +142,12 @@ class GroupCommit(Generic[T, R]):
             # In the same step as the last look at the queue, not in a done callback: the
             # callers this flusher answered last run before such a callback, and what they
             # submit then must find room for a flusher of its own.
-            self._flushers.discard(asyncio.current_task())
+            task = asyncio.current_task()
+            assert task is not None
+            self._forget(task)
 
-    async def _write(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+    async def _write(self, batch: list[tuple[T, asyncio.Future[R]]], *,
+                     halves: bool = False) -> None:
         try:
             results = await self._flush([item for item, _ in batch])
         except asyncio.CancelledError as exc:
@@ -139,8 +160,19 @@ class GroupCommit(Generic[T, R]):
             log.warning("%s: a batch of %d failed (%r); writing its halves apart",
                         self._name, len(batch), exc)
             half = len(batch) // 2
-            await self._write(batch[:half])
-            await self._write(batch[half:])
+            if halves:
+                await self._write(batch[:half], halves=True)
+                await self._write(batch[half:], halves=True)
+                return
+            # Several round trips: what waits for this flusher need not.
+            self._splitting += 1
+            try:
+                if self._queue:
+                    self._start_flusher()
+                await self._write(batch[:half], halves=True)
+                await self._write(batch[half:], halves=True)
+            finally:
+                self._splitting -= 1
             return
         for (_, future), result in zip(batch, results, strict=True):
             if future.done():

@@ -150,12 +150,13 @@ async def test_with_one_commit_in_flight_the_other_flusher_takes_all_that_waits(
     batcher: GroupCommit[int, int] = GroupCommit(writer.flush, max_flushers=2, min_share=5)
     first = [batcher.submit(i) for i in range(10)]
     await asyncio.sleep(0.01)
-    later = [batcher.submit(i) for i in range(10, 16)]
+    later = [batcher.submit(i) for i in range(10, 20)]
     await asyncio.sleep(0.01)
     assert writer.batches == [list(range(5)), list(range(5, 10))]  # both busy: it waits
     writer.gate.set()
-    assert await asyncio.gather(*first, *later) == list(range(16))
-    assert writer.batches[2:] == [list(range(10, 16))]
+    assert await asyncio.gather(*first, *later) == list(range(20))
+    # Not shared: the other flusher is still writing when the first takes them.
+    assert writer.batches[2:] == [list(range(10, 20))]
     await batcher.close()
 
 
@@ -209,4 +210,66 @@ async def test_while_a_commit_is_in_flight_a_share_starts_a_second() -> None:
     assert writer.most_in_flight == 2
     writer.gate.set()
     assert await asyncio.gather(first, *share) == list(range(33))
+    await batcher.close()
+
+
+async def test_what_waited_for_a_commit_that_was_cancelled_is_still_written() -> None:
+    """The flusher in flight ends without looking at the queue again: another takes
+    what waited for it."""
+    writer = Gated()
+    dies = asyncio.Event()
+
+    async def flush(items: list[int]) -> Sequence[int | BaseException]:
+        if items == [0]:
+            await dies.wait()
+            raise asyncio.CancelledError  # as ingest's write passes a cancellation on
+        return await writer.flush(items)
+
+    batcher: GroupCommit[int, int] = GroupCommit(flush, max_flushers=2, min_share=32)
+    first = batcher.submit(0)
+    await asyncio.sleep(0.01)
+    waiting = [batcher.submit(i) for i in range(1, 5)]
+    await asyncio.sleep(0.01)
+    dies.set()
+    writer.gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert await asyncio.wait_for(asyncio.gather(*waiting), timeout=10) == [1, 2, 3, 4]
+    await batcher.close()
+
+
+async def test_an_item_whose_flusher_was_cancelled_before_it_ran_is_still_written() -> None:
+    writer = Gated()
+    writer.gate.set()
+    batcher: GroupCommit[int, int] = GroupCommit(writer.flush, max_flushers=2, min_share=32)
+    answer = batcher.submit(7)
+    for task in asyncio.all_tasks():
+        if task.get_name() == "batch-flusher":
+            task.cancel()
+    assert await asyncio.wait_for(answer, timeout=10) == 7
+    await batcher.close()
+
+
+async def test_a_failed_batch_written_in_halves_holds_up_no_other_item() -> None:
+    """Its halves take several round trips: an item that comes meanwhile gets a commit
+    of its own instead of waiting for all of them."""
+    writer = Gated()
+
+    async def flush(items: list[int]) -> Sequence[int | BaseException]:
+        if -1 in items:
+            writer.batches.append(items)
+            raise ValueError("the whole statement failed")
+        return await writer.flush(items)
+
+    batcher: GroupCommit[int, int] = GroupCommit(flush, max_flushers=2, min_share=32)
+    failing = [batcher.submit(i) for i in (1, -1, 3, 4)]
+    await asyncio.sleep(0.01)
+    assert writer.batches == [[1, -1, 3, 4], [1, -1], [1]]  # [1] waits at the gate
+    lone = batcher.submit(9)
+    await asyncio.sleep(0.01)
+    assert writer.batches[-1] == [9]
+    writer.gate.set()
+    results = await asyncio.gather(*failing, lone, return_exceptions=True)
+    assert isinstance(results[1], ValueError) and [results[i] for i in (0, 2, 3, 4)] == [
+        1, 3, 4, 9]
     await batcher.close()
