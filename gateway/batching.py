@@ -122,10 +122,10 @@ class GroupCommit(Generic[T, R]):
                         continue  # another flusher may have taken the queue meanwhile
                     self._taken_at = loop.time()
                 take = self._max_batch
-                free = self._max_flushers - self._writing
                 if self._min_share is not None:
                     if self._waits_for_commit():
                         break
+                    free = self._max_flushers - self._writing
                     if free > 1 and len(self._queue) >= free * self._min_share:
                         # This flusher's share; a free one takes the rest at once.
                         take = min(take, -(-len(self._queue) // free))
@@ -160,19 +160,17 @@ class GroupCommit(Generic[T, R]):
             log.warning("%s: a batch of %d failed (%r); writing its halves apart",
                         self._name, len(batch), exc)
             half = len(batch) // 2
-            if halves:
-                await self._write(batch[:half], halves=True)
-                await self._write(batch[half:], halves=True)
-                return
-            # Several round trips: what waits for this flusher need not.
-            self._splitting += 1
-            try:
+            outermost = not halves
+            if outermost:  # several round trips: what waits for this flusher need not
+                self._splitting += 1
                 if self._queue:
                     self._start_flusher()
+            try:
                 await self._write(batch[:half], halves=True)
                 await self._write(batch[half:], halves=True)
             finally:
-                self._splitting -= 1
+                if outermost:
+                    self._splitting -= 1
             return
         for (_, future), result in zip(batch, results, strict=True):
             if future.done():

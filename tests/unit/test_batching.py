@@ -130,19 +130,25 @@ class Gated:
         self.in_flight -= 1
         return items
 
+    async def burst(self, batcher: GroupCommit[int, int], count: int) -> list[list[int]]:
+        """Submit ``count`` items at once: the batches begun before any write ended
+        (every item's answer checked, the batcher closed)."""
+        answers = [batcher.submit(i) for i in range(count)]
+        await asyncio.sleep(0.01)
+        begun = list(self.batches)
+        self.gate.set()
+        assert await asyncio.gather(*answers) == list(range(count))
+        await batcher.close()
+        return begun
+
 
 async def test_a_burst_callers_wait_on_is_shared_so_two_commits_are_in_flight() -> None:
     """Written in one batch, a burst would be answered at once and come back at once,
     and the process would wait idle on each commit in turn (lock-step)."""
     writer = Gated()
     batcher: GroupCommit[int, int] = GroupCommit(writer.flush, max_flushers=2, min_share=32)
-    answers = [batcher.submit(i) for i in range(64)]
-    await asyncio.sleep(0.01)
-    assert writer.batches == [list(range(32)), list(range(32, 64))]
+    assert await writer.burst(batcher, 64) == [list(range(32)), list(range(32, 64))]
     assert writer.most_in_flight == 2
-    writer.gate.set()
-    assert await asyncio.gather(*answers) == list(range(64))
-    await batcher.close()
 
 
 async def test_with_one_commit_in_flight_the_other_flusher_takes_all_that_waits() -> None:
@@ -163,24 +169,14 @@ async def test_with_one_commit_in_flight_the_other_flusher_takes_all_that_waits(
 async def test_a_burst_whose_shares_would_be_small_is_written_in_one_batch() -> None:
     writer = Gated()
     batcher: GroupCommit[int, int] = GroupCommit(writer.flush, max_flushers=2, min_share=32)
-    answers = [batcher.submit(i) for i in range(63)]
-    await asyncio.sleep(0.01)
-    assert writer.batches == [list(range(63))]
-    writer.gate.set()
-    assert await asyncio.gather(*answers) == list(range(63))
-    await batcher.close()
+    assert await writer.burst(batcher, 63) == [list(range(63))]
 
 
 async def test_without_a_share_a_burst_is_written_in_one_batch() -> None:
     """The dispatcher's results: nobody waits on them, and fewer writes cost less."""
     writer = Gated()
     batcher: GroupCommit[int, int] = GroupCommit(writer.flush, max_flushers=2)
-    answers = [batcher.submit(i) for i in range(64)]
-    await asyncio.sleep(0.01)
-    assert writer.batches == [list(range(64))]
-    writer.gate.set()
-    assert await asyncio.gather(*answers) == list(range(64))
-    await batcher.close()
+    assert await writer.burst(batcher, 64) == [list(range(64))]
 
 
 async def test_while_a_commit_is_in_flight_fewer_than_a_share_wait_for_it() -> None:
