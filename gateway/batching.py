@@ -104,8 +104,8 @@ class GroupCommit(Generic[T, R]):
             self._forget(flusher)
 
     def _forget(self, flusher: asyncio.Task[None]) -> None:
-        """A flusher is done. If it ended abnormally (cancelled, or its flush broke
-        its contract) with items left that waited for it, another takes them."""
+        """A flusher is done. If it ended abnormally (cancelled) with items left that
+        waited for it, another takes them."""
         self._flushers.discard(flusher)
         if self._queue and not self._closed:
             self._start_flusher()
@@ -171,6 +171,15 @@ class GroupCommit(Generic[T, R]):
             finally:
                 if outermost:
                     self._splitting -= 1
+            return
+        if len(results) != len(batch):
+            # Which answer is whose is unknown: each item gets an error, none waits for
+            # ever, none gets another's answer.
+            log.error("%s: a flush answered %d results for a batch of %d items",
+                      self._name, len(results), len(batch))
+            _settle(batch, RuntimeError(
+                f"{self._name}: the write answered {len(results)} results for "
+                f"{len(batch)} items"))
             return
         for (_, future), result in zip(batch, results, strict=True):
             if future.done():

@@ -269,3 +269,25 @@ async def test_a_failed_batch_written_in_halves_holds_up_no_other_item() -> None
     assert isinstance(results[1], ValueError) and [results[i] for i in (0, 2, 3, 4)] == [
         1, 3, 4, 9]
     await batcher.close()
+
+
+@pytest.mark.parametrize("answers", [1, 3], ids=["too-few", "too-many"])
+async def test_a_flush_that_answers_the_wrong_number_of_items_fails_its_batch_and_no_other(
+        answers: int, caplog: pytest.LogCaptureFixture) -> None:
+    """Which answer belongs to which item is then unknown: every item of that batch gets
+    an error (none waits for ever, none gets another's answer) and the next batch is
+    written as usual."""
+    async def flush(items: list[str]) -> Sequence[str | BaseException]:
+        await asyncio.sleep(0)
+        if "odd" in items:
+            return ["?"] * answers
+        return [i.upper() for i in items]
+
+    batcher: GroupCommit[str, str] = GroupCommit(flush, name="ingest")
+    broken = [batcher.submit(i) for i in ("odd", "a")]
+    results = await asyncio.wait_for(asyncio.gather(*broken, return_exceptions=True),
+                                     timeout=10)
+    assert all(isinstance(r, RuntimeError) and "2 items" in str(r) for r in results)
+    assert "ingest: a flush answered" in caplog.text
+    assert await asyncio.wait_for(batcher.submit("b"), timeout=10) == "B"
+    await batcher.close()
