@@ -749,10 +749,24 @@ class Bench:
                   f"p99 {one['p99_ms']:.1f} ms  non-2xx {one['status_errors']}  "
                   f"{fmt_cpu(one)}", flush=True)
             pair = pair_ratios(one, minimal, raw[best])
-            pairs.append({"minimal": minimal, "gateway": one, **pair})
+            # More workers in the same turn: "2 never slower than 1" compares neighbours,
+            # not runs minutes apart on a VM whose speed drifts by more than the gap.
+            more: dict[int, dict[str, Any]] = {}
+            for workers in sorted(set(a.workers) - {1}):
+                more[workers] = out = await self.gateway_ingest(workers)
+                print(f"  gateway --workers {workers}   {out['ok_rps']:9.0f} req/s  "
+                      f"p99 {out['p99_ms']:.1f} ms  non-2xx {out['status_errors']}  "
+                      f"{fmt_cpu(out)}", flush=True)
+                if "per_worker_cpu_s" in out:
+                    print(f"    CPU per worker: {out['per_worker_cpu_s']}", flush=True)
+            pairs.append({"minimal": minimal, "gateway": one, "more": more, **pair,
+                          "workers_ratio": {str(w): out["ok_rps"] / one["ok_rps"]
+                                            for w, out in more.items()}})
             if a.pairs > 1:
                 print(f"    pair {turn + 1}: gateway/minimal {pair['ratio_minimal']:.2f}, "
-                      f"PostgreSQL {pair['pg_ratio'] and round(pair['pg_ratio'], 2)}x",
+                      f"PostgreSQL {pair['pg_ratio'] and round(pair['pg_ratio'], 2)}x"
+                      + "".join(f", --workers {w}/1 {r:.2f}"
+                                for w, r in pairs[-1]["workers_ratio"].items()),
                       flush=True)
         # The pair whose PostgreSQL ratio is the median (the upper one of an even count),
         # for the detail printed below; the ratios are each the median of the pairs'.
@@ -760,14 +774,15 @@ class Bench:
                         key=lambda q: float(q["pg_ratio"])) or pairs
         middle = ranked[len(ranked) // 2]
         one, minimal = middle["gateway"], middle["minimal"]
-        gws = {1: one}
-        for workers in sorted(set(a.workers) - {1}):
-            gws[workers] = out = await self.gateway_ingest(workers)
-            print(f"  gateway --workers {workers}   {out['ok_rps']:9.0f} req/s  "
-                  f"p99 {out['p99_ms']:.1f} ms  non-2xx {out['status_errors']}  "
-                  f"{fmt_cpu(out)}", flush=True)
-            if "per_worker_cpu_s" in out:
-                print(f"    CPU per worker: {out['per_worker_cpu_s']}", flush=True)
+        gws = {1: one, **middle["more"]}
+        workers_ratio = {
+            w: {"median": round(statistics.median(r), 3), "min": round(min(r), 3),
+                "pairs": [round(x, 3) for x in r]}
+            for w in middle["workers_ratio"]
+            for r in [[q["workers_ratio"][w] for q in pairs]]}
+        for w, wr in workers_ratio.items():
+            print(f"  --workers {w} over --workers 1, run by run: {wr['pairs']} (median "
+                  f"{wr['median']:.2f}, lowest {wr['min']:.2f})", flush=True)
         ratio = statistics.median(q["ratio"] for q in pairs)
         ratio_min = statistics.median(q["ratio_minimal"] for q in pairs)
         pg_gw = one["cpu_us_per_request"].get("postgres")
@@ -796,9 +811,12 @@ class Bench:
             "raw_x2": raw2, "minimal_durable": minimal,
             "gateway": one, "gateway_rps": round(one["ok_rps"]),
             "gateway_workers": {str(k): v for k, v in gws.items()},
-            "pairs": [{k: v for k, v in q.items() if k not in ("gateway", "minimal")}
+            "workers_over_one": workers_ratio,
+            "pairs": [{k: v for k, v in q.items() if k not in ("gateway", "minimal", "more")}
                       | {"gateway_rps": round(q["gateway"]["ok_rps"]),
-                         "minimal_rps": round(q["minimal"]["ok_rps"])} for q in pairs],
+                         "minimal_rps": round(q["minimal"]["ok_rps"]),
+                         "workers_rps": {str(w): round(o["ok_rps"])
+                                         for w, o in q["more"].items()}} for q in pairs],
             "ratio": round(ratio, 3), "target": TARGET_INGEST_RATIO,
             "ratio_minimal": round(ratio_min, 3), "target_minimal": TARGET_MINIMAL_RATIO,
             "pg_us_per_event": {"gateway": pg_gw, "minimal": pg_min,
@@ -1475,7 +1493,9 @@ def print_summary(results: dict[str, Any]) -> None:
               f"{pg['gateway']} vs {pg['minimal']} us/event = {pg['ratio']}x "
               f"(<= {pg['target']}) {'PASS' if ing['pass'] else 'FAIL'}")
         for workers, out in ing.get("gateway_workers", {}).items():
-            print(f"         --workers {workers}: {round(out['ok_rps'])} req/s")
+            over = ing.get("workers_over_one", {}).get(workers)
+            print(f"         --workers {workers}: {round(out['ok_rps'])} req/s"
+                  + (f"; over --workers 1 in each turn {over['pairs']}" if over else ""))
     if dr:
         print(f"drain    gateway {dr['gateway_rate']} deliveries/s vs raw client "
               f"({dr['raw_best_loop']}) {dr['raw_rate']}/s: ratio {dr['ratio']:.2f} "

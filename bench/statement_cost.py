@@ -99,7 +99,7 @@ async def measure(dsn: str, app_id: str, endpoint_id: str, mode: str, batch: int
             await conn.fetchrow(QUERIES["insert_events"], new_ids("evt", batch),
                                 [app_id] * batch, ["order.created"] * batch,
                                 ['{"n":1}'] * batch, datetime.now(UTC), [None] * batch,
-                                [None] * batch, [None] * batch, None, None)
+                                [None] * batch, [None] * batch, None, None, None, None)
             before = process_cpu(pid)
             params = claim_params(batch, 45.0, lease, Rooms(endpoints={endpoint_id: 64}),
                                   narrow=scan == "narrow")
@@ -183,7 +183,7 @@ async def store_batch(conn: asyncpg.Connection, name: str, batch: int, app_id: s
         await conn.fetchrow(QUERIES["insert_events"], new_ids("evt", batch),
                             [app_id] * batch, ["order.created"] * batch, payloads,
                             datetime.now(UTC), [None] * batch, [None] * batch, [None] * batch,
-                            None, None)
+                            None, None, None, None)
 
 
 async def committed_ingest(pg: Postgres, args: argparse.Namespace) -> None:
