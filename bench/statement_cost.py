@@ -6,6 +6,7 @@ process that runs it.
     .venv/bin/python bench/statement_cost.py --days-back 30        # 38: 30 days' retention
     .venv/bin/python bench/statement_cost.py --committed --batch 13 --rounds 150
     .venv/bin/python bench/statement_cost.py --committed --variants statusdomain,noapiindexes
+    .venv/bin/python bench/statement_cost.py --committed --batch 32 --writers 2
     .venv/bin/python bench/statement_cost.py --batch 1 --claims full,plain   # claim_due_plain
 
 A fresh embedded PostgreSQL, one app with one endpoint and ``--events`` pending deliveries
@@ -195,42 +196,55 @@ async def committed_ingest(pg: Postgres, args: argparse.Namespace) -> None:
 
     The sides take turns, ``--rounds`` commits each, ``--slices`` times, and each side's
     figure is the median of its slices: on a VM whose speed drifts over a minute (this one
-    does, by up to 2x), one long block per side compares two different machines."""
+    does, by up to 2x), one long block per side compares two different machines.
+    ``--writers N``: N connections a side commit at once (ingest's group commit has two
+    flushers), each side's figure the CPU of its N backends per commit."""
     batch = args.batch
     payload = '{"n":1}' if not args.payload_kb else (
         '{"n":"' + "x" * (args.payload_kb * 1024) + '"}')
     sides = ["minimal", "gateway"] + [f"gateway+{v}" for v in args.variants.split(",") if v]
-    conns: dict[str, tuple[asyncpg.Connection, int, str]] = {}
+    writers = args.writers
+    conns: dict[str, tuple[list[asyncpg.Connection], list[int], str]] = {}
+
+    async def commits(side: str, conn: asyncpg.Connection, app_id: str, count: int) -> None:
+        for _ in range(count):
+            await store_batch(conn, side, batch, app_id, payload)
+
     try:
         for side in sides:
             name = side.replace("+", "_")
             dsn = await pg.fresh_database(f"committed_{name}")
             app_id = (await fill(dsn, 0))[0] if side != "minimal" else ""
-            conn = await asyncpg.connect(dsn)
+            side_conns = [await asyncpg.connect(dsn) for _ in range(writers)]
+            conns[side] = (side_conns, [], app_id)
             if side == "minimal":
-                await conn.execute(minimal_server.SCHEMA)
+                await side_conns[0].execute(minimal_server.SCHEMA)
             for ddl in VARIANTS[side.split("+")[1]] if "+" in side else []:
-                await conn.execute(ddl)
-            conns[side] = (conn, await conn.fetchval("SELECT pg_backend_pid()"), app_id)
-            for _ in range(args.warmup):
-                await store_batch(conn, side, batch, app_id, payload)
+                await side_conns[0].execute(ddl)
+            for conn in side_conns:
+                conns[side][1].append(await conn.fetchval("SELECT pg_backend_pid()"))
+                await commits(side, conn, app_id, args.warmup)
         costs: dict[str, list[float]] = {side: [] for side in sides}
         for _ in range(args.slices):
             for side in sides:
-                conn, pid, app_id = conns[side]
-                started = backend_cpu(pid)
-                for _ in range(args.rounds):
-                    await store_batch(conn, side, batch, app_id, payload)
-                costs[side].append((backend_cpu(pid) - started) / args.rounds)
+                side_conns, pids, app_id = conns[side]
+                started = sum(backend_cpu(pid) for pid in pids)
+                # --writers connections commit at once, as a group commit's flushers do.
+                await asyncio.gather(*(commits(side, conn, app_id, args.rounds)
+                                       for conn in side_conns))
+                costs[side].append((sum(backend_cpu(pid) for pid in pids) - started)
+                                   / (args.rounds * writers))
     finally:
-        for side, (conn, _, _) in conns.items():
-            await conn.close()
+        for side, (side_conns, _, _) in conns.items():
+            for conn in side_conns:
+                await conn.close()
             await pg.drop_database(f"committed_{side.replace('+', '_')}")
     floor = costs["minimal"]
     print(f"  {batch} events a commit, {len(payload)}-byte payloads, {args.slices} slices of "
-          f"{args.rounds} commits a side (PostgreSQL CPU, median and interquartile range "
-          "of the slices; the ratio is the median of each slice's ratio to the minimal "
-          "server's slice beside it):", flush=True)
+          f"{args.rounds} commits a side on each of {writers} connection(s) at once "
+          "(PostgreSQL CPU, median and interquartile range of the slices; the ratio is the "
+          "median of each slice's ratio to the minimal server's slice beside it):",
+          flush=True)
     for side in sides:
         median = statistics.median(costs[side])
         low, _, high = statistics.quantiles(costs[side], n=4)
@@ -293,6 +307,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", default="",
                    help="--committed: comma list of schema variants of the gateway's "
                         f"side to measure beside it ({', '.join(VARIANTS)})")
+    p.add_argument("--writers", type=int, default=1,
+                   help="--committed: connections committing at once on each side, as "
+                        "the group commit's flushers do (default 1)")
     p.add_argument("--payload-kb", type=int, default=0,
                    help="--committed: payloads of this many KiB (default: 7 bytes)")
     return p
