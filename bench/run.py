@@ -775,12 +775,12 @@ class Bench:
         middle = ranked[len(ranked) // 2]
         one, minimal = middle["gateway"], middle["minimal"]
         gws = {1: one, **middle["more"]}
-        workers_ratio = {
-            w: {"median": round(statistics.median(r), 3), "min": round(min(r), 3),
-                "pairs": [round(x, 3) for x in r]}
-            for w in middle["workers_ratio"]
-            for r in [[q["workers_ratio"][w] for q in pairs]]}
-        for w, wr in workers_ratio.items():
+        workers_ratio: dict[str, dict[str, Any]] = {}
+        for w in middle["workers_ratio"]:
+            turns = [q["workers_ratio"][w] for q in pairs]
+            workers_ratio[w] = wr = {
+                "median": round(statistics.median(turns), 3), "min": round(min(turns), 3),
+                "pairs": [round(x, 3) for x in turns]}
             print(f"  --workers {w} over --workers 1, run by run: {wr['pairs']} (median "
                   f"{wr['median']:.2f}, lowest {wr['min']:.2f})", flush=True)
         ratio = statistics.median(q["ratio"] for q in pairs)

@@ -216,13 +216,13 @@ async def committed_ingest(pg: Postgres, args: argparse.Namespace) -> None:
             dsn = await pg.fresh_database(f"committed_{name}")
             app_id = (await fill(dsn, 0))[0] if side != "minimal" else ""
             side_conns = [await asyncpg.connect(dsn) for _ in range(writers)]
-            conns[side] = (side_conns, [], app_id)
+            pids = [await conn.fetchval("SELECT pg_backend_pid()") for conn in side_conns]
+            conns[side] = (side_conns, pids, app_id)
             if side == "minimal":
                 await side_conns[0].execute(minimal_server.SCHEMA)
             for ddl in VARIANTS[side.split("+")[1]] if "+" in side else []:
                 await side_conns[0].execute(ddl)
             for conn in side_conns:
-                conns[side][1].append(await conn.fetchval("SELECT pg_backend_pid()"))
                 await commits(side, conn, app_id, args.warmup)
         costs: dict[str, list[float]] = {side: [] for side in sides}
         for _ in range(args.slices):

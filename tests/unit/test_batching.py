@@ -141,6 +141,21 @@ class Gated:
         await batcher.close()
         return begun
 
+    async def beside_a_commit(self, batcher: GroupCommit[int, int],
+                              count: int) -> list[list[int]]:
+        """Submit one item, then ``count`` more while its commit is in flight: the
+        batches begun before any write ended (every item's answer checked, the batcher
+        closed)."""
+        first = batcher.submit(0)
+        await asyncio.sleep(0.01)
+        later = [batcher.submit(i) for i in range(1, count + 1)]
+        await asyncio.sleep(0.01)
+        begun = list(self.batches)
+        self.gate.set()
+        assert await asyncio.gather(first, *later) == list(range(count + 1))
+        await batcher.close()
+        return begun
+
 
 async def test_a_burst_callers_wait_on_is_shared_so_two_commits_are_in_flight() -> None:
     """Written in one batch, a burst would be answered at once and come back at once,
@@ -184,29 +199,15 @@ async def test_while_a_commit_is_in_flight_fewer_than_a_share_wait_for_it() -> N
     next commit, when the one in flight is done."""
     writer = Gated()
     batcher: GroupCommit[int, int] = GroupCommit(writer.flush, max_flushers=2, min_share=32)
-    first = batcher.submit(0)
-    await asyncio.sleep(0.01)
-    trickle = [batcher.submit(i) for i in range(1, 32)]
-    await asyncio.sleep(0.01)
-    assert writer.batches == [[0]]
-    writer.gate.set()
-    assert await asyncio.gather(first, *trickle) == list(range(32))
+    assert await writer.beside_a_commit(batcher, 31) == [[0]]
     assert writer.batches == [[0], list(range(1, 32))]
-    await batcher.close()
 
 
 async def test_while_a_commit_is_in_flight_a_share_starts_a_second() -> None:
     writer = Gated()
     batcher: GroupCommit[int, int] = GroupCommit(writer.flush, max_flushers=2, min_share=32)
-    first = batcher.submit(0)
-    await asyncio.sleep(0.01)
-    share = [batcher.submit(i) for i in range(1, 33)]
-    await asyncio.sleep(0.01)
-    assert writer.batches == [[0], list(range(1, 33))]
+    assert await writer.beside_a_commit(batcher, 32) == [[0], list(range(1, 33))]
     assert writer.most_in_flight == 2
-    writer.gate.set()
-    assert await asyncio.gather(first, *share) == list(range(33))
-    await batcher.close()
 
 
 async def test_what_waited_for_a_commit_that_was_cancelled_is_still_written() -> None:
